@@ -1,0 +1,107 @@
+// Hint record layouts (docs/hints.md): the one place that knows the bytes eBPF hint
+// programs write into the ring buffer. The built-in programs take their field offsets from
+// here, and the host decodes forwarded batches with `decodeHints`. Knows nothing about
+// how batches travel or what the scheduler does with them.
+
+export const HintType = { AFFINITY: 1, UNPIN: 2 } as const;
+export type HintTypeName = keyof typeof HintType;
+
+/** Every record: u32 type, u32 len (total bytes, header included). */
+export const HINT_HEADER = { type: 0, len: 4, size: 8 } as const;
+
+/** AFFINITY record: after a successful sched_setaffinity. */
+export const AFFINITY = {
+  size: 64,
+  tgid: 8, tid: 12, comm: 16, mask: 32,
+  commLen: 16, maskWords: 4,
+} as const;
+/** Bytes of the user's mask the program copies (CPUs 0..255). */
+export const AFFINITY_MASK_BYTES = AFFINITY.maskWords * 8;
+
+/** UNPIN record: a task that had an AFFINITY record exited. */
+export const UNPIN = { size: 16, tid: 8, tgid: 12 } as const;
+
+export interface AffinityHint {
+  type: 'AFFINITY';
+  tgid: number;
+  tid: number;
+  comm: string;
+  /** CPU ids whose bit is set, ascending. */
+  cpus: number[];
+  /** The raw 256-bit mask, 4 little-endian words. */
+  mask: bigint[];
+}
+export interface UnpinHint { type: 'UNPIN'; tid: number; tgid: number }
+/** A record of a type this host does not know; skipped by consumers, kept for logging. */
+export interface UnknownHint { type: 'UNKNOWN'; code: number; bytes: Uint8Array }
+export type Hint = AffinityHint | UnpinHint | UnknownHint;
+
+export class HintDecodeError extends Error {
+  override readonly name = 'HintDecodeError';
+}
+
+/**
+ * Decode a batch of back-to-back records. Unknown types are returned as UNKNOWN (not
+ * errors); a record with a bad length ends the batch with HintDecodeError, since nothing
+ * after it can be framed.
+ */
+export function decodeHints(batch: Uint8Array): Hint[] {
+  const dv = new DataView(batch.buffer, batch.byteOffset, batch.byteLength);
+  const out: Hint[] = [];
+  for (let o = 0; o < batch.length; ) {
+    if (batch.length - o < HINT_HEADER.size) throw new HintDecodeError(`hint batch byte ${o}: ${batch.length - o} trailing bytes, a record header needs ${HINT_HEADER.size}`);
+    const type = dv.getUint32(o + HINT_HEADER.type, true);
+    const len = dv.getUint32(o + HINT_HEADER.len, true);
+    if (len < HINT_HEADER.size || len > batch.length - o) throw new HintDecodeError(`hint batch byte ${o}: record length ${len} out of ${HINT_HEADER.size}..${batch.length - o}`);
+    const need = type === HintType.AFFINITY ? AFFINITY.size : type === HintType.UNPIN ? UNPIN.size : HINT_HEADER.size;
+    if (len < need) throw new HintDecodeError(`hint batch byte ${o}: type ${type} record of ${len} bytes, needs ${need}`);
+    if (type === HintType.AFFINITY) {
+      const mask: bigint[] = [];
+      const cpus: number[] = [];
+      for (let w = 0; w < AFFINITY.maskWords; w++) {
+        const word = dv.getBigUint64(o + AFFINITY.mask + w * 8, true);
+        mask.push(word);
+        for (let b = 0; b < 64; b++) if ((word >> BigInt(b)) & 1n) cpus.push(w * 64 + b);
+      }
+      const commBytes = batch.subarray(o + AFFINITY.comm, o + AFFINITY.comm + AFFINITY.commLen);
+      const nul = commBytes.indexOf(0);
+      out.push({
+        type: 'AFFINITY', tgid: dv.getUint32(o + AFFINITY.tgid, true), tid: dv.getUint32(o + AFFINITY.tid, true),
+        comm: Buffer.from(nul < 0 ? commBytes : commBytes.subarray(0, nul)).toString('latin1'), cpus, mask,
+      });
+    } else if (type === HintType.UNPIN) {
+      out.push({ type: 'UNPIN', tid: dv.getUint32(o + UNPIN.tid, true), tgid: dv.getUint32(o + UNPIN.tgid, true) });
+    } else {
+      out.push({ type: 'UNKNOWN', code: type, bytes: new Uint8Array(batch.subarray(o, o + len)) }); // a copy, never a view of a pooled Buffer
+    }
+    o += len;
+  }
+  return out;
+}
+
+/** Encode records (tests, and host-side tools that replay hints). */
+export function encodeHint(h: AffinityHint | UnpinHint): Uint8Array {
+  if (h.type === 'UNPIN') {
+    const b = new Uint8Array(UNPIN.size);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, HintType.UNPIN, true);
+    dv.setUint32(4, UNPIN.size, true);
+    dv.setUint32(UNPIN.tid, h.tid, true);
+    dv.setUint32(UNPIN.tgid, h.tgid, true);
+    return b;
+  }
+  const b = new Uint8Array(AFFINITY.size);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, HintType.AFFINITY, true);
+  dv.setUint32(4, AFFINITY.size, true);
+  dv.setUint32(AFFINITY.tgid, h.tgid, true);
+  dv.setUint32(AFFINITY.tid, h.tid, true);
+  b.set(Buffer.from(h.comm, 'latin1').subarray(0, AFFINITY.commLen - 1), AFFINITY.comm);
+  const words = [0n, 0n, 0n, 0n];
+  for (const c of h.cpus) {
+    if (!Number.isInteger(c) || c < 0 || c >= AFFINITY.maskWords * 64) throw new HintDecodeError(`cpu ${c} outside 0..255`);
+    words[c >> 6] = words[c >> 6]! | (1n << BigInt(c & 63));
+  }
+  words.forEach((w, i) => dv.setBigUint64(AFFINITY.mask + i * 8, w, true));
+  return b;
+}

@@ -1,0 +1,571 @@
+// The hypercall device model (docs/hypercall.md): the register block on the PIO bus, the
+// shared memory mailboxes, the queue of host requests and the agent session. This module owns
+// the protocol state machine and its counters; it must not touch KVM, vsock or the bus layout
+// (vmm maps the shared memory as its own KVM slot, puts this device on the PIO bus and rings
+// the agent's vsock doorbell when asked to).
+//
+// Everything the guest writes is untrusted: each command is validated on a private copy of
+// the mailbox and answered with a status code. Guest input never makes this module throw.
+
+import type { BusDevice } from '../bus';
+import { Cmd, HC_DOORBELL_PORT, HC_MAGIC, HC_VERSION, Reg, Status, type CmdName, type StatusCode, type StatusName } from './registers';
+import {
+  Hdr,
+  Op,
+  SHM_MAGIC,
+  SHM_VERSION,
+  DIGEST_LEN,
+  decodeHello,
+  decodeHints,
+  decodeReport,
+  encodeRequest,
+  mailboxLayout,
+  requestSize,
+  type MailboxLayout,
+  type OpCode,
+  type OutcomeName,
+} from './shmem';
+
+/** A program package as this device sees it: opaque bytes with an id and a digest (bpf/package.ts). */
+export interface PackageBytes {
+  readonly id: string;
+  /** SHA-256, 32 bytes. */
+  readonly digest: Uint8Array;
+  readonly bytes: Uint8Array;
+}
+
+export type HypercallRequest =
+  | { readonly op: 'load'; readonly pkg: PackageBytes }
+  | { readonly op: 'unload'; readonly handle: number }
+  | { readonly op: 'replace'; readonly handle: number; readonly pkg: PackageBytes };
+
+export interface HypercallResult {
+  readonly requestId: number;
+  readonly op: HypercallRequest['op'];
+  /** The handle the request acted on (for a load: the one this device assigned). */
+  readonly handle: number;
+  readonly ok: boolean;
+  readonly outcome: OutcomeName;
+  readonly errno: number;
+  readonly progIds: readonly number[];
+  /** Verifier log, refusal reason or failure description, as the agent sent it. */
+  readonly text: string;
+}
+
+export interface AgentInfo {
+  readonly version: number;
+  readonly caps: number;
+  readonly pid: number;
+  readonly name: string;
+  /** 1 for the first HELLO, +1 per agent (re)start. */
+  readonly session: number;
+}
+
+/** A program that was loaded when the agent restarted: its fds died with the old agent. */
+export interface LostProgram {
+  readonly handle: number;
+  readonly packageId: string;
+  readonly digest: Uint8Array;
+  readonly progIds: readonly number[];
+}
+
+/**
+ * Receives one hint record: the whole record, 8-byte header included, exactly `len` bytes
+ * (padding stripped), so `bpf/hints.ts` can decode it as a one-record batch. The bytes are a
+ * private copy: the guest cannot change them afterwards.
+ */
+export type HintHandler = (record: Uint8Array, type: number) => void;
+
+export interface HypercallDeviceOptions {
+  /** Host view of the shared memory (mapped by vmm as a separate KVM slot). */
+  readonly shm: Uint8Array;
+  /** Its guest physical address. */
+  readonly shmBase: number;
+  readonly doorbellPort?: number;
+  /** Hypercalls allowed per second (token bucket); default 5000. */
+  readonly ratePerSecond?: number;
+  /** Bucket depth; default = ratePerSecond. */
+  readonly burst?: number;
+  /** Milliseconds clock (tests inject one). */
+  readonly now?: () => number;
+}
+
+export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'unknown-handle' | 'closed';
+
+export class HypercallError extends Error {
+  constructor(readonly code: HypercallErrorCode, message: string) {
+    super(message);
+    this.name = 'HypercallError';
+  }
+}
+
+export interface HypercallCounters {
+  /** COMMAND writes by command (rejected ones included). */
+  calls: Record<CmdName | 'UNKNOWN', number>;
+  /** Non-OK statuses by name (bad calls and bad register writes). */
+  errors: Record<Exclude<StatusName, 'OK'>, number>;
+  badReads: number;
+  badWrites: number;
+  hintBatches: number;
+  hintRecords: number;
+  hintBytes: number;
+  /** Records the agent said it lost. */
+  hintDropped: number;
+  /** Records of a type no handler is registered for. */
+  hintUnknown: number;
+  /** Records dispatched, by (registered) type. */
+  hintsByType: Record<number, number>;
+  handlerErrors: number;
+  requestsSubmitted: number;
+  requestsCompleted: number;
+  h2gBytes: number;
+  g2hBytes: number;
+  agentHellos: number;
+  agentRestarts: number;
+  programsLost: number;
+}
+
+interface Pending {
+  readonly id: number;
+  readonly op: HypercallRequest['op'];
+  readonly handle: number;
+  readonly pkg: PackageBytes | undefined;
+  readonly resolve: (r: HypercallResult) => void;
+  readonly reject: (e: Error) => void;
+}
+
+interface Live {
+  readonly packageId: string;
+  readonly digest: Uint8Array;
+  readonly progIds: readonly number[];
+}
+
+const opCode: Record<HypercallRequest['op'], OpCode> = { load: Op.LOAD, unload: Op.UNLOAD, replace: Op.REPLACE };
+const cmdNames = new Map<number, CmdName>(Object.entries(Cmd).map(([k, v]) => [v, k as CmdName]));
+const statusNames = new Map<number, StatusName>(Object.entries(Status).map(([k, v]) => [v, k as StatusName]));
+const U32 = 0x1_0000_0000;
+
+export class HypercallDevice implements BusDevice {
+  private readonly shm: Uint8Array;
+  private readonly hdr: DataView;
+  private readonly layout: MailboxLayout;
+  private readonly shmBase: number;
+  private readonly doorbellPort: number;
+  private readonly rate: number;
+  private readonly burst: number;
+  private readonly now: () => number;
+
+  private status: StatusCode = Status.OK;
+  private result = 0;
+  private seq = 0;
+  private h2gSeq = 0;
+  private h2gLen = 0;
+  private g2hAck = 0;
+  private tokens: number;
+  private lastRefill: number;
+
+  private agentInfo: AgentInfo | undefined;
+  private sessions = 0;
+  private closed = false;
+  private doorbellRung = false;
+  private nextRequestId = 1;
+  private nextHandle = 1;
+  private queue: Pending[] = [];
+  private readonly inFlight = new Map<number, Pending>();
+  private readonly live = new Map<number, Live>();
+  /** Handles in use: live, or named by a request not yet reported. */
+  private readonly handles = new Set<number>();
+
+  private readonly hintHandlers = new Map<number, HintHandler[]>();
+  private readonly doorbellCbs: (() => void)[] = [];
+  private readonly helloCbs: ((info: AgentInfo, lost: readonly LostProgram[]) => void)[] = [];
+  private readonly stats: HypercallCounters;
+  private failure: { status: StatusName; why: string } | undefined;
+
+  constructor(opts: HypercallDeviceOptions) {
+    this.layout = mailboxLayout(opts.shm.length);
+    if (!Number.isSafeInteger(opts.shmBase) || opts.shmBase < 0 || opts.shmBase % 0x1000 !== 0) {
+      throw new RangeError(`hypercall shared memory base 0x${opts.shmBase.toString(16)} is not page aligned`);
+    }
+    this.shm = opts.shm;
+    this.hdr = new DataView(opts.shm.buffer, opts.shm.byteOffset, opts.shm.length);
+    this.shmBase = opts.shmBase;
+    this.doorbellPort = opts.doorbellPort ?? HC_DOORBELL_PORT;
+    this.rate = opts.ratePerSecond ?? 5000;
+    this.burst = opts.burst ?? this.rate;
+    if (!(this.rate > 0) || !(this.burst >= 1)) throw new RangeError(`hypercall rate ${this.rate}/s burst ${this.burst} is not positive`);
+    this.now = opts.now ?? (() => performance.now());
+    this.tokens = this.burst;
+    this.lastRefill = this.now();
+    this.stats = {
+      calls: { HELLO: 0, FETCH: 0, REPORT: 0, HINTS: 0, UNKNOWN: 0 },
+      errors: { E_UNKNOWN: 0, E_STATE: 0, E_LENGTH: 0, E_INVALID: 0, E_NOREQ: 0, E_VERSION: 0, E_RATE: 0, E_ACCESS: 0 },
+      badReads: 0,
+      badWrites: 0,
+      hintBatches: 0,
+      hintRecords: 0,
+      hintBytes: 0,
+      hintDropped: 0,
+      hintUnknown: 0,
+      hintsByType: {},
+      handlerErrors: 0,
+      requestsSubmitted: 0,
+      requestsCompleted: 0,
+      h2gBytes: 0,
+      g2hBytes: 0,
+      agentHellos: 0,
+      agentRestarts: 0,
+      programsLost: 0,
+    };
+    this.shm.fill(0, 0, this.layout.h2gOff);
+    this.writeHeader();
+  }
+
+  // ---- host API ---------------------------------------------------------------------------
+
+  /** The agent of the current session, or undefined before the first HELLO. */
+  get agent(): AgentInfo | undefined {
+    return this.agentInfo;
+  }
+
+  /** Why the last failing command failed (for logs; the guest only sees the status). */
+  get lastError(): { readonly status: StatusName; readonly why: string } | undefined {
+    return this.failure;
+  }
+
+  /** Requests queued and not yet fetched by the agent. */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /** A snapshot of the counters. */
+  counters(): HypercallCounters {
+    return structuredClone(this.stats);
+  }
+
+  /** Largest package that fits the host→guest mailbox. */
+  get maxPackageSize(): number {
+    return this.layout.h2gSize - requestSize(0);
+  }
+
+  /**
+   * Queues a request for the agent. Resolves with the agent's report (a refusal or verifier
+   * failure is a result, not a rejection); rejects only when the request cannot be sent.
+   * Requests wait in the queue until an agent has said HELLO.
+   */
+  submit(req: HypercallRequest): Promise<HypercallResult> {
+    if (this.closed) return Promise.reject(new HypercallError('closed', 'hypercall device is closed'));
+    if (req.op !== 'unload') {
+      if (req.pkg.digest.length !== DIGEST_LEN) {
+        return Promise.reject(new HypercallError('bad-digest', `package ${req.pkg.id}: digest is ${req.pkg.digest.length} bytes, want ${DIGEST_LEN}`));
+      }
+      if (req.pkg.bytes.length > this.maxPackageSize) {
+        return Promise.reject(new HypercallError('too-large', `package ${req.pkg.id} is ${req.pkg.bytes.length} bytes; the mailbox holds ${this.maxPackageSize}`));
+      }
+    }
+    let handle: number;
+    if (req.op === 'load') {
+      handle = this.allocHandle();
+      this.handles.add(handle);
+    } else {
+      handle = req.handle;
+      if (!this.handles.has(handle)) return Promise.reject(new HypercallError('unknown-handle', `${req.op}: no program is loaded under handle ${handle}`));
+    }
+    const id = this.allocRequestId();
+    this.stats.requestsSubmitted++;
+    return new Promise<HypercallResult>((resolve, reject) => {
+      this.queue.push({ id, op: req.op, handle, pkg: req.op === 'unload' ? undefined : req.pkg, resolve, reject });
+      this.ringIfNeeded();
+    });
+  }
+
+  /** Registers a handler for hint records of `type`; returns a function that unregisters it. */
+  onHints(type: number, handler: HintHandler): () => void {
+    const list = this.hintHandlers.get(type) ?? [];
+    list.push(handler);
+    this.hintHandlers.set(type, list);
+    return () => {
+      const l = this.hintHandlers.get(type);
+      if (!l) return;
+      const i = l.indexOf(handler);
+      if (i >= 0) l.splice(i, 1);
+      if (l.length === 0) this.hintHandlers.delete(type);
+    };
+  }
+
+  /** Called when the agent should be woken (vmm writes one byte on the doorbell connection). */
+  onDoorbellNeeded(cb: () => void): void {
+    this.doorbellCbs.push(cb);
+  }
+
+  /** Called on every HELLO with the programs lost by the previous agent (empty the first time). */
+  onAgentHello(cb: (info: AgentInfo, lost: readonly LostProgram[]) => void): void {
+    this.helloCbs.push(cb);
+  }
+
+  /** Rejects every request not yet reported; later submits fail. */
+  close(): void {
+    this.closed = true;
+    const all = [...this.inFlight.values(), ...this.queue];
+    this.inFlight.clear();
+    this.queue = [];
+    for (const p of all) p.reject(new HypercallError('closed', `request ${p.id} (${p.op}) dropped: hypercall device closed`));
+  }
+
+  // ---- BusDevice -----------------------------------------------------------------------------
+
+  read(offset: number, data: Uint8Array): void {
+    if (data.length !== 4 || offset % 4 !== 0) {
+      this.stats.badReads++;
+      data.fill(0xff);
+      return;
+    }
+    new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.register(offset), true);
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    if (data.length !== 4 || offset !== Reg.COMMAND) {
+      this.stats.badWrites++;
+      this.finish(Status.E_ACCESS, 0, `${data.length}-byte write at register offset 0x${offset.toString(16)}`);
+      return;
+    }
+    this.command(new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true));
+  }
+
+  // ---- internals ---------------------------------------------------------------------------
+
+  private register(offset: number): number {
+    switch (offset) {
+      case Reg.MAGIC: return HC_MAGIC;
+      case Reg.VERSION: return HC_VERSION;
+      case Reg.FEATURES: return 0;
+      case Reg.DOORBELL_PORT: return this.doorbellPort;
+      case Reg.SHM_BASE_LO: return this.shmBase % U32;
+      case Reg.SHM_BASE_HI: return Math.floor(this.shmBase / U32);
+      case Reg.SHM_SIZE: return this.shm.length;
+      case Reg.PENDING: return this.queue.length;
+      case Reg.STATUS: return this.status;
+      case Reg.RESULT: return this.result;
+      case Reg.SEQ: return this.seq;
+      default: return 0; // COMMAND and reserved registers
+    }
+  }
+
+  private command(code: number): void {
+    this.seq = (this.seq + 1) % U32;
+    const name = cmdNames.get(code);
+    this.stats.calls[name ?? 'UNKNOWN']++;
+    const wait = this.takeToken();
+    if (wait > 0) return this.finish(Status.E_RATE, wait, `rate limit of ${this.rate}/s exceeded`);
+    switch (name) {
+      case 'HELLO': return this.hello();
+      case 'FETCH': return this.fetch();
+      case 'REPORT': return this.report();
+      case 'HINTS': return this.hints();
+      default: return this.finish(Status.E_UNKNOWN, 0, `unknown command ${code}`);
+    }
+  }
+
+  /** Takes one token; returns 0, or the milliseconds until one is available. */
+  private takeToken(): number {
+    const t = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + (Math.max(0, t - this.lastRefill) * this.rate) / 1000);
+    this.lastRefill = t;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    return Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.rate));
+  }
+
+  private finish(status: StatusCode, result: number, why?: string): void {
+    this.status = status;
+    this.result = status === Status.OK || status === Status.E_RATE ? result >>> 0 : 0;
+    if (status !== Status.OK) {
+      const name = statusNames.get(status) as Exclude<StatusName, 'OK'>;
+      this.stats.errors[name]++;
+      this.failure = { status: name, why: why ?? name };
+    }
+    this.writeHeader();
+  }
+
+  /** Rewrites every host-owned header field (the guest may have scribbled on them). */
+  private writeHeader(): void {
+    const h = this.hdr;
+    h.setUint32(Hdr.MAGIC, SHM_MAGIC, true);
+    h.setUint32(Hdr.VERSION, SHM_VERSION, true);
+    h.setUint32(Hdr.H2G_OFF, this.layout.h2gOff, true);
+    h.setUint32(Hdr.H2G_SIZE, this.layout.h2gSize, true);
+    h.setUint32(Hdr.G2H_OFF, this.layout.g2hOff, true);
+    h.setUint32(Hdr.G2H_SIZE, this.layout.g2hSize, true);
+    h.setUint32(Hdr.H2G_LEN, this.h2gLen, true);
+    h.setUint32(Hdr.H2G_SEQ, this.h2gSeq, true);
+    h.setUint32(Hdr.G2H_ACK, this.g2hAck, true);
+  }
+
+  /** Reads g2h_len once and copies the message out: later guest writes cannot change what we parse. */
+  private takeMessage(): Uint8Array | undefined {
+    const len = this.hdr.getUint32(Hdr.G2H_LEN, true);
+    this.g2hAck = this.hdr.getUint32(Hdr.G2H_SEQ, true);
+    if (len > this.layout.g2hSize) {
+      this.finish(Status.E_LENGTH, 0, `g2h_len ${len} > mailbox size ${this.layout.g2hSize}`);
+      return undefined;
+    }
+    this.stats.g2hBytes += len;
+    return this.shm.slice(this.layout.g2hOff, this.layout.g2hOff + len);
+  }
+
+  private needSession(what: string): boolean {
+    if (this.agentInfo) return true;
+    this.finish(Status.E_STATE, 0, `${what} before HELLO`);
+    return false;
+  }
+
+  private hello(): void {
+    const msg = this.takeMessage();
+    if (!msg) return;
+    const d = decodeHello(msg, HC_VERSION);
+    if (!d.ok) return this.finish(d.status, 0, d.why);
+    const restart = this.agentInfo !== undefined;
+    const lost = this.endSession();
+    this.agentInfo = { ...d.value, session: ++this.sessions };
+    this.stats.agentHellos++;
+    if (restart) this.stats.agentRestarts++;
+    this.doorbellRung = false;
+    this.finish(Status.OK, this.queue.length);
+    for (const cb of this.helloCbs) this.safely(() => cb(this.agentInfo as AgentInfo, lost));
+  }
+
+  /**
+   * The old agent is gone with its fds: requests it fetched go back to the front of the queue
+   * in their original order; programs it had loaded are lost, unless a queued request already
+   * decides their handle's fate (an UNLOAD, or a REPLACE that the new agent runs as a LOAD).
+   */
+  private endSession(): LostProgram[] {
+    const refetch = [...this.inFlight.values()].sort((a, b) => a.id - b.id);
+    this.inFlight.clear();
+    this.queue = [...refetch, ...this.queue];
+    const decided = new Set(this.queue.filter((p) => p.op !== 'load').map((p) => p.handle));
+    const lost: LostProgram[] = [];
+    for (const [handle, l] of this.live) {
+      if (!decided.has(handle)) {
+        lost.push({ handle, packageId: l.packageId, digest: l.digest, progIds: l.progIds });
+        this.handles.delete(handle);
+      }
+    }
+    this.live.clear();
+    this.stats.programsLost += lost.length;
+    return lost;
+  }
+
+  private fetch(): void {
+    if (!this.needSession('FETCH')) return;
+    this.doorbellRung = false;
+    const p = this.queue.shift();
+    const box = this.shm.subarray(this.layout.h2gOff, this.layout.h2gOff + this.layout.h2gSize);
+    if (!p) {
+      this.h2gLen = 0;
+      return this.finish(Status.OK, 0);
+    }
+    const len = encodeRequest(
+      {
+        op: opCode[p.op],
+        requestId: p.id,
+        handle: p.handle,
+        digest: p.pkg?.digest ?? new Uint8Array(DIGEST_LEN),
+        name: p.pkg?.id ?? '',
+        body: p.pkg?.bytes ?? new Uint8Array(0),
+      },
+      box,
+    );
+    this.inFlight.set(p.id, p);
+    this.h2gSeq = (this.h2gSeq + 1) % U32;
+    this.h2gLen = len;
+    this.stats.h2gBytes += len;
+    this.finish(Status.OK, len);
+  }
+
+  private report(): void {
+    if (!this.needSession('REPORT')) return;
+    const msg = this.takeMessage();
+    if (!msg) return;
+    const d = decodeReport(msg);
+    if (!d.ok) return this.finish(d.status, 0, d.why);
+    const r = d.value;
+    const p = this.inFlight.get(r.requestId);
+    if (!p) return this.finish(Status.E_NOREQ, 0, `REPORT for request ${r.requestId}, which is not in flight`);
+    const ok = r.outcome === 'OK';
+    if (ok && p.op !== 'unload' && r.progIds.length === 0) return this.finish(Status.E_INVALID, 0, `REPORT OK for ${p.op} ${p.id} names no program`);
+    this.inFlight.delete(p.id);
+    this.settleHandle(p, ok, r.outcome, r.progIds);
+    this.stats.requestsCompleted++;
+    this.finish(Status.OK, 0);
+    p.resolve({ requestId: p.id, op: p.op, handle: p.handle, ok, outcome: r.outcome, errno: r.errno, progIds: r.progIds, text: r.text });
+  }
+
+  private settleHandle(p: Pending, ok: boolean, outcome: OutcomeName, progIds: readonly number[]): void {
+    if (p.op === 'unload') {
+      if (ok || outcome === 'NOENT') {
+        this.live.delete(p.handle);
+        this.handles.delete(p.handle);
+      }
+      return;
+    }
+    if (ok && p.pkg) this.live.set(p.handle, { packageId: p.pkg.id, digest: p.pkg.digest, progIds });
+    else if (!this.live.has(p.handle) && !this.queue.some((q) => q.handle === p.handle)) this.handles.delete(p.handle);
+  }
+
+  private hints(): void {
+    if (!this.needSession('HINTS')) return;
+    const msg = this.takeMessage();
+    if (!msg) return;
+    const d = decodeHints(msg);
+    if (!d.ok) return this.finish(d.status, 0, d.why);
+    const { records, dropped } = d.value;
+    this.stats.hintBatches++;
+    this.stats.hintRecords += records.length;
+    this.stats.hintBytes += msg.length;
+    this.stats.hintDropped += dropped;
+    this.finish(Status.OK, records.length);
+    for (const rec of records) {
+      const handlers = this.hintHandlers.get(rec.type);
+      if (!handlers) {
+        this.stats.hintUnknown++;
+        continue;
+      }
+      this.stats.hintsByType[rec.type] = (this.stats.hintsByType[rec.type] ?? 0) + 1;
+      for (const h of [...handlers]) this.safely(() => h(rec.record, rec.type));
+    }
+  }
+
+  private ringIfNeeded(): void {
+    if (!this.agentInfo || this.doorbellRung || this.queue.length === 0) return;
+    this.doorbellRung = true;
+    for (const cb of this.doorbellCbs) this.safely(cb);
+  }
+
+  /** Host callbacks must not break the guest's exit path. */
+  private safely(fn: () => void): void {
+    try {
+      fn();
+    } catch {
+      this.stats.handlerErrors++;
+    }
+  }
+
+  private allocRequestId(): number {
+    while (this.nextRequestId === 0 || this.inFlight.has(this.nextRequestId) || this.queue.some((p) => p.id === this.nextRequestId)) {
+      this.nextRequestId = (this.nextRequestId + 1) % U32;
+    }
+    const id = this.nextRequestId;
+    this.nextRequestId = (id + 1) % U32;
+    return id;
+  }
+
+  private allocHandle(): number {
+    while (this.nextHandle === 0 || this.handles.has(this.nextHandle)) this.nextHandle = (this.nextHandle + 1) % U32;
+    const h = this.nextHandle;
+    this.nextHandle = (h + 1) % U32;
+    return h;
+  }
+}

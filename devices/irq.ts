@@ -1,0 +1,7 @@
+// The interrupt line a device raises. vmm/ implements it (irqfd or KVM_IRQ_LINE on the in-kernel
+// irqchip); device models only ever see this interface and must not reach KVM themselves.
+
+export interface IrqLine {
+  /** Delivers one edge on the device's GSI. Safe to call from the device's thread at any time. */
+  trigger(): void;
+}

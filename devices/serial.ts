@@ -1,0 +1,150 @@
+// A 16550A UART (COM1), enough of it for Linux's 8250 driver to detect a 16550A with FIFOs,
+// print the console, and read input. Owns the UART registers and its receive FIFO; output and
+// the interrupt line are handed in. Transmit is instantaneous: THR is always empty, so the
+// guest never waits on us, and a THRE interrupt is raised whenever the guest asks for one.
+
+import type { BusDevice } from './bus';
+import type { IrqLine } from './irq';
+
+const DATA = 0; // RBR (read) / THR (write); DLL with DLAB
+const IER = 1; // DLM with DLAB
+const IIR_FCR = 2;
+const LCR = 3;
+const MCR = 4;
+const LSR = 5;
+const MSR = 6;
+const SCR = 7;
+
+const IER_RDA = 0x01;
+const IER_THRE = 0x02;
+const IIR_NONE = 0x01;
+const IIR_THRE = 0x02;
+const IIR_RDA = 0x04;
+const IIR_FIFO_ENABLED = 0xc0;
+const FCR_ENABLE = 0x01;
+const FCR_CLEAR_RX = 0x02;
+const LCR_DLAB = 0x80;
+const MCR_LOOP = 0x10;
+const LSR_DR = 0x01;
+const LSR_THRE = 0x20;
+const LSR_TEMT = 0x40;
+
+/** Receive FIFO depth: a 16550A has 16 bytes; a deeper buffer lets pasted input survive. */
+export const RX_FIFO_SIZE = 64;
+
+export class Serial16550 implements BusDevice {
+  private ier = 0;
+  private lcr = 0x03; // 8N1
+  private mcr = 0x08; // OUT2
+  private scr = 0;
+  private fcr = 0;
+  private dll = 0x0c; // 9600 baud
+  private dlm = 0;
+  private threPending = false;
+  private rx: number[] = [];
+
+  constructor(
+    private readonly irq: IrqLine,
+    private readonly output: (bytes: Uint8Array) => void,
+  ) {}
+
+  /** Queues input for the guest; returns how many bytes fit (the rest is the caller's to retry). */
+  enqueueInput(bytes: Uint8Array): number {
+    const n = Math.min(bytes.length, RX_FIFO_SIZE - this.rx.length);
+    for (let i = 0; i < n; i++) this.rx.push(bytes[i]!);
+    if (n > 0 && this.ier & IER_RDA) this.irq.trigger();
+    return n;
+  }
+
+  get rxSpace(): number {
+    return RX_FIFO_SIZE - this.rx.length;
+  }
+
+  read(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    data[0] = this.readReg(offset);
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    this.writeReg(offset, data[0]!);
+  }
+
+  private readReg(reg: number): number {
+    const dlab = (this.lcr & LCR_DLAB) !== 0;
+    switch (reg) {
+      case DATA:
+        if (dlab) return this.dll;
+        return this.rx.shift() ?? 0;
+      case IER:
+        return dlab ? this.dlm : this.ier;
+      case IIR_FCR: {
+        const fifo = this.fcr & FCR_ENABLE ? IIR_FIFO_ENABLED : 0;
+        if (this.ier & IER_RDA && this.rx.length > 0) return IIR_RDA | fifo;
+        if (this.ier & IER_THRE && this.threPending) {
+          this.threPending = false; // reading IIR acknowledges THRE
+          return IIR_THRE | fifo;
+        }
+        return IIR_NONE | fifo;
+      }
+      case LCR:
+        return this.lcr;
+      case MCR:
+        return this.mcr;
+      case LSR:
+        return (this.rx.length > 0 ? LSR_DR : 0) | LSR_THRE | LSR_TEMT;
+      case MSR:
+        if (this.mcr & MCR_LOOP) {
+          // Loopback: DTR→DSR, RTS→CTS, OUT1→RI, OUT2→DCD (what the 8250 probe checks).
+          const m = this.mcr;
+          return ((m & 0x01) << 5) | ((m & 0x02) << 3) | ((m & 0x04) << 4) | ((m & 0x08) << 4);
+        }
+        return 0xb0; // DCD, DSR, CTS
+      case SCR:
+        return this.scr;
+      default:
+        return 0;
+    }
+  }
+
+  private writeReg(reg: number, v: number): void {
+    const dlab = (this.lcr & LCR_DLAB) !== 0;
+    switch (reg) {
+      case DATA:
+        if (dlab) {
+          this.dll = v;
+          return;
+        }
+        if (this.mcr & MCR_LOOP) this.enqueueInput(Uint8Array.of(v));
+        else this.output(Uint8Array.of(v));
+        this.raiseThre();
+        return;
+      case IER:
+        if (dlab) {
+          this.dlm = v;
+          return;
+        }
+        this.ier = v & 0x0f;
+        if (this.ier & IER_THRE) this.raiseThre();
+        else this.threPending = false;
+        return;
+      case IIR_FCR:
+        this.fcr = v & FCR_ENABLE;
+        if (v & FCR_CLEAR_RX) this.rx = [];
+        return;
+      case LCR:
+        this.lcr = v;
+        return;
+      case MCR:
+        this.mcr = v & 0x1f;
+        return;
+      case SCR:
+        this.scr = v;
+        return;
+    }
+  }
+
+  private raiseThre(): void {
+    this.threPending = true;
+    if (this.ier & IER_THRE) this.irq.trigger();
+  }
+}

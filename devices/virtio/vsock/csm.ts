@@ -1,0 +1,503 @@
+// The vsock connection state machine: one guest AF_VSOCK stream <-> one host byte stream. It owns
+// the connection's state, both directions of credit-based flow control, the bounded host->guest
+// buffer, shutdown/RST handling and the timeouts. It knows nothing of sockets (a HostStream does
+// the I/O), of virtqueues (it fills an RxPacketWriter) or of other connections (the muxer routes).
+//
+// Flow control, in one paragraph (virtio spec 5.10.6.3): each side tells the other, in every
+// packet, `buf_alloc` (its receive buffer size) and `fwd_cnt` (bytes it has consumed so far). A
+// sender may have at most `peer_buf_alloc - (bytes_sent - peer_fwd_cnt)` bytes in flight. Counters
+// are u32 and wrap, so all differences are taken mod 2^32.
+//   guest -> host: our buffer is the host stream's unflushed bytes; fwd_cnt advances when the
+//     host stream accepts data (write callback). A guest that overruns our credit is reset.
+//   host -> guest: we read from the host only while the guest has credit and our own bounded
+//     buffer has room; otherwise the host stream is paused (backpressure onto the host peer).
+
+import type { VsockCounters } from './counters';
+import {
+  HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
+  SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type RxPacketWriter, type VsockHeader,
+} from './packet';
+
+/** The host end of a connection: a Unix socket, or an in-process stream (muxer.connect). */
+export interface HostStream {
+  /** Sends `data` (the stream may keep it); `flushed` runs once the host side has accepted it. */
+  write(data: Uint8Array, flushed: () => void): void;
+  /** Half-close: the host peer reads EOF after what was written. */
+  end(): void;
+  /** Releases the stream: gracefully (end after pending writes) or abortively (now). */
+  close(graceful: boolean): void;
+  pause(): void;
+  resume(): void;
+}
+
+export interface ConnLimits {
+  /** Our receive buffer (guest -> host bytes in flight), advertised as buf_alloc. */
+  bufAlloc: number;
+  /** Send CREDIT_UPDATE when the guest believes we have less free space than this. */
+  creditUpdateThreshold: number;
+  /** Host -> guest bytes buffered before the host stream is paused. */
+  rxBufferLimit: number;
+  /** A guest that does not answer REQUEST (or a host connect that hangs) within this is reset. */
+  connectTimeoutMs: number;
+  /** After a full SHUTDOWN, the other side has this long to finish before we send RST. */
+  shutdownTimeoutMs: number;
+}
+
+export const DEFAULT_CONN_LIMITS: Readonly<ConnLimits> = {
+  bufAlloc: 64 * 1024,
+  creditUpdateThreshold: 4 * 1024,
+  rxBufferLimit: 64 * 1024,
+  connectTimeoutMs: 2000,
+  shutdownTimeoutMs: 2000,
+};
+
+/** Host -> guest bytes buffered across all connections (the muxer owns one, connections share it). */
+export interface RxBudget {
+  used: number;
+  readonly limit: number;
+}
+
+export type ConnState =
+  | 'local-init'  // host-initiated: REQUEST queued/sent, waiting for the guest's RESPONSE
+  | 'peer-init'   // guest-initiated: connecting to the host listener, RESPONSE not sent yet
+  | 'established' // data flows; half-closes show in guestShutdown / hostShutdown
+  | 'closing'     // we sent SHUTDOWN(RCV|SEND); waiting for the guest's RST (or the timeout)
+  | 'killed'      // RST queued for the guest
+  | 'closed';     // over: the muxer forgets it
+
+export type CloseReason = 'clean' | 'reset' | 'timeout' | 'refused';
+
+export interface ConnectionParams {
+  readonly localPort: number;
+  readonly peerPort: number;
+  readonly guestCid: bigint;
+  readonly stream: HostStream;
+  readonly counters: VsockCounters;
+  readonly budget: RxBudget;
+  readonly limits?: Partial<ConnLimits>;
+  readonly clock?: () => number;
+}
+
+const u32 = (x: number): number => x >>> 0;
+
+export class Connection {
+  readonly localPort: number;
+  readonly peerPort: number;
+  private readonly guestCid: bigint;
+  private readonly stream: HostStream;
+  private readonly counters: VsockCounters;
+  private readonly budget: RxBudget;
+  readonly limits: Readonly<ConnLimits>;
+  private readonly clock: () => number;
+
+  private st: ConnState;
+  private why: CloseReason | undefined;
+  /** When the connection is killed if still not progressed (ms on `clock`). */
+  expiry: number | undefined;
+
+  // Guest -> host.
+  private txCnt = 0;          // bytes accepted from the guest
+  private fwdCnt = 0;         // of those, bytes the host stream accepted
+  private lastFwdCntSent = 0; // fwd_cnt as last told to the guest
+  private creditUpdateAsked = false;
+  private hostEnded = false;  // we half-closed the host stream (guest said SHUTDOWN_SEND)
+
+  // Host -> guest.
+  private rxChunks: Uint8Array[] = [];
+  private rxOffset = 0;       // consumed bytes of rxChunks[0]
+  private rxBuffered = 0;
+  private rxCnt = 0;          // bytes sent to the guest
+  private peerBufAlloc = 0;
+  private peerFwdCnt = 0;
+  private creditRequested = false;
+  private paused = false;
+
+  private pendingRequest = false;
+  private pendingResponse = false;
+  private pendingRst = false;
+  /** SHUTDOWN flags the guest sent (ORed, never undone). */
+  guestShutdown = 0;
+  /** SHUTDOWN flags we sent the guest. */
+  hostShutdown = 0;
+  private hostEof = false;    // the host peer will send no more
+  private hostGone = false;   // the host stream is dead: nothing more can be written to it
+
+  private constructor(p: ConnectionParams, state: ConnState) {
+    this.localPort = p.localPort;
+    this.peerPort = p.peerPort;
+    this.guestCid = p.guestCid;
+    this.stream = p.stream;
+    this.counters = p.counters;
+    this.budget = p.budget;
+    this.limits = { ...DEFAULT_CONN_LIMITS, ...p.limits };
+    this.clock = p.clock ?? (() => performance.now());
+    this.st = state;
+    p.counters.connectionsOpened++;
+  }
+
+  /** Host-initiated: a REQUEST goes to the guest next; established on its RESPONSE. */
+  static localInit(p: ConnectionParams): Connection {
+    const c = new Connection(p, 'local-init');
+    c.pendingRequest = true;
+    return c;
+  }
+
+  /** Guest-initiated (from its REQUEST header): RESPONSE once hostConnected() is called. */
+  static peerInit(p: ConnectionParams, request: VsockHeader): Connection {
+    const c = new Connection(p, 'peer-init');
+    c.peerBufAlloc = request.bufAlloc;
+    c.peerFwdCnt = request.fwdCnt;
+    c.expiry = c.clock() + c.limits.connectTimeoutMs;
+    return c;
+  }
+
+  get state(): ConnState {
+    return this.st;
+  }
+
+  get closeReason(): CloseReason | undefined {
+    return this.why;
+  }
+
+  /** Bytes the guest may still send before overrunning our buffer. */
+  get ourFreeCredit(): number {
+    return this.limits.bufAlloc - u32(this.txCnt - this.fwdCnt);
+  }
+
+  /** Bytes we may still send the guest. */
+  get peerCredit(): number {
+    return Math.max(0, this.peerBufAlloc - u32(this.rxCnt - this.peerFwdCnt));
+  }
+
+  get rxBufferedBytes(): number {
+    return this.rxBuffered;
+  }
+
+  get hostPaused(): boolean {
+    return this.paused;
+  }
+
+  // ---- events from the host stream ----
+
+  /** The guest-initiated connect to the host listener succeeded. */
+  hostConnected(): void {
+    if (this.st !== 'peer-init') return;
+    this.pendingResponse = true;
+    this.expiry = undefined;
+  }
+
+  /** Data from the host peer (the connection keeps the buffer). */
+  hostData(data: Uint8Array): void {
+    if (data.length === 0) return;
+    if (this.st === 'closed' || this.st === 'killed' || this.st === 'closing' || (this.guestShutdown & SHUTDOWN_RCV)) {
+      return; // nobody will read it: discard, as a socket shut for reading does
+    }
+    this.rxChunks.push(data);
+    this.rxBuffered += data.length;
+    this.budget.used += data.length;
+    this.updateFlow();
+  }
+
+  /** The host peer half-closed: it will send no more. */
+  hostEnd(): void {
+    this.hostEof = true;
+    this.advance();
+  }
+
+  /** The host stream died (closed, errored). */
+  hostClosed(): void {
+    if (this.hostGone) return;
+    this.hostGone = true;
+    this.hostEof = true;
+    if (this.st === 'local-init' || this.st === 'peer-init') {
+      this.kill('reset');
+      return;
+    }
+    this.advance();
+  }
+
+  // ---- packets from the guest ----
+
+  /** A guest packet for this connection (already validated and routed by the muxer). */
+  handleTx(hdr: VsockHeader, payload: readonly Uint8Array[]): void {
+    if (this.st === 'closed') return;
+    // Ask again only once the guest's credit moved: a guest whose reader sleeps would otherwise
+    // answer every CREDIT_REQUEST with the same zero credit, forever.
+    if (hdr.bufAlloc !== this.peerBufAlloc || hdr.fwdCnt !== this.peerFwdCnt) this.creditRequested = false;
+    this.peerBufAlloc = hdr.bufAlloc;
+    this.peerFwdCnt = hdr.fwdCnt;
+
+    if (hdr.op === OP_RST) {
+      const clean = this.st === 'closing' || this.guestShutdown === (SHUTDOWN_RCV | SHUTDOWN_SEND);
+      this.finish(clean ? 'clean' : 'reset', clean);
+      return;
+    }
+    switch (this.st) {
+      case 'killed':
+        return;
+      case 'local-init':
+        if (hdr.op === OP_RESPONSE) {
+          this.st = 'established';
+          this.expiry = undefined;
+        } else {
+          this.invalid();
+        }
+        break;
+      case 'peer-init':
+        if (hdr.op === OP_CREDIT_UPDATE) break;
+        if (hdr.op === OP_CREDIT_REQUEST) this.creditUpdateAsked = true;
+        else this.invalid();
+        break;
+      case 'established':
+        this.established(hdr, payload);
+        break;
+      case 'closing':
+        // Only the guest's RST matters now; credit and stray data are absorbed.
+        if (hdr.op === OP_RW) this.counters.bytesFromGuest += hdr.len;
+        break;
+    }
+    this.advance();
+  }
+
+  private established(hdr: VsockHeader, payload: readonly Uint8Array[]): void {
+    switch (hdr.op) {
+      case OP_RW: {
+        if (hdr.len === 0) return;
+        if (this.guestShutdown & SHUTDOWN_SEND) return this.kill('reset'); // data after a promise not to send
+        if (hdr.len > this.ourFreeCredit) return this.kill('reset');      // overran our credit
+        this.counters.bytesFromGuest += hdr.len;
+        this.txCnt = u32(this.txCnt + hdr.len);
+        if (this.hostGone) {
+          this.fwdCnt = this.txCnt; // the host is dead: the bytes go nowhere, the guest need not wait
+          return;
+        }
+        // One copy out of guest memory: the chain goes back to the guest right after this.
+        const copy = new Uint8Array(hdr.len);
+        let at = 0;
+        for (const v of payload) {
+          copy.set(v, at);
+          at += v.length;
+        }
+        this.stream.write(copy, () => this.flushed(copy.length));
+        return;
+      }
+      case OP_SHUTDOWN: {
+        const add = hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+        this.guestShutdown |= add;
+        if (add & SHUTDOWN_RCV) this.dropRx();
+        return;
+      }
+      case OP_CREDIT_UPDATE:
+        return; // the credit fields were taken above
+      case OP_CREDIT_REQUEST:
+        this.creditUpdateAsked = true;
+        return;
+      default:
+        this.invalid(); // REQUEST/RESPONSE on an established connection
+    }
+  }
+
+  private invalid(): void {
+    this.counters.packetsDropped++;
+    this.counters.dropped['invalid-for-state']++;
+  }
+
+  private flushed(n: number): void {
+    if (this.st === 'closed') return;
+    this.fwdCnt = u32(this.fwdCnt + n);
+    this.advance();
+  }
+
+  // ---- lifecycle ----
+
+  /** Timers: kills the connection if its deadline passed. Returns whether it did. */
+  checkExpiry(now: number = this.clock()): boolean {
+    if (this.expiry === undefined || now < this.expiry) return false;
+    this.expiry = undefined;
+    if (this.st === 'closed' || this.st === 'killed') return false;
+    this.kill('timeout');
+    return true;
+  }
+
+  /** Resets the connection: RST to the guest, the host stream torn down now. */
+  kill(reason: CloseReason = 'reset'): void {
+    if (this.st === 'closed' || this.st === 'killed') return;
+    this.st = 'killed';
+    this.why = reason;
+    this.pendingRst = true;
+    this.pendingRequest = this.pendingResponse = false;
+    this.expiry = undefined;
+    this.dropRx();
+    this.stream.close(false);
+  }
+
+  /** Forgets the connection without telling the guest (device reset, guest RST). */
+  finish(reason: CloseReason, graceful: boolean): void {
+    if (this.st === 'closed') return;
+    const wasKilled = this.st === 'killed';
+    this.st = 'closed';
+    this.why ??= reason;
+    this.expiry = undefined;
+    this.pendingRst = this.pendingRequest = this.pendingResponse = false;
+    this.dropRx();
+    if (!wasKilled && !this.hostGone) this.stream.close(graceful);
+    this.hostGone = true;
+    this.counters.connectionsClosed++;
+    if (this.why !== 'clean') this.counters.connectionsReset++;
+  }
+
+  /** Moves the connection along after any event: half-closes, final RST, shutdown timers. */
+  private advance(): void {
+    if (this.st !== 'established') return;
+    const unflushed = u32(this.txCnt - this.fwdCnt);
+    if ((this.guestShutdown & SHUTDOWN_SEND) && unflushed === 0 && !this.hostEnded && !this.hostGone) {
+      this.hostEnded = true;
+      this.stream.end();
+    }
+    if (this.guestShutdown === (SHUTDOWN_RCV | SHUTDOWN_SEND)) {
+      // The guest is done both ways: once its data reached the host, we end it with RST.
+      if (unflushed === 0 || this.hostGone) {
+        this.why = 'clean';
+        this.pendingRst = true;
+        this.st = 'killed';
+        this.expiry = undefined;
+        if (!this.hostGone) this.stream.close(true);
+        this.hostGone = true;
+      } else if (this.expiry === undefined) {
+        this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
+      }
+    }
+    this.updateFlow();
+  }
+
+  /** Flags of the SHUTDOWN we owe the guest, or 0. Data already buffered goes out first. */
+  private shutdownToSend(): number {
+    if (this.st !== 'established' || this.rxBuffered > 0) return 0;
+    let f = 0;
+    if (this.hostEof) f |= SHUTDOWN_SEND;
+    const guestToHostDone = (this.guestShutdown & SHUTDOWN_SEND) !== 0 && u32(this.txCnt - this.fwdCnt) === 0;
+    if (this.hostGone || (this.hostEof && guestToHostDone)) f |= SHUTDOWN_RCV;
+    return f & ~this.hostShutdown ? f | this.hostShutdown : 0;
+  }
+
+  private guestNeedsCreditUpdate(): boolean {
+    if (this.st !== 'established' || (this.guestShutdown & SHUTDOWN_SEND)) return false;
+    const freed = u32(this.fwdCnt - this.lastFwdCntSent);
+    if (freed === 0) return false;
+    const guestSeesFree = this.limits.bufAlloc - u32(this.txCnt - this.lastFwdCntSent);
+    return guestSeesFree < this.limits.creditUpdateThreshold || freed >= this.limits.bufAlloc / 2;
+  }
+
+  /**
+   * The op of the next packet this connection would send the guest, or 0 when it has none.
+   * `room` is the payload the RX buffer at hand can take (data needs at least one byte).
+   */
+  private nextOp(room: number): number {
+    if (this.pendingRst) return OP_RST;
+    if (this.pendingResponse) return OP_RESPONSE;
+    if (this.pendingRequest) return OP_REQUEST;
+    // Before our RESPONSE the guest socket is still connecting: anything else would reset it.
+    if (this.st !== 'established') return 0;
+    if (this.rxBuffered > 0 && room > 0) {
+      if (this.peerCredit > 0) return OP_RW;
+      if (!this.creditRequested) return OP_CREDIT_REQUEST;
+    }
+    if (this.shutdownToSend()) return OP_SHUTDOWN;
+    if (this.creditUpdateAsked || this.guestNeedsCreditUpdate()) return OP_CREDIT_UPDATE;
+    return 0;
+  }
+
+  hasPendingRx(): boolean {
+    return this.nextOp(Infinity) !== 0;
+  }
+
+  /** Writes the next packet into `w`; false when there is nothing to send. */
+  fillRx(w: RxPacketWriter): boolean {
+    const op = this.nextOp(w.room);
+    if (op === 0) return false;
+    let flags = 0;
+    switch (op) {
+      case OP_RST:
+        this.pendingRst = false;
+        this.finish(this.why ?? 'reset', false);
+        break;
+      case OP_RESPONSE:
+        this.pendingResponse = false;
+        this.st = 'established';
+        break;
+      case OP_REQUEST:
+        this.pendingRequest = false;
+        this.expiry = this.clock() + this.limits.connectTimeoutMs;
+        break;
+      case OP_RW:
+        this.copyRx(w, Math.min(this.peerCredit, w.room));
+        break;
+      case OP_CREDIT_REQUEST:
+        this.creditRequested = true;
+        break;
+      case OP_SHUTDOWN:
+        flags = this.shutdownToSend();
+        this.hostShutdown = flags;
+        if (flags === (SHUTDOWN_RCV | SHUTDOWN_SEND)) {
+          this.st = 'closing';
+          this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
+        }
+        break;
+      case OP_CREDIT_UPDATE:
+        this.creditUpdateAsked = false;
+        break;
+    }
+    this.lastFwdCntSent = this.fwdCnt;
+    w.writeHeader(this.header(op, flags));
+    this.counters.rxPackets++;
+    this.updateFlow();
+    return true;
+  }
+
+  private header(op: number, flags: number): VsockHeader {
+    return {
+      srcCid: HOST_CID, dstCid: this.guestCid, srcPort: this.localPort, dstPort: this.peerPort,
+      len: 0, type: TYPE_STREAM, op, flags, bufAlloc: this.limits.bufAlloc, fwdCnt: this.fwdCnt,
+    };
+  }
+
+  private copyRx(w: RxPacketWriter, max: number): void {
+    let left = max;
+    while (left > 0 && this.rxChunks.length > 0) {
+      const chunk = this.rxChunks[0]!;
+      const n = w.appendPayload(chunk.subarray(this.rxOffset, this.rxOffset + left));
+      if (n === 0) break;
+      left -= n;
+      this.rxOffset += n;
+      if (this.rxOffset === chunk.length) {
+        this.rxChunks.shift();
+        this.rxOffset = 0;
+      }
+    }
+    const sent = max - left;
+    this.rxBuffered -= sent;
+    this.budget.used -= sent;
+    this.rxCnt = u32(this.rxCnt + sent);
+    this.counters.bytesToGuest += sent;
+  }
+
+  private dropRx(): void {
+    this.budget.used -= this.rxBuffered;
+    this.rxChunks = [];
+    this.rxOffset = 0;
+    this.rxBuffered = 0;
+  }
+
+  /** Pauses the host stream while our buffer (or everyone's) is full, resumes it otherwise. */
+  updateFlow(): void {
+    if (this.hostGone || this.st === 'closed' || this.st === 'killed') return;
+    const full = this.rxBuffered >= this.limits.rxBufferLimit || this.budget.used >= this.budget.limit;
+    if (full && !this.paused) {
+      this.paused = true;
+      this.stream.pause();
+    } else if (!full && this.paused) {
+      this.paused = false;
+      this.stream.resume();
+    }
+  }
+}

@@ -1,0 +1,206 @@
+// The virtio-vsock device (virtio 1.x §5.10, device id 19): queues rx/tx/event, config space =
+// guest_cid (le64), no device features (no SEQPACKET). It owns moving packets between the
+// virtqueues and the muxer: TX chains are parsed (packet.ts) and handed to the muxer, RX chains are
+// filled from it, and the event queue carries TRANSPORT_RESET. It must not know sockets or the
+// per-connection protocol. Runs on the Node main thread; each turn does a bounded amount of work
+// and continues with setImmediate, so a flooding guest or host cannot starve the event loop.
+
+import type { Duplex } from 'node:stream';
+import { VIRTIO_ID_VSOCK, type VirtioDevice, type VirtioDeviceContext } from '../device';
+import { QueueError } from '../queue';
+import { countDrop, type VsockCounters } from './counters';
+import { VsockMuxer, type MuxerOptions } from './muxer';
+import { parseTxChain, RxPacketWriter } from './packet';
+
+export const RXQ = 0;
+export const TXQ = 1;
+export const EVQ = 2;
+export const QUEUE_SIZE = 256;
+/** Chains handled per queue per event-loop turn. */
+export const BATCH = 64;
+const EVENT_TRANSPORT_RESET = 0;
+
+export type VsockDeviceOptions = MuxerOptions;
+
+export class VirtioVsock implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID_VSOCK;
+  readonly queueMaxSizes: readonly number[] = [QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE];
+  readonly deviceFeatures = 0n; // VIRTIO_VSOCK_F_SEQPACKET (bit 1) deliberately not offered
+  readonly muxer: VsockMuxer;
+  readonly counters: VsockCounters;
+  readonly guestCid: bigint;
+
+  private ctx: VirtioDeviceContext | undefined;
+  private broken = false;
+  private rxScheduled = false;
+  private txScheduled = false;
+  private transportResetPending = false;
+
+  constructor(opts: VsockDeviceOptions) {
+    this.muxer = new VsockMuxer(opts);
+    this.counters = this.muxer.counters;
+    this.guestCid = this.muxer.guestCid;
+    this.muxer.onRxReady = () => this.scheduleRx();
+  }
+
+  /** Creates the device and binds its Unix socket (if any). */
+  static async create(opts: VsockDeviceOptions): Promise<VirtioVsock> {
+    const d = new VirtioVsock(opts);
+    await d.muxer.listen();
+    return d;
+  }
+
+  /** Closes every connection and the listening socket, and removes the socket file. */
+  close(): Promise<void> {
+    this.ctx = undefined;
+    return this.muxer.close();
+  }
+
+  /** Host-initiated connection from inside tsvmm (agent client, doorbell). */
+  connect(port: number): Promise<Duplex> {
+    return this.muxer.connect(port);
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    const cfg = new Uint8Array(8);
+    new DataView(cfg.buffer).setBigUint64(0, this.guestCid, true);
+    for (let i = 0; i < data.length; i++) data[i] = cfg[offset + i] ?? 0;
+  }
+
+  writeConfig(): void {
+    this.counters.configWrites++; // guest_cid is read-only
+  }
+
+  activate(ctx: VirtioDeviceContext): void {
+    this.ctx = ctx;
+    this.broken = false;
+    this.guard(() => {
+      this.processTx();
+      this.processRx();
+      if (this.transportResetPending) this.sendTransportReset();
+    });
+  }
+
+  notify(queueIndex: number): void {
+    this.guard(() => {
+      if (queueIndex === TXQ) this.processTx();
+      else if (queueIndex === RXQ) this.processRx();
+      else if (queueIndex === EVQ && this.transportResetPending) this.sendTransportReset();
+    });
+  }
+
+  /** Driver reset: all connections are dropped (host sockets closed), nothing is kept. */
+  reset(): void {
+    this.ctx = undefined;
+    this.broken = false;
+    this.transportResetPending = false;
+    this.muxer.reset();
+  }
+
+  /**
+   * Host-side loss of all connections while the driver keeps running (virtio §5.10.6.6): drops
+   * every connection and posts TRANSPORT_RESET on the event queue, after which the driver
+   * closes its connections and rereads guest_cid. Sent when an event buffer is available.
+   */
+  transportReset(): void {
+    this.muxer.reset();
+    this.transportResetPending = true;
+    this.guard(() => this.sendTransportReset());
+  }
+
+  private sendTransportReset(): void {
+    const ctx = this.ctx;
+    if (!ctx || this.broken) return;
+    const q = ctx.queues[EVQ]!;
+    const chain = q.pop();
+    if (!chain) return; // stays pending until the driver posts an event buffer
+    const ev = new Uint8Array(4);
+    new DataView(ev.buffer).setUint32(0, EVENT_TRANSPORT_RESET, true);
+    const written = chain.writableLength >= 4 ? chain.write(ev) : 0;
+    q.addUsed(chain.head, written);
+    this.transportResetPending = false;
+    ctx.signalUsed(EVQ);
+  }
+
+  /** Guest -> host: at most BATCH chains, then RX (replies), then the rest on the next turn. */
+  private processTx(): void {
+    const ctx = this.ctx;
+    if (!ctx || this.broken) return;
+    const q = ctx.queues[TXQ]!;
+    let n = 0;
+    for (; n < BATCH; n++) {
+      const chain = q.pop();
+      if (!chain) break;
+      this.counters.txPackets++;
+      const p = parseTxChain(chain, this.guestCid);
+      if (p.ok) {
+        this.muxer.handleTx(p.hdr, p.payload);
+      } else {
+        countDrop(this.counters, p.reason);
+        if (p.rstTo) this.muxer.enqueueRst(p.rstTo.dstPort, p.rstTo.srcPort);
+      }
+      q.addUsed(chain.head, 0);
+    }
+    if (n > 0) ctx.signalUsed(TXQ);
+    if (n === BATCH) this.scheduleTx();
+    this.processRx();
+  }
+
+  /** Host -> guest: fill at most BATCH RX chains while the muxer has packets. */
+  private processRx(): void {
+    const ctx = this.ctx;
+    if (!ctx || this.broken) return;
+    const q = ctx.queues[RXQ]!;
+    let n = 0;
+    let used = false;
+    for (; n < BATCH && this.muxer.hasPendingRx(); n++) {
+      const chain = q.pop();
+      if (!chain) break; // no buffers: the driver's next RX notify brings us back
+      const w = new RxPacketWriter(chain.writable);
+      if (!w.usable) {
+        countDrop(this.counters, 'rx-too-small');
+        q.addUsed(chain.head, 0);
+        used = true;
+        continue;
+      }
+      if (!this.muxer.fillRx(w)) {
+        q.undoPop();
+        break;
+      }
+      q.addUsed(chain.head, w.written);
+      used = true;
+    }
+    if (used) ctx.signalUsed(RXQ);
+    if (n === BATCH && this.muxer.hasPendingRx()) this.scheduleRx();
+  }
+
+  private scheduleRx(): void {
+    if (this.rxScheduled || !this.ctx) return;
+    this.rxScheduled = true;
+    setImmediate(() => {
+      this.rxScheduled = false;
+      this.guard(() => this.processRx());
+    });
+  }
+
+  private scheduleTx(): void {
+    if (this.txScheduled || !this.ctx) return;
+    this.txScheduled = true;
+    setImmediate(() => {
+      this.txScheduled = false;
+      this.guard(() => this.processTx());
+    });
+  }
+
+  /** A driver that breaks a ring puts the device into NEEDS_RESET; it stays idle until reset. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      if (!(e instanceof QueueError)) throw e;
+      this.broken = true;
+      this.counters.queueErrors++;
+      this.ctx?.needsReset(`vsock: ${e.message}`);
+    }
+  }
+}

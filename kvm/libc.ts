@@ -1,0 +1,146 @@
+// The libc calls tsvmm needs, bound once through koffi. This module owns the FFI prototypes
+// and errno capture; everything above it sees plain numbers, typed arrays and SysError.
+// It must not know about KVM structures (kvm/layout.ts) or devices.
+//
+// Pointers are BigInt in koffi 3. ioctl is declared twice, non-variadic, once with a pointer
+// argument and once with an integer: on x86-64 that is how glibc reads it anyway, and a
+// non-variadic prototype avoids koffi's per-call variadic type parsing on hot paths.
+
+import koffi from 'koffi';
+import { SysError } from './errors';
+
+const lib = koffi.load('libc.so.6');
+
+/** Typed arrays and ArrayBuffers are passed by address (koffi does not copy them). */
+export type Pointer = ArrayBufferView | ArrayBuffer | bigint | null;
+
+const c = {
+  open: lib.func('open', 'int', ['str', 'int', 'int']),
+  close: lib.func('close', 'int', ['int']),
+  ioctlPtr: lib.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
+  ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
+  mmap: lib.func('mmap', 'void *', ['void *', 'size_t', 'int', 'int', 'int', 'int64_t']),
+  munmap: lib.func('munmap', 'int', ['void *', 'size_t']),
+  madvise: lib.func('madvise', 'int', ['void *', 'size_t', 'int']),
+  eventfd: lib.func('eventfd', 'int', ['unsigned int', 'int']),
+  read: lib.func('read', 'intptr_t', ['int', 'void *', 'size_t']),
+  write: lib.func('write', 'intptr_t', ['int', 'void *', 'size_t']),
+  prctl: lib.func('prctl', 'int', ['int', 'str', 'unsigned long', 'unsigned long', 'unsigned long']),
+  syscall0: lib.func('syscall', 'long', ['long']),
+  syscall3: lib.func('syscall', 'long', ['long', 'long', 'long', 'long']),
+  sysconf: lib.func('sysconf', 'long', ['int']),
+};
+
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MADV_MERGEABLE = 12;
+export const MADV_DONTFORK = 10;
+export const MADV_HUGEPAGE = 14;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+const MAP_FAILED = 0xffffffffffffffffn;
+const PR_SET_NAME = 15;
+const SYS_GETTID = 186;
+const SYS_TGKILL = 234;
+const SC_NPROCESSORS_ONLN = 84;
+
+function fail(call: string, detail?: string): never {
+  // koffi.errno() is live: read it before anything else can make a call.
+  throw new SysError(call, koffi.errno(), detail);
+}
+
+export function open(path: string, flags: number): number {
+  const fd = c.open(path, flags | O_CLOEXEC, 0) as number;
+  if (fd < 0) fail('open', path);
+  return fd;
+}
+
+export function close(fd: number): void {
+  if ((c.close(fd) as number) < 0) fail('close');
+}
+
+/** ioctl with a pointer (or no) argument; returns the non-negative result. */
+export function ioctl(fd: number, request: number, arg: Pointer, name: string): number {
+  const r = c.ioctlPtr(fd, request, arg) as number;
+  if (r < 0) fail(name);
+  return r;
+}
+
+/** ioctl with an integer argument. */
+export function ioctlInt(fd: number, request: number, arg: number, name: string): number {
+  const r = c.ioctlInt(fd, request, arg) as number;
+  if (r < 0) fail(name);
+  return r;
+}
+
+/** Like ioctl, but returns -errno instead of throwing: for KVM_RUN, where EINTR/EAGAIN are normal. */
+export function ioctlRaw(fd: number, request: number, arg: Pointer): number {
+  const r = c.ioctlPtr(fd, request, arg) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** mmap; returns the address. fd -1 = anonymous. */
+export function mmap(length: number, prot: number, flags: number, fd: number, offset = 0): bigint {
+  const p = c.mmap(null, length, prot, flags, fd, offset) as bigint;
+  if (p === MAP_FAILED || p === 0n) fail('mmap', `${length} bytes`);
+  return p;
+}
+
+export function munmap(addr: bigint, length: number): void {
+  if ((c.munmap(addr, length) as number) < 0) fail('munmap');
+}
+
+export function madvise(addr: bigint, length: number, advice: number): void {
+  if ((c.madvise(addr, length, advice) as number) < 0) fail('madvise');
+}
+
+/** A view of host memory at addr. Callers keep length ≤ 4 GiB (a larger koffi view aborts). */
+export function view(addr: bigint, length: number): ArrayBuffer {
+  if (length > 0x1_0000_0000) throw new RangeError(`view of ${length} bytes exceeds 4 GiB`);
+  return koffi.view(addr, length);
+}
+
+export function eventfd(flags = EFD_CLOEXEC | EFD_NONBLOCK): number {
+  const fd = c.eventfd(0, flags) as number;
+  if (fd < 0) fail('eventfd');
+  return fd;
+}
+
+const counter = new BigUint64Array(1);
+/** Adds 1 to an eventfd (the write that an irqfd turns into an interrupt). */
+export function eventfdSignal(fd: number): void {
+  counter[0] = 1n;
+  if ((c.write(fd, counter, 8) as number) !== 8) fail('write(eventfd)');
+}
+
+/** Reads and clears an eventfd counter; 0n when it was not signalled (non-blocking fd). */
+export function eventfdDrain(fd: number): bigint {
+  const r = c.read(fd, counter, 8) as number;
+  if (r === 8) return counter[0]!;
+  if (koffi.errno() === 11) return 0n;
+  fail('read(eventfd)');
+}
+
+/** Names the calling thread (shows in /proc/<pid>/task/<tid>/comm; 15 chars max). */
+export function setThreadName(name: string): void {
+  if ((c.prctl(PR_SET_NAME, name.slice(0, 15), 0, 0, 0) as number) < 0) fail('prctl(PR_SET_NAME)');
+}
+
+export function gettid(): number {
+  return Number(c.syscall0(SYS_GETTID));
+}
+
+/** Sends sig to one thread of this process. */
+export function tgkill(tid: number, sig: number): void {
+  if (Number(c.syscall3(SYS_TGKILL, process.pid, tid, sig)) < 0) fail('tgkill', `tid ${tid}`);
+}
+
+export function onlineCpus(): number {
+  return Number(c.sysconf(SC_NPROCESSORS_ONLN));
+}

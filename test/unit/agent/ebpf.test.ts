@@ -1,0 +1,232 @@
+// The agent's eBPF side against the real HypercallDevice on the host (no VM): packages
+// from bpf/ are loaded into this host's kernel with raw bpf(2), attached to tracepoints,
+// and their hint records come back through the device, one register write per batch.
+// Needs root, bpf(2) and tracefs; says so and checks nothing else when they are missing.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { decodeHints, HintType, type Hint } from '../../../bpf/hints';
+import { serializePackage, type Package } from '../../../bpf/package';
+import { affinityPackage } from '../../../bpf/programs/affinity';
+import type { PackageBytes } from '../../../devices/hypercall';
+import { startRig, type Rig } from './hcrig';
+
+const usable = process.getuid?.() === 0 && existsSync('/sys/kernel/tracing/events/syscalls/sys_enter_sched_setaffinity') && existsSync('/usr/bin/taskset');
+if (!usable) console.log('ebpf.test: needs root, tracefs with syscall tracepoints and taskset: nothing checked');
+
+function bytesOf(pkg: Package): PackageBytes {
+  const bytes = serializePackage(pkg);
+  return { id: pkg.name, digest: bytes.subarray(bytes.length - 32), bytes };
+}
+const hexOf = (p: PackageBytes): string => Buffer.from(p.digest).toString('hex');
+
+/** A program the verifier refuses: it exits without setting r0. */
+function badPackage(): Package {
+  const exit = new Uint8Array([0x95, 0, 0, 0, 0, 0, 0, 0]);
+  return {
+    name: 'bad-exit',
+    license: 'GPL',
+    maps: [],
+    hintMap: null,
+    programs: [{ name: 'no_r0', attach: { kind: 'tracepoint', target: 'sched/sched_process_exit' }, insns: exit, relocations: [] }],
+  };
+}
+
+/** Program ids held open by process `pid` (from its fdinfo), to see what is really loaded. */
+function heldProgIds(pid: number): Set<number> {
+  const ids = new Set<number>();
+  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      const m = /prog_id:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+      if (m) ids.add(Number(m[1]));
+    } catch {
+      // fd closed meanwhile
+    }
+  }
+  return ids;
+}
+
+async function until<T>(what: string, f: () => T | undefined, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function collectHints(rig: Rig): Hint[] {
+  const got: Hint[] = [];
+  for (const t of [HintType.AFFINITY, HintType.UNPIN]) rig.dev.onHints(t, (rec) => got.push(...decodeHints(rec)));
+  return got;
+}
+
+/** Runs `taskset -c 0 true`: one sched_setaffinity on the taskset process, then its exit. */
+function pinOnce(): number {
+  const r = spawnSync('taskset', ['-c', '0', 'true']);
+  assert.is(r.status, 0);
+  return r.pid!;
+}
+
+test('affinity package: load, attach, hints in batches, unload', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    await until('policy log line', () => (/no allow list/.test(rig.log()) ? true : undefined));
+    const pkg = bytesOf(affinityPackage());
+    const res = await rig.dev.submit({ op: 'load', pkg });
+    assert.is(res.outcome, 'OK', res.text);
+    assert.is(res.progIds.length, 3);
+    const agentPid = rig.dev.agent!.pid;
+    const held = heldProgIds(agentPid);
+    for (const id of res.progIds) assert.ok(held.has(id), `prog ${id} is held by the agent`);
+
+    const hints = collectHints(rig);
+    // The REPORT's STATUS/RESULT reads reach the device after submit() resolved: let them land.
+    await new Promise((r) => setTimeout(r, 100));
+    const before = { ...rig.regs };
+    const c0 = rig.dev.counters();
+    const pid = pinOnce();
+    const aff = await until('AFFINITY hint', () => hints.find((h) => h.type === 'AFFINITY' && h.tid === pid));
+    assert.equal(aff.type === 'AFFINITY' && aff.cpus, [0]);
+    assert.is(aff.type === 'AFFINITY' && aff.comm, 'taskset');
+    await until('UNPIN hint', () => hints.find((h) => h.type === 'UNPIN' && h.tid === pid));
+    // One COMMAND write per batch and no register read on that path: one exit per batch.
+    const c = rig.dev.counters();
+    assert.ok(c.hintBatches >= 1);
+    assert.is(c.calls.HINTS, c.hintBatches);
+    // (A late doorbell byte may add a FETCH: a write and two reads.)
+    const fetches = c.calls.FETCH - c0.calls.FETCH;
+    assert.is(rig.regs.writes - before.writes, c.calls.HINTS - c0.calls.HINTS + fetches);
+    assert.is(rig.regs.reads - before.reads, 2 * fetches);
+    assert.is(c.hintDropped, 0);
+
+    const un = await rig.dev.submit({ op: 'unload', handle: res.handle });
+    assert.is(un.outcome, 'OK');
+    const after = heldProgIds(agentPid);
+    for (const id of res.progIds) assert.not.ok(after.has(id), `prog ${id} was released`);
+    const n = hints.length;
+    const pid2 = pinOnce();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.not.ok(hints.slice(n).some((h) => h.type !== 'UNKNOWN' && h.tid === pid2), 'no hints after unload');
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('a verifier failure reports the log; REPLACE keeps the old programs until the new ones load', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    const first = await rig.dev.submit({ op: 'load', pkg: bytesOf(affinityPackage()) });
+    assert.is(first.outcome, 'OK', first.text);
+    const bad = await rig.dev.submit({ op: 'replace', handle: first.handle, pkg: bytesOf(badPackage()) });
+    assert.is(bad.outcome, 'VERIFIER');
+    assert.is(bad.errno, 13); // EACCES
+    assert.match(bad.text, /R0 !read_ok/);
+    assert.equal(bad.progIds, []);
+    const pid = rig.dev.agent!.pid;
+    for (const id of first.progIds) assert.ok(heldProgIds(pid).has(id), 'old programs still loaded');
+
+    const again = await rig.dev.submit({ op: 'replace', handle: first.handle, pkg: bytesOf(affinityPackage()) });
+    assert.is(again.outcome, 'OK', again.text);
+    const held = heldProgIds(pid);
+    for (const id of again.progIds) assert.ok(held.has(id));
+    for (const id of first.progIds) assert.not.ok(held.has(id), 'replaced programs are gone');
+
+    const plain = await rig.dev.submit({ op: 'load', pkg: bytesOf(badPackage()) });
+    assert.is(plain.outcome, 'VERIFIER');
+  } finally {
+    await rig.stop();
+  }
+});
+
+/** One trivial program (r0 = 0; exit) per attach point. */
+function trivialPackage(name: string, points: Array<{ kind: 'raw_tracepoint' | 'fentry' | 'fexit' | 'kprobe' | 'kretprobe' | 'tracepoint'; target: string }>): Package {
+  const insns = new Uint8Array([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]);
+  return {
+    name,
+    license: 'GPL',
+    maps: [],
+    hintMap: null,
+    programs: points.map((attach, i) => ({ name: `p${i}_${attach.kind}`, attach, insns, relocations: [] })),
+  };
+}
+
+// (fentry/fexit are not loaded here: this host's kernel refuses every tracing program
+// with EPERM; only the BTF lookup failing for a missing function is checked.)
+test('raw tracepoints attach; a missing attach point fails cleanly', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    const ok = await rig.dev.submit({
+      op: 'load',
+      pkg: bytesOf(trivialPackage('attach-kinds', [
+        { kind: 'raw_tracepoint', target: 'sched_switch' },
+        { kind: 'raw_tracepoint', target: 'sys_enter' },
+      ])),
+    });
+    assert.is(ok.outcome, 'OK', ok.text.slice(-600));
+    assert.is(ok.progIds.length, 2);
+    const held = heldProgIds(rig.dev.agent!.pid);
+    for (const id of ok.progIds) assert.ok(held.has(id));
+
+    const missing = await rig.dev.submit({ op: 'load', pkg: bytesOf(trivialPackage('nowhere', [{ kind: 'tracepoint', target: 'nosuchcat/nosuchevent' }])) });
+    assert.is(missing.outcome, 'FAILED');
+    assert.is(missing.errno, 2);
+    assert.match(missing.text, /nosuchcat\/nosuchevent/);
+    const nofn = await rig.dev.submit({ op: 'load', pkg: bytesOf(trivialPackage('nofn', [{ kind: 'fentry', target: 'no_such_kernel_function_x' }])) });
+    assert.is(nofn.outcome, 'FAILED');
+    assert.match(nofn.text, /no_such_kernel_function_x/);
+    const noraw = await rig.dev.submit({ op: 'load', pkg: bytesOf(trivialPackage('noraw', [{ kind: 'raw_tracepoint', target: 'no_such_tp' }])) });
+    assert.is(noraw.outcome, 'FAILED');
+    assert.match(noraw.text, /BPF_RAW_TRACEPOINT_OPEN/);
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('a corrupted package is BADPKG', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    const good = bytesOf(affinityPackage());
+    const bytes = new Uint8Array(good.bytes);
+    bytes[200] ^= 0x40; // inside a map record, digest left as it was
+    const r = await rig.dev.submit({ op: 'load', pkg: { ...good, bytes } });
+    assert.is(r.outcome, 'BADPKG');
+    assert.match(r.text, /digest/);
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('the guest policy refuses digests outside its allow list, from a file or the command line', async () => {
+  if (!usable) return;
+  const pkg = bytesOf(affinityPackage());
+  const other = 'ab'.repeat(32);
+  const allowFile = join(process.env.TMPDIR ?? '/tmp', `tsvmm-allow-${process.pid}`);
+  writeFileSync(allowFile, `# only this one\n${other}\n`);
+  let rig = await startRig({ allowFile });
+  try {
+    assert.ok((rig.dev.agent!.caps & 1) !== 0, 'HELLO announces DIGEST_ALLOWLIST');
+    const r = await rig.dev.submit({ op: 'load', pkg });
+    assert.is(r.outcome, 'REFUSED');
+    assert.ok(r.text.includes(hexOf(pkg)), r.text);
+    assert.equal(r.progIds, []);
+  } finally {
+    await rig.stop();
+  }
+  rig = await startRig({ allowFile: '/nonexistent', cmdline: `quiet tsvmm.allow=${other},${hexOf(pkg)}\n` });
+  try {
+    const r = await rig.dev.submit({ op: 'load', pkg });
+    assert.is(r.outcome, 'OK', r.text);
+  } finally {
+    await rig.stop();
+  }
+});
+
+test.run();

@@ -1,0 +1,95 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { decodeHints, encodeHint, HintDecodeError } from '../../../bpf/hints';
+import { decode } from '../../../bpf/insn';
+import { helperName } from '../../../bpf/helpers';
+import { serializePackage } from '../../../bpf/package';
+import { affinityPackage } from '../../../bpf/programs/affinity';
+import { FIXTURES, tmp, tool } from './util';
+
+test('package shape: three tracepoint programs sharing three maps, ringbuf hint map', () => {
+  const p = affinityPackage();
+  assert.equal(p.programs.map((g) => g.attach), [
+    { kind: 'tracepoint', target: 'syscalls/sys_enter_sched_setaffinity' },
+    { kind: 'tracepoint', target: 'syscalls/sys_exit_sched_setaffinity' },
+    { kind: 'tracepoint', target: 'sched/sched_process_exit' },
+  ]);
+  assert.is(p.maps[p.hintMap!]!.type, 27);
+  const used = (i: number): string[] => [...new Set(p.programs[i]!.relocations.map((r) => p.maps[r.map]!.name))].sort();
+  assert.equal(used(0), ['stash']);
+  assert.equal(used(1), ['hints', 'pinned', 'stash']);
+  assert.equal(used(2), ['hints', 'pinned']);
+  const helpers = decode(p.programs[1]!.insns).flatMap((l) => (l.insn.kind === 'call' ? [helperName(l.insn.imm)] : []));
+  assert.equal(helpers, ['get_current_pid_tgid', 'map_lookup_elem', 'get_current_comm', 'probe_read_user', 'ringbuf_output', 'map_update_elem', 'map_delete_elem']);
+});
+
+test('hint records: encode/decode, unknown types skipped, bad lengths rejected', () => {
+  const a = encodeHint({ type: 'AFFINITY', tgid: 100, tid: 101, comm: 'spscq', cpus: [0, 3, 64, 255], mask: [] });
+  const u = encodeHint({ type: 'UNPIN', tid: 101, tgid: 100 });
+  const unknown = new Uint8Array([99, 0, 0, 0, 12, 0, 0, 0, 1, 2, 3, 4]);
+  const hs = decodeHints(Buffer.concat([a, unknown, u]));
+  assert.is(hs.length, 3);
+  const h0 = hs[0]!;
+  assert.ok(h0.type === 'AFFINITY');
+  if (h0.type === 'AFFINITY') {
+    assert.equal(h0.cpus, [0, 3, 64, 255]);
+    assert.equal(h0.mask, [9n, 1n, 0n, 1n << 63n]);
+    assert.is(h0.comm, 'spscq');
+    assert.is(h0.tid, 101);
+  }
+  assert.equal(hs[1], { type: 'UNKNOWN', code: 99, bytes: unknown });
+  assert.equal(hs[2], { type: 'UNPIN', tid: 101, tgid: 100 });
+  const bad = u.slice(); bad[4] = 4;
+  assert.throws(() => decodeHints(bad), (e: unknown) => e instanceof HintDecodeError && /record length 4/.test((e as Error).message));
+  const short = a.slice(); short[4] = 16;
+  assert.throws(() => decodeHints(short), /type 1 record of 16 bytes, needs 64/);
+  assert.throws(() => decodeHints(a.subarray(0, 60)), /record length 64 out of 8..60/);
+});
+
+/** Build the C loader (raw bpf(2)); null with a reason when this host cannot. */
+function loader(): { bin: string } | { skip: string } {
+  const gcc = tool('gcc', 'cc');
+  if (!gcc) return { skip: 'gcc not installed' };
+  const bin = tmp('pkgload');
+  const r = spawnSync(gcc, ['-O1', '-Wall', '-o', bin, join(FIXTURES, 'pkgload.c'), '-lpthread'], { encoding: 'utf8' });
+  if (r.status !== 0) return { skip: `cannot build pkgload.c: ${r.stderr}` };
+  return { bin };
+}
+
+test('the real kernel verifier accepts every affinity program', () => {
+  const l = loader();
+  if ('skip' in l) { console.log(`  skip: ${l.skip}`); return; }
+  writeFileSync(tmp('affinity.pkg'), serializePackage(affinityPackage()));
+  const r = spawnSync(l.bin, [tmp('affinity.pkg')], { encoding: 'utf8' });
+  if (r.status === 77) { console.log(`  skip: bpf() is not permitted here (${r.stdout.trim()})`); return; }
+  assert.is(r.status, 0, `loader failed:\n${r.stdout}${r.stderr}`);
+  for (const name of ['affinity_enter', 'affinity_exit', 'affinity_task_exit']) assert.match(r.stdout, `prog ${name} ok`);
+});
+
+test('attached on this host, a sched_setaffinity + thread exit yields AFFINITY then UNPIN', () => {
+  const l = loader();
+  if ('skip' in l) { console.log(`  skip: ${l.skip}`); return; }
+  if (!existsSync('/sys/kernel/tracing/events/syscalls')) { console.log('  skip: tracefs not mounted at /sys/kernel/tracing'); return; }
+  writeFileSync(tmp('affinity.pkg'), serializePackage(affinityPackage()));
+  const r = spawnSync(l.bin, [tmp('affinity.pkg'), '--run'], { encoding: 'utf8' });
+  if (r.status === 77) { console.log(`  skip: ${r.stdout.trim()}`); return; }
+  assert.is(r.status, 0, `loader failed:\n${r.stdout}${r.stderr}`);
+  const self = Number(/tid-self (\d+)/.exec(r.stdout)![1]);
+  const records = [...r.stdout.matchAll(/^record ([0-9a-f]+)$/gm)].map((m) => Buffer.from(m[1]!, 'hex'));
+  // Other processes on the host may call sched_setaffinity too: keep those of the loader.
+  const hints = decodeHints(Buffer.concat(records)).filter((h) => h.type !== 'UNKNOWN' && h.tgid === self);
+  assert.is(hints.length, 2, r.stdout);
+  const [aff, unpin] = hints;
+  assert.ok(aff?.type === 'AFFINITY' && unpin?.type === 'UNPIN', r.stdout);
+  if (aff?.type === 'AFFINITY' && unpin?.type === 'UNPIN') {
+    assert.equal(aff.cpus, [0]);
+    assert.is(aff.comm, 'pkgload');
+    assert.is.not(aff.tid, self); // the pinning thread, not the main one
+    assert.is(unpin.tid, aff.tid);
+  }
+});
+
+test.run();

@@ -1,0 +1,341 @@
+// virtio-mmio transport driven through its registers by a simulated Linux driver: bring-up,
+// feature negotiation, the status state machine, interrupts, config space, invalid accesses,
+// and malicious drivers (NEEDS_RESET, with a second device on the same memory unaffected).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from '../../../devices/virtio/device';
+import { INT_CONFIG_CHANGE, INT_USED_BUFFER, MmioTransport, REG, STATUS, VENDOR_ID } from '../../../devices/virtio/mmio';
+import { CountingIrq, DATA, EchoDevice, HOLE_START, MALICIOUS_CHAINS, SimDriver, fakeMemory, layoutQueue, type FakeMemory } from './sim';
+
+const ALL = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | VIRTIO_F_INDIRECT_DESC | 1n;
+
+interface Rig {
+  fake: FakeMemory;
+  dev: EchoDevice;
+  irq: CountingIrq;
+  t: MmioTransport;
+  drv: SimDriver;
+}
+
+function rig(fake = fakeMemory()): Rig {
+  const dev = new EchoDevice();
+  const irq = new CountingIrq();
+  const t = new MmioTransport(dev, fake.mem, irq);
+  return { fake, dev, irq, t, drv: new SimDriver(t, fake) };
+}
+
+/** Sends one request through a working device and checks the echo came back. */
+function roundTrip(r: Rig, bufBase: number): void {
+  const msg = Array.from({ length: 12 }, (_, i) => (i * 7 + bufBase) & 0xff);
+  r.fake.backing.set(msg, bufBase);
+  r.fake.backing.fill(0, bufBase + 0x100, bufBase + 0x110);
+  const head = r.drv.submit([{ addr: bufBase, len: 12 }, { addr: bufBase + 0x100, len: 16, write: true }]);
+  const used = r.drv.takeUsed();
+  assert.equal(used, [{ id: head, len: 12 }]);
+  assert.equal([...r.fake.backing.subarray(bufBase + 0x100, bufBase + 0x10c)], msg);
+}
+
+test('identification registers', () => {
+  const { drv } = rig();
+  assert.is(drv.r32(REG.MagicValue), 0x74726976);
+  assert.is(drv.r32(REG.Version), 2);
+  assert.is(drv.r32(REG.DeviceID), 0x7e);
+  assert.is(drv.r32(REG.VendorID), VENDOR_ID);
+  drv.w32(REG.QueueSel, 1);
+  assert.is(drv.r32(REG.QueueNumMax), 256);
+  drv.w32(REG.QueueSel, 2);
+  assert.is(drv.r32(REG.QueueNumMax), 0, 'no queue 2: max 0 tells Linux it does not exist');
+  assert.is(drv.r32(REG.SHMLenLow), 0xffffffff);
+});
+
+test('offers the device bits plus VERSION_1, EVENT_IDX and INDIRECT_DESC', () => {
+  const { drv, t, dev } = rig();
+  assert.ok(drv.negotiate());
+  assert.is(drv.features, ALL);
+  drv.setupQueue(0, layoutQueue(0x1000, 16));
+  drv.driverOk();
+  assert.is(t.ackedFeatures, ALL);
+  assert.is(dev.ctx?.ackedFeatures, ALL);
+  assert.ok(t.queues[0]!.eventIdx);
+  assert.ok(t.queues[0]!.indirect);
+});
+
+test('Linux-style bring-up, echo traffic, used-buffer interrupts', () => {
+  const r = rig();
+  r.drv.bringUp(0x1000, 16, VIRTIO_F_VERSION_1);
+  assert.is(r.drv.status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK);
+  assert.ok(r.dev.ctx, 'device activated');
+  for (let i = 0; i < 40; i++) roundTrip(r, DATA + 0x200 * (i % 4));
+  assert.is(r.dev.echoed, 40);
+  assert.is(r.t.counters.notifications, 40);
+  assert.is(r.irq.count, 40);
+  assert.is(r.t.counters.interrupts, 40);
+  assert.is(r.drv.interrupt(), INT_USED_BUFFER);
+  assert.is(r.drv.r32(REG.InterruptStatus), 0, 'ACK cleared it');
+  assert.is(r.t.counters.errors, 0);
+  assert.ok(r.fake.holeIntact());
+});
+
+test('indirect chains through the transport', () => {
+  const r = rig();
+  r.drv.bringUp(0x1000, 16);
+  r.fake.backing.set([1, 2, 3], DATA);
+  const head = r.drv.addIndirect(0x6000, [{ addr: DATA, len: 3 }, { addr: DATA + 0x40, len: 3, write: true }]);
+  r.drv.pushAvail(head);
+  r.drv.notify();
+  assert.equal(r.drv.takeUsed(), [{ id: head, len: 3 }]);
+  assert.equal([...r.fake.backing.subarray(DATA + 0x40, DATA + 0x43)], [1, 2, 3]);
+});
+
+test('EVENT_IDX: used_event suppresses interrupts; avail_event tracks consumption', () => {
+  const r = rig();
+  r.drv.bringUp(0x1000, 16);
+  r.drv.setUsedEvent(2); // interrupt when used idx passes 2
+  for (let i = 0; i < 2; i++) r.drv.submit([{ addr: DATA, len: 4 }, { addr: DATA + 0x100, len: 4, write: true }]);
+  assert.is(r.irq.count, 0);
+  assert.is(r.drv.availEvent, 2);
+  r.drv.submit([{ addr: DATA, len: 4 }, { addr: DATA + 0x100, len: 4, write: true }]);
+  assert.is(r.irq.count, 1);
+  assert.is(r.drv.usedIdx, 3);
+});
+
+test('undoPop through a device: the chain is served on the next notify', () => {
+  const r = rig();
+  r.drv.bringUp(0x1000, 16);
+  r.dev.undoOnce = true;
+  const head = r.drv.submit([{ addr: DATA, len: 4 }, { addr: DATA + 0x100, len: 4, write: true }]);
+  assert.equal(r.drv.takeUsed(), []);
+  r.t.queueNotify(0);
+  assert.equal(r.drv.takeUsed(), [{ id: head, len: 4 }]);
+});
+
+test('FEATURES_OK is refused for features not offered, and without VERSION_1', () => {
+  const r = rig();
+  // A driver that acks exactly what is offered is fine; here the sets are written by hand.
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  r.drv.writeDriverFeatures(VIRTIO_F_VERSION_1 | (1n << 5n));
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK);
+  assert.is(r.drv.status & STATUS.FEATURES_OK, 0, 'bit 5 was not offered');
+  r.drv.writeDriverFeatures(1n);
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK);
+  assert.is(r.drv.status & STATUS.FEATURES_OK, 0, 'legacy (no VERSION_1) refused');
+  r.drv.w32(REG.DriverFeaturesSel, 2);
+  r.drv.w32(REG.DriverFeatures, 1);
+  r.drv.writeDriverFeatures(VIRTIO_F_VERSION_1);
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK);
+  assert.is(r.drv.status & STATUS.FEATURES_OK, STATUS.FEATURES_OK);
+  assert.is(r.t.ackedFeatures, VIRTIO_F_VERSION_1);
+  assert.ok(r.t.counters.errors >= 3);
+});
+
+test('status state machine: out-of-order and clearing writes are ignored and counted', () => {
+  const r = rig();
+  const errs = () => r.t.counters.errors;
+  let e = errs();
+  r.drv.w32(REG.Status, STATUS.DRIVER);
+  assert.is(r.drv.status, 0, 'DRIVER before ACKNOWLEDGE');
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE);
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER_OK);
+  assert.is(r.drv.status, STATUS.ACKNOWLEDGE, 'DRIVER_OK before FEATURES_OK');
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  r.drv.w32(REG.Status, STATUS.DRIVER);
+  assert.is(r.drv.status, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 'clearing ACKNOWLEDGE');
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | 0x20);
+  assert.is(r.drv.status, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 'unknown bit');
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.NEEDS_RESET);
+  assert.is(r.drv.status, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 'NEEDS_RESET is set by the device only');
+  assert.is(errs() - e, 5);
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FAILED);
+  assert.is(r.drv.status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FAILED, 'FAILED is always accepted');
+  e = errs();
+  r.drv.w32(REG.Status, 0);
+  assert.is(r.drv.status, 0);
+  assert.is(errs(), e);
+});
+
+test('invalid register accesses are ignored, counted, never thrown', () => {
+  const r = rig();
+  r.drv.bringUp(0x1000, 16);
+  const before = r.t.counters.errors;
+  const two = new Uint8Array(2).fill(0xee);
+  r.t.read(REG.Status, two);
+  assert.equal([...two], [0, 0], 'wrong width reads as zero');
+  r.t.write(REG.Status, new Uint8Array(2));
+  const one = new Uint8Array(4);
+  r.t.read(REG.Status + 1, one); // unaligned
+  r.t.read(0x0f0, one); // unknown
+  r.t.read(REG.QueueNotify, one); // write-only
+  r.t.write(REG.MagicValue, new Uint8Array(4)); // read-only
+  r.t.write(0x0f4, new Uint8Array(4)); // unknown
+  r.t.write(REG.QueueNum, new Uint8Array([8, 0, 0, 0])); // after DRIVER_OK
+  r.drv.w32(REG.DriverFeatures, 0); // after FEATURES_OK
+  r.drv.w32(REG.QueueSel, 9); // no such queue: legal to select, nothing to configure
+  r.drv.w32(REG.QueueReady, 1); // ... so this is refused too
+  r.drv.w32(REG.QueueReady, 2); // not 0/1
+  r.t.queueNotify(5); // no such queue
+  r.t.queueNotify(-1);
+  assert.is(r.t.counters.errors - before, 13);
+  assert.is(r.t.queues[0]!.size, 16, 'QueueNum write after DRIVER_OK ignored');
+  assert.is(r.drv.status & STATUS.NEEDS_RESET, 0, 'register misuse is not a reason to reset');
+  r.drv.w32(REG.QueueSel, 0);
+  roundTrip(r, DATA);
+});
+
+test('queue registers are refused before FEATURES_OK and while the queue is ready', () => {
+  const r = rig();
+  r.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  r.drv.w32(REG.QueueNum, 8);
+  assert.is(r.t.queues[0]!.size, 256);
+  r.drv.bringUp(0x1000, 16);
+  r.drv.w32(REG.QueueSel, 0);
+  r.drv.w32(REG.QueueDescLow, 0x3000);
+  assert.is(r.t.queues[0]!.descAddr, 0x1000);
+  assert.is(r.drv.r32(REG.QueueDescLow), 0x1000);
+  assert.is(r.drv.r32(REG.QueueNum), 16);
+});
+
+test('config space: any width, writes reach the device, generation and config interrupt', () => {
+  const r = rig();
+  const b = new Uint8Array(1);
+  r.t.read(REG.Config + 1, b);
+  assert.is(b[0], 0x56);
+  const w = new Uint8Array(2);
+  r.t.read(REG.Config + 2, w);
+  assert.equal([...w], [0x34, 0x12]);
+  r.t.write(REG.Config + 4, new Uint8Array([1, 2]));
+  assert.equal([...r.dev.config.subarray(4, 6)], [0, 0], 'config write before DRIVER is ignored');
+  r.drv.bringUp(0x1000, 16);
+  r.t.write(REG.Config + 4, new Uint8Array([1, 2]));
+  assert.equal([...r.dev.config.subarray(4, 6)], [1, 2]);
+  const g = r.drv.r32(REG.ConfigGeneration);
+  r.t.configChanged();
+  assert.is(r.drv.r32(REG.ConfigGeneration), g + 1);
+  assert.is(r.irq.count, 1);
+  assert.is(r.drv.interrupt(), INT_CONFIG_CHANGE);
+});
+
+test('reset (Status = 0) clears queues and device; the driver can start over', () => {
+  const r = rig();
+  r.drv.bringUp(0x1000, 16);
+  roundTrip(r, DATA);
+  const resets = r.dev.resets;
+  r.drv.w32(REG.Status, 0);
+  assert.is(r.dev.resets, resets + 1);
+  assert.is(r.dev.ctx, undefined);
+  assert.is(r.t.queues[0]!.ready, false);
+  assert.is(r.drv.r32(REG.QueueReady), 0);
+  assert.is(r.drv.r32(REG.InterruptStatus), 0);
+  const n = r.t.counters.notifications;
+  r.t.queueNotify(0);
+  assert.is(r.t.counters.notifications, n, 'no notifications to a reset device');
+  r.drv.bringUp(0x3000, 8);
+  roundTrip(r, DATA);
+});
+
+test('notifyAddress describes the QueueNotify ioeventfd; queueNotify() is the same as the register', () => {
+  const r = rig();
+  assert.equal(r.t.notifyAddress(1), { offset: 0x50, length: 4, datamatch: 1 });
+  r.drv.bringUp(0x1000, 16);
+  const head = r.drv.addChain([{ addr: DATA, len: 4 }, { addr: DATA + 0x100, len: 4, write: true }]);
+  r.drv.pushAvail(head);
+  r.t.queueNotify(0);
+  assert.equal(r.drv.takeUsed(), [{ id: head, len: 4 }]);
+});
+
+// Malicious drivers. Device A misbehaves; device B (own transport, same guest memory, rings
+// elsewhere) must keep working, and nothing may touch the hole.
+function pair(want?: bigint): { a: Rig; b: Rig } {
+  const fake = fakeMemory();
+  const a = rig(fake);
+  const b = rig(fake);
+  a.drv.bringUp(0x1000, 8, want);
+  b.drv.bringUp(0x20000, 8);
+  return { a, b };
+}
+
+function assertNeedsReset(a: Rig, b: Rig, re?: RegExp): void {
+  assert.is(a.drv.status & STATUS.NEEDS_RESET, STATUS.NEEDS_RESET, 'device A needs reset');
+  assert.is(a.t.counters.needsReset, 1);
+  if (re) assert.match(a.t.lastError ?? '', re);
+  assert.is(a.drv.interrupt() & INT_CONFIG_CHANGE, INT_CONFIG_CHANGE, 'config interrupt raised');
+  // A is dead until reset: notifications no longer reach the device.
+  const echoed = a.dev.echoed;
+  a.drv.submit([{ addr: DATA, len: 4 }, { addr: DATA + 0x100, len: 4, write: true }]);
+  assert.is(a.dev.echoed, echoed);
+  // NEEDS_RESET survives the driver echoing the status register back.
+  a.drv.w32(REG.Status, a.drv.status);
+  assert.is(a.drv.status & STATUS.NEEDS_RESET, STATUS.NEEDS_RESET);
+  roundTrip(b, DATA + 0x4000);
+  assert.is(b.drv.status & STATUS.NEEDS_RESET, 0);
+  assert.ok(a.fake.holeIntact(), 'nothing written into the hole');
+}
+
+for (const c of MALICIOUS_CHAINS) {
+  test(`malicious chain puts the device into NEEDS_RESET: ${c.name}`, () => {
+    const want = c.indirect === false ? VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX : undefined;
+    const { a, b } = pair(want);
+    roundTrip(a, DATA); // a working device first
+    const usedBefore = a.drv.usedIdx;
+    c.arrange(a.drv, a.drv.lay);
+    a.drv.notify();
+    assert.is(a.drv.usedIdx, usedBefore, 'the bad chain was not returned');
+    assertNeedsReset(a, b, c.reason);
+    // A reset brings A back.
+    a.drv.bringUp(0x1000, 8);
+    roundTrip(a, DATA);
+  });
+}
+
+const badSetups: Array<[string, RegExp, (a: Rig) => void]> = [
+  ['queue size 3', /power of two/, (a) => a.drv.w32(REG.QueueNum, 3)],
+  ['queue size above QueueNumMax', /power of two/, (a) => a.drv.w32(REG.QueueNum, 512)],
+  ['descriptor table misaligned', /aligned/, (a) => a.drv.w32(REG.QueueDescLow, 0x1008)],
+  ['available ring in the hole', /not in guest RAM/, (a) => a.drv.w32(REG.QueueDriverLow, HOLE_START)],
+  ['used ring above 4 GiB', /not in guest RAM/, (a) => a.drv.w32(REG.QueueDeviceHigh, 1)],
+  ['used ring beyond 2^53', /not in guest RAM/, (a) => a.drv.w32(REG.QueueDeviceHigh, 0xffffffff)],
+];
+
+for (const [name, re, spoil] of badSetups) {
+  test(`bad queue setup is caught at DRIVER_OK: ${name}`, () => {
+    const fake = fakeMemory();
+    const a = rig(fake);
+    const b = rig(fake);
+    b.drv.bringUp(0x20000, 8);
+    assert.ok(a.drv.negotiate());
+    const lay = layoutQueue(0x1000, 8);
+    a.drv.clear(lay);
+    a.drv.w32(REG.QueueSel, 0);
+    a.drv.w32(REG.QueueNum, 8);
+    a.drv.w32(REG.QueueDescLow, lay.desc);
+    a.drv.w32(REG.QueueDriverLow, lay.avail);
+    a.drv.w32(REG.QueueDeviceLow, lay.used);
+    spoil(a);
+    a.drv.w32(REG.QueueReady, 1);
+    a.drv.driverOk();
+    assert.is(a.dev.ctx, undefined, 'device not activated');
+    assert.is(a.drv.status & STATUS.NEEDS_RESET, STATUS.NEEDS_RESET);
+    assert.match(a.t.lastError ?? '', re);
+    roundTrip(b, DATA + 0x4000);
+    assert.ok(fake.holeIntact());
+  });
+}
+
+test('a device that throws something else also ends in NEEDS_RESET, not an exception', () => {
+  const { a, b } = pair();
+  a.dev.notify = () => {
+    throw new TypeError('device bug');
+  };
+  const reasons: string[] = [];
+  a.t.onError = (r) => reasons.push(r);
+  a.drv.notify();
+  assert.equal(reasons, ['device error: device bug']);
+  assertNeedsReset(a, b);
+});
+
+test('ctx.needsReset from the device (errors found outside notify)', () => {
+  const { a, b } = pair();
+  a.dev.ctx!.needsReset('vsock: bad packet header');
+  assertNeedsReset(a, b, /bad packet header/);
+});
+
+test.run();

@@ -1,0 +1,56 @@
+// Bundles the CLI and every worker entry into dist/ with esbuild (koffi stays external:
+// it loads a native module). Also links node_modules/.bin/tsvmm so `npm ci` leaves a
+// runnable CLI in the project itself.
+import { build } from 'esbuild';
+import { existsSync, mkdirSync, readdirSync, statSync, symlinkSync, unlinkSync, lstatSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const common = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  external: ['koffi'],
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  // ESM bundles that pull CommonJS need a require() of their own.
+  banner: { js: "import { createRequire as __tsvmmCreateRequire } from 'node:module'; const require = __tsvmmCreateRequire(import.meta.url);" },
+};
+
+/** Entry points: the CLI plus every worker script (a worker is its own bundle). */
+const entries = { tsvmm: 'vmm/cli.ts' };
+for (const [name, src] of [['vcpu-worker', 'vmm/vcpu/worker.ts']]) {
+  if (existsSync(join(root, src))) entries[name] = src;
+}
+
+function findTests(dir, out = []) {
+  if (!existsSync(dir)) return out;
+  for (const e of readdirSync(dir)) {
+    const p = join(dir, e);
+    if (statSync(p).isDirectory()) findTests(p, out);
+    else if (e.endsWith('.test.ts')) out.push(p);
+  }
+  return out;
+}
+
+// --tests builds every test/**/*.test.ts into dist/test; --tests=SUBSTR only the matching ones.
+const testArg = process.argv.find((a) => a === '--tests' || a.startsWith('--tests='));
+const withTests = testArg !== undefined;
+const testFilter = testArg?.includes('=') ? testArg.slice(testArg.indexOf('=') + 1) : '';
+await build({ ...common, absWorkingDir: root, entryPoints: entries, outdir: join(root, 'dist') });
+if (withTests) {
+  const tests = findTests(join(root, 'test')).filter((t) => t.includes(testFilter));
+  const testEntries = Object.fromEntries(tests.map((t) => [relative(join(root, 'test'), t).replace(/\.ts$/, ''), t]));
+  await build({ ...common, absWorkingDir: root, entryPoints: testEntries, outdir: join(root, 'dist/test') });
+}
+
+// node_modules/.bin/tsvmm -> ../../bin/tsvmm.js (npm does not link a root package's own bin).
+const binDir = join(root, 'node_modules/.bin');
+if (existsSync(join(root, 'node_modules'))) {
+  mkdirSync(binDir, { recursive: true });
+  const link = join(binDir, 'tsvmm');
+  try { lstatSync(link); unlinkSync(link); } catch {}
+  symlinkSync('../../bin/tsvmm.js', link);
+}

@@ -1,0 +1,96 @@
+#!/bin/sh
+# Fetches the default guest kernel: the package Debian's linux-image-amd64 meta package
+# points at, unpacked into the tsvmm cache. Owns $CACHE/kernel/; touches nothing else.
+# Prints the path of the record (kernel.json) on stdout; progress goes to stderr.
+#
+#   CACHE=${TSVMM_CACHE:-$HOME/.cache/tsvmm}
+#   $CACHE/kernel/<kver>/vmlinuz-<kver>, config-<kver>, lib/modules/<kver>/
+#   $CACHE/kernel/kernel.json  {package, debVersion, version, kernel, modulesDir}
+#
+# TSVMM_KERNEL_PACKAGE=linux-image-X pins another image package (same layout).
+set -eu
+
+CACHE=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}
+DIR=$CACHE/kernel
+RECORD=$DIR/kernel.json
+mkdir -p "$DIR"
+
+log() { echo "fetch-kernel: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+resolve() {
+	if [ -n "${TSVMM_KERNEL_PACKAGE:-}" ]; then echo "$TSVMM_KERNEL_PACKAGE"; return; fi
+	apt-cache depends linux-image-amd64 2>/dev/null |
+		awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }'
+}
+
+# The record is still good when the package it names is the one apt resolves now (or apt
+# cannot resolve anything, e.g. offline with no lists) and its files are there.
+cached_ok() {
+	[ -f "$RECORD" ] || return 1
+	kern=$(sed -n 's/.*"kernel": *"\([^"]*\)".*/\1/p' "$RECORD")
+	mods=$(sed -n 's/.*"modulesDir": *"\([^"]*\)".*/\1/p' "$RECORD")
+	[ -f "$kern" ] && [ -f "$mods/modules.order" ] || return 1
+	[ -z "$1" ] && return 0
+	grep -q "\"package\": *\"$1\"" "$RECORD"
+}
+
+pkg=$(resolve)
+# Checked before taking the lock, so a read-only cache (the nested sandbox) works.
+if cached_ok "$pkg"; then echo "$RECORD"; exit 0; fi
+# One fetch at a time: tests and the CLI may ask for the kernel concurrently.
+exec 9>"$DIR/.lock"
+flock 9
+if cached_ok "$pkg"; then echo "$RECORD"; exit 0; fi
+
+if [ -z "$pkg" ]; then
+	log "linux-image-amd64 not resolvable; running apt-get update"
+	apt-get update -qq >&2 || die "apt-get update failed"
+	pkg=$(resolve)
+	[ -n "$pkg" ] || die "apt-cache cannot resolve linux-image-amd64 (is this Debian amd64?)"
+	if cached_ok "$pkg"; then echo "$RECORD"; exit 0; fi
+fi
+
+work=$(mktemp -d "$DIR/.fetch.XXXXXX")
+trap 'rm -rf "$work"' EXIT INT TERM
+
+# As root apt hands the download to the _apt user, who cannot write to our cache dir.
+download() { (cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2); }
+log "downloading $pkg"
+if ! download; then
+	log "download failed; running apt-get update and retrying"
+	apt-get update -qq >&2 || die "apt-get update failed"
+	download || die "apt-get download $pkg failed"
+fi
+deb=$(ls "$work"/*.deb)
+debver=$(dpkg-deb -f "$deb" Version)
+
+dpkg-deb -x "$deb" "$work/x"
+vmlinuz=$(ls "$work"/x/boot/vmlinuz-* 2>/dev/null | head -n 1)
+[ -n "$vmlinuz" ] || die "$pkg has no /boot/vmlinuz-*"
+kver=${vmlinuz##*/vmlinuz-}
+[ -d "$work/x/lib/modules/$kver" ] || die "$pkg has no lib/modules/$kver"
+
+dest=$DIR/$kver
+rm -rf "$dest.new"
+mkdir -p "$dest.new/lib/modules"
+mv "$vmlinuz" "$dest.new/"
+[ -f "$work/x/boot/config-$kver" ] && mv "$work/x/boot/config-$kver" "$dest.new/"
+mv "$work/x/lib/modules/$kver" "$dest.new/lib/modules/"
+# depmod here once, so every consumer can resolve dependencies with modprobe -d.
+depmod -b "$dest.new" "$kver"
+rm -rf "$dest"
+mv "$dest.new" "$dest"
+
+cat >"$RECORD.new" <<JSON
+{
+  "package": "$pkg",
+  "debVersion": "$debver",
+  "version": "$kver",
+  "kernel": "$dest/vmlinuz-$kver",
+  "modulesDir": "$dest/lib/modules/$kver"
+}
+JSON
+mv "$RECORD.new" "$RECORD"
+log "kernel $kver ($pkg $debver) in $dest"
+echo "$RECORD"

@@ -1,0 +1,62 @@
+#!/bin/sh
+# /init of the nested KVM sandbox (tools/sandbox/run.sh). Owns the sandbox's early
+# userspace: loads KVM (AMD SVM, emulated by QEMU) and 9p, mounts the host's root read-only
+# at /host, chroots there and runs the job that run.sh left in the `ctl` share. Reports
+# only through files in /ctl: `status` (the job's exit status) or `error` (why the sandbox
+# could not run it). Never writes to the console: kernel and QEMU output go to a log file.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+for m in /lib/modules/*.ko; do
+	insmod "$m" 2>/dev/null || echo "sandbox-init: insmod ${m##*/} failed"
+done
+
+halt_now() { sync; poweroff -f; while :; do sleep 3600; done; }
+mkdir -p /ctl /host
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ctl /ctl; then
+	echo "sandbox-init: cannot mount the ctl share"
+	halt_now
+fi
+fail() { echo "$*" >/ctl/error; halt_now; }
+
+[ -c /dev/kvm ] || fail "no /dev/kvm inside the sandbox (kvm_amd did not load: $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' '))"
+
+# cache=loose halves node's start-up here (DESIGN.md §8); the host tree must not change
+# while the sandbox runs.
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /host ||
+	fail "cannot mount the host's root (9p)"
+H=/host
+mount -t proc proc $H/proc || fail "cannot mount /proc in the chroot"
+mount -t sysfs sysfs $H/sys
+mount -t devtmpfs devtmpfs $H/dev
+mkdir -p $H/dev/pts $H/dev/shm 2>/dev/null
+mount -t devpts devpts $H/dev/pts
+mount -t tmpfs tmpfs $H/dev/shm
+# devtmpfs has no /dev/fd: bash process substitution needs it.
+ln -sfn /proc/self/fd $H/dev/fd
+ln -sfn /proc/self/fd/0 $H/dev/stdin
+ln -sfn /proc/self/fd/1 $H/dev/stdout
+ln -sfn /proc/self/fd/2 $H/dev/stderr
+mount -t tmpfs -o mode=1777 tmpfs $H/tmp || fail "cannot mount /tmp in the chroot"
+mount -t tmpfs -o mode=755 tmpfs $H/run
+# The writable output share, at the same path as on the host.
+out=$(cat /ctl/outdir)
+mkdir -p "$H$out" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$H$out" ||
+	fail "cannot mount the output share at $out"
+ip link set lo up 2>/dev/null
+
+# stdout and stderr are virtio-serial ports that run.sh connects to its own.
+# The ports appear once the host has answered virtio-console's control messages.
+o=/dev/vport0p1 e=/dev/vport0p2
+i=0
+while ! { [ -c $o ] && [ -c $e ]; }; do
+	i=$((i + 1))
+	[ $i -le 100 ] || fail "no virtio-serial ports for stdout/stderr ($(ls /dev | grep -i -E 'vport|hvc' | tr '\n' ' '))"
+	sleep 0.1
+done
+chroot $H /bin/sh -c "$(cat /ctl/job.sh)" </dev/null >$o 2>$e
+echo $? >/ctl/status
+halt_now

@@ -1,0 +1,129 @@
+#!/bin/bash
+# Runs a command where KVM works, emulating it when the host has none: inside QEMU (TCG,
+# emulated AMD SVM + nested paging) booting Debian's kernel, with this machine's / shared
+# read-only. Owns tools/sandbox/; reuses tools/guest/ for the kernel and the initramfs.
+#
+#   run.sh [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--sandbox|--native] -- CMD ARGS...
+#
+# Native KVM (a hardware kvm_intel/kvm_amd module behind /dev/kvm) runs CMD directly,
+# unless --sandbox or TSVMM_SANDBOX=always. TSVMM_SANDBOX=never refuses the sandbox.
+# Exit status: CMD's, or 125 when the sandbox itself failed (after one retry), 2 for usage.
+# Inside: cwd and PATH/HOME/CI/TSVMM_* are kept, / is read-only, /tmp and /run are tmpfs,
+# and --out DIR (default: a fresh temp dir, exported as TSVMM_SANDBOX_OUT, removed after)
+# is writable at the same path on both sides.
+set -u
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+GUEST=$HERE/../guest
+MEM=4G SMP=2 TIMEOUT=${TSVMM_SANDBOX_TIMEOUT:-900} OUT= MODE=${TSVMM_SANDBOX:-auto}
+usage() { echo "usage: $0 [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--sandbox|--native] -- CMD ARGS..." >&2; exit 2; }
+while [ $# -gt 0 ]; do
+	case $1 in
+	--mem) MEM=${2:?}; shift 2 ;;
+	--smp) SMP=${2:?}; shift 2 ;;
+	--timeout) TIMEOUT=${2:?}; shift 2 ;;
+	--out) OUT=${2:?}; shift 2 ;;
+	--sandbox) MODE=always; shift ;;
+	--native) MODE=never; shift ;;
+	--) shift; break ;;
+	*) usage ;;
+	esac
+done
+[ $# -gt 0 ] || usage
+case $TIMEOUT in '' | *[!0-9]*) usage ;; esac
+
+log() { echo "sandbox: $*" >&2; }
+
+# PVM and other software KVMs expose /dev/kvm but cannot run a stock kernel: only a
+# hardware vendor module counts as native.
+native_kvm() { [ -c /dev/kvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; }; }
+if [ "$MODE" = never ] || { [ "$MODE" = auto ] && native_kvm; }; then
+	native_kvm || log "warning: no hardware KVM here; running natively anyway"
+	exec "$@"
+fi
+
+log "no hardware KVM: running in QEMU software emulation (TCG with nested SVM); this is slow"
+
+record=$("$GUEST/fetch-kernel.sh") || { log "cannot fetch the sandbox kernel"; exit 125; }
+kernel=$(sed -n 's/.*"kernel": *"\([^"]*\)".*/\1/p' "$record")
+initrd=$("$GUEST/build-initramfs.sh" --name sandbox --init "$HERE/init.sh" --no-guest \
+	--modules "irqbypass kvm ccp kvm_amd netfs fscache 9pnet 9p 9pnet_virtio virtio_mmio virtio_console") ||
+	{ log "cannot build the sandbox initramfs"; exit 125; }
+# Tests inside boot the default guest from a read-only cache: have it ready first.
+if [ -z "${TSVMM_SANDBOX_NO_GUEST:-}" ]; then
+	"$GUEST/build-initramfs.sh" >/dev/null || log "warning: default guest initramfs not built"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tsvmm-sandbox.XXXXXX")
+keep_out=1
+if [ -z "$OUT" ]; then OUT=$work/out; keep_out=0; fi
+mkdir -p "$work/ctl" "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cleanup() {
+	[ -n "${cat_out:-}" ] && kill "$cat_out" "$cat_err" 2>/dev/null
+	[ "$keep_out" = 1 ] || rm -rf "$OUT"
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The job: cwd, environment and argv, each value single-quoted for sh.
+q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+{
+	printf 'cd %s || exit 125\n' "$(q "$PWD")"
+	for v in PATH HOME USER LOGNAME LANG LC_ALL TERM CI $(compgen -e | grep '^TSVMM_'); do
+		[ -n "${!v+x}" ] && printf 'export %s=%s\n' "$v" "$(q "${!v}")"
+	done
+	printf 'export TMPDIR=/tmp TSVMM_IN_SANDBOX=1 TSVMM_SANDBOX_OUT=%s\n' "$(q "$OUT")"
+	printf 'exec'
+	for a in "$@"; do printf ' %s' "$(q "$a")"; done
+	printf '\n'
+} >"$work/ctl/job.sh"
+echo "$OUT" >"$work/ctl/outdir"
+
+run_once() {
+	rm -f "$work/ctl/status" "$work/ctl/error" "$work/console.log"
+	# QEMU writes CMD's stdout/stderr into fifos that cat copies to ours: QEMU cannot
+	# reopen an inherited socket or pipe by path, and cat can.
+	rm -f "$work/stdout" "$work/stderr"
+	mkfifo "$work/stdout" "$work/stderr"
+	cat "$work/stdout" & cat_out=$!
+	cat "$work/stderr" >&2 & cat_err=$!
+	local fs='security_model=none,multidevs=remap'
+	timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
+		-M microvm,acpi=on,rtc=on -accel tcg,thread=multi -cpu EPYC,+svm,+npt -m "$MEM" -smp "$SMP" \
+		-nodefaults -no-user-config -display none -no-reboot \
+		-kernel "$kernel" -initrd "$initrd" \
+		-append "console=ttyS0 quiet loglevel=0 panic=-1 transparent_hugepage=never" \
+		-serial "file:$work/console.log" \
+		-fsdev "local,id=hostroot,path=/,readonly=on,$fs" -device virtio-9p-device,fsdev=hostroot,mount_tag=hostroot \
+		-fsdev "local,id=ctl,path=$work/ctl,$fs" -device virtio-9p-device,fsdev=ctl,mount_tag=ctl \
+		-fsdev "local,id=out,path=$OUT,$fs" -device virtio-9p-device,fsdev=out,mount_tag=out \
+		-device virtio-serial-device \
+		-chardev "file,id=so,path=$work/stdout" -device virtserialport,chardev=so,nr=1 \
+		-chardev "file,id=se,path=$work/stderr" -device virtserialport,chardev=se,nr=2 \
+		</dev/null 2>"$work/qemu.log"
+	qemu_rc=$?
+	# QEMU has closed the fifos (or never opened them): the copies end by themselves.
+	exec 3<>"$work/stdout" 4<>"$work/stderr"; exec 3>&- 4>&-
+	wait "$cat_out" "$cat_err" 2>/dev/null
+	cat_out=
+}
+
+for attempt in 1 2; do
+	run_once
+	if [ -f "$work/ctl/status" ]; then exit "$(cat "$work/ctl/status")"; fi
+	if [ -f "$work/ctl/error" ]; then log "sandbox failed: $(cat "$work/ctl/error")"; exit 125; fi
+	case $qemu_rc in
+	124 | 137) why="no exit status within ${TIMEOUT}s (hung or too slow)" ;;
+	0) why="the sandbox stopped without reporting an exit status (kernel panic?)" ;;
+	*) why="QEMU exited with status $qemu_rc: $(tail -n 3 "$work/qemu.log" | tr '\n' ' ')" ;;
+	esac
+	log "sandbox attempt $attempt died: $why"
+	if [ -s "$work/console.log" ]; then
+		log "last console lines:"; tail -n 15 "$work/console.log" | sed 's/^/  | /' >&2
+	fi
+done
+log "sandbox failed twice; giving up (exit 125)"
+exit 125

@@ -1,0 +1,67 @@
+// The DSDT's AML: tsvmm's device namespace (COM1, pvpanic, virtio-mmio devices, the
+// hypercall device) and the \_S5_ sleep object. Owns device names and which resources each
+// device declares; encodings come from aml.ts, table framing from tables.ts. It must not
+// invent addresses: every port, range and GSI comes from the AcpiConfig it is given.
+
+import { concat, crs, device, extendedInterrupt, hid, integer, io, irq, memory32Fixed, name, pkg, qwordMemory, scope, sta, uid } from './aml';
+import type { AcpiConfig } from './index';
+
+/** SLP_TYP of S5 (soft off), the first element of \_S5_. */
+export const S5_SLEEP_TYPE = 5;
+
+/** Memory32Fixed when the range is below 4 GiB, else QWordMemory. */
+function memory(base: number, size: number): Uint8Array {
+  return base + size <= 2 ** 32 ? memory32Fixed(base, size) : qwordMemory(base, size);
+}
+
+/** Virtio-mmio device i is \_SB.VRxx (two hex digits). */
+export function virtioDeviceName(i: number): string {
+  return `VR${i.toString(16).toUpperCase().padStart(2, '0')}`;
+}
+
+export function buildDsdtAml(cfg: AcpiConfig): Uint8Array {
+  const devices: Uint8Array[] = [];
+  if (cfg.serial) {
+    const { port, irq: line } = cfg.serial;
+    devices.push(
+      device('COM1', [
+        hid('PNP0501'),
+        uid(1),
+        sta(),
+        crs([io({ min: port, length: 8 }), irq([line], { edge: true })]),
+      ]),
+    );
+  }
+  if (cfg.pvpanicPort !== undefined) {
+    // Linux's pvpanic driver matches QEMU0001 and takes its first I/O resource.
+    devices.push(device('PEVT', [hid('QEMU0001'), sta(), crs([io({ min: cfg.pvpanicPort, length: 1 })])]));
+  }
+  cfg.virtioMmio.forEach((d, i) => {
+    // LNRO0005 is the id drivers/virtio/virtio_mmio.c matches on ACPI systems; it wants
+    // one memory resource (the register window) and one interrupt.
+    devices.push(
+      device(virtioDeviceName(i), [
+        hid('LNRO0005'),
+        uid(i),
+        sta(),
+        crs([memory(d.base, d.size), extendedInterrupt([d.gsi], { edge: true })]),
+      ]),
+    );
+  });
+  if (cfg.hypercall) {
+    const h = cfg.hypercall;
+    devices.push(
+      device('HYPC', [
+        hid('TSVM0001'),
+        uid(0),
+        sta(),
+        crs([io({ min: h.ioBase, length: h.ioLen }), memory(h.memBase, h.memSize)]),
+      ]),
+    );
+  }
+  return concat([
+    scope('\\_SB_', devices),
+    // Hardware-reduced S5: Linux writes (SLP_TYP << 2) | SLP_EN to SLEEP_CONTROL_REG.
+    name('\\_S5_', pkg([integer(S5_SLEEP_TYPE), integer(0)])),
+  ]);
+}

@@ -1,0 +1,397 @@
+// Host-side client of the guest agent: exec / put / get / ping, one agent connection per
+// request over any Duplex the caller's connector returns (a hybrid-vsock stream from the
+// VMM, a Unix socket in tests). Owns the request state machines; frame layouts live in
+// ./protocol, connectors in ./connect. Must not know how the stream reaches the guest.
+import { createReadStream } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import type { Duplex, Readable } from 'node:stream';
+import {
+  AgentError,
+  DATA_CHUNK,
+  FrameDecoder,
+  Msg,
+  decodeError,
+  decodeExecStarted,
+  decodeExit,
+  decodeGetInfo,
+  decodeHelloAck,
+  decodePong,
+  decodeU32,
+  decodeU64,
+  encodeExec,
+  encodeGet,
+  encodeHello,
+  encodePing,
+  encodePut,
+  encodePutData,
+  encodePutEnd,
+  encodeSignal,
+  encodeStdin,
+  encodeStdinEof,
+  msgName,
+  type Frame,
+} from './protocol';
+
+export { AgentError } from './protocol';
+export type { AgentErrorCode } from './protocol';
+
+export type Connector = () => Promise<Duplex>;
+
+export interface ExecOptions {
+  argv: string[];
+  /** KEY=VALUE pairs (or a record) added to the agent's environment. */
+  env?: Record<string, string> | string[];
+  /** Start from an empty environment (PATH still gets a default). */
+  clearEnv?: boolean;
+  cwd?: string;
+  stdin?: Readable | Uint8Array | string;
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** Called once the guest process exists. */
+  onSpawn?: (pid: number) => void;
+  /** Aborting delivers `abortSignal` (default SIGTERM) to the guest process group. */
+  signal?: AbortSignal;
+  abortSignal?: NodeJS.Signals;
+}
+
+export interface ExecResult {
+  /** Exit status, or null when a signal ended the process. */
+  exitCode: number | null;
+  /** Name of the terminating signal ('SIGKILL'), or null. */
+  signal: string | null;
+  coreDumped: boolean;
+}
+
+export interface ExecHandle {
+  /** Guest pid (rejects like `result` when the process could not start). */
+  readonly pid: Promise<number>;
+  readonly result: Promise<ExecResult>;
+  /** Sends a signal to the guest process group; a no-op once it has exited. */
+  kill(signal?: NodeJS.Signals | number): void;
+}
+
+const signalNumbers = osConstants.signals as Record<string, number>;
+const signalNames = new Map<number, string>(Object.entries(signalNumbers).map(([k, v]) => [v, k]));
+
+function signalNumber(s: NodeJS.Signals | number): number {
+  const n = typeof s === 'number' ? s : signalNumbers[s];
+  if (n === undefined || !Number.isInteger(n) || n < 1 || n > 64) throw new RangeError(`unknown signal ${String(s)}`);
+  return n;
+}
+
+/** One agent connection: frames in, frames out with backpressure. */
+class Connection {
+  private readonly decoder = new FrameDecoder();
+  private readonly frames: Frame[] = [];
+  private waiter: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
+  private failure: AgentError | null = null;
+
+  constructor(private readonly stream: Duplex) {
+    stream.on('data', (chunk: Buffer) => {
+      try {
+        for (const f of this.decoder.push(chunk)) this.deliver(f);
+      } catch (e) {
+        this.fail(e as AgentError);
+        stream.destroy();
+      }
+    });
+    stream.on('end', () => this.fail(new AgentError('CLOSED', 'agent closed the connection')));
+    stream.on('close', () => this.fail(new AgentError('CLOSED', 'agent connection closed')));
+    stream.on('error', (e) => this.fail(new AgentError('CLOSED', `agent connection failed: ${e.message}`, false, 0, { cause: e })));
+    stream.resume(); // a connector may hand over a paused stream (with bytes unshifted)
+  }
+
+  private deliver(f: Frame): void {
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(f);
+    } else this.frames.push(f);
+  }
+
+  private fail(e: AgentError): void {
+    if (this.failure) return;
+    this.failure = e;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(e);
+    }
+  }
+
+  /** Next frame; frames that arrived before the stream ended are still returned first. */
+  recv(): Promise<Frame> {
+    const f = this.frames.shift();
+    if (f) return Promise.resolve(f);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
+  }
+
+  /** Next frame, which must be `type`; an ERROR frame becomes its AgentError. */
+  async expect(type: number): Promise<Frame> {
+    const f = await this.recv();
+    if (f.type === type) return f;
+    throw unexpected(f, msgName(type));
+  }
+
+  async send(frame: Buffer): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (this.stream.write(frame)) return;
+    await new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        this.stream.off('drain', done);
+        this.stream.off('close', done);
+        if (this.failure) reject(this.failure);
+        else resolve();
+      };
+      this.stream.on('drain', done);
+      this.stream.on('close', done);
+    });
+  }
+
+  close(): void {
+    this.stream.destroy();
+  }
+}
+
+function unexpected(f: Frame, wanted: string): AgentError {
+  if (f.type === Msg.ERROR) return decodeError(f);
+  return new AgentError('PROTOCOL', `agent sent ${msgName(f.type)}, expected ${wanted}`);
+}
+
+function chunks(data: Uint8Array, size: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let off = 0; off < data.length; off += size) out.push(data.subarray(off, off + size));
+  return out;
+}
+
+export class AgentClient {
+  /** Agent identification from the last HELLO_ACK. */
+  agentVersion = '';
+
+  constructor(private readonly connector: Connector) {}
+
+  private async open(): Promise<Connection> {
+    let stream: Duplex;
+    try {
+      stream = await this.connector();
+    } catch (e) {
+      throw new AgentError('CONNECT', `cannot connect to the agent: ${(e as Error).message}`, false, 0, { cause: e });
+    }
+    const conn = new Connection(stream);
+    try {
+      await conn.send(encodeHello());
+      this.agentVersion = decodeHelloAck(await conn.expect(Msg.HELLO_ACK)).agent;
+      return conn;
+    } catch (e) {
+      conn.close();
+      throw e;
+    }
+  }
+
+  private async request<T>(body: (conn: Connection) => Promise<T>): Promise<T> {
+    const conn = await this.open();
+    try {
+      return await body(conn);
+    } finally {
+      conn.close();
+    }
+  }
+
+  /** Round trip through a fresh connection; returns the agent's version string. */
+  ping(): Promise<{ agent: string; ms: number }> {
+    return this.request(async (conn) => {
+      const t0 = performance.now();
+      const nonce = BigInt(Math.floor(Math.random() * 2 ** 48));
+      await conn.send(encodePing(nonce));
+      const pong = decodePong(await conn.expect(Msg.PONG));
+      if (pong.nonce !== nonce) throw new AgentError('PROTOCOL', 'PONG carries a different nonce');
+      return { agent: pong.agent, ms: performance.now() - t0 };
+    });
+  }
+
+  exec(opts: ExecOptions): Promise<ExecResult> {
+    return this.start(opts).result;
+  }
+
+  start(opts: ExecOptions): ExecHandle {
+    let conn: Connection | null = null;
+    let finished = false;
+    let credit = 0;
+    let creditWake: (() => void) | null = null;
+    let resolvePid!: (pid: number) => void;
+    let rejectPid!: (e: Error) => void;
+    const pid = new Promise<number>((res, rej) => ((resolvePid = res), (rejectPid = rej)));
+    pid.catch(() => {}); // callers may only await `result`
+
+    const kill = (s: NodeJS.Signals | number = 'SIGTERM'): void => {
+      const n = signalNumber(s);
+      void pid.then(() => {
+        if (!finished && conn) conn.send(encodeSignal(n)).catch(() => {});
+      }, () => {});
+    };
+    const onAbort = (): void => kill(opts.abortSignal ?? 'SIGTERM');
+
+    const wake = (): void => {
+      const w = creditWake;
+      creditWake = null;
+      w?.();
+    };
+
+    const sendStdin = async (c: Connection): Promise<void> => {
+      const input = opts.stdin;
+      const sendData = async (data: Uint8Array): Promise<void> => {
+        for (let off = 0; off < data.length && !finished; ) {
+          while (credit === 0 && !finished) await new Promise<void>((r) => (creditWake = r));
+          if (finished) return;
+          const n = Math.min(credit, DATA_CHUNK, data.length - off);
+          credit -= n;
+          await c.send(encodeStdin(data.subarray(off, off + n)));
+          off += n;
+        }
+      };
+      if (typeof input === 'string') await sendData(Buffer.from(input));
+      else if (input instanceof Uint8Array) await sendData(input);
+      else if (input) {
+        try {
+          for await (const chunk of input.iterator({ destroyOnReturn: false })) {
+            await sendData(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Uint8Array));
+            if (finished) return;
+          }
+        } catch (e) {
+          if (finished) return;
+          throw new AgentError('STDIN', `reading stdin for the guest failed: ${(e as Error).message}`, false, 0, { cause: e });
+        }
+      }
+      if (!finished) await c.send(encodeStdinEof());
+    };
+
+    const result = (async (): Promise<ExecResult> => {
+      if (opts.signal?.aborted) throw new AgentError('ABORTED', 'exec aborted before it started');
+      const request = encodeExec({
+        argv: opts.argv,
+        env: Array.isArray(opts.env) ? opts.env : Object.entries(opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
+        cwd: opts.cwd ?? '',
+        clearEnv: opts.clearEnv ?? false,
+      });
+      const c = await this.open();
+      conn = c;
+      try {
+        await c.send(request);
+        const started = decodeExecStarted(await c.expect(Msg.EXEC_STARTED));
+        credit = started.credit;
+        resolvePid(started.pid);
+        opts.onSpawn?.(started.pid);
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        if (opts.signal?.aborted) onAbort();
+        let stdinError: unknown = null;
+        const stdinDone = sendStdin(c).catch((e) => {
+          // A send failing because the connection ended is reported by recv() below.
+          if (e instanceof AgentError && e.code === 'STDIN') {
+            stdinError = e;
+            c.close();
+          }
+        });
+        for (;;) {
+          let f: Frame;
+          try {
+            f = await c.recv();
+          } catch (e) {
+            throw stdinError ?? e;
+          }
+          switch (f.type) {
+            case Msg.STDOUT:
+              opts.onStdout?.(Buffer.from(f.payload));
+              break;
+            case Msg.STDERR:
+              opts.onStderr?.(Buffer.from(f.payload));
+              break;
+            case Msg.STDIN_CREDIT:
+              credit += decodeU32(f);
+              wake();
+              break;
+            case Msg.EXIT: {
+              const st = decodeExit(f);
+              finished = true;
+              wake();
+              await stdinDone;
+              return st.exited
+                ? { exitCode: st.code, signal: null, coreDumped: false }
+                : { exitCode: null, signal: signalNames.get(st.signo) ?? `SIG${st.signo}`, coreDumped: st.coreDumped };
+            }
+            default:
+              throw unexpected(f, 'output or EXIT');
+          }
+        }
+      } catch (e) {
+        rejectPid(e as Error);
+        throw e;
+      } finally {
+        finished = true;
+        wake();
+        opts.signal?.removeEventListener('abort', onAbort);
+        c.close();
+      }
+    })();
+    result.catch((e) => rejectPid(e as Error));
+    return { pid, result, kill };
+  }
+
+  /** Writes a local file (path) or bytes to `remotePath` with `mode`, atomically (temp +
+   * rename in the same directory). Returns the byte count. */
+  put(source: string | Uint8Array, remotePath: string, mode = 0o644): Promise<number> {
+    return this.request(async (conn) => {
+      await conn.send(encodePut(mode, remotePath));
+      // The agent answers an error at once and then reads on to PUT_END, so a failure
+      // shows up as the first frame while we are still sending.
+      const reply: { frame: Frame | null } = { frame: null };
+      const answer = conn.recv().then((f) => (reply.frame = f));
+      answer.catch(() => {});
+      let total = 0;
+      const parts: AsyncIterable<Uint8Array> | Iterable<Uint8Array> =
+        typeof source === 'string' ? createReadStream(source, { highWaterMark: DATA_CHUNK }) : chunks(source, DATA_CHUNK);
+      let sendError: unknown = null;
+      try {
+        for await (const part of parts) {
+          if (reply.frame) break;
+          total += part.length;
+          await conn.send(encodePutData(part));
+        }
+        if (!reply.frame) await conn.send(encodePutEnd(BigInt(total)));
+      } catch (e) {
+        sendError = e; // the agent's own answer, if one came, says more
+        conn.close();
+      }
+      const f = await answer.catch((e: unknown) => {
+        throw sendError ?? e;
+      });
+      if (f.type !== Msg.PUT_DONE) throw unexpected(f, 'PUT_DONE');
+      const stored = decodeU64(f);
+      if (stored !== BigInt(total)) throw new AgentError('PROTOCOL', `agent stored ${stored} bytes of ${total}`);
+      return total;
+    });
+  }
+
+  /** Reads a whole guest file (also /proc and /sys files, read to EOF). */
+  get(remotePath: string, opts: { maxBytes?: number } = {}): Promise<Buffer> {
+    const max = opts.maxBytes ?? 1 << 30;
+    return this.request(async (conn) => {
+      await conn.send(encodeGet(remotePath));
+      decodeGetInfo(await conn.expect(Msg.GET_INFO));
+      const parts: Buffer[] = [];
+      let total = 0;
+      for (;;) {
+        const f = await conn.recv();
+        if (f.type === Msg.GET_DATA) {
+          total += f.payload.length;
+          if (total > max) throw new AgentError('TOO_LARGE', `get ${remotePath}: more than ${max} bytes`);
+          parts.push(Buffer.from(f.payload));
+        } else if (f.type === Msg.GET_END) {
+          const end = decodeU64(f);
+          if (end !== BigInt(total)) throw new AgentError('PROTOCOL', `GET_END says ${end} bytes, got ${total}`);
+          return Buffer.concat(parts, total);
+        } else throw unexpected(f, 'GET_DATA or GET_END');
+      }
+    });
+  }
+}

@@ -1,0 +1,114 @@
+// Puts a kernel, its initrd and command line into guest memory and writes the boot structures
+// (GDT, page tables, zero page) around them. Picks the format from the image itself: bzImage
+// or ELF vmlinux; anything else is refused before any vCPU exists.
+
+import type { GuestMemory } from '../../devices/memory';
+import { CMDLINE_ADDR, CMDLINE_MAX, GDT_ADDR, KERNEL_ADDR, MMIO_HOLE_START, ZERO_PAGE_ADDR } from '../layout';
+import type { RamRange } from '../memory';
+import { isBzImage, parseBzImage } from './bzimage';
+import { isElf, parseElf } from './elf';
+import { KernelImageError } from './errors';
+import { bootGdt } from './gdt';
+import { identityPageTables } from './page-tables';
+import { buildZeroPage, e820Map } from './zero-page';
+
+const PAGE = 0x1000;
+/** What an old header without cmdline_size allows. */
+const DEFAULT_CMDLINE_SIZE = 255;
+/** Headers before 2.03 have no initrd_addr_max; the protocol says 0x37ffffff then. */
+const DEFAULT_INITRD_ADDR_MAX = 0x37ffffff;
+
+export interface BootImage {
+  kernelPath: string;
+  kernel: Uint8Array;
+  initrdPath?: string;
+  initrd?: Uint8Array;
+  cmdline: string;
+}
+
+export interface LoadedKernel {
+  format: 'bzImage' | 'elf';
+  entry: number;
+  /** First byte after what the kernel needs (decompression included). */
+  kernelEnd: number;
+  initrd?: { addr: number; size: number };
+}
+
+/** Validates the image without touching memory: used to fail before creating the VM. */
+export function probeKernel(path: string, image: Uint8Array): 'bzImage' | 'elf' {
+  if (image.length === 0) throw new KernelImageError(path, 'file is empty');
+  if (isBzImage(image)) {
+    parseBzImage(path, image);
+    return 'bzImage';
+  }
+  if (isElf(image)) {
+    parseElf(path, image);
+    return 'elf';
+  }
+  throw new KernelImageError(path, 'not a Linux kernel (neither a bzImage nor an ELF vmlinux)');
+}
+
+export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: BootImage, rsdpAddr?: number): LoadedKernel {
+  const lowEnd = ram[0]!.size;
+  let header: Uint8Array | undefined;
+  let entry: number;
+  let kernelEnd: number;
+  let initrdAddrMax = DEFAULT_INITRD_ADDR_MAX;
+  let cmdlineSize = DEFAULT_CMDLINE_SIZE;
+
+  const fits = (addr: number, len: number, what: string) => {
+    if (addr + len > lowEnd) {
+      throw new KernelImageError(img.kernelPath, `${what} needs guest memory up to ${mib(addr + len)}, but RAM below the MMIO hole ends at ${mib(lowEnd)}; use more --memory`);
+    }
+  };
+
+  if (isBzImage(img.kernel)) {
+    const bz = parseBzImage(img.kernelPath, img.kernel);
+    fits(KERNEL_ADDR, Math.max(bz.kernel.length, bz.initSize), 'the kernel');
+    mem.write(KERNEL_ADDR, bz.kernel);
+    header = bz.header;
+    entry = KERNEL_ADDR + 0x200;
+    kernelEnd = KERNEL_ADDR + Math.max(bz.kernel.length, bz.initSize);
+    if (bz.initrdAddrMax) initrdAddrMax = bz.initrdAddrMax;
+    if (bz.cmdlineSize) cmdlineSize = bz.cmdlineSize;
+  } else if (isElf(img.kernel)) {
+    const elf = parseElf(img.kernelPath, img.kernel);
+    for (const s of elf.segments) {
+      if (s.paddr < KERNEL_ADDR) throw new KernelImageError(img.kernelPath, `segment at 0x${s.paddr.toString(16)} is below 1 MiB`);
+      fits(s.paddr, s.memsz, 'the kernel');
+      mem.write(s.paddr, s.data);
+      mem.expect(s.paddr + s.data.length, s.memsz - s.data.length).fill(0);
+    }
+    entry = elf.entry;
+    kernelEnd = elf.end;
+    cmdlineSize = 2048;
+  } else {
+    throw new KernelImageError(img.kernelPath, 'not a Linux kernel (neither a bzImage nor an ELF vmlinux)');
+  }
+
+  const cmdline = new TextEncoder().encode(img.cmdline);
+  if (cmdline.length > Math.min(cmdlineSize, CMDLINE_MAX - 1)) {
+    throw new KernelImageError(img.kernelPath, `command line is ${cmdline.length} bytes; this kernel accepts at most ${cmdlineSize}`);
+  }
+  mem.expect(CMDLINE_ADDR, cmdline.length + 1).set([...cmdline, 0]);
+
+  let initrd: { addr: number; size: number } | undefined;
+  if (img.initrd) {
+    const top = Math.min(lowEnd, initrdAddrMax + 1, MMIO_HOLE_START);
+    const addr = Math.floor((top - img.initrd.length) / PAGE) * PAGE;
+    if (addr < kernelEnd) {
+      throw new KernelImageError(img.initrdPath ?? 'initrd', `does not fit in guest memory above the kernel (${mib(img.initrd.length)} initrd, ${mib(lowEnd)} low RAM); use more --memory`);
+    }
+    mem.write(addr, img.initrd);
+    initrd = { addr, size: img.initrd.length };
+  }
+
+  mem.write(GDT_ADDR, bootGdt().bytes);
+  for (const t of identityPageTables()) mem.write(t.addr, t.bytes);
+  mem.write(ZERO_PAGE_ADDR, buildZeroPage({
+    header, cmdlineAddr: CMDLINE_ADDR, cmdlineSize: cmdline.length, initrd, rsdpAddr, e820: e820Map(ram),
+  }));
+  return { format: header ? 'bzImage' : 'elf', entry, kernelEnd, initrd };
+}
+
+const mib = (n: number) => `${(n / 0x100000).toFixed(1)} MiB`;

@@ -1,0 +1,63 @@
+// A machine's configuration and its validation: sizes, counts and paths, checked before any
+// KVM object exists so that bad input fails with one clear line and nothing to clean up.
+
+import { readFileSync } from 'node:fs';
+import { MiB } from './layout';
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface MachineConfig {
+  kernel: string;
+  initrd?: string;
+  cmdline: string;
+  vcpus: number;
+  /** Bytes of guest RAM. */
+  memory: number;
+  /** Describe devices with ACPI (default), or only on the command line (`--no-acpi`). */
+  acpi: boolean;
+  vsock?: { cid: number; udsPath: string };
+}
+
+export const DEFAULT_MEMORY = 256 * MiB;
+export const MIN_MEMORY = 32 * MiB;
+export const DEFAULT_CMDLINE = 'console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd';
+
+/** "512M", "2G", "1024K", "268435456" (bytes) → bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)([KMG]i?B?)?$/i.exec(text.trim());
+  if (!m) throw new ConfigError(`invalid size '${text}' (use e.g. 512M or 2G)`);
+  const unit = (m[2] ?? '').charAt(0).toUpperCase();
+  const mult = unit === 'K' ? 1024 : unit === 'M' ? MiB : unit === 'G' ? 1024 * MiB : 1;
+  return Number(m[1]) * mult;
+}
+
+export function hostMemory(): number {
+  const m = /^MemTotal:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  return m ? Number(m[1]) * 1024 : Number.MAX_SAFE_INTEGER;
+}
+
+export function validateMemory(bytes: number): void {
+  if (!Number.isSafeInteger(bytes) || bytes < MIN_MEMORY) {
+    throw new ConfigError(`--memory ${fmtBytes(bytes)} is too small (at least ${fmtBytes(MIN_MEMORY)})`);
+  }
+  if (bytes % 0x1000 !== 0) throw new ConfigError(`--memory must be a multiple of 4 KiB`);
+  const host = hostMemory();
+  if (bytes > host) throw new ConfigError(`--memory ${fmtBytes(bytes)} is larger than this host's ${fmtBytes(host)} of RAM`);
+}
+
+export function validateVcpus(n: number, max: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new ConfigError(`--vcpus ${n} is invalid (at least 1)`);
+  const limit = Math.min(max, 254);
+  if (n > limit) throw new ConfigError(`--vcpus ${n} exceeds the limit of ${limit} (KVM allows ${max})`);
+}
+
+export function fmtBytes(n: number): string {
+  if (n >= 1024 * MiB && n % (1024 * MiB) === 0) return `${n / (1024 * MiB)}G`;
+  if (n >= MiB && n % MiB === 0) return `${n / MiB}M`;
+  return `${n} bytes`;
+}

@@ -1,0 +1,59 @@
+// The channel between a vCPU worker and the main thread for port/MMIO accesses that a
+// main-thread device must answer: one SharedArrayBuffer per vCPU plus one shared doorbell.
+// The worker fills a request and Atomics.waits; main handles it and flips the state back.
+// Layout in one place (Int32 slots):
+
+export const MB = {
+  STATE: 0, // IDLE | REQUEST | RESPONSE
+  KIND: 1, // PIO | MMIO
+  IS_WRITE: 2,
+  SIZE: 3,
+  ADDR_LO: 4,
+  ADDR_HI: 5,
+  DATA: 6, // 8 bytes: slots 6 and 7
+  STOP: 8, // main → worker: leave the run loop
+  SLOTS: 9,
+} as const;
+
+export const STATE_IDLE = 0;
+export const STATE_REQUEST = 1;
+export const STATE_RESPONSE = 2;
+export const KIND_PIO = 0;
+export const KIND_MMIO = 1;
+
+export function newMailbox(): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(MB.SLOTS * 4));
+}
+
+export function newDoorbell(): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(4));
+}
+
+/** The 8 data bytes of a mailbox as bytes (a view, not a copy). */
+export function mailboxData(mb: Int32Array): Uint8Array {
+  return new Uint8Array(mb.buffer, MB.DATA * 4, 8);
+}
+
+/** An address range a main-thread device claims; everything else the worker answers itself. */
+export interface ClaimedRange {
+  base: number;
+  len: number;
+}
+
+/** What a worker tells main. */
+export type WorkerMessage =
+  | { type: 'started'; tid: number }
+  | { type: 'exit'; reason: VcpuExitReason; detail: string }
+  | { type: 'stopped' };
+
+export type VcpuExitReason = 'triple-fault' | 'system-poweroff' | 'system-reset' | 'system-crash' | 'internal-error' | 'fail-entry' | 'unhandled' | 'hlt';
+
+export interface WorkerInit {
+  fd: number;
+  id: number;
+  mmapSize: number;
+  mailbox: Int32Array;
+  doorbell: Int32Array;
+  pio: ClaimedRange[];
+  mmio: ClaimedRange[];
+}

@@ -1,0 +1,154 @@
+// The main-thread side of the vCPU workers: starts one worker per vCPU, learns each kernel tid
+// (the scheduler pins by tid), answers mailbox requests through the PIO/MMIO buses, and stops
+// them all. Stopping must kick each vCPU out of KVM_RUN (immediate_exit + a signal with a
+// handler), or a worker never returns and the process cannot exit (DESIGN §4).
+
+import { Worker } from 'node:worker_threads';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Vcpu } from '../../kvm/kvm';
+import { KvmRun } from '../../kvm/layout';
+import { tgkill } from '../../kvm/libc';
+import type { Bus } from '../../devices/bus';
+import {
+  ClaimedRange, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, VcpuExitReason, WorkerInit, WorkerMessage,
+  mailboxData, newDoorbell, newMailbox,
+} from './mailbox';
+
+/** SIGUSR2: SIGUSR1 belongs to Node's inspector. Any signal with a handler interrupts KVM_RUN. */
+const KICK_SIGNAL = 'SIGUSR2';
+const KICK_SIGNAL_NUMBER = 12;
+
+/** dist/vcpu-worker.js, next to the bundle that is running (dist/tsvmm.js or a test bundle). */
+function workerScript(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    for (const candidate of [join(dir, 'vcpu-worker.js'), join(dir, 'dist', 'vcpu-worker.js')]) {
+      if (existsSync(candidate)) return candidate;
+    }
+    dir = dirname(dir);
+  }
+  throw new Error('dist/vcpu-worker.js not found; run `npm run build`');
+}
+
+export interface VcpuExit {
+  vcpu: number;
+  reason: VcpuExitReason;
+  detail: string;
+}
+
+interface Thread {
+  vcpu: Vcpu;
+  worker: Worker;
+  mailbox: Int32Array;
+  run: Uint8Array;
+  tid: number;
+  stopped: Promise<void>;
+}
+
+export class VcpuThreads {
+  private readonly threads: Thread[] = [];
+  private readonly doorbell = newDoorbell();
+  private pumping = false;
+  private readonly kickHandler = () => {};
+
+  constructor(
+    private readonly pio: Bus,
+    private readonly mmio: Bus,
+    private readonly onExit: (e: VcpuExit) => void,
+  ) {}
+
+  /** Starts a worker per vCPU; resolves with their tids once every one runs. */
+  async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: ClaimedRange[]; mmio: ClaimedRange[] }): Promise<number[]> {
+    process.on(KICK_SIGNAL, this.kickHandler);
+    const script = workerScript();
+    const started: Promise<number>[] = [];
+    for (const vcpu of vcpus) {
+      const mailbox = newMailbox();
+      const init: WorkerInit = { fd: vcpu.fd, id: vcpu.id, mmapSize, mailbox, doorbell: this.doorbell, pio: claims.pio, mmio: claims.mmio };
+      const worker = new Worker(script, { workerData: init, name: `vcpu${vcpu.id}` });
+      const t: Thread = { vcpu, worker, mailbox, run: vcpu.mapRun(mmapSize).bytes, tid: 0, stopped: Promise.resolve() };
+      t.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
+      started.push(new Promise((resolve, reject) => {
+        worker.on('message', (m: WorkerMessage) => {
+          if (m.type === 'started') {
+            t.tid = m.tid;
+            resolve(m.tid);
+          } else if (m.type === 'exit') {
+            this.onExit({ vcpu: vcpu.id, reason: m.reason, detail: m.detail });
+          }
+        });
+        worker.once('error', (e) => {
+          reject(e);
+          this.onExit({ vcpu: vcpu.id, reason: 'internal-error', detail: `vCPU worker failed: ${e.message}` });
+        });
+      }));
+      this.threads.push(t);
+    }
+    this.pump();
+    return Promise.all(started);
+  }
+
+  get tids(): number[] {
+    return this.threads.map((t) => t.tid);
+  }
+
+  /** Answers mailbox requests until stop(). */
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    while (this.pumping) {
+      const seen = Atomics.load(this.doorbell, 0);
+      for (const t of this.threads) {
+        if (Atomics.load(t.mailbox, MB.STATE) === STATE_REQUEST) this.serve(t.mailbox);
+      }
+      const w = Atomics.waitAsync(this.doorbell, 0, seen);
+      if (w.async) await w.value;
+    }
+  }
+
+  private serve(mb: Int32Array): void {
+    const size = mb[MB.SIZE]!;
+    const addr = (mb[MB.ADDR_LO]! >>> 0) + mb[MB.ADDR_HI]! * 0x1_0000_0000;
+    const data = mailboxData(mb).subarray(0, size);
+    const bus = mb[MB.KIND] === KIND_PIO ? this.pio : this.mmio;
+    try {
+      if (mb[MB.IS_WRITE]) bus.write(addr, data);
+      else bus.read(addr, data);
+    } finally {
+      Atomics.store(mb, MB.STATE, STATE_RESPONSE);
+      Atomics.notify(mb, MB.STATE);
+    }
+  }
+
+  /** Kicks every vCPU out of KVM_RUN and waits for all workers to end. */
+  async stop(): Promise<void> {
+    for (const t of this.threads) {
+      Atomics.store(t.mailbox, MB.STOP, 1);
+      Atomics.notify(t.mailbox, MB.STATE);
+      t.run[KvmRun.immediateExit] = 1;
+    }
+    // Signal until every worker is gone: a kick can land just before the worker re-enters
+    // KVM_RUN, in which case immediate_exit catches it; repeat a few times to be sure.
+    const all = Promise.all(this.threads.map((t) => t.stopped));
+    let done = false;
+    void all.then(() => (done = true));
+    for (let i = 0; i < 50 && !done; i++) {
+      for (const t of this.threads) {
+        if (t.tid) {
+          try {
+            tgkill(t.tid, KICK_SIGNAL_NUMBER);
+          } catch {
+            // ESRCH: that thread already ended.
+          }
+        }
+      }
+      await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
+    }
+    if (!done) for (const t of this.threads) await t.worker.terminate();
+    this.pumping = false;
+    Atomics.add(this.doorbell, 0, 1);
+    Atomics.notify(this.doorbell, 0);
+    process.off(KICK_SIGNAL, this.kickHandler);
+  }
+}

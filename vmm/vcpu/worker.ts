@@ -1,0 +1,116 @@
+// A vCPU thread: runs KVM_RUN synchronously in a loop, forever on this one thread (a vCPU that
+// hops threads is 10-400x slower, DESIGN §4). Port and MMIO exits for addresses a main-thread
+// device claims go through the mailbox; the rest are answered here (reads all ones). Exits that
+// end the VM are reported to main, which decides what they mean.
+
+import { parentPort, workerData } from 'node:worker_threads';
+import { Vcpu } from '../../kvm/kvm';
+import { ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, exitReasonName } from '../../kvm/layout';
+import { gettid, setThreadName } from '../../kvm/libc';
+import {
+  ClaimedRange, KIND_MMIO, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE, VcpuExitReason, WorkerInit,
+  WorkerMessage, mailboxData,
+} from './mailbox';
+
+const EINTR = 4;
+const EAGAIN = 11;
+
+const init = workerData as WorkerInit;
+const post = (m: WorkerMessage) => parentPort!.postMessage(m);
+
+setThreadName(`tsvmm-vcpu${init.id}`);
+post({ type: 'started', tid: gettid() });
+
+const vcpu = new Vcpu(init.fd, init.id);
+const run = vcpu.mapRun(init.mmapSize).bytes;
+const rv = new DataView(run.buffer, run.byteOffset, run.byteLength);
+const mb = init.mailbox;
+const mbData = mailboxData(mb);
+
+const claimed = (ranges: ClaimedRange[], addr: number, size: number) => {
+  for (const r of ranges) if (addr >= r.base && addr + size <= r.base + r.len) return true;
+  return false;
+};
+
+/** Forwards one access to main and waits for its answer (reads fill `data`). */
+function forward(kind: number, addr: number, data: Uint8Array, isWrite: boolean): void {
+  mb[MB.KIND] = kind;
+  mb[MB.IS_WRITE] = isWrite ? 1 : 0;
+  mb[MB.SIZE] = data.length;
+  mb[MB.ADDR_LO] = addr | 0;
+  mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
+  if (isWrite) mbData.set(data);
+  Atomics.store(mb, MB.STATE, STATE_REQUEST);
+  Atomics.add(init.doorbell, 0, 1);
+  Atomics.notify(init.doorbell, 0);
+  while (Atomics.load(mb, MB.STATE) === STATE_REQUEST && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.STATE, STATE_REQUEST, 100);
+  if (!isWrite && Atomics.load(mb, MB.STATE) === STATE_RESPONSE) data.set(mbData.subarray(0, data.length));
+  Atomics.store(mb, MB.STATE, STATE_IDLE);
+}
+
+function handleIo(): void {
+  const dir = rv.getUint8(KvmRun.io.direction);
+  const size = rv.getUint8(KvmRun.io.size);
+  const port = rv.getUint16(KvmRun.io.port, true);
+  const count = rv.getUint32(KvmRun.io.count, true);
+  const off = Number(rv.getBigUint64(KvmRun.io.dataOffset, true));
+  const isWrite = dir === KVM_EXIT_IO_OUT;
+  const mine = claimed(init.pio, port, size);
+  for (let i = 0; i < count; i++) {
+    const data = run.subarray(off + i * size, off + (i + 1) * size);
+    if (mine) forward(KIND_PIO, port, data, isWrite);
+    else if (!isWrite) data.fill(0xff);
+  }
+}
+
+function handleMmio(): void {
+  const addr = Number(rv.getBigUint64(KvmRun.mmio.physAddr, true));
+  const len = Math.min(rv.getUint32(KvmRun.mmio.len, true), 8);
+  const isWrite = rv.getUint8(KvmRun.mmio.isWrite) !== 0;
+  const data = run.subarray(KvmRun.mmio.data, KvmRun.mmio.data + len);
+  if (claimed(init.mmio, addr, len)) forward(KIND_MMIO, addr, data, isWrite);
+  else if (!isWrite) data.fill(0xff);
+}
+
+function loop(): { reason: VcpuExitReason; detail: string } | undefined {
+  for (;;) {
+    if (Atomics.load(mb, MB.STOP)) return undefined;
+    const r = vcpu.run();
+    if (r < 0) {
+      if (r === -EINTR || r === -EAGAIN) continue;
+      return { reason: 'internal-error', detail: `KVM_RUN failed: errno ${-r}` };
+    }
+    const reason = rv.getUint32(KvmRun.exitReason, true);
+    switch (reason) {
+      case ExitReason.IO:
+        handleIo();
+        break;
+      case ExitReason.MMIO:
+        handleMmio();
+        break;
+      case ExitReason.INTR:
+        break;
+      case ExitReason.HLT:
+        return { reason: 'hlt', detail: 'vCPU halted with interrupts off' };
+      case ExitReason.SHUTDOWN:
+        return { reason: 'triple-fault', detail: 'KVM_EXIT_SHUTDOWN (triple fault)' };
+      case ExitReason.SYSTEM_EVENT: {
+        const type = rv.getUint32(KvmRun.systemEvent.type, true);
+        if (type === KVM_SYSTEM_EVENT_SHUTDOWN) return { reason: 'system-poweroff', detail: 'system event: shutdown' };
+        if (type === KVM_SYSTEM_EVENT_RESET) return { reason: 'system-reset', detail: 'system event: reset' };
+        if (type === KVM_SYSTEM_EVENT_CRASH) return { reason: 'system-crash', detail: 'system event: crash' };
+        return { reason: 'unhandled', detail: `system event ${type}` };
+      }
+      case ExitReason.FAIL_ENTRY:
+        return { reason: 'fail-entry', detail: `hardware entry failure 0x${rv.getBigUint64(KvmRun.failEntry.hardwareEntryFailureReason, true).toString(16)}` };
+      case ExitReason.INTERNAL_ERROR:
+        return { reason: 'internal-error', detail: `KVM internal error, suberror ${rv.getUint32(KvmRun.internal.suberror, true)}` };
+      default:
+        return { reason: 'unhandled', detail: `unhandled exit ${exitReasonName(reason)}` };
+    }
+  }
+}
+
+const end = loop();
+if (end) post({ type: 'exit', ...end });
+post({ type: 'stopped' });

@@ -1,0 +1,173 @@
+// A tsvmm machine: creates the VM, its memory, boot state and devices from a MachineConfig,
+// runs the vCPU threads, and turns the guest's way of ending (poweroff, reboot, panic, crash)
+// into an exit status. Owns the order of setup and teardown; every resource it creates is
+// released by close(), whatever state the machine reached.
+
+import { readFileSync } from 'node:fs';
+import { Kvm, Vm, Vcpu } from '../kvm/kvm';
+import { Bus } from '../devices/bus';
+import { Serial16550 } from '../devices/serial';
+import { AcpiSleep, I8042, PowerEvent, PvPanic } from '../devices/power';
+import { buildAcpiTables } from './acpi/index';
+import { loadKernel, probeKernel } from './boot/loader';
+import { setupVcpu } from './boot/cpu';
+import { ConfigError, MachineConfig, validateMemory, validateVcpus } from './config';
+import { IrqfdLine } from './irq';
+import {
+  ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, I8042_DATA_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
+  PVPANIC_PORT,
+} from './layout';
+import { GuestRam } from './memory';
+import { VcpuExit, VcpuThreads } from './vcpu/threads';
+
+/** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
+export interface ExitStatus {
+  code: number;
+  reason: 'poweroff' | 'reboot' | 'panic' | 'crash' | 'error' | 'signal';
+  detail: string;
+}
+
+export const EXIT = { POWEROFF: 0, ERROR: 1, USAGE: 2, REBOOT: 3, PANIC: 4, CRASH: 5 } as const;
+
+export interface MachineIo {
+  /** Guest serial output. */
+  console: (bytes: Uint8Array) => void;
+  log: (msg: string) => void;
+}
+
+export class Machine {
+  readonly config: MachineConfig;
+  private kvm?: Kvm;
+  private vm?: Vm;
+  private ram?: GuestRam;
+  private vcpus: Vcpu[] = [];
+  private irqs: IrqfdLine[] = [];
+  private threads?: VcpuThreads;
+  readonly pio = new Bus();
+  readonly mmio = new Bus();
+  serial?: Serial16550;
+  private ended?: (s: ExitStatus) => void;
+  readonly exited: Promise<ExitStatus>;
+  private status?: ExitStatus;
+
+  private constructor(config: MachineConfig, private readonly io: MachineIo) {
+    this.config = config;
+    this.exited = new Promise((r) => (this.ended = r));
+  }
+
+  /** Validates, creates and boots the machine; vCPUs are running when this resolves. */
+  static async start(config: MachineConfig, io: MachineIo): Promise<Machine> {
+    validateMemory(config.memory);
+    const kernel = readImage(config.kernel, 'kernel');
+    probeKernel(config.kernel, kernel);
+    const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
+    const m = new Machine(config, io);
+    try {
+      await m.build(kernel, initrd);
+    } catch (e) {
+      await m.close();
+      throw e;
+    }
+    return m;
+  }
+
+  private async build(kernel: Uint8Array, initrd: Uint8Array | undefined): Promise<void> {
+    const c = this.config;
+    const kvm = (this.kvm = new Kvm());
+    validateVcpus(c.vcpus, kvm.maxVcpus());
+    const vm = (this.vm = kvm.createVm());
+    vm.setTssAddr(KVM_TSS_ADDR);
+    vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
+    vm.createIrqchip();
+    vm.createPit2();
+    const ram = (this.ram = new GuestRam(vm, c.memory));
+
+    this.addLegacyDevices(vm);
+
+    const acpi = c.acpi
+      ? buildAcpiTables({ vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ }, pvpanicPort: PVPANIC_PORT, virtioMmio: [] }, ACPI_ADDR)
+      : undefined;
+    if (acpi) ram.memory.write(ACPI_ADDR, acpi.image);
+    const cmdline = c.acpi ? c.cmdline : `${c.cmdline} acpi=off`;
+    const loaded = loadKernel(ram.memory, ram.ranges, {
+      kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline,
+    }, acpi?.rsdpAddr);
+    this.io.log(`loaded ${loaded.format} ${c.kernel}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
+
+    const supportedCpuid = kvm.supportedCpuid();
+    for (let i = 0; i < c.vcpus; i++) {
+      const vcpu = vm.createVcpu(i);
+      this.vcpus.push(vcpu);
+      setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
+    }
+    this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e));
+    const claims = { pio: [{ base: COM1_PORT, len: 8 }, { base: I8042_DATA_PORT, len: 5 }, { base: PVPANIC_PORT, len: 1 }, { base: ACPI_SLEEP_CONTROL_PORT, len: 2 }], mmio: [] };
+    const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), claims);
+    this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
+  }
+
+  private addLegacyDevices(vm: Vm): void {
+    const power = (e: PowerEvent) => this.onPower(e);
+    const com1Irq = new IrqfdLine(vm, COM1_IRQ);
+    this.irqs.push(com1Irq);
+    this.serial = new Serial16550(com1Irq, this.io.console);
+    this.pio.insert(COM1_PORT, 8, 'com1', this.serial);
+    this.pio.insert(I8042_DATA_PORT, 5, 'i8042', new I8042(power));
+    this.pio.insert(PVPANIC_PORT, 1, 'pvpanic', new PvPanic(power));
+    this.pio.insert(ACPI_SLEEP_CONTROL_PORT, 2, 'acpi-sleep', new AcpiSleep(power));
+  }
+
+  /** The kernel tid of each vCPU thread, by vCPU index. */
+  get vcpuTids(): number[] {
+    return this.threads?.tids ?? [];
+  }
+
+  private onPower(e: PowerEvent): void {
+    if (e === 'poweroff') this.finish({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'guest powered off' });
+    else if (e === 'reboot') this.finish({ code: EXIT.REBOOT, reason: 'reboot', detail: 'guest requested a reset' });
+    else this.finish({ code: EXIT.PANIC, reason: 'panic', detail: 'guest kernel panicked (pvpanic)' });
+  }
+
+  private onVcpuExit(e: VcpuExit): void {
+    const where = `vCPU ${e.vcpu}: ${e.detail}`;
+    switch (e.reason) {
+      case 'system-poweroff':
+        return this.finish({ code: EXIT.POWEROFF, reason: 'poweroff', detail: where });
+      case 'system-reset':
+        return this.finish({ code: EXIT.REBOOT, reason: 'reboot', detail: where });
+      case 'system-crash':
+        return this.finish({ code: EXIT.PANIC, reason: 'panic', detail: where });
+      default:
+        return this.finish({ code: EXIT.CRASH, reason: 'crash', detail: where });
+    }
+  }
+
+  /** Ends the VM with `status` (the first caller wins); resolves `exited` after teardown. */
+  finish(status: ExitStatus): void {
+    if (this.status) return;
+    this.status = status;
+    void this.close().then(() => this.ended!(status));
+  }
+
+  private closing?: Promise<void>;
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.threads?.stop();
+      for (const v of this.vcpus) v.close();
+      for (const i of this.irqs) i.close();
+      this.vm?.close();
+      this.ram?.close();
+      this.kvm?.close();
+    })();
+    return this.closing;
+  }
+}
+
+function readImage(path: string, what: string): Uint8Array {
+  try {
+    return new Uint8Array(readFileSync(path));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ConfigError(`${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : (e as Error).message}`);
+  }
+}

@@ -126,6 +126,9 @@ export class Serial16550 implements BusDevice {
         this.ier = v & 0x0f;
         if (this.ier & IER_THRE) this.raiseThre();
         else this.threPending = false;
+        // As on a real 16550, enabling RDA with data already waiting interrupts at once: Linux
+        // turns RDA off to throttle input and back on later, and the data must not sit unseen.
+        if (this.ier & IER_RDA && this.rx.length > 0) this.irq.trigger();
         return;
       case IIR_FCR:
         this.fcr = v & FCR_ENABLE;

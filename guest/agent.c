@@ -28,24 +28,17 @@
 #include <sys/prctl.h>
 
 #include "ebpf.h"
+#include "log.h"
 #include "proto.h"
 
 #define REQUEST_TIMEOUT_S 30     /* hello + request must arrive within this */
 #define OUT_HIGH (1u << 20)      /* stop reading child pipes above this much queued output */
 #define CREDIT_BATCH (32u << 10) /* coalesce STDIN_CREDIT grants */
-#define DRAIN_CAP (16u << 20)    /* output read after the child exited (grandchildren may hold pipes) */
+#define DRAIN_CAP (16u << 20)
+#define LINGER_S 5                /* how long a finished connection waits for the host to hang up */
+#define BUSY_EXTRA 16            /* connections answered BUSY before we stop answering */    /* output read after the child exited (grandchildren may hold pipes) */
 
 extern char **environ;
-
-static void logmsg(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("tsvmm-agent: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
 
 /* ---- connection buffers and framing ---- */
 
@@ -80,7 +73,7 @@ static uint8_t *out_frame(struct conn *c, uint16_t type, uint32_t len)
 			cap *= 2;
 		uint8_t *n = realloc(c->out, cap);
 		if (!n) {
-			logmsg("out of memory");
+			alog(AL_ERR, "out of memory");
 			_exit(1);
 		}
 		c->out = n;
@@ -135,7 +128,7 @@ static void kill_child(void)
 	}
 }
 
-static void cleanup_and_exit(int code)
+static __attribute__((noreturn)) void cleanup_and_exit(int code)
 {
 	kill_child();
 	if (g_tmp_path)
@@ -160,12 +153,30 @@ static void queue_error(struct conn *c, uint32_t code, int err, const char *fmt,
 	memcpy(p + 8, msg, (size_t)n);
 }
 
-/* Report, then end this connection (and only it: we are its own process). */
-#define FATAL(c, code, err, ...)                                   \
-	do {                                                       \
-		queue_error((c), (code), (err), __VA_ARGS__);      \
-		flush_all(c);                                      \
-		cleanup_and_exit(1);                               \
+/* Ends this connection (and only it: we are its own process) once what is queued is
+ * sent. We stop writing, then read until the host hangs up: a host still sending (stdin,
+ * file data, the frame after a bad one) must not write into a closed socket, where the
+ * EPIPE would make it drop our last frames unread. */
+static __attribute__((noreturn)) void finish(struct conn *c, int code)
+{
+	kill_child();
+	if (g_tmp_path)
+		unlink(g_tmp_path);
+	if (flush_all(c) == 0 && shutdown(c->fd, SHUT_WR) == 0) {
+		fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+		alarm(LINGER_S);
+		char sink[4096];
+		while (read(c->fd, sink, sizeof sink) > 0) {
+		}
+	}
+	_exit(code);
+}
+
+/* Report, then end this connection. */
+#define FATAL(c, code, err, ...)                              \
+	do {                                                  \
+		queue_error((c), (code), (err), __VA_ARGS__); \
+		finish((c), 1);                               \
 	} while (0)
 
 static int host_type_known(uint16_t t)
@@ -577,8 +588,7 @@ static void do_exec(struct conn *c, const struct frame *f)
 		put32(p + 4, (uint32_t)WEXITSTATUS(j.status));
 		put32(p + 8, 0);
 	}
-	flush_all(c);
-	_exit(0);
+	finish(c, 0);
 }
 
 /* ---- put / get ---- */
@@ -636,7 +646,7 @@ static void do_put(struct conn *c, const struct frame *f)
 	uint64_t declared = cur_u64(&e, "PUT_END");
 	cur_end(&e, "PUT_END");
 	if (err)
-		_exit(1);
+		finish(c, 1); /* the ERROR went out when the write failed */
 	if (declared != total)
 		FATAL(c, E_PROTO, 0, "PUT_END says %llu bytes, %llu were sent",
 		      (unsigned long long)declared, (unsigned long long)total);
@@ -644,8 +654,7 @@ static void do_put(struct conn *c, const struct frame *f)
 		FATAL(c, E_IO, errno, "put %s: %s", path, strerror(errno));
 	g_tmp_path = NULL;
 	put64(out_frame(c, T_PUT_DONE, 8), total);
-	flush_all(c);
-	_exit(0);
+	finish(c, 0);
 }
 
 static void do_get(struct conn *c, const struct frame *f)
@@ -682,11 +691,19 @@ static void do_get(struct conn *c, const struct frame *f)
 		total += (uint64_t)n;
 	}
 	put64(out_frame(c, T_GET_END, 8), total);
-	flush_all(c);
-	_exit(0);
+	finish(c, 0);
 }
 
 /* ---- one connection ---- */
+
+/* Over the connection limit: answer BUSY, then read what the host sends until it hangs
+ * up, so that its HELLO never meets a closed socket (which would lose our answer). */
+static void refuse_busy(int fd, unsigned long max_conns)
+{
+	struct conn c = { .fd = fd };
+	queue_error(&c, E_BUSY, 0, "busy: %lu connections", max_conns);
+	finish(&c, 0);
+}
 
 static void serve(int fd)
 {
@@ -721,8 +738,7 @@ static void serve(int fd)
 		p = out_frame(&c, T_PONG, 8 + sizeof AGENT_VERSION - 1);
 		put64(p, nonce);
 		memcpy(p + 8, AGENT_VERSION, sizeof AGENT_VERSION - 1);
-		flush_all(&c);
-		_exit(0);
+		finish(&c, 0);
 	}
 	case T_EXEC:
 		do_exec(&c, &f);
@@ -758,6 +774,31 @@ static void on_sigchld(int sig)
 	errno = e;
 }
 
+/* Keeps the eBPF side running: a crash or a lost device connection restarts it (with
+ * back-off); the device then sees a new HELLO and tells the host which programs died. */
+static void ebpf_supervise(const struct ebpf_opts *eo)
+{
+	for (unsigned delay = 1;; delay = delay < 32 ? delay * 2 : delay) {
+		time_t started = time(NULL);
+		pid_t w = fork();
+		if (w == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			ebpf_main(eo);
+		}
+		int st = 0;
+		while (w > 0 && waitpid(w, &st, 0) < 0 && errno == EINTR) {
+		}
+		if (w > 0 && WIFEXITED(st) && WEXITSTATUS(st) == EBPF_EXIT_NO_DEVICE)
+			_exit(0);
+		if (time(NULL) - started > 60)
+			delay = 1; /* it ran well for a while: this is a new failure, not a loop */
+		if (w > 0)
+			alog(AL_WARN, "eBPF side %d ended (%s %d); restarting in %u s", w, WIFSIGNALED(st) ? "signal" : "status",
+			       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), delay);
+		sleep(delay);
+	}
+}
+
 static int listen_vsock(unsigned port)
 {
 	struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY };
@@ -767,7 +808,7 @@ static int listen_vsock(unsigned port)
 		if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 64) == 0)
 			return fd;
 		if (tries == 0)
-			logmsg("vsock port %u not available yet (%s), retrying", port, strerror(errno));
+			alog(AL_WARN, "vsock port %u not available yet (%s), retrying", port, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		sleep(1);
@@ -778,7 +819,7 @@ static int listen_unix(const char *path)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof a.sun_path) {
-		logmsg("unix socket path too long: %s", path);
+		alog(AL_ERR, "unix socket path too long: %s", path);
 		exit(2);
 	}
 	strcpy(a.sun_path, path);
@@ -788,7 +829,7 @@ static int listen_unix(const char *path)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	/* Whoever can connect runs commands as us: owner only. */
 	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || chmod(path, 0600) < 0 || listen(fd, 64) < 0) {
-		logmsg("listen on %s: %s", path, strerror(errno));
+		alog(AL_ERR, "listen on %s: %s", path, strerror(errno));
 		exit(1);
 	}
 	return fd;
@@ -804,7 +845,10 @@ static void usage(FILE *to)
 	      "  --hc-sim R,M,D     hypercall device simulated: register socket R, shared memory\n"
 	      "                     file M, doorbell socket D (host-side tests)\n"
 	      "  --cmdline PATH     kernel command line to read (default /proc/cmdline)\n"
-	      "  --allow-file PATH  allowed package digests (default /etc/tsvmm/allowed-digests)\n", to);
+	      "  --allow-file PATH  allowed package digests (default /etc/tsvmm/allowed-digests)\n"
+	      "  --try-package FILE [SECONDS]\n"
+	      "                     load a program package here (no host), print its hint\n"
+	      "                     records for SECONDS (default 10), unload it, exit\n", to);
 }
 
 int main(int argc, char **argv)
@@ -826,6 +870,9 @@ int main(int argc, char **argv)
 			unix_path = argv[++i];
 		} else if (!strcmp(a, "--no-bpf")) {
 			no_bpf = 1;
+		} else if (i + 1 < argc && !strcmp(a, "--try-package")) {
+			unsigned secs = i + 2 < argc && argv[i + 2][0] != '-' ? (unsigned)atoi(argv[i + 2]) : 10;
+			return ebpf_try(argv[i + 1], secs);
 		} else if (i + 1 < argc && !strcmp(a, "--hc-sim")) {
 			eo.sim = argv[++i];
 		} else if (i + 1 < argc && !strcmp(a, "--cmdline")) {
@@ -835,7 +882,7 @@ int main(int argc, char **argv)
 		} else if (i + 1 < argc && (!strcmp(a, "--port") || !strcmp(a, "--max-conns"))) {
 			unsigned long v = strtoul(argv[++i], &end, 10);
 			if (*end || v == 0 || v > UINT32_MAX) {
-				logmsg("bad value for %s: %s", a, argv[i]);
+				alog(AL_ERR, "bad value for %s: %s", a, argv[i]);
 				return 2;
 			}
 			*(a[2] == 'p' ? &port : &max_conns) = v;
@@ -845,6 +892,8 @@ int main(int argc, char **argv)
 		}
 	}
 	signal(SIGPIPE, SIG_IGN);
+	if (!unix_path)
+		log_to_kmsg(); /* the guest's service: keep the console quiet, dmesg has it */
 	int lfd = unix_path ? listen_unix(unix_path) : listen_vsock((unsigned)port);
 	if (chdir("/") < 0) {
 	}
@@ -864,23 +913,23 @@ int main(int argc, char **argv)
 			sigprocmask(SIG_SETMASK, &old, NULL);
 			prctl(PR_SET_PDEATHSIG, SIGKILL);
 			close(lfd);
-			ebpf_main(&eo);
+			ebpf_supervise(&eo);
 		}
 		ebpf_pid = pid;
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		if (pid < 0)
-			logmsg("fork of the eBPF side: %s", strerror(errno));
+			alog(AL_ERR, "fork of the eBPF side: %s", strerror(errno));
 	}
 	if (unix_path)
-		logmsg("listening on unix:%s", unix_path);
+		alog(AL_INFO, "listening on unix:%s", unix_path);
 	else
-		logmsg("listening on vsock port %lu", port);
+		alog(AL_INFO, "listening on vsock port %lu", port);
 
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EINTR && errno != ECONNABORTED)
-				logmsg("accept: %s", strerror(errno));
+				alog(AL_ERR, "accept: %s", strerror(errno));
 			if (errno == EMFILE || errno == ENFILE || errno == ENOMEM)
 				sleep(1);
 			continue;
@@ -890,32 +939,25 @@ int main(int argc, char **argv)
 		struct sockaddr_vm peer;
 		socklen_t plen = sizeof peer;
 		if (!unix_path && (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0 || peer.svm_cid != VMADDR_CID_HOST)) {
-			logmsg("refused a connection from CID %u (only the host, CID 2, may connect)", plen ? peer.svm_cid : 0);
+			alog(AL_WARN, "refused a connection from CID %u (only the host, CID 2, may connect)", plen ? peer.svm_cid : 0);
 			close(fd);
 			continue;
 		}
 		sigprocmask(SIG_BLOCK, &chld, &old);
-		if ((unsigned long)active >= max_conns) {
-			uint8_t m[HDR_SIZE + 8 + 32];
-			int n = snprintf((char *)m + HDR_SIZE + 8, 32, "busy: %lu connections", max_conns);
-			put16(m, T_ERROR);
-			put16(m + 2, 0);
-			put32(m + 4, 8 + (uint32_t)n);
-			put32(m + HDR_SIZE, E_BUSY);
-			put32(m + HDR_SIZE + 4, 0);
-			if (send(fd, m, HDR_SIZE + 8 + (size_t)n, MSG_DONTWAIT) < 0) {
-			}
-			close(fd);
+		if ((unsigned long)active >= max_conns + BUSY_EXTRA) {
+			close(fd); /* far over the limit: not even an answer */
 		} else {
 			pid_t pid = fork();
 			if (pid == 0) {
 				signal(SIGCHLD, SIG_DFL); /* we reap our own exec child */
 				sigprocmask(SIG_SETMASK, &old, NULL);
 				close(lfd);
+				if ((unsigned long)active >= max_conns)
+					refuse_busy(fd, max_conns);
 				serve(fd);
 			}
 			if (pid < 0)
-				logmsg("fork: %s", strerror(errno));
+				alog(AL_ERR, "fork: %s", strerror(errno));
 			else
 				active++;
 			close(fd);

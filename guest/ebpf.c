@@ -1,10 +1,9 @@
-/* The agent's eBPF side (docs/hypercall.md §7, docs/bpf.md): one long-lived process that
- * talks to the hypercall device, fetches program packages when the host rings its vsock
- * doorbell, checks them against the guest owner's policy, loads them with raw bpf(2),
- * attaches them, reports back, and forwards hint ring-buffer records in batches (one
- * hypercall per batch). It owns every BPF object it creates; it never interprets hints.
- * Layouts: hypercall.h (device), bpfpkg.h (package). The command channel (agent.c) is
- * separate: that this process stalls on a slow verifier never delays an exec. */
+/* The agent's eBPF side (docs/hypercall.md §7): one long-lived process that talks to the
+ * hypercall device, fetches program packages when the host rings its vsock doorbell,
+ * checks them against the guest owner's policy, has bpfload.c load and attach them,
+ * reports back, and forwards hint ring-buffer records in batches (one hypercall per
+ * batch). It never interprets hints. Layouts: hypercall.h (device). The command channel
+ * (agent.c) is another process: a slow verifier never delays an exec. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -14,48 +13,49 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/io.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/bpf.h>
-#include <linux/btf.h>
-#include <linux/perf_event.h>
 #include <linux/vm_sockets.h>
 
+#include "bpfload.h"
 #include "bpfpkg.h"
 #include "ebpf.h"
 #include "hypercall.h"
+#include "log.h"
 #include "proto.h" /* get32/put32 */
 #include "sha256.h"
 
 #define MAX_LOADED 256
-#define VERIFIER_LOG_SIZE (16u << 20)
 
-static void blog(const char *fmt, ...)
+#define blog(...) alog(AL_INFO, "bpf: " __VA_ARGS__)
+#define bwarn(...) alog(AL_WARN, "bpf: " __VA_ARGS__)
+
+static __attribute__((noreturn)) void vdie(int code, const char *fmt, va_list ap)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("tsvmm-agent: bpf: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
+	char f[256];
+	snprintf(f, sizeof f, "bpf: %s", fmt);
+	valog(AL_ERR, f, ap);
+	exit(code);
 }
 
 static void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("tsvmm-agent: bpf: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-	exit(1);
+	vdie(1, fmt, ap);
+}
+
+/* No device to serve (or not ours to use): the supervisor does not restart us. */
+static void nodev(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vdie(EBPF_EXIT_NO_DEVICE, fmt, ap);
 }
 
 /* ---- device access: port I/O + /dev/mem, or a simulation over a Unix socket ---- */
@@ -154,7 +154,7 @@ static int hcall_hints(void)
 			return 1;
 		uint32_t st = reg_rd(HC_REG_STATUS), r = reg_rd(HC_REG_RESULT);
 		if (st != HC_E_RATE) {
-			blog("HINTS refused with status %u", st);
+			bwarn("HINTS refused with status %u", st);
 			return 0;
 		}
 		sleep_ms(r > 1000 ? 1000 : r);
@@ -184,22 +184,6 @@ static int cmdline_get(const char *cmdline, const char *key, char *out, size_t o
 	return 0;
 }
 
-static char *read_small_file(const char *path, size_t max)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return NULL;
-	char *b = malloc(max + 1);
-	size_t len = 0;
-	ssize_t n;
-	while (b && len < max && (n = read(fd, b + len, max - len)) > 0)
-		len += (size_t)n;
-	close(fd);
-	if (b)
-		b[len] = 0;
-	return b;
-}
-
 static struct {
 	int active; /* a list exists (file or command line): only listed digests load */
 	int n;
@@ -225,7 +209,7 @@ static void policy_add_words(char *s)
 				P.d[P.n][i] = (uint8_t)(hexval(p[2 * i]) << 4 | hexval(p[2 * i + 1]));
 			P.n++;
 		} else if (n) {
-			blog("policy: ignoring '%.*s' (not a SHA-256 in hex)", (int)(n > 70 ? 70 : n), p);
+			bwarn("policy: ignoring '%.*s' (not a SHA-256 in hex)", (int)(n > 70 ? 70 : n), p);
 		}
 		p += n ? n : 1;
 	}
@@ -269,544 +253,6 @@ static void hex32(const uint8_t d[32], char out[65])
 		sprintf(out + 2 * i, "%02x", d[i]);
 }
 
-/* ---- package parsing (every check of docs/bpf.md) ---- */
-
-struct pkg_map {
-	char name[32];
-	uint32_t type, key_size, value_size, max_entries, flags;
-};
-
-struct pkg_prog {
-	char name[32];
-	uint32_t prog_type, kind, insn_count, reloc_count;
-	char attach[PKG_MAX_ATTACH + 1];
-	const uint8_t *insns, *relocs;
-};
-
-struct pkg {
-	char name[48], license[48];
-	uint32_t nmaps, nprogs, hint_map;
-	struct pkg_map maps[PKG_MAX_MAPS];
-	struct pkg_prog progs[PKG_MAX_PROGS];
-};
-
-static int all_zero(const uint8_t *p, size_t n)
-{
-	while (n--)
-		if (*p++)
-			return 0;
-	return 1;
-}
-
-/* A fixed NUL-padded field: 1..size-1 chars from `alphabet` (NULL: printable ASCII). */
-static int fixed_str(const uint8_t *p, size_t size, const char *alphabet, char *out)
-{
-	size_t n = strnlen((const char *)p, size);
-	if (n == 0 || n == size)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if (alphabet ? !strchr(alphabet, p[i]) : (p[i] < 0x20 || p[i] > 0x7e))
-			return 0;
-	memcpy(out, p, n);
-	out[n] = 0;
-	return 1;
-}
-
-#define ALNUM "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-#define BAD(...) do { snprintf(why, whysz, __VA_ARGS__); return -1; } while (0)
-
-static uint32_t prog_type_of(uint32_t kind)
-{
-	switch (kind) {
-	case AK_KPROBE: case AK_KRETPROBE: return BPF_PROG_TYPE_KPROBE;
-	case AK_TRACEPOINT: return BPF_PROG_TYPE_TRACEPOINT;
-	case AK_RAW_TRACEPOINT: return BPF_PROG_TYPE_RAW_TRACEPOINT;
-	case AK_FENTRY: case AK_FEXIT: return BPF_PROG_TYPE_TRACING;
-	}
-	return 0;
-}
-
-static int pkg_parse(const uint8_t *b, uint32_t len, struct pkg *k, char *why, size_t whysz)
-{
-	if (len < PKG_HEADER_SIZE + PKG_DIGEST_SIZE)
-		BAD("package of %u bytes is shorter than header + digest", len);
-	if (memcmp(b + PH_MAGIC, PKG_MAGIC, 8))
-		BAD("bad package magic");
-	if (get16(b + PH_VERSION) != PKG_VERSION || get16(b + PH_HEADER_SIZE) != PKG_HEADER_SIZE)
-		BAD("package version %u / header size %u not supported", get16(b + PH_VERSION), get16(b + PH_HEADER_SIZE));
-	if (get32(b + PH_TOTAL_SIZE) != len)
-		BAD("total_size %u but %u bytes received", get32(b + PH_TOTAL_SIZE), len);
-	k->nmaps = get16(b + PH_MAP_COUNT);
-	k->nprogs = get16(b + PH_PROG_COUNT);
-	k->hint_map = get32(b + PH_HINT_MAP);
-	if (k->nmaps > PKG_MAX_MAPS || k->nprogs < 1 || k->nprogs > PKG_MAX_PROGS)
-		BAD("map_count %u / prog_count %u out of range", k->nmaps, k->nprogs);
-	if (!all_zero(b + PH_RESERVED, 8))
-		BAD("reserved header bytes are not zero");
-	if (!fixed_str(b + PH_NAME, 48, ALNUM "_.-", k->name))
-		BAD("bad package name");
-	if (!fixed_str(b + PH_LICENSE, 48, NULL, k->license))
-		BAD("bad license string");
-	uint8_t d[32];
-	sha256(b, len - PKG_DIGEST_SIZE, d);
-	if (memcmp(d, b + len - PKG_DIGEST_SIZE, 32))
-		BAD("digest does not match the package bytes");
-	uint32_t end = len - PKG_DIGEST_SIZE, off = PKG_HEADER_SIZE;
-
-	for (uint32_t i = 0; i < k->nmaps; i++, off += PKG_MAP_SIZE) {
-		if (end - off < PKG_MAP_SIZE)
-			BAD("map %u runs past the end", i);
-		const uint8_t *m = b + off;
-		struct pkg_map *pm = &k->maps[i];
-		if (!fixed_str(m + PM_NAME, 32, ALNUM "_.", pm->name))
-			BAD("map %u: bad name", i);
-		for (uint32_t j = 0; j < i; j++)
-			if (!strcmp(k->maps[j].name, pm->name))
-				BAD("map name '%s' used twice", pm->name);
-		pm->type = get32(m + PM_TYPE);
-		pm->key_size = get32(m + PM_KEY_SIZE);
-		pm->value_size = get32(m + PM_VALUE_SIZE);
-		pm->max_entries = get32(m + PM_MAX_ENTRIES);
-		pm->flags = get32(m + PM_FLAGS);
-		if (!all_zero(m + PM_RESERVED, 12) || pm->max_entries == 0)
-			BAD("map '%s': reserved bytes set or max_entries 0", pm->name);
-		if (pm->type == BPF_MAP_TYPE_RINGBUF &&
-		    (pm->key_size || pm->value_size || pm->max_entries % 4096 || (pm->max_entries & (pm->max_entries - 1))))
-			BAD("ringbuf '%s': size %u must be a power of two multiple of 4096, no key/value", pm->name, pm->max_entries);
-	}
-	if (k->hint_map != PKG_NO_HINT_MAP && (k->hint_map >= k->nmaps || k->maps[k->hint_map].type != BPF_MAP_TYPE_RINGBUF))
-		BAD("hint_map %u is not a ringbuf map of the package", k->hint_map);
-
-	for (uint32_t i = 0; i < k->nprogs; i++) {
-		if (end - off < PKG_PROG_HDR_SIZE)
-			BAD("program %u runs past the end", i);
-		const uint8_t *g = b + off;
-		struct pkg_prog *pp = &k->progs[i];
-		if (!fixed_str(g + PP_NAME, 32, ALNUM "_.", pp->name))
-			BAD("program %u: bad name", i);
-		for (uint32_t j = 0; j < i; j++)
-			if (!strcmp(k->progs[j].name, pp->name))
-				BAD("program name '%s' used twice", pp->name);
-		pp->prog_type = get32(g + PP_PROG_TYPE);
-		pp->kind = get32(g + PP_ATTACH_KIND);
-		uint32_t alen = get32(g + PP_ATTACH_LEN);
-		pp->insn_count = get32(g + PP_INSN_COUNT);
-		pp->reloc_count = get32(g + PP_RELOC_COUNT);
-		uint32_t rsize = get32(g + PP_RECORD_SIZE);
-		if (!all_zero(g + PP_RESERVED, 8))
-			BAD("program '%s': reserved bytes set", pp->name);
-		if (!prog_type_of(pp->kind) || prog_type_of(pp->kind) != pp->prog_type)
-			BAD("program '%s': prog_type %u does not fit attach kind %u", pp->name, pp->prog_type, pp->kind);
-		if (alen < 1 || alen > PKG_MAX_ATTACH || pp->insn_count < 1 || pp->insn_count > PKG_MAX_INSNS || pp->reloc_count > PKG_MAX_RELOCS)
-			BAD("program '%s': attach_len %u / insn_count %u / reloc_count %u out of range", pp->name, alen, pp->insn_count, pp->reloc_count);
-		uint32_t apad = (alen + 1 + 7) & ~7u;
-		uint64_t want = (uint64_t)PKG_PROG_HDR_SIZE + apad + 8ull * pp->insn_count + 8ull * pp->reloc_count;
-		if (rsize != want || want > end - off)
-			BAD("program '%s': record_size %u, expected %llu within %u bytes left", pp->name, rsize, (unsigned long long)want, end - off);
-		const uint8_t *a = g + PP_ATTACH;
-		if (memchr(a, 0, alen) || !all_zero(a + alen, apad - alen))
-			BAD("program '%s': attach string is not NUL-padded", pp->name);
-		for (uint32_t j = 0; j < alen; j++)
-			if (a[j] < 0x21 || a[j] > 0x7e)
-				BAD("program '%s': attach string has non-printable bytes", pp->name);
-		memcpy(pp->attach, a, alen);
-		pp->attach[alen] = 0;
-		pp->insns = a + apad;
-		pp->relocs = pp->insns + 8ull * pp->insn_count;
-		/* Each LD_IMM64 whole; a pseudo source register only where a relocation puts a
-		 * map fd: otherwise a package could name one of the agent's own fds. */
-		uint8_t *relocated = calloc(pp->insn_count, 1);
-		if (!relocated)
-			BAD("out of memory");
-		for (uint32_t r = 0; r < pp->reloc_count; r++) {
-			const uint8_t *rl = pp->relocs + 8ull * r;
-			uint32_t at = get32(rl), map = get16(rl + 4), kind = get16(rl + 6);
-			const uint8_t *ins = at < pp->insn_count ? pp->insns + 8ull * at : NULL;
-			if (!ins || at + 1 >= pp->insn_count || ins[0] != (BPF_LD | BPF_IMM | BPF_DW) || (ins[1] >> 4) != kind ||
-			    (kind != RK_MAP_FD && kind != RK_MAP_VALUE) || map >= k->nmaps || relocated[at]) {
-				free(relocated);
-				BAD("program '%s': relocation %u (insn %u, map %u, kind %u) is invalid", pp->name, r, at, map, kind);
-			}
-			relocated[at] = 1;
-		}
-		for (uint32_t j = 0; j < pp->insn_count; j++) {
-			const uint8_t *ins = pp->insns + 8ull * j;
-			if (ins[0] != (BPF_LD | BPF_IMM | BPF_DW))
-				continue;
-			if (j + 1 >= pp->insn_count || ((ins[1] >> 4) && !relocated[j])) {
-				free(relocated);
-				BAD("program '%s': LD_IMM64 at %u is cut off or has an unrelocated pseudo source", pp->name, j);
-			}
-			j++;
-		}
-		free(relocated);
-		off += rsize;
-	}
-	if (off != end)
-		BAD("%u stray bytes before the digest", end - off);
-	return 0;
-}
-
-/* ---- loading and attaching ---- */
-
-struct ring {
-	int fd; /* the map fd (not owned: closed with the maps) */
-	uint8_t *cons, *prod, *data;
-	size_t size, page;
-};
-
-struct loaded {
-	uint32_t handle;
-	char name[48];
-	uint32_t nmaps, nprogs;
-	int map_fds[PKG_MAX_MAPS], prog_fds[PKG_MAX_PROGS], link_fds[PKG_MAX_PROGS];
-	uint32_t prog_ids[PKG_MAX_PROGS];
-	struct ring ring;
-};
-
-/* The outcome of one request, as REPORT carries it. */
-struct result {
-	uint32_t outcome, err;
-	char *text; /* malloc, may be NULL */
-	size_t text_len;
-};
-
-static void set_result(struct result *r, uint32_t outcome, int err, const char *fmt, ...)
-{
-	va_list ap;
-	char buf[1024];
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	r->outcome = outcome;
-	r->err = (uint32_t)err;
-	free(r->text);
-	r->text = strdup(buf);
-	r->text_len = n < 0 ? 0 : strlen(buf);
-}
-
-static long sys_bpf(int cmd, union bpf_attr *a) { return syscall(SYS_bpf, cmd, a, sizeof *a); }
-
-static int epfd = -1;
-
-static void unload(struct loaded *l)
-{
-	if (l->ring.fd >= 0) {
-		epoll_ctl(epfd, EPOLL_CTL_DEL, l->ring.fd, NULL);
-		munmap(l->ring.cons, l->ring.page);
-		munmap(l->ring.prod, l->ring.page + 2 * l->ring.size);
-	}
-	for (uint32_t i = 0; i < l->nprogs; i++) {
-		if (l->link_fds[i] >= 0)
-			close(l->link_fds[i]); /* closing the perf event / link detaches */
-		close(l->prog_fds[i]);
-	}
-	for (uint32_t i = 0; i < l->nmaps; i++)
-		close(l->map_fds[i]);
-	free(l);
-}
-
-static const char *tracefs(void)
-{
-	static const char *dirs[] = { "/sys/kernel/tracing", "/sys/kernel/debug/tracing" };
-	static int tried_mount;
-	for (;;) {
-		for (int i = 0; i < 2; i++) {
-			char p[64];
-			snprintf(p, sizeof p, "%s/events", dirs[i]);
-			if (access(p, F_OK) == 0)
-				return dirs[i];
-		}
-		/* A minimal guest init may not have mounted it. */
-		if (tried_mount++ || mount("tracefs", dirs[0], "tracefs", 0, NULL) < 0)
-			return dirs[0];
-	}
-}
-
-static int read_uint_file(const char *path, long *out)
-{
-	char *s = read_small_file(path, 64);
-	if (!s)
-		return -1;
-	char *end;
-	*out = strtol(s, &end, 10);
-	int ok = end != s;
-	free(s);
-	return ok ? 0 : -1;
-}
-
-static int perf_open(struct perf_event_attr *attr)
-{
-	attr->size = sizeof *attr;
-	/* pid -1, cpu 0: a BPF program on a tracepoint or kprobe event fires on every CPU. */
-	return (int)syscall(SYS_perf_event_open, attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
-}
-
-/* Attaches prog_fd; returns the fd that keeps it attached, or -1 with r set. */
-static int attach(const struct pkg_prog *g, int prog_fd, struct result *r)
-{
-	struct perf_event_attr pa = { 0 };
-	union bpf_attr a;
-	int fd;
-	switch (g->kind) {
-	case AK_TRACEPOINT: {
-		char path[700];
-		long id;
-		if (!strchr(g->attach, '/') || strstr(g->attach, ".."))
-			return set_result(r, OUT_FAILED, EINVAL, "tracepoint '%s' is not category/name", g->attach), -1;
-		snprintf(path, sizeof path, "%s/events/%s/id", tracefs(), g->attach);
-		if (read_uint_file(path, &id) < 0)
-			return set_result(r, OUT_FAILED, errno, "tracepoint %s: %s: %s", g->attach, path, strerror(errno)), -1;
-		pa.type = PERF_TYPE_TRACEPOINT;
-		pa.config = (uint64_t)id;
-		pa.sample_period = 1;
-		pa.wakeup_events = 1;
-		fd = perf_open(&pa);
-		break;
-	}
-	case AK_KPROBE:
-	case AK_KRETPROBE: {
-		long type, bit = 0;
-		if (read_uint_file("/sys/bus/event_source/devices/kprobe/type", &type) < 0)
-			return set_result(r, OUT_FAILED, errno, "kprobe PMU not available: %s", strerror(errno)), -1;
-		if (g->kind == AK_KRETPROBE) {
-			char *f = read_small_file("/sys/bus/event_source/devices/kprobe/format/retprobe", 64);
-			if (!f || sscanf(f, "config:%ld", &bit) != 1) { /* "config:0" */
-				free(f);
-				return set_result(r, OUT_FAILED, ENOTSUP, "kprobe PMU has no retprobe bit"), -1;
-			}
-			free(f);
-		}
-		pa.type = (uint32_t)type;
-		pa.config = g->kind == AK_KRETPROBE ? 1ull << bit : 0;
-		pa.config1 = (uint64_t)(uintptr_t)g->attach; /* kprobe_func */
-		pa.config2 = 0;                              /* probe_offset */
-		fd = perf_open(&pa);
-		break;
-	}
-	case AK_RAW_TRACEPOINT:
-	case AK_FENTRY:
-	case AK_FEXIT:
-		memset(&a, 0, sizeof a);
-		a.raw_tracepoint.name = g->kind == AK_RAW_TRACEPOINT ? (uint64_t)(uintptr_t)g->attach : 0;
-		a.raw_tracepoint.prog_fd = (uint32_t)prog_fd;
-		fd = (int)sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &a);
-		if (fd < 0)
-			return set_result(r, OUT_FAILED, errno, "attach %s: BPF_RAW_TRACEPOINT_OPEN: %s", g->attach, strerror(errno)), -1;
-		return fd;
-	default:
-		return set_result(r, OUT_FAILED, EINVAL, "unknown attach kind %u", g->kind), -1;
-	}
-	if (fd < 0)
-		return set_result(r, OUT_FAILED, errno, "attach %s: perf_event_open: %s", g->attach, strerror(errno)), -1;
-	if (ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd) < 0 || ioctl(fd, PERF_EVENT_IOC_ENABLE, 0) < 0) {
-		int e = errno;
-		close(fd);
-		return set_result(r, OUT_FAILED, e, "attach %s: PERF_EVENT_IOC_SET_BPF: %s", g->attach, strerror(e)), -1;
-	}
-	return fd;
-}
-
-/* fentry/fexit need the BTF id of the target function in vmlinux BTF. */
-static int vmlinux_func_id(const char *fn)
-{
-	int fd = open("/sys/kernel/btf/vmlinux", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	struct stat st;
-	uint8_t *b = fstat(fd, &st) == 0 ? malloc((size_t)st.st_size) : NULL;
-	size_t len = 0;
-	ssize_t n;
-	while (b && len < (size_t)st.st_size && (n = read(fd, b + len, (size_t)st.st_size - len)) > 0)
-		len += (size_t)n;
-	close(fd);
-	int found = -1;
-	struct btf_header h;
-	if (!b || len < sizeof h)
-		goto out;
-	memcpy(&h, b, sizeof h);
-	if (h.magic != BTF_MAGIC || (uint64_t)h.hdr_len + h.type_off + h.type_len > len || (uint64_t)h.hdr_len + h.str_off + h.str_len > len)
-		goto out;
-	const uint8_t *t = b + h.hdr_len + h.type_off, *tend = t + h.type_len;
-	const char *strs = (const char *)b + h.hdr_len + h.str_off;
-	for (int id = 1; t + sizeof(struct btf_type) <= tend; id++) {
-		struct btf_type bt;
-		memcpy(&bt, t, sizeof bt);
-		uint32_t kind = BTF_INFO_KIND(bt.info), vlen = BTF_INFO_VLEN(bt.info);
-		if (kind == BTF_KIND_FUNC && bt.name_off < h.str_len && !strcmp(strs + bt.name_off, fn)) {
-			found = id;
-			break;
-		}
-		size_t extra = 0;
-		switch (kind) {
-		case BTF_KIND_INT: extra = 4; break;
-		case BTF_KIND_ARRAY: extra = sizeof(struct btf_array); break;
-		case BTF_KIND_STRUCT: case BTF_KIND_UNION: extra = vlen * sizeof(struct btf_member); break;
-		case BTF_KIND_ENUM: extra = vlen * sizeof(struct btf_enum); break;
-		case BTF_KIND_FUNC_PROTO: extra = vlen * sizeof(struct btf_param); break;
-		case BTF_KIND_VAR: extra = sizeof(struct btf_var); break;
-		case BTF_KIND_DATASEC: extra = vlen * sizeof(struct btf_var_secinfo); break;
-		case BTF_KIND_DECL_TAG: extra = sizeof(struct btf_decl_tag); break;
-		case 19 /* BTF_KIND_ENUM64 */: extra = vlen * 12; break;
-		}
-		t += sizeof bt + extra;
-	}
-out:
-	free(b);
-	return found;
-}
-
-/* Loads one program: returns its fd, or -1 with r set (VERIFIER carries the full log). */
-static int load_prog(const struct pkg *k, const struct pkg_prog *g, const int *map_fds, struct result *r)
-{
-	uint8_t *insns = malloc(8ull * g->insn_count);
-	if (!insns)
-		return set_result(r, OUT_FAILED, ENOMEM, "out of memory"), -1;
-	memcpy(insns, g->insns, 8ull * g->insn_count);
-	for (uint32_t i = 0; i < g->reloc_count; i++) {
-		const uint8_t *rl = g->relocs + 8ull * i;
-		put32(insns + 8ull * get32(rl) + 4, (uint32_t)map_fds[get16(rl + 4)]);
-	}
-	union bpf_attr a;
-	memset(&a, 0, sizeof a);
-	a.prog_type = g->prog_type;
-	a.insns = (uint64_t)(uintptr_t)insns;
-	a.insn_cnt = g->insn_count;
-	a.license = (uint64_t)(uintptr_t)k->license;
-	memcpy(a.prog_name, g->name, strnlen(g->name, BPF_OBJ_NAME_LEN - 1));
-	if (g->kind == AK_FENTRY || g->kind == AK_FEXIT) {
-		int id = vmlinux_func_id(g->attach);
-		if (id < 0) {
-			free(insns);
-			return set_result(r, OUT_FAILED, ENOENT, "%s: no function '%s' in /sys/kernel/btf/vmlinux", g->name, g->attach), -1;
-		}
-		a.expected_attach_type = g->kind == AK_FENTRY ? BPF_TRACE_FENTRY : BPF_TRACE_FEXIT;
-		a.attach_btf_id = (uint32_t)id;
-	}
-	/* Without a log first (a log slows loading and can fail a good program with ENOSPC);
-	 * again with the biggest log on failure, so the report has the verifier's words. */
-	int fd = (int)sys_bpf(BPF_PROG_LOAD, &a);
-	if (fd < 0) {
-		int e = errno;
-		char *log = malloc(VERIFIER_LOG_SIZE);
-		if (log) {
-			log[0] = 0;
-			a.log_buf = (uint64_t)(uintptr_t)log;
-			a.log_size = VERIFIER_LOG_SIZE;
-			a.log_level = 1;
-			fd = (int)sys_bpf(BPF_PROG_LOAD, &a);
-			if (fd < 0 && errno != ENOSPC)
-				e = errno;
-		}
-		if (fd < 0) {
-			r->outcome = OUT_VERIFIER;
-			r->err = (uint32_t)e;
-			free(r->text);
-			size_t ll = log ? strnlen(log, VERIFIER_LOG_SIZE) : 0;
-			char head[128];
-			int hl = snprintf(head, sizeof head, "%s: BPF_PROG_LOAD: %s\n", g->name, strerror(e));
-			r->text = malloc((size_t)hl + ll + 1);
-			if (r->text) {
-				memcpy(r->text, head, (size_t)hl);
-				if (ll)
-					memcpy(r->text + hl, log, ll);
-				r->text_len = (size_t)hl + ll;
-			} else
-				r->text_len = 0;
-		}
-		free(log);
-	}
-	free(insns);
-	return fd;
-}
-
-static int ring_map(struct ring *ring, int fd, uint32_t size, struct result *r)
-{
-	ring->page = (size_t)sysconf(_SC_PAGESIZE);
-	ring->size = size;
-	ring->cons = mmap(NULL, ring->page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	/* Producer page, then the data pages mapped twice in a row: a record that wraps
-	 * around the end is still contiguous. */
-	ring->prod = mmap(NULL, ring->page + 2 * (size_t)size, PROT_READ, MAP_SHARED, fd, (off_t)ring->page);
-	if (ring->cons == MAP_FAILED || ring->prod == MAP_FAILED) {
-		int e = errno;
-		if (ring->cons != MAP_FAILED)
-			munmap(ring->cons, ring->page);
-		if (ring->prod != MAP_FAILED)
-			munmap(ring->prod, ring->page + 2 * (size_t)size);
-		return set_result(r, OUT_FAILED, e, "mmap of the hint ring buffer: %s", strerror(e)), -1;
-	}
-	ring->data = ring->prod + ring->page;
-	ring->fd = fd;
-	return 0;
-}
-
-static struct loaded *load_package(const struct pkg *k, uint32_t handle, struct result *r)
-{
-	struct loaded *l = calloc(1, sizeof *l);
-	if (!l)
-		return set_result(r, OUT_FAILED, ENOMEM, "out of memory"), NULL;
-	l->handle = handle;
-	l->ring.fd = -1;
-	snprintf(l->name, sizeof l->name, "%s", k->name);
-	for (uint32_t i = 0; i < k->nmaps; i++) {
-		const struct pkg_map *m = &k->maps[i];
-		union bpf_attr a;
-		memset(&a, 0, sizeof a);
-		a.map_type = m->type;
-		a.key_size = m->key_size;
-		a.value_size = m->value_size;
-		a.max_entries = m->max_entries;
-		a.map_flags = m->flags;
-		memcpy(a.map_name, m->name, strnlen(m->name, BPF_OBJ_NAME_LEN - 1));
-		int fd = (int)sys_bpf(BPF_MAP_CREATE, &a);
-		if (fd < 0) {
-			set_result(r, OUT_FAILED, errno, "map '%s' (type %u): BPF_MAP_CREATE: %s", m->name, m->type, strerror(errno));
-			goto fail;
-		}
-		l->map_fds[l->nmaps++] = fd;
-	}
-	for (uint32_t i = 0; i < k->nprogs; i++) {
-		l->link_fds[i] = -1;
-		int fd = load_prog(k, &k->progs[i], l->map_fds, r);
-		if (fd < 0)
-			goto fail;
-		l->prog_fds[l->nprogs++] = fd;
-		struct bpf_prog_info info;
-		union bpf_attr a;
-		memset(&info, 0, sizeof info);
-		memset(&a, 0, sizeof a);
-		a.info.bpf_fd = (uint32_t)fd;
-		a.info.info_len = sizeof info;
-		a.info.info = (uint64_t)(uintptr_t)&info;
-		if (sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &a) < 0) {
-			set_result(r, OUT_FAILED, errno, "%s: BPF_OBJ_GET_INFO_BY_FD: %s", k->progs[i].name, strerror(errno));
-			goto fail;
-		}
-		l->prog_ids[i] = info.id;
-	}
-	/* Attach only when every program loaded: a package is all or nothing. */
-	for (uint32_t i = 0; i < k->nprogs; i++)
-		if ((l->link_fds[i] = attach(&k->progs[i], l->prog_fds[i], r)) < 0)
-			goto fail;
-	if (k->hint_map != PKG_NO_HINT_MAP) {
-		if (ring_map(&l->ring, l->map_fds[k->hint_map], k->maps[k->hint_map].max_entries, r) < 0)
-			goto fail;
-		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = l };
-		if (epoll_ctl(epfd, EPOLL_CTL_ADD, l->ring.fd, &ev) < 0) {
-			set_result(r, OUT_FAILED, errno, "epoll on the hint ring buffer: %s", strerror(errno));
-			munmap(l->ring.cons, l->ring.page);
-			munmap(l->ring.prod, l->ring.page + 2 * l->ring.size);
-			l->ring.fd = -1;
-			goto fail;
-		}
-	}
-	return l;
-fail:
-	unload(l);
-	return NULL;
-}
-
 /* ---- hints: ring buffers -> one HINTS hypercall per batch ---- */
 
 static struct {
@@ -814,10 +260,31 @@ static struct {
 	uint32_t len, count, dropped;
 } B;
 
+static int try_mode; /* --try-package: no device, hints printed on stdout */
+
+static void batch_print(void)
+{
+	for (uint32_t off = HINTS_HDR; off < B.len;) {
+		uint32_t len = get32(B.buf + off + 4);
+		printf("hint type=%u len=%u:", get32(B.buf + off), len);
+		for (uint32_t i = RECORD_HDR; i < len; i++)
+			printf("%s%02x", i % 8 ? "" : " ", B.buf[off + i]);
+		printf("\n");
+		off += (len + 7) & ~7u;
+	}
+	if (B.dropped)
+		printf("hints dropped: %u\n", B.dropped);
+	fflush(stdout);
+	B.count = B.dropped = 0;
+	B.len = HINTS_HDR;
+}
+
 static void batch_flush(void)
 {
 	if (B.count == 0 && B.dropped == 0)
 		return;
+	if (try_mode)
+		return batch_print();
 	put32(B.buf, B.count);
 	put32(B.buf + 4, B.dropped);
 	memcpy(D.shm + D.g2h_off, B.buf, B.len);
@@ -874,6 +341,7 @@ static void ring_drain(struct ring *r)
 
 /* ---- requests ---- */
 
+static int epfd = -1;
 static struct loaded *L[MAX_LOADED];
 
 static struct loaded **find(uint32_t handle)
@@ -908,7 +376,7 @@ static void report(uint32_t id, const struct result *r, const struct loaded *l)
 	g2h_post(REPORT_HDR + 4 * nprog + (uint32_t)tl);
 	uint32_t st = hcall(HC_REPORT, NULL);
 	if (st != HC_OK)
-		blog("REPORT of request %u refused with status %u", id, st);
+		bwarn("REPORT of request %u refused with status %u", id, st);
 }
 
 static void handle_request(const uint8_t *q, uint32_t len)
@@ -916,7 +384,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 	struct result r = { 0 };
 	struct loaded *l = NULL;
 	if (len < REQ_BODY || get32(q + REQ_BODY_LEN) != len - REQ_BODY) {
-		blog("ignoring a malformed request of %u bytes", len);
+		bwarn("ignoring a malformed request of %u bytes", len);
 		return;
 	}
 	uint32_t op = get32(q + REQ_OP), id = get32(q + REQ_ID), handle = get32(q + REQ_HANDLE);
@@ -930,7 +398,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 			if ((*slot)->ring.fd >= 0)
 				ring_drain(&(*slot)->ring); /* its last hints still go out */
 			blog("unloaded handle %u (%s)", handle, (*slot)->name);
-			unload(*slot);
+			unload(*slot, epfd);
 			*slot = NULL;
 			set_result(&r, OUT_OK, 0, "unloaded");
 		}
@@ -950,7 +418,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 			set_result(&r, OUT_FAILED, EEXIST, "handle %u is already in use", handle);
 		} else if (!policy_allows(d)) {
 			set_result(&r, OUT_REFUSED, EPERM, "package digest %s is not in the guest's allow list (%s)", hex, P.source);
-			blog("refused package %s (handle %u): digest not allowed", hex, handle);
+			bwarn("refused package %s (handle %u): digest not allowed", hex, handle);
 		} else if (memcmp(d, body + blen - PKG_DIGEST_SIZE, 32) || memcmp(q + REQ_DIGEST, d, 32)) {
 			set_result(&r, OUT_BADPKG, EINVAL, "package digest %s does not match its digest field or the request's", hex);
 		} else if (pkg_parse(body, blen, &k, why, sizeof why) < 0) {
@@ -962,13 +430,13 @@ static void handle_request(const uint8_t *q, uint32_t len)
 					free_slot = i;
 			if (free_slot < 0 && !slot)
 				set_result(&r, OUT_FAILED, ENOSPC, "%d packages loaded already", MAX_LOADED);
-			else if ((l = load_package(&k, handle, &r))) {
+			else if ((l = load_package(&k, handle, epfd, &r))) {
 				if (!P.active)
 					blog("policy: accepted %s (%s) without an allow list", k.name, hex);
 				if (slot) { /* REPLACE: the old programs go only now that the new ones run */
 					if ((*slot)->ring.fd >= 0)
 						ring_drain(&(*slot)->ring);
-					unload(*slot);
+					unload(*slot, epfd);
 					*slot = l;
 				} else
 					L[free_slot] = l;
@@ -978,7 +446,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 				blog("%s handle %u: %s (%s), prog ids %s", op == OP_LOAD ? "loaded" : "replaced", handle, k.name, hex, ids);
 				set_result(&r, OUT_OK, 0, "%s: %u program(s), %u map(s)", k.name, k.nprogs, k.nmaps);
 			} else
-				blog("loading %s (handle %u) failed: outcome %u, errno %u", k.name, handle, r.outcome, r.err);
+				bwarn("loading %s (handle %u) failed: outcome %u, errno %u", k.name, handle, r.outcome, r.err);
 		}
 	} else {
 		set_result(&r, OUT_FAILED, EINVAL, "unknown request op %u", op);
@@ -997,13 +465,13 @@ static void fetch_all(void)
 		uint32_t len;
 		uint32_t st = hcall(HC_FETCH, &len);
 		if (st != HC_OK) {
-			blog("FETCH failed with status %u", st);
+			bwarn("FETCH failed with status %u", st);
 			break;
 		}
 		if (len == 0)
 			break;
 		if (len > D.h2g_size || shm_rd(SHM_H_H2G_LEN) != len) {
-			blog("FETCH length %u does not fit the mailbox", len);
+			bwarn("FETCH length %u does not fit the mailbox", len);
 			break;
 		}
 		/* Work on a private copy: the policy check and the load must see the same bytes. */
@@ -1087,7 +555,7 @@ void ebpf_main(const struct ebpf_opts *o)
 		sim_shm = strchr(sim_reg, ',');
 		sim_bell = sim_shm ? strchr(sim_shm + 1, ',') : NULL;
 		if (!sim_bell)
-			die("--hc-sim wants REGSOCK,SHMFILE,DOORBELLSOCK");
+			nodev("--hc-sim wants REGSOCK,SHMFILE,DOORBELLSOCK");
 		*sim_shm++ = 0;
 		*sim_bell++ = 0;
 		struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -1097,21 +565,21 @@ void ebpf_main(const struct ebpf_opts *o)
 			die("register socket %s: %s", sim_reg, strerror(errno));
 	} else {
 		if (!cmdline_get(cmdline, "tsvmm.hypercall", spec, sizeof spec))
-			die("no tsvmm.hypercall= on the kernel command line");
+			nodev("no tsvmm.hypercall= on the kernel command line");
 		parse_spec(spec, &io, &base, &size, &port);
 		if (!io || io + HC_IO_LEN > 0x10000)
-			die("tsvmm.hypercall=%s: no usable io@ range", spec);
+			nodev("tsvmm.hypercall=%s: no usable io@ range", spec);
 		if (ioperm(io, HC_IO_LEN, 1) < 0)
-			die("ioperm(0x%lx): %s", io, strerror(errno));
+			nodev("ioperm(0x%lx): %s", io, strerror(errno));
 		D.io = (unsigned)io;
 	}
 	if (reg_rd(HC_REG_MAGIC) != HC_MAGIC || reg_rd(HC_REG_VERSION) != HC_VERSION)
-		die("no hypercall device (magic 0x%x, version %u)", reg_rd(HC_REG_MAGIC), reg_rd(HC_REG_VERSION));
+		nodev("no hypercall device (magic 0x%x, version %u)", reg_rd(HC_REG_MAGIC), reg_rd(HC_REG_VERSION));
 	uint64_t rbase = reg_rd(HC_REG_SHM_BASE_LO) | (uint64_t)reg_rd(HC_REG_SHM_BASE_HI) << 32;
 	D.shm_size = reg_rd(HC_REG_SHM_SIZE);
 	unsigned rport = reg_rd(HC_REG_DOORBELL_PORT);
 	if (!o->sim && (rbase != base || D.shm_size != size || rport != port))
-		die("registers (mem 0x%llx:0x%x, vsock %u) disagree with the command line (%s)", (unsigned long long)rbase, D.shm_size, rport, spec);
+		nodev("registers (mem 0x%llx:0x%x, vsock %u) disagree with the command line (%s)", (unsigned long long)rbase, D.shm_size, rport, spec);
 	memfd = open(o->sim ? sim_shm : "/dev/mem", O_RDWR | O_SYNC | O_CLOEXEC);
 	if (memfd < 0)
 		die("open %s: %s", o->sim ? sim_shm : "/dev/mem", strerror(errno));
@@ -1200,4 +668,60 @@ void ebpf_main(const struct ebpf_opts *o)
 		if (rang)
 			fetch_all();
 	}
+}
+
+/* Loads a package file without a host, prints the outcome and the hint records it
+ * produces for `seconds`, then unloads it: a researcher's way to try a program in a guest
+ * by hand, and how the loader is checked on a real guest kernel. */
+int ebpf_try(const char *path, unsigned seconds)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || st.st_size > (64 << 20))
+		die("%s: %s", path, fd < 0 ? strerror(errno) : "too big");
+	uint8_t *b = malloc((size_t)st.st_size + 1);
+	ssize_t n = b ? read(fd, b, (size_t)st.st_size) : -1;
+	close(fd);
+	if (n != st.st_size)
+		die("%s: short read", path);
+	try_mode = 1;
+	D.g2h_size = 1 << 20;
+	B.buf = malloc(D.g2h_size);
+	B.len = HINTS_HDR;
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	static struct pkg k;
+	char why[512], hex[65];
+	uint8_t d[32];
+	sha256(b, (size_t)n >= PKG_DIGEST_SIZE ? (size_t)n - PKG_DIGEST_SIZE : 0, d);
+	hex32(d, hex);
+	printf("package %s digest %s\n", path, hex);
+	if (pkg_parse(b, (uint32_t)n, &k, why, sizeof why) < 0) {
+		printf("BADPKG: %s\n", why);
+		return 1;
+	}
+	struct result r = { 0 };
+	struct loaded *l = load_package(&k, 1, epfd, &r);
+	if (!l) {
+		printf("%s errno=%u: %.*s\n", r.outcome == OUT_VERIFIER ? "VERIFIER" : "FAILED", r.err, (int)r.text_len, r.text ? r.text : "");
+		return 1;
+	}
+	printf("OK %s: prog ids", k.name);
+	for (uint32_t i = 0; i < l->nprogs; i++)
+		printf(" %u", l->prog_ids[i]);
+	printf("\n");
+	fflush(stdout);
+	time_t end = time(NULL) + seconds;
+	for (time_t now; (now = time(NULL)) < end;) {
+		struct epoll_event ev[8];
+		int m = epoll_wait(epfd, ev, 8, (int)(end - now) * 1000);
+		for (int i = 0; i < m; i++)
+			ring_drain(&((struct loaded *)ev[i].data.ptr)->ring);
+		batch_flush();
+	}
+	if (l->ring.fd >= 0)
+		ring_drain(&l->ring);
+	batch_flush();
+	unload(l, epfd);
+	printf("unloaded\n");
+	return 0;
 }

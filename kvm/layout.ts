@@ -116,4 +116,4 @@ export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 export const Lapic = { size: 1024, lvtLint0: 0x350, lvtLint1: 0x360 } as const;
 
 /** struct kvm_fpu. */
-export const Fpu = { size: 416, fcw: 160, mxcsr: 408 } as const;
+export const Fpu = { size: 416, fcw: 128, mxcsr: 408 } as const;

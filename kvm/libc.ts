@@ -144,3 +144,11 @@ export function tgkill(tid: number, sig: number): void {
 export function onlineCpus(): number {
   return Number(c.sysconf(SC_NPROCESSORS_ONLN));
 }
+
+/** Calls `onReadable` on the main event loop whenever fd is readable (libuv poll, no thread). */
+export function watchReadable(fd: number, onReadable: () => void): { close(): void } {
+  const h = koffi.node.poll(fd, { readable: true }, (ev) => {
+    if (ev.readable) onReadable();
+  });
+  return { close: () => h.close() };
+}

@@ -2,82 +2,45 @@
 // maps how it ended to an exit status. Owns user-facing messages; one line per error, non-zero
 // exit, no stack traces for bad input.
 
-import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize } from './config';
-import { ensureDefaultGuest } from './default-guest';
+import { ConfigError, DEFAULT_CMDLINE } from './config';
 import { EXIT, Machine } from './vm';
 import { SysError } from '../kvm/errors';
 import { KernelImageError } from './boot/errors';
+import { VsockSpecError } from '../devices/virtio/vsock/index';
+import { cmdExec, EXEC_USAGE } from './exec';
+import { UsageError, checkKvm, machineConfig, runOptions } from './cli-options';
 
 const USAGE = `usage: tsvmm <command> [options]
 
 commands:
   run     boot a kernel with a serial console on this terminal
+  exec    boot the default guest (or a given kernel), run a command in it through the guest
+          agent, stream its output, and exit with its status
   help    show this help
 
 tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
-          [--vcpus N] [--memory SIZE] [--no-acpi] [--quiet]
+          [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--no-acpi] [--quiet]
   --kernel PATH    bzImage or ELF vmlinux (default: Debian's stock kernel, fetched and cached)
   --initrd PATH    initramfs (default: tsvmm's guest image when --kernel is not given)
   --cmdline STR    kernel command line (default: "${DEFAULT_CMDLINE}")
   --append STR     appended to the command line
   --vcpus N        number of vCPUs (default 1)
   --memory SIZE    guest RAM, e.g. 512M or 2G (default 256M)
+  --vsock SPEC     virtio-vsock with Firecracker's hybrid UDS protocol: guest CID N (>= 3);
+                   host clients connect to PATH and send "CONNECT <port>\n"; guest
+                   connections to port P go to PATH_P
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
   --quiet          no tsvmm log lines on stderr
 
 exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,
 4 guest panicked, 5 guest crashed (triple fault, KVM internal error).
+
+${EXEC_USAGE}
 Without /dev/kvm, run tsvmm inside the nested sandbox (slow, software emulation):
   tools/sandbox/run.sh -- tsvmm run ...
 `;
-
-class UsageError extends Error {}
-
-const runOptions = {
-  kernel: { type: 'string' },
-  initrd: { type: 'string' },
-  cmdline: { type: 'string' },
-  append: { type: 'string', multiple: true },
-  vcpus: { type: 'string' },
-  memory: { type: 'string' },
-  'no-acpi': { type: 'boolean' },
-  quiet: { type: 'boolean', short: 'q' },
-  help: { type: 'boolean', short: 'h' },
-} as const;
-
-function parseIntStrict(flag: string, v: string): number {
-  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} '${v}' is not a number`);
-  return Number(v);
-}
-
-async function machineConfig(values: Record<string, unknown>, log: (m: string) => void): Promise<MachineConfig> {
-  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; 'no-acpi'?: boolean };
-  let kernel = v.kernel;
-  let initrd = v.initrd;
-  if (!kernel) {
-    const guest = await ensureDefaultGuest(log);
-    kernel = guest.kernel;
-    initrd ??= guest.initrd;
-  }
-  const cmdline = [v.cmdline ?? DEFAULT_CMDLINE, ...(v.append ?? [])].join(' ');
-  return {
-    kernel,
-    initrd,
-    cmdline,
-    vcpus: v.vcpus === undefined ? 1 : parseIntStrict('--vcpus', v.vcpus),
-    memory: v.memory === undefined ? DEFAULT_MEMORY : parseSize(v.memory),
-    acpi: !v['no-acpi'],
-  };
-}
-
-function checkKvm(): void {
-  if (!existsSync('/dev/kvm')) {
-    throw new ConfigError('/dev/kvm not found: this host has no KVM. Run tsvmm inside the nested sandbox (software emulation, slow): tools/sandbox/run.sh -- tsvmm ...');
-  }
-}
 
 async function cmdRun(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: runOptions, allowPositionals: true, strict: true });
@@ -147,6 +110,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'run':
         return await cmdRun(rest);
+      case 'exec':
+        return await cmdExec(rest);
       case undefined:
       case 'help':
       case '--help':
@@ -158,7 +123,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     const err = e as Error & { code?: string };
-    if (e instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
+    if (e instanceof UsageError || e instanceof VsockSpecError || err.code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`tsvmm: ${err.message}\nTry 'tsvmm --help'.\n`);
       return EXIT.USAGE;
     }
@@ -171,4 +136,4 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+if (process.env.TSVMM_NO_MAIN === undefined) process.exitCode = await main(process.argv.slice(2));

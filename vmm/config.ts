@@ -33,7 +33,9 @@ export function parseSize(text: string): number {
   if (!m) throw new ConfigError(`invalid size '${text}' (use e.g. 512M or 2G)`);
   const unit = (m[2] ?? '').charAt(0).toUpperCase();
   const mult = unit === 'K' ? 1024 : unit === 'M' ? MiB : unit === 'G' ? 1024 * MiB : 1;
-  return Number(m[1]) * mult;
+  const bytes = Number(m[1]) * mult;
+  if (!Number.isSafeInteger(bytes)) throw new ConfigError(`size '${text}' is too large`);
+  return bytes;
 }
 
 export function hostMemory(): number {

@@ -19,6 +19,12 @@ import {
 } from './layout';
 import { GuestRam } from './memory';
 import { VcpuExit, VcpuThreads } from './vcpu/threads';
+import { MmioTransport } from '../devices/virtio/mmio';
+import type { VirtioDevice } from '../devices/virtio/device';
+import { VirtioVsock } from '../devices/virtio/vsock/index';
+import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
+import { virtioMmioSlot } from './layout';
+import type { ClaimedRange } from './vcpu/mailbox';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -46,6 +52,10 @@ export class Machine {
   readonly pio = new Bus();
   readonly mmio = new Bus();
   serial?: Serial16550;
+  vsock?: VirtioVsock;
+  readonly transports: { name: string; transport: MmioTransport }[] = [];
+  private readonly mmioClaims: ClaimedRange[] = [];
+  private readonly cleanups: (() => void | Promise<void>)[] = [];
   private ended?: (s: ExitStatus) => void;
   readonly exited: Promise<ExitStatus>;
   private status?: ExitStatus;
@@ -83,12 +93,22 @@ export class Machine {
     const ram = (this.ram = new GuestRam(vm, c.memory));
 
     this.addLegacyDevices(vm);
+    if (c.vsock) {
+      this.vsock = await VirtioVsock.create({ guestCid: c.vsock.cid, udsPath: c.vsock.udsPath });
+      const dev = this.vsock;
+      this.cleanups.push(() => dev.close());
+      this.addVirtio(vm, 'virtio-vsock', dev);
+    }
+    const slots = this.transports.map((_, i) => virtioMmioSlot(i));
 
     const acpi = c.acpi
-      ? buildAcpiTables({ vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ }, pvpanicPort: PVPANIC_PORT, virtioMmio: [] }, ACPI_ADDR)
+      ? buildAcpiTables({ vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ }, pvpanicPort: PVPANIC_PORT, virtioMmio: slots }, ACPI_ADDR)
       : undefined;
     if (acpi) ram.memory.write(ACPI_ADDR, acpi.image);
-    const cmdline = c.acpi ? c.cmdline : `${c.cmdline} acpi=off`;
+    // Without ACPI, kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES find devices here.
+    const cmdline = c.acpi
+      ? c.cmdline
+      : [c.cmdline, 'acpi=off', ...slots.map((s) => `virtio_mmio.device=${s.size / 1024}K@0x${s.base.toString(16)}:${s.gsi}`)].join(' ');
     const loaded = loadKernel(ram.memory, ram.ranges, {
       kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline,
     }, acpi?.rsdpAddr);
@@ -101,7 +121,10 @@ export class Machine {
       setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
     }
     this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e));
-    const claims = { pio: [{ base: COM1_PORT, len: 8 }, { base: I8042_DATA_PORT, len: 5 }, { base: PVPANIC_PORT, len: 1 }, { base: ACPI_SLEEP_CONTROL_PORT, len: 2 }], mmio: [] };
+    const claims = {
+      pio: [{ base: COM1_PORT, len: 8 }, { base: I8042_DATA_PORT, len: 5 }, { base: PVPANIC_PORT, len: 1 }, { base: ACPI_SLEEP_CONTROL_PORT, len: 2 }],
+      mmio: this.mmioClaims,
+    };
     const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), claims);
     this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
   }
@@ -115,6 +138,34 @@ export class Machine {
     this.pio.insert(I8042_DATA_PORT, 5, 'i8042', new I8042(power));
     this.pio.insert(PVPANIC_PORT, 1, 'pvpanic', new PvPanic(power));
     this.pio.insert(ACPI_SLEEP_CONTROL_PORT, 2, 'acpi-sleep', new AcpiSleep(power));
+  }
+
+  /**
+   * Puts a virtio device on the next virtio-mmio slot. Queue notifications are ioeventfds
+   * (a guest write to QueueNotify never exits to userspace; main drains the eventfd from its
+   * event loop), interrupts an irqfd: the vCPU never waits for the device.
+   */
+  private addVirtio(vm: Vm, name: string, device: VirtioDevice): void {
+    const slot = virtioMmioSlot(this.transports.length);
+    const irq = new IrqfdLine(vm, slot.gsi);
+    this.irqs.push(irq);
+    const transport = new MmioTransport(device, this.ram!.memory, irq);
+    transport.onError = (reason) => this.io.log(`${name}: device needs reset: ${reason}`);
+    this.mmio.insert(slot.base, slot.size, name, transport);
+    this.mmioClaims.push({ base: slot.base, len: slot.size });
+    for (let q = 0; q < device.queueMaxSizes.length; q++) {
+      const n = transport.notifyAddress(q);
+      const fd = eventfd();
+      vm.registerIoeventfd(fd, slot.base + n.offset, n.length, { datamatch: n.datamatch });
+      const watch = watchReadable(fd, () => {
+        if (eventfdDrain(fd) > 0n) transport.queueNotify(q);
+      });
+      this.cleanups.push(() => {
+        watch.close();
+        closeFd(fd);
+      });
+    }
+    this.transports.push({ name, transport });
   }
 
   /** The kernel tid of each vCPU thread, by vCPU index. */
@@ -153,6 +204,7 @@ export class Machine {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.threads?.stop();
+      for (const c of this.cleanups.splice(0).reverse()) await c();
       for (const v of this.vcpus) v.close();
       for (const i of this.irqs) i.close();
       this.vm?.close();

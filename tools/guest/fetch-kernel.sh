@@ -4,8 +4,10 @@
 # Prints the path of the record (kernel.json) on stdout; progress goes to stderr.
 #
 #   CACHE=${TSVMM_CACHE:-$HOME/.cache/tsvmm}
-#   $CACHE/kernel/<kver>/vmlinuz-<kver>, config-<kver>, lib/modules/<kver>/
-#   $CACHE/kernel/kernel.json  {package, debVersion, version, kernel, modulesDir}
+#   $CACHE/kernel/<kver>/vmlinuz-<kver>, vmlinux-<kver>, config-<kver>, lib/modules/<kver>/
+#   $CACHE/kernel/kernel.json  {package, debVersion, version, kernel, vmlinux, modulesDir}
+# vmlinux is the ELF kernel unpacked from the bzImage ("" when its compression is unknown):
+# with its PVH note it boots without the decompressor, which saves ~5 s under emulation.
 #
 # TSVMM_KERNEL_PACKAGE=linux-image-X pins another image package (same layout).
 set -eu
@@ -30,7 +32,7 @@ cached_ok() {
 	[ -f "$RECORD" ] || return 1
 	kern=$(sed -n 's/.*"kernel": *"\([^"]*\)".*/\1/p' "$RECORD")
 	mods=$(sed -n 's/.*"modulesDir": *"\([^"]*\)".*/\1/p' "$RECORD")
-	[ -f "$kern" ] && [ -f "$mods/modules.order" ] || return 1
+	[ -f "$kern" ] && [ -f "$mods/modules.order" ] && grep -q '"vmlinux"' "$RECORD" || return 1
 	[ -z "$1" ] && return 0
 	grep -q "\"package\": *\"$1\"" "$RECORD"
 }
@@ -77,6 +79,22 @@ mkdir -p "$dest.new/lib/modules"
 mv "$vmlinuz" "$dest.new/"
 [ -f "$work/x/boot/config-$kver" ] && mv "$work/x/boot/config-$kver" "$dest.new/"
 mv "$work/x/lib/modules/$kver" "$dest.new/lib/modules/"
+unpack_vmlinux() { # bzImage -> ELF, as the kernel's scripts/extract-vmlinux does
+	for fmt in 'xz:\3757zXZ' 'zstd:\050\265\057\375' 'gzip:\037\213\010'; do
+		tool=${fmt%%:*}
+		magic=$(printf "${fmt#*:}")
+		off=$(LC_ALL=C grep -obUaF -- "$magic" "$1" 2>/dev/null | head -n 1 | cut -d: -f1)
+		[ -n "$off" ] || continue
+		case $tool in xz) dec="xz -dc --single-stream" ;; zstd) dec="zstd -dcq" ;; gzip) dec="gzip -dc" ;; esac
+		tail -c +$((off + 1)) "$1" | $dec >"$2" 2>/dev/null
+		[ "$(head -c 4 "$2" | od -An -c | tr -d ' ')" = '177ELF' ] && return 0
+	done
+	rm -f "$2"
+	return 1
+}
+vmlinux=$dest/vmlinux-$kver
+unpack_vmlinux "$dest.new/vmlinuz-$kver" "$dest.new/vmlinux-$kver" || { log "warning: cannot unpack vmlinux"; vmlinux=; }
+
 # depmod here once, so every consumer can resolve dependencies with modprobe -d.
 depmod -b "$dest.new" "$kver"
 rm -rf "$dest"
@@ -88,6 +106,7 @@ cat >"$RECORD.new" <<JSON
   "debVersion": "$debver",
   "version": "$kver",
   "kernel": "$dest/vmlinuz-$kver",
+  "vmlinux": "$vmlinux",
   "modulesDir": "$dest/lib/modules/$kver"
 }
 JSON

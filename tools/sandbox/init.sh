@@ -3,9 +3,12 @@
 # userspace: loads KVM (AMD SVM, emulated by QEMU) and 9p, mounts the host's root read-only
 # at /host, chroots there and runs the job that run.sh left in the `ctl` share. Reports
 # only through files in /ctl: `status` (the job's exit status) or `error` (why the sandbox
-# could not run it). Never writes to the console: kernel and QEMU output go to a log file.
+# could not run it). The console is a log file on the host (shown when the sandbox dies);
+# the job's stdout/stderr are virtio-serial ports.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
+step() { read -r up _ </proc/uptime; echo "sandbox-init: [$up] $*"; }
+step "started"
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
@@ -13,13 +16,14 @@ for m in /lib/modules/*.ko; do
 	insmod "$m" 2>/dev/null || echo "sandbox-init: insmod ${m##*/} failed"
 done
 
+step "modules loaded"
 halt_now() { sync; poweroff -f; while :; do sleep 3600; done; }
 mkdir -p /ctl /host
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ctl /ctl; then
 	echo "sandbox-init: cannot mount the ctl share"
 	halt_now
 fi
-fail() { echo "$*" >/ctl/error; halt_now; }
+fail() { step "error: $*"; echo "$*" >/ctl/error; halt_now; }
 
 [ -c /dev/kvm ] || fail "no /dev/kvm inside the sandbox (kvm_amd did not load: $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' '))"
 
@@ -47,16 +51,23 @@ mkdir -p "$H$out" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$H$out" ||
 	fail "cannot mount the output share at $out"
 ip link set lo up 2>/dev/null
+step "mounted; waiting for the output ports"
 
 # stdout and stderr are virtio-serial ports that run.sh connects to its own.
-# The ports appear once the host has answered virtio-console's control messages.
-o=/dev/vport0p1 e=/dev/vport0p2
+# The ports appear once the host has answered virtio-console's control messages; find
+# them by the names run.sh gave them.
+port() { for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/${p##*/}"; done; }
 i=0
-while ! { [ -c $o ] && [ -c $e ]; }; do
+while :; do
+	o=$(port tsvmm.stdout) e=$(port tsvmm.stderr)
+	[ -c "$o" ] && [ -c "$e" ] && break
 	i=$((i + 1))
-	[ $i -le 100 ] || fail "no virtio-serial ports for stdout/stderr ($(ls /dev | grep -i -E 'vport|hvc' | tr '\n' ' '))"
+	[ $i -le 100 ] || fail "no virtio-serial ports for stdout/stderr ($(ls /sys/class/virtio-ports 2>&1 | tr '\n' ' '))"
 	sleep 0.1
 done
+step "running the job"
 chroot $H /bin/sh -c "$(cat /ctl/job.sh)" </dev/null >$o 2>$e
-echo $? >/ctl/status
+rc=$?
+step "job exit status $rc"
+echo $rc >/ctl/status
 halt_now

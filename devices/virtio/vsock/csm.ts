@@ -314,8 +314,10 @@ export class Connection {
   checkExpiry(now: number = this.clock()): boolean {
     if (this.expiry === undefined || now < this.expiry) return false;
     this.expiry = undefined;
-    if (this.st === 'closed' || this.st === 'killed') return false;
-    this.kill('timeout');
+    if (this.st === 'closed') return false;
+    // A guest that posts no RX buffer never gets its RST: forget the connection anyway.
+    if (this.st === 'killed') this.finish(this.why ?? 'reset', false);
+    else this.kill('timeout');
     return true;
   }
 
@@ -326,7 +328,7 @@ export class Connection {
     this.why = reason;
     this.pendingRst = true;
     this.pendingRequest = this.pendingResponse = false;
-    this.expiry = undefined;
+    this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
     this.dropRx();
     this.stream.close(false);
   }
@@ -360,7 +362,7 @@ export class Connection {
         this.why = 'clean';
         this.pendingRst = true;
         this.st = 'killed';
-        this.expiry = undefined;
+        this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
         if (!this.hostGone) this.stream.close(true);
         this.hostGone = true;
       } else if (this.expiry === undefined) {

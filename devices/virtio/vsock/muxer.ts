@@ -63,6 +63,8 @@ export class VsockResetError extends Error {
 interface Entry {
   readonly key: string;
   readonly conn: Connection;
+  /** Host-initiated: its host port came from allocLocalPort and goes back on close. */
+  readonly ownsPort: boolean;
   timer?: NodeJS.Timeout;
   timerAt?: number;
   onEstablished?: () => void;
@@ -303,10 +305,10 @@ export class VsockMuxer {
   }
 
   private openLocal(peerPort: number, s: net.Socket, early: Uint8Array): void {
-    const localPort = this.allocLocalPort();
+    const localPort = this.allocLocalPort(peerPort);
     const stream = new SocketStream(s, this.lingerMs());
     const conn = Connection.localInit(this.params(localPort, peerPort, stream));
-    const e: Entry = { key: keyOf(localPort, peerPort), conn };
+    const e: Entry = { key: keyOf(localPort, peerPort), conn, ownsPort: true };
     stream.mutate = (fn) => this.mutate(e, fn);
     e.onEstablished = () => { s.write(`OK ${localPort}\n`); };
     this.add(e);
@@ -334,9 +336,9 @@ export class VsockMuxer {
       return Promise.reject(new VsockConnectError(port, 'limit'));
     }
     const stream = new InternalStream();
-    const localPort = this.allocLocalPort();
+    const localPort = this.allocLocalPort(port);
     const conn = Connection.localInit(this.params(localPort, port, stream));
-    const e: Entry = { key: keyOf(localPort, port), conn };
+    const e: Entry = { key: keyOf(localPort, port), conn, ownsPort: true };
     stream.conn = conn;
     stream.mutate = (fn) => this.mutate(e, fn);
     return new Promise((resolve, reject) => {
@@ -381,7 +383,7 @@ export class VsockMuxer {
     const s = net.connect({ path: `${this.udsPath}_${hdr.dstPort}`, allowHalfOpen: true });
     const stream = new SocketStream(s, this.lingerMs());
     const conn = Connection.peerInit(this.params(hdr.dstPort, hdr.srcPort, stream), hdr);
-    const e: Entry = { key: keyOf(hdr.dstPort, hdr.srcPort), conn };
+    const e: Entry = { key: keyOf(hdr.dstPort, hdr.srcPort), conn, ownsPort: false };
     stream.mutate = (fn) => this.mutate(e, fn);
     let connected = false;
     s.once('connect', () => {
@@ -449,10 +451,12 @@ export class VsockMuxer {
     return this.connLimits.shutdownTimeoutMs ?? 2000;
   }
 
-  private allocLocalPort(): number {
+  /** A free host port for a connection to guest `peerPort` (at most 1023 are in use: this ends). */
+  private allocLocalPort(peerPort: number): number {
     for (;;) {
       this.lastLocalPort = this.lastLocalPort + 1 >= LOCAL_PORT_END ? LOCAL_PORT_MIN : this.lastLocalPort + 1;
-      if (!this.localPorts.has(this.lastLocalPort)) break;
+      // A guest-initiated connection may sit on the same (port, port) pair: skip that too.
+      if (!this.localPorts.has(this.lastLocalPort) && !this.conns.has(keyOf(this.lastLocalPort, peerPort))) break;
     }
     this.localPorts.add(this.lastLocalPort);
     return this.lastLocalPort;
@@ -473,7 +477,7 @@ export class VsockMuxer {
     if (c.state === 'closed') {
       this.conns.delete(e.key);
       this.rxReady.delete(e);
-      if (c.localPort >= LOCAL_PORT_MIN) this.localPorts.delete(c.localPort);
+      if (e.ownsPort) this.localPorts.delete(c.localPort);
       clearTimeout(e.timer);
       e.onClosed?.(c.closeReason ?? 'reset');
     } else {

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { decodeHints, HintType, type Hint } from '../../../bpf/hints';
 import { serializePackage, type Package } from '../../../bpf/package';
 import { affinityPackage } from '../../../bpf/programs/affinity';
-import type { PackageBytes } from '../../../devices/hypercall';
+import { HC_SHM_SIZE, type LostProgram, type PackageBytes } from '../../../devices/hypercall';
+import { withTimeout } from './harness';
 import { startRig, type Rig } from './hcrig';
 
 const usable = process.getuid?.() === 0 && existsSync('/sys/kernel/tracing/events/syscalls/sys_enter_sched_setaffinity') && existsSync('/usr/bin/taskset');
@@ -184,6 +185,73 @@ test('raw tracepoints attach; a missing attach point fails cleanly', async () =>
     const noraw = await rig.dev.submit({ op: 'load', pkg: bytesOf(trivialPackage('noraw', [{ kind: 'raw_tracepoint', target: 'no_such_tp' }])) });
     assert.is(noraw.outcome, 'FAILED');
     assert.match(noraw.text, /BPF_RAW_TRACEPOINT_OPEN/);
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('a killed eBPF side is restarted, says HELLO again, and the host learns what was lost', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    const res = await rig.dev.submit({ op: 'load', pkg: bytesOf(affinityPackage()) });
+    assert.is(res.outcome, 'OK', res.text);
+    const first = rig.dev.agent!;
+    const hello = new Promise<readonly LostProgram[]>((r) => rig.dev.onAgentHello((_info, lost) => r(lost)));
+    process.kill(first.pid, 'SIGKILL');
+    const lost = await withTimeout(hello, 10_000, 'second HELLO');
+    assert.is(lost.length, 1);
+    assert.is(lost[0].handle, res.handle);
+    assert.equal([...lost[0].progIds], res.progIds);
+    assert.is.not(rig.dev.agent!.pid, first.pid);
+    assert.is(rig.dev.agent!.session, first.session + 1);
+    const again = await rig.dev.submit({ op: 'load', pkg: bytesOf(affinityPackage()) });
+    assert.is(again.outcome, 'OK', again.text);
+    assert.match(rig.log(), /restarting in 1 s/);
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('a verifier log longer than the mailbox keeps its end', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    // 60000 x "r0 = 0", then "r0 = r2" (r2 never written): the verifier logs every
+    // instruction (megabytes) and fails at the very end.
+    const n = 60000;
+    const insns = new Uint8Array(8 * (n + 2));
+    for (let i = 0; i < n; i++) insns[8 * i] = 0xb7;
+    insns.set([0xbf, 0x20, 0, 0, 0, 0, 0, 0], 8 * n); // mov r0, r2
+    insns[8 * (n + 1)] = 0x95;
+    const pkg: Package = { name: 'long-log', license: 'GPL', maps: [], hintMap: null, programs: [{ name: 'long', attach: { kind: 'tracepoint', target: 'sched/sched_process_exit' }, insns, relocations: [] }] };
+    const r = await rig.dev.submit({ op: 'load', pkg: bytesOf(pkg) });
+    assert.is(r.outcome, 'VERIFIER');
+    assert.match(r.text, /R2 !read_ok/);
+    assert.ok(r.text.length > 100_000, `log of ${r.text.length} bytes`);
+    assert.ok(r.text.length <= (HC_SHM_SIZE - 0x1000) / 2 - 0x18, 'fits the mailbox');
+    assert.not.match(r.text, /^long: BPF_PROG_LOAD/, 'the beginning was dropped');
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('hints survive the host rate limit (E_RATE: wait, retry, lose nothing)', async () => {
+  if (!usable) return;
+  const rig = await startRig({ ratePerSecond: 20 });
+  try {
+    const res = await rig.dev.submit({ op: 'load', pkg: bytesOf(affinityPackage()) });
+    assert.is(res.outcome, 'OK', res.text);
+    const hints = collectHints(rig);
+    const pids: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      pids.push(pinOnce());
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    for (const pid of pids) await until(`AFFINITY of ${pid}`, () => hints.find((h) => h.type === 'AFFINITY' && h.tid === pid), 15_000);
+    const c = rig.dev.counters();
+    assert.ok(c.errors.E_RATE > 0, 'the rate limit was hit');
+    assert.is(c.hintDropped, 0);
   } finally {
     await rig.stop();
   }

@@ -27,7 +27,7 @@ export interface Rig {
   stop: () => Promise<void>;
 }
 
-export async function startRig(opts: { allowFile?: string; cmdline?: string } = {}): Promise<Rig> {
+export async function startRig(opts: { allowFile?: string; cmdline?: string; ratePerSecond?: number } = {}): Promise<Rig> {
   const bin = buildAgent();
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-hc-'));
   const shmPath = join(dir, 'shm');
@@ -37,7 +37,7 @@ export async function startRig(opts: { allowFile?: string; cmdline?: string } = 
   closeSync(fd);
   if (ptr === 0xffffffffffffffffn) throw new Error('mmap of the shared memory file failed');
   const shm = new Uint8Array(koffi.view(ptr, HC_SHM_SIZE));
-  const dev = new HypercallDevice({ shm, shmBase: HC_SHM_BASE });
+  const dev = new HypercallDevice({ shm, shmBase: HC_SHM_BASE, ratePerSecond: opts.ratePerSecond });
 
   // Registers: {u8 op (1 read, 2 write), u8 size, u16 offset, u32 value} -> u32.
   const regs = { reads: 0, writes: 0 };

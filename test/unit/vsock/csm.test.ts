@@ -326,6 +326,17 @@ test('host death: remaining data, then SHUTDOWN(RCV|SEND), then RST on timeout',
   assert.is(s.conn.state, 'closed');
 });
 
+test('a killed connection whose RST never finds an RX buffer is forgotten after the timeout', () => {
+  const s = established();
+  s.conn.kill();
+  assert.is(s.conn.state, 'killed');
+  assert.is(s.conn.checkExpiry(s.advance(49)), false);
+  assert.ok(s.conn.checkExpiry(s.advance(1)));
+  assert.is(s.conn.state, 'closed');
+  assert.is(s.conn.hasPendingRx(), false);
+  assert.is(s.counters.connectionsClosed, 1);
+});
+
 test('host death before the handshake completes: RST', () => {
   const s = setup('local');
   rx(s.conn);

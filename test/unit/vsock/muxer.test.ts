@@ -3,7 +3,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync, existsSync } from 'node:fs';
+import { existsSync, linkSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,17 +61,22 @@ test('listen: socket is 0600, removed on close; an in-use path is refused, a sta
   }
   await dev.close();
   assert.is(existsSync(uds), false);
-  // A stale socket: bound, then its server gone without removing the file.
+  // A stale socket (its server died without removing it): a second name for a socket whose
+  // server then closes stays behind, and connecting to it is refused.
+  const live = join(dir, 'live.sock');
   const stale = join(dir, 'stale.sock');
   const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(stale, r));
-  await new Promise<void>((r) => { (srv as unknown as { _handle: { close(): void } })._handle.close(); r(); });
-  await sleep(10);
-  if (existsSync(stale)) {
-    const d2 = await VirtioVsock.create({ guestCid: CID, udsPath: stale });
-    assert.is(statSync(stale).mode & 0o777, 0o600);
-    await d2.close();
-  }
+  await new Promise<void>((r) => srv.listen(live, r));
+  linkSync(live, stale);
+  await new Promise<void>((r) => srv.close(() => r()));
+  assert.ok(statSync(stale).isSocket());
+  const d2 = await VirtioVsock.create({ guestCid: CID, udsPath: stale });
+  assert.is(statSync(stale).mode & 0o777, 0o600);
+  const probe = net.connect(stale);
+  await new Promise<void>((resolve, reject) => probe.once('connect', resolve).once('error', reject));
+  probe.destroy();
+  await d2.close();
+  assert.is(existsSync(stale), false);
   assert.equal(await readdirSafe(dir).then((f) => f.filter((x) => x.startsWith('.tsvmm'))), []);
 });
 
@@ -397,6 +402,27 @@ test('4 MiB each way through the simulated guest, SHA-256 matches, buffers stay 
   assert.ok(maxBuffered <= 128 * 1024, `muxer buffered ${maxBuffered} bytes`);
   assert.is(dev.counters.bytesToGuest, SIZE);
   assert.is(dev.counters.bytesFromGuest, SIZE);
+  s.destroy();
+  await dev.close();
+});
+
+test('Linux 6.1 buffer shapes: RX header in its own descriptor, TX payload over two', async () => {
+  const { uds, dev, g } = await world({ rxSplitHeader: true, txSplitPayload: true });
+  const SIZE = 1024 * 1024 + 7;
+  const toGuest = randomBytes(SIZE);
+  const toHost = randomBytes(SIZE);
+  let gc: GuestConn | undefined;
+  const guestGot: Buffer[] = [];
+  g.listen(11, (c) => { gc = c; c.onData = (d) => guestGot.push(d); });
+  const { s } = await hostConnect(uds, 11);
+  const hostGot: Buffer[] = [];
+  s.on('data', (d: Buffer) => hostGot.push(d));
+  s.resume();
+  s.write(toGuest);
+  await g.write(gc!, toHost, 30000);
+  await until(() => gc!.receivedBytes === SIZE && Buffer.concat(hostGot).length === SIZE, 'transfer', 30_000);
+  assert.ok(Buffer.concat(guestGot).equals(toGuest));
+  assert.ok(Buffer.concat(hostGot).equals(toHost));
   s.destroy();
   await dev.close();
 });

@@ -135,6 +135,10 @@ export interface SimOptions {
   ignoreRequests?: boolean;
   /** Do not consume received data (credit stays used up). */
   stallReader?: boolean;
+  /** RX buffers as Linux 6.1 posts them: a 44-byte header descriptor, then the payload one. */
+  rxSplitHeader?: boolean;
+  /** TX payloads split over two descriptors. */
+  txSplitPayload?: boolean;
   /** Keep a connection open after the host's SHUTDOWN(SEND) (default: close, as most apps do on EOF). */
   keepOpenOnEof?: boolean;
 }
@@ -183,7 +187,7 @@ export class SimGuest {
 
   /** Posts RX and event buffers, then DRIVER_OK. */
   start(rxBuffers = 128): void {
-    for (let i = 0; i < rxBuffers; i++) this.rings[RXQ]!.add([{ len: this.rings[RXQ]!.bufSize, write: true }]);
+    for (let i = 0; i < rxBuffers; i++) this.postRx(true);
     for (let i = 0; i < 4; i++) this.rings[EVQ]!.add([{ len: 8, write: true }]);
     this.dev.activate(this.ctx);
   }
@@ -205,6 +209,14 @@ export class SimGuest {
     }
   }
 
+  private postRx(publish: boolean): void {
+    const r = this.rings[RXQ]!;
+    const parts = this.opts.rxSplitHeader
+      ? [{ len: HDR_SIZE, write: true }, { len: r.bufSize, write: true }]
+      : [{ len: r.bufSize, write: true }];
+    r.add(parts, publish);
+  }
+
   /** Reads every used RX buffer, reposts it, and dispatches the packets. */
   drainRx(): void {
     const r = this.rings[RXQ]!;
@@ -214,10 +226,11 @@ export class SimGuest {
       const base = r.bufAddr(u.descs[0]!);
       if (u.len >= HDR_SIZE) {
         const hdr = decodeHeader(this.mem.expect(base, HDR_SIZE));
-        const payload = Buffer.from(this.mem.expect(base + HDR_SIZE, u.len - HDR_SIZE));
+        const payloadAt = this.opts.rxSplitHeader ? r.bufAddr(u.descs[1]!) : base + HDR_SIZE;
+        const payload = Buffer.from(this.mem.expect(payloadAt, u.len - HDR_SIZE));
         pkts.push([hdr, payload]);
       }
-      r.add([{ len: r.bufSize, write: true }], false);
+      this.postRx(false);
     }
     r.publish();
     for (const [h, p] of pkts) this.dispatch(h, p);
@@ -371,10 +384,10 @@ export class SimGuest {
         await this.waitFor(c, () => c.state !== 'established' || c.peerBufAlloc - (c.txCnt - c.peerFwdCnt) > 0, 'credit');
         continue;
       }
-      await this.txSlot(2);
+      await this.txSlot(3);
       const n = Math.min(pkt, credit, data.length - off);
       c.lastFwdSent = c.fwdCnt;
-      this.sendRaw({ srcPort: c.port, dstPort: c.hostPort, op: OP_RW, bufAlloc: c.bufAlloc, fwdCnt: c.fwdCnt }, data.subarray(off, off + n));
+      this.sendRaw({ srcPort: c.port, dstPort: c.hostPort, op: OP_RW, bufAlloc: c.bufAlloc, fwdCnt: c.fwdCnt }, data.subarray(off, off + n), this.opts.txSplitPayload);
       c.txCnt += n;
       off += n;
     }

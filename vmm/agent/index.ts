@@ -1,0 +1,5 @@
+// Public surface of the guest-agent client (docs/agent-protocol.md). vmm and the CLI
+// import from here only.
+export { AgentClient, AgentError } from './client';
+export type { AgentErrorCode, Connector, ExecHandle, ExecOptions, ExecResult } from './client';
+export { AGENT_VSOCK_PORT, hybridVsockConnector, unixConnector } from './connect';

@@ -1,0 +1,55 @@
+// What `tsvmm run` and `tsvmm exec` share: the machine flags, turning them into a
+// MachineConfig, and the checks that come before any KVM object exists.
+
+import { existsSync } from 'node:fs';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize } from './config';
+import { ensureDefaultGuest } from './default-guest';
+import { parseVsockSpec } from '../devices/virtio/vsock/index';
+
+export class UsageError extends Error {}
+
+export const runOptions = {
+  kernel: { type: 'string' },
+  initrd: { type: 'string' },
+  cmdline: { type: 'string' },
+  append: { type: 'string', multiple: true },
+  vcpus: { type: 'string' },
+  memory: { type: 'string' },
+  vsock: { type: 'string' },
+  'no-acpi': { type: 'boolean' },
+  quiet: { type: 'boolean', short: 'q' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function parseIntStrict(flag: string, v: string): number {
+  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} '${v}' is not a number`);
+  return Number(v);
+}
+
+export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void): Promise<MachineConfig> {
+  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; 'no-acpi'?: boolean };
+  let kernel = v.kernel;
+  let initrd = v.initrd;
+  if (!kernel) {
+    const guest = await ensureDefaultGuest(log);
+    kernel = guest.kernel;
+    initrd ??= guest.initrd;
+  }
+  const cmdline = [v.cmdline ?? DEFAULT_CMDLINE, ...(v.append ?? [])].join(' ');
+  return {
+    kernel,
+    initrd,
+    cmdline,
+    vcpus: v.vcpus === undefined ? 1 : parseIntStrict('--vcpus', v.vcpus),
+    memory: v.memory === undefined ? DEFAULT_MEMORY : parseSize(v.memory),
+    acpi: !v['no-acpi'],
+    vsock: v.vsock === undefined ? undefined : parseVsockSpec(v.vsock),
+  };
+}
+
+export function checkKvm(): void {
+  if (!existsSync('/dev/kvm')) {
+    throw new ConfigError('/dev/kvm not found: this host has no KVM. Run tsvmm inside the nested sandbox (software emulation, slow): tools/sandbox/run.sh -- tsvmm ...');
+  }
+}
+

@@ -936,10 +936,10 @@ int main(int argc, char **argv)
 		}
 		/* Root commands for the host only: a guest process reaching port 52 through
 		 * vsock loopback (CID 1) or another VM must not get a root shell. */
-		struct sockaddr_vm peer;
+		struct sockaddr_vm peer = { .svm_cid = VMADDR_CID_ANY };
 		socklen_t plen = sizeof peer;
 		if (!unix_path && (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0 || peer.svm_cid != VMADDR_CID_HOST)) {
-			alog(AL_WARN, "refused a connection from CID %u (only the host, CID 2, may connect)", plen ? peer.svm_cid : 0);
+			alog(AL_WARN, "refused a connection from CID %u (only the host, CID 2, may connect)", peer.svm_cid);
 			close(fd);
 			continue;
 		}

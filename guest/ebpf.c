@@ -636,7 +636,7 @@ void ebpf_main(const struct ebpf_opts *o)
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &lfd) {
-				struct sockaddr_vm peer;
+				struct sockaddr_vm peer = { .svm_cid = VMADDR_CID_ANY };
 				socklen_t plen = sizeof peer;
 				int c = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC | SOCK_NONBLOCK);
 				if (c < 0)

@@ -16,6 +16,8 @@ export const runOptions = {
   vcpus: { type: 'string' },
   memory: { type: 'string' },
   vsock: { type: 'string' },
+  pin: { type: 'string' },
+  'host-cpus': { type: 'string' },
   'no-acpi': { type: 'boolean' },
   quiet: { type: 'boolean', short: 'q' },
   help: { type: 'boolean', short: 'h' },
@@ -27,7 +29,9 @@ function parseIntStrict(flag: string, v: string): number {
 }
 
 export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void): Promise<MachineConfig> {
-  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; 'no-acpi'?: boolean };
+  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; 'no-acpi'?: boolean };
+  const pin = v.pin ?? 'none';
+  if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
   let kernel = v.kernel;
   let initrd = v.initrd;
   if (!kernel) {
@@ -44,6 +48,8 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     memory: v.memory === undefined ? DEFAULT_MEMORY : parseSize(v.memory),
     acpi: !v['no-acpi'],
     vsock: v.vsock === undefined ? undefined : parseVsockSpec(v.vsock),
+    pin,
+    hostCpus: v['host-cpus'],
   };
 }
 

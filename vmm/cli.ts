@@ -104,6 +104,9 @@ function attachStdin(machine: Machine): () => void {
   };
 }
 
+/** Errors that describe bad input or a failed setup step: one line, no stack. */
+const KNOWN_ERRORS = new Set(['DefaultGuestError', 'AcpiError', 'CpuListError', 'TopologyError', 'SchedulerError', 'VsockSetupError', 'AffinityError']);
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -127,7 +130,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`tsvmm: ${err.message}\nTry 'tsvmm --help'.\n`);
       return EXIT.USAGE;
     }
-    if (e instanceof ConfigError || e instanceof KernelImageError || e instanceof SysError || err.name === 'DefaultGuestError' || err.name === 'AcpiError') {
+    if (e instanceof ConfigError || e instanceof KernelImageError || e instanceof SysError || KNOWN_ERRORS.has(err.name)) {
       process.stderr.write(`tsvmm: ${err.message}\n`);
       return EXIT.ERROR;
     }

@@ -21,6 +21,10 @@ export interface MachineConfig {
   /** Describe devices with ACPI (default), or only on the command line (`--no-acpi`). */
   acpi: boolean;
   vsock?: { cid: number; udsPath: string };
+  /** vCPU pinning policy (vmm/scheduler); `hinted` follows the guest's affinity hints. */
+  pin: 'none' | 'static' | 'hinted';
+  /** Host CPU pool, CPU list syntax (default: this process's allowed CPUs). */
+  hostCpus?: string;
 }
 
 export const DEFAULT_MEMORY = 256 * MiB;

@@ -25,6 +25,9 @@ import { VirtioVsock } from '../devices/virtio/vsock/index';
 import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
 import { virtioMmioSlot } from './layout';
 import type { ClaimedRange } from './vcpu/mailbox';
+import { HYPERCALL_SHMEM_SIZE, Paravirt, newScheduler } from './paravirt';
+import type { VcpuScheduler } from './scheduler/scheduler';
+import { HYPERCALL_PORT, HYPERCALL_PORT_LEN, HYPERCALL_SHMEM_ADDR } from './layout';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -53,6 +56,9 @@ export class Machine {
   readonly mmio = new Bus();
   serial?: Serial16550;
   vsock?: VirtioVsock;
+  /** The hypercall device and vCPU scheduler (present when the machine has vsock: the doorbell rides on it). */
+  paravirt?: Paravirt;
+  scheduler?: VcpuScheduler;
   readonly transports: { name: string; transport: MmioTransport }[] = [];
   private readonly mmioClaims: ClaimedRange[] = [];
   private readonly cleanups: (() => void | Promise<void>)[] = [];
@@ -68,6 +74,7 @@ export class Machine {
   /** Validates, creates and boots the machine; vCPUs are running when this resolves. */
   static async start(config: MachineConfig, io: MachineIo): Promise<Machine> {
     validateMemory(config.memory);
+    validateVcpus(config.vcpus, Number.MAX_SAFE_INTEGER);
     const kernel = readImage(config.kernel, 'kernel');
     probeKernel(config.kernel, kernel);
     const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
@@ -91,6 +98,7 @@ export class Machine {
     vm.createIrqchip();
     vm.createPit2();
     const ram = (this.ram = new GuestRam(vm, c.memory));
+    const scheduler = (this.scheduler = newScheduler(c.vcpus, c.pin, c.hostCpus, this.io.log));
 
     this.addLegacyDevices(vm);
     if (c.vsock) {
@@ -100,15 +108,32 @@ export class Machine {
       this.addVirtio(vm, 'virtio-vsock', dev);
     }
     const slots = this.transports.map((_, i) => virtioMmioSlot(i));
+    const pioClaims = [{ base: COM1_PORT, len: 8 }, { base: I8042_DATA_PORT, len: 5 }, { base: PVPANIC_PORT, len: 1 }, { base: ACPI_SLEEP_CONTROL_PORT, len: 2 }];
+    let extraCmdline = '';
+    if (this.vsock) {
+      const vsock = this.vsock;
+      // Shared memory outside e820 RAM: the guest agent maps it through /dev/mem.
+      const shm = ram.mapSlot(vm, HYPERCALL_SHMEM_ADDR, HYPERCALL_SHMEM_SIZE).bytes;
+      const pv = (this.paravirt = new Paravirt({
+        shm, scheduler, connect: (p) => vsock.connect(p), log: this.io.log,
+      }));
+      this.cleanups.push(() => pv.close());
+      this.pio.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
+      pioClaims.push({ base: HYPERCALL_PORT, len: HYPERCALL_PORT_LEN });
+      extraCmdline = ` ${Paravirt.cmdline()}`;
+    }
+    const hypercall = this.paravirt
+      ? { ioBase: HYPERCALL_PORT, ioLen: HYPERCALL_PORT_LEN, memBase: HYPERCALL_SHMEM_ADDR, memSize: HYPERCALL_SHMEM_SIZE }
+      : undefined;
 
     const acpi = c.acpi
-      ? buildAcpiTables({ vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ }, pvpanicPort: PVPANIC_PORT, virtioMmio: slots }, ACPI_ADDR)
+      ? buildAcpiTables({ vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ }, pvpanicPort: PVPANIC_PORT, virtioMmio: slots, hypercall }, ACPI_ADDR)
       : undefined;
     if (acpi) ram.memory.write(ACPI_ADDR, acpi.image);
     // Without ACPI, kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES find devices here.
     const cmdline = c.acpi
-      ? c.cmdline
-      : [c.cmdline, 'acpi=off', ...slots.map((s) => `virtio_mmio.device=${s.size / 1024}K@0x${s.base.toString(16)}:${s.gsi}`)].join(' ');
+      ? c.cmdline + extraCmdline
+      : [c.cmdline + extraCmdline, 'acpi=off', ...slots.map((s) => `virtio_mmio.device=${s.size / 1024}K@0x${s.base.toString(16)}:${s.gsi}`)].join(' ');
     const loaded = loadKernel(ram.memory, ram.ranges, {
       kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline,
     }, acpi?.rsdpAddr);
@@ -121,11 +146,8 @@ export class Machine {
       setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
     }
     this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e));
-    const claims = {
-      pio: [{ base: COM1_PORT, len: 8 }, { base: I8042_DATA_PORT, len: 5 }, { base: PVPANIC_PORT, len: 1 }, { base: ACPI_SLEEP_CONTROL_PORT, len: 2 }],
-      mmio: this.mmioClaims,
-    };
-    const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), claims);
+    const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: pioClaims, mmio: this.mmioClaims });
+    scheduler.setVcpuThreads(tids);
     this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
   }
 

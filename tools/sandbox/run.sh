@@ -8,6 +8,8 @@
 # Native KVM (a hardware kvm_intel/kvm_amd module behind /dev/kvm) runs CMD directly,
 # unless --sandbox or TSVMM_SANDBOX=always. TSVMM_SANDBOX=never refuses the sandbox.
 # Exit status: CMD's, or 125 when the sandbox itself failed (after one retry), 2 for usage.
+# Environment: TSVMM_SANDBOX=auto|always|never, TSVMM_SANDBOX_TIMEOUT (default 900 s),
+# TSVMM_SANDBOX_CPU (QEMU -cpu, default EPYC,+svm,+npt), TSVMM_CACHE (kernel + images).
 # Inside: cwd and PATH/HOME/CI/TSVMM_* are kept, / is read-only, /tmp and /run are tmpfs,
 # and --out DIR (default: a fresh temp dir, exported as TSVMM_SANDBOX_OUT, removed after)
 # is writable at the same path on both sides.
@@ -16,6 +18,8 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 GUEST=$HERE/../guest
 MEM=4G SMP=2 TIMEOUT=${TSVMM_SANDBOX_TIMEOUT:-900} OUT= MODE=${TSVMM_SANDBOX:-auto}
+# The emulated CPU must offer SVM with nested paging for kvm_amd (override only to test).
+CPU=${TSVMM_SANDBOX_CPU:-EPYC,+svm,+npt}
 usage() { echo "usage: $0 [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--sandbox|--native] -- CMD ARGS..." >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -44,7 +48,11 @@ fi
 
 log "no hardware KVM: running in QEMU software emulation (TCG with nested SVM); this is slow"
 
-record=$("$GUEST/fetch-kernel.sh") || { log "cannot fetch the sandbox kernel"; exit 125; }
+# A cached kernel is used as is: resolving the Debian meta package costs a second per run.
+record=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}/kernel/kernel.json
+if ! grep -q '"vmlinux"' "$record" 2>/dev/null; then
+	record=$("$GUEST/fetch-kernel.sh") || { log "cannot fetch the sandbox kernel"; exit 125; }
+fi
 # The unpacked ELF kernel boots through PVH, skipping ~5 s of emulated decompression.
 kernel=$(sed -n 's/.*"vmlinux": *"\([^"]*\)".*/\1/p' "$record")
 [ -n "$kernel" ] || kernel=$(sed -n 's/.*"kernel": *"\([^"]*\)".*/\1/p' "$record")
@@ -96,7 +104,7 @@ run_once() {
 	# The pc machine, not microvm: under TCG microvm's kernel finds no timer to calibrate
 	# against and stalls for minutes.
 	timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
-		-M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -m "$MEM" -smp "$SMP" \
+		-M pc -accel tcg,thread=multi -cpu "$CPU" -m "$MEM" -smp "$SMP" \
 		-nodefaults -no-user-config -display none -no-reboot \
 		-kernel "$kernel" -initrd "$initrd" \
 		-append "console=ttyS0 quiet panic=-1 transparent_hugepage=never" \

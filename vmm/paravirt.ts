@@ -1,0 +1,129 @@
+// The paper's loop, assembled: the hypercall device (packages host→guest, hint batches
+// guest→host), its vsock doorbell to the guest agent, and the vCPU scheduler that consumes
+// AFFINITY/UNPIN hints. Owns the wiring and the package bookkeeping (what is loaded, so that an
+// agent restart can be repaired); it must not parse shared memory or decide placements.
+
+import type { Duplex } from 'node:stream';
+import { HypercallDevice, HypercallResult, LostProgram, hypercallCmdline } from '../devices/hypercall/index';
+import { HintType, decodeHints } from '../bpf/hints';
+import { Package, packageDigest, serializePackage } from '../bpf/package';
+import { VcpuScheduler } from './scheduler/scheduler';
+import type { Policy } from './scheduler/policy';
+import { hostPool } from './scheduler/topology';
+import { setThreadAffinity } from './scheduler/affinity';
+
+/** The vCPU scheduler of a machine, pinning real threads. */
+export function newScheduler(vcpus: number, policy: Policy, hostCpus: string | undefined, log: (m: string) => void): VcpuScheduler {
+  return new VcpuScheduler({
+    pool: hostPool(hostCpus === undefined ? {} : { hostCpus }),
+    vcpus,
+    policy,
+    apply: (_vcpu, cpus, tid) => setThreadAffinity(tid, cpus),
+    log: (l) => log(`sched: ${l}`),
+  });
+}
+import { HYPERCALL_PORT, HYPERCALL_SHMEM_ADDR } from './layout';
+
+export const HYPERCALL_SHMEM_SIZE = 0x10_0000;
+/** The guest agent listens for doorbells here (docs/hypercall.md). */
+export const DOORBELL_PORT = 53;
+
+export interface LoadedProgram {
+  handle: number;
+  name: string;
+  digest: string;
+  progIds: readonly number[];
+  hints: number;
+}
+
+export class Paravirt {
+  readonly device: HypercallDevice;
+  readonly scheduler: VcpuScheduler;
+  readonly loaded = new Map<number, LoadedProgram & { pkg: Package }>();
+  private doorbell?: Promise<Duplex | undefined>;
+  hintsSeen = 0;
+
+  constructor(opts: {
+    shm: Uint8Array;
+    scheduler: VcpuScheduler;
+    connect: (port: number) => Promise<Duplex>;
+    log: (m: string) => void;
+  }) {
+    this.device = new HypercallDevice({ shm: opts.shm, shmBase: HYPERCALL_SHMEM_ADDR });
+    this.scheduler = opts.scheduler;
+    this.device.onHints(HintType.AFFINITY, (record) => this.onRecord(record));
+    this.device.onHints(HintType.UNPIN, (record) => this.onRecord(record));
+    this.device.onDoorbellNeeded(() => void this.ring(opts.connect, opts.log));
+    this.device.onAgentHello((info, lost) => {
+      opts.log(`guest agent ${info.name} (pid ${info.pid}) connected, session ${info.session}`);
+      this.reload(lost, opts.log);
+    });
+  }
+
+  /** The kernel command line fragment that tells the agent where the device is. */
+  static cmdline(): string {
+    return hypercallCmdline({ ioBase: HYPERCALL_PORT, shmBase: HYPERCALL_SHMEM_ADDR, shmSize: HYPERCALL_SHMEM_SIZE, doorbellPort: DOORBELL_PORT });
+  }
+
+  private onRecord(record: Uint8Array): void {
+    this.hintsSeen++;
+    for (const h of decodeHints(record)) {
+      if (h.type === 'AFFINITY') this.scheduler.onAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, mask: h.mask });
+      else if (h.type === 'UNPIN') this.scheduler.onUnpinHint({ tid: h.tid });
+    }
+    for (const p of this.loaded.values()) p.hints++;
+  }
+
+  /** One byte on the agent's doorbell connection ("look at the device"); reconnects when it died. */
+  private async ring(connect: (port: number) => Promise<Duplex>, log: (m: string) => void): Promise<void> {
+    this.doorbell ??= connect(DOORBELL_PORT).then(
+      (s) => {
+        s.on('error', () => {});
+        s.on('close', () => (this.doorbell = undefined));
+        s.resume();
+        return s;
+      },
+      (e: Error) => {
+        log(`doorbell: cannot reach the guest agent on vsock port ${DOORBELL_PORT}: ${e.message}`);
+        this.doorbell = undefined;
+        return undefined;
+      },
+    );
+    const s = await this.doorbell;
+    s?.write(Uint8Array.of(1));
+  }
+
+  /** Loads a package into the guest; resolves with the agent's report. */
+  async load(pkg: Package): Promise<HypercallResult> {
+    const bytes = serializePackage(pkg);
+    const digest = packageDigest(pkg);
+    const r = await this.device.submit({
+      op: 'load',
+      pkg: { id: pkg.name, digest: Buffer.from(digest, 'hex'), bytes },
+    });
+    if (r.ok) this.loaded.set(r.handle, { handle: r.handle, name: pkg.name, digest, progIds: r.progIds, hints: 0, pkg });
+    return r;
+  }
+
+  async unload(handle: number): Promise<HypercallResult> {
+    const r = await this.device.submit({ op: 'unload', handle });
+    if (r.ok) this.loaded.delete(handle);
+    return r;
+  }
+
+  /** An agent restart loses its programs: load them again. */
+  private reload(lost: readonly LostProgram[], log: (m: string) => void): void {
+    for (const l of lost) {
+      const p = this.loaded.get(l.handle);
+      if (!p) continue;
+      this.loaded.delete(l.handle);
+      log(`reloading ${p.name} after an agent restart`);
+      this.load(p.pkg).catch((e: Error) => log(`reload of ${p.name} failed: ${e.message}`));
+    }
+  }
+
+  close(): void {
+    this.device.close();
+    void this.doorbell?.then((s) => s?.destroy());
+  }
+}

@@ -9,6 +9,7 @@ import { SysError } from '../kvm/errors';
 import { KernelImageError } from './boot/errors';
 import { VsockSpecError } from '../devices/virtio/vsock/index';
 import { cmdExec, EXEC_USAGE } from './exec';
+import { cmdDemo } from './demo';
 import { UsageError, checkKvm, machineConfig, runOptions } from './cli-options';
 
 const USAGE = `usage: tsvmm <command> [options]
@@ -17,6 +18,8 @@ commands:
   run     boot a kernel with a serial console on this terminal
   exec    boot the default guest (or a given kernel), run a command in it through the guest
           agent, stream its output, and exit with its status
+  demo    boot the default guest, inject the 'affinity' eBPF program, pin a guest task
+          with taskset and show the host pinning the vCPU thread (npm start)
   help    show this help
 
 tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
@@ -68,7 +71,7 @@ async function cmdRun(args: string[]): Promise<number> {
 /** Feeds stdin to the guest's serial port; in raw terminal mode, Ctrl-A x quits (like QEMU). */
 function attachStdin(machine: Machine): () => void {
   const stdin = process.stdin;
-  if (!stdin.readable || (!stdin.isTTY && process.env.CI)) return () => {};
+  if (!stdin.readable) return () => {};
   const raw = stdin.isTTY;
   if (raw) stdin.setRawMode(true);
   let pending: Uint8Array = new Uint8Array(0);
@@ -115,6 +118,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdRun(rest);
       case 'exec':
         return await cmdExec(rest);
+      case 'demo':
+        return await cmdDemo(rest);
       case undefined:
       case 'help':
       case '--help':

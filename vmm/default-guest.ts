@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 export interface DefaultGuest {
   /** bzImage of the Debian kernel. */
   kernel: string;
+  /** The same kernel as an ELF (PVH entry), unpacked from the bzImage; null if that failed. */
+  vmlinux: string | null;
   /** gzip'd cpio: busybox, /init, the device modules, guest/build/* in /usr/bin. */
   initrd: string;
   /** Kernel release, e.g. `6.1.0-57-amd64`. */
@@ -75,6 +77,7 @@ export function cacheDir(): string {
 interface KernelRecord {
   version: string;
   kernel: string;
+  vmlinux: string | null;
   modulesDir: string;
 }
 
@@ -83,7 +86,8 @@ function readKernelRecord(path: string): KernelRecord | null {
   const r = JSON.parse(readFileSync(path, 'utf8')) as Partial<KernelRecord>;
   if (typeof r.version !== 'string' || typeof r.kernel !== 'string' || typeof r.modulesDir !== 'string') return null;
   if (!existsSync(r.kernel) || !existsSync(join(r.modulesDir, 'modules.dep'))) return null;
-  return { version: r.version, kernel: r.kernel, modulesDir: r.modulesDir };
+  const vmlinux = typeof r.vmlinux === 'string' && r.vmlinux !== '' && existsSync(r.vmlinux) ? r.vmlinux : null;
+  return { version: r.version, kernel: r.kernel, vmlinux, modulesDir: r.modulesDir };
 }
 
 /** Runs a tools script; stderr goes to `log` line by line, stdout's last line is returned. */
@@ -127,5 +131,5 @@ export async function ensureDefaultGuest(log: (msg: string) => void = () => {}):
   }
   const initrd = await runScript(join(tools, 'build-initramfs.sh'), [], log);
   if (!initrd || !existsSync(initrd)) throw new DefaultGuestError(`build-initramfs.sh produced no image (${initrd})`);
-  return { kernel: record.kernel, initrd, version: record.version, modulesDir: record.modulesDir };
+  return { kernel: record.kernel, vmlinux: record.vmlinux, initrd, version: record.version, modulesDir: record.modulesDir };
 }

@@ -31,7 +31,7 @@ const execOptions = {
 } as const;
 
 /** Connects to the agent, retrying while the guest is still booting (connection refused/reset). */
-async function waitForAgent(client: AgentClient, deadline: number, failed: () => boolean): Promise<void> {
+export async function waitForAgent(client: AgentClient, deadline: number, failed: () => boolean): Promise<void> {
   let delay = 50;
   for (;;) {
     try {

@@ -5,10 +5,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { projectRoot } from '../../vmm/default-guest';
+import { encodeGuestCommand, ensureDefaultGuest, parseInitMarker, projectRoot } from '../../vmm/default-guest';
 
 const root = projectRoot();
 const runSh = join(root, 'tools/sandbox/run.sh');
@@ -64,6 +64,34 @@ test('no SVM in the emulated CPU: exit 125 with the reason, not the command\'s s
   const r = sandbox(['--', 'true'], { TSVMM_SANDBOX_CPU: 'EPYC,-svm' });
   assert.is(r.status, 125);
   assert.match(r.stderr, /no \/dev\/kvm inside the sandbox/);
+});
+
+// The default guest (docs/default-guest.md) on real (nested) KVM, with QEMU as the VMM so
+// that it is checked independently of tsvmm: the init's markers, tsvmm.cmd, and a panic
+// reaching the VMM through pvpanic (ACPI QEMU0001 bound by the stock pvpanic-mmio).
+test('the default guest boots on KVM inside the sandbox: markers, tsvmm.cmd, pvpanic', async () => {
+  const g = await ensureDefaultGuest();
+  const out = mkdtempSync(join(tmpdir(), 'tsvmm-sandbox-guest-'));
+  try {
+    const qemu = (append: string) =>
+      `timeout 120 qemu-system-x86_64 -M microvm,acpi=on,rtc=on -accel kvm -cpu host -m 256M -smp 2 ` +
+      `-nodefaults -display none -serial stdio -no-reboot -device pvpanic -action panic=exit-failure ` +
+      `-kernel ${g.kernel} -initrd ${g.initrd} -append "console=ttyS0 quiet ${append}"`;
+    const cmd = encodeGuestCommand('test -d /dev/fd/ && ls /sys/bus/platform/drivers/pvpanic-mmio | grep QEMU0001; exit 3');
+    const panic = encodeGuestCommand('echo c >/proc/sysrq-trigger');
+    writeFileSync(join(out, 'guest.sh'), `${qemu(cmd)}; echo "qemu=$?"\n${qemu(`loglevel=0 ${panic}`)}; echo "qemu=$?"\n`);
+    const r = sandbox(['--out', out, '--', 'sh', join(out, 'guest.sh')]);
+    assert.is(r.status, 0, r.stderr);
+    const lines = r.stdout.split('\n').map((l) => l.trim());
+    const markers = lines.map(parseInitMarker).filter((m) => m !== null);
+    assert.equal(markers[0], { kind: 'info', cpus: 2, memKb: markers[0]?.kind === 'info' ? markers[0].memKb : -1 });
+    assert.equal(markers.slice(1, 3), [{ kind: 'ready' }, { kind: 'exit', status: 3 }]);
+    assert.ok(lines.includes('QEMU0001:00'), 'pvpanic-mmio bound to the ACPI device');
+    // First boot powered off (QEMU 0); the panic made QEMU exit with failure (1).
+    assert.equal(lines.filter((l) => l.startsWith('qemu=')), ['qemu=0', 'qemu=1']);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 });
 
 test.run();

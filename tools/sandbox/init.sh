@@ -13,7 +13,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 for m in /lib/modules/*.ko; do
-	insmod "$m" 2>/dev/null || echo "sandbox-init: insmod ${m##*/} failed"
+	insmod "$m" 2>/dev/null || step "insmod ${m##*/} failed"
+	step "loaded ${m##*/}"
 done
 
 step "modules loaded"

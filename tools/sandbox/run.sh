@@ -9,7 +9,8 @@
 # unless --sandbox or TSVMM_SANDBOX=always. TSVMM_SANDBOX=never refuses the sandbox.
 # Exit status: CMD's, or 125 when the sandbox itself failed (after one retry), 2 for usage.
 # Environment: TSVMM_SANDBOX=auto|always|never, TSVMM_SANDBOX_TIMEOUT (default 900 s),
-# TSVMM_SANDBOX_CPU (QEMU -cpu, default EPYC,+svm,+npt), TSVMM_CACHE (kernel + images).
+# TSVMM_SANDBOX_CPU (QEMU -cpu, default EPYC,+svm,+npt), TSVMM_CACHE (kernel + images),
+# TSVMM_SANDBOX_VERBOSE=1 (copy the sandbox console, with init's timed steps, to stderr).
 # Inside: cwd and PATH/HOME/CI/TSVMM_* are kept, / is read-only, /tmp and /run are tmpfs,
 # and --out DIR (default: a fresh temp dir, exported as TSVMM_SANDBOX_OUT, removed after)
 # is writable at the same path on both sides.
@@ -70,6 +71,7 @@ if [ -z "$OUT" ]; then OUT=$work/out; keep_out=0; fi
 mkdir -p "$work/ctl" "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cleanup() {
+	[ -n "${qpid:-}" ] && kill "$qpid" 2>/dev/null
 	[ -n "${cat_out:-}" ] && kill "$cat_out" "$cat_err" 2>/dev/null
 	[ "$keep_out" = 1 ] || rm -rf "$OUT"
 	rm -rf "$work"
@@ -81,7 +83,7 @@ trap 'exit 143' TERM
 # The job: cwd, environment and argv, each value single-quoted for sh.
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 {
-	printf 'cd %s || exit 125\n' "$(q "$PWD")"
+	printf 'cd %s || { echo "sandbox: the working directory is not visible inside (/tmp and /run are fresh tmpfs there)" >&2; exit 125; }\n' "$(q "$PWD")"
 	for v in PATH HOME USER LOGNAME LANG LC_ALL TERM CI $(compgen -e | grep '^TSVMM_'); do
 		[ -n "${!v+x}" ] && printf 'export %s=%s\n' "$v" "$(q "${!v}")"
 	done
@@ -115,8 +117,12 @@ run_once() {
 		-device virtio-serial-pci \
 		-chardev "file,id=so,path=$work/stdout" -device virtserialport,chardev=so,name=tsvmm.stdout \
 		-chardev "file,id=se,path=$work/stderr" -device virtserialport,chardev=se,name=tsvmm.stderr \
-		</dev/null 2>"$work/qemu.log"
+		</dev/null 2>"$work/qemu.log" &
+	# Waiting in the background lets a signal to run.sh tear the sandbox down at once.
+	qpid=$!
+	wait "$qpid"
 	qemu_rc=$?
+	qpid=
 	# QEMU has closed the fifos (or never opened them): the copies end by themselves.
 	exec 3<>"$work/stdout" 4<>"$work/stderr"; exec 3>&- 4>&-
 	wait "$cat_out" "$cat_err" 2>/dev/null
@@ -125,6 +131,7 @@ run_once() {
 
 for attempt in 1 2; do
 	run_once
+	if [ -n "${TSVMM_SANDBOX_VERBOSE:-}" ]; then sed 's/^/sandbox console: /' "$work/console.log" >&2; fi
 	if [ -f "$work/ctl/status" ]; then exit "$(cat "$work/ctl/status")"; fi
 	if [ -f "$work/ctl/error" ]; then log "sandbox failed: $(cat "$work/ctl/error")"; exit 125; fi
 	case $qemu_rc in

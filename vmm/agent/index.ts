@@ -3,3 +3,5 @@
 export { AgentClient, AgentError } from './client';
 export type { AgentErrorCode, Connector, ExecHandle, ExecOptions, ExecResult } from './client';
 export { AGENT_VSOCK_PORT, hybridVsockConnector, unixConnector } from './connect';
+export { AgentDoorbell } from './doorbell';
+export type { DoorbellOptions } from './doorbell';

@@ -5,7 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeHints, HintType, type Hint } from '../../../bpf/hints';
 import { serializePackage, type Package } from '../../../bpf/package';
@@ -208,6 +208,7 @@ test('a killed eBPF side is restarted, says HELLO again, and the host learns wha
     const again = await rig.dev.submit({ op: 'load', pkg: bytesOf(affinityPackage()) });
     assert.is(again.outcome, 'OK', again.text);
     assert.match(rig.log(), /restarting in 1 s/);
+    assert.ok(rig.bell.rings >= 2, 'the doorbell reconnected to the new agent');
   } finally {
     await rig.stop();
   }
@@ -287,6 +288,7 @@ test('the guest policy refuses digests outside its allow list, from a file or th
     assert.equal(r.progIds, []);
   } finally {
     await rig.stop();
+    rmSync(allowFile, { force: true });
   }
   rig = await startRig({ allowFile: '/nonexistent', cmdline: `quiet tsvmm.allow=${other},${hexOf(pkg)}\n` });
   try {

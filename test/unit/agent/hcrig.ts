@@ -4,11 +4,13 @@
 // doorbell as a Unix socket the agent listens on. Used by test/unit/agent/ebpf.test.ts.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import koffi from 'koffi';
 import { HC_SHM_BASE, HC_SHM_SIZE, HypercallDevice } from '../../../devices/hypercall';
+import { unixConnector } from '../../../vmm/agent/connect';
+import { AgentDoorbell } from '../../../vmm/agent/doorbell';
 import { buildAgent } from './harness';
 
 const libc = koffi.load('libc.so.6');
@@ -23,6 +25,7 @@ export interface Rig {
   proc: ChildProcess;
   /** Register accesses the agent made, by kind. */
   regs: { reads: number; writes: number };
+  bell: AgentDoorbell;
   log: () => string;
   stop: () => Promise<void>;
 }
@@ -70,15 +73,8 @@ export async function startRig(opts: { allowFile?: string; cmdline?: string; rat
   await new Promise<void>((r) => regServer.listen(regPath, r));
 
   const bellPath = join(dir, 'bell.sock');
-  let bell: Socket | null = null;
-  dev.onDoorbellNeeded(() => {
-    if (!bell) {
-      bell = connect(bellPath);
-      bell.on('error', () => (bell = null));
-      bell.on('close', () => (bell = null));
-    }
-    bell.write(Buffer.from([1]));
-  });
+  const bell = new AgentDoorbell(unixConnector(bellPath));
+  dev.onDoorbellNeeded(() => bell.ring());
 
   const cmdlinePath = join(dir, 'cmdline');
   writeFileSync(cmdlinePath, opts.cmdline ?? 'console=ttyS0 quiet\n');
@@ -103,7 +99,7 @@ export async function startRig(opts: { allowFile?: string; cmdline?: string; rat
       proc.kill('SIGTERM');
       await gone;
     }
-    (bell as Socket | null)?.destroy();
+    bell.close();
     // The eBPF side dies with the agent (PDEATHSIG), a moment later: until its register
     // connection closes it may still make the device touch the shared memory.
     const end = Date.now() + 5000;
@@ -114,5 +110,5 @@ export async function startRig(opts: { allowFile?: string; cmdline?: string; rat
     munmap(ptr, HC_SHM_SIZE);
     rmSync(dir, { recursive: true, force: true });
   };
-  return { dir, dev, proc, regs, log: () => log, stop };
+  return { dir, dev, proc, regs, bell, log: () => log, stop };
 }

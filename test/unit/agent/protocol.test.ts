@@ -6,7 +6,8 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { AgentClient, AgentError } from '../../../vmm/agent/client';
-import { hybridVsockConnector } from '../../../vmm/agent/connect';
+import { hybridVsockConnector, unixConnector } from '../../../vmm/agent/connect';
+import { AgentDoorbell } from '../../../vmm/agent/doorbell';
 import { FrameDecoder, MAX_PAYLOAD, Msg, decodeError, encodeExec, encodeFrame, encodeHello, encodePing, encodeStdin } from '../../../vmm/agent/protocol';
 import { RawSession, alive, header, startAgent, withTimeout, type RunningAgent } from './harness';
 
@@ -189,6 +190,30 @@ test('hybrid vsock connector: CONNECT handshake, then the agent protocol', async
     }
     assert.equal(seen, ['CONNECT 52', 'CONNECT 53']);
   } finally {
+    server.close();
+  }
+});
+
+test('doorbell: a ring before the agent listens is retried, not lost; one byte per ring', async () => {
+  const path = join(agent.dir, 'bell-test.sock');
+  const errors: Error[] = [];
+  const bell = new AgentDoorbell(unixConnector(path), { retryMs: 20, onError: (e) => errors.push(e) });
+  bell.ring();
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(errors.length >= 2, 'connect was retried');
+  const got: number[] = [];
+  const server = createServer((c) => c.on('data', (d: Buffer) => got.push(...d)));
+  await new Promise<void>((r) => server.listen(path, r));
+  try {
+    const end = Date.now() + 3000;
+    while (got.length < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    bell.ring();
+    bell.ring();
+    while (got.length < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(got, [1, 1, 1]);
+    assert.is(bell.rings, 3);
+  } finally {
+    bell.close();
     server.close();
   }
 });

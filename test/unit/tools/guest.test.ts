@@ -4,12 +4,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   DefaultGuestError,
   encodeGuestCommand,
+  ensureDefaultGuest,
   parseInitMarker,
   projectRoot,
 } from '../../../vmm/default-guest';
@@ -96,6 +97,21 @@ test('a module that does not exist is a warning, not a failure', () => {
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
   );
   assert.equal(listImage(out.trim()).filter((f) => f.endsWith('.ko')), ['lib/modules/01-vsock.ko']);
+});
+
+test('ensureDefaultGuest returns the kernel, its ELF twin and an initramfs with guest/build', async () => {
+  const logs: string[] = [];
+  const g = await ensureDefaultGuest((m) => logs.push(m));
+  assert.ok(g.kernel.endsWith(`vmlinuz-${g.version}`));
+  assert.ok(g.modulesDir.endsWith(`lib/modules/${g.version}`));
+  assert.ok(g.vmlinux !== null, 'vmlinux unpacked');
+  assert.is(readFileSync(g.vmlinux!).subarray(0, 4).toString('latin1'), '\x7fELF');
+  const files = listImage(g.initrd);
+  assert.ok(files.includes('init') && files.includes('lib/modules/08-pvpanic-mmio.ko'));
+  const build = join(root, 'guest/build');
+  if (existsSync(build)) {
+    for (const f of readdirSync(build)) assert.ok(files.includes(`usr/bin/${f}`), `guest/build/${f} in /usr/bin`);
+  }
 });
 
 test('encodeGuestCommand round-trips through the guest\'s base64 decoder', () => {

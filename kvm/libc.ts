@@ -147,8 +147,10 @@ export function onlineCpus(): number {
 
 /** Calls `onReadable` on the main event loop whenever fd is readable (libuv poll, no thread). */
 export function watchReadable(fd: number, onReadable: () => void): { close(): void } {
-  const h = koffi.node.poll(fd, { readable: true }, (ev) => {
-    if (ev.readable) onReadable();
-  });
+  // koffi calls back with (status, events), whatever its typings say.
+  const cb = (status: number, ev: { readable: boolean }) => {
+    if (status === 0 && ev.readable) onReadable();
+  };
+  const h = koffi.node.poll(fd, { readable: true }, cb as unknown as (ev: { readable: boolean }) => void);
   return { close: () => h.close() };
 }

@@ -84,7 +84,11 @@ if (!inside) {
 if (wantUnit && !inside) for (const f of files(join(root, 'dist/test/unit'))) runFile(f);
 
 if (wantIntegration) {
-  const integration = files(join(root, 'dist/test/integration'));
+  // sandbox.test.js tests the sandbox itself: always from the host side.
+  const all = files(join(root, 'dist/test/integration'));
+  const hostSide = all.filter((f) => f.endsWith('/sandbox.test.js'));
+  const integration = all.filter((f) => !hostSide.includes(f));
+  if (!inside) for (const f of hostSide) runFile(f);
   if (inside || hardwareKvm()) {
     for (const f of integration) runFile(f);
   } else if (integration.length) {

@@ -8,6 +8,7 @@ import { HypercallDevice, HypercallResult, LostProgram, hypercallCmdline } from 
 import { HintType, decodeHints } from '../bpf/hints';
 import { Package, packageDigest, serializePackage } from '../bpf/package';
 import { VcpuScheduler } from './scheduler/scheduler';
+import { AgentDoorbell } from './agent/doorbell';
 import type { Policy } from './scheduler/policy';
 import { hostPool } from './scheduler/topology';
 import { setThreadAffinity } from './scheduler/affinity';
@@ -40,7 +41,7 @@ export class Paravirt {
   readonly device: HypercallDevice;
   readonly scheduler: VcpuScheduler;
   readonly loaded = new Map<number, LoadedProgram & { pkg: Package }>();
-  private doorbell?: Promise<Duplex | undefined>;
+  private readonly doorbell: AgentDoorbell;
   hintsSeen = 0;
 
   constructor(opts: {
@@ -53,7 +54,11 @@ export class Paravirt {
     this.scheduler = opts.scheduler;
     this.device.onHints(HintType.AFFINITY, (record) => this.onRecord(record));
     this.device.onHints(HintType.UNPIN, (record) => this.onRecord(record));
-    this.device.onDoorbellNeeded(() => void this.ring(opts.connect, opts.log));
+    this.doorbell = new AgentDoorbell(() => opts.connect(DOORBELL_PORT), {
+      maxAttempts: 600,
+      onError: (e) => opts.log(`doorbell: guest agent not reachable on vsock port ${DOORBELL_PORT} yet: ${e.message}`),
+    });
+    this.device.onDoorbellNeeded(() => this.doorbell.ring());
     this.device.onAgentHello((info, lost) => {
       opts.log(`guest agent ${info.name} (pid ${info.pid}) connected, session ${info.session}`);
       this.reload(lost, opts.log);
@@ -72,25 +77,6 @@ export class Paravirt {
       else if (h.type === 'UNPIN') this.scheduler.onUnpinHint({ tid: h.tid });
     }
     for (const p of this.loaded.values()) p.hints++;
-  }
-
-  /** One byte on the agent's doorbell connection ("look at the device"); reconnects when it died. */
-  private async ring(connect: (port: number) => Promise<Duplex>, log: (m: string) => void): Promise<void> {
-    this.doorbell ??= connect(DOORBELL_PORT).then(
-      (s) => {
-        s.on('error', () => {});
-        s.on('close', () => (this.doorbell = undefined));
-        s.resume();
-        return s;
-      },
-      (e: Error) => {
-        log(`doorbell: cannot reach the guest agent on vsock port ${DOORBELL_PORT}: ${e.message}`);
-        this.doorbell = undefined;
-        return undefined;
-      },
-    );
-    const s = await this.doorbell;
-    s?.write(Uint8Array.of(1));
   }
 
   /** Loads a package into the guest; resolves with the agent's report. */
@@ -124,6 +110,6 @@ export class Paravirt {
 
   close(): void {
     this.device.close();
-    void this.doorbell?.then((s) => s?.destroy());
+    this.doorbell.close();
   }
 }

@@ -188,6 +188,7 @@ export class Machine {
       });
     }
     this.transports.push({ name, transport });
+
   }
 
   /** The kernel tid of each vCPU thread, by vCPU index. */

@@ -69,6 +69,9 @@ export function affinityExit(): Asm {
     .store('u32', fp, REC + AFFINITY.tid, r9)
     .store('u64', fp, REC + AFFINITY.mask, 0).store('u64', fp, REC + AFFINITY.mask + 8, 0)
     .store('u64', fp, REC + AFFINITY.mask + 16, 0).store('u64', fp, REC + AFFINITY.mask + 24, 0)
+    // 6.1's get_current_comm does not pad after the NUL: zero the field so no guest stack
+    // bytes travel to the host.
+    .store('u64', fp, REC + AFFINITY.comm, 0).store('u64', fp, REC + AFFINITY.comm + 8, 0)
     .mov(r1, fp).add(r1, REC + AFFINITY.comm).mov(r2, AFFINITY.commLen)
     .call('get_current_comm')
     .load('u32', r2, r8, STASH.len)

@@ -2,6 +2,10 @@
 // default guest, and build guest commands for the init's `tsvmm.cmd=` hook.
 
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createConnection, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { AgentClient } from '../../vmm/agent/client';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { encodeGuestCommand } from '../../vmm/default-guest';
@@ -52,4 +56,81 @@ export function tsvmm(
 /** `tsvmm run` of the default guest running `cmd` in its init, then powering off. */
 export function runGuestCommand(cmd: string, extra: string[] = []): Promise<RunResult> {
   return tsvmm(['run', '--append', `quiet ${encodeGuestCommand(cmd)}`, ...extra]);
+}
+
+/** Connects to a tsvmm vsock UDS with Firecracker's handshake; resolves once `OK <port>` came back. */
+export function vsockConnect(udsPath: string, port: number, timeoutMs = 10_000): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection(udsPath);
+    let buf = '';
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`no OK for CONNECT ${port} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onData = (b: Buffer) => {
+      buf += b.toString('latin1');
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      clearTimeout(timer);
+      s.off('data', onData);
+      const line = buf.slice(0, nl);
+      if (!/^OK \d+$/.test(line)) {
+        s.destroy();
+        reject(new Error(`CONNECT ${port}: ${line}`));
+        return;
+      }
+      const rest = Buffer.from(buf.slice(nl + 1), 'latin1');
+      s.pause();
+      if (rest.length) s.unshift(rest);
+      resolve(s);
+    };
+    s.on('data', onData);
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      reject(new Error(`CONNECT ${port}: connection closed (${JSON.stringify(buf)})`));
+    });
+    s.write(`CONNECT ${port}\n`);
+  });
+}
+
+/** A VM left running (`tsvmm run --vsock`) for tests that talk to its agent. */
+export async function startVm(args: string[]): Promise<{ uds: string; stop(): Promise<RunResult>; out: () => string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-it-'));
+  const uds = join(dir, 'v.sock');
+  const child = spawn(process.execPath, [TSVMM, 'run', '--vsock', `cid=3,uds=${uds}`, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b) => (stdout += b));
+  child.stderr.on('data', (b) => (stderr += b));
+  const closed = new Promise<number | null>((r) => child.on('close', r));
+  const t0 = Date.now();
+  return {
+    uds,
+    out: () => stdout + stderr,
+    async stop() {
+      child.kill('SIGTERM');
+      const code = await closed;
+      rmSync(dir, { recursive: true, force: true });
+      return { code, stdout, stderr, ms: Date.now() - t0 };
+    },
+  };
+}
+
+/** An AgentClient over the VM's vsock UDS; waits (up to timeoutMs) until the agent answers. */
+export async function agentOf(uds: string, timeoutMs = 300_000): Promise<AgentClient> {
+  const client = new AgentClient(() => vsockConnect(uds, 52));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await client.ping();
+      return client;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
 }

@@ -12,9 +12,14 @@ import { encodeGuestCommand, ensureDefaultGuest, parseInitMarker, projectRoot } 
 
 const root = projectRoot();
 const runSh = join(root, 'tools/sandbox/run.sh');
+// Already inside a sandbox (tools/test.mjs runs the integration tests there on hosts
+// without hardware KVM): emulating again inside emulation is far too slow, so the cases
+// about the sandbox itself are skipped and the rest run through run.sh --native.
+const inside = Boolean(process.env.TSVMM_IN_SANDBOX);
+const outerOnly = inside ? test.skip : test;
 
 function sandbox(args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(runSh, ['--sandbox', ...args], {
+  const r = spawnSync(runSh, [inside ? '--native' : '--sandbox', ...args], {
     cwd: root,
     encoding: 'utf8',
     env: { ...process.env, ...env },
@@ -27,10 +32,10 @@ function sandbox(args: string[], env: Record<string, string> = {}) {
 test('the command sees /dev/kvm and its exit status comes back', () => {
   const r = sandbox(['--', 'sh', '-c', 'test -c /dev/kvm && exit 7']);
   assert.is(r.status, 7, r.stderr);
-  assert.match(r.stderr, /software emulation/);
+  if (!inside) assert.match(r.stderr, /software emulation/);
 });
 
-test('cwd, environment, stdout/stderr and the output dir', () => {
+outerOnly('cwd, environment, stdout/stderr and the output dir', () => {
   const out = mkdtempSync(join(tmpdir(), 'tsvmm-sandbox-test-'));
   try {
     const script = [
@@ -53,14 +58,14 @@ test('cwd, environment, stdout/stderr and the output dir', () => {
   }
 });
 
-test('a sandbox that never reports is retried once, then exit 125', () => {
+outerOnly('a sandbox that never reports is retried once, then exit 125', () => {
   const r = sandbox(['--timeout', '3', '--', 'true']);
   assert.is(r.status, 125);
   assert.match(r.stderr, /attempt 1 died/);
   assert.match(r.stderr, /attempt 2 died/);
 });
 
-test('no SVM in the emulated CPU: exit 125 with the reason, not the command\'s status', () => {
+outerOnly('no SVM in the emulated CPU: exit 125 with the reason, not the command\'s status', () => {
   const r = sandbox(['--', 'true'], { TSVMM_SANDBOX_CPU: 'EPYC,-svm' });
   assert.is(r.status, 125);
   assert.match(r.stderr, /no \/dev\/kvm inside the sandbox/);
@@ -84,7 +89,8 @@ test('the default guest boots on KVM inside the sandbox: markers, tsvmm.cmd, pvp
     assert.is(r.status, 0, r.stderr);
     const lines = r.stdout.split('\n').map((l) => l.trim());
     const markers = lines.map(parseInitMarker).filter((m) => m !== null);
-    assert.equal(markers[0], { kind: 'info', cpus: 2, memKb: markers[0]?.kind === 'info' ? markers[0].memKb : -1 });
+    const info = markers[0];
+    assert.ok(info?.kind === 'info' && info.cpus === 2 && info.memKb > 100_000, JSON.stringify(info));
     assert.equal(markers.slice(1, 3), [{ kind: 'ready' }, { kind: 'exit', status: 3 }]);
     assert.ok(lines.includes('QEMU0001:00'), 'pvpanic-mmio bound to the ACPI device');
     // First boot powered off (QEMU 0); the panic made QEMU exit with failure (1).

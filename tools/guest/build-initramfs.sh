@@ -36,11 +36,21 @@ log() { echo "build-initramfs: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ -f "$init" ] || die "no init script at $init"
-BUSYBOX=
-for b in /bin/busybox /usr/bin/busybox; do
-	# Only a static busybox runs in an image that has no libc.
-	if [ -x "$b" ] && ! ldd "$b" >/dev/null 2>&1; then BUSYBOX=$b; break; fi
-done
+. "$HERE/need.sh"
+need modprobe kmod
+need cpio cpio
+need gzip gzip
+find_busybox() {
+	for b in /bin/busybox /usr/bin/busybox; do
+		# Only a static busybox runs in an image that has no libc.
+		if [ -x "$b" ] && ! ldd "$b" >/dev/null 2>&1; then echo "$b"; return; fi
+	done
+}
+BUSYBOX=$(find_busybox)
+if [ -z "$BUSYBOX" ]; then
+	need busybox-static-is-missing busybox-static
+	BUSYBOX=$(find_busybox)
+fi
 [ -n "$BUSYBOX" ] || die "no static busybox (apt-get install busybox-static)"
 
 record=$CACHE/kernel/kernel.json

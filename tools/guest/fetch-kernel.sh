@@ -12,6 +12,11 @@
 # TSVMM_KERNEL_PACKAGE=linux-image-X pins another image package (same layout).
 set -eu
 
+. "$(dirname "$0")/need.sh"
+need depmod kmod
+need xz xz-utils
+need flock util-linux
+
 CACHE=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}
 DIR=$CACHE/kernel
 RECORD=$DIR/kernel.json

@@ -54,9 +54,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$H$out" ||
 ip link set lo up 2>/dev/null
 step "mounted; waiting for the output ports"
 
-# stdout and stderr are virtio-serial ports that run.sh connects to its own.
-# The ports appear once the host has answered virtio-console's control messages; find
-# them by the names run.sh gave them.
+# The job's stdout and stderr are virtio-serial ports, found by the names run.sh gave them;
+# they appear once the host has answered virtio-console's control messages.
 port() { for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/${p##*/}"; done; }
 i=0
 while :; do

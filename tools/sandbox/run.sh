@@ -48,6 +48,8 @@ if [ "$MODE" = never ] || { [ "$MODE" = auto ] && native_kvm; }; then
 fi
 
 log "no hardware KVM: running in QEMU software emulation (TCG with nested SVM); this is slow"
+. "$GUEST/need.sh"
+need qemu-system-x86_64 qemu-system-x86
 
 # A cached kernel is used as is: resolving the Debian meta package costs a second per run.
 record=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}/kernel/kernel.json
@@ -69,7 +71,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/tsvmm-sandbox.XXXXXX")
 keep_out=1
 if [ -z "$OUT" ]; then OUT=$work/out; keep_out=0; fi
 mkdir -p "$work/ctl" "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd -P)
 cleanup() {
 	[ -n "${qpid:-}" ] && kill "$qpid" 2>/dev/null
 	[ -n "${cat_out:-}" ] && kill "$cat_out" "$cat_err" 2>/dev/null

@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+// Boot time, tsvmm against QEMU microvm: from spawning the VMM to the default guest's init
+// printing `tsvmm-init: ready`, same kernel, initramfs, memory, vCPUs and command line
+// (the guest command `true`, so the VM powers off right after). Owns nothing but its
+// output; needs hardware KVM, i.e. run it through tools/bench/run.sh on hosts without.
+//
+//   node tools/bench/boot.mjs [--runs 5] [--warmup 1] [--vcpus 2] [--memory 512M]
+//        [--timeout 180] [--out FILE] [--kernel K] [--initrd I] [--qemu BIN] [--qemu-cpu host]
+//        [--only tsvmm|qemu] [--force]
+import {
+  BASE_CMDLINE, BenchError, READY_MARKER, environment, fmt, guestCmd, guestFiles, parseArgs, qemuArgs,
+  ratio, requireKvm, runTimed, stats, tsvmmArgs, writeJson,
+} from './lib.mjs';
+
+const USAGE = `usage: node tools/bench/boot.mjs [options]
+  --runs N        timed runs per VMM, alternating (default 5)
+  --warmup N      untimed runs per VMM first (page cache; default 1)
+  --vcpus N       (default 2)    --memory SIZE (default 512M)
+  --timeout SEC   kill a run after SEC seconds and count it as failed (default 180)
+  --out FILE      write every run as JSON
+  --kernel PATH   (default: the default guest's bzImage)   --initrd PATH (default guest's image)
+  --qemu BIN      (default qemu-system-x86_64)   --qemu-cpu MODEL (default host)
+  --only VMM      tsvmm or qemu
+  --force         run even without a hardware KVM module
+`;
+
+const o = parseArgs(process.argv.slice(2), {
+  runs: 5, warmup: 1, vcpus: 2, memory: '512M', timeout: 180, out: '', kernel: '', initrd: '',
+  qemu: 'qemu-system-x86_64', qemuCpu: 'host', only: '', force: false,
+}, USAGE);
+
+async function main() {
+  requireKvm(o.force);
+  const { kernel, initrd } = guestFiles(o);
+  const cmdline = `${BASE_CMDLINE} ${guestCmd('true')}`;
+  const conf = { kernel, initrd, cmdline, vcpus: o.vcpus, memory: o.memory, qemu: o.qemu, qemuCpu: o.qemuCpu };
+  const vmms = { tsvmm: tsvmmArgs(conf), qemu: qemuArgs(conf) };
+  const names = o.only ? [o.only] : ['tsvmm', 'qemu'];
+  for (const n of names) if (!vmms[n]) throw new BenchError(`--only: unknown VMM ${n}`);
+
+  const runs = [];
+  const total = o.warmup + o.runs;
+  for (let i = 0; i < total; i++) {
+    // Swap the order every round so neither VMM always runs on the warmer machine.
+    const order = i % 2 ? [...names].reverse() : names;
+    for (const vmm of order) {
+      const { cmd, args } = vmms[vmm];
+      const r = await runTimed(cmd, args, { timeoutMs: o.timeout * 1000, markers: [READY_MARKER] });
+      const readyMs = r.seen[READY_MARKER] ?? null;
+      let error = null;
+      if (r.timedOut) error = `timeout after ${o.timeout} s`;
+      else if (readyMs === null) error = `no "${READY_MARKER}" line`;
+      else if (r.code !== 0) error = `exit status ${r.code ?? r.signal}`;
+      const run = { vmm, round: i, warmup: i < o.warmup, ok: error === null, readyMs, exitMs: r.ms, exitCode: r.code, error };
+      if (error) run.outputTail = r.tail.slice(-1500);
+      runs.push(run);
+      process.stderr.write(`boot: ${run.warmup ? 'warmup' : `run ${i - o.warmup + 1}/${o.runs}`} ${vmm}: ` +
+        (run.ok ? `ready ${fmt(readyMs, 0)} ms, exit ${fmt(r.ms, 0)} ms\n` : `FAILED (${error})\n${run.outputTail}\n`));
+    }
+  }
+
+  const summary = {};
+  for (const vmm of names) {
+    const timed = runs.filter((r) => r.vmm === vmm && !r.warmup);
+    const ok = timed.filter((r) => r.ok);
+    summary[vmm] = { ok: ok.length, failed: timed.length - ok.length, readyMs: stats(ok.map((r) => r.readyMs)), exitMs: stats(ok.map((r) => r.exitMs)) };
+  }
+  const both = summary.tsvmm && summary.qemu;
+  const ratios = both ? {
+    readyMin: ratio(summary.tsvmm.readyMs.min, summary.qemu.readyMs.min),
+    readyMedian: ratio(summary.tsvmm.readyMs.median, summary.qemu.readyMs.median),
+  } : null;
+
+  console.log(`boot to "${READY_MARKER}" (ms), ${o.runs} runs each, vcpus=${o.vcpus} memory=${o.memory}`);
+  console.log('vmm     ok/runs     min   median      max');
+  for (const vmm of names) {
+    const s = summary[vmm];
+    console.log(`${vmm.padEnd(7)} ${`${s.ok}/${s.ok + s.failed}`.padStart(7)} ${fmt(s.readyMs.min, 0).padStart(7)} ${fmt(s.readyMs.median, 0).padStart(8)} ${fmt(s.readyMs.max, 0).padStart(8)}`);
+  }
+  if (ratios) console.log(`tsvmm/qemu: min ${fmt(ratios.readyMin, 2)}, median ${fmt(ratios.readyMedian, 2)}`);
+
+  writeJson(o.out, {
+    bench: 'boot', env: environment(o.qemu),
+    config: { runs: o.runs, warmup: o.warmup, vcpus: o.vcpus, memory: o.memory, timeoutSec: o.timeout, kernel, initrd, cmdline, commands: vmms },
+    summary, ratio: ratios, runs,
+  });
+  const failed = names.some((n) => summary[n].ok === 0);
+  process.exitCode = failed ? 1 : 0;
+}
+
+main().catch((e) => {
+  process.stderr.write(`boot: ${e instanceof BenchError ? e.message : e.stack}\n`);
+  process.exitCode = e instanceof BenchError ? 2 : 1;
+});

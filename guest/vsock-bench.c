@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,8 +183,10 @@ static int uds_connect(const char *path, unsigned port)
 		char line[64];
 		int n = snprintf(line, sizeof line, "CONNECT %u\n", port);
 		write_all(fd, line, (size_t)n);
+		/* A VMM that never answers must not hang us: give up on this attempt after 5 s. */
 		size_t i = 0;
-		while (i < sizeof line - 1 && read(fd, line + i, 1) == 1 && line[i] != '\n') i++;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		while (i < sizeof line - 1 && poll(&p, 1, 5000) == 1 && read(fd, line + i, 1) == 1 && line[i] != '\n') i++;
 		line[i] = 0;
 		if (strncmp(line, "OK ", 3) == 0) return fd;
 		close(fd);

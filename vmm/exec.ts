@@ -35,7 +35,13 @@ export async function waitForAgent(client: AgentClient, deadline: number, failed
   let delay = 50;
   for (;;) {
     try {
-      await client.ping();
+      // A connect made while the guest driver is still probing can be dropped silently by the
+      // device reset Linux does at probe time: bound each attempt, then try again.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        client.ping(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('agent did not answer within 5 s')), 5000))),
+      ]).finally(() => clearTimeout(timer));
       return;
     } catch (e) {
       if (failed() || Date.now() > deadline) throw e;

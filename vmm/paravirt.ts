@@ -20,7 +20,7 @@ export function newScheduler(vcpus: number, policy: Policy, hostCpus: string | u
     vcpus,
     policy,
     apply: (_vcpu, cpus, tid) => setThreadAffinity(tid, cpus),
-    log: (l) => log(`sched: ${l}`),
+    log,
   });
 }
 import { HYPERCALL_PORT, HYPERCALL_SHMEM_ADDR } from './layout';

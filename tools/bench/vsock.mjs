@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 // vsock throughput, tsvmm against QEMU: MiB/s host->guest and guest->host of one stream of
-// N MiB with its SHA-256 checked on both ends. tsvmm: `--vsock cid=3,uds=PATH` with
-// Firecracker's hybrid protocol (host connects to PATH + `CONNECT 5001`, the guest connects
-// to host port 5002 = PATH_5002). QEMU: microvm + vhost-vsock-device (the host end is
-// AF_VSOCK, needs /dev/vhost-vsock). Both ends run guest/vsock-bench.c (the same static
-// binary; tools/bench/guest-build.sh puts it into the default guest). Owns nothing but its
-// output and a temp dir; needs hardware KVM, i.e. run it through tools/bench/run.sh.
+// N MiB with its SHA-256 checked on both ends. tsvmm: `--vsock cid=3,uds=PATH`, Firecracker's
+// hybrid protocol: the guest connects to host port P and tsvmm forwards to PATH_P (5001 for
+// host->guest, 5002 for guest->host); `--h2g-by host` instead opens host->guest from the host
+// (PATH + `CONNECT 5001`). QEMU: microvm + vhost-vsock-device, the host end is AF_VSOCK
+// (needs /dev/vhost-vsock). Both ends run guest/vsock-bench.c (the same static binary;
+// tools/bench/guest-build.sh puts it into the default guest). Owns nothing but its output
+// and a temp dir; needs hardware KVM, i.e. run it through tools/bench/run.sh.
 //
 //   node tools/bench/vsock.mjs [--mib 64] [--runs 3] [--vcpus 2] [--memory 512M]
-//        [--timeout 300] [--out FILE] [--only tsvmm|qemu] [--force] ...
+//        [--timeout 300] [--out FILE] [--only tsvmm|qemu] [--h2g-by guest|host] [--force] ...
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
@@ -27,6 +28,9 @@ const USAGE = `usage: node tools/bench/vsock.mjs [options]
   --kernel PATH   --initrd PATH   --qemu BIN   --qemu-cpu MODEL (default host)
   --helper PATH   the vsock-bench binary for the host end (default guest/build/vsock-bench)
   --only VMM      tsvmm or qemu
+  --h2g-by WHO    who opens the host->guest connection: guest (default; it connects to host
+                  port 5001, tsvmm forwards to PATH_5001) or host (hybrid CONNECT 5001 /
+                  AF_VSOCK connect to CID 3)
   --force         run even without a hardware KVM module
 `;
 const H2G_PORT = 5001;
@@ -36,7 +40,7 @@ const LINE = /^vsock-bench: role=(send|recv) bytes=(\d+) secs=([\d.]+) mib_s=([\
 
 const o = parseArgs(process.argv.slice(2), {
   mib: 64, runs: 3, vcpus: 2, memory: '512M', timeout: 300, out: '', kernel: '', initrd: '',
-  qemu: 'qemu-system-x86_64', qemuCpu: 'host', helper: join(ROOT, 'guest/build/vsock-bench'), only: '', force: false,
+  qemu: 'qemu-system-x86_64', qemuCpu: 'host', helper: join(ROOT, 'guest/build/vsock-bench'), only: '', h2gBy: 'guest', force: false,
 }, USAGE);
 
 function parseLine(l) {
@@ -71,19 +75,25 @@ async function oneRun(vmm, conf, bytes) {
   const uds = join(dir, 'v.sock');
   const timeoutMs = o.timeout * 1000;
   try {
-    const h2gEp = vmm === 'tsvmm' ? `uds-connect:${uds}:${H2G_PORT}` : `connect:${CID}:${H2G_PORT}`;
+    const byHost = o.h2gBy === 'host';
+    const h2gEp = vmm === 'tsvmm'
+      ? (byHost ? `uds-connect:${uds}:${H2G_PORT}` : `uds-listen:${uds}_${H2G_PORT}`)
+      : (byHost ? `connect:${CID}:${H2G_PORT}` : `listen:${H2G_PORT}`);
     const g2hEp = vmm === 'tsvmm' ? `uds-listen:${uds}_${G2H_PORT}` : `listen:${G2H_PORT}`;
     const guestLines = [];
     const hostLines = { send: [], recv: [] };
     const lst = listening();
+    const lst2 = listening();
     // Host ends still waiting some seconds after the VM is gone never get their peer.
     const ac = new AbortController();
     const hostRecv = runTimed(o.helper, ['recv', g2hEp], { timeoutMs, signal: ac.signal, onLine: (l) => hostLines.recv.push(l), onErrLine: lst.onErrLine });
     await Promise.race([lst.p, hostRecv]);
-    const cmdline = `${BASE_CMDLINE} ${guestCmd(`vsock-bench recv listen:${H2G_PORT} && vsock-bench send ${bytes} connect:2:${G2H_PORT}`)}`;
+    const guestH2g = byHost ? `listen:${H2G_PORT}` : `connect:2:${H2G_PORT}`;
+    const cmdline = `${BASE_CMDLINE} ${guestCmd(`vsock-bench recv ${guestH2g} && vsock-bench send ${bytes} connect:2:${G2H_PORT}`)}`;
     const { cmd, args } = (vmm === 'tsvmm' ? tsvmmArgs : qemuArgs)({ ...conf, cmdline, vsock: { cid: CID, uds } });
+    const hostSend = runTimed(o.helper, ['send', String(bytes), h2gEp], { timeoutMs, signal: ac.signal, onLine: (l) => hostLines.send.push(l), onErrLine: lst2.onErrLine });
+    if (!byHost) await Promise.race([lst2.p, hostSend]);
     const vm = runTimed(cmd, args, { timeoutMs, markers: [READY_MARKER], onLine: (l) => guestLines.push(l) });
-    const hostSend = runTimed(o.helper, ['send', String(bytes), h2gEp], { timeoutMs, signal: ac.signal, onLine: (l) => hostLines.send.push(l) });
     const grace = vm.then(() => setTimeout(() => ac.abort(), 10_000));
     const [v, s, r] = await Promise.all([vm, hostSend, hostRecv]);
     clearTimeout(await grace);
@@ -121,6 +131,7 @@ async function main() {
   const conf = { kernel, initrd, vcpus: o.vcpus, memory: o.memory, qemu: o.qemu, qemuCpu: o.qemuCpu };
   let names = o.only ? [o.only] : ['tsvmm', 'qemu'];
   for (const n of names) if (n !== 'tsvmm' && n !== 'qemu') throw new BenchError(`--only: unknown VMM ${n}`);
+  if (o.h2gBy !== 'guest' && o.h2gBy !== 'host') throw new BenchError(`--h2g-by: guest or host, not ${o.h2gBy}`);
   const qemuSkipped = names.includes('qemu') ? vhostVsock() : null;
   if (qemuSkipped) {
     process.stderr.write(`vsock: QEMU skipped: ${qemuSkipped}; reporting tsvmm alone\n`);
@@ -160,7 +171,7 @@ async function main() {
 
   writeJson(o.out, {
     bench: 'vsock', env: environment(o.qemu),
-    config: { mib: o.mib, bytes, runs: o.runs, vcpus: o.vcpus, memory: o.memory, timeoutSec: o.timeout, kernel, initrd, cid: CID, ports: { h2g: H2G_PORT, g2h: G2H_PORT } },
+    config: { mib: o.mib, bytes, runs: o.runs, vcpus: o.vcpus, memory: o.memory, timeoutSec: o.timeout, kernel, initrd, cid: CID, ports: { h2g: H2G_PORT, g2h: G2H_PORT }, h2gOpenedBy: o.h2gBy },
     qemuSkipped, summary, ratio: ratios, runs,
   });
   process.exitCode = names.every((n) => summary[n].ok > 0) ? 0 : 1;

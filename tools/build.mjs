@@ -40,6 +40,11 @@ const testArg = process.argv.find((a) => a === '--tests' || a.startsWith('--test
 const withTests = testArg !== undefined;
 const testFilter = testArg?.includes('=') ? testArg.slice(testArg.indexOf('=') + 1) : '';
 await build({ ...common, absWorkingDir: root, entryPoints: entries, outdir: join(root, 'dist') });
+// Benchmarks written in TypeScript drive the VMM in-process: dist/bench/NAME.js.
+const benches = existsSync(join(root, 'tools/bench'))
+  ? readdirSync(join(root, 'tools/bench')).filter((f) => f.endsWith('.ts')).map((f) => [f.replace(/\.ts$/, ''), join('tools/bench', f)])
+  : [];
+if (benches.length) await build({ ...common, absWorkingDir: root, entryPoints: Object.fromEntries(benches), outdir: join(root, 'dist/bench') });
 if (withTests) {
   const tests = findTests(join(root, 'test')).filter((t) => t.includes(testFilter));
   const testEntries = Object.fromEntries(tests.map((t) => [relative(join(root, 'test'), t).replace(/\.ts$/, ''), t]));

@@ -23,6 +23,8 @@ export interface CpuidEntryValue {
   edx: number;
 }
 
+const CPUID_FIELDS = ['function', 'index', 'flags', 'eax', 'ebx', 'ecx', 'edx'] as const;
+
 export class Kvm {
   readonly fd: number;
 
@@ -57,15 +59,9 @@ export class Kvm {
     const out: CpuidEntryValue[] = [];
     for (let i = 0; i < n; i++) {
       const o = Cpuid2.header + i * CpuidEntry.size;
-      out.push({
-        function: dv.getUint32(o + CpuidEntry.function, true),
-        index: dv.getUint32(o + CpuidEntry.index, true),
-        flags: dv.getUint32(o + CpuidEntry.flags, true),
-        eax: dv.getUint32(o + CpuidEntry.eax, true),
-        ebx: dv.getUint32(o + CpuidEntry.ebx, true),
-        ecx: dv.getUint32(o + CpuidEntry.ecx, true),
-        edx: dv.getUint32(o + CpuidEntry.edx, true),
-      });
+      const e = {} as CpuidEntryValue;
+      for (const f of CPUID_FIELDS) e[f] = dv.getUint32(o + CpuidEntry[f], true);
+      out.push(e);
     }
     return out;
   }
@@ -234,13 +230,7 @@ export class Vcpu {
     dv.setUint32(Cpuid2.nent, entries.length, true);
     entries.forEach((e, i) => {
       const o = Cpuid2.header + i * CpuidEntry.size;
-      dv.setUint32(o + CpuidEntry.function, e.function, true);
-      dv.setUint32(o + CpuidEntry.index, e.index, true);
-      dv.setUint32(o + CpuidEntry.flags, e.flags, true);
-      dv.setUint32(o + CpuidEntry.eax, e.eax >>> 0, true);
-      dv.setUint32(o + CpuidEntry.ebx, e.ebx >>> 0, true);
-      dv.setUint32(o + CpuidEntry.ecx, e.ecx >>> 0, true);
-      dv.setUint32(o + CpuidEntry.edx, e.edx >>> 0, true);
+      for (const f of CPUID_FIELDS) dv.setUint32(o + CpuidEntry[f], e[f] >>> 0, true);
     });
     libc.ioctl(this.fd, KVM.SET_CPUID2, b, 'KVM_SET_CPUID2');
   }

@@ -139,6 +139,9 @@ export class Connection {
   static localInit(p: ConnectionParams): Connection {
     const c = new Connection(p, 'local-init');
     c.pendingRequest = true;
+    // The deadline runs from the host's CONNECT, not from when the REQUEST leaves: a guest
+    // that never posts RX buffers (driver not up yet) must not leave the client hanging.
+    c.expiry = c.clock() + c.limits.connectTimeoutMs;
     return c;
   }
 

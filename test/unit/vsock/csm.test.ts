@@ -107,6 +107,15 @@ test('local-init: REQUEST, then RESPONSE establishes; connect timeout resets a s
   assert.is(b.counters.connectionsReset, 1);
 });
 
+test('local-init: a guest with no RX buffers (driver not up) still times the connect out', () => {
+  const c = setup('local');
+  // The REQUEST never leaves: no rx() call. The host client must not wait forever.
+  assert.ok(c.conn.expiry !== undefined);
+  assert.is(c.conn.checkExpiry(c.advance(100)), true);
+  assert.is(c.stream.closed, 'abort');
+  assert.is(c.conn.closeReason, 'timeout');
+});
+
 test('local-init: guest RST (no listener) closes the host stream; other ops are invalid', () => {
   const a = setup('local');
   rx(a.conn);

@@ -1,0 +1,120 @@
+// A machine without KVM for the API tests: a real VcpuScheduler (pinning nothing), a fake
+// paravirt that answers loads like an agent would, fake vsock/transport counters.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ApiMachine, ApiParavirt } from '../../../vmm/api/machine';
+import type { MachineConfig } from '../../../vmm/config';
+import type { ExitStatus } from '../../../vmm/vm';
+import type { Package } from '../../../bpf/package';
+import { packageDigest } from '../../../bpf/package';
+import type { HypercallCounters, HypercallResult } from '../../../devices/hypercall/index';
+import type { LoadedProgram } from '../../../vmm/paravirt';
+import { VcpuScheduler } from '../../../vmm/scheduler/scheduler';
+import type { HostCpu } from '../../../vmm/scheduler/topology';
+import { newCounters } from '../../../devices/virtio/vsock/counters';
+import { ApiServer } from '../../../vmm/api/http';
+import { VmController } from '../../../vmm/api/resources';
+
+export const cpu = (n: number): HostCpu => ({ cpu: n, core: n, coreId: n, packageId: 0, dieId: 0, siblings: [n] });
+
+export class FakeParavirt implements ApiParavirt {
+  readonly loaded = new Map<number, LoadedProgram>();
+  hintsSeen = 0;
+  next = 1;
+  refuse?: string;
+  /** Never answer (agent absent). */
+  hang = false;
+  readonly device = { counters: (): HypercallCounters => ({ calls: { HELLO: 1 }, errors: {}, hintBatches: 2, hintRecords: 5 } as unknown as HypercallCounters) };
+  async load(pkg: Package): Promise<HypercallResult> {
+    if (this.hang) return new Promise(() => {});
+    const handle = this.next++;
+    const base = { requestId: handle, op: 'load' as const, handle, errno: 0 };
+    if (this.refuse) return { ...base, ok: false, outcome: 'REFUSED', progIds: [], text: this.refuse };
+    const progIds = pkg.programs.map((_, i) => 100 + i);
+    this.loaded.set(handle, { handle, name: pkg.name, digest: packageDigest(pkg), progIds, hints: 3 });
+    return { ...base, ok: true, outcome: 'OK', progIds, text: '' };
+  }
+  async unload(handle: number): Promise<HypercallResult> {
+    this.loaded.delete(handle);
+    return { requestId: 99, op: 'unload', handle, errno: 0, ok: true, outcome: 'OK', progIds: [], text: '' };
+  }
+}
+
+export class FakeMachine implements ApiMachine {
+  readonly scheduler: VcpuScheduler;
+  readonly paravirt?: FakeParavirt;
+  readonly vsock?: { counters: ReturnType<typeof newCounters> };
+  readonly transports: { name: string; transport: { counters: { notifications: number; interrupts: number; errors: number; needsReset: number; resets: number } } }[] = [];
+  readonly vcpuTids: number[];
+  readonly applied: { vcpu: number; cpus: number[] }[] = [];
+  finished?: ExitStatus;
+  private end!: (s: ExitStatus) => void;
+  readonly exited = new Promise<ExitStatus>((r) => (this.end = r));
+  constructor(readonly config: MachineConfig) {
+    this.vcpuTids = Array.from({ length: config.vcpus }, (_, i) => 1000 + i);
+    this.scheduler = new VcpuScheduler({
+      pool: [cpu(0), cpu(1), cpu(2), cpu(3)], vcpus: config.vcpus, policy: config.pin,
+      apply: (vcpu, cpus) => this.applied.push({ vcpu, cpus: [...cpus] }), log: () => {},
+    });
+    this.scheduler.setVcpuThreads(this.vcpuTids);
+    if (config.vsock) {
+      this.paravirt = new FakeParavirt();
+      const counters = newCounters();
+      counters.connectionsOpened = 2;
+      counters.dropped['bad-type'] = 1;
+      this.vsock = { counters };
+      this.transports.push({ name: 'virtio-vsock', transport: { counters: { notifications: 7, interrupts: 5, errors: 0, needsReset: 0, resets: 1 } } });
+    }
+  }
+  finish(s: ExitStatus): void {
+    this.finished ??= s;
+    this.end(s);
+  }
+}
+
+export function tmp(): string {
+  return mkdtempSync(join(tmpdir(), 'tsvmm-api-'));
+}
+
+/** A kernel-looking file (the API checks that paths exist, not what they hold). */
+export function fakeKernel(dir: string): string {
+  const p = join(dir, 'vmlinux');
+  writeFileSync(p, 'not really a kernel');
+  return p;
+}
+
+export interface Rig {
+  dir: string;
+  sock: string;
+  kernel: string;
+  server: ApiServer;
+  ctl: VmController<FakeMachine>;
+  starts: MachineConfig[];
+  close(): Promise<void>;
+}
+
+export async function rig(opts: { attach?: Partial<MachineConfig>; headersTimeoutMs?: number; requestTimeoutMs?: number; maxConnections?: number; agentTimeoutMs?: number; failStart?: string } = {}): Promise<Rig> {
+  const dir = tmp();
+  const sock = join(dir, 'api.sock');
+  const kernel = fakeKernel(dir);
+  const starts: MachineConfig[] = [];
+  const ctl = new VmController<FakeMachine>({
+    id: 'testvm',
+    start: async (c) => {
+      if (opts.failStart) throw new Error(opts.failStart);
+      starts.push(c);
+      return new FakeMachine(c);
+    },
+    resolvePool: (list) => list.split(',').map((n) => cpu(Number(n))),
+    agentTimeoutMs: opts.agentTimeoutMs,
+  });
+  if (opts.attach) {
+    ctl.attach(new FakeMachine({ kernel, cmdline: 'console=ttyS0', vcpus: 2, memory: 64 << 20, acpi: true, pin: 'none', ...opts.attach }));
+  }
+  const server = await ApiServer.listen({
+    path: sock, handle: (r) => ctl.handle(r),
+    headersTimeoutMs: opts.headersTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections,
+  });
+  return { dir, sock, kernel, server, ctl, starts, close: () => server.close() };
+}

@@ -1,0 +1,58 @@
+// A small client for tsvmm's control API over its Unix socket (used by `tsvmm bpf|sched|...`).
+// Owns request/response plumbing only: no retries, one request per connection.
+
+import { request } from 'node:http';
+
+export class ApiClientError extends Error {
+  constructor(message: string, readonly status?: number) {
+    super(message);
+    this.name = 'ApiClientError';
+  }
+}
+
+export interface ApiReply {
+  status: number;
+  contentType: string;
+  text: string;
+}
+
+export function apiCall(socketPath: string, method: string, path: string, body?: unknown, opts: { timeoutMs?: number; accept?: string } = {}): Promise<ApiReply> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request({
+      socketPath, method, path,
+      agent: false,
+      headers: {
+        Accept: opts.accept ?? 'application/json',
+        ...(payload === undefined ? {} : { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) }),
+      },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type'] ?? ''), text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.setTimeout(opts.timeoutMs ?? 120_000, () => req.destroy(new ApiClientError(`${method} ${path}: no answer from ${socketPath} in time`)));
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      if (e instanceof ApiClientError) return reject(e);
+      const why = e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nobody is listening (stale socket?)' : e.message;
+      reject(new ApiClientError(`cannot reach the API at ${socketPath}: ${why}`));
+    });
+    if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
+
+/** A call that must succeed: 2xx → parsed JSON (undefined for 204), else ApiClientError(fault_message). */
+export async function apiJson(socketPath: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  const r = await apiCall(socketPath, method, path, body);
+  if (r.status >= 200 && r.status < 300) return r.text ? JSON.parse(r.text) : undefined;
+  let msg = r.text.trim();
+  try {
+    const j = JSON.parse(r.text) as { fault_message?: unknown };
+    if (typeof j.fault_message === 'string') msg = j.fault_message;
+  } catch {
+    // not JSON: show it raw
+  }
+  throw new ApiClientError(`${method} ${path}: ${r.status}: ${msg}`, r.status);
+}

@@ -1,0 +1,45 @@
+// What the control API needs from a running machine: the `ApiMachine` interface. `Machine`
+// (vmm/vm.ts) satisfies it structurally (checked at compile time below), and unit tests pass a
+// fake, so nothing under vmm/api needs KVM. This file owns the interface only.
+
+import type { MachineConfig } from '../config';
+import type { ExitStatus, Machine } from '../vm';
+import type { Package } from '../../bpf/package';
+import type { HypercallCounters, HypercallResult } from '../../devices/hypercall/index';
+import type { LoadedProgram } from '../paravirt';
+import type { Policy } from '../scheduler/policy';
+import type { SchedulerCounters, VcpuRow } from '../scheduler/scheduler';
+import type { HostCpu } from '../scheduler/topology';
+import type { VsockCounters } from '../../devices/virtio/vsock/index';
+import type { TransportCounters } from '../../devices/virtio/mmio';
+
+export interface ApiScheduler {
+  table(): VcpuRow[];
+  setPolicy(policy: Policy): void;
+  setPool(cpus: readonly HostCpu[]): void;
+  readonly currentPolicy: Policy;
+  readonly counters: Readonly<SchedulerCounters>;
+}
+
+export interface ApiParavirt {
+  load(pkg: Package): Promise<HypercallResult>;
+  unload(handle: number): Promise<HypercallResult>;
+  readonly loaded: ReadonlyMap<number, LoadedProgram>;
+  readonly device: { counters(): HypercallCounters };
+  readonly hintsSeen: number;
+}
+
+export interface ApiMachine {
+  readonly config: MachineConfig;
+  readonly scheduler?: ApiScheduler;
+  readonly paravirt?: ApiParavirt;
+  readonly vsock?: { readonly counters: VsockCounters };
+  readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
+  readonly vcpuTids: readonly number[];
+  finish(status: ExitStatus): void;
+  readonly exited: Promise<ExitStatus>;
+}
+
+// Compile-time proof that the real machine fits; fails the type check if vm.ts drifts.
+type Fits<T extends ApiMachine> = T;
+export type MachineFitsApi = Fits<Machine>;

@@ -1,0 +1,472 @@
+// The control API's resources (docs/api.md): Firecracker's pre-boot resources (boot-source,
+// machine-config, vsock, actions, instance info, vm/config) and tsvmm's own (scheduler, bpf
+// programs, metrics). Owns the VM's API-visible state (pre-boot config, Not started/Running)
+// and turns requests into calls on an `ApiMachine`. It must not know about HTTP framing
+// (http.ts does) nor create KVM objects (the `start` callback does).
+
+import { readFileSync, statSync } from 'node:fs';
+import { ConfigError, DEFAULT_CMDLINE, MIN_MEMORY, type MachineConfig, validateMemory, validateVcpus } from '../config';
+import { MiB } from '../layout';
+import { POLICIES, type Policy } from '../scheduler/policy';
+import { hostPool, type HostCpu } from '../scheduler/topology';
+import { affinityPackage } from '../../bpf/programs/affinity';
+import { type Package, type PackageJson, packageFromElf, packageFromJson } from '../../bpf/package';
+import { loadElf } from '../../bpf/elf';
+import { collectMetrics, renderPrometheus } from '../metrics';
+import type { ApiMachine } from './machine';
+import { check, isPlainObject, ValidationError, type Spec } from './schema';
+
+export const VMM_VERSION = '0.1.0';
+export const APP_NAME = 'tsvmm';
+
+/** A request failure with its HTTP status; the body is `{"fault_message": message}`. */
+export class ApiError extends Error {
+  constructor(readonly status: number, message: string, readonly allow?: string) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export interface ApiRequest {
+  method: string;
+  /** Path without the query string. */
+  path: string;
+  query: URLSearchParams;
+  /** Parsed JSON body; undefined when the request had none. */
+  body: unknown;
+  accept: string;
+}
+
+export type ApiResponse =
+  | { status: 200; json: unknown }
+  | { status: 200; text: string; contentType: string }
+  | { status: 204 };
+
+export type InstanceState = 'Not started' | 'Starting' | 'Running';
+
+// --- request bodies (Firecracker's field names) -------------------------------------------
+
+const BOOT_SOURCE = {
+  kernel_image_path: { type: 'string', required: true, nonEmpty: true },
+  initrd_path: { type: 'string', nonEmpty: true },
+  boot_args: { type: 'string' },
+} as const satisfies Spec;
+
+const MACHINE_CONFIG = {
+  vcpu_count: { type: 'integer', required: true, min: 1, max: 254 },
+  mem_size_mib: { type: 'integer', required: true, min: MIN_MEMORY / MiB },
+  smt: { type: 'boolean' },
+} as const satisfies Spec;
+
+const VSOCK = {
+  guest_cid: { type: 'integer', required: true, min: 3, max: 0xffff_ffff },
+  uds_path: { type: 'string', required: true, nonEmpty: true },
+  vsock_id: { type: 'string' },
+} as const satisfies Spec;
+
+const ACTIONS = {
+  action_type: { type: 'string', required: true, oneOf: ['InstanceStart', 'SendCtrlAltDel', 'FlushMetrics'] },
+} as const satisfies Spec;
+
+const SCHEDULER = {
+  policy: { type: 'string', oneOf: POLICIES },
+  host_cpus: { type: 'string', nonEmpty: true },
+} as const satisfies Spec;
+
+const BPF_LOAD = {
+  builtin: { type: 'string', oneOf: ['affinity'] },
+  package_json: { type: 'object' },
+  elf_path: { type: 'string', nonEmpty: true },
+  hint_map: { type: 'string', nonEmpty: true },
+  name: { type: 'string', nonEmpty: true },
+} as const satisfies Spec;
+
+/** The pre-boot configuration, in API form. */
+export interface Preboot {
+  bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args: string };
+  machineConfig: { vcpu_count: number; mem_size_mib: number; smt: boolean };
+  vsock?: { guest_cid: number; uds_path: string; vsock_id?: string };
+  scheduler: { policy: Policy; host_cpus?: string };
+  acpi: boolean;
+}
+
+function checkFile(field: string, path: string): void {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (e) {
+    throw new ValidationError(`${field}: cannot open '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!st.isFile()) throw new ValidationError(`${field}: '${path}' is not a regular file`);
+}
+
+export function parseBootSource(body: unknown, where = 'boot-source'): NonNullable<Preboot['bootSource']> {
+  const b = check(where, body, BOOT_SOURCE);
+  checkFile(`${where}.kernel_image_path`, b.kernel_image_path);
+  if (b.initrd_path !== undefined) checkFile(`${where}.initrd_path`, b.initrd_path);
+  return { kernel_image_path: b.kernel_image_path, initrd_path: b.initrd_path, boot_args: b.boot_args ?? DEFAULT_CMDLINE };
+}
+
+export function parseMachineConfig(body: unknown, where = 'machine-config'): Preboot['machineConfig'] {
+  const b = check(where, body, MACHINE_CONFIG);
+  if (b.smt) throw new ValidationError(`${where}.smt: true is not supported (tsvmm exposes one thread per core)`);
+  try {
+    validateMemory(b.mem_size_mib * MiB);
+  } catch (e) {
+    throw new ValidationError(`${where}.mem_size_mib: ${(e as Error).message.replace(/^--memory /, '')}`);
+  }
+  return { vcpu_count: b.vcpu_count, mem_size_mib: b.mem_size_mib, smt: false };
+}
+
+export function parseVsock(body: unknown, where = 'vsock'): NonNullable<Preboot['vsock']> {
+  const b = check(where, body, VSOCK);
+  return { guest_cid: b.guest_cid, uds_path: b.uds_path, ...(b.vsock_id === undefined ? {} : { vsock_id: b.vsock_id }) };
+}
+
+export function parseScheduler(body: unknown, where = 'scheduler'): { policy?: Policy; host_cpus?: string } {
+  const b = check(where, body, SCHEDULER);
+  return { policy: b.policy as Policy | undefined, host_cpus: b.host_cpus };
+}
+
+/** Preboot → MachineConfig; needs a boot source. */
+export function toMachineConfig(p: Preboot): MachineConfig {
+  if (!p.bootSource) throw new ValidationError('boot-source: not configured (PUT /boot-source first)');
+  return {
+    kernel: p.bootSource.kernel_image_path,
+    initrd: p.bootSource.initrd_path,
+    cmdline: p.bootSource.boot_args,
+    vcpus: p.machineConfig.vcpu_count,
+    memory: p.machineConfig.mem_size_mib * MiB,
+    acpi: p.acpi,
+    vsock: p.vsock ? { cid: p.vsock.guest_cid, udsPath: p.vsock.uds_path } : undefined,
+    pin: p.scheduler.policy,
+    hostCpus: p.scheduler.host_cpus,
+  };
+}
+
+/** MachineConfig → Preboot (for a machine started from flags, and for GET /vm/config). */
+export function fromMachineConfig(c: Partial<MachineConfig>): Preboot {
+  return {
+    bootSource: c.kernel ? { kernel_image_path: c.kernel, initrd_path: c.initrd, boot_args: c.cmdline ?? DEFAULT_CMDLINE } : undefined,
+    machineConfig: { vcpu_count: c.vcpus ?? 1, mem_size_mib: Math.floor((c.memory ?? 256 * MiB) / MiB), smt: false },
+    vsock: c.vsock ? { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath } : undefined,
+    scheduler: { policy: c.pin ?? 'none', host_cpus: c.hostCpus },
+    acpi: c.acpi ?? true,
+  };
+}
+
+/** The Firecracker-style `GET /vm/config` document (also the --config-file format). */
+export function vmConfigDocument(p: Preboot): Record<string, unknown> {
+  return {
+    'boot-source': p.bootSource ?? null,
+    'machine-config': p.machineConfig,
+    vsock: p.vsock ?? null,
+    scheduler: { policy: p.scheduler.policy, host_cpus: p.scheduler.host_cpus ?? null },
+  };
+}
+
+/** Request body size limits: packages can be large, everything else is small. */
+export const BODY_LIMIT = 64 * 1024;
+export const BPF_BODY_LIMIT = 4 * 1024 * 1024;
+export function bodyLimit(path: string): number {
+  return path === '/bpf/programs' ? BPF_BODY_LIMIT : BODY_LIMIT;
+}
+
+export interface ControllerOptions<M extends ApiMachine> {
+  id: string;
+  /** Boots a machine (Machine.start in tsvmm; a fake in tests). */
+  start: (config: MachineConfig) => Promise<M>;
+  /** Initial pre-boot values (from CLI flags). */
+  defaults?: Partial<MachineConfig>;
+  /** Host CPU list → pool (default: hostPool over sysfs). */
+  resolvePool?: (hostCpus: string) => HostCpu[];
+  /** For FlushMetrics; absent: the action is refused. */
+  flushMetrics?: () => void;
+  /** How long PUT/DELETE /bpf/programs waits for the guest agent's answer. */
+  agentTimeoutMs?: number;
+  log?: (message: string) => void;
+}
+
+type Route = Partial<Record<'GET' | 'PUT' | 'DELETE', (req: ApiRequest, params: string[]) => Promise<ApiResponse> | ApiResponse>>;
+
+const NO_CONTENT: ApiResponse = { status: 204 };
+
+/**
+ * One VM's API state: pre-boot configuration until InstanceStart, then the running machine.
+ * `started` resolves with the machine, whether it was started by the API or attached.
+ */
+export class VmController<M extends ApiMachine = ApiMachine> {
+  readonly id: string;
+  private preboot: Preboot;
+  private state: InstanceState = 'Not started';
+  private m?: M;
+  private resolveStarted!: (m: M) => void;
+  readonly started: Promise<M>;
+  private readonly routes: [RegExp, Route][];
+
+  constructor(private readonly opts: ControllerOptions<M>) {
+    this.id = opts.id;
+    this.preboot = fromMachineConfig(opts.defaults ?? {});
+    this.started = new Promise((r) => (this.resolveStarted = r));
+    this.routes = [
+      [/^\/$/, { GET: () => ok(this.instanceInfo()) }],
+      [/^\/boot-source$/, { PUT: (r) => this.putPreboot('boot-source', () => (this.preboot.bootSource = parseBootSource(r.body))) }],
+      [/^\/machine-config$/, {
+        GET: () => ok(this.preboot.machineConfig),
+        PUT: (r) => this.putPreboot('machine-config', () => (this.preboot.machineConfig = parseMachineConfig(r.body))),
+      }],
+      [/^\/vsock$/, { PUT: (r) => this.putPreboot('vsock', () => (this.preboot.vsock = parseVsock(r.body))) }],
+      [/^\/actions$/, { PUT: (r) => this.action(r.body) }],
+      [/^\/vm\/config$/, { GET: () => ok(vmConfigDocument(this.preboot)) }],
+      [/^\/scheduler$/, { GET: () => ok(this.schedulerInfo()), PUT: (r) => this.putScheduler(r.body) }],
+      [/^\/bpf\/programs$/, { GET: () => ok({ programs: this.programs() }), PUT: (r) => this.loadProgram(r.body) }],
+      [/^\/bpf\/programs\/([^/]+)$/, { DELETE: (_r, p) => this.unloadProgram(p[0]!) }],
+      [/^\/metrics$/, { GET: (r) => this.metrics(r) }],
+    ];
+  }
+
+  get instanceState(): InstanceState {
+    return this.state;
+  }
+
+  get machine(): M | undefined {
+    return this.m;
+  }
+
+  /** A machine started outside the API (from CLI flags). */
+  attach(m: M): void {
+    if (this.m) throw new Error('a machine is already attached');
+    this.m = m;
+    this.preboot = fromMachineConfig(m.config);
+    this.state = 'Running';
+    this.resolveStarted(m);
+  }
+
+  async handle(req: ApiRequest): Promise<ApiResponse> {
+    for (const [re, route] of this.routes) {
+      const match = re.exec(req.path);
+      if (!match) continue;
+      const fn = route[req.method as keyof Route];
+      const allow = Object.keys(route).join(', ');
+      if (!fn) throw new ApiError(405, `method ${req.method} is not allowed on ${req.path} (allowed: ${allow})`, allow);
+      return fn(req, match.slice(1));
+    }
+    throw new ApiError(404, `unknown resource ${req.path}`);
+  }
+
+  private instanceInfo() {
+    return { id: this.id, state: this.state === 'Running' ? 'Running' : 'Not started', vmm_version: VMM_VERSION, app_name: APP_NAME };
+  }
+
+  private putPreboot(what: string, apply: () => unknown): ApiResponse {
+    if (this.state !== 'Not started') throw new ApiError(400, `${what}: the update operation is not allowed after boot (state ${this.state})`);
+    apply();
+    return NO_CONTENT;
+  }
+
+  private running(what: string): M {
+    if (!this.m) throw new ApiError(400, `${what}: the machine is not running (state ${this.state}); start it with PUT /actions {"action_type": "InstanceStart"}`);
+    return this.m;
+  }
+
+  private async action(body: unknown): Promise<ApiResponse> {
+    const { action_type } = check('actions', body, ACTIONS);
+    if (action_type === 'SendCtrlAltDel') {
+      throw new ApiError(400, 'SendCtrlAltDel is not supported: tsvmm\'s i8042 model has no keyboard to send the key sequence through');
+    }
+    if (action_type === 'FlushMetrics') {
+      if (!this.opts.flushMetrics) throw new ApiError(400, 'FlushMetrics: no metrics file is configured (--metrics-path)');
+      this.opts.flushMetrics();
+      return NO_CONTENT;
+    }
+    if (this.state !== 'Not started') throw new ApiError(400, `InstanceStart: the machine was already started (state ${this.state})`);
+    const config = toMachineConfig(this.preboot);
+    this.state = 'Starting';
+    let m: M;
+    try {
+      m = await this.opts.start(config);
+    } catch (e) {
+      this.state = 'Not started';
+      throw new ApiError(400, `InstanceStart failed: ${(e as Error).message}`);
+    }
+    this.m = m;
+    this.state = 'Running';
+    this.opts.log?.(`api: machine started (${config.vcpus} vCPU, ${config.memory / MiB} MiB, kernel ${config.kernel})`);
+    this.resolveStarted(m);
+    return NO_CONTENT;
+  }
+
+  private schedulerInfo() {
+    const s = this.m?.scheduler;
+    return {
+      policy: s ? s.currentPolicy : this.preboot.scheduler.policy,
+      host_cpus: this.preboot.scheduler.host_cpus ?? null,
+      vcpus: s ? s.table() : [],
+      counters: s ? s.counters : null,
+    };
+  }
+
+  private putScheduler(body: unknown): ApiResponse {
+    const b = parseScheduler(body);
+    const s = this.m?.scheduler;
+    if (!this.m) {
+      if (this.state !== 'Not started') throw new ApiError(400, `scheduler: the machine is ${this.state}; try again when it is running`);
+      if (b.policy) this.preboot.scheduler.policy = b.policy;
+      if (b.host_cpus) this.preboot.scheduler.host_cpus = b.host_cpus;
+      return ok(this.schedulerInfo());
+    }
+    if (!s) throw new ApiError(400, 'scheduler: this machine has no vCPU scheduler');
+    // Resolve the pool first so that a bad list changes nothing.
+    const pool = b.host_cpus === undefined ? undefined : (this.opts.resolvePool ?? ((h) => hostPool({ hostCpus: h })))(b.host_cpus);
+    if (pool) {
+      s.setPool(pool);
+      this.preboot.scheduler.host_cpus = b.host_cpus;
+    }
+    if (b.policy) {
+      s.setPolicy(b.policy);
+      this.preboot.scheduler.policy = b.policy;
+    }
+    this.opts.log?.(`api: scheduler set${b.policy ? ` policy=${b.policy}` : ''}${b.host_cpus ? ` host_cpus=${b.host_cpus}` : ''}`);
+    return ok(this.schedulerInfo());
+  }
+
+  private paravirt(what: string) {
+    const pv = this.running(what).paravirt;
+    if (!pv) throw new ApiError(400, `${what}: eBPF injection needs the hypercall device, which tsvmm adds only when the machine has vsock (PUT /vsock before InstanceStart, or --vsock)`);
+    return pv;
+  }
+
+  private programs() {
+    const pv = this.m?.paravirt;
+    if (!pv) return [];
+    return [...pv.loaded.values()].map((p) => ({ handle: p.handle, name: p.name, digest: p.digest, prog_ids: [...p.progIds], hints: p.hints }));
+  }
+
+  private async withAgentTimeout<T>(what: string, p: Promise<T>): Promise<T> {
+    const ms = this.opts.agentTimeoutMs ?? 60_000;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ApiError(504, `${what}: no answer from the guest agent within ${ms / 1000} s; the request stays queued and may still complete (see GET /bpf/programs)`)), ms);
+    });
+    try {
+      return await Promise.race([p, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async loadProgram(body: unknown): Promise<ApiResponse> {
+    const pv = this.paravirt('bpf load');
+    const pkg = packageFromBody(body);
+    const r = await this.withAgentTimeout(`bpf load '${pkg.name}'`, pv.load(pkg));
+    if (!r.ok) {
+      throw new ApiError(400, `bpf load '${pkg.name}': the guest agent answered ${r.outcome}${r.errno ? ` (errno ${r.errno})` : ''}${r.text ? `: ${r.text}` : ''}`);
+    }
+    const loaded = pv.loaded.get(r.handle);
+    this.opts.log?.(`api: loaded eBPF package ${pkg.name} as handle ${r.handle}, guest prog ids ${r.progIds.join(' ')}`);
+    return ok({ handle: r.handle, name: pkg.name, digest: loaded?.digest ?? null, prog_ids: [...r.progIds], outcome: r.outcome });
+  }
+
+  private async unloadProgram(param: string): Promise<ApiResponse> {
+    const pv = this.paravirt('bpf unload');
+    if (!/^\d+$/.test(param)) throw new ApiError(400, `bpf unload: handle '${param}' is not a number`);
+    const handle = Number(param);
+    if (!pv.loaded.has(handle)) throw new ApiError(404, `bpf unload: no program with handle ${handle} is loaded`);
+    const r = await this.withAgentTimeout(`bpf unload ${handle}`, pv.unload(handle));
+    if (!r.ok) throw new ApiError(400, `bpf unload ${handle}: the guest agent answered ${r.outcome}${r.text ? `: ${r.text}` : ''}`);
+    this.opts.log?.(`api: unloaded eBPF handle ${handle}`);
+    return NO_CONTENT;
+  }
+
+  private metrics(req: ApiRequest): ApiResponse {
+    const m = collectMetrics(this.running('metrics'), this.id);
+    const format = req.query.get('format');
+    if (format !== null && format !== 'json' && format !== 'prometheus') throw new ApiError(400, `metrics: format '${format}' must be json or prometheus`);
+    const prom = format === 'prometheus' || (format === null && /\btext\/plain\b/.test(req.accept) && !/application\/json/.test(req.accept));
+    if (prom) return { status: 200, text: renderPrometheus(m), contentType: 'text/plain; version=0.0.4; charset=utf-8' };
+    return ok(m);
+  }
+}
+
+function ok(json: unknown): ApiResponse {
+  return { status: 200, json };
+}
+
+/** PUT /bpf/programs body → a validated package. */
+export function packageFromBody(body: unknown): Package {
+  const b = check('bpf', body, BPF_LOAD);
+  const sources = (['builtin', 'package_json', 'elf_path'] as const).filter((k) => b[k] !== undefined);
+  if (sources.length !== 1) throw new ValidationError(`bpf: give exactly one of builtin, package_json, elf_path (got ${sources.length ? sources.join(', ') : 'none'})`);
+  if (b.hint_map !== undefined && b.elf_path === undefined) throw new ValidationError('bpf.hint_map: only valid with elf_path');
+  if (b.name !== undefined && b.elf_path === undefined) throw new ValidationError('bpf.name: only valid with elf_path');
+  if (b.builtin === 'affinity') return affinityPackage();
+  if (b.package_json !== undefined) {
+    try {
+      return packageFromJson(b.package_json as unknown as PackageJson);
+    } catch (e) {
+      // Shape errors from a malformed document surface as TypeErrors: report them as bad input.
+      throw new ValidationError(`bpf.package_json: ${(e as Error).message}`);
+    }
+  }
+  const path = b.elf_path!;
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(readFileSync(path));
+  } catch (e) {
+    throw new ValidationError(`bpf.elf_path: cannot read '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const name = b.name ?? (path.split('/').pop() ?? 'program').replace(/\.o$/, '').replace(/[^A-Za-z0-9_.-]/g, '_');
+  return packageFromElf(loadElf(bytes), { name, hintMap: b.hint_map });
+}
+
+// --- config file -----------------------------------------------------------------------------
+
+const CONFIG_FILE = {
+  'boot-source': { type: 'object', required: true },
+  'machine-config': { type: 'object' },
+  vsock: { type: 'object' },
+  scheduler: { type: 'object' },
+} as const satisfies Spec;
+
+/**
+ * A Firecracker-style configuration document ({"boot-source": …, "machine-config": …,
+ * "vsock": …}, plus tsvmm's "scheduler"): every section validated with field-level messages.
+ * Sections that are null count as absent (GET /vm/config writes nulls).
+ */
+export function parseConfigDocument(doc: unknown, base: Partial<MachineConfig> = {}): MachineConfig {
+  if (isPlainObject(doc)) doc = Object.fromEntries(Object.entries(doc).filter(([, v]) => v !== null));
+  const d = check('config', doc, CONFIG_FILE);
+  const p = fromMachineConfig(base);
+  p.bootSource = parseBootSource(d['boot-source'], 'boot-source');
+  if (d['machine-config'] !== undefined) p.machineConfig = parseMachineConfig(d['machine-config'], 'machine-config');
+  if (d.vsock !== undefined) p.vsock = parseVsock(d.vsock, 'vsock');
+  if (d.scheduler !== undefined) {
+    const s = parseScheduler(d.scheduler, 'scheduler');
+    if (s.policy) p.scheduler.policy = s.policy;
+    if (s.host_cpus) p.scheduler.host_cpus = s.host_cpus;
+  }
+  return toMachineConfig(p);
+}
+
+export function readConfigFile(path: string, base: Partial<MachineConfig> = {}): MachineConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`--config-file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`--config-file ${path}: not valid JSON: ${(e as Error).message}`);
+  }
+  try {
+    const c = parseConfigDocument(doc, base);
+    validateVcpus(c.vcpus, Number.MAX_SAFE_INTEGER);
+    return c;
+  } catch (e) {
+    if (e instanceof ValidationError) throw new ConfigError(`--config-file ${path}: ${e.message}`);
+    throw e;
+  }
+}

@@ -1,0 +1,142 @@
+// Metrics: gathers the counters the machine's parts already keep (scheduler, hypercall device,
+// vsock, virtio-mmio transports, loaded eBPF programs) into one JSON document, renders it as
+// Prometheus text, and optionally appends it as JSON lines to a file on a timer. It owns the
+// naming and the formats only; it must not count anything itself (per-vCPU exits, for one,
+// are not counted anywhere yet, so they are not here).
+
+import { closeSync, openSync, writeSync } from 'node:fs';
+import type { ApiMachine } from './api/machine';
+
+/** A counter group: numbers, or one level of labelled numbers (e.g. drops by reason). */
+export type CounterGroup = Record<string, number | Record<string, number>>;
+
+export interface ProgramMetrics {
+  handle: number;
+  name: string;
+  digest: string;
+  prog_ids: number[];
+  hints: number;
+}
+
+export interface Metrics {
+  /** Milliseconds since the epoch. */
+  utc_timestamp_ms: number;
+  vm_id: string;
+  vcpus: number;
+  scheduler?: CounterGroup;
+  hypercall?: CounterGroup;
+  vsock?: CounterGroup;
+  /** By transport name (e.g. virtio-vsock). */
+  transports: Record<string, CounterGroup>;
+  programs: ProgramMetrics[];
+}
+
+/** Copies numbers and one level of number records; anything else (future fields) is skipped. */
+function group(src: object): CounterGroup {
+  const out: CounterGroup = {};
+  for (const [k, v] of Object.entries(src)) {
+    if (typeof v === 'number') out[k] = v;
+    else if (v && typeof v === 'object') {
+      const inner: Record<string, number> = {};
+      for (const [ik, iv] of Object.entries(v as Record<string, unknown>)) if (typeof iv === 'number') inner[ik] = iv;
+      out[k] = inner;
+    }
+  }
+  return out;
+}
+
+export function collectMetrics(m: ApiMachine, vmId: string, now: () => number = Date.now): Metrics {
+  const out: Metrics = { utc_timestamp_ms: now(), vm_id: vmId, vcpus: m.config.vcpus, transports: {}, programs: [] };
+  if (m.scheduler) out.scheduler = group(m.scheduler.counters);
+  if (m.paravirt) {
+    out.hypercall = { ...group(m.paravirt.device.counters()), hintRecordsSeen: m.paravirt.hintsSeen };
+    for (const p of m.paravirt.loaded.values()) {
+      out.programs.push({ handle: p.handle, name: p.name, digest: p.digest, prog_ids: [...p.progIds], hints: p.hints });
+    }
+  }
+  if (m.vsock) out.vsock = group(m.vsock.counters);
+  for (const t of m.transports) out.transports[t.name] = group(t.transport.counters);
+  return out;
+}
+
+/** camelCase / kebab-case → snake_case, restricted to Prometheus' metric-name alphabet. */
+export function metricName(...parts: string[]): string {
+  return parts
+    .map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').replace(/[^a-zA-Z0-9_]/g, '_').toLowerCase())
+    .join('_');
+}
+
+function labelValue(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+}
+
+function labels(l: Record<string, string>): string {
+  const e = Object.entries(l);
+  return e.length ? `{${e.map(([k, v]) => `${k}="${labelValue(v)}"`).join(',')}}` : '';
+}
+
+/** The label a nested record's keys get, by the record's name (default `key`). */
+const NESTED_LABEL: Record<string, string> = { dropped: 'reason', calls: 'command', errors: 'status', hintsByType: 'type' };
+
+/**
+ * Prometheus text exposition (version 0.0.4): `tsvmm_<group>_<name>{labels} value`, one
+ * `# TYPE` line per metric name. Everything tsvmm counts only grows, so all are counters
+ * except the gauges listed (vcpus, per-program ids).
+ */
+export function renderPrometheus(m: Metrics): string {
+  const samples = new Map<string, { type: 'counter' | 'gauge'; lines: string[] }>();
+  const add = (name: string, type: 'counter' | 'gauge', l: Record<string, string>, v: number) => {
+    let s = samples.get(name);
+    if (!s) samples.set(name, (s = { type, lines: [] }));
+    s.lines.push(`${name}${labels(l)} ${Number.isFinite(v) ? v : 0}`);
+  };
+  const addGroup = (g: string, counters: CounterGroup, base: Record<string, string>) => {
+    for (const [k, v] of Object.entries(counters)) {
+      if (typeof v === 'number') add(metricName('tsvmm', g, k), 'counter', base, v);
+      else for (const [ik, iv] of Object.entries(v)) add(metricName('tsvmm', g, k), 'counter', { ...base, [NESTED_LABEL[k] ?? 'key']: ik }, iv);
+    }
+  };
+  add('tsvmm_vcpus', 'gauge', {}, m.vcpus);
+  if (m.scheduler) addGroup('scheduler', m.scheduler, {});
+  if (m.hypercall) addGroup('hypercall', m.hypercall, {});
+  if (m.vsock) addGroup('vsock', m.vsock, {});
+  for (const [device, c] of Object.entries(m.transports)) addGroup('transport', c, { device });
+  for (const p of m.programs) {
+    const l = { handle: String(p.handle), name: p.name };
+    add('tsvmm_program_hints', 'counter', l, p.hints);
+    add('tsvmm_program_loaded', 'gauge', { ...l, digest: p.digest }, 1);
+  }
+  let text = '';
+  for (const [name, s] of samples) text += `# TYPE ${name} ${s.type}\n${s.lines.join('\n')}\n`;
+  return text;
+}
+
+/**
+ * Appends one JSON line of metrics to `path` every `intervalSec` seconds (and once at stop, so
+ * the file ends with the final numbers). The timer is unref'd: it never keeps tsvmm alive.
+ */
+export class MetricsWriter {
+  private fd: number | undefined;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(path: string, intervalSec: number, private readonly sample: () => Metrics) {
+    if (!(intervalSec > 0) || !Number.isFinite(intervalSec)) throw new RangeError(`--metrics-interval ${intervalSec} must be a positive number of seconds`);
+    this.fd = openSync(path, 'a', 0o600);
+    this.timer = setInterval(() => this.flush(), intervalSec * 1000);
+    this.timer.unref();
+  }
+
+  flush(): void {
+    if (this.fd !== undefined) writeSync(this.fd, JSON.stringify(this.sample()) + '\n');
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    try {
+      this.flush();
+    } finally {
+      if (this.fd !== undefined) closeSync(this.fd);
+      this.fd = undefined;
+    }
+  }
+}

@@ -805,7 +805,7 @@ static int listen_vsock(unsigned port)
 	/* vsock modules may still be loading when init starts us: wait for them, quietly. */
 	for (int tries = 0;; tries++) {
 		int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 64) == 0)
+		if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 1024) == 0)
 			return fd;
 		if (tries == 0)
 			alog(AL_WARN, "vsock port %u not available yet (%s), retrying", port, strerror(errno));
@@ -828,7 +828,7 @@ static int listen_unix(const char *path)
 		unlink(path); /* stale socket of an earlier run */
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	/* Whoever can connect runs commands as us: owner only. */
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || chmod(path, 0600) < 0 || listen(fd, 64) < 0) {
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || chmod(path, 0600) < 0 || listen(fd, 1024) < 0) {
 		alog(AL_ERR, "listen on %s: %s", path, strerror(errno));
 		exit(1);
 	}
@@ -840,7 +840,7 @@ static void usage(FILE *to)
 	fputs("usage: tsvmm-agent [--port N] [--unix PATH] [--max-conns N] [--no-bpf] [--version]\n"
 	      "  --port N           vsock port to listen on (default 52, any CID)\n"
 	      "  --unix PATH        listen on a Unix socket instead (host-side tests)\n"
-	      "  --max-conns N      connections served at once (default 128)\n"
+	      "  --max-conns N      connections served at once (default 512)\n"
 	      "  --no-bpf           do not serve the hypercall device (eBPF packages, hints)\n"
 	      "  --hc-sim R,M,D     hypercall device simulated: register socket R, shared memory\n"
 	      "                     file M, doorbell socket D (host-side tests)\n"
@@ -853,7 +853,7 @@ static void usage(FILE *to)
 
 int main(int argc, char **argv)
 {
-	unsigned long port = AGENT_DEFAULT_PORT, max_conns = 128;
+	unsigned long port = AGENT_DEFAULT_PORT, max_conns = 512;
 	const char *unix_path = NULL;
 	struct ebpf_opts eo = { NULL, "/proc/cmdline", "/etc/tsvmm/allowed-digests" };
 	int no_bpf = 0;

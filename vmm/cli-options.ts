@@ -59,3 +59,17 @@ export function checkKvm(): void {
   }
 }
 
+
+/** `tsvmm run`'s control and observation flags (vmm/api/control.ts, docs/api.md). */
+export const controlOptions = {
+  'api-sock': { type: 'string' },
+  wait: { type: 'boolean' },
+  'config-file': { type: 'string' },
+  'log-path': { type: 'string' },
+  'log-level': { type: 'string' },
+  'metrics-path': { type: 'string' },
+  'metrics-interval': { type: 'string' },
+} as const;
+
+/** Machine flags that --config-file (and --wait without --kernel) replace. */
+export const MACHINE_FLAGS = ['kernel', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus'] as const;

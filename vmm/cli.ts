@@ -10,7 +10,10 @@ import { KernelImageError } from './boot/errors';
 import { VsockSpecError } from '../devices/virtio/vsock/index';
 import { cmdExec, EXEC_USAGE } from './exec';
 import { cmdDemo } from './demo';
-import { UsageError, checkKvm, machineConfig, runOptions } from './cli-options';
+import { MACHINE_FLAGS, UsageError, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
+import type { MachineConfig } from './config';
+import { Control, ControlUsageError } from './api/control';
+import { API_USAGE, ClientUsageError, cmdBpf, cmdMetrics, cmdPs, cmdSched } from './api/commands';
 
 const USAGE = `usage: tsvmm <command> [options]
 
@@ -20,6 +23,8 @@ commands:
           agent, stream its output, and exit with its status
   demo    boot the default guest, inject the 'affinity' eBPF program, pin a guest task
           with taskset and show the host pinning the vCPU thread (npm start)
+  bpf, sched, metrics, ps
+          control a running VM through its API socket (see below, docs/api.md)
   help    show this help
 
 tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
@@ -36,26 +41,60 @@ tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
   --quiet          no tsvmm log lines on stderr
+  --api-sock PATH  serve the control API (Firecracker-compatible subset, docs/api.md) on
+                   this Unix socket
+  --wait           with --api-sock: configure and start the VM through the API
+                   (PUT /boot-source, /machine-config, /vsock, then InstanceStart)
+  --config-file F  the machine as one JSON document ({"boot-source": …, "machine-config":
+                   …, "vsock": …}); replaces the machine flags
+  --log-path F     log lines to F; --log-level error|warn|info|debug (default info)
+  --metrics-path F append metrics as JSON lines to F every --metrics-interval SEC (60)
 
 exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,
 4 guest panicked, 5 guest crashed (triple fault, KVM internal error).
 
 ${EXEC_USAGE}
+${API_USAGE}
 Without /dev/kvm, run tsvmm inside the nested sandbox (slow, software emulation):
   tools/sandbox/run.sh -- tsvmm run ...
 `;
 
 async function cmdRun(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, options: runOptions, allowPositionals: true, strict: true });
+  const { values, positionals } = parseArgs({ args, options: { ...runOptions, ...controlOptions }, allowPositionals: true, strict: true });
   if (values.help) {
     process.stdout.write(USAGE);
     return 0;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
-  const log = values.quiet ? () => {} : (m: string) => process.stderr.write(`tsvmm: ${m}\n`);
-  const config = await machineConfig(values, log);
-  checkKvm();
-  const machine = await Machine.start(config, { console: (b) => process.stdout.write(b), log });
+  // Machine flags are replaced by --config-file, and by the API under --wait (unless --kernel is given).
+  const given = MACHINE_FLAGS.filter((f) => values[f] !== undefined);
+  if (values['config-file'] !== undefined && given.length) throw new UsageError(`--config-file replaces --${given[0]}`);
+  if (values.wait && values.kernel === undefined && given.length) throw new UsageError(`--wait without --kernel takes the machine from the API; --${given[0]} is not allowed`);
+  const start = (config: MachineConfig) => {
+    checkKvm();
+    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log });
+  };
+  const defaults = values.wait && values.kernel !== undefined ? await machineConfig(values, () => {}) : { acpi: !values['no-acpi'] };
+  const control: Control<Machine> = await Control.open<Machine>(values, start, defaults);
+  const log = control.log;
+  let machine: Machine;
+  try {
+    if (values.wait) {
+      const r = await control.waitForStart();
+      if (typeof r === 'string') {
+        await control.close();
+        return r === 'SIGINT' ? 130 : 143;
+      }
+      machine = r;
+    } else {
+      const config = control.configFromFile({ acpi: !values['no-acpi'] }) ?? (await machineConfig(values, log));
+      machine = await start(config);
+      control.attach(machine);
+    }
+  } catch (e) {
+    await control.close();
+    throw e;
+  }
   const detachInput = attachStdin(machine);
   const onSignal = (sig: NodeJS.Signals) => machine.finish({ code: sig === 'SIGINT' ? 130 : 143, reason: 'signal', detail: `tsvmm got ${sig}` });
   process.on('SIGINT', onSignal);
@@ -65,6 +104,7 @@ async function cmdRun(args: string[]): Promise<number> {
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   log(`${status.detail} (exit ${status.code})`);
+  await control.close();
   return status.code;
 }
 
@@ -108,7 +148,7 @@ function attachStdin(machine: Machine): () => void {
 }
 
 /** Errors that describe bad input or a failed setup step: one line, no stack. */
-const KNOWN_ERRORS = new Set(['DefaultGuestError', 'AcpiError', 'CpuListError', 'TopologyError', 'SchedulerError', 'VsockSetupError', 'AffinityError']);
+const KNOWN_ERRORS = new Set(['DefaultGuestError', 'AcpiError', 'CpuListError', 'TopologyError', 'SchedulerError', 'VsockSetupError', 'AffinityError', 'ApiSocketError', 'ApiClientError', 'LogError']);
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -120,6 +160,14 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdExec(rest);
       case 'demo':
         return await cmdDemo(rest);
+      case 'bpf':
+        return await cmdBpf(rest);
+      case 'sched':
+        return await cmdSched(rest);
+      case 'metrics':
+        return await cmdMetrics(rest);
+      case 'ps':
+        return await cmdPs(rest);
       case undefined:
       case 'help':
       case '--help':
@@ -131,7 +179,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     const err = e as Error & { code?: string };
-    if (e instanceof UsageError || e instanceof VsockSpecError || err.code?.startsWith('ERR_PARSE_ARGS')) {
+    if (e instanceof UsageError || e instanceof VsockSpecError || e instanceof ControlUsageError || e instanceof ClientUsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`tsvmm: ${err.message}\nTry 'tsvmm --help'.\n`);
       return EXIT.USAGE;
     }

@@ -145,6 +145,8 @@ for attempt in 1 2; do
 	if [ -s "$work/console.log" ]; then
 		log "last console lines:"; tail -n 15 "$work/console.log" | sed 's/^/  | /' >&2
 	fi
+	# A job that outlived its time limit would only do so again: retry dead sandboxes only.
+	case $qemu_rc in 124 | 137) log "not retrying a timed-out job (exit 125)"; exit 125 ;; esac
 done
 log "sandbox failed twice; giving up (exit 125)"
 exit 125

@@ -1,19 +1,31 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { apiCall } from '../../../vmm/api/client';
 import { ApiServer } from '../../../vmm/api/http';
 import { rig, tmp } from './fake';
 
+async function rejects(fn: () => Promise<unknown>, re: RegExp): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    assert.match((e as Error).message, re);
+    return;
+  }
+  assert.unreachable('expected a rejection');
+}
+
 const json = (t: string) => JSON.parse(t) as Record<string, unknown>;
 
-function curl(sock: string, method: string, path: string, body?: unknown): { status: number; body: string } {
+/** curl runs in a child process: the server lives in this one, so it must not block. */
+async function curl(sock: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: string }> {
   const args = ['-s', '--unix-socket', sock, '-X', method, '-w', '\n%{http_code}', `http://localhost${path}`];
   if (body !== undefined) args.push('-H', 'Content-Type: application/json', '-H', 'Accept: application/json', '-d', JSON.stringify(body));
-  const out = execFileSync('curl', args, { encoding: 'utf8' });
+  const { stdout: out } = await promisify(execFile)('curl', args, { encoding: 'utf8' });
   const nl = out.lastIndexOf('\n');
   return { status: Number(out.slice(nl + 1)), body: out.slice(0, nl) };
 }
@@ -21,35 +33,35 @@ function curl(sock: string, method: string, path: string, body?: unknown): { sta
 test('Firecracker sequence through curl: boot-source, machine-config, vsock, InstanceStart', async () => {
   const r = await rig();
   try {
-    let res = curl(r.sock, 'GET', '/');
+    let res = await curl(r.sock, 'GET', '/');
     assert.is(res.status, 200);
     assert.equal(json(res.body), { id: 'testvm', state: 'Not started', vmm_version: '0.1.0', app_name: 'tsvmm' });
-    res = curl(r.sock, 'PUT', '/boot-source', { kernel_image_path: r.kernel, boot_args: 'console=ttyS0 quiet' });
+    res = await curl(r.sock, 'PUT', '/boot-source', { kernel_image_path: r.kernel, boot_args: 'console=ttyS0 quiet' });
     assert.is(res.status, 204, res.body);
-    res = curl(r.sock, 'PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 128 });
+    res = await curl(r.sock, 'PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 128 });
     assert.is(res.status, 204, res.body);
-    res = curl(r.sock, 'PUT', '/vsock', { guest_cid: 3, uds_path: join(r.dir, 'v.sock') });
+    res = await curl(r.sock, 'PUT', '/vsock', { guest_cid: 3, uds_path: join(r.dir, 'v.sock') });
     assert.is(res.status, 204, res.body);
     assert.is(r.starts.length, 0);
-    res = curl(r.sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
+    res = await curl(r.sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
     assert.is(res.status, 204, res.body);
     assert.is(r.starts.length, 1);
     assert.equal(r.starts[0], {
       kernel: r.kernel, initrd: undefined, cmdline: 'console=ttyS0 quiet', vcpus: 2, memory: 128 << 20, acpi: true,
       vsock: { cid: 3, udsPath: join(r.dir, 'v.sock') }, pin: 'none', hostCpus: undefined,
     });
-    assert.is(json(curl(r.sock, 'GET', '/').body).state, 'Running');
+    assert.is(json((await curl(r.sock, 'GET', '/')).body).state, 'Running');
     assert.ok((await Promise.race([r.ctl.started, new Promise((res) => setTimeout(res, 100))])), 'started resolves');
     // After boot: pre-boot resources are frozen, a second start is refused.
-    res = curl(r.sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 64 });
+    res = await curl(r.sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 64 });
     assert.is(res.status, 400);
     assert.match(json(res.body).fault_message as string, /not allowed after boot/);
-    res = curl(r.sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
+    res = await curl(r.sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
     assert.is(res.status, 400);
     assert.match(json(res.body).fault_message as string, /already started/);
-    const cfg = json(curl(r.sock, 'GET', '/vm/config').body);
+    const cfg = json((await curl(r.sock, 'GET', '/vm/config')).body);
     assert.equal(cfg['machine-config'], { vcpu_count: 2, mem_size_mib: 128, smt: false });
-    assert.equal(json(curl(r.sock, 'GET', '/machine-config').body), { vcpu_count: 2, mem_size_mib: 128, smt: false });
+    assert.equal(json((await curl(r.sock, 'GET', '/machine-config')).body), { vcpu_count: 2, mem_size_mib: 128, smt: false });
   } finally {
     await r.close();
   }
@@ -58,23 +70,21 @@ test('Firecracker sequence through curl: boot-source, machine-config, vsock, Ins
 test('socket file is 0600 and removed at close; stale socket replaced; live one refused', async () => {
   const r = await rig();
   assert.is(statSync(r.sock).mode & 0o777, 0o600);
-  await assert.rejects(() => ApiServer.listen({ path: r.sock, handle: async () => ({ status: 204 }) }), /another process is serving/);
+  await rejects(() => ApiServer.listen({ path: r.sock, handle: async () => ({ status: 204 }) }), /another process is serving/);
   await r.close();
   assert.not.ok(existsSync(r.sock));
   // A socket file with no listener (left by a crash) is replaced.
   const dir = tmp();
   const stale = join(dir, 's.sock');
-  const srv = createServer();
-  await new Promise<void>((res) => srv.listen(stale, res));
-  // close() would unlink the file: detach the handle instead to leave a dead socket behind.
-  (srv as unknown as { _handle: { close(): void } | null })._handle?.close();
+  // A process that bound the path and died leaves exactly this behind.
+  await promisify(execFile)('python3', ['-c', 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', stale]);
   assert.ok(existsSync(stale));
   const s2 = await ApiServer.listen({ path: stale, handle: async () => ({ status: 204 }) });
   assert.is((await apiCall(stale, 'GET', '/')).status, 204);
   await s2.close();
   const notSock = join(dir, 'file');
   writeFileSync(notSock, 'x');
-  await assert.rejects(() => ApiServer.listen({ path: notSock, handle: async () => ({ status: 204 }) }), /not a socket/);
+  await rejects(() => ApiServer.listen({ path: notSock, handle: async () => ({ status: 204 }) }), /not a socket/);
 });
 
 test('malformed JSON, wrong content type, unknown fields, wrong types, missing fields', async () => {

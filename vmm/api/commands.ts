@@ -1,0 +1,161 @@
+// The API client subcommands: `tsvmm bpf load|list|unload`, `tsvmm sched show|set`,
+// `tsvmm metrics`, `tsvmm ps`. Human tables by default, `--json` for scripts. Owns the
+// presentation only; every action is one request to the VM's API socket (client.ts).
+
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { apiCall, apiJson, ApiClientError } from './client';
+import { listVms, type VmEntry } from './registry';
+
+export const API_USAGE = `tsvmm bpf load [--api-sock S] (affinity | --package FILE.json | --elf FILE.o [--hint-map MAP] [--name N])
+tsvmm bpf list [--api-sock S] [--json]
+tsvmm bpf unload [--api-sock S] HANDLE
+tsvmm sched show [--api-sock S] [--json]
+tsvmm sched set [--api-sock S] [--policy none|static|hinted] [--host-cpus LIST] [--json]
+tsvmm metrics [--api-sock S] [--prometheus]
+tsvmm ps [--json]
+  talk to a VM started with 'tsvmm run --api-sock S' (docs/api.md); without --api-sock,
+  the only running VM that has an API socket is used.
+`;
+
+export class ClientUsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ClientUsageError';
+  }
+}
+
+/** --api-sock, or the one running VM of this user that has a socket. */
+function socketFor(flag: string | undefined): string {
+  if (flag !== undefined) return flag;
+  const socks = listVms().filter((v) => v.api_sock !== null);
+  if (socks.length === 1) return socks[0]!.api_sock!;
+  throw new ClientUsageError(socks.length === 0 ? 'no running VM with an API socket (start one with tsvmm run --api-sock PATH, or give --api-sock)' : `${socks.length} VMs have API sockets: choose one with --api-sock (see tsvmm ps)`);
+}
+
+function table(header: string[], rows: string[][]): string {
+  const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]!))).join('  ').trimEnd() + '\n';
+  return line(header) + rows.map(line).join('');
+}
+
+const out = (s: string) => process.stdout.write(s);
+
+interface Program { handle: number; name: string; digest: string | null; prog_ids: number[]; hints?: number; outcome?: string }
+
+export function formatPrograms(programs: Program[]): string {
+  if (programs.length === 0) return 'no eBPF programs loaded\n';
+  return table(['HANDLE', 'NAME', 'GUEST PROG IDS', 'HINTS', 'DIGEST'],
+    programs.map((p) => [String(p.handle), p.name, p.prog_ids.join(',') || '-', String(p.hints ?? 0), (p.digest ?? '').slice(0, 16)]));
+}
+
+interface SchedInfo {
+  policy: string;
+  host_cpus: string | null;
+  vcpus: { vcpu: number; tid?: number; cpus: number[]; kind: string; reason: string; tasks: { tid: number; comm: string }[]; applied: boolean }[];
+  counters: Record<string, number> | null;
+}
+
+export function formatScheduler(s: SchedInfo): string {
+  let text = `policy ${s.policy}, host CPUs ${s.host_cpus ?? 'all allowed'}\n`;
+  text += table(['VCPU', 'TID', 'CPUS', 'KIND', 'APPLIED', 'TASKS', 'REASON'], s.vcpus.map((v) => [
+    String(v.vcpu), v.tid === undefined ? '-' : String(v.tid), compactList(v.cpus), v.kind, v.applied ? 'yes' : 'no',
+    v.tasks.map((t) => `${t.tid}(${t.comm})`).join(',') || '-', v.reason,
+  ]));
+  if (s.counters) text += `hints ${s.counters.hints ?? 0}, pins ${s.counters.pins ?? 0}, unpins ${s.counters.unpins ?? 0}, decisions ${s.counters.decisions ?? 0}, rate-limited ${(s.counters.rateLimited ?? 0) + (s.counters.rateLimitedTask ?? 0)}, apply errors ${s.counters.applyErrors ?? 0}\n`;
+  return text;
+}
+
+function compactList(cpus: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < cpus.length;) {
+    let j = i;
+    while (j + 1 < cpus.length && cpus[j + 1] === cpus[j]! + 1) j++;
+    parts.push(j === i ? `${cpus[i]}` : `${cpus[i]}-${cpus[j]}`);
+    i = j + 1;
+  }
+  return parts.join(',') || '-';
+}
+
+export function formatPs(vms: VmEntry[]): string {
+  if (vms.length === 0) return 'no running VMs\n';
+  return table(['ID', 'PID', 'VCPUS', 'STARTED', 'API SOCKET', 'KERNEL'],
+    vms.map((v) => [v.id, String(v.pid), v.vcpus === null ? '-' : String(v.vcpus), v.started, v.api_sock ?? '-', v.kernel ?? '-']));
+}
+
+export async function cmdBpf(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parseArgs({
+    args: rest, allowPositionals: true, strict: true,
+    options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' }, package: { type: 'string' }, elf: { type: 'string' }, 'hint-map': { type: 'string' }, name: { type: 'string' } },
+  });
+  switch (sub) {
+    case 'load': {
+      const sources = [positionals.length > 0, values.package !== undefined, values.elf !== undefined].filter(Boolean).length;
+      if (sources !== 1 || positionals.length > 1) throw new ClientUsageError('bpf load: give one of: a built-in name (affinity), --package FILE.json, --elf FILE.o');
+      let body: Record<string, unknown>;
+      if (positionals.length) body = { builtin: positionals[0] };
+      else if (values.package !== undefined) {
+        let doc: unknown;
+        try {
+          doc = JSON.parse(readFileSync(values.package, 'utf8'));
+        } catch (e) {
+          throw new ClientUsageError(`--package ${values.package}: ${(e as Error).message}`);
+        }
+        body = { package_json: doc };
+      } else {
+        // The path is opened by the VMM process: make it absolute.
+        body = { elf_path: resolve(values.elf!), ...(values['hint-map'] ? { hint_map: values['hint-map'] } : {}), ...(values.name ? { name: values.name } : {}) };
+      }
+      const r = (await apiJson(socketFor(values['api-sock']), 'PUT', '/bpf/programs', body)) as Program;
+      out(values.json ? JSON.stringify(r) + '\n' : `loaded ${r.name} as handle ${r.handle} (guest prog ids ${r.prog_ids.join(', ')})\n`);
+      return 0;
+    }
+    case 'list': {
+      const r = (await apiJson(socketFor(values['api-sock']), 'GET', '/bpf/programs')) as { programs: Program[] };
+      out(values.json ? JSON.stringify(r) + '\n' : formatPrograms(r.programs));
+      return 0;
+    }
+    case 'unload': {
+      if (positionals.length !== 1) throw new ClientUsageError('bpf unload: give the handle (see tsvmm bpf list)');
+      await apiJson(socketFor(values['api-sock']), 'DELETE', `/bpf/programs/${encodeURIComponent(positionals[0]!)}`);
+      if (!values.json) out(`unloaded handle ${positionals[0]}\n`);
+      return 0;
+    }
+    default:
+      throw new ClientUsageError(`bpf: unknown subcommand '${sub ?? ''}' (load, list, unload)`);
+  }
+}
+
+export async function cmdSched(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parseArgs({
+    args: rest, strict: true, allowPositionals: true,
+    options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' }, policy: { type: 'string' }, 'host-cpus': { type: 'string' } },
+  });
+  if (positionals.length) throw new ClientUsageError(`sched: unexpected argument '${positionals[0]}'`);
+  let r: SchedInfo;
+  if (sub === 'show') r = (await apiJson(socketFor(values['api-sock']), 'GET', '/scheduler')) as SchedInfo;
+  else if (sub === 'set') {
+    if (values.policy === undefined && values['host-cpus'] === undefined) throw new ClientUsageError('sched set: give --policy and/or --host-cpus');
+    r = (await apiJson(socketFor(values['api-sock']), 'PUT', '/scheduler', { policy: values.policy, host_cpus: values['host-cpus'] })) as SchedInfo;
+  } else throw new ClientUsageError(`sched: unknown subcommand '${sub ?? ''}' (show, set)`);
+  out(values.json ? JSON.stringify(r) + '\n' : formatScheduler(r));
+  return 0;
+}
+
+export async function cmdMetrics(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, strict: true, options: { 'api-sock': { type: 'string' }, prometheus: { type: 'boolean' } } });
+  const r = await apiCall(socketFor(values['api-sock']), 'GET', `/metrics${values.prometheus ? '?format=prometheus' : ''}`);
+  if (r.status !== 200) throw new ApiClientError(`GET /metrics: ${r.status}: ${r.text.trim()}`, r.status);
+  out(r.text.endsWith('\n') ? r.text : r.text + '\n');
+  return 0;
+}
+
+export async function cmdPs(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, strict: true, options: { json: { type: 'boolean' } } });
+  const vms = listVms();
+  out(values.json ? JSON.stringify(vms) + '\n' : formatPs(vms));
+  return 0;
+}

@@ -1,0 +1,133 @@
+// What `tsvmm run` adds around a machine for control and observation: the logger (--log-path,
+// --log-level), the API socket (--api-sock, --wait), the config file (--config-file), the
+// metrics file (--metrics-path, --metrics-interval) and the `tsvmm ps` registry entry. Owns
+// their lifetimes: everything opened here is closed by close(), and files are removed at exit.
+// It must not create the machine itself (the caller's `start` does).
+
+import { resolve } from 'node:path';
+import type { MachineConfig } from '../config';
+import { Logger, newVmId, parseLevel } from '../log';
+import { collectMetrics, MetricsWriter } from '../metrics';
+import { ApiServer } from './http';
+import type { ApiMachine } from './machine';
+import { readConfigFile, VmController } from './resources';
+import { register } from './registry';
+
+export interface ControlFlags {
+  'api-sock'?: string;
+  'config-file'?: string;
+  'log-path'?: string;
+  'log-level'?: string;
+  'metrics-path'?: string;
+  'metrics-interval'?: string;
+  wait?: boolean;
+  quiet?: boolean;
+}
+
+export class ControlUsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ControlUsageError';
+  }
+}
+
+export class Control<M extends ApiMachine> {
+  readonly id = newVmId();
+  /** The plain log function handed to the machine; `tsvmm: msg` on stderr unless --log-* is given. */
+  readonly log: (m: string) => void;
+  private logger?: Logger;
+  private api?: ApiServer;
+  private metrics?: MetricsWriter;
+  private unregister?: () => void;
+  readonly controller: VmController<M>;
+
+  private constructor(private readonly flags: ControlFlags, start: (c: MachineConfig) => Promise<M>, defaults: Partial<MachineConfig> | undefined) {
+    if (flags['log-path'] !== undefined || flags['log-level'] !== undefined) {
+      this.logger = new Logger({ id: this.id, level: flags['log-level'] === undefined ? 'info' : parseLevel(flags['log-level']), path: flags['log-path'] });
+      this.log = this.logger.fn('vmm');
+    } else {
+      this.log = flags.quiet ? () => {} : (m) => process.stderr.write(`tsvmm: ${m}\n`);
+    }
+    this.controller = new VmController<M>({
+      id: this.id, defaults, log: this.log,
+      // Without --wait the command line starts the machine; InstanceStart must not race it.
+      start: flags.wait ? start : () => Promise.reject(new Error('this VM is started from the command line; use tsvmm run --wait to start it through the API')),
+      flushMetrics: flags['metrics-path'] === undefined ? undefined : () => this.metrics?.flush(),
+    });
+  }
+
+  /** Opens the logger and, with --api-sock, the API socket (the VM is not started yet). */
+  static async open<M extends ApiMachine>(flags: ControlFlags, start: (c: MachineConfig) => Promise<M>, defaults?: Partial<MachineConfig>): Promise<Control<M>> {
+    if (flags.wait && flags['api-sock'] === undefined) throw new ControlUsageError('--wait needs --api-sock (the machine is configured and started through the API)');
+    if (flags.wait && flags['config-file'] !== undefined) throw new ControlUsageError('--wait and --config-file exclude each other');
+    const interval = flags['metrics-interval'] === undefined ? 60 : Number(flags['metrics-interval']);
+    if (!(interval > 0) || !Number.isFinite(interval)) throw new ControlUsageError(`--metrics-interval '${flags['metrics-interval']}' must be a positive number of seconds`);
+    if (flags['metrics-interval'] !== undefined && flags['metrics-path'] === undefined) throw new ControlUsageError('--metrics-interval needs --metrics-path');
+    const c = new Control<M>(flags, start, defaults);
+    if (flags['api-sock'] !== undefined) {
+      const path = resolve(flags['api-sock']);
+      c.api = await ApiServer.listen({ path, handle: (r) => c.controller.handle(r), log: c.log });
+      c.log(`API listening on ${path} (VM id ${c.id})`);
+    }
+    c.register(defaults);
+    return c;
+  }
+
+  /** The configuration from --config-file, or undefined without it. */
+  configFromFile(base: Partial<MachineConfig>): MachineConfig | undefined {
+    const f = this.flags['config-file'];
+    return f === undefined ? undefined : readConfigFile(f, base);
+  }
+
+  /** --wait: resolves with the machine after InstanceStart, or with the signal that came first. */
+  async waitForStart(): Promise<M | NodeJS.Signals> {
+    let onSig: ((s: NodeJS.Signals) => void) | undefined;
+    const signalled = new Promise<NodeJS.Signals>((r) => (onSig = r));
+    process.on('SIGINT', onSig!);
+    process.on('SIGTERM', onSig!);
+    this.log('waiting for PUT /actions {"action_type": "InstanceStart"}');
+    try {
+      const r = await Promise.race([this.controller.started, signalled]);
+      if (typeof r !== 'string') this.machineStarted(r);
+      return r;
+    } finally {
+      process.off('SIGINT', onSig!);
+      process.off('SIGTERM', onSig!);
+    }
+  }
+
+  /** A machine started from flags or the config file. */
+  attach(m: M): void {
+    this.controller.attach(m);
+    this.machineStarted(m);
+  }
+
+  private machineStarted(m: M): void {
+    this.register(m.config);
+    const path = this.flags['metrics-path'];
+    if (path !== undefined) {
+      const interval = this.flags['metrics-interval'] === undefined ? 60 : Number(this.flags['metrics-interval']);
+      this.metrics = new MetricsWriter(path, interval, () => collectMetrics(m, this.id));
+    }
+  }
+
+  private register(c: Partial<MachineConfig> | undefined): void {
+    try {
+      this.unregister?.();
+      this.unregister = register({
+        id: this.id, pid: process.pid, api_sock: this.api?.path ?? null, started: new Date().toISOString(),
+        kernel: c?.kernel ?? null, vcpus: c?.vcpus ?? null,
+      });
+    } catch (e) {
+      this.log(`not listed in 'tsvmm ps': ${(e as Error).message}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.metrics?.stop();
+    this.metrics = undefined;
+    await this.api?.close();
+    this.unregister?.();
+    this.logger?.close();
+  }
+}

@@ -8,7 +8,7 @@
 // guest has as many vCPUs as the host has CPUs (at least 2); spscq runs pinned to vCPUs 0
 // and 1. Output in --out DIR: runs.json (every run), results.md (mean, sd, n), chart.svg/png.
 // Owns only its output dir and the load processes it spawns; needs hardware KVM (or the
-// nested sandbox: tools/sandbox/run.sh) and dist/paper-run.js (tools/bench/paper-run.ts).
+// nested sandbox: tools/sandbox/run.sh) and dist/bench/paper-run.js (tools/bench/paper-run.ts, built by tools/build.mjs).
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
@@ -62,10 +62,10 @@ function startLoad(count) {
   };
 }
 
-/** One guest (dist/paper-run.js) for a pin policy; `request` sends one spscq run and awaits its answer. */
+/** One guest (dist/bench/paper-run.js) for a pin policy; `request` sends one spscq run and awaits its answer. */
 async function bootGuest(pin, vcpus, memory, timeoutSec) {
-  const runner = join(ROOT, 'dist/paper-run.js');
-  if (!existsSync(runner)) throw new Error(`${runner} missing: build tools/bench/paper-run.ts (see docs/paper.md)`);
+  const runner = join(ROOT, 'dist/bench/paper-run.js');
+  if (!existsSync(runner)) throw new Error(`${runner} missing: run `npm run build``);
   const child = spawn(process.execPath, [runner, '--pin', pin, '--vcpus', String(vcpus), '--memory', memory, '--timeout', String(timeoutSec)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });

@@ -1,0 +1,96 @@
+// The control API against a real guest: Firecracker's getting-started sequence with
+// `curl --unix-socket` boots the stock kernel; then live eBPF injection through the CLI changes
+// the hints the host sees, and a scheduler policy change at run time re-pins the vCPU threads.
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ensureDefaultGuest } from '../../vmm/default-guest';
+import { DEFAULT_CMDLINE } from '../../vmm/config';
+import { ROOT, TSVMM, agentOf, tsvmm } from './helpers';
+
+const dir = mkdtempSync(join(tmpdir(), 'tsvmm-api-'));
+const api = join(dir, 'api.sock');
+const uds = join(dir, 'v.sock');
+
+function curl(method: string, path: string, body?: unknown): { status: number; json: Record<string, unknown> | undefined } {
+  const args = ['-s', '-w', '\n%{http_code}', '--unix-socket', api, '-X', method, `http://localhost${path}`];
+  if (body !== undefined) args.push('-H', 'Content-Type: application/json', '-d', JSON.stringify(body));
+  const r = spawnSync('curl', args, { encoding: 'utf8' });
+  const lines = r.stdout.trimEnd().split('\n');
+  const status = Number(lines.pop());
+  const text = lines.join('\n');
+  return { status, json: text ? (JSON.parse(text) as Record<string, unknown>) : undefined };
+}
+
+const vmm = spawn(process.execPath, [TSVMM, 'run', '--api-sock', api, '--wait'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+let vmmOut = '';
+vmm.stdout.on('data', (b) => (vmmOut += b));
+vmm.stderr.on('data', (b) => (vmmOut += b));
+
+test.after(async () => {
+  vmm.kill('SIGTERM');
+  await new Promise((r) => vmm.once('close', r));
+  assert.not.ok(existsSync(api), 'the API socket is removed at exit');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('Firecracker getting-started sequence with curl boots the stock kernel', async () => {
+  const guest = await ensureDefaultGuest();
+  for (let i = 0; i < 100 && !existsSync(api); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.is(curl('GET', '/').json?.state, 'Not started');
+  assert.is(curl('PUT', '/boot-source', { kernel_image_path: guest.kernel, initrd_path: guest.initrd, boot_args: `${DEFAULT_CMDLINE} quiet` }).status, 204);
+  assert.is(curl('PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 512 }).status, 204);
+  assert.is(curl('PUT', '/vsock', { guest_cid: 3, uds_path: uds }).status, 204);
+  assert.is(curl('PUT', '/machine-config', { vcpus: 2 }).status, 400, 'unknown field');
+  assert.is(curl('PUT', '/actions', { action_type: 'InstanceStart' }).status, 204, vmmOut);
+  assert.is(curl('GET', '/').json?.state, 'Running');
+  assert.is(curl('PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 512 }).status, 400, 'machine-config after start');
+  await agentOf(uds);
+});
+
+test('live injection through the CLI: hints appear only while the program is loaded', async () => {
+  const agent = await agentOf(uds);
+  const hints = () => Number((curl('GET', '/metrics').json?.scheduler as Record<string, number>).hints);
+  const load = await tsvmm(['bpf', 'load', '--api-sock', api, 'affinity']);
+  assert.is(load.code, 0, load.stderr + load.stdout);
+  const list = await tsvmm(['bpf', 'list', '--api-sock', api, '--json']);
+  const handle = (JSON.parse(list.stdout) as { programs: { handle: number; name: string }[] }).programs.find((p) => p.name === 'affinity')!.handle;
+  const before = hints();
+  await agent.exec({ argv: ['taskset', '-c', '1', 'true'] });
+  for (let i = 0; i < 100 && hints() === before; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(hints() > before, 'a hint arrived while affinity is loaded');
+  const unload = await tsvmm(['bpf', 'unload', '--api-sock', api, String(handle)]);
+  assert.is(unload.code, 0, unload.stderr);
+  const after = hints();
+  await agent.exec({ argv: ['taskset', '-c', '1', 'true'] });
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.is(hints(), after, 'no hint once unloaded');
+});
+
+test('scheduler policy change at run time re-pins the vCPU threads', async () => {
+  const pool = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]!;
+  const set = await tsvmm(['sched', 'set', '--api-sock', api, '--policy', 'static']);
+  assert.is(set.code, 0, set.stderr);
+  const rows = (curl('GET', '/scheduler').json!.vcpus as { vcpu: number; tid: number; cpus: number[] }[]);
+  for (const r of rows) {
+    assert.is(r.cpus.length, 1, `vCPU ${r.vcpu} has its own CPU under static`);
+    const real = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/${vmm.pid}/task/${r.tid}/status`, 'utf8'))![1];
+    assert.is(real, String(r.cpus[0]));
+  }
+  assert.is((await tsvmm(['sched', 'set', '--api-sock', api, '--policy', 'none'])).code, 0);
+  for (const r of curl('GET', '/scheduler').json!.vcpus as { tid: number }[]) {
+    assert.is(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/${vmm.pid}/task/${r.tid}/status`, 'utf8'))![1], pool);
+  }
+});
+
+test('bad requests get clear errors and leave the VM running', () => {
+  const r = spawnSync('curl', ['-s', '--unix-socket', api, '-X', 'PUT', 'http://localhost/scheduler', '-H', 'Content-Type: application/json', '-d', '{not json'], { encoding: 'utf8' });
+  assert.match(r.stdout, 'fault_message');
+  assert.is(curl('GET', '/').json?.state, 'Running');
+});
+
+test.run();

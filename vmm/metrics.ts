@@ -1,8 +1,7 @@
 // Metrics: gathers the counters the machine's parts already keep (scheduler, hypercall device,
 // vsock, virtio-mmio transports, loaded eBPF programs) into one JSON document, renders it as
 // Prometheus text, and optionally appends it as JSON lines to a file on a timer. It owns the
-// naming and the formats only; it must not count anything itself (per-vCPU exits, for one,
-// are not counted anywhere yet, so they are not here).
+// naming and the formats only; it must not count anything itself.
 
 import { closeSync, openSync, writeSync } from 'node:fs';
 import type { ApiMachine } from './api/machine';
@@ -23,6 +22,8 @@ export interface Metrics {
   utc_timestamp_ms: number;
   vm_id: string;
   vcpus: number;
+  /** KVM exits by reason, per vCPU (index = vCPU). */
+  vcpu_exits: Record<string, number>[];
   scheduler?: CounterGroup;
   hypercall?: CounterGroup;
   vsock?: CounterGroup;
@@ -46,7 +47,7 @@ function group(src: object): CounterGroup {
 }
 
 export function collectMetrics(m: ApiMachine, vmId: string, now: () => number = Date.now): Metrics {
-  const out: Metrics = { utc_timestamp_ms: now(), vm_id: vmId, vcpus: m.config.vcpus, transports: {}, programs: [] };
+  const out: Metrics = { utc_timestamp_ms: now(), vm_id: vmId, vcpus: m.config.vcpus, vcpu_exits: m.vcpuExits(), transports: {}, programs: [] };
   if (m.scheduler) out.scheduler = group(m.scheduler.counters);
   if (m.paravirt) {
     out.hypercall = { ...group(m.paravirt.device.counters()), hintRecordsSeen: m.paravirt.hintsSeen };
@@ -97,6 +98,9 @@ export function renderPrometheus(m: Metrics): string {
     }
   };
   add('tsvmm_vcpus', 'gauge', {}, m.vcpus);
+  m.vcpu_exits.forEach((byReason, vcpu) => {
+    for (const [reason, n] of Object.entries(byReason)) add('tsvmm_vcpu_exits', 'counter', { vcpu: String(vcpu), reason }, n);
+  });
   if (m.scheduler) addGroup('scheduler', m.scheduler, {});
   if (m.hypercall) addGroup('hypercall', m.hypercall, {});
   if (m.vsock) addGroup('vsock', m.vsock, {});

@@ -191,6 +191,11 @@ export class Machine {
 
   }
 
+  /** KVM exits by reason for each vCPU (index = vCPU). */
+  vcpuExits(): Record<string, number>[] {
+    return this.threads?.exitCounts() ?? [];
+  }
+
   /** The kernel tid of each vCPU thread, by vCPU index. */
   get vcpuTids(): number[] {
     return this.threads?.tids ?? [];

@@ -87,6 +87,13 @@ test('scheduler policy change at run time re-pins the vCPU threads', async () =>
   }
 });
 
+test('metrics count real KVM exits per vCPU, by reason', () => {
+  const m = curl('GET', '/metrics').json as { vcpu_exits: Record<string, number>[] };
+  assert.is(m.vcpu_exits.length, 2);
+  assert.ok((m.vcpu_exits[0]!.io ?? 0) > 0, JSON.stringify(m.vcpu_exits));
+  assert.ok((m.vcpu_exits[0]!.forwarded ?? 0) > 0, 'serial/virtio register accesses went to main-thread devices');
+});
+
 test('bad requests get clear errors and leave the VM running', () => {
   const r = spawnSync('curl', ['-s', '--unix-socket', api, '-X', 'PUT', 'http://localhost/scheduler', '-H', 'Content-Type: application/json', '-d', '{not json'], { encoding: 'utf8' });
   assert.match(r.stdout, 'fault_message');

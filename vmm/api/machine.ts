@@ -36,6 +36,7 @@ export interface ApiMachine {
   readonly vsock?: { readonly counters: VsockCounters };
   readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
   readonly vcpuTids: readonly number[];
+  vcpuExits(): Record<string, number>[];
   finish(status: ExitStatus): void;
   readonly exited: Promise<ExitStatus>;
 }

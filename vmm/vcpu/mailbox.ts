@@ -21,6 +21,17 @@ export const STATE_RESPONSE = 2;
 export const KIND_PIO = 0;
 export const KIND_MMIO = 1;
 
+/**
+ * Per-vCPU exit counters, written only by that vCPU's worker (no atomics needed) and read by
+ * main for metrics: slot r counts KVM exit reason r; the last slot counts forwarded accesses.
+ */
+export const EXIT_STATS_SLOTS = 64;
+export const STAT_FORWARDED = EXIT_STATS_SLOTS - 1;
+
+export function newExitStats(): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(EXIT_STATS_SLOTS * 8));
+}
+
 export function newMailbox(): Int32Array {
   return new Int32Array(new SharedArrayBuffer(MB.SLOTS * 4));
 }
@@ -56,4 +67,5 @@ export interface WorkerInit {
   doorbell: Int32Array;
   pio: ClaimedRange[];
   mmio: ClaimedRange[];
+  stats: Float64Array;
 }

@@ -8,12 +8,12 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Vcpu } from '../../kvm/kvm';
-import { KvmRun } from '../../kvm/layout';
+import { KvmRun, exitReasonName } from '../../kvm/layout';
 import { tgkill } from '../../kvm/libc';
 import type { Bus } from '../../devices/bus';
 import {
-  ClaimedRange, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, VcpuExitReason, WorkerInit, WorkerMessage,
-  mailboxData, newDoorbell, newMailbox,
+  ClaimedRange, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, STAT_FORWARDED, VcpuExitReason, WorkerInit, WorkerMessage,
+  mailboxData, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
 
 /** SIGUSR2: SIGUSR1 belongs to Node's inspector. Any signal with a handler interrupts KVM_RUN. */
@@ -43,6 +43,7 @@ interface Thread {
   worker: Worker;
   mailbox: Int32Array;
   run: Uint8Array;
+  stats: Float64Array;
   tid: number;
   stopped: Promise<void>;
 }
@@ -66,9 +67,10 @@ export class VcpuThreads {
     const started: Promise<number>[] = [];
     for (const vcpu of vcpus) {
       const mailbox = newMailbox();
-      const init: WorkerInit = { fd: vcpu.fd, id: vcpu.id, mmapSize, mailbox, doorbell: this.doorbell, pio: claims.pio, mmio: claims.mmio };
+      const stats = newExitStats();
+      const init: WorkerInit = { fd: vcpu.fd, id: vcpu.id, mmapSize, mailbox, doorbell: this.doorbell, pio: claims.pio, mmio: claims.mmio, stats };
       const worker = new Worker(script, { workerData: init, name: `vcpu${vcpu.id}` });
-      const t: Thread = { vcpu, worker, mailbox, run: vcpu.mapRun(mmapSize).bytes, tid: 0, stopped: Promise.resolve() };
+      const t: Thread = { vcpu, worker, mailbox, run: vcpu.mapRun(mmapSize).bytes, stats, tid: 0, stopped: Promise.resolve() };
       t.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
       started.push(new Promise((resolve, reject) => {
         worker.on('message', (m: WorkerMessage) => {
@@ -92,6 +94,17 @@ export class VcpuThreads {
 
   get tids(): number[] {
     return this.threads.map((t) => t.tid);
+  }
+
+  /** Exits by reason name per vCPU, plus `forwarded` (accesses answered by a main-thread device). */
+  exitCounts(): Record<string, number>[] {
+    return this.threads.map((t) => {
+      const out: Record<string, number> = {};
+      t.stats.forEach((n, i) => {
+        if (n > 0) out[i === STAT_FORWARDED ? 'forwarded' : exitReasonName(i).toLowerCase()] = n;
+      });
+      return out;
+    });
   }
 
   /** Answers mailbox requests until stop(). */

@@ -8,8 +8,8 @@ import { Vcpu } from '../../kvm/kvm';
 import { ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, exitReasonName } from '../../kvm/layout';
 import { gettid, setThreadName } from '../../kvm/libc';
 import {
-  ClaimedRange, KIND_MMIO, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE, VcpuExitReason, WorkerInit,
-  WorkerMessage, mailboxData,
+  ClaimedRange, EXIT_STATS_SLOTS, KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
+  VcpuExitReason, WorkerInit, WorkerMessage, mailboxData,
 } from './mailbox';
 
 const EINTR = 4;
@@ -26,6 +26,7 @@ const run = vcpu.mapRun(init.mmapSize).bytes;
 const rv = new DataView(run.buffer, run.byteOffset, run.byteLength);
 const mb = init.mailbox;
 const mbData = mailboxData(mb);
+const stats = init.stats;
 
 const claimed = (ranges: ClaimedRange[], addr: number, size: number) => {
   for (const r of ranges) if (addr >= r.base && addr + size <= r.base + r.len) return true;
@@ -34,6 +35,7 @@ const claimed = (ranges: ClaimedRange[], addr: number, size: number) => {
 
 /** Forwards one access to main and waits for its answer (reads fill `data`). */
 function forward(kind: number, addr: number, data: Uint8Array, isWrite: boolean): void {
+  stats[STAT_FORWARDED]!++;
   mb[MB.KIND] = kind;
   mb[MB.IS_WRITE] = isWrite ? 1 : 0;
   mb[MB.SIZE] = data.length;
@@ -81,6 +83,7 @@ function loop(): { reason: VcpuExitReason; detail: string } | undefined {
       return { reason: 'internal-error', detail: `KVM_RUN failed: errno ${-r}` };
     }
     const reason = rv.getUint32(KvmRun.exitReason, true);
+    stats[Math.min(reason, EXIT_STATS_SLOTS - 2)]!++;
     switch (reason) {
       case ExitReason.IO:
         handleIo();

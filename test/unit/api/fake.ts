@@ -47,6 +47,9 @@ export class FakeMachine implements ApiMachine {
   readonly vsock?: { counters: ReturnType<typeof newCounters> };
   readonly transports: { name: string; transport: { counters: { notifications: number; interrupts: number; errors: number; needsReset: number; resets: number } } }[] = [];
   readonly vcpuTids: number[];
+  vcpuExits(): Record<string, number>[] {
+    return this.vcpuTids.map((_, i) => ({ io: 10 + i, mmio: 3, forwarded: 5 }));
+  }
   readonly applied: { vcpu: number; cpus: number[] }[] = [];
   finished?: ExitStatus;
   private end!: (s: ExitStatus) => void;

@@ -125,6 +125,7 @@ test('metrics: JSON and Prometheus over the API; names, labels, types', async ()
     assert.match(x.contentType, /application\/json/);
     const m = json(x.text) as { vm_id: string; vsock: { connectionsOpened: number }; transports: Record<string, { notifications: number }>; programs: { name: string; hints: number }[]; hypercall: { hintRecords: number } };
     assert.is(m.vm_id, 'testvm');
+    assert.equal((m as unknown as { vcpu_exits: Record<string, number>[] }).vcpu_exits[0], { io: 10, mmio: 3, forwarded: 5 });
     assert.is(m.vsock.connectionsOpened, 2);
     assert.is(m.transports['virtio-vsock']!.notifications, 7);
     assert.is(m.hypercall.hintRecords, 5);
@@ -133,6 +134,7 @@ test('metrics: JSON and Prometheus over the API; names, labels, types', async ()
     assert.match(x.contentType, /text\/plain; version=0.0.4/);
     const text = x.text;
     assert.match(text, /^# TYPE tsvmm_vcpus gauge\ntsvmm_vcpus 2\n/);
+    assert.match(text, /\ntsvmm_vcpu_exits\{vcpu="1",reason="io"\} 11\n/);
     assert.match(text, /\ntsvmm_vsock_connections_opened 2\n/);
     assert.match(text, /\ntsvmm_vsock_dropped\{reason="bad-type"\} 1\n/);
     assert.match(text, /\ntsvmm_transport_notifications\{device="virtio-vsock"\} 7\n/);

@@ -51,6 +51,13 @@ out=$(cat /ctl/outdir)
 mkdir -p "$H$out" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$H$out" ||
 	fail "cannot mount the output share at $out"
+# The caller's working directory, when it lives under /tmp or /run (masked above).
+if [ -f /ctl/cwddir ]; then
+	cwd=$(cat /ctl/cwddir)
+	mkdir -p "$H$cwd" 2>/dev/null
+	mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro cwd "$H$cwd" ||
+		fail "cannot mount the working directory share at $cwd"
+fi
 ip link set lo up 2>/dev/null
 step "mounted; waiting for the output ports"
 

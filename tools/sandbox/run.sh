@@ -95,6 +95,13 @@ q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 	printf '\n'
 } >"$work/ctl/job.sh"
 echo "$OUT" >"$work/ctl/outdir"
+# /tmp and /run are fresh tmpfs inside: a working directory under them (a CI checkout in /tmp,
+# say) is shared on its own, read-only, at the same path.
+cwd_share=()
+case $PWD/ in /tmp/* | /run/*)
+	echo "$PWD" >"$work/ctl/cwddir"
+	cwd_share=(-virtfs "local,path=$PWD,mount_tag=cwd,readonly=on,security_model=none,multidevs=remap") ;;
+esac
 
 run_once() {
 	rm -f "$work/ctl/status" "$work/ctl/error" "$work/console.log"
@@ -115,7 +122,7 @@ run_once() {
 		-serial "file:$work/console.log" \
 		-virtfs "local,path=/,mount_tag=hostroot,readonly=on,$fs" \
 		-virtfs "local,path=$work/ctl,mount_tag=ctl,$fs" \
-		-virtfs "local,path=$OUT,mount_tag=out,$fs" \
+		-virtfs "local,path=$OUT,mount_tag=out,$fs" "${cwd_share[@]}" \
 		-device virtio-serial-pci \
 		-chardev "file,id=so,path=$work/stdout" -device virtserialport,chardev=so,name=tsvmm.stdout \
 		-chardev "file,id=se,path=$work/stderr" -device virtserialport,chardev=se,name=tsvmm.stderr \
@@ -145,8 +152,14 @@ for attempt in 1 2; do
 	if [ -s "$work/console.log" ]; then
 		log "last console lines:"; tail -n 15 "$work/console.log" | sed 's/^/  | /' >&2
 	fi
-	# A job that outlived its time limit would only do so again: retry dead sandboxes only.
-	case $qemu_rc in 124 | 137) log "not retrying a timed-out job (exit 125)"; exit 125 ;; esac
+	# A stalled sandbox is retried; a job that started and then outlived its time limit would
+	# only do so again.
+	case $qemu_rc in 124 | 137)
+		if grep -q 'running the job' "$work/console.log" 2>/dev/null; then
+			log "the job itself ran past ${TIMEOUT}s: not retrying (exit 125)"
+			exit 125
+		fi ;;
+	esac
 done
 log "sandbox failed twice; giving up (exit 125)"
 exit 125

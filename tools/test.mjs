@@ -97,7 +97,7 @@ if (wantIntegration) {
     console.log('no hardware KVM here: running the integration tests inside the nested sandbox (QEMU software emulation; slow)');
     for (const f of integration) {
       const out = mkdtempSync(join(tmpdir(), 'tsvmm-test-'));
-      sh('bash', ['tools/sandbox/run.sh', '--timeout', '1500', '--out', out, '--', process.execPath, 'tools/test.mjs', '--integration', '--inside', '--filter', relative(root, f)], {
+      sh('bash', ['tools/sandbox/run.sh', '--timeout', '900', '--out', out, '--', process.execPath, 'tools/test.mjs', '--integration', '--inside', '--filter', relative(root, f)], {
         stdio: ['ignore', 'inherit', 'inherit'],
       });
       const resultFile = join(out, 'results.json');

@@ -103,6 +103,8 @@ case $PWD/ in /tmp/* | /run/*)
 	cwd_share=(-virtfs "local,path=$PWD,mount_tag=cwd,readonly=on,security_model=none,multidevs=remap") ;;
 esac
 
+STALL_PATTERN='soft lockup|self-detected stall|kthread starved'
+
 run_once() {
 	rm -f "$work/ctl/status" "$work/ctl/error" "$work/console.log"
 	# QEMU writes CMD's stdout/stderr into fifos that cat copies to ours: QEMU cannot
@@ -129,8 +131,22 @@ run_once() {
 		</dev/null 2>"$work/qemu.log" &
 	# Waiting in the background lets a signal to run.sh tear the sandbox down at once.
 	qpid=$!
+	# A sandbox kernel that stalls under emulation (soft lockup, RCU stall: seen about once in
+	# 30 heavy runs) never recovers; end it now rather than at the time limit, and retry.
+	(
+		while kill -0 "$qpid" 2>/dev/null; do
+			if grep -q -E "$STALL_PATTERN" "$work/console.log" 2>/dev/null; then
+				kill "$qpid" 2>/dev/null
+				break
+			fi
+			sleep 5
+		done
+	) &
+	watcher=$!
 	wait "$qpid"
 	qemu_rc=$?
+	kill "$watcher" 2>/dev/null
+	wait "$watcher" 2>/dev/null
 	qpid=
 	# QEMU has closed the fifos (or never opened them): the copies end by themselves.
 	exec 3<>"$work/stdout" 4<>"$work/stderr"; exec 3>&- 4>&-
@@ -144,6 +160,7 @@ for attempt in 1 2; do
 	if [ -f "$work/ctl/status" ]; then exit "$(cat "$work/ctl/status")"; fi
 	if [ -f "$work/ctl/error" ]; then log "sandbox failed: $(cat "$work/ctl/error")"; exit 125; fi
 	case $qemu_rc in
+	143) why="the sandbox kernel stalled under emulation ($(grep -m1 -o -E "$STALL_PATTERN" "$work/console.log"))" ;;
 	124 | 137) why="no exit status within ${TIMEOUT}s (hung or too slow)" ;;
 	0) why="the sandbox stopped without reporting an exit status (kernel panic?)" ;;
 	*) why="QEMU exited with status $qemu_rc: $(tail -n 3 "$work/qemu.log" | tr '\n' ' ')" ;;
@@ -155,7 +172,10 @@ for attempt in 1 2; do
 	# A stalled sandbox is retried; a job that started and then outlived its time limit would
 	# only do so again.
 	case $qemu_rc in 124 | 137)
-		if grep -q 'running the job' "$work/console.log" 2>/dev/null; then
+		# ...unless the sandbox kernel itself stalled under emulation (RCU stall, soft lockup):
+		# that is the sandbox dying, not the job.
+		if grep -q 'running the job' "$work/console.log" 2>/dev/null &&
+			! grep -q -E "$STALL_PATTERN" "$work/console.log"; then
 			log "the job itself ran past ${TIMEOUT}s: not retrying (exit 125)"
 			exit 125
 		fi ;;

@@ -96,23 +96,38 @@ if (wantIntegration) {
     // sandbox's own time limit.
     console.log('no hardware KVM here: running the integration tests inside the nested sandbox (QEMU software emulation; slow)');
     for (const f of integration) {
-      const out = mkdtempSync(join(tmpdir(), 'tsvmm-test-'));
-      sh('bash', ['tools/sandbox/run.sh', '--timeout', '900', '--out', out, '--', process.execPath, 'tools/test.mjs', '--integration', '--inside', '--filter', relative(root, f)], {
-        stdio: ['ignore', 'inherit', 'inherit'],
-      });
-      const resultFile = join(out, 'results.json');
-      if (existsSync(resultFile)) {
-        const r = JSON.parse(readFileSync(resultFile, 'utf8'));
+      const name = relative(join(root, 'dist/test'), f);
+      // A sandbox that reports nothing (stalled under emulation, or the job hung) is tried once
+      // more; a file that reported failures is not.
+      let r;
+      for (let attempt = 1; attempt <= 2 && !r; attempt++) {
+        if (attempt > 1) console.log(`retrying ${name}: its sandbox reported no results`);
+        r = sandboxRun(f);
+      }
+      if (r) {
         passed += r.passed;
         failed += r.failed;
         failures.push(...r.failures);
       } else {
         failed++;
-        failures.push(relative(join(root, 'dist/test'), f));
-        console.log(`FAIL ${relative(join(root, 'dist/test'), f)}: the nested sandbox did not report results (see above)`);
+        failures.push(name);
+        console.log(`FAIL ${name}: the nested sandbox did not report results twice (see above)`);
       }
-      rmSync(out, { recursive: true, force: true });
     }
+  }
+}
+
+/** Runs one integration file in its own sandbox; its results, or undefined if none came back. */
+function sandboxRun(f) {
+  const out = mkdtempSync(join(tmpdir(), 'tsvmm-test-'));
+  try {
+    sh('bash', ['tools/sandbox/run.sh', '--timeout', '600', '--out', out, '--', process.execPath, 'tools/test.mjs', '--integration', '--inside', '--filter', relative(root, f)], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    const resultFile = join(out, 'results.json');
+    return existsSync(resultFile) ? JSON.parse(readFileSync(resultFile, 'utf8')) : undefined;
+  } finally {
+    rmSync(out, { recursive: true, force: true });
   }
 }
 

@@ -30,6 +30,11 @@ export class Bus {
     this.ranges.sort((a, b) => a.base - b.base);
   }
 
+  /** The claimed address ranges (what a vCPU worker must forward to this bus). */
+  claims(): { base: number; len: number }[] {
+    return this.ranges.map((r) => ({ base: r.base, len: r.len }));
+  }
+
   /** The device covering [addr, addr + size), with the offset inside it. */
   find(addr: number, size: number): { device: BusDevice; offset: number; name: string } | undefined {
     // Few ranges (a dozen): a linear scan beats anything clever here.

@@ -24,7 +24,6 @@ import type { VirtioDevice } from '../devices/virtio/device';
 import { VirtioVsock } from '../devices/virtio/vsock/index';
 import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
 import { virtioMmioSlot } from './layout';
-import type { ClaimedRange } from './vcpu/mailbox';
 import { HYPERCALL_SHMEM_SIZE, Paravirt, newScheduler } from './paravirt';
 import type { VcpuScheduler } from './scheduler/scheduler';
 import { HYPERCALL_PORT, HYPERCALL_PORT_LEN, HYPERCALL_SHMEM_ADDR } from './layout';
@@ -60,7 +59,6 @@ export class Machine {
   paravirt?: Paravirt;
   scheduler?: VcpuScheduler;
   readonly transports: { name: string; transport: MmioTransport }[] = [];
-  private readonly mmioClaims: ClaimedRange[] = [];
   private readonly cleanups: (() => void | Promise<void>)[] = [];
   private ended?: (s: ExitStatus) => void;
   readonly exited: Promise<ExitStatus>;
@@ -108,7 +106,6 @@ export class Machine {
       this.addVirtio(vm, 'virtio-vsock', dev);
     }
     const slots = this.transports.map((_, i) => virtioMmioSlot(i));
-    const pioClaims = [{ base: COM1_PORT, len: 8 }, { base: I8042_DATA_PORT, len: 5 }, { base: PVPANIC_PORT, len: 1 }, { base: ACPI_SLEEP_CONTROL_PORT, len: 2 }];
     let extraCmdline = '';
     if (this.vsock) {
       const vsock = this.vsock;
@@ -119,7 +116,6 @@ export class Machine {
       }));
       this.cleanups.push(() => pv.close());
       this.pio.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
-      pioClaims.push({ base: HYPERCALL_PORT, len: HYPERCALL_PORT_LEN });
       extraCmdline = ` ${Paravirt.cmdline()}`;
     }
     const hypercall = this.paravirt
@@ -146,7 +142,7 @@ export class Machine {
       setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
     }
     this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e));
-    const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: pioClaims, mmio: this.mmioClaims });
+    const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: this.pio.claims(), mmio: this.mmio.claims() });
     scheduler.setVcpuThreads(tids);
     this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
   }
@@ -174,7 +170,6 @@ export class Machine {
     const transport = new MmioTransport(device, this.ram!.memory, irq);
     transport.onError = (reason) => this.io.log(`${name}: device needs reset: ${reason}`);
     this.mmio.insert(slot.base, slot.size, name, transport);
-    this.mmioClaims.push({ base: slot.base, len: slot.size });
     for (let q = 0; q < device.queueMaxSizes.length; q++) {
       const n = transport.notifyAddress(q);
       const fd = eventfd();

@@ -3,6 +3,7 @@
 // here, and the host decodes forwarded batches with `decodeHints`. Knows nothing about
 // how batches travel or what the scheduler does with them.
 
+/** Type 0 is never a hint: it is the hypercall transport's SOURCE record (devices/hypercall/shmem.ts). */
 export const HintType = { AFFINITY: 1, UNPIN: 2 } as const;
 export type HintTypeName = keyof typeof HintType;
 

@@ -2,7 +2,8 @@
  * hypercall device, fetches program packages when the host rings its vsock doorbell,
  * checks them against the guest owner's policy, has bpfload.c load and attach them,
  * reports back, and forwards hint ring-buffer records in batches (one hypercall per
- * batch). It never interprets hints. Layouts: hypercall.h (device). The command channel
+ * batch), each run of records preceded by a SOURCE record naming the package whose ring
+ * it came from (when the host reads them). It never interprets hints. Layouts: hypercall.h (device). The command channel
  * (agent.c) is another process: a slow verifier never delays an exec. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -258,9 +259,18 @@ static void hex32(const uint8_t d[32], char out[65])
 static struct {
 	uint8_t *buf; /* private copy of the batch; copied to the mailbox when sent */
 	uint32_t len, count, dropped;
+	uint32_t hints;  /* records in `count` that are hints (not SOURCE): lost if the batch is refused */
+	uint32_t source; /* handle the last SOURCE of this batch names; 0 (never a handle): none yet */
 } B;
 
 static int try_mode; /* --try-package: no device, hints printed on stdout */
+static int sources;  /* the host reads SOURCE records (FEATURES) and HELLO said we send them */
+
+static void batch_reset(void)
+{
+	B.count = B.hints = B.source = 0;
+	B.len = HINTS_HDR;
+}
 
 static void batch_print(void)
 {
@@ -275,8 +285,8 @@ static void batch_print(void)
 	if (B.dropped)
 		printf("hints dropped: %u\n", B.dropped);
 	fflush(stdout);
-	B.count = B.dropped = 0;
-	B.len = HINTS_HDR;
+	B.dropped = 0;
+	batch_reset();
 }
 
 static void batch_flush(void)
@@ -289,36 +299,47 @@ static void batch_flush(void)
 	put32(B.buf + 4, B.dropped);
 	memcpy(D.shm + D.g2h_off, B.buf, B.len);
 	g2h_post(B.len);
-	uint32_t sent = B.count;
-	B.dropped = hcall_hints() ? 0 : B.dropped + sent;
-	B.count = 0;
-	B.len = HINTS_HDR;
+	B.dropped = hcall_hints() ? 0 : B.dropped + B.hints;
+	batch_reset();
 }
 
-/* Copies one ring-buffer sample as a hint record. The program wrote the record header
- * {type, len} itself; the agent checks only that it is consistent, not what it means. */
-static void batch_add(const uint8_t *s, uint32_t size)
+/* Copies one ring-buffer sample of `handle`'s package as a hint record, after a SOURCE
+ * record when the batch's last one names another handle (or none). The program wrote the
+ * record header {type, len} itself; the agent checks only that it is consistent, not what it
+ * means — and that it does not claim type 0, which would relabel the records after it. */
+static void batch_add(const uint8_t *s, uint32_t size, uint32_t handle)
 {
 	uint32_t rlen = size >= RECORD_HDR ? get32(s + 4) : 0;
-	if (rlen < RECORD_HDR || rlen > size) {
+	if (rlen < RECORD_HDR || rlen > size || get32(s) == SOURCE_TYPE) {
 		B.dropped++;
 		return;
 	}
-	uint32_t padded = (rlen + 7) & ~7u;
-	if (HINTS_HDR + padded > D.g2h_size) {
+	uint32_t padded = (rlen + 7) & ~7u, src = sources ? SOURCE_LEN : 0;
+	if (HINTS_HDR + src + padded > D.g2h_size) {
 		B.dropped++;
 		return;
 	}
-	if (B.len + padded > D.g2h_size)
+	if (B.len + (B.source == handle ? 0 : src) + padded > D.g2h_size)
 		batch_flush();
+	if (sources && B.source != handle) {
+		put32(B.buf + B.len, SOURCE_TYPE);
+		put32(B.buf + B.len + 4, SOURCE_LEN);
+		put32(B.buf + B.len + 8, handle);
+		put32(B.buf + B.len + 12, 0);
+		B.len += SOURCE_LEN;
+		B.count++;
+		B.source = handle;
+	}
 	memcpy(B.buf + B.len, s, rlen);
 	memset(B.buf + B.len + rlen, 0, padded - rlen);
 	B.len += padded;
 	B.count++;
+	B.hints++;
 }
 
-static void ring_drain(struct ring *r)
+static void ring_drain(const struct loaded *l)
 {
+	const struct ring *r = &l->ring;
 	uint64_t *consp = (uint64_t *)r->cons, *prodp = (uint64_t *)r->prod;
 	uint64_t cons = __atomic_load_n(consp, __ATOMIC_ACQUIRE), mask = r->size - 1;
 	for (;;) {
@@ -332,7 +353,7 @@ static void ring_drain(struct ring *r)
 				return; /* still being written: the next wake-up brings it */
 			uint32_t len = lw & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
 			if (!(lw & BPF_RINGBUF_DISCARD_BIT))
-				batch_add(h + BPF_RINGBUF_HDR_SZ, len);
+				batch_add(h + BPF_RINGBUF_HDR_SZ, len, l->handle);
 			cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7ull;
 			__atomic_store_n(consp, cons, __ATOMIC_RELEASE);
 		}
@@ -396,7 +417,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 			set_result(&r, OUT_NOENT, ENOENT, "no package loaded under handle %u", handle);
 		} else {
 			if ((*slot)->ring.fd >= 0)
-				ring_drain(&(*slot)->ring); /* its last hints still go out */
+				ring_drain(*slot); /* its last hints still go out */
 			blog("unloaded handle %u (%s)", handle, (*slot)->name);
 			unload(*slot, epfd);
 			*slot = NULL;
@@ -435,7 +456,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 					blog("policy: accepted %s (%s) without an allow list", k.name, hex);
 				if (slot) { /* REPLACE: the old programs go only now that the new ones run */
 					if ((*slot)->ring.fd >= 0)
-						ring_drain(&(*slot)->ring);
+						ring_drain(*slot);
 					unload(*slot, epfd);
 					*slot = l;
 				} else
@@ -598,7 +619,7 @@ void ebpf_main(const struct ebpf_opts *o)
 		die("shared memory mailboxes out of bounds");
 	D.g2h_seq = shm_rd(SHM_H_G2H_SEQ);
 	B.buf = malloc(D.g2h_size);
-	B.len = HINTS_HDR;
+	batch_reset();
 	if (!B.buf)
 		die("out of memory");
 
@@ -611,8 +632,10 @@ void ebpf_main(const struct ebpf_opts *o)
 
 	uint8_t *m = D.shm + D.g2h_off, hello[HELLO_HDR];
 	const char *name = AGENT_VERSION;
+	/* An older host does not know SOURCE records: it would take them for hints. */
+	sources = (reg_rd(HC_REG_FEATURES) & HC_FEAT_HINT_SOURCE) != 0;
 	put32(hello, HC_VERSION);
-	put32(hello + 4, (P.active ? HC_CAP_DIGEST_ALLOWLIST : 0) | HC_CAP_HINTS | HC_CAP_REPLACE);
+	put32(hello + 4, (P.active ? HC_CAP_DIGEST_ALLOWLIST : 0) | HC_CAP_HINTS | HC_CAP_REPLACE | (sources ? HC_CAP_HINT_SOURCE : 0));
 	put32(hello + 8, (uint32_t)getpid());
 	put32(hello + 12, (uint32_t)strlen(name));
 	memcpy(m, hello, HELLO_HDR);
@@ -661,7 +684,7 @@ void ebpf_main(const struct ebpf_opts *o)
 					bell = -1;
 				}
 			} else {
-				ring_drain(&((struct loaded *)p)->ring);
+				ring_drain(p);
 			}
 		}
 		batch_flush(); /* one HINTS per wake-up, whatever the number of rings */
@@ -687,7 +710,7 @@ int ebpf_try(const char *path, unsigned seconds)
 	try_mode = 1;
 	D.g2h_size = 1 << 20;
 	B.buf = malloc(D.g2h_size);
-	B.len = HINTS_HDR;
+	batch_reset();
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	static struct pkg k;
 	char why[512], hex[65];
@@ -715,11 +738,11 @@ int ebpf_try(const char *path, unsigned seconds)
 		struct epoll_event ev[8];
 		int m = epoll_wait(epfd, ev, 8, (int)(end - now) * 1000);
 		for (int i = 0; i < m; i++)
-			ring_drain(&((struct loaded *)ev[i].data.ptr)->ring);
+			ring_drain(ev[i].data.ptr);
 		batch_flush();
 	}
 	if (l->ring.fd >= 0)
-		ring_drain(&l->ring);
+		ring_drain(l);
 	batch_flush();
 	unload(l, epfd);
 	printf("unloaded\n");

@@ -28,10 +28,14 @@ enum hc_status {
 	HC_E_NOREQ = 5, HC_E_VERSION = 6, HC_E_RATE = 7, HC_E_ACCESS = 8,
 };
 
+/* FEATURES register bits. */
+#define HC_FEAT_HINT_SOURCE (1u << 0)
+
 /* HELLO capability bits. */
 #define HC_CAP_DIGEST_ALLOWLIST (1u << 0)
 #define HC_CAP_HINTS (1u << 3)
 #define HC_CAP_REPLACE (1u << 4)
+#define HC_CAP_HINT_SOURCE (1u << 5)
 
 /* Shared memory header (u32 fields). */
 #define SHM_MAGIC 0x4d485354u /* "TSHM" */
@@ -74,5 +78,9 @@ enum hc_outcome { OUT_OK = 0, OUT_REFUSED = 1, OUT_VERIFIER = 2, OUT_BADPKG = 3,
  * zero padding to 8). */
 #define HINTS_HDR 0x08
 #define RECORD_HDR 0x08
+/* SOURCE record (type 0, reserved: programs may not write it): u32 type, u32 len = 16,
+ * u32 handle, u32 0. The records after it came from the ring of that handle's package. */
+#define SOURCE_TYPE 0
+#define SOURCE_LEN 0x10
 
 #endif

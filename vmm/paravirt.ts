@@ -52,8 +52,8 @@ export class Paravirt {
   }) {
     this.device = new HypercallDevice({ shm: opts.shm, shmBase: HYPERCALL_SHMEM_ADDR });
     this.scheduler = opts.scheduler;
-    this.device.onHints(HintType.AFFINITY, (record) => this.onRecord(record));
-    this.device.onHints(HintType.UNPIN, (record) => this.onRecord(record));
+    this.device.onHints(HintType.AFFINITY, (record, _type, source) => this.onRecord(record, source));
+    this.device.onHints(HintType.UNPIN, (record, _type, source) => this.onRecord(record, source));
     this.doorbell = new AgentDoorbell(() => opts.connect(DOORBELL_PORT), {
       maxAttempts: 600,
       onError: (e) => opts.log(`doorbell: guest agent not reachable on vsock port ${DOORBELL_PORT} yet: ${e.message}`),
@@ -70,13 +70,15 @@ export class Paravirt {
     return hypercallCmdline({ ioBase: HYPERCALL_PORT, shmBase: HYPERCALL_SHMEM_ADDR, shmSize: HYPERCALL_SHMEM_SIZE, doorbellPort: DOORBELL_PORT });
   }
 
-  private onRecord(record: Uint8Array): void {
+  /** `source`: the handle whose ring buffer the record came from (the device checked it is loaded). */
+  private onRecord(record: Uint8Array, source: number | undefined): void {
     this.hintsSeen++;
+    const p = source === undefined ? undefined : this.loaded.get(source);
+    if (p) p.hints++;
     for (const h of decodeHints(record)) {
       if (h.type === 'AFFINITY') this.scheduler.onAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, mask: h.mask });
       else if (h.type === 'UNPIN') this.scheduler.onUnpinHint({ tid: h.tid });
     }
-    for (const p of this.loaded.values()) p.hints++;
   }
 
   /** Loads a package into the guest; resolves with the agent's report. */

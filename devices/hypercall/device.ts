@@ -8,12 +8,13 @@
 // the mailbox and answered with a status code. Guest input never makes this module throw.
 
 import type { BusDevice } from '../bus';
-import { Cmd, HC_DOORBELL_PORT, HC_MAGIC, HC_VERSION, Reg, Status, type CmdName, type StatusCode, type StatusName } from './registers';
+import { Caps, Cmd, Features, HC_DOORBELL_PORT, HC_MAGIC, HC_VERSION, Reg, Status, type CmdName, type StatusCode, type StatusName } from './registers';
 import {
   Hdr,
   Op,
   SHM_MAGIC,
   SHM_VERSION,
+  SOURCE,
   DIGEST_LEN,
   decodeHello,
   decodeHints,
@@ -72,9 +73,11 @@ export interface LostProgram {
 /**
  * Receives one hint record: the whole record, 8-byte header included, exactly `len` bytes
  * (padding stripped), so `bpf/hints.ts` can decode it as a one-record batch. The bytes are a
- * private copy: the guest cannot change them afterwards.
+ * private copy: the guest cannot change them afterwards. `source` is the handle of the loaded
+ * package whose ring buffer the record came from, per the agent's SOURCE records; undefined
+ * when the agent named none or named a handle that is not loaded (counted `hintUnattributed`).
  */
-export type HintHandler = (record: Uint8Array, type: number) => void;
+export type HintHandler = (record: Uint8Array, type: number, source: number | undefined) => void;
 
 export interface HypercallDeviceOptions {
   /** Host view of the shared memory (mapped by vmm as a separate KVM slot). */
@@ -113,6 +116,8 @@ export interface HypercallCounters {
   hintDropped: number;
   /** Records of a type no handler is registered for. */
   hintUnknown: number;
+  /** Records without a source: no SOURCE before them, or one naming a handle that is not loaded. */
+  hintUnattributed: number;
   /** Records dispatched, by (registered) type. */
   hintsByType: Record<number, number>;
   handlerErrors: number;
@@ -207,6 +212,7 @@ export class HypercallDevice implements BusDevice {
       hintBytes: 0,
       hintDropped: 0,
       hintUnknown: 0,
+      hintUnattributed: 0,
       hintsByType: {},
       handlerErrors: 0,
       requestsSubmitted: 0,
@@ -281,6 +287,7 @@ export class HypercallDevice implements BusDevice {
 
   /** Registers a handler for hint records of `type`; returns a function that unregisters it. */
   onHints(type: number, handler: HintHandler): () => void {
+    if (type === SOURCE.type) throw new RangeError(`hint type ${type} is reserved for SOURCE records`);
     const list = this.hintHandlers.get(type) ?? [];
     list.push(handler);
     this.hintHandlers.set(type, list);
@@ -338,7 +345,7 @@ export class HypercallDevice implements BusDevice {
     switch (offset) {
       case Reg.MAGIC: return HC_MAGIC;
       case Reg.VERSION: return HC_VERSION;
-      case Reg.FEATURES: return 0;
+      case Reg.FEATURES: return Features.HINT_SOURCE;
       case Reg.DOORBELL_PORT: return this.doorbellPort;
       case Reg.SHM_BASE_LO: return this.shmBase % U32;
       case Reg.SHM_BASE_HI: return Math.floor(this.shmBase / U32);
@@ -519,22 +526,25 @@ export class HypercallDevice implements BusDevice {
     if (!this.needSession('HINTS')) return;
     const msg = this.takeMessage();
     if (!msg) return;
-    const d = decodeHints(msg);
+    const d = decodeHints(msg, ((this.agentInfo as AgentInfo).caps & Caps.HINT_SOURCE) !== 0);
     if (!d.ok) return this.finish(d.status, 0, d.why);
-    const { records, dropped } = d.value;
+    const { records, dropped, count } = d.value;
     this.stats.hintBatches++;
     this.stats.hintRecords += records.length;
     this.stats.hintBytes += msg.length;
     this.stats.hintDropped += dropped;
-    this.finish(Status.OK, records.length);
+    this.finish(Status.OK, count);
     for (const rec of records) {
+      // The guest names the source: only a handle loaded now is believed.
+      const source = rec.source !== undefined && this.live.has(rec.source) ? rec.source : undefined;
+      if (source === undefined) this.stats.hintUnattributed++;
       const handlers = this.hintHandlers.get(rec.type);
       if (!handlers) {
         this.stats.hintUnknown++;
         continue;
       }
       this.stats.hintsByType[rec.type] = (this.stats.hintsByType[rec.type] ?? 0) + 1;
-      for (const h of [...handlers]) this.safely(() => h(rec.record, rec.type));
+      for (const h of [...handlers]) this.safely(() => h(rec.record, rec.type, source));
     }
   }
 

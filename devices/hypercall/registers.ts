@@ -51,13 +51,24 @@ export const Status = {
 export type StatusName = keyof typeof Status;
 export type StatusCode = (typeof Status)[StatusName];
 
-/** HELLO capability bits (informational: the host records them). */
+/** FEATURES register bits: what this host understands beyond version 1's baseline. */
+export const Features = {
+  /** HINTS batches may carry SOURCE records (§4.4). */
+  HINT_SOURCE: 1 << 0,
+} as const;
+
+/**
+ * HELLO capability bits. The policy bits are informational (the host records them);
+ * HINT_SOURCE changes how the host reads HINTS batches, and an agent sets it only when
+ * FEATURES offers it.
+ */
 export const Caps = {
   DIGEST_ALLOWLIST: 1 << 0,
   SIGNATURE: 1 << 1,
   HELPER_ALLOWLIST: 1 << 2,
   HINTS: 1 << 3,
   REPLACE: 1 << 4,
+  HINT_SOURCE: 1 << 5,
 } as const;
 
 export interface HypercallPlacement {

@@ -202,6 +202,14 @@ export const HINTS_HDR = 0x08;
 export const RECORD_HDR = 0x08;
 const align8 = (n: number): number => Math.ceil(n / 8) * 8;
 
+/**
+ * SOURCE record (§4.4): written by the agent, never by a hint program (type 0 is reserved).
+ * Layout: u32 type = 0, u32 len = 16, u32 handle, u32 reserved (written 0, ignored). The hint
+ * records after it, up to the next SOURCE or the end of the batch, came from the ring buffer
+ * of the package loaded under `handle`.
+ */
+export const SOURCE = { type: 0, len: 0x10, handle: 0x08 } as const;
+
 export interface HintRecord {
   type: number;
   /** The bytes after the 8-byte record header (padding excluded). */
@@ -211,11 +219,28 @@ export interface HintRecord {
 export interface DecodedHintRecord extends HintRecord {
   /** The whole record, header included, `len` bytes (what bpf/hints.ts decodes). */
   record: Uint8Array;
+  /** The handle the last SOURCE record before it named, as the guest wrote it; undefined without one. */
+  source: number | undefined;
 }
 
-export interface HintsMsg<R extends HintRecord = HintRecord> {
+export interface HintsMsg {
   dropped: number;
-  records: R[];
+  records: HintRecord[];
+}
+
+export interface DecodedHints {
+  dropped: number;
+  /** The hint records: SOURCE records are consumed by the decoder. */
+  records: DecodedHintRecord[];
+  /** `record_count`: every record of the batch, SOURCE records included. */
+  count: number;
+}
+
+/** A SOURCE record for `encodeHints` (tests, and tools that replay batches). */
+export function sourceRecord(handle: number): HintRecord {
+  const payload = new Uint8Array(SOURCE.len - RECORD_HDR);
+  view(payload).setUint32(SOURCE.handle - RECORD_HDR, handle, true);
+  return { type: SOURCE.type, payload };
 }
 
 export function encodeHints(m: HintsMsg): Uint8Array {
@@ -234,14 +259,19 @@ export function encodeHints(m: HintsMsg): Uint8Array {
   return b;
 }
 
-/** Validates the whole batch before returning any record: a bad batch delivers nothing. */
-export function decodeHints(b: Uint8Array): Decoded<HintsMsg<DecodedHintRecord>> {
+/**
+ * Validates the whole batch before returning any record: a bad batch delivers nothing.
+ * `sources`: the agent announced HINT_SOURCE, so type 0 records are SOURCE records; without
+ * it type 0 is an ordinary record and no record has a source.
+ */
+export function decodeHints(b: Uint8Array, sources: boolean): Decoded<DecodedHints> {
   if (b.length < HINTS_HDR || b.length % 8 !== 0) return fail(Status.E_LENGTH, `HINTS g2h_len ${b.length} is not a multiple of 8 of at least 8`);
   const v = view(b);
   const count = v.getUint32(0x00, true);
   // Each record takes at least 8 bytes: a bigger count cannot be honest (and must not drive a loop).
   if (count > (b.length - HINTS_HDR) / RECORD_HDR) return fail(Status.E_INVALID, `HINTS record_count ${count} cannot fit ${b.length} bytes`);
   const records: DecodedHintRecord[] = [];
+  let source: number | undefined;
   let off = HINTS_HDR;
   for (let i = 0; i < count; i++) {
     if (off + RECORD_HDR > b.length) return fail(Status.E_LENGTH, `HINTS record ${i} header at ${off} runs past ${b.length}`);
@@ -249,9 +279,14 @@ export function decodeHints(b: Uint8Array): Decoded<HintsMsg<DecodedHintRecord>>
     const len = v.getUint32(off + 4, true);
     if (len < RECORD_HDR) return fail(Status.E_INVALID, `HINTS record ${i} len ${len} < ${RECORD_HDR}`);
     if (off + len > b.length) return fail(Status.E_LENGTH, `HINTS record ${i} (${len} bytes at ${off}) runs past ${b.length}`);
-    records.push({ type, payload: b.subarray(off + RECORD_HDR, off + len), record: b.subarray(off, off + len) });
+    if (sources && type === SOURCE.type) {
+      if (len !== SOURCE.len) return fail(Status.E_INVALID, `HINTS record ${i} is a SOURCE of ${len} bytes, not ${SOURCE.len}`);
+      source = v.getUint32(off + SOURCE.handle, true);
+    } else {
+      records.push({ type, payload: b.subarray(off + RECORD_HDR, off + len), record: b.subarray(off, off + len), source });
+    }
     off += align8(len);
   }
   if (off !== b.length) return fail(Status.E_LENGTH, `HINTS has ${b.length - off} bytes after its ${count} records`);
-  return { ok: true, value: { dropped: v.getUint32(0x04, true), records } };
+  return { ok: true, value: { dropped: v.getUint32(0x04, true), records, count } };
 }

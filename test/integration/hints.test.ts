@@ -1,7 +1,8 @@
 // The eBPF hint path on the stock kernel, driven in-process like a researcher's script would:
 // inject `affinity`, pin guest tasks with taskset, and check what the host scheduler did to the
-// real vCPU threads. Also: masks over several vCPUs, bogus and flooding hints, a program the
-// verifier rejects, a package the guest's policy refuses, and an agent that dies and restarts.
+// real vCPU threads. Also: masks over several vCPUs, bogus and flooding hints, per-program
+// hint counts with two programs loaded, a program the verifier rejects, a package the guest's
+// policy refuses, and an agent that dies and restarts.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -88,6 +89,24 @@ test('bits for vCPUs that do not exist are ignored and counted; floods are rate 
   await sh(vm.agent, 'i=0; while [ $i -lt 400 ]; do taskset -p -c $((i % 4)) $$ >/dev/null; i=$((i+1)); done');
   await until('the flood to hit the rate limit', () => s.counters.rateLimited + s.counters.rateLimitedTask > limited);
   for (const row of s.table()) assert.ok(row.cpus.every((c) => pool.includes(String(c)) || pool.includes('-')), `vCPU ${row.vcpu} inside the pool`);
+});
+
+test('with two programs loaded, hints count only against the one that produced them', async () => {
+  const pv = vm.m.paravirt!;
+  // Attached to the same tracepoint as affinity's UNPIN program, but without a ring buffer.
+  const quiet: Package = {
+    name: 'quiet', license: 'GPL', maps: [], hintMap: null,
+    programs: [programFromAsm('quiet', { kind: 'tracepoint', target: 'sched/sched_process_exit' }, new Asm().mov(r0, 0).exit().assemble(), [])],
+  };
+  const q = await pv.load(quiet);
+  assert.ok(q.ok, `quiet load: ${q.outcome} ${q.text}`);
+  const affinity = [...pv.loaded.values()].find((p) => p.name === 'affinity')!;
+  const before = affinity.hints;
+  await sh(vm.agent, 'taskset -c 1 true');
+  await until('affinity to count the hint', () => affinity.hints > before);
+  assert.is(pv.loaded.get(q.handle)!.hints, 0, 'the quiet program produced no hints');
+  assert.is(pv.device.counters().hintUnattributed, 0);
+  assert.ok((await pv.unload(q.handle)).ok);
 });
 
 test('a program the verifier rejects comes back with its log', async () => {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { decodeHints, HintType, type Hint } from '../../../bpf/hints';
 import { serializePackage, type Package } from '../../../bpf/package';
 import { affinityPackage } from '../../../bpf/programs/affinity';
-import { HC_SHM_SIZE, type LostProgram, type PackageBytes } from '../../../devices/hypercall';
+import { Caps, HC_SHM_SIZE, type LostProgram, type PackageBytes } from '../../../devices/hypercall';
 import { withTimeout } from './harness';
 import { startRig, type Rig } from './hcrig';
 
@@ -113,6 +113,36 @@ test('affinity package: load, attach, hints in batches, unload', async () => {
     const pid2 = pinOnce();
     await new Promise((r) => setTimeout(r, 300));
     assert.not.ok(hints.slice(n).some((h) => h.type !== 'UNKNOWN' && h.tid === pid2), 'no hints after unload');
+  } finally {
+    await rig.stop();
+  }
+});
+
+test('two packages: every record says which one it came from (SOURCE records)', async () => {
+  if (!usable) return;
+  const rig = await startRig();
+  try {
+    assert.ok((rig.dev.agent!.caps & Caps.HINT_SOURCE) !== 0, 'HELLO announces HINT_SOURCE');
+    const one = await rig.dev.submit({ op: 'load', pkg: bytesOf(affinityPackage()) });
+    const two = await rig.dev.submit({ op: 'load', pkg: bytesOf({ ...affinityPackage(), name: 'affinity-2' }) });
+    assert.is(two.outcome, 'OK', two.text);
+    // Both packages see every sched_setaffinity: each AFFINITY record arrives once per ring.
+    const got: { tid: number; source: number | undefined }[] = [];
+    rig.dev.onHints(HintType.AFFINITY, (rec, _t, source) => {
+      for (const h of decodeHints(rec)) if (h.type === 'AFFINITY') got.push({ tid: h.tid, source });
+    });
+    const pid = pinOnce();
+    const from = () => got.filter((g) => g.tid === pid).map((g) => g.source).sort();
+    await until('AFFINITY from both rings', () => (from().length === 2 ? true : undefined));
+    assert.equal(from(), [one.handle, two.handle].sort());
+    await rig.dev.submit({ op: 'unload', handle: one.handle });
+    const pid2 = pinOnce();
+    await until('AFFINITY of the second pin', () => (got.some((g) => g.tid === pid2) ? true : undefined));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(got.filter((g) => g.tid === pid2).map((g) => g.source), [two.handle]);
+    const c = rig.dev.counters();
+    assert.is(c.hintUnattributed, 0);
+    assert.is(c.hintDropped, 0);
   } finally {
     await rig.stop();
   }

@@ -82,7 +82,8 @@ export class SimAgent {
     return { status: this.inl(Reg.STATUS), result: this.inl(Reg.RESULT) };
   }
 
-  hello(name = 'sim-agent 1.0', caps = 0b11111, version = 1): CallResult {
+  /** The default caps are the C agent's on this host: every bit up to HINT_SOURCE. */
+  hello(name = 'sim-agent 1.0', caps = 0b111111, version = 1): CallResult {
     return this.sendRaw(Cmd.HELLO, encodeHello({ version, caps, pid: 42, name }));
   }
 

@@ -3,8 +3,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { HypercallError, type HypercallResult, type LostProgram } from '../../../devices/hypercall/device';
-import { Cmd, Reg, Status } from '../../../devices/hypercall/registers';
-import { Hdr, Op } from '../../../devices/hypercall/shmem';
+import { Caps, Cmd, Features, Reg, Status } from '../../../devices/hypercall/registers';
+import { Hdr, Op, SOURCE, sourceRecord } from '../../../devices/hypercall/shmem';
 import { HintType, decodeHints as decodeHintRecords, encodeHint, type Hint } from '../../../bpf/hints';
 import { SimAgent, pkg, rig, tick } from './agent';
 
@@ -17,7 +17,7 @@ test('HELLO → FETCH → REPORT resolves submit() with the prog ids', async () 
   const hello = a.hello('agent 0.1');
   assert.equal(hello, { status: Status.OK, result: 1 });
   assert.is(r.dev.agent?.name, 'agent 0.1');
-  assert.is(r.dev.agent?.caps, 0b11111);
+  assert.is(r.dev.agent?.caps, 0b111111);
 
   const { call, req } = a.fetch();
   assert.is(call.result, 0x50 + 300);
@@ -177,6 +177,66 @@ test('HINTS: bpf hint records forwarded verbatim reach their handlers decodable 
     ['A 101 spscq 1/200', 'U 101', 'A 5 x 0'],
   );
   assert.is(r.dev.counters().hintUnknown, 1);
+});
+
+/** Loads one package per name through the simulated agent; returns their handles. */
+async function loadAll(r: ReturnType<typeof rig>, a: SimAgent, ...names: string[]): Promise<number[]> {
+  const ps = names.map((n) => r.dev.submit({ op: 'load', pkg: pkg(n) }));
+  a.serve(() => ({ outcome: 'OK', errno: 0, progIds: [1], text: '' }));
+  return (await Promise.all(ps)).map((p) => p.handle);
+}
+
+const rec = (type: number, tag: number): { type: number; payload: Uint8Array } => ({ type, payload: new Uint8Array([tag]) });
+
+test('HINTS: SOURCE records attribute the records after them to a loaded handle, and are never dispatched', async () => {
+  const r = rig();
+  const a = new SimAgent(r.bus, r.shm);
+  assert.is(a.inl(Reg.FEATURES), Features.HINT_SOURCE);
+  a.hello();
+  const [h1, h2, gone] = await loadAll(r, a, 'one', 'two', 'gone');
+  const un = r.dev.submit({ op: 'unload', handle: gone! });
+  a.serve(() => ({ outcome: 'OK', errno: 0, progIds: [], text: '' }));
+  await un;
+  const got: string[] = [];
+  for (const t of [1, 2]) r.dev.onHints(t, (rec, type, source) => got.push(`${type}.${rec[8]}@${source}`));
+  assert.throws(() => r.dev.onHints(SOURCE.type, () => undefined), /reserved/);
+  const res = a.hints({
+    dropped: 0,
+    records: [
+      rec(1, 0), // before any SOURCE: unattributed
+      sourceRecord(h1!), rec(1, 1), rec(2, 2),
+      sourceRecord(h2!), rec(1, 3),
+      sourceRecord(gone!), rec(2, 4), // unloaded: unattributed
+      sourceRecord(0xdead), rec(2, 5), // never a handle: unattributed
+      sourceRecord(h1!), rec(2, 6), rec(7, 7), // type 7 has no handler: unknown, but attributed
+    ],
+  });
+  assert.equal(res, { status: Status.OK, result: 13 }, 'RESULT = record_count, SOURCE records included');
+  assert.equal(got, ['1.0@undefined', `1.1@${h1}`, `2.2@${h1}`, `1.3@${h2}`, '2.4@undefined', '2.5@undefined', `2.6@${h1}`]);
+  // Sources do not carry over to the next batch.
+  a.hints({ dropped: 0, records: [rec(1, 8)] });
+  assert.is(got.at(-1), '1.8@undefined');
+  const c = r.dev.counters();
+  assert.is(c.hintRecords, 9, 'SOURCE records are not hint records');
+  assert.is(c.hintUnattributed, 4);
+  assert.is(c.hintUnknown, 1, 'SOURCE is not an unknown hint type');
+  assert.equal(c.hintsByType, { 1: 4, 2: 4 });
+});
+
+test('HINTS: an agent without HINT_SOURCE sends no sources; type 0 is an ordinary record there', async () => {
+  const r = rig();
+  const a = new SimAgent(r.bus, r.shm);
+  a.hello('old agent', 0b11111 & ~Caps.HINT_SOURCE);
+  const [h] = await loadAll(r, a, 'one');
+  const got: (number | undefined)[] = [];
+  r.dev.onHints(1, (_rec, _type, source) => got.push(source));
+  // A program's type-0 record forwarded by an old agent must not relabel anything.
+  assert.equal(a.hints({ dropped: 0, records: [sourceRecord(h!), rec(1, 1), { type: 0, payload: new Uint8Array(3) }] }), { status: Status.OK, result: 3 });
+  assert.equal(got, [undefined]);
+  const c = r.dev.counters();
+  assert.is(c.hintRecords, 3);
+  assert.is(c.hintUnknown, 2);
+  assert.is(c.hintUnattributed, 3);
 });
 
 test('agent restart mid-request: in-flight requests are refetched, loaded programs reported lost', async () => {

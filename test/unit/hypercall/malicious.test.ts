@@ -3,7 +3,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Cmd, HC_IO_BASE, Reg, Status } from '../../../devices/hypercall/registers';
-import { Hdr, encodeHello, encodeHints, encodeReport, mailboxLayout } from '../../../devices/hypercall/shmem';
+import { Hdr, SOURCE, encodeHello, encodeHints, encodeReport, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
 import { SimAgent, pkg, rig, type Rig } from './agent';
 
 function helloed(opts: Parameters<typeof rig>[0] = {}): Rig & { a: SimAgent } {
@@ -65,6 +65,23 @@ test('HINTS: bad record lengths and counts reject the whole batch', () => {
   assert.is(delivered, 0, 'no record of a bad batch is delivered');
   assert.is(dev.counters().hintBatches, 0);
   assert.equal(a.sendRaw(Cmd.HINTS, good), { status: Status.OK, result: 1 });
+  assert.is(delivered, 1);
+});
+
+test('HINTS: a SOURCE record of the wrong length rejects the whole batch', () => {
+  const { a, dev } = helloed();
+  let delivered = 0;
+  dev.onHints(1, () => delivered++);
+  const hint = { type: 1, payload: new Uint8Array(8) };
+  for (const payload of [0, 4, 12, 16, 100]) {
+    // The honest record comes first: validation covers the batch before anything is dispatched.
+    const body = encodeHints({ dropped: 0, records: [hint, { type: SOURCE.type, payload: new Uint8Array(payload) }, hint] });
+    assert.is(a.sendRaw(Cmd.HINTS, body).status, Status.E_INVALID, `SOURCE of ${8 + payload} bytes`);
+    assert.is(a.inl(Reg.RESULT), 0);
+  }
+  assert.is(delivered, 0);
+  assert.is(dev.counters().hintBatches, 0);
+  assert.equal(a.sendRaw(Cmd.HINTS, encodeHints({ dropped: 0, records: [sourceRecord(1), hint] })), { status: Status.OK, result: 2 });
   assert.is(delivered, 1);
 });
 

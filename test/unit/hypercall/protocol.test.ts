@@ -14,6 +14,7 @@ import {
   encodeRequest,
   mailboxLayout,
   Op,
+  sourceRecord,
 } from '../../../devices/hypercall/shmem';
 import { SimAgent, rig } from './agent';
 
@@ -106,12 +107,22 @@ test('report and hints encodings decode to what was encoded', () => {
   // 8 header + align8(9) + align8(16)
   assert.is(hb.length, 8 + 16 + 16);
   assert.is(new DataView(hb.buffer).getUint32(8 + 4, true), 9);
-  const d = decodeHints(hb);
+  const d = decodeHints(hb, true);
   assert.ok(d.ok);
   if (d.ok) {
     assert.is(d.value.dropped, 2);
     assert.equal(d.value.records.map((r) => [r.type, r.payload.length]), [[1, 1], [2, 8]]);
   }
+});
+
+test('SOURCE: 16 bytes {0, 16, handle, 0}; it labels the records after it, or is a plain record without the capability', () => {
+  const src = encodeHints({ dropped: 0, records: [sourceRecord(0x1234_5678)] });
+  assert.equal([...src.subarray(8)], [0, 0, 0, 0, 16, 0, 0, 0, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0]);
+  const hb = encodeHints({ dropped: 0, records: [{ type: 1, payload: new Uint8Array(1) }, sourceRecord(7), { type: 2, payload: new Uint8Array(2) }, sourceRecord(9), sourceRecord(8), { type: 1, payload: new Uint8Array(3) }] });
+  const on = decodeHints(hb, true);
+  assert.equal(on.ok && [on.value.count, on.value.records.map((r) => [r.type, r.source])], [6, [[1, undefined], [2, 7], [1, 8]]]);
+  const off = decodeHints(hb, false);
+  assert.equal(off.ok && off.value.records.map((r) => [r.type, r.source]), [[1, undefined], [0, undefined], [2, undefined], [0, undefined], [0, undefined], [1, undefined]]);
 });
 
 test.run();

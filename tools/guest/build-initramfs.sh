@@ -80,7 +80,6 @@ if [ "$guest" = 1 ] && [ -d "$ROOT/guest/build" ]; then
 fi
 
 mkdir -p "$CACHE/initramfs"
-out=$CACHE/initramfs/$name-$kver.cpio.gz
 # Everything the image is made of, so a change anywhere rebuilds it.
 hash=$( {
 	echo "$kver $modules"
@@ -88,13 +87,15 @@ hash=$( {
 	for f in $mods; do echo "$f"; cat "$f"; done
 	for f in $guest_files; do echo "${f##*/}"; cat "$f"; done
 } | sha256sum | cut -d' ' -f1)
+# Named by its inputs' hash: two checkouts (or a checkout and a sandbox running an older
+# build) sharing one cache never overwrite each other's image.
+out=$CACHE/initramfs/$name-$kver-$(echo "$hash" | cut -c1-16).cpio.gz
 
-fresh() { [ -f "$out" ] && [ "$(cat "$out.hash" 2>/dev/null)" = "$hash" ]; }
 # Checked before taking the lock, so a read-only cache (the nested sandbox) works.
-if fresh; then echo "$out"; exit 0; fi
+if [ -f "$out" ]; then echo "$out"; exit 0; fi
 exec 9>"$CACHE/initramfs/.lock"
 flock 9
-if fresh; then echo "$out"; exit 0; fi
+if [ -f "$out" ]; then echo "$out"; exit 0; fi
 
 stage=$(mktemp -d "$CACHE/initramfs/.stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT INT TERM
@@ -118,6 +119,7 @@ echo "root:x:0:" >etc/group
 
 find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -9n >"$out.new"
 mv "$out.new" "$out"
-echo "$hash" >"$out.hash"
+# Keep the 4 newest images of this name; older ones belong to sources nobody builds any more.
+ls -t "$CACHE/initramfs/$name-$kver"-*.cpio.gz | tail -n +5 | xargs -r rm -f
 log "built $out ($i modules$( [ -n "$guest_files" ] && echo ", guest:$guest_files"))"
 echo "$out"

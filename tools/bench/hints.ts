@@ -6,7 +6,7 @@
 // per hint record), and (3) hint records per second the path sustains under a taskset flood.
 // Prints a summary; writes every sample as JSON with --out FILE.
 //
-//   node dist/bench/hints.js [--samples N] [--out FILE]   (inside tools/sandbox/run.sh without hardware KVM)
+//   node dist/bench/hints.js [--samples N] [--flood N] [--out FILE]   (inside tools/sandbox/run.sh without hardware KVM)
 
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,8 +20,15 @@ import { AgentClient } from '../../vmm/agent/client';
 import { AGENT_PORT, waitForAgent } from '../../vmm/exec';
 import { affinityPackage } from '../../bpf/programs/affinity';
 
-const { values } = parseArgs({ options: { samples: { type: 'string' }, out: { type: 'string' } } });
+const { values } = parseArgs({ options: { samples: { type: 'string' }, flood: { type: 'string' }, out: { type: 'string' } } });
 const samples = Number(values.samples ?? 20);
+const flood = Number(values.flood ?? 2000);
+for (const [name, n] of [['--samples', samples], ['--flood', flood]] as const) {
+  if (!Number.isInteger(n) || n < 1) {
+    console.error(`hints: ${name} must be a positive integer`);
+    process.exit(2);
+  }
+}
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))]!;
 
 const guest = await ensureDefaultGuest();
@@ -58,7 +65,7 @@ try {
   // Throughput and exits per hint: a flood of setaffinity calls in the guest.
   const c0 = dev.counters();
   const t0 = performance.now();
-  await agent.exec({ argv: ['sh', '-c', 'i=0; while [ $i -lt 2000 ]; do taskset -p -c $((i % 2)) $$ >/dev/null; i=$((i+1)); done'] });
+  await agent.exec({ argv: ['sh', '-c', `i=0; while [ $i -lt ${flood} ]; do taskset -p -c $((i % 2)) $$ >/dev/null; i=$((i+1)); done`] });
   const secs = (performance.now() - t0) / 1000;
   const c1 = dev.counters();
   const records = c1.hintRecords - c0.hintRecords;

@@ -3,8 +3,8 @@
 // the JSON record. Plain Node ESM so the benchmarks run without a build step; reads
 // tsvmm's cache and tools/guest/ but never writes outside the files the caller names.
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, release } from 'node:os';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -133,20 +133,34 @@ export function ratio(a, b) {
   return a == null || b == null || b === 0 ? null : a / b;
 }
 
-/** Facts about where the numbers were taken, so a JSON file explains itself. */
-export function environment(qemu) {
-  const q = spawnSync(qemu, ['--version'], { encoding: 'utf8' });
+/** The machine this process runs on: what a reader needs to judge numbers taken here. */
+export function machine() {
+  const read = (p) => { try { return readFileSync(p, 'utf8'); } catch { return ''; } };
+  const cores = new Set();
+  for (const c of readdirSync('/sys/devices/system/cpu').filter((d) => /^cpu\d+$/.test(d))) {
+    const t = `/sys/devices/system/cpu/${c}/topology`;
+    cores.add(`${read(`${t}/physical_package_id`).trim()}:${read(`${t}/core_id`).trim()}`);
+  }
   return {
     date: new Date().toISOString(),
-    node: process.version,
+    os: /^PRETTY_NAME="?([^"\n]*)/m.exec(read('/etc/os-release'))?.[1] ?? 'unknown',
     kernel: release(),
     cpu: cpus()[0]?.model ?? 'unknown',
     cpus: cpus().length,
-    loadavg: loadavg(),
-    nestedSandbox: process.env.TSVMM_IN_SANDBOX === '1',
+    cores: cores.size,
+    memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    kvm: ['kvm_intel', 'kvm_amd', 'kvm_pvm'].find((m) => existsSync(`/sys/module/${m}`)) ?? (existsSync('/dev/kvm') ? 'unknown' : 'none'),
     hardwareKvm: hardwareKvm(),
-    qemu: q.status === 0 ? q.stdout.split('\n')[0] : null,
+    nestedSandbox: process.env.TSVMM_IN_SANDBOX === '1',
+    node: process.version,
+    loadavg: loadavg(),
   };
+}
+
+/** Facts about where the numbers were taken, so a JSON file explains itself. */
+export function environment(qemu) {
+  const q = spawnSync(qemu, ['--version'], { encoding: 'utf8' });
+  return { ...machine(), qemu: q.status === 0 ? q.stdout.split('\n')[0] : null };
 }
 
 export function writeJson(path, data) {

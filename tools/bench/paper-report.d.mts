@@ -5,7 +5,6 @@ export interface Stats { n: number; mean: number; sd: number; min: number; max: 
 export interface CellRow extends Stats { load: string; pin: string; failed: number }
 export declare const LOADS: readonly string[];
 export declare const PINS: readonly string[];
-export declare const CHART_DEPS: string;
 export declare function stats(xs: readonly number[]): Stats;
 export declare function summarize(runs: readonly PaperRun[]): CellRow[];
 export declare function markdownTable(rows: readonly CellRow[]): string;

@@ -3,14 +3,10 @@
 // via resvg). Pure functions over the run records of tools/bench/paper.mjs; writes only the
 // files it is asked to. The chart libraries are optional at import time: without them the
 // JSON and Markdown are still written and renderChart says what to install.
-import { existsSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { renderVegaLite } from './chart.mjs';
 
 export const LOADS = ['none', 'low', 'high'];
 export const PINS = ['none', 'static', 'hinted'];
-export const CHART_DEPS = 'npm install --save-dev vega@6.4.0 vega-lite@6.5.0 @resvg/resvg-js@2.6.2';
 
 /** Mean, sample standard deviation (n - 1; 0 for one sample), n, min, max of numbers. */
 export function stats(xs) {
@@ -71,37 +67,7 @@ export function chartSpec(rows, title) {
   };
 }
 
-/** Imports a package from the project, or else from $TSVMM_PAPER_DEPS (a scratch `npm install` dir). */
-async function importDep(name) {
-  try {
-    return await import(name);
-  } catch (e) {
-    const dir = process.env.TSVMM_PAPER_DEPS;
-    if (!dir || !existsSync(join(dir, 'package.json'))) throw e;
-    return import(pathToFileURL(createRequire(join(dir, 'package.json')).resolve(name)).href);
-  }
-}
-
-/**
- * Writes `${base}.svg` and `${base}.png`. Returns the paths, or throws an Error whose message
- * names the missing dependency and the npm line that adds it.
- */
-export async function renderChart(rows, base, title) {
-  let vega, vegaLite, resvg;
-  try {
-    vega = await importDep('vega');
-    vegaLite = await importDep('vega-lite');
-    resvg = await importDep('@resvg/resvg-js');
-  } catch (e) {
-    throw new Error(`chart libraries missing (${e.message.split('\n')[0]}): ${CHART_DEPS}, or set TSVMM_PAPER_DEPS to a dir where they are installed`);
-  }
-  const { spec } = vegaLite.compile(chartSpec(rows, title));
-  const view = new vega.View(vega.parse(spec), { renderer: 'none' });
-  const svg = await view.toSVG();
-  view.finalize();
-  const Resvg = resvg.Resvg ?? resvg.default?.Resvg;
-  const png = new Resvg(svg, { fitTo: { mode: 'zoom', value: 2 }, background: 'white', font: { loadSystemFonts: true } }).render().asPng();
-  writeFileSync(`${base}.svg`, svg);
-  writeFileSync(`${base}.png`, png);
-  return { svg: `${base}.svg`, png: `${base}.png` };
+/** Writes `${base}.svg` and `${base}.png` (chart.mjs says what to install if a library is missing). */
+export function renderChart(rows, base, title) {
+  return renderVegaLite(chartSpec(rows, title), base);
 }

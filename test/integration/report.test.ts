@@ -1,0 +1,41 @@
+// The benchmark report's pipeline (tools/bench/report.mjs --short) against real peers on the
+// stock kernel: QEMU microvm for boot and vsock (vhost-vsock), the C twin for the exit loop,
+// and the hint path. Every benchmark must run and give tsvmm's value and, where a peer is
+// measured, a ratio; report.json, report.md and both charts must parse. No speed is asserted.
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT } from './helpers';
+import type { Metric, ReportRecord } from '../../tools/bench/report-render.mjs';
+
+test('report --short: boot, vsock, exits and hints against their peers, one report', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-report-'));
+  try {
+    const r = spawnSync(process.execPath, [join(ROOT, 'tools/bench/report.mjs'), '--short', '--out', dir], { cwd: ROOT, encoding: 'utf8', timeout: 540_000 });
+    assert.is(r.status, 0, `${r.stdout}\n${r.stderr.slice(-6000)}`);
+    const record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8')) as ReportRecord & { metrics: Metric[] };
+    for (const b of ['boot', 'vsock', 'exits', 'hints']) assert.is(record.benches[b]?.status, 'ok', b);
+    assert.ok(record.machine?.hardwareKvm, 'the machine the VMMs ran on is recorded');
+    const byBench = (b: string) => record.metrics.filter((m) => m.bench === b);
+    for (const b of ['boot', 'vsock', 'exits']) {
+      assert.ok(byBench(b).length > 0, b);
+      for (const m of byBench(b)) assert.ok(m.tsvmm!.median > 0 && m.peer!.median > 0 && m.relative! > 0, JSON.stringify(m));
+    }
+    assert.ok(byBench('hints').every((m) => m.tsvmm && Number.isFinite(m.tsvmm.median)), JSON.stringify(byBench('hints')));
+    const md = readFileSync(join(dir, 'report.md'), 'utf8');
+    assert.match(md, /\| boot \| boot to init ready \(s\) \| [\d.]+ \| QEMU microvm \| [\d.]+ \| [\d.]+× \|/);
+    assert.match(md, /\| vsock \| guest→host stream \(MiB\/s\) \| [\d.]+ \| QEMU vhost-vsock \|/);
+    for (const c of ['relative', 'values']) {
+      assert.match(readFileSync(join(dir, `${c}.svg`), 'utf8'), /^<svg/);
+      assert.equal([...readFileSync(join(dir, `${c}.png`)).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.run();

@@ -1,0 +1,90 @@
+// The benchmark report's content (tools/bench/report-render.mjs): metrics taken from each
+// benchmark's JSON as the benchmarks write it, the orientation of the relative column, the
+// Markdown, and (with the chart libraries) real SVG + PNG charts.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { markdown, metricsOf, renderCharts, reportMetrics, type ReportRecord } from '../../../tools/bench/report-render.mjs';
+
+const spread = (median: number, min = median, max = median, n = 3) => ({ n, min, median, max });
+const boot = { summary: { tsvmm: { readyMs: spread(2000, 1800, 2600) }, qemu: { readyMs: spread(1000, 900, 1200) } } };
+const vsock = { summary: { tsvmm: { h2gMibS: spread(300), g2hMibS: spread(100) }, qemu: { h2gMibS: spread(600), g2hMibS: spread(50) } } };
+const exits = { summary: { c: { exitsPerSec: spread(20000) }, local: { exitsPerSec: spread(15000, 14000, 16000) }, forwarded: { exitsPerSec: spread(1000) } } };
+const hints = { hintToPinMinusExecMs: { p50: 5 }, flood: { exitsPerHint: 0.5, recordsPerSecond: 1234 } };
+
+function record(over: Partial<ReportRecord['benches']> = {}): ReportRecord {
+  const ok = (result: unknown) => ({ command: ['node', 'x'], status: 'ok', error: null, seconds: 10, result });
+  return {
+    started: '2026-11-30T00:00:00Z', finished: '2026-11-30T01:00:00Z', config: { short: false },
+    machine: { cpu: 'AMD EPYC', cpus: 2, cores: 2, memoryGiB: 4, os: 'Debian', kernel: '6.1', kvm: 'kvm_amd', hardwareKvm: true, nestedSandbox: true, node: 'v20', loadavg: [1, 1, 1], qemu: 'QEMU 7.2' },
+    host: { cpu: 'Host CPU', cpus: 2, cores: 2, memoryGiB: 24, os: 'Debian', kernel: '6.18', kvm: 'kvm_pvm', hardwareKvm: false, nestedSandbox: false, node: 'v20', loadavg: [3, 3, 3] },
+    benches: { boot: ok(boot), vsock: ok(vsock), exits: ok(exits), hints: ok(hints), ...over },
+  };
+}
+
+test('relative performance: 1 is parity, above 1 tsvmm better, for times and for rates', () => {
+  const [b] = metricsOf('boot', boot);
+  assert.is(b!.unit, 's');
+  assert.equal(b!.tsvmm, spread(2, 1.8, 2.6));
+  assert.is(b!.relative, 0.5);                                   // twice QEMU's boot time
+  const [h2g, g2h] = metricsOf('vsock', vsock);
+  assert.is(h2g!.relative, 0.5);
+  assert.is(g2h!.relative, 2);
+  const [local, forwarded] = metricsOf('exits', exits);
+  assert.is(local!.relative, 0.75);
+  assert.is(forwarded!.relative, 0.05);
+  assert.is(forwarded!.peerName, 'C twin');
+  const [lat, perHint] = metricsOf('hints', hints);
+  assert.is(lat!.reference, true);                               // the prototype's polling is not measured
+  assert.is(lat!.relative, 5);                                   // 25 ms mean wait / 5 ms
+  assert.is(perHint!.peer, null);
+  assert.is(perHint!.relative, null);
+});
+
+test('a benchmark without a peer value or without JSON gives no ratio and no crash', () => {
+  const [h2g] = metricsOf('vsock', { summary: { tsvmm: { h2gMibS: spread(3), g2hMibS: spread(2) } } });
+  assert.is(h2g!.peer, null);
+  assert.is(h2g!.relative, null);
+  assert.equal(metricsOf('boot', null), []);
+  assert.equal(metricsOf('exits', { summary: {} }), []);
+});
+
+test('markdown: machine of both levels, one row per metric, a failed benchmark named', () => {
+  const rec = record({ vsock: { command: ['node', 'tools/bench/vsock.mjs'], status: 'failed', error: 'exit status 1', seconds: 3, result: null } });
+  const md = markdown(rec, reportMetrics(rec));
+  assert.match(md, /nested sandbox/);
+  assert.match(md, /\| CPU \| AMD EPYC — 2 logical CPUs, 2 cores \| Host CPU — 2 logical CPUs, 2 cores \|/);
+  assert.match(md, /\| boot \| boot to init ready \(s\) \| 2\.00 \(1\.80\.\.2\.60\) \| QEMU microvm \| 1\.00 \(0\.90\.\.1\.20\) \| 0\.50× \|/);
+  assert.match(md, /\| hints \| .* \| 5\.00 \| prototype's 50 ms polling \(mean wait\) \| 25\.0 \| 5\.00× \(reference\) \|/);
+  assert.match(md, /\| vsock \| \*\*failed\*\*: exit status 1 \|/);
+  assert.match(md, /\| exits \| port exits handled on the vCPU thread \(exits\/s\) \| 15,000 \(14,000\.\.16,000\) \| C twin \| 20,000 \(20,000\.\.20,000\) \| 0\.75× \|/);
+  assert.not.match(md, /host→guest/);                            // no vsock metrics without its JSON
+});
+
+test('charts: one bar per measured ratio (references left out), SVG and PNG', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-report-'));
+  try {
+    const rec = record();
+    let files;
+    try {
+      files = await renderCharts(rec, reportMetrics(rec), dir);
+    } catch (e) {
+      assert.match((e as Error).message, /npm install --save-dev vega/);
+      console.log('  (charts skipped: vega, vega-lite, @resvg/resvg-js not installed)');
+      return;
+    }
+    const relative = readFileSync(files[0]!.svg, 'utf8');
+    const bars = relative.match(/aria-label="tsvmm relative to its peer [^"]*: [\d.]+; what: [^"]*"/g) ?? [];
+    assert.is(bars.length, 5, bars.join('\n'));                  // boot, vsock ×2, exits ×2; not the hint reference
+    assert.ok(bars.some((b) => /: 2; what: vsock: guest→host stream"/.test(b)), bars.join('\n'));
+    const values = readFileSync(files[1]!.svg, 'utf8');
+    assert.match(values, /boot: boot to init ready \(s\)/);
+    for (const f of files) assert.equal([...readFileSync(f.png).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.run();

@@ -1,27 +1,11 @@
-// The small devices through which a guest ends its life: the i8042's reset line (0x64 ← 0xfe),
-// the ACPI hardware-reduced sleep control register (S5 = poweroff), and pvpanic (0x505).
-// They only report the event; the VMM decides what ending the VM means.
+// The small devices through which a guest ends its life: the ACPI hardware-reduced sleep
+// control register (S5 = poweroff) and pvpanic (0x505); the i8042's reset line (0x64 ← 0xfe)
+// is in i8042.ts, with the rest of that controller. They only report the event; the VMM
+// decides what ending the VM means.
 
 import type { BusDevice } from './bus';
 
 export type PowerEvent = 'poweroff' | 'reboot' | 'panic';
-
-const I8042_CMD_RESET = 0xfe;
-const I8042_STATUS_SYSTEM_FLAG = 0x04;
-
-/** i8042 at 0x60/0x64 (offsets 0 and 4 of one range): status reads "nothing pending", 0xfe resets. */
-export class I8042 implements BusDevice {
-  constructor(private readonly onEvent: (e: PowerEvent) => void) {}
-
-  read(offset: number, data: Uint8Array): void {
-    data.fill(0);
-    if (offset === 4) data[0] = I8042_STATUS_SYSTEM_FLAG;
-  }
-
-  write(offset: number, data: Uint8Array): void {
-    if (offset === 4 && data[0] === I8042_CMD_RESET) this.onEvent('reboot');
-  }
-}
 
 const SLP_EN = 0x20;
 const SLP_TYP_S5 = 5;

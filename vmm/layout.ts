@@ -37,6 +37,7 @@ export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
 export const I8042_DATA_PORT = 0x60;
 export const I8042_COMMAND_PORT = 0x64;
+export const I8042_IRQ = 1;
 export const PVPANIC_PORT = 0x505;
 export const ACPI_SLEEP_CONTROL_PORT = 0x600;
 export const ACPI_SLEEP_STATUS_PORT = 0x601;

@@ -7,14 +7,15 @@ import { readFileSync } from 'node:fs';
 import { Kvm, Vm, Vcpu } from '../kvm/kvm';
 import { Bus } from '../devices/bus';
 import { Serial16550 } from '../devices/serial';
-import { AcpiSleep, I8042, PowerEvent, PvPanic } from '../devices/power';
+import { AcpiSleep, PowerEvent, PvPanic } from '../devices/power';
+import { I8042 } from '../devices/i8042';
 import { buildAcpiTables } from './acpi/index';
 import { loadKernel, probeKernel } from './boot/loader';
 import { setupVcpu } from './boot/cpu';
 import { ConfigError, MachineConfig, validateMemory, validateVcpus } from './config';
 import { IrqfdLine } from './irq';
 import {
-  ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, I8042_DATA_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
+  ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
   PVPANIC_PORT,
 } from './layout';
 import { GuestRam } from './memory';
@@ -54,6 +55,7 @@ export class Machine {
   readonly pio = new Bus();
   readonly mmio = new Bus();
   serial?: Serial16550;
+  i8042?: I8042;
   vsock?: VirtioVsock;
   /** The hypercall device and vCPU scheduler (present when the machine has vsock: the doorbell rides on it). */
   paravirt?: Paravirt;
@@ -123,7 +125,11 @@ export class Machine {
       : undefined;
 
     const acpi = c.acpi
-      ? buildAcpiTables({ vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ }, pvpanicPort: PVPANIC_PORT, virtioMmio: slots, hypercall }, ACPI_ADDR)
+      ? buildAcpiTables({
+        vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ },
+        i8042: { dataPort: I8042_DATA_PORT, commandPort: I8042_COMMAND_PORT, irq: I8042_IRQ },
+        pvpanicPort: PVPANIC_PORT, virtioMmio: slots, hypercall,
+      }, ACPI_ADDR)
       : undefined;
     if (acpi) ram.memory.write(ACPI_ADDR, acpi.image);
     // Without ACPI, kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES find devices here.
@@ -153,7 +159,10 @@ export class Machine {
     this.irqs.push(com1Irq);
     this.serial = new Serial16550(com1Irq, this.io.console);
     this.pio.insert(COM1_PORT, 8, 'com1', this.serial);
-    this.pio.insert(I8042_DATA_PORT, 5, 'i8042', new I8042(power));
+    const kbdIrq = new IrqfdLine(vm, I8042_IRQ);
+    this.irqs.push(kbdIrq);
+    this.i8042 = new I8042(kbdIrq, power);
+    this.pio.insert(I8042_DATA_PORT, I8042_COMMAND_PORT - I8042_DATA_PORT + 1, 'i8042', this.i8042);
     this.pio.insert(PVPANIC_PORT, 1, 'pvpanic', new PvPanic(power));
     this.pio.insert(ACPI_SLEEP_CONTROL_PORT, 2, 'acpi-sleep', new AcpiSleep(power));
   }
@@ -184,6 +193,14 @@ export class Machine {
     }
     this.transports.push({ name, transport });
 
+  }
+
+  /**
+   * Types Ctrl-Alt-Del on the guest's keyboard (the API's SendCtrlAltDel). False when the
+   * keyboard's buffer is still full of earlier keys: the guest is not reading it.
+   */
+  sendCtrlAltDel(): boolean {
+    return this.i8042?.sendCtrlAltDel() ?? false;
   }
 
   /** KVM exits by reason for each vCPU (index = vCPU). */

@@ -1,5 +1,5 @@
-// The DSDT's AML: tsvmm's device namespace (COM1, pvpanic, virtio-mmio devices, the
-// hypercall device) and the \_S5_ sleep object. Owns device names and which resources each
+// The DSDT's AML: tsvmm's device namespace (COM1, the i8042, pvpanic, virtio-mmio devices,
+// the hypercall device) and the \_S5_ sleep object. Owns device names and which resources each
 // device declares; encodings come from aml.ts, table framing from tables.ts. It must not
 // invent addresses: every port, range and GSI comes from the AcpiConfig it is given.
 
@@ -29,6 +29,21 @@ export function buildDsdtAml(cfg: AcpiConfig): Uint8Array {
         uid(1),
         sta(),
         crs([io({ min: port, length: 8 }), irq([line], { edge: true })]),
+      ]),
+    );
+  }
+  if (cfg.i8042) {
+    // Linux's i8042 driver learns the controller from PNP (pnpacpi turns this device into
+    // one): a keyboard id such as PNP0303, data port = first I/O resource, command port =
+    // second, each exactly one port long, keyboard IRQ = first IRQ. Without it, and with the
+    // FADT's 8042 flag clear, the driver gives up ("PNP: No PS/2 controller found"). No
+    // PNP0F13 mouse device: there is no AUX port.
+    const { dataPort, commandPort, irq: line } = cfg.i8042;
+    devices.push(
+      device('PS2_', [
+        hid('PNP0303'),
+        sta(),
+        crs([io({ min: dataPort, length: 1 }), io({ min: commandPort, length: 1 }), irq([line], { edge: true })]),
       ]),
     );
   }

@@ -14,6 +14,8 @@ export interface AcpiConfig {
   vcpus: number;
   /** COM1. */
   serial?: { port: number; irq: number };
+  /** The i8042 keyboard controller: one data and one status/command port, an ISA IRQ. */
+  i8042?: { dataPort: number; commandPort: number; irq: number };
   pvpanicPort?: number;
   virtioMmio: readonly { base: number; size: number; gsi: number }[];
   hypercall?: { ioBase: number; ioLen: number; memBase: number; memSize: number };
@@ -55,6 +57,11 @@ function validate(cfg: AcpiConfig): void {
   if (cfg.serial) {
     check(isInt(cfg.serial.port, 0, 0xfff8), `serial port ${cfg.serial.port} (8 ports from it must fit in 0..0xffff)`);
     check(isInt(cfg.serial.irq, 0, 15), `serial irq ${cfg.serial.irq} must be an ISA IRQ 0-15`);
+  }
+  if (cfg.i8042) {
+    const k = cfg.i8042;
+    check(isInt(k.dataPort, 0, 0xffff) && isInt(k.commandPort, 0, 0xffff), `i8042 ports 0x${k.dataPort.toString(16)}/0x${k.commandPort.toString(16)}`);
+    check(isInt(k.irq, 0, 15), `i8042 irq ${k.irq} must be an ISA IRQ 0-15`);
   }
   if (cfg.pvpanicPort !== undefined) check(isInt(cfg.pvpanicPort, 0, 0xffff), `pvpanic port ${cfg.pvpanicPort}`);
   check(cfg.virtioMmio.length <= MAX_VIRTIO_DEVICES, `${cfg.virtioMmio.length} virtio-mmio devices (max ${MAX_VIRTIO_DEVICES})`);

@@ -37,6 +37,8 @@ export interface ApiMachine {
   readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
   readonly vcpuTids: readonly number[];
   vcpuExits(): Record<string, number>[];
+  /** Types Ctrl-Alt-Del on the i8042 keyboard; false when its buffer has no room. */
+  sendCtrlAltDel(): boolean;
   finish(status: ExitStatus): void;
   readonly exited: Promise<ExitStatus>;
 }

@@ -272,7 +272,13 @@ export class VmController<M extends ApiMachine = ApiMachine> {
   private async action(body: unknown): Promise<ApiResponse> {
     const { action_type } = check('actions', body, ACTIONS);
     if (action_type === 'SendCtrlAltDel') {
-      throw new ApiError(400, 'SendCtrlAltDel is not supported: tsvmm\'s i8042 model has no keyboard to send the key sequence through');
+      // As in Firecracker: the keys go to the guest's i8042 keyboard; what happens next (with
+      // Linux's defaults, an immediate reboot and so tsvmm's exit) is the guest's business.
+      if (!this.running('SendCtrlAltDel').sendCtrlAltDel()) {
+        throw new ApiError(400, 'SendCtrlAltDel: the i8042 keyboard buffer is full (the guest has not read the previous keys; is its i8042 driver loaded?)');
+      }
+      this.opts.log?.('api: sent Ctrl-Alt-Del to the guest keyboard');
+      return NO_CONTENT;
     }
     if (action_type === 'FlushMetrics') {
       if (!this.opts.flushMetrics) throw new ApiError(400, 'FlushMetrics: no metrics file is configured (--metrics-path)');

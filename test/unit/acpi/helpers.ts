@@ -54,6 +54,7 @@ export function tsvmmConfig(vcpus: number, virtio = 3): AcpiConfig {
   return {
     vcpus,
     serial: { port: 0x3f8, irq: 4 },
+    i8042: { dataPort: 0x60, commandPort: 0x64, irq: 1 },
     pvpanicPort: 0x505,
     virtioMmio: Array.from({ length: virtio }, (_, i) => ({ base: 0xd000_0000 + i * 0x1000, size: 0x1000, gsi: 5 + i })),
     hypercall: { ioBase: 0x700, ioLen: 0x40, memBase: 0xc000_0000, memSize: 0x10_0000 },

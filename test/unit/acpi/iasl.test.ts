@@ -40,6 +40,14 @@ test('DSDT: iasl disassembles it cleanly, with every device and \\_S5_', () => {
   assert.match(com1, /IO \(Decode16,\s+0x03F8,\s+\/\/ Range Minimum\s+0x03F8,\s+\/\/ Range Maximum\s+0x01,\s+\/\/ Alignment\s+0x08,/);
   assert.match(com1, /IRQ \(Edge, ActiveHigh, Exclusive, \)\s+\{4\}/);
 
+  // What Linux's i8042_pnp_kbd_probe takes: a keyboard PNP id, two one-port I/O ranges
+  // (data, then command) and the keyboard IRQ. (ACPICA prints the name PS2_ as PS2.)
+  const kbd = deviceBlock(dsl, 'PS2');
+  assert.match(kbd, /Name \(_HID, EisaId \("PNP0303"\)/);
+  assert.match(kbd, /IO \(Decode16,\s+0x0060,\s+\/\/ Range Minimum\s+0x0060,\s+\/\/ Range Maximum\s+0x01,\s+\/\/ Alignment\s+0x01,\s+\/\/ Length\s+\)\s+IO \(Decode16,\s+0x0064,\s+\/\/ Range Minimum\s+0x0064,\s+\/\/ Range Maximum\s+0x01,\s+\/\/ Alignment\s+0x01,\s+\/\/ Length/);
+  assert.match(kbd, /IRQ \(Edge, ActiveHigh, Exclusive, \)\s+\{1\}/);
+  assert.match(kbd, /Method \(_STA, 0, NotSerialized\)[^]*Return \(0x0F\)/);
+
   const pv = deviceBlock(dsl, 'PEVT');
   assert.match(pv, /Name \(_HID, "QEMU0001"\)/);
   assert.match(pv, /IO \(Decode16,\s+0x0505,\s+\/\/ Range Minimum\s+0x0505,[^]*0x01,\s+\/\/ Length/);
@@ -132,6 +140,7 @@ test('acpiexec: ACPICA loads the tables, decodes each _CRS and runs hardware-red
     [
       'evaluate \\_S5_',
       'resources \\_SB.COM1',
+      'resources \\_SB.PS2_',
       'resources \\_SB.PEVT',
       'resources \\_SB.VR00',
       'resources \\_SB.VR02',
@@ -142,9 +151,10 @@ test('acpiexec: ACPICA loads the tables, decodes each _CRS and runs hardware-red
     { 'facp.dat': t.fadt, 'apic.dat': t.madt, 'dsdt.dat': t.dsdt },
   );
   assert.match(out, /FACP .* \(v06 TSVMM  TSVMFACP/);
-  assert.match(out, /6 Devices/);
+  assert.match(out, /7 Devices/);
   assert.match(out, /Evaluation of \\_S5_ returned[^]*?\[Package\] Contains 2 Elements:\s+\[Integer\] = 0000000000000005\s+\[Integer\] = 0000000000000000/);
   assert.match(out, /Device: \\_SB.COM1[^]*?\[00\] I\/O Resource\s[^]*?Address Decoding : Decode16[^]*?Address Minimum : 03F8[^]*?Address Length : 08[^]*?\[01\] IRQ Resource[^]*?Triggering : Edge\s+Polarity : ActiveHigh\s+Sharing : Exclusive\s+Interrupt Count : 01\s+Interrupt List : 4 /);
+  assert.match(out, /Device: \\_SB.PS2\s[^]*?\[00\] I\/O Resource\s[^]*?Address Minimum : 0060[^]*?Address Length : 01[^]*?\[01\] I\/O Resource\s[^]*?Address Minimum : 0064[^]*?Address Length : 01[^]*?\[02\] IRQ Resource[^]*?Triggering : Edge\s+Polarity : ActiveHigh[^]*?Interrupt List : 1 /);
   assert.match(out, /Device: \\_SB.PEVT[^]*?Address Minimum : 0505[^]*?Address Length : 01/);
   assert.match(out, /Device: \\_SB.VR00[^]*?32-Bit Fixed Memory Range Resource[^]*?Address : D0000000\s+Address Length : 00001000[^]*?Extended IRQ Resource\s+Type : ResourceConsumer\s+Triggering : Edge\s+Polarity : ActiveHigh\s+Sharing : Exclusive[^]*?Dword00 : 00000005/);
   assert.match(out, /Device: \\_SB.VR02[^]*?Address : D0002000[^]*?Dword00 : 00000007/);

@@ -163,6 +163,8 @@ test('invalid config and base are refused with AcpiError', () => {
   assert.throws(() => buildAcpiTables({ ...ok, vcpus: 0 }, BASE), isAcpiError);
   assert.throws(() => buildAcpiTables({ ...ok, vcpus: 1.5 }, BASE), isAcpiError);
   assert.throws(() => buildAcpiTables({ ...ok, serial: { port: 0x3f8, irq: 16 } }, BASE), isAcpiError);
+  assert.throws(() => buildAcpiTables({ ...ok, i8042: { dataPort: 0x60, commandPort: 0x64, irq: 16 } }, BASE), isAcpiError);
+  assert.throws(() => buildAcpiTables({ ...ok, i8042: { dataPort: 0x60, commandPort: 0x10000, irq: 1 } }, BASE), isAcpiError);
   assert.throws(() => buildAcpiTables({ ...ok, pvpanicPort: 0x10000 }, BASE), isAcpiError);
   assert.throws(() => buildAcpiTables({ ...ok, virtioMmio: [{ base: 0xd0000000, size: 0, gsi: 5 }] }, BASE), isAcpiError);
   assert.throws(() => buildAcpiTables({ ...ok, virtioMmio: new Array(257).fill({ base: 0xd0000000, size: 0x1000, gsi: 5 }) }, BASE), isAcpiError);
@@ -176,6 +178,7 @@ test('optional devices are optional: a bare config still builds a valid DSDT', (
   const text = ascii(t.dsdt, 36, t.dsdt.length - 36);
   assert.ok(text.includes('_S5_'));
   assert.not.ok(text.includes('COM1'));
+  assert.not.ok(text.includes('PS2_'));
   assert.not.ok(text.includes('LNRO0005'));
 });
 

@@ -52,6 +52,14 @@ export class FakeMachine implements ApiMachine {
   }
   readonly applied: { vcpu: number; cpus: number[] }[] = [];
   finished?: ExitStatus;
+  /** Ctrl-Alt-Del presses the fake keyboard took; `keyboardFull` makes it refuse them. */
+  ctrlAltDels = 0;
+  keyboardFull = false;
+  sendCtrlAltDel(): boolean {
+    if (this.keyboardFull) return false;
+    this.ctrlAltDels++;
+    return true;
+  }
   private end!: (s: ExitStatus) => void;
   readonly exited = new Promise<ExitStatus>((r) => (this.end = r));
   constructor(readonly config: MachineConfig) {

@@ -80,6 +80,23 @@ test('bpf: no vsock means no hypercall device (400); a silent agent times out (5
   }
 });
 
+test('SendCtrlAltDel on a running machine: 204 and one key sequence; a full keyboard buffer is 400', async () => {
+  const r = await rig({ attach: { vcpus: 1 } });
+  try {
+    const m = r.ctl.machine!;
+    let x = await apiCall(r.sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' });
+    assert.is(x.status, 204, x.text);
+    assert.is(m.ctrlAltDels, 1);
+    m.keyboardFull = true;
+    x = await apiCall(r.sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' });
+    assert.is(x.status, 400);
+    assert.match(json(x.text).fault_message as string, /i8042 keyboard buffer is full/);
+    assert.is(m.ctrlAltDels, 1);
+  } finally {
+    await r.close();
+  }
+});
+
 test('scheduler: show the vCPU table, set policy and pool on the real scheduler', async () => {
   const r = await rig({ attach: running });
   try {

@@ -131,8 +131,8 @@ test('malformed JSON, wrong content type, unknown fields, wrong types, missing f
     p = await put('/actions', { action_type: 'Reboot' });
     assert.match(p.msg, /actions.action_type: 'Reboot' is not one of InstanceStart, SendCtrlAltDel/);
     p = await put('/actions', { action_type: 'SendCtrlAltDel' });
-    assert.is(p.status, 400);
-    assert.match(p.msg, /not supported/);
+    assert.is(p.status, 400, 'no keyboard before InstanceStart (as in Firecracker)');
+    assert.match(p.msg, /SendCtrlAltDel: the machine is not running \(state Not started\)/);
     // InstanceStart without a boot source names what is missing.
     p = await put('/actions', { action_type: 'InstanceStart' });
     assert.is(p.status, 400);

@@ -9,6 +9,8 @@
 // are u32 and wrap, so all differences are taken mod 2^32.
 //   guest -> host: our buffer is the host stream's unflushed bytes; fwd_cnt advances when the
 //     host stream accepts data (write callback). A guest that overruns our credit is reset.
+//     Unflushed bytes also count against a budget shared by all connections (the muxer's): past
+//     it the device stops taking TX packets, so the guest's data waits in its own memory.
 //   host -> guest: we read from the host only while the guest has credit and our own bounded
 //     buffer has room; otherwise the host stream is paused (backpressure onto the host peer).
 
@@ -33,7 +35,9 @@ export interface HostStream {
 export interface ConnLimits {
   /** Our receive buffer (guest -> host bytes in flight), advertised as buf_alloc. */
   bufAlloc: number;
-  /** Send CREDIT_UPDATE when the guest believes we have less free space than this. */
+  /** Send CREDIT_UPDATE once this much was freed since the guest last heard our fwd_cnt. */
+  creditUpdateFreed: number;
+  /** Also send it when the guest believes we have less free space than this (and some was freed). */
   creditUpdateThreshold: number;
   /** Host -> guest bytes buffered before the host stream is paused. */
   rxBufferLimit: number;
@@ -43,16 +47,27 @@ export interface ConnLimits {
   shutdownTimeoutMs: number;
 }
 
+// Why these sizes (docs/vsock.md, "Flow control and memory"): a credit round trip (our
+// CREDIT_UPDATE through the RX queue, the guest's interrupt, its sender waking up) is long next
+// to moving a packet, so a 64 KiB window made guest -> host stop-and-wait. 1 MiB keeps the guest
+// sending across a round trip; the update at a quarter of it leaves the guest 3/4 of the window
+// while the update travels; below 64 KiB of room (one full packet) any freed byte is worth an
+// update, since a guest short of room sends short packets. What tsvmm really holds is only what the host socket did not accept
+// yet (its kernel buffer takes ~200 KiB first), and all connections together are capped by the
+// muxer's TX budget. Host -> guest: 256 KiB is Linux's default buf_alloc, the most the guest
+// takes in flight: buffering more could not be sent sooner, less leaves the guest's window
+// unfilled while the host socket is paused.
 export const DEFAULT_CONN_LIMITS: Readonly<ConnLimits> = {
-  bufAlloc: 64 * 1024,
-  creditUpdateThreshold: 4 * 1024,
-  rxBufferLimit: 64 * 1024,
+  bufAlloc: 1024 * 1024,
+  creditUpdateFreed: 256 * 1024,
+  creditUpdateThreshold: 64 * 1024,
+  rxBufferLimit: 256 * 1024,
   connectTimeoutMs: 2000,
   shutdownTimeoutMs: 2000,
 };
 
-/** Host -> guest bytes buffered across all connections (the muxer owns one, connections share it). */
-export interface RxBudget {
+/** Bytes buffered across all connections in one direction (the muxer owns one per direction). */
+export interface ByteBudget {
   used: number;
   readonly limit: number;
 }
@@ -73,7 +88,10 @@ export interface ConnectionParams {
   readonly guestCid: bigint;
   readonly stream: HostStream;
   readonly counters: VsockCounters;
-  readonly budget: RxBudget;
+  /** Host -> guest bytes buffered (paused beyond the limit). */
+  readonly rxBudget: ByteBudget;
+  /** Guest -> host bytes not yet accepted by the host streams (the device stops TX beyond). */
+  readonly txBudget: ByteBudget;
   readonly limits?: Partial<ConnLimits>;
   readonly clock?: () => number;
 }
@@ -86,7 +104,8 @@ export class Connection {
   private readonly guestCid: bigint;
   private readonly stream: HostStream;
   private readonly counters: VsockCounters;
-  private readonly budget: RxBudget;
+  private readonly rxBudget: ByteBudget;
+  private readonly txBudget: ByteBudget;
   readonly limits: Readonly<ConnLimits>;
   private readonly clock: () => number;
 
@@ -100,6 +119,7 @@ export class Connection {
   private fwdCnt = 0;         // of those, bytes the host stream accepted
   private lastFwdCntSent = 0; // fwd_cnt as last told to the guest
   private creditUpdateAsked = false;
+  private txHeld = 0;         // unflushed bytes counted in txBudget
   private hostEnded = false;  // we half-closed the host stream (guest said SHUTDOWN_SEND)
 
   // Host -> guest.
@@ -128,7 +148,8 @@ export class Connection {
     this.guestCid = p.guestCid;
     this.stream = p.stream;
     this.counters = p.counters;
-    this.budget = p.budget;
+    this.rxBudget = p.rxBudget;
+    this.txBudget = p.txBudget;
     this.limits = { ...DEFAULT_CONN_LIMITS, ...p.limits };
     this.clock = p.clock ?? (() => performance.now());
     this.st = state;
@@ -197,7 +218,7 @@ export class Connection {
     }
     this.rxChunks.push(data);
     this.rxBuffered += data.length;
-    this.budget.used += data.length;
+    this.rxBudget.used += data.length;
     this.updateFlow();
   }
 
@@ -212,6 +233,7 @@ export class Connection {
     if (this.hostGone) return;
     this.hostGone = true;
     this.hostEof = true;
+    this.syncTxBudget();
     if (this.st === 'local-init' || this.st === 'peer-init') {
       this.kill('reset');
       return;
@@ -274,8 +296,10 @@ export class Connection {
           this.fwdCnt = this.txCnt; // the host is dead: the bytes go nowhere, the guest need not wait
           return;
         }
-        // One copy out of guest memory: the chain goes back to the guest right after this.
-        const copy = new Uint8Array(hdr.len);
+        this.syncTxBudget();
+        // One copy out of guest memory: the chain goes back to the guest right after this. Not
+        // zero-filled first (packet.ts guarantees the views cover exactly len bytes).
+        const copy = Buffer.allocUnsafe(hdr.len);
         let at = 0;
         for (const v of payload) {
           copy.set(v, at);
@@ -308,7 +332,20 @@ export class Connection {
   private flushed(n: number): void {
     if (this.st === 'closed') return;
     this.fwdCnt = u32(this.fwdCnt + n);
+    this.syncTxBudget();
     this.advance();
+  }
+
+  /**
+   * Brings this connection's share of the TX budget up to date: its unflushed bytes while the
+   * host stream lives; nothing once the stream is gone or torn down (its buffer went with it;
+   * a graceful close may still hold the last bytes for the linger time, then drops them).
+   */
+  private syncTxBudget(): void {
+    const gone = this.hostGone || this.st === 'closed' || this.st === 'killed';
+    const held = gone ? 0 : u32(this.txCnt - this.fwdCnt);
+    this.txBudget.used += held - this.txHeld;
+    this.txHeld = held;
   }
 
   // ---- lifecycle ----
@@ -333,6 +370,7 @@ export class Connection {
     this.pendingRequest = this.pendingResponse = false;
     this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
     this.dropRx();
+    this.syncTxBudget();
     this.stream.close(false);
   }
 
@@ -345,6 +383,7 @@ export class Connection {
     this.expiry = undefined;
     this.pendingRst = this.pendingRequest = this.pendingResponse = false;
     this.dropRx();
+    this.syncTxBudget();
     if (!wasKilled && !this.hostGone) this.stream.close(graceful);
     this.hostGone = true;
     this.counters.connectionsClosed++;
@@ -368,6 +407,7 @@ export class Connection {
         this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
         if (!this.hostGone) this.stream.close(true);
         this.hostGone = true;
+        this.syncTxBudget();
       } else if (this.expiry === undefined) {
         this.expiry = this.clock() + this.limits.shutdownTimeoutMs;
       }
@@ -390,7 +430,7 @@ export class Connection {
     const freed = u32(this.fwdCnt - this.lastFwdCntSent);
     if (freed === 0) return false;
     const guestSeesFree = this.limits.bufAlloc - u32(this.txCnt - this.lastFwdCntSent);
-    return guestSeesFree < this.limits.creditUpdateThreshold || freed >= this.limits.bufAlloc / 2;
+    return guestSeesFree < this.limits.creditUpdateThreshold || freed >= this.limits.creditUpdateFreed;
   }
 
   /**
@@ -481,13 +521,13 @@ export class Connection {
     }
     const sent = max - left;
     this.rxBuffered -= sent;
-    this.budget.used -= sent;
+    this.rxBudget.used -= sent;
     this.rxCnt = u32(this.rxCnt + sent);
     this.counters.bytesToGuest += sent;
   }
 
   private dropRx(): void {
-    this.budget.used -= this.rxBuffered;
+    this.rxBudget.used -= this.rxBuffered;
     this.rxChunks = [];
     this.rxOffset = 0;
     this.rxBuffered = 0;
@@ -496,7 +536,7 @@ export class Connection {
   /** Pauses the host stream while our buffer (or everyone's) is full, resumes it otherwise. */
   updateFlow(): void {
     if (this.hostGone || this.st === 'closed' || this.st === 'killed') return;
-    const full = this.rxBuffered >= this.limits.rxBufferLimit || this.budget.used >= this.budget.limit;
+    const full = this.rxBuffered >= this.limits.rxBufferLimit || this.rxBudget.used >= this.rxBudget.limit;
     if (full && !this.paused) {
       this.paused = true;
       this.stream.pause();

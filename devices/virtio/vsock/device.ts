@@ -34,6 +34,7 @@ export class VirtioVsock implements VirtioDevice {
   private broken = false;
   private rxScheduled = false;
   private txScheduled = false;
+  private filling = false;
   private transportResetPending = false;
 
   constructor(opts: VsockDeviceOptions) {
@@ -41,6 +42,7 @@ export class VirtioVsock implements VirtioDevice {
     this.counters = this.muxer.counters;
     this.guestCid = this.muxer.guestCid;
     this.muxer.onRxReady = () => this.scheduleRx();
+    this.muxer.onTxReady = () => this.scheduleTx();
   }
 
   /** Creates the device and binds its Unix socket (if any). */
@@ -122,13 +124,17 @@ export class VirtioVsock implements VirtioDevice {
     ctx.signalUsed(EVQ);
   }
 
-  /** Guest -> host: at most BATCH chains, then RX (replies), then the rest on the next turn. */
+  /**
+   * Guest -> host: at most BATCH chains, then RX (replies), then the rest on the next turn. While
+   * the host streams hold the whole TX budget, chains stay in the ring (the muxer's onTxReady
+   * brings us back): guest data waits in guest memory, not ours.
+   */
   private processTx(): void {
     const ctx = this.ctx;
     if (!ctx || this.broken) return;
     const q = ctx.queues[TXQ]!;
     let n = 0;
-    for (; n < BATCH; n++) {
+    for (; n < BATCH && !this.muxer.txBlocked; n++) {
       const chain = q.pop();
       if (!chain) break;
       this.counters.txPackets++;
@@ -146,36 +152,36 @@ export class VirtioVsock implements VirtioDevice {
     this.processRx();
   }
 
-  /** Host -> guest: fill at most BATCH RX chains while the muxer has packets. */
+  /** Host -> guest: fill at most BATCH RX chains while the muxer has packets; one interrupt for all. */
   private processRx(): void {
     const ctx = this.ctx;
     if (!ctx || this.broken) return;
     const q = ctx.queues[RXQ]!;
     let n = 0;
-    let used = false;
-    for (; n < BATCH && this.muxer.hasPendingRx(); n++) {
-      const chain = q.pop();
-      if (!chain) break; // no buffers: the driver's next RX notify brings us back
-      const w = new RxPacketWriter(chain.writable);
-      if (!w.usable) {
-        countDrop(this.counters, 'rx-too-small');
-        q.addUsed(chain.head, 0);
-        used = true;
-        continue;
+    // Packets that become ready while we fill are taken by this loop, not by another turn.
+    this.filling = true;
+    try {
+      for (; n < BATCH && this.muxer.hasPendingRx(); n++) {
+        const chain = q.pop();
+        if (!chain) break; // no buffers: the driver's next RX notify brings us back
+        const w = new RxPacketWriter(chain.writable);
+        if (!w.usable) {
+          countDrop(this.counters, 'rx-too-small');
+        } else if (!this.muxer.fillRx(w)) {
+          q.undoPop();
+          break;
+        }
+        q.addUsed(chain.head, w.written);
       }
-      if (!this.muxer.fillRx(w)) {
-        q.undoPop();
-        break;
-      }
-      q.addUsed(chain.head, w.written);
-      used = true;
+    } finally {
+      this.filling = false;
     }
-    if (used) ctx.signalUsed(RXQ);
+    if (n > 0) ctx.signalUsed(RXQ);
     if (n === BATCH && this.muxer.hasPendingRx()) this.scheduleRx();
   }
 
   private scheduleRx(): void {
-    if (this.rxScheduled || !this.ctx) return;
+    if (this.rxScheduled || this.filling || !this.ctx) return;
     this.rxScheduled = true;
     setImmediate(() => {
       this.rxScheduled = false;

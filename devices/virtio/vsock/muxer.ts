@@ -15,7 +15,7 @@ import { chmod, link, mkdtemp, rmdir, unlink } from 'node:fs/promises';
 import { unlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import { dirname, join } from 'node:path';
-import { type CloseReason, type ConnLimits, Connection, type HostStream, type RxBudget } from './csm';
+import { type CloseReason, type ConnLimits, Connection, type ByteBudget, type HostStream } from './csm';
 import { countDrop, newCounters, type VsockCounters } from './counters';
 import { HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
 
@@ -33,6 +33,8 @@ export interface MuxerOptions {
   readonly maxConnections?: number;
   /** Host -> guest bytes buffered across all connections before every host stream pauses. */
   readonly totalRxBufferLimit?: number;
+  /** Guest -> host bytes the host streams have not accepted, across all connections, before TX stops. */
+  readonly totalTxBufferLimit?: number;
   /** Longest accepted CONNECT line, newline included. */
   readonly maxCommandLength?: number;
   /** A host client must complete its CONNECT line within this. */
@@ -174,13 +176,17 @@ export class VsockMuxer {
   readonly counters: VsockCounters;
   /** Set by the device: called when some packet waits for an RX buffer. */
   onRxReady: () => void = () => {};
+  /** Set by the device: called when TX may go on after the TX budget was exhausted. */
+  onTxReady: () => void = () => {};
 
   private readonly maxConnections: number;
   private readonly maxCommandLength: number;
   private readonly commandTimeoutMs: number;
   private readonly connLimits: Partial<ConnLimits>;
-  private readonly budget: RxBudget;
-  private budgetFull = false;
+  private readonly rxBudget: ByteBudget;
+  private readonly txBudget: ByteBudget;
+  private rxBudgetFull = false;
+  private txBudgetFull = false;
 
   private readonly conns = new Map<string, Entry>();
   private readonly handshakes = new Set<net.Socket>();
@@ -199,7 +205,8 @@ export class VsockMuxer {
     this.maxCommandLength = opts.maxCommandLength ?? 64;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 10_000;
     this.connLimits = opts.connLimits ?? {};
-    this.budget = { used: 0, limit: opts.totalRxBufferLimit ?? 16 * 1024 * 1024 };
+    this.rxBudget = { used: 0, limit: opts.totalRxBufferLimit ?? 16 * 1024 * 1024 };
+    this.txBudget = { used: 0, limit: opts.totalTxBufferLimit ?? 16 * 1024 * 1024 };
   }
 
   /** Connections plus host clients still sending their CONNECT line. */
@@ -208,7 +215,20 @@ export class VsockMuxer {
   }
 
   get rxBufferedBytes(): number {
-    return this.budget.used;
+    return this.rxBudget.used;
+  }
+
+  /** Guest -> host bytes accepted from the guest that the host streams have not taken yet. */
+  get txBufferedBytes(): number {
+    return this.txBudget.used;
+  }
+
+  /**
+   * Whether the device must leave TX packets in the ring for now: the host streams hold the
+   * TX budget. The guest's data then waits in its own memory; onTxReady says when to go on.
+   */
+  get txBlocked(): boolean {
+    return this.txBudget.used >= this.txBudget.limit;
   }
 
   // ---- the listening socket ----
@@ -443,7 +463,7 @@ export class VsockMuxer {
   private params(localPort: number, peerPort: number, stream: HostStream) {
     return {
       localPort, peerPort, stream, guestCid: this.guestCid, counters: this.counters,
-      budget: this.budget, limits: this.connLimits,
+      rxBudget: this.rxBudget, txBudget: this.txBudget, limits: this.connLimits,
     };
   }
 
@@ -501,9 +521,14 @@ export class VsockMuxer {
         this.rxReady.delete(e);
       }
     }
-    const full = this.budget.used >= this.budget.limit;
-    if (this.budgetFull && !full) for (const o of this.conns.values()) o.conn.updateFlow();
-    this.budgetFull = full;
+    // The total crossed its limit either way: every host stream pauses (or resumes) now, not
+    // at its own next read, so the total overshoots by at most the read that crossed it.
+    const rxFull = this.rxBudget.used >= this.rxBudget.limit;
+    if (this.rxBudgetFull !== rxFull) for (const o of this.conns.values()) o.conn.updateFlow();
+    this.rxBudgetFull = rxFull;
+    const txFull = this.txBlocked;
+    if (this.txBudgetFull && !txFull) this.onTxReady();
+    this.txBudgetFull = txFull;
   }
 }
 

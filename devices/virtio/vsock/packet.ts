@@ -62,20 +62,27 @@ export function decodeHeader(b: Uint8Array): VsockHeader {
   };
 }
 
-/** Encodes `h` into the first HDR_SIZE bytes of `out`. */
-export function encodeHeader(h: VsockHeader, out: Uint8Array): void {
-  const v = new DataView(out.buffer, out.byteOffset, HDR_SIZE);
+// Every RX packet gets a header: encoded here (one thread, never reentrant) and copied out, so
+// the per-packet path allocates no DataView over guest memory.
+const scratch = new Uint8Array(HDR_SIZE);
+const scratchView = new DataView(scratch.buffer);
+
+/** Encodes `h` into the first HDR_SIZE bytes of `out` (`len` overrides `h.len`). */
+export function encodeHeader(h: VsockHeader, out: Uint8Array, len: number = h.len): void {
+  const v = scratchView;
   v.setBigUint64(0, h.srcCid, true);
   v.setBigUint64(8, h.dstCid, true);
   v.setUint32(16, h.srcPort, true);
   v.setUint32(20, h.dstPort, true);
-  v.setUint32(24, h.len, true);
+  v.setUint32(24, len, true);
   v.setUint16(28, h.type, true);
   v.setUint16(30, h.op, true);
   v.setUint32(32, h.flags, true);
   v.setUint32(36, h.bufAlloc, true);
   v.setUint32(40, h.fwdCnt, true);
+  out.set(scratch);
 }
+
 
 /** The buffers of a descriptor chain, as devices/virtio/queue.ts hands them out. */
 export interface ChainBuffers {
@@ -162,18 +169,16 @@ export class RxPacketWriter {
   private readonly payloadViews: Uint8Array[];
   /** Bytes of payload this chain can take (0 when it cannot even hold a header). */
   readonly payloadCapacity: number;
+  /** Whether the chain can hold a header at all (a chain that cannot is returned unused). */
+  readonly usable: boolean;
   private filled = 0;
   private hdrWritten = false;
 
   constructor(private readonly writable: readonly Uint8Array[]) {
     const total = totalLength(writable);
-    this.payloadCapacity = total < HDR_SIZE ? 0 : Math.min(total - HDR_SIZE, MAX_PKT_PAYLOAD);
-    this.payloadViews = total < HDR_SIZE ? [] : gatherViews(writable, HDR_SIZE, this.payloadCapacity);
-  }
-
-  /** Whether the chain can hold a header at all (a chain that cannot is returned unused). */
-  get usable(): boolean {
-    return totalLength(this.writable) >= HDR_SIZE;
+    this.usable = total >= HDR_SIZE;
+    this.payloadCapacity = this.usable ? Math.min(total - HDR_SIZE, MAX_PKT_PAYLOAD) : 0;
+    this.payloadViews = this.usable ? gatherViews(writable, HDR_SIZE, this.payloadCapacity) : [];
   }
 
   get payloadLength(): number {
@@ -186,6 +191,14 @@ export class RxPacketWriter {
 
   /** Appends as much of `src` as fits; returns the number of bytes taken. */
   appendPayload(src: Uint8Array): number {
+    const views = this.payloadViews;
+    if (views.length === 1) {
+      // The usual shape (Linux: header and payload in separate descriptors): one copy, no loop.
+      const n = Math.min(this.payloadCapacity - this.filled, src.length);
+      views[0]!.set(n === src.length ? src : src.subarray(0, n), this.filled);
+      this.filled += n;
+      return n;
+    }
     let taken = 0;
     let pos = this.filled;
     for (const v of this.payloadViews) {
@@ -205,12 +218,17 @@ export class RxPacketWriter {
 
   /** Writes the header (its `len` is forced to the payload written so far). */
   writeHeader(h: VsockHeader): void {
-    const tmp = new Uint8Array(HDR_SIZE);
-    encodeHeader({ ...h, len: this.filled }, tmp);
-    let at = 0;
-    for (const v of gatherViews(this.writable, 0, HDR_SIZE)) {
-      v.set(tmp.subarray(at, at + v.length));
-      at += v.length;
+    const first = this.writable[0]!;
+    if (first.length >= HDR_SIZE) {
+      encodeHeader(h, first, this.filled);
+    } else {
+      const tmp = new Uint8Array(HDR_SIZE);
+      encodeHeader(h, tmp, this.filled);
+      let at = 0;
+      for (const v of gatherViews(this.writable, 0, HDR_SIZE)) {
+        v.set(tmp.subarray(at, at + v.length));
+        at += v.length;
+      }
     }
     this.hdrWritten = true;
   }

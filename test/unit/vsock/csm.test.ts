@@ -1,9 +1,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Connection, type HostStream, type RxBudget } from '../../../devices/virtio/vsock/csm';
+import { type ByteBudget, Connection, type HostStream } from '../../../devices/virtio/vsock/csm';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import {
-  decodeHeader, HDR_SIZE, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+  decodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
   OP_SHUTDOWN, RxPacketWriter, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
 
@@ -34,17 +34,18 @@ class FakeStream implements HostStream {
   get bytes(): number { return this.written.reduce((n, b) => n + b.length, 0); }
 }
 
-function setup(kind: 'local' | 'peer' = 'peer', over: { rxBufferLimit?: number; budget?: RxBudget } = {}) {
+function setup(kind: 'local' | 'peer' = 'peer', over: { rxBufferLimit?: number; budget?: ByteBudget; txBudget?: ByteBudget } = {}) {
   let now = 1000;
   const stream = new FakeStream();
   const counters = newCounters();
   const budget = over.budget ?? { used: 0, limit: 1 << 30 };
+  const txBudget = over.txBudget ?? { used: 0, limit: 1 << 30 };
   const p = {
-    localPort: 1 << 30, peerPort: 777, guestCid: GUEST, stream, counters, budget, clock: () => now,
+    localPort: 1 << 30, peerPort: 777, guestCid: GUEST, stream, counters, rxBudget: budget, txBudget, clock: () => now,
     limits: { connectTimeoutMs: 100, shutdownTimeoutMs: 50, ...(over.rxBufferLimit ? { rxBufferLimit: over.rxBufferLimit } : {}) },
   };
   const conn = kind === 'local' ? Connection.localInit(p) : Connection.peerInit(p, gh({ op: OP_REQUEST, bufAlloc: 8192 }));
-  return { conn, stream, counters, budget, advance: (ms: number) => { now += ms; return now; } };
+  return { conn, stream, counters, budget, txBudget, advance: (ms: number) => { now += ms; return now; } };
 }
 
 const gh = (h: Partial<VsockHeader>): VsockHeader => ({
@@ -71,6 +72,11 @@ function established() {
 
 const rw = (data: Uint8Array, h: Partial<VsockHeader> = {}) => [gh({ op: OP_RW, len: data.length, ...h }), [data]] as const;
 
+/** The guest sends `n` bytes in packets of at most MAX_PKT_PAYLOAD (as Linux does). */
+function send(conn: Connection, n: number): void {
+  for (let left = n; left > 0; left -= MAX_PKT_PAYLOAD) conn.handleTx(...rw(new Uint8Array(Math.min(left, MAX_PKT_PAYLOAD))));
+}
+
 test('peer-init: RESPONSE only after the host connect, addressed back to the guest', () => {
   const { conn } = setup('peer');
   assert.is(conn.state, 'peer-init');
@@ -83,7 +89,7 @@ test('peer-init: RESPONSE only after the host connect, addressed back to the gue
   assert.is(r.hdr.srcPort, 1 << 30);
   assert.is(r.hdr.dstPort, 777);
   assert.is(r.hdr.type, TYPE_STREAM);
-  assert.is(r.hdr.bufAlloc, 64 * 1024);
+  assert.is(r.hdr.bufAlloc, conn.limits.bufAlloc);
   assert.is(conn.state, 'established');
 });
 
@@ -129,25 +135,63 @@ test('local-init: guest RST (no listener) closes the host stream; other ops are 
 
 test('guest -> host data: forwarded, credit accounted, overrun resets', () => {
   const s = established();
+  const { bufAlloc, creditUpdateFreed } = s.conn.limits;
   s.stream.autoFlush = false;
-  const d = new Uint8Array(40000).fill(1);
-  s.conn.handleTx(...rw(d));
-  assert.is(s.stream.bytes, 40000);
-  assert.is(s.conn.ourFreeCredit, 65536 - 40000);
+  const n = creditUpdateFreed + 1000;
+  send(s.conn, n);
+  assert.is(s.stream.bytes, n);
+  assert.is(s.conn.ourFreeCredit, bufAlloc - n);
   // Not flushed yet: no credit update to give.
   assert.is(s.conn.hasPendingRx(), false);
   s.stream.flushAll();
-  assert.is(s.conn.ourFreeCredit, 65536);
-  const u = rx(s.conn)!; // freed >= half the buffer: proactive update
+  assert.is(s.conn.ourFreeCredit, bufAlloc);
+  const u = rx(s.conn)!; // freed >= creditUpdateFreed: proactive update
   assert.is(u.hdr.op, OP_CREDIT_UPDATE);
-  assert.is(u.hdr.fwdCnt, 40000);
-  assert.is(s.counters.bytesFromGuest, 40000);
-  // Overrun: 64 KiB + 1 in flight.
-  s.conn.handleTx(...rw(new Uint8Array(65536)));
+  assert.is(u.hdr.fwdCnt, n);
+  assert.is(s.counters.bytesFromGuest, n);
+  // Overrun: the whole window in flight is fine, one byte more is not.
+  send(s.conn, bufAlloc);
   assert.is(s.conn.state, 'established');
   s.conn.handleTx(...rw(new Uint8Array(1)));
   assert.is(s.conn.state, 'killed');
   assert.is(rx(s.conn)!.hdr.op, OP_RST);
+});
+
+test('guest -> host bytes not yet flushed count against the shared TX budget', () => {
+  const txBudget = { used: 0, limit: 1 << 30 };
+  const s = setup('peer', { txBudget });
+  s.conn.hostConnected();
+  rx(s.conn);
+  s.stream.autoFlush = false;
+  s.conn.handleTx(...rw(new Uint8Array(3000)));
+  s.conn.handleTx(...rw(new Uint8Array(2000)));
+  assert.is(txBudget.used, 5000);
+  s.stream.pendingFlush.shift()!();
+  assert.is(txBudget.used, 2000);
+  s.stream.flushAll();
+  assert.is(txBudget.used, 0);
+  // Torn down with bytes unflushed: the stream's buffer went with it, so does its share.
+  s.conn.handleTx(...rw(new Uint8Array(700)));
+  assert.is(txBudget.used, 700);
+  s.conn.kill();
+  assert.is(txBudget.used, 0);
+  s.stream.flushAll(); // a late flush changes nothing
+  assert.is(txBudget.used, 0);
+
+  const h = established();
+  h.stream.autoFlush = false;
+  h.conn.handleTx(...rw(new Uint8Array(900)));
+  assert.is(h.txBudget.used, 900);
+  h.conn.hostClosed();
+  assert.is(h.txBudget.used, 0);
+  h.conn.handleTx(...rw(new Uint8Array(100))); // absorbed: the host is gone
+  assert.is(h.txBudget.used, 0);
+
+  const g = established();
+  g.stream.autoFlush = false;
+  g.conn.handleTx(...rw(new Uint8Array(50)));
+  g.conn.handleTx(gh({ op: OP_RST }), []);
+  assert.is(g.txBudget.used, 0);
 });
 
 test('guest CREDIT_REQUEST is answered with our fwd_cnt', () => {
@@ -161,18 +205,30 @@ test('guest CREDIT_REQUEST is answered with our fwd_cnt', () => {
   assert.is(s.conn.hasPendingRx(), false);
 });
 
-test('credit update near exhaustion (threshold), counters wrap at 2^32', () => {
+test('credit update after creditUpdateFreed bytes, or near exhaustion (threshold); counters wrap at 2^32', () => {
   const s = established();
+  const { bufAlloc, creditUpdateFreed, creditUpdateThreshold } = s.conn.limits;
   s.stream.autoFlush = false;
-  s.conn.handleTx(...rw(new Uint8Array(62000)));
+  // Freed one byte short of creditUpdateFreed while the guest still sees plenty of room: no update.
+  send(s.conn, creditUpdateFreed - 1);
   s.stream.flushAll();
-  rx(s.conn); // the update for the big write
-  s.conn.handleTx(...rw(new Uint8Array(3000)));
-  s.stream.flushAll(); // freed 3000 < 32K, but the guest sees 65536-3000 free: no update yet
+  assert.ok(bufAlloc - (creditUpdateFreed - 1) >= creditUpdateThreshold);
   assert.is(s.conn.hasPendingRx(), false);
-  s.conn.handleTx(...rw(new Uint8Array(61000)));
+  s.conn.handleTx(...rw(new Uint8Array(1)));
   s.stream.flushAll();
+  const u = rx(s.conn)!;
+  assert.is(u.hdr.op, OP_CREDIT_UPDATE);
+  assert.is(u.hdr.fwdCnt, creditUpdateFreed);
+
+  // Near exhaustion: the guest sees less than the threshold free; a little freed is worth telling.
+  const small = 3000;
+  assert.ok(small < creditUpdateFreed);
+  s.conn.handleTx(...rw(new Uint8Array(small)));
+  send(s.conn, bufAlloc - small - creditUpdateThreshold / 2);
+  assert.is(s.conn.hasPendingRx(), false); // nothing freed yet
+  s.stream.pendingFlush.shift()!(); // only the small packet reached the host
   assert.is(rx(s.conn)!.hdr.op, OP_CREDIT_UPDATE);
+  assert.is(s.conn.hasPendingRx(), false);
 
   // Wrap: start counters near 2^32 by sending 2^32 - small bytes worth of packets is too slow;
   // instead check the modular arithmetic on a fresh connection with a huge peer fwd_cnt.

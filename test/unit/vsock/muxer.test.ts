@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BATCH, VirtioVsock } from '../../../devices/virtio/vsock/device';
 import { LOCAL_PORT_MIN, VsockConnectError, VsockSetupError, type MuxerOptions } from '../../../devices/virtio/vsock/muxer';
-import { OP_RST, SHUTDOWN_RCV, SHUTDOWN_SEND } from '../../../devices/virtio/vsock/packet';
+import { DEFAULT_CONN_LIMITS } from '../../../devices/virtio/vsock/csm';
+import { MAX_PKT_PAYLOAD, OP_RST, SHUTDOWN_RCV, SHUTDOWN_SEND } from '../../../devices/virtio/vsock/packet';
 import { readAll, SimGuest, sleep, until, type GuestConn, type SimOptions } from './sim';
 
 const CID = 7;
@@ -42,6 +43,9 @@ function hostConnect(uds: string, port: number): Promise<{ s: net.Socket; ok: st
     s.write(`CONNECT ${port}\n`);
   });
 }
+
+/** What one connection may buffer host -> guest: its limit plus the one socket read that crossed it. */
+const RX_BOUND = DEFAULT_CONN_LIMITS.rxBufferLimit + 64 * 1024;
 
 const closed = (s: net.Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
 
@@ -388,10 +392,12 @@ test('4 MiB each way through the simulated guest, SHA-256 matches, buffers stay 
   const hostHash = createHash('sha256');
   let hostBytes = 0;
   let maxBuffered = 0;
+  let maxTxBuffered = 0;
   s.on('data', (d: Buffer) => {
     hostHash.update(d);
     hostBytes += d.length;
     maxBuffered = Math.max(maxBuffered, dev.muxer.rxBufferedBytes);
+    maxTxBuffered = Math.max(maxTxBuffered, dev.muxer.txBufferedBytes);
   });
   s.resume();
   s.write(toGuest);
@@ -399,7 +405,8 @@ test('4 MiB each way through the simulated guest, SHA-256 matches, buffers stay 
   await until(() => guestBytes === SIZE && hostBytes === SIZE, `transfer (guest ${guestBytes}, host ${hostBytes})`, 30_000);
   assert.is(guestHash.digest('hex'), createHash('sha256').update(toGuest).digest('hex'));
   assert.is(hostHash.digest('hex'), createHash('sha256').update(toHost).digest('hex'));
-  assert.ok(maxBuffered <= 128 * 1024, `muxer buffered ${maxBuffered} bytes`);
+  assert.ok(maxBuffered <= RX_BOUND, `muxer buffered ${maxBuffered} bytes`);
+  assert.ok(maxTxBuffered <= DEFAULT_CONN_LIMITS.bufAlloc, `muxer held ${maxTxBuffered} bytes for the host`);
   assert.is(dev.counters.bytesToGuest, SIZE);
   assert.is(dev.counters.bytesFromGuest, SIZE);
   s.destroy();
@@ -437,14 +444,63 @@ test('a guest that stops reading pauses the host socket (backpressure), no overr
   s.write(big, () => { drained = true; });
   await sleep(300);
   assert.is(gc!.receivedBytes, 32 * 1024); // exactly the guest's credit
-  // Bound: the connection's 64 KiB plus the one socket read that crossed it.
-  assert.ok(dev.muxer.rxBufferedBytes <= 128 * 1024, `buffered ${dev.muxer.rxBufferedBytes}`);
+  // Bound: the connection's limit plus the one socket read that crossed it.
+  assert.ok(dev.muxer.rxBufferedBytes <= RX_BOUND, `buffered ${dev.muxer.rxBufferedBytes}`);
   assert.is(drained, false); // the host writer is held back
   // The reader wakes up: everything flows.
   g.opts.stallReader = false;
   g.consume(gc!, gc!.receivedBytes);
   await until(() => gc!.receivedBytes === big.length, 'all data', 30_000);
   s.destroy();
+  await dev.close();
+});
+
+test('the total host -> guest budget pauses every socket at once, overshooting by one read at most', async () => {
+  const limit = 100 * 1024;
+  const { uds, dev, g } = await world({ stallReader: true, bufAlloc: 16 * 1024 }, { totalRxBufferLimit: limit });
+  g.listen(4);
+  const clients = await Promise.all([0, 1, 2].map(() => hostConnect(uds, 4)));
+  const big = Buffer.alloc(4 * 1024 * 1024, 2);
+  for (const { s } of clients) s.write(big);
+  await sleep(300);
+  assert.ok(dev.muxer.rxBufferedBytes >= limit, `buffered ${dev.muxer.rxBufferedBytes}`);
+  assert.ok(dev.muxer.rxBufferedBytes <= limit + 64 * 1024, `buffered ${dev.muxer.rxBufferedBytes}`);
+  for (const { s } of clients) s.destroy();
+  await dev.close();
+  assert.is(dev.muxer.rxBufferedBytes, 0);
+});
+
+test('a host reader that stops: past the total TX budget the guest packets wait in its ring', async () => {
+  const limit = 128 * 1024;
+  assert.ok(limit < DEFAULT_CONN_LIMITS.bufAlloc); // one connection's window could exceed it
+  const { uds, dev, g } = await world({}, { totalTxBufferLimit: limit });
+  let hostSide: net.Socket | undefined;
+  const hostHash = createHash('sha256');
+  let hostBytes = 0;
+  const srv = net.createServer((s) => {
+    hostSide = s;
+    s.pause();
+    s.on('data', (d: Buffer) => { hostHash.update(d); hostBytes += d.length; });
+  });
+  await new Promise<void>((r) => srv.listen(`${uds}_7000`, r));
+  const c = await g.connect(7000);
+  const data = randomBytes(4 * 1024 * 1024);
+  const writing = g.write(c, data, MAX_PKT_PAYLOAD);
+  await until(() => dev.muxer.txBlocked, 'TX budget exhausted');
+  await sleep(200);
+  // At most one packet past the budget; the rest of the guest's window waits in its TX ring.
+  assert.ok(dev.muxer.txBufferedBytes <= limit + MAX_PKT_PAYLOAD, `held ${dev.muxer.txBufferedBytes}`);
+  const ring = g.rings[1]!;
+  const published = new DataView(g.mem.expect(ring.availAddr, 4).slice().buffer).getUint16(2, true);
+  assert.ok(published !== g.queues[1]!.availIndex, 'TX chains left in the ring');
+  assert.is(g.needsResetReason, undefined);
+  // The reader wakes up: everything arrives, in order.
+  hostSide!.resume();
+  await writing;
+  await until(() => hostBytes === data.length, `all data (${hostBytes})`, 30_000);
+  assert.is(hostHash.digest('hex'), createHash('sha256').update(data).digest('hex'));
+  assert.is(dev.muxer.txBufferedBytes, 0);
+  srv.close();
   await dev.close();
 });
 

@@ -122,7 +122,7 @@ if (wantIntegration) {
 function sandboxRun(f) {
   const out = mkdtempSync(join(tmpdir(), 'tsvmm-test-'));
   try {
-    sh('bash', ['tools/sandbox/run.sh', '--timeout', '600', '--out', out, '--', process.execPath, 'tools/test.mjs', '--integration', '--inside', '--filter', relative(root, f)], {
+    sh('bash', ['tools/sandbox/run.sh', '--timeout', '900', '--out', out, '--', process.execPath, 'tools/test.mjs', '--integration', '--inside', '--filter', relative(root, f)], {
       stdio: ['ignore', 'inherit', 'inherit'],
     });
     const resultFile = join(out, 'results.json');

@@ -16,7 +16,7 @@ interface Run { pin: string; load: string; ok: boolean; mpps: number | null; res
 test('paper --short: 2 loads × 3 pin policies, self-checked runs, table and chart', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-paper-'));
   try {
-    const r = spawnSync(process.execPath, [join(ROOT, 'tools/bench/paper.mjs'), '--short', '--out', dir], { cwd: ROOT, encoding: 'utf8', timeout: 540_000 });
+    const r = spawnSync(process.execPath, [join(ROOT, 'tools/bench/paper.mjs'), '--short', '--out', dir], { cwd: ROOT, encoding: 'utf8', timeout: 840_000 });
     assert.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
     const record = JSON.parse(readFileSync(join(dir, 'runs.json'), 'utf8')) as { runs: Run[]; guests: unknown[] };
     assert.is(record.guests.length, 3);

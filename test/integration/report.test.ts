@@ -15,7 +15,7 @@ import type { Metric, ReportRecord } from '../../tools/bench/report-render.mjs';
 test('report --short: boot, vsock, exits and hints against their peers, one report', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-report-'));
   try {
-    const r = spawnSync(process.execPath, [join(ROOT, 'tools/bench/report.mjs'), '--short', '--out', dir], { cwd: ROOT, encoding: 'utf8', timeout: 540_000 });
+    const r = spawnSync(process.execPath, [join(ROOT, 'tools/bench/report.mjs'), '--short', '--out', dir], { cwd: ROOT, encoding: 'utf8', timeout: 840_000 });
     assert.is(r.status, 0, `${r.stdout}\n${r.stderr.slice(-6000)}`);
     const record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8')) as ReportRecord & { metrics: Metric[] };
     for (const b of ['boot', 'vsock', 'exits', 'hints']) assert.is(record.benches[b]?.status, 'ok', b);

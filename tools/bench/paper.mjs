@@ -65,7 +65,7 @@ function startLoad(count) {
 /** One guest (dist/bench/paper-run.js) for a pin policy; `request` sends one spscq run and awaits its answer. */
 async function bootGuest(pin, vcpus, memory, timeoutSec) {
   const runner = join(ROOT, 'dist/bench/paper-run.js');
-  if (!existsSync(runner)) throw new Error(`${runner} missing: run `npm run build``);
+  if (!existsSync(runner)) throw new Error(`${runner} missing: run "node tools/build.mjs"`);
   const child = spawn(process.execPath, [runner, '--pin', pin, '--vcpus', String(vcpus), '--memory', memory, '--timeout', String(timeoutSec)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });

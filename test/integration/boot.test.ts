@@ -1,5 +1,6 @@
-// Boots Debian's stock kernel on real KVM through the CLI: SMP, memory, console, and each way a
-// guest can end (poweroff, reboot, panic), plus a malformed image refused before any vCPU runs.
+// Boots Debian's stock kernel on real KVM through the CLI: SMP (up to 8 vCPUs), memory, console,
+// and each way a guest can end (poweroff, reboot, triple fault, panic), plus a malformed image
+// refused before any vCPU runs.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -13,7 +14,7 @@ test.before(async () => {
   await ensureDefaultGuest();
 });
 
-for (const [vcpus, memory, memMiB] of [[1, '256M', 256], [2, '512M', 512], [4, '1G', 1024]] as const) {
+for (const [vcpus, memory, memMiB] of [[1, '256M', 256], [2, '512M', 512], [8, '1G', 1024]] as const) {
   test(`${vcpus} vCPU(s), ${memory}: the guest sees them and powers off with 0`, async () => {
     const r = await runGuestCommand('echo "nproc=$(nproc)"; grep -c ^processor /proc/cpuinfo | sed s/^/cpuinfo=/', ['--vcpus', String(vcpus), '--memory', memory]);
     assert.is(r.code, 0, r.stderr + r.stdout);
@@ -41,6 +42,13 @@ test('guest reboot exits with 3', async () => {
   const r = await runGuestCommand('reboot -f');
   assert.is(r.code, 3, r.stderr);
   assert.match(r.stderr, 'reset');
+});
+
+test('a guest triple fault exits with 5', async () => {
+  // reboot=t: the kernel restarts by loading an empty IDT and raising int3, i.e. a triple fault (KVM_EXIT_SHUTDOWN).
+  const r = await runGuestCommand('reboot -f', ['--append', 'reboot=t']);
+  assert.is(r.code, 5, r.stderr);
+  assert.match(r.stderr, 'triple fault');
 });
 
 test('guest kernel panic exits with 4 (pvpanic)', async () => {

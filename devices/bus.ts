@@ -1,12 +1,39 @@
 // Address-range dispatch for port I/O and MMIO exits. This module owns "which device answers
 // this address"; it must not know what any device does. One Bus instance per address space
 // (PIO, MMIO). Ranges never overlap: inserting an overlapping range is a programming error.
+// It also carries each device's shared registers to the vCPU threads (see SharedRegister).
+
+/**
+ * A device register whose value lives in shared memory, so that a vCPU thread can answer it
+ * without a hop to the device's thread (docs/benchmarks.md, "Exit rate": a forwarded exit
+ * costs ~15x one answered in the vCPU thread). `load` serves reads of the register (the
+ * cell's value); `clear-bits` serves writes (the cell loses the bits written: write-1-to-clear).
+ * Only an access of exactly `size` bytes at exactly `offset` in that direction qualifies; every
+ * other access still reaches the device, which must give the same answer for those that
+ * qualify (tests and callers without vCPU threads use it).
+ */
+export interface SharedRegister {
+  readonly offset: number;
+  readonly size: 4;
+  readonly kind: 'load' | 'clear-bits';
+  /** One Int32 (index 0) over a SharedArrayBuffer; the device changes it only with Atomics. */
+  readonly cell: Int32Array;
+}
 
 export interface BusDevice {
   /** Fills `data` (1, 2, 4 or 8 bytes) with the value read at `offset` inside the device. */
   read(offset: number, data: Uint8Array): void;
   /** Handles a write of `data` at `offset` inside the device. */
   write(offset: number, data: Uint8Array): void;
+  /** Registers a vCPU thread may serve from shared memory (fixed for the device's lifetime). */
+  sharedRegisters?(): readonly SharedRegister[];
+}
+
+/** A claimed address range, with the registers in it a vCPU thread serves itself. */
+export interface BusClaim {
+  readonly base: number;
+  readonly len: number;
+  readonly shared: readonly SharedRegister[];
 }
 
 interface Range {
@@ -30,9 +57,9 @@ export class Bus {
     this.ranges.sort((a, b) => a.base - b.base);
   }
 
-  /** The claimed address ranges (what a vCPU worker must forward to this bus). */
-  claims(): { base: number; len: number }[] {
-    return this.ranges.map((r) => ({ base: r.base, len: r.len }));
+  /** The claimed address ranges (what a vCPU worker must forward to this bus, or serve from shared registers). */
+  claims(): BusClaim[] {
+    return this.ranges.map((r) => ({ base: r.base, len: r.len, shared: r.device.sharedRegisters?.() ?? [] }));
   }
 
   /** The device covering [addr, addr + size), with the offset inside it. */

@@ -2,8 +2,10 @@
 // state machine, feature negotiation and queue setup. This module owns the register layout and
 // the decision to enter NEEDS_RESET; it must not parse rings (queue.ts) or know what the device
 // does. It never throws out of read/write/queueNotify: invalid accesses are ignored and counted.
+// InterruptStatus lives in a shared cell, so vCPU threads can serve InterruptStatus reads and
+// InterruptACK writes themselves (sharedRegisters()): those are two exits per interrupt.
 
-import type { BusDevice } from '../bus';
+import type { BusDevice, SharedRegister } from '../bus';
 import type { IrqLine } from '../irq';
 import { u64ToSafe, type GuestMemory } from '../memory';
 import {
@@ -107,7 +109,13 @@ export class MmioTransport implements BusDevice {
   private driverFeatures = 0n;
   private acked = 0n;
   private queueSel = 0;
-  private interruptStatus = 0;
+  /**
+   * InterruptStatus, shared with the vCPU threads, which read and acknowledge it concurrently:
+   * every change is atomic. Bits are set before the irqfd is signalled, so a driver woken by
+   * the interrupt sees them; an ACK clears only the bits written, so a bit set after the
+   * driver's read survives its ACK.
+   */
+  private readonly isr = new Int32Array(new SharedArrayBuffer(4));
   private configGeneration = 0;
   private activated = false;
 
@@ -123,6 +131,14 @@ export class MmioTransport implements BusDevice {
   /** The ioeventfd registration for queue i (QueueNotify, datamatch = queue index). */
   notifyAddress(queueIndex: number): NotifyAddress {
     return { offset: REG.QueueNotify, length: 4, datamatch: queueIndex };
+  }
+
+  /** InterruptStatus (read) and InterruptACK (write), served from the shared cell. */
+  sharedRegisters(): readonly SharedRegister[] {
+    return [
+      { offset: REG.InterruptStatus, size: 4, kind: 'load', cell: this.isr },
+      { offset: REG.InterruptACK, size: 4, kind: 'clear-bits', cell: this.isr },
+    ];
   }
 
   /** Current device status register (for tests and metrics). */
@@ -211,7 +227,7 @@ export class MmioTransport implements BusDevice {
       case REG.QueueNumMax: return q ? q.maxSize : 0;
       case REG.QueueNum: return q ? q.size : 0;
       case REG.QueueReady: return q?.ready ? 1 : 0;
-      case REG.InterruptStatus: return this.interruptStatus;
+      case REG.InterruptStatus: return Atomics.load(this.isr, 0);
       case REG.Status: return this.status;
       case REG.QueueDescLow: return q ? q.descAddr % 2 ** 32 : 0;
       case REG.QueueDescHigh: return q ? Math.floor(q.descAddr / 2 ** 32) : 0;
@@ -273,7 +289,7 @@ export class MmioTransport implements BusDevice {
         this.queueNotify(v);
         return true;
       case REG.InterruptACK:
-        this.interruptStatus &= ~v;
+        Atomics.and(this.isr, 0, ~v);
         return true;
       case REG.Status:
         return this.writeStatus(v);
@@ -382,13 +398,13 @@ export class MmioTransport implements BusDevice {
     this.activated = false;
     this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
     this.driverFeatures = this.acked = 0n;
-    this.interruptStatus = 0;
+    Atomics.store(this.isr, 0, 0);
     for (const q of this.queues) q.reset();
     this.guard(() => this.device.reset());
   }
 
   private interrupt(bit: number): void {
-    this.interruptStatus |= bit;
+    Atomics.or(this.isr, 0, bit);
     this.counters.interrupts++;
     this.irq.trigger();
   }

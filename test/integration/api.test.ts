@@ -92,10 +92,15 @@ test('scheduler policy change at run time re-pins the vCPU threads', async () =>
 });
 
 test('metrics count real KVM exits per vCPU, by reason', () => {
-  const m = curl('GET', '/metrics').json as { vcpu_exits: Record<string, number>[] };
+  const m = curl('GET', '/metrics').json as { vcpu_exits: Record<string, number>[]; transports: Record<string, { interrupts: number }> };
   assert.is(m.vcpu_exits.length, 2);
   assert.ok((m.vcpu_exits[0]!.io ?? 0) > 0, JSON.stringify(m.vcpu_exits));
   assert.ok((m.vcpu_exits[0]!.forwarded ?? 0) > 0, 'serial/virtio register accesses went to main-thread devices');
+  // Linux reads InterruptStatus and writes InterruptACK for every virtio interrupt it takes;
+  // the vCPU threads serve both from the transport's shared cell.
+  const interrupts = m.transports['virtio-vsock']?.interrupts ?? 0;
+  const shared = m.vcpu_exits.reduce((n, e) => n + (e.shared ?? 0), 0);
+  if (interrupts > 0) assert.ok(shared > 0, `${interrupts} virtio interrupts, no InterruptStatus/ACK served in a vCPU thread: ${JSON.stringify(m.vcpu_exits)}`);
 });
 
 test('bad requests get clear errors and leave the VM running', () => {

@@ -1,7 +1,10 @@
 // The channel between a vCPU worker and the main thread for port/MMIO accesses that a
 // main-thread device must answer: one SharedArrayBuffer per vCPU plus one shared doorbell.
 // The worker fills a request and Atomics.waits; main handles it and flips the state back.
-// Layout in one place (Int32 slots):
+// It also defines what a worker gets at start (WorkerInit) and its exit counters. The mailbox
+// layout, in one place (Int32 slots):
+
+import type { BusClaim } from '../../devices/bus';
 
 export const MB = {
   STATE: 0, // IDLE | REQUEST | RESPONSE
@@ -23,10 +26,14 @@ export const KIND_MMIO = 1;
 
 /**
  * Per-vCPU exit counters, written only by that vCPU's worker (no atomics needed) and read by
- * main for metrics: slot r counts KVM exit reason r; the last slot counts forwarded accesses.
+ * main for metrics: slot r counts KVM exit reason r (reasons beyond STAT_LAST_REASON share
+ * it); the last slot counts forwarded accesses, the one before accesses served from a
+ * device's shared register (SharedRegister in devices/bus.ts).
  */
 export const EXIT_STATS_SLOTS = 64;
 export const STAT_FORWARDED = EXIT_STATS_SLOTS - 1;
+export const STAT_SHARED = EXIT_STATS_SLOTS - 2;
+export const STAT_LAST_REASON = EXIT_STATS_SLOTS - 3;
 
 export function newExitStats(): Float64Array {
   return new Float64Array(new SharedArrayBuffer(EXIT_STATS_SLOTS * 8));
@@ -45,12 +52,6 @@ export function mailboxData(mb: Int32Array): Uint8Array {
   return new Uint8Array(mb.buffer, MB.DATA * 4, 8);
 }
 
-/** An address range a main-thread device claims; everything else the worker answers itself. */
-export interface ClaimedRange {
-  base: number;
-  len: number;
-}
-
 /** What a worker tells main. */
 export type WorkerMessage =
   | { type: 'started'; tid: number }
@@ -65,7 +66,8 @@ export interface WorkerInit {
   mmapSize: number;
   mailbox: Int32Array;
   doorbell: Int32Array;
-  pio: ClaimedRange[];
-  mmio: ClaimedRange[];
+  /** What main-thread devices claim: forwarded, except their shared registers; the rest is answered here. */
+  pio: readonly BusClaim[];
+  mmio: readonly BusClaim[];
   stats: Float64Array;
 }

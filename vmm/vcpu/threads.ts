@@ -10,9 +10,9 @@ import { fileURLToPath } from 'node:url';
 import type { Vcpu } from '../../kvm/kvm';
 import { KvmRun, exitReasonName } from '../../kvm/layout';
 import { tgkill } from '../../kvm/libc';
-import type { Bus } from '../../devices/bus';
+import type { Bus, BusClaim } from '../../devices/bus';
 import {
-  ClaimedRange, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, STAT_FORWARDED, VcpuExitReason, WorkerInit, WorkerMessage,
+  KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, STAT_FORWARDED, STAT_SHARED, VcpuExitReason, WorkerInit, WorkerMessage,
   mailboxData, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
 
@@ -61,7 +61,7 @@ export class VcpuThreads {
   ) {}
 
   /** Starts a worker per vCPU; resolves with their tids once every one runs. */
-  async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: ClaimedRange[]; mmio: ClaimedRange[] }): Promise<number[]> {
+  async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: readonly BusClaim[]; mmio: readonly BusClaim[] }): Promise<number[]> {
     process.on(KICK_SIGNAL, this.kickHandler);
     const script = workerScript();
     const started: Promise<number>[] = [];
@@ -96,12 +96,15 @@ export class VcpuThreads {
     return this.threads.map((t) => t.tid);
   }
 
-  /** Exits by reason name per vCPU, plus `forwarded` (accesses answered by a main-thread device). */
+  /**
+   * Exits by reason name per vCPU, plus `forwarded` (accesses answered by a main-thread
+   * device) and `shared` (accesses the worker served from a device's shared register).
+   */
   exitCounts(): Record<string, number>[] {
     return this.threads.map((t) => {
       const out: Record<string, number> = {};
       t.stats.forEach((n, i) => {
-        if (n > 0) out[i === STAT_FORWARDED ? 'forwarded' : exitReasonName(i).toLowerCase()] = n;
+        if (n > 0) out[i === STAT_FORWARDED ? 'forwarded' : i === STAT_SHARED ? 'shared' : exitReasonName(i).toLowerCase()] = n;
       });
       return out;
     });

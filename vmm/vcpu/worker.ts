@@ -1,16 +1,20 @@
 // A vCPU thread: runs KVM_RUN synchronously in a loop, forever on this one thread (a vCPU that
 // hops threads is 10-400x slower, DESIGN §4). Port and MMIO exits for addresses a main-thread
-// device claims go through the mailbox; the rest are answered here (reads all ones). Exits that
-// end the VM are reported to main, which decides what they mean.
+// device claims go through the mailbox, except that device's shared registers (e.g. virtio-mmio
+// InterruptStatus/ACK), which are served here from shared memory; unclaimed addresses are
+// answered here too (reads all ones). Exits that end the VM are reported to main, which decides
+// what they mean.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { Vcpu } from '../../kvm/kvm';
 import { ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, exitReasonName } from '../../kvm/layout';
 import { gettid, setThreadName } from '../../kvm/libc';
+import type { BusClaim } from '../../devices/bus';
 import {
-  ClaimedRange, EXIT_STATS_SLOTS, KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
+  KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_REASON, STAT_SHARED, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
   VcpuExitReason, WorkerInit, WorkerMessage, mailboxData,
 } from './mailbox';
+import { serveShared } from './shared';
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -28,10 +32,16 @@ const mb = init.mailbox;
 const mbData = mailboxData(mb);
 const stats = init.stats;
 
-const claimed = (ranges: ClaimedRange[], addr: number, size: number) => {
-  for (const r of ranges) if (addr >= r.base && addr + size <= r.base + r.len) return true;
-  return false;
+const claimed = (ranges: readonly BusClaim[], addr: number, size: number) => {
+  for (const r of ranges) if (addr >= r.base && addr + size <= r.base + r.len) return r;
+  return undefined;
 };
+
+/** One access to a claimed range: from a shared register if it is one, else through main. */
+function claimedAccess(claim: BusClaim, kind: number, addr: number, data: Uint8Array, isWrite: boolean): void {
+  if (serveShared(claim, addr, data, isWrite)) stats[STAT_SHARED]!++;
+  else forward(kind, addr, data, isWrite);
+}
 
 /** Forwards one access to main and waits for its answer (reads fill `data`). */
 function forward(kind: number, addr: number, data: Uint8Array, isWrite: boolean): void {
@@ -57,10 +67,10 @@ function handleIo(): void {
   const count = rv.getUint32(KvmRun.io.count, true);
   const off = Number(rv.getBigUint64(KvmRun.io.dataOffset, true));
   const isWrite = dir === KVM_EXIT_IO_OUT;
-  const mine = claimed(init.pio, port, size);
+  const claim = claimed(init.pio, port, size);
   for (let i = 0; i < count; i++) {
     const data = run.subarray(off + i * size, off + (i + 1) * size);
-    if (mine) forward(KIND_PIO, port, data, isWrite);
+    if (claim) claimedAccess(claim, KIND_PIO, port, data, isWrite);
     else if (!isWrite) data.fill(0xff);
   }
 }
@@ -70,7 +80,8 @@ function handleMmio(): void {
   const len = Math.min(rv.getUint32(KvmRun.mmio.len, true), 8);
   const isWrite = rv.getUint8(KvmRun.mmio.isWrite) !== 0;
   const data = run.subarray(KvmRun.mmio.data, KvmRun.mmio.data + len);
-  if (claimed(init.mmio, addr, len)) forward(KIND_MMIO, addr, data, isWrite);
+  const claim = claimed(init.mmio, addr, len);
+  if (claim) claimedAccess(claim, KIND_MMIO, addr, data, isWrite);
   else if (!isWrite) data.fill(0xff);
 }
 
@@ -83,7 +94,7 @@ function loop(): { reason: VcpuExitReason; detail: string } | undefined {
       return { reason: 'internal-error', detail: `KVM_RUN failed: errno ${-r}` };
     }
     const reason = rv.getUint32(KvmRun.exitReason, true);
-    stats[Math.min(reason, EXIT_STATS_SLOTS - 2)]!++;
+    stats[Math.min(reason, STAT_LAST_REASON)]!++;
     switch (reason) {
       case ExitReason.IO:
         handleIo();

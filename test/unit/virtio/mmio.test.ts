@@ -1,8 +1,12 @@
 // virtio-mmio transport driven through its registers by a simulated Linux driver: bring-up,
 // feature negotiation, the status state machine, interrupts, config space, invalid accesses,
-// and malicious drivers (NEEDS_RESET, with a second device on the same memory unaffected).
+// and malicious drivers (NEEDS_RESET, with a second device on the same memory unaffected);
+// InterruptStatus/ACK served from the shared cell the way a vCPU worker serves them.
+import { Worker } from 'node:worker_threads';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { Bus } from '../../../devices/bus';
+import { serveShared } from '../../../vmm/vcpu/shared';
 import { VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1 } from '../../../devices/virtio/device';
 import { INT_CONFIG_CHANGE, INT_USED_BUFFER, MmioTransport, REG, STATUS, VENDOR_ID } from '../../../devices/virtio/mmio';
 import { CountingIrq, DATA, EchoDevice, HOLE_START, MALICIOUS_CHAINS, SimDriver, fakeMemory, layoutQueue, type FakeMemory } from './sim';
@@ -336,6 +340,153 @@ test('ctx.needsReset from the device (errors found outside notify)', () => {
   const { a, b } = pair();
   a.dev.ctx!.needsReset('vsock: bad packet header');
   assertNeedsReset(a, b, /bad packet header/);
+});
+
+// --- InterruptStatus / InterruptACK served by a vCPU thread from the shared cell ---
+
+const BASE = 0xd000_0000;
+
+/** A machine's MMIO bus with one transport, accessed the way the vCPU worker does it. */
+function vcpuRig() {
+  const r = rig();
+  const bus = new Bus();
+  bus.insert(BASE, 0x1000, 'virtio', r.t);
+  const claims = bus.claims();
+  /** One guest access: served from a shared register, or forwarded to the bus. */
+  const access = (offset: number, data: Uint8Array, isWrite: boolean): 'shared' | 'forwarded' => {
+    const claim = claims.find((c) => BASE + offset >= c.base && BASE + offset + data.length <= c.base + c.len)!;
+    if (serveShared(claim, BASE + offset, data, isWrite)) return 'shared';
+    if (isWrite) bus.write(BASE + offset, data);
+    else bus.read(BASE + offset, data);
+    return 'forwarded';
+  };
+  const u32 = (v: number) => new Uint8Array(new Uint32Array([v >>> 0]).buffer);
+  const isr = () => {
+    const d = new Uint8Array(4);
+    assert.is(access(REG.InterruptStatus, d, false), 'shared');
+    return new DataView(d.buffer).getUint32(0, true);
+  };
+  const ack = (v: number) => assert.is(access(REG.InterruptACK, u32(v), true), 'shared');
+  return { ...r, bus, claims, access, isr, ack, u32 };
+}
+
+test('the bus hands vCPU threads the transport\'s two shared registers; other devices have none', () => {
+  const v = vcpuRig();
+  v.bus.insert(0x3f8, 8, 'plain', { read: (_o, d) => d.fill(0), write: () => {} });
+  const [plain, virtio] = v.bus.claims();
+  assert.equal(plain!.shared, []);
+  assert.equal(virtio!.shared.map((s) => [s.offset, s.size, s.kind]), [[REG.InterruptStatus, 4, 'load'], [REG.InterruptACK, 4, 'clear-bits']]);
+  assert.ok(virtio!.shared[0]!.cell.buffer instanceof SharedArrayBuffer, 'workers must see the same memory');
+});
+
+test('interrupt bits set by the device are read and acknowledged in the vCPU thread', () => {
+  const v = vcpuRig();
+  v.drv.bringUp(0x1000, 16);
+  assert.is(v.isr(), 0);
+  roundTrip(v, DATA);
+  assert.is(v.irq.count, 1);
+  assert.is(v.isr(), INT_USED_BUFFER);
+  assert.is(v.drv.r32(REG.InterruptStatus), INT_USED_BUFFER, 'the transport reads the same cell');
+  v.ack(INT_USED_BUFFER);
+  assert.is(v.isr(), 0);
+  assert.is(v.drv.r32(REG.InterruptStatus), 0);
+  v.t.configChanged();
+  assert.is(v.isr(), INT_CONFIG_CHANGE);
+  v.drv.w32(REG.InterruptACK, INT_CONFIG_CHANGE); // an ACK that reaches the transport works the same
+  assert.is(v.isr(), 0);
+  assert.is(v.t.counters.errors, 0);
+});
+
+test('acknowledging bits that are not set is harmless', () => {
+  const v = vcpuRig();
+  v.drv.bringUp(0x1000, 16);
+  v.ack(0xffff_ffff);
+  assert.is(v.isr(), 0);
+  v.t.configChanged();
+  v.ack(0);
+  v.ack(INT_USED_BUFFER | 0xffff_fffc);
+  assert.is(v.isr(), INT_CONFIG_CHANGE, 'only the bits written are cleared');
+  v.ack(0xffff_ffff);
+  assert.is(v.isr(), 0);
+  assert.is(v.t.counters.errors, 0);
+  roundTrip(v, DATA);
+  assert.is(v.isr(), INT_USED_BUFFER, 'the device keeps working');
+});
+
+test('reset (Status = 0) clears the shared interrupt status', () => {
+  const v = vcpuRig();
+  v.drv.bringUp(0x1000, 16);
+  roundTrip(v, DATA);
+  v.t.configChanged();
+  assert.is(v.isr(), INT_USED_BUFFER | INT_CONFIG_CHANGE);
+  v.drv.w32(REG.Status, 0);
+  assert.is(v.isr(), 0);
+});
+
+test('a bit the device sets between the driver\'s read and its ACK is not lost', () => {
+  const v = vcpuRig();
+  v.drv.bringUp(0x1000, 16);
+  roundTrip(v, DATA);
+  const seen = v.isr();
+  v.t.configChanged(); // main thread, while the vCPU handles the interrupt
+  v.ack(seen);
+  assert.is(v.isr(), INT_CONFIG_CHANGE);
+  assert.is(v.irq.count, 2, 'and it came with its own interrupt');
+});
+
+test('sets racing acks on another thread: every bit set is seen exactly once', async () => {
+  const v = vcpuRig();
+  const cell = v.claims[0]!.shared[0]!.cell;
+  const ctl = new Int32Array(new SharedArrayBuffer(4));
+  const rounds = 20_000;
+  // The "device" thread sets one of 30 bits at a time, each only once the driver acked it.
+  const setter = new Worker(`
+    const { workerData: { cell, ctl, rounds } } = require('node:worker_threads');
+    for (let i = 0; i < rounds; i++) {
+      const bit = 1 << (i % 30);
+      while (Atomics.load(cell, 0) & bit);
+      Atomics.or(cell, 0, bit);
+    }
+    Atomics.store(ctl, 0, 1);
+  `, { eval: true, workerData: { cell, ctl, rounds } });
+  let seen = 0;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const done = Atomics.load(ctl, 0);
+    const s = v.isr();
+    if (s) {
+      v.ack(s);
+      for (let b = s; b; b &= b - 1) seen++;
+    } else if (done || Date.now() > deadline) {
+      break;
+    }
+  }
+  await setter.terminate();
+  assert.is(seen, rounds);
+});
+
+test('wrong-width, misaligned and wrong-direction accesses still go to the transport, as before', () => {
+  const v = vcpuRig();
+  v.drv.bringUp(0x1000, 16);
+  v.t.configChanged();
+  const errors = v.t.counters.errors;
+  const cases: [number, Uint8Array, boolean][] = [
+    [REG.InterruptStatus, new Uint8Array(2).fill(0xee), false],
+    [REG.InterruptStatus, new Uint8Array(1).fill(0xee), false],
+    [REG.InterruptStatus, new Uint8Array(8).fill(0xee), false],
+    [REG.InterruptStatus + 1, new Uint8Array(4).fill(0xee), false],
+    [REG.InterruptACK, new Uint8Array(4).fill(0xee), false], // ACK is write-only
+    [REG.InterruptStatus, v.u32(0xffff_ffff), true], // Status is read-only
+    [REG.InterruptACK, new Uint8Array([0xff, 0xff]), true],
+    [REG.InterruptACK + 2, v.u32(0xffff_ffff), true],
+    [REG.InterruptACK - 1, v.u32(0xffff_ffff), true],
+  ];
+  for (const [offset, data, isWrite] of cases) {
+    assert.is(v.access(offset, data, isWrite), 'forwarded', `0x${offset.toString(16)}+${data.length} ${isWrite ? 'write' : 'read'}`);
+    if (!isWrite) assert.ok(data.every((b) => b === 0), 'invalid reads read 0');
+  }
+  assert.is(v.t.counters.errors, errors + cases.length, 'each one ignored and counted');
+  assert.is(v.isr(), INT_CONFIG_CHANGE, 'none of them cleared a bit');
 });
 
 test.run();

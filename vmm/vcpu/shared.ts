@@ -1,0 +1,28 @@
+// How a vCPU worker serves a device's shared registers (SharedRegister in devices/bus.ts)
+// without a hop to main. Owns only the match rule and the atomic access; kept apart from
+// worker.ts (which starts a vCPU on import) so tests run the very code the worker runs.
+
+import type { BusClaim } from '../../devices/bus';
+
+/**
+ * Serves an access from one of the claim's shared registers when it matches one exactly
+ * (offset, width, direction); false: the device must answer it, as before. The guest is
+ * hostile, but nothing here can throw: the cell is a valid Int32Array, and `data` has the
+ * register's width once it matched.
+ */
+export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isWrite: boolean): boolean {
+  for (const s of claim.shared) {
+    if (addr - claim.base !== s.offset || data.length !== s.size || isWrite !== (s.kind === 'clear-bits')) continue;
+    if (isWrite) {
+      Atomics.and(s.cell, 0, ~(data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)));
+    } else {
+      const v = Atomics.load(s.cell, 0);
+      data[0] = v;
+      data[1] = v >>> 8;
+      data[2] = v >>> 16;
+      data[3] = v >>> 24;
+    }
+    return true;
+  }
+  return false;
+}

@@ -65,6 +65,16 @@ outerOnly('a sandbox that never reports is retried once, then exit 125', () => {
   assert.match(r.stderr, /attempt 2 died/);
 });
 
+outerOnly('a sandbox kernel that freezes silently is ended by the heartbeat, not the time limit', () => {
+  // Stopping every process but init and the job stops init's heartbeat: to run.sh that is a frozen kernel.
+  const t0 = Date.now();
+  const r = sandbox(['--timeout', '250', '--', 'sh', '-c', 'kill -STOP -1; sleep 240'], { TSVMM_SANDBOX_HANG_SECS: '20' });
+  assert.is(r.status, 125);
+  assert.match(r.stderr, /attempt 1 died: the sandbox kernel froze \(no heartbeat for 20s\)/);
+  assert.match(r.stderr, /attempt 2 died/);
+  assert.ok(Date.now() - t0 < 240_000, 'ended long before the job would have');
+});
+
 outerOnly('no SVM in the emulated CPU: exit 125 with the reason, not the command\'s status', () => {
   const r = sandbox(['--', 'true'], { TSVMM_SANDBOX_CPU: 'EPYC,-svm' });
   assert.is(r.status, 125);

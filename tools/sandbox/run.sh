@@ -104,9 +104,11 @@ case $PWD/ in /tmp/* | /run/*)
 esac
 
 STALL_PATTERN='soft lockup|self-detected stall|kthread starved'
+# init.sh touches ctl/heartbeat every 10 s while the job runs (TSVMM_SANDBOX_HANG_SECS: for tests).
+HANG_SECS=${TSVMM_SANDBOX_HANG_SECS:-180}
 
 run_once() {
-	rm -f "$work/ctl/status" "$work/ctl/error" "$work/console.log"
+	rm -f "$work/ctl/status" "$work/ctl/error" "$work/ctl/heartbeat" "$work/died" "$work/console.log"
 	# QEMU writes CMD's stdout/stderr into fifos that cat copies to ours: QEMU cannot
 	# reopen an inherited socket or pipe by path, and cat can.
 	rm -f "$work/stdout" "$work/stderr"
@@ -135,7 +137,14 @@ run_once() {
 	# 30 heavy runs) never recovers; end it now rather than at the time limit, and retry.
 	(
 		while kill -0 "$qpid" 2>/dev/null; do
-			if grep -q -E "$STALL_PATTERN" "$work/console.log" 2>/dev/null; then
+			stall=$(grep -m1 -o -E "$STALL_PATTERN" "$work/console.log" 2>/dev/null)
+			beat=$(stat -c %Y "$work/ctl/heartbeat" 2>/dev/null)
+			if [ -n "$stall" ]; then
+				echo "the sandbox kernel stalled under emulation ($stall)" >"$work/died"
+			elif [ -n "$beat" ] && [ $(($(date +%s) - beat)) -gt "$HANG_SECS" ]; then
+				echo "the sandbox kernel froze (no heartbeat for ${HANG_SECS}s)" >"$work/died"
+			fi
+			if [ -f "$work/died" ]; then
 				kill "$qpid" 2>/dev/null
 				break
 			fi
@@ -159,22 +168,24 @@ for attempt in 1 2; do
 	if [ -n "${TSVMM_SANDBOX_VERBOSE:-}" ]; then sed 's/^/sandbox console: /' "$work/console.log" >&2; fi
 	if [ -f "$work/ctl/status" ]; then exit "$(cat "$work/ctl/status")"; fi
 	if [ -f "$work/ctl/error" ]; then log "sandbox failed: $(cat "$work/ctl/error")"; exit 125; fi
-	case $qemu_rc in
-	143) why="the sandbox kernel stalled under emulation ($(grep -m1 -o -E "$STALL_PATTERN" "$work/console.log"))" ;;
-	124 | 137) why="no exit status within ${TIMEOUT}s (hung or too slow)" ;;
-	0) why="the sandbox stopped without reporting an exit status (kernel panic?)" ;;
-	*) why="QEMU exited with status $qemu_rc: $(tail -n 3 "$work/qemu.log" | tr '\n' ' ')" ;;
-	esac
+	if [ -f "$work/died" ]; then why=$(cat "$work/died")
+	else
+		case $qemu_rc in
+		124 | 137) why="no exit status within ${TIMEOUT}s (hung or too slow)" ;;
+		0) why="the sandbox stopped without reporting an exit status (kernel panic?)" ;;
+		*) why="QEMU exited with status $qemu_rc: $(tail -n 3 "$work/qemu.log" | tr '\n' ' ')" ;;
+		esac
+	fi
 	log "sandbox attempt $attempt died: $why"
 	if [ -s "$work/console.log" ]; then
 		log "last console lines:"; tail -n 15 "$work/console.log" | sed 's/^/  | /' >&2
 	fi
-	# A stalled sandbox is retried; a job that started and then outlived its time limit would
-	# only do so again.
+	# A stalled or frozen sandbox is retried; a job that started and then outlived its time
+	# limit would only do so again.
 	case $qemu_rc in 124 | 137)
 		# ...unless the sandbox kernel itself stalled under emulation (RCU stall, soft lockup):
 		# that is the sandbox dying, not the job.
-		if grep -q 'running the job' "$work/console.log" 2>/dev/null &&
+		if [ ! -f "$work/died" ] && grep -q 'running the job' "$work/console.log" 2>/dev/null &&
 			! grep -q -E "$STALL_PATTERN" "$work/console.log"; then
 			log "the job itself ran past ${TIMEOUT}s: not retrying (exit 125)"
 			exit 125

@@ -68,7 +68,7 @@ function machineRows(m) {
     ['CPU', `${m.cpu} — ${m.cpus} logical CPUs, ${m.cores} cores`],
     ['memory', `${m.memoryGiB} GiB`],
     ['OS, kernel', `${m.os}, Linux ${m.kernel}`],
-    ['KVM', m.hardwareKvm ? `${m.kvm} (hardware)` : `${m.kvm} (no hardware KVM)`],
+    ['KVM', m.nestedSandbox ? `${m.kvm} (nested, on QEMU's emulated SVM)` : m.hardwareKvm ? `${m.kvm} (hardware)` : `${m.kvm} (no hardware KVM)`],
     ['Node.js', m.node],
     ...(m.qemu ? [['QEMU', m.qemu]] : []),
     ['load average', m.loadavg.map((x) => x.toFixed(2)).join(' ')],
@@ -112,7 +112,7 @@ export function relativeSpec(metrics, title) {
     title, width: 420, background: 'white',
     layer: [
       { data: { values }, mark: 'bar', encoding: {
-        y: { field: 'what', type: 'nominal', sort: null, title: null, axis: { labelLimit: 320 } },
+        y: { field: 'what', type: 'nominal', sort: null, title: null, axis: { labelLimit: 420 } },
         x: { field: 'relative', type: 'quantitative', title: 'tsvmm relative to its peer (1 = parity, >1 = tsvmm better)' },
         color: { condition: { test: 'datum.relative >= 1', value: '#4c78a8' }, value: '#e45756' },
       } },

@@ -16,8 +16,8 @@ import { Bus } from '../../devices/bus';
 import { GuestRam } from '../../vmm/memory';
 import { VcpuExit, VcpuThreads } from '../../vmm/vcpu/threads';
 import { projectRoot } from '../../vmm/default-guest';
-import { machine } from './lib.mjs';
-import { GUEST, USAGE, UsageError, exitLoopCode, median, parseExitsArgs, toHex, twinBinary } from './exits/lib';
+import { machine, stats } from './lib.mjs';
+import { GUEST, USAGE, UsageError, exitLoopCode, parseExitsArgs, toHex, twinBinary } from './exits/lib';
 
 type Impl = 'c' | 'local' | 'forwarded';
 
@@ -114,14 +114,11 @@ async function main(argv: string[]): Promise<number> {
       console.error(`round ${round + 1}/${opts.runs} ${impl}: ${Math.round(r.exitsPerSec)} exits/s (${r.exits} exits in ${r.seconds.toFixed(3)} s)`);
     }
   }
-  const rates = (impl: Impl) => runs.filter((r) => r.impl === impl).map((r) => r.exitsPerSec);
-  const med = (impl: Impl) => median(rates(impl));
+  const spread = Object.fromEntries(impls.map((impl) => [impl, stats(runs.filter((r) => r.impl === impl).map((r) => r.exitsPerSec))]));
+  // Every mode ran --runs (>= 1) times, or the loop above threw: the medians exist.
+  const med = (impl: Impl) => spread[impl]!.median!;
   const c = med('c');
-  const summary = Object.fromEntries(impls.map((impl) => [impl, {
-    exits: count(impl),
-    exitsPerSec: { n: rates(impl).length, min: Math.min(...rates(impl)), median: med(impl), max: Math.max(...rates(impl)) },
-    ratioToC: med(impl) / c,
-  }]));
+  const summary = Object.fromEntries(impls.map((impl) => [impl, { exits: count(impl), exitsPerSec: spread[impl], ratioToC: med(impl) / c }]));
   const label: Record<Impl, string> = { c: 'C twin (KVM_RUN loop)', local: 'tsvmm, answered in worker', forwarded: 'tsvmm, forwarded to main' };
   console.log(`exits/s, median of ${opts.runs} run(s); the guest loops N times over \`out 0x${GUEST.port.toString(16)}, al\`, then halts:`);
   for (const impl of impls) {

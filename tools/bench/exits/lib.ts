@@ -1,8 +1,8 @@
 // The parts of the exit-rate benchmark (tools/bench/exits.ts) that need no KVM, kept apart so
 // unit tests can import them: the guest code and the VM layout — defined only here; the C twin
-// (tools/bench/exit-loop.c) receives them on its command line — the options, the statistics,
-// and building the twin. Lives in a folder because tools/build.mjs bundles every
-// tools/bench/*.ts as a benchmark of its own.
+// (tools/bench/exit-loop.c) receives them on its command line — the options, and building
+// the twin. Lives in a folder because tools/build.mjs bundles every tools/bench/*.ts as a
+// benchmark of its own.
 
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, renameSync, statSync } from 'node:fs';
@@ -85,13 +85,6 @@ export function parseExitsArgs(argv: string[]): ExitsOptions {
     localOnly: values['local-only'] ?? false,
     help: values.help ?? false,
   };
-}
-
-export function median(xs: readonly number[]): number {
-  if (!xs.length) throw new RangeError('median of nothing');
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /**

@@ -49,6 +49,7 @@ const PR_SET_NAME = 15;
 const SYS_GETTID = 186;
 const SYS_TGKILL = 234;
 const SC_NPROCESSORS_ONLN = 84;
+const EINTR = 4;
 
 function fail(call: string, detail?: string): never {
   // koffi.errno() is live: read it before anything else can make a call.
@@ -66,17 +67,23 @@ export function close(fd: number): void {
 }
 
 /** ioctl with a pointer (or no) argument; returns the non-negative result. */
+// A signal (Node's profiler sends SIGPROF, for one) can interrupt an ioctl before it did
+// anything, e.g. KVM_CREATE_VM: EINTR then means "call again", as kvm-ioctls does.
 export function ioctl(fd: number, request: number, arg: Pointer, name: string): number {
-  const r = c.ioctlPtr(fd, request, arg) as number;
-  if (r < 0) fail(name);
-  return r;
+  for (;;) {
+    const r = c.ioctlPtr(fd, request, arg) as number;
+    if (r >= 0) return r;
+    if (koffi.errno() !== EINTR) fail(name);
+  }
 }
 
 /** ioctl with an integer argument. */
 export function ioctlInt(fd: number, request: number, arg: number, name: string): number {
-  const r = c.ioctlInt(fd, request, arg) as number;
-  if (r < 0) fail(name);
-  return r;
+  for (;;) {
+    const r = c.ioctlInt(fd, request, arg) as number;
+    if (r >= 0) return r;
+    if (koffi.errno() !== EINTR) fail(name);
+  }
 }
 
 /** Like ioctl, but returns -errno instead of throwing: for KVM_RUN, where EINTR/EAGAIN are normal. */

@@ -102,6 +102,16 @@ function view(mem: GuestMemory, gpa: number, len: number, what: string, align: n
   return new DataView(v.buffer, v.byteOffset, v.byteLength);
 }
 
+// The driver writes avail idx, then (after a full barrier) reads avail_event; we write
+// avail_event, then read avail idx. Without a barrier on our side too, x86's store buffer may
+// let our read pass our write, both sides miss each other, and a queue whose device waits for
+// a kick stalls. Guest memory is not a SharedArrayBuffer, so the barrier is a locked RMW on
+// one of our own (V8 emits `lock xadd` on x86-64): it orders every store before it.
+const fenceCell = new Int32Array(new SharedArrayBuffer(4));
+function storeLoadFence(): void {
+  Atomics.add(fenceCell, 0, 0);
+}
+
 export class Queue {
   // Configuration, written by the transport (or a test) while `ready` is false.
   /** QueueNum: the size the driver chose (must be a power of two ≤ maxSize). */
@@ -191,9 +201,14 @@ export class Queue {
     let pending = (availIdx - this.nextAvail) & 0xffff;
     if (pending === 0) {
       if (!this.eventIdx) return undefined;
-      // Ask for a notification on the next buffer, then look again: the driver may have added
-      // one after our first read but checked avail_event before our write.
+      // Only an empty ring asks for a notification (on the next buffer), as vhost does: while
+      // the device is still taking chains, avail_event stays behind and the driver does not
+      // kick (a kick is a VM exit). Every device stops popping either at an empty ring or with
+      // its own way back (a batch continued on the next turn, a host stream ready again).
+      // Then look again: the driver may have added a buffer after our first read but checked
+      // avail_event before our write.
       r.used.setUint16(4 + USED_ELEM_SIZE * n, this.nextAvail, true);
+      storeLoadFence();
       availIdx = r.avail.getUint16(2, true);
       pending = (availIdx - this.nextAvail) & 0xffff;
       if (pending === 0) return undefined;
@@ -202,7 +217,6 @@ export class Queue {
     const head = r.avail.getUint16(4 + 2 * (this.nextAvail & (n - 1)), true);
     // Consume the slot before parsing: a device that catches the error must not spin on it.
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
-    if (this.eventIdx) r.used.setUint16(4 + USED_ELEM_SIZE * n, this.nextAvail, true);
     const chain = this.parse(r.desc, head);
     this.canUndo = true;
     return chain;
@@ -213,7 +227,6 @@ export class Queue {
     if (!this.canUndo) return;
     this.canUndo = false;
     this.nextAvail = (this.nextAvail - 1) & 0xffff;
-    if (this.eventIdx && this.rings) this.rings.used.setUint16(4 + USED_ELEM_SIZE * this.size, this.nextAvail, true);
   }
 
   private parse(table: DataView, head: number): DescriptorChain {

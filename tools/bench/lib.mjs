@@ -60,7 +60,12 @@ export function requireKvm(force) {
 }
 
 export function tsvmmArgs(c) {
-  const args = [join(ROOT, 'bin/tsvmm.js'), 'run', '--quiet', '--kernel', c.kernel, '--initrd', c.initrd,
+  // For looking inside a bench run: TSVMM_BENCH_NODE_FLAGS for tsvmm's node (e.g. "--cpu-prof
+  // --cpu-prof-dir=DIR"; NODE_OPTIONS refuses --cpu-prof and would profile the driver too),
+  // TSVMM_BENCH_RUN_ARGS for `tsvmm run` (e.g. "--metrics-path FILE"). Space-separated.
+  const words = (v) => (v ?? '').split(/\s+/).filter(Boolean);
+  const args = [...words(process.env.TSVMM_BENCH_NODE_FLAGS), join(ROOT, 'bin/tsvmm.js'), 'run', '--quiet',
+    ...words(process.env.TSVMM_BENCH_RUN_ARGS), '--kernel', c.kernel, '--initrd', c.initrd,
     '--vcpus', String(c.vcpus), '--memory', c.memory, '--cmdline', c.cmdline];
   if (c.vsock) args.push('--vsock', `cid=${c.vsock.cid},uds=${c.vsock.uds}`);
   return { cmd: process.execPath, args };

@@ -22,8 +22,12 @@ import {
 
 /** The host end of a connection: a Unix socket, or an in-process stream (muxer.connect). */
 export interface HostStream {
-  /** Sends `data` (the stream may keep it); `flushed` runs once the host side has accepted it. */
-  write(data: Uint8Array, flushed: () => void): void;
+  /**
+   * Sends the `len` bytes of `parts`: views of guest memory, valid only during this call (the
+   * chain goes back to the guest right after), so the stream copies what it cannot pass on at
+   * once. `flushed` runs once the host side accepted all of it, possibly before write returns.
+   */
+  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void;
   /** Half-close: the host peer reads EOF after what was written. */
   end(): void;
   /** Releases the stream: gracefully (end after pending writes) or abortively (now). */
@@ -35,9 +39,12 @@ export interface HostStream {
 export interface ConnLimits {
   /** Our receive buffer (guest -> host bytes in flight), advertised as buf_alloc. */
   bufAlloc: number;
-  /** Send CREDIT_UPDATE once this much was freed since the guest last heard our fwd_cnt. */
+  /**
+   * Send CREDIT_UPDATE once this much (or a quarter of the guest's usable window, if less) was
+   * freed since the guest last heard our fwd_cnt.
+   */
   creditUpdateFreed: number;
-  /** Also send it when the guest believes we have less free space than this (and some was freed). */
+  /** Also send it when the guest believes less than this (or half its window) is free, and some was freed. */
   creditUpdateThreshold: number;
   /** Host -> guest bytes buffered before the host stream is paused. */
   rxBufferLimit: number;
@@ -49,12 +56,14 @@ export interface ConnLimits {
 
 // Why these sizes (docs/vsock.md, "Flow control and memory"): a credit round trip (our
 // CREDIT_UPDATE through the RX queue, the guest's interrupt, its sender waking up) is long next
-// to moving a packet, so a 64 KiB window made guest -> host stop-and-wait. 1 MiB keeps the guest
-// sending across a round trip; the update at a quarter of it leaves the guest 3/4 of the window
-// while the update travels; below 64 KiB of room (one full packet) any freed byte is worth an
-// update, since a guest short of room sends short packets. What tsvmm really holds is only what the host socket did not accept
-// yet (its kernel buffer takes ~200 KiB first), and all connections together are capped by the
-// muxer's TX budget. Host -> guest: 256 KiB is Linux's default buf_alloc, the most the guest
+// to moving a packet, so a 64 KiB window made guest -> host stop-and-wait. 1 MiB keeps a guest
+// that uses our whole window sending across a round trip (current Linux uses at most its own
+// buf_alloc, 256 KiB by default: see guestNeedsCreditUpdate); the update at a quarter of the
+// window leaves the guest 3/4 of it while the update travels; below 64 KiB of room (one full
+// packet) any freed byte is worth an update, since a guest short of room sends short packets.
+// What tsvmm really holds is only what the host socket did not accept yet (its kernel buffer
+// takes ~200 KiB first), and all connections together are capped by the muxer's TX budget.
+// Host -> guest: 256 KiB is Linux's default buf_alloc, the most the guest
 // takes in flight: buffering more could not be sent sooner, less leaves the guest's window
 // unfilled while the host socket is paused.
 export const DEFAULT_CONN_LIMITS: Readonly<ConnLimits> = {
@@ -297,15 +306,8 @@ export class Connection {
           return;
         }
         this.syncTxBudget();
-        // One copy out of guest memory: the chain goes back to the guest right after this. Not
-        // zero-filled first (packet.ts guarantees the views cover exactly len bytes).
-        const copy = Buffer.allocUnsafe(hdr.len);
-        let at = 0;
-        for (const v of payload) {
-          copy.set(v, at);
-          at += v.length;
-        }
-        this.stream.write(copy, () => this.flushed(copy.length));
+        const n = hdr.len;
+        this.stream.write(payload, n, () => this.flushed(n));
         return;
       }
       case OP_SHUTDOWN: {
@@ -425,12 +427,19 @@ export class Connection {
     return f & ~this.hostShutdown ? f | this.hostShutdown : 0;
   }
 
+  // Linux guests with the 2025 credit fix (in stable kernels, Debian's 6.1 among them) keep at
+  // most min(our buf_alloc, their own buf_alloc) in flight, so the window the guest really has
+  // is the smaller one. The update pace follows that window: paced by ours alone, a guest at
+  // Linux's default 256 KiB would send its window and wait for an update due only after 1 MiB
+  // was freed, forever. Older guests use our whole buf_alloc; they just hear from us sooner.
   private guestNeedsCreditUpdate(): boolean {
     if (this.st !== 'established' || (this.guestShutdown & SHUTDOWN_SEND)) return false;
     const freed = u32(this.fwdCnt - this.lastFwdCntSent);
     if (freed === 0) return false;
-    const guestSeesFree = this.limits.bufAlloc - u32(this.txCnt - this.lastFwdCntSent);
-    return guestSeesFree < this.limits.creditUpdateThreshold || freed >= this.limits.creditUpdateFreed;
+    const window = Math.min(this.limits.bufAlloc, this.peerBufAlloc);
+    const guestSeesFree = window - u32(this.txCnt - this.lastFwdCntSent);
+    return guestSeesFree < Math.min(this.limits.creditUpdateThreshold, window / 2) ||
+      freed >= Math.min(this.limits.creditUpdateFreed, window / 4);
   }
 
   /**

@@ -12,12 +12,12 @@
 
 import { Duplex } from 'node:stream';
 import { chmod, link, mkdtemp, rmdir, unlink } from 'node:fs/promises';
-import { unlinkSync } from 'node:fs';
+import { unlinkSync, writeSync, writevSync } from 'node:fs';
 import * as net from 'node:net';
 import { dirname, join } from 'node:path';
 import { type CloseReason, type ConnLimits, Connection, type ByteBudget, type HostStream } from './csm';
 import { countDrop, newCounters, type VsockCounters } from './counters';
-import { HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
+import { concatViews, gatherViews, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
 
 export const MAX_CONNECTIONS = 1023;
 /** Host ports for host-initiated connections: [2^30, 2^31), round robin (as Firecracker). */
@@ -80,8 +80,38 @@ class SocketStream implements HostStream {
   /** Set by the muxer: runs a late callback as a connection mutation (so the RX schedule sees it). */
   mutate: (fn: () => void) => void = (fn) => fn();
   constructor(private readonly s: net.Socket, private readonly lingerMs: number) {}
-  write(data: Uint8Array, flushed: () => void): void {
-    this.s.write(data, (err) => { if (!err) this.mutate(flushed); });
+
+  // Guest -> host data goes straight from guest memory into the socket with one write(2) when
+  // the socket has nothing queued, as libuv's own first try would, but without first copying
+  // the payload into a Buffer and without a write request and callback per packet (a CPU
+  // profile in the nested sandbox put those at about a fifth of the main thread's time per
+  // packet). Whatever the socket does not take now (EAGAIN, a short write) is copied and queued
+  // on the stream as before, and so is any error, which the stream then reports as usual.
+  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void {
+    let done = 0;
+    const fd = this.directFd();
+    if (fd >= 0) {
+      try {
+        done = parts.length === 1 ? writeSync(fd, parts[0]!) : writevSync(fd, parts);
+      } catch {
+        done = 0; // EAGAIN: the socket is full; any other error: the stream reports it below
+      }
+    }
+    if (done >= len) {
+      flushed();
+      return;
+    }
+    const rest = concatViews(gatherViews(parts, done, len - done), len - done);
+    this.s.write(rest, (err) => { if (!err) this.mutate(flushed); });
+  }
+
+  /** The socket's fd when a direct write keeps the byte order (nothing queued, open, connected); else -1. */
+  private directFd(): number {
+    const s = this.s;
+    if (s.writableLength > 0 || s.destroyed || s.writableEnded || s.connecting) return -1;
+    // A net.Socket's fd is not public API; every Unix socket libuv opens is non-blocking.
+    const fd = (s as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : -1;
   }
   end(): void {
     this.s.end();
@@ -138,8 +168,8 @@ class InternalStream implements HostStream {
       },
     });
   }
-  write(data: Uint8Array, flushed: () => void): void {
-    if (this.duplex.push(Buffer.from(data.buffer, data.byteOffset, data.length))) flushed();
+  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void {
+    if (this.duplex.push(concatViews(parts, len))) flushed();
     else this.heldFlushes.push(flushed);
   }
   end(): void {

@@ -123,6 +123,19 @@ export function gatherViews(bufs: readonly Uint8Array[], start: number, len: num
   return out;
 }
 
+/** Copies `len` bytes from the start of the concatenation of `parts` into one new Buffer (not zero-filled first). */
+export function concatViews(parts: readonly Uint8Array[], len: number): Buffer {
+  const out = Buffer.allocUnsafe(len);
+  let at = 0;
+  for (const p of parts) {
+    if (at === len) break;
+    const n = Math.min(p.length, len - at);
+    out.set(n === p.length ? p : p.subarray(0, n), at);
+    at += n;
+  }
+  return out;
+}
+
 function totalLength(bufs: readonly Uint8Array[]): number {
   let n = 0;
   for (const b of bufs) n += b.length;

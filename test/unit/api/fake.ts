@@ -13,6 +13,7 @@ import type { LoadedProgram } from '../../../vmm/paravirt';
 import { VcpuScheduler } from '../../../vmm/scheduler/scheduler';
 import type { HostCpu } from '../../../vmm/scheduler/topology';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
+import type { TransportCounters } from '../../../devices/virtio/mmio';
 import { ApiServer } from '../../../vmm/api/http';
 import { VmController } from '../../../vmm/api/resources';
 
@@ -45,7 +46,7 @@ export class FakeMachine implements ApiMachine {
   readonly scheduler: VcpuScheduler;
   readonly paravirt?: FakeParavirt;
   readonly vsock?: { counters: ReturnType<typeof newCounters> };
-  readonly transports: { name: string; transport: { counters: { notifications: number; interrupts: number; errors: number; needsReset: number; resets: number } } }[] = [];
+  readonly transports: { name: string; transport: { counters: TransportCounters } }[] = [];
   readonly vcpuTids: number[];
   vcpuExits(): Record<string, number>[] {
     return this.vcpuTids.map((_, i) => ({ io: 10 + i, mmio: 3, forwarded: 5 }));
@@ -75,7 +76,7 @@ export class FakeMachine implements ApiMachine {
       counters.connectionsOpened = 2;
       counters.dropped['bad-type'] = 1;
       this.vsock = { counters };
-      this.transports.push({ name: 'virtio-vsock', transport: { counters: { notifications: 7, interrupts: 5, errors: 0, needsReset: 0, resets: 1 } } });
+      this.transports.push({ name: 'virtio-vsock', transport: { counters: { notifications: 7, interrupts: 5, interruptsCoalesced: 0, errors: 0, needsReset: 0, resets: 1 } } });
     }
   }
   finish(s: ExitStatus): void {

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { type ByteBudget, Connection, type HostStream } from '../../../devices/virtio/vsock/csm';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import {
-  decodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+  concatViews, decodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
   OP_SHUTDOWN, RxPacketWriter, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
 
@@ -17,8 +17,8 @@ class FakeStream implements HostStream {
   closed: 'graceful' | 'abort' | undefined;
   paused = false;
   autoFlush = true;
-  write(d: Uint8Array, flushed: () => void): void {
-    this.written.push(d);
+  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void {
+    this.written.push(concatViews(parts, len)); // the views die with the call, as guest memory would be reused
     if (this.autoFlush) flushed();
     else this.pendingFlush.push(flushed);
   }
@@ -73,8 +73,8 @@ function established() {
 const rw = (data: Uint8Array, h: Partial<VsockHeader> = {}) => [gh({ op: OP_RW, len: data.length, ...h }), [data]] as const;
 
 /** The guest sends `n` bytes in packets of at most MAX_PKT_PAYLOAD (as Linux does). */
-function send(conn: Connection, n: number): void {
-  for (let left = n; left > 0; left -= MAX_PKT_PAYLOAD) conn.handleTx(...rw(new Uint8Array(Math.min(left, MAX_PKT_PAYLOAD))));
+function send(conn: Connection, n: number, h: Partial<VsockHeader> = {}): void {
+  for (let left = n; left > 0; left -= MAX_PKT_PAYLOAD) conn.handleTx(...rw(new Uint8Array(Math.min(left, MAX_PKT_PAYLOAD)), h));
 }
 
 test('peer-init: RESPONSE only after the host connect, addressed back to the guest', () => {
@@ -136,9 +136,10 @@ test('local-init: guest RST (no listener) closes the host stream; other ops are 
 test('guest -> host data: forwarded, credit accounted, overrun resets', () => {
   const s = established();
   const { bufAlloc, creditUpdateFreed } = s.conn.limits;
+  const g = { bufAlloc }; // a guest whose own buf_alloc does not shrink the window
   s.stream.autoFlush = false;
   const n = creditUpdateFreed + 1000;
-  send(s.conn, n);
+  send(s.conn, n, g);
   assert.is(s.stream.bytes, n);
   assert.is(s.conn.ourFreeCredit, bufAlloc - n);
   // Not flushed yet: no credit update to give.
@@ -150,9 +151,9 @@ test('guest -> host data: forwarded, credit accounted, overrun resets', () => {
   assert.is(u.hdr.fwdCnt, n);
   assert.is(s.counters.bytesFromGuest, n);
   // Overrun: the whole window in flight is fine, one byte more is not.
-  send(s.conn, bufAlloc);
+  send(s.conn, bufAlloc, g);
   assert.is(s.conn.state, 'established');
-  s.conn.handleTx(...rw(new Uint8Array(1)));
+  s.conn.handleTx(...rw(new Uint8Array(1), g));
   assert.is(s.conn.state, 'killed');
   assert.is(rx(s.conn)!.hdr.op, OP_RST);
 });
@@ -208,13 +209,14 @@ test('guest CREDIT_REQUEST is answered with our fwd_cnt', () => {
 test('credit update after creditUpdateFreed bytes, or near exhaustion (threshold); counters wrap at 2^32', () => {
   const s = established();
   const { bufAlloc, creditUpdateFreed, creditUpdateThreshold } = s.conn.limits;
+  const g = { bufAlloc }; // a guest whose own buf_alloc does not shrink the window
   s.stream.autoFlush = false;
   // Freed one byte short of creditUpdateFreed while the guest still sees plenty of room: no update.
-  send(s.conn, creditUpdateFreed - 1);
+  send(s.conn, creditUpdateFreed - 1, g);
   s.stream.flushAll();
   assert.ok(bufAlloc - (creditUpdateFreed - 1) >= creditUpdateThreshold);
   assert.is(s.conn.hasPendingRx(), false);
-  s.conn.handleTx(...rw(new Uint8Array(1)));
+  s.conn.handleTx(...rw(new Uint8Array(1), g));
   s.stream.flushAll();
   const u = rx(s.conn)!;
   assert.is(u.hdr.op, OP_CREDIT_UPDATE);
@@ -223,8 +225,8 @@ test('credit update after creditUpdateFreed bytes, or near exhaustion (threshold
   // Near exhaustion: the guest sees less than the threshold free; a little freed is worth telling.
   const small = 3000;
   assert.ok(small < creditUpdateFreed);
-  s.conn.handleTx(...rw(new Uint8Array(small)));
-  send(s.conn, bufAlloc - small - creditUpdateThreshold / 2);
+  s.conn.handleTx(...rw(new Uint8Array(small), g));
+  send(s.conn, bufAlloc - small - creditUpdateThreshold / 2, g);
   assert.is(s.conn.hasPendingRx(), false); // nothing freed yet
   s.stream.pendingFlush.shift()!(); // only the small packet reached the host
   assert.is(rx(s.conn)!.hdr.op, OP_CREDIT_UPDATE);
@@ -236,6 +238,34 @@ test('credit update after creditUpdateFreed bytes, or near exhaustion (threshold
   w.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 1000, fwdCnt: 0xfffffff0 }), []);
   // rx_cnt is 0, peer fwd_cnt is 2^32-16: in flight = (0 - (2^32-16)) mod 2^32 = 16
   assert.is(w.conn.peerCredit, 1000 - 16);
+});
+
+test('a guest that keeps at most its own buf_alloc in flight (current Linux) is paced by that window', () => {
+  // Linux (2025 fix, also in Debian's 6.1) sends at most min(our buf_alloc, its buf_alloc).
+  for (const guestBuf of [256 * 1024, 48 * 1024, 4096]) {
+    const s = established();
+    const { bufAlloc, creditUpdateFreed } = s.conn.limits;
+    assert.ok(guestBuf / 4 < creditUpdateFreed && guestBuf < bufAlloc);
+    const g = { bufAlloc: guestBuf };
+    s.stream.autoFlush = false;
+    // The guest fills its whole window and waits; we flush it all, one packet at a time.
+    const pkt = Math.min(MAX_PKT_PAYLOAD, guestBuf / 4);
+    for (let sent = 0; sent < guestBuf; sent += pkt) s.conn.handleTx(...rw(new Uint8Array(pkt), g));
+    let updates = 0;
+    let told = 0;
+    while (s.stream.pendingFlush.length > 0) {
+      s.stream.pendingFlush.shift()!();
+      const u = rx(s.conn);
+      if (!u) continue;
+      assert.is(u.hdr.op, OP_CREDIT_UPDATE);
+      updates++;
+      told = u.hdr.fwdCnt;
+    }
+    // Paced by ours (1 MiB, an update per 256 KiB freed) the guest would never hear of the
+    // freed bytes and wait forever; paced by its window it hears at least every quarter of it.
+    assert.is(told, guestBuf, `guest buf_alloc ${guestBuf}: told everything was consumed`);
+    assert.ok(updates >= 1 && updates <= 4, `${updates} updates`);
+  }
 });
 
 test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out of credit', () => {

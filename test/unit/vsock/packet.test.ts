@@ -1,6 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
+  concatViews,
   decodeHeader, encodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_REQUEST, OP_RST, OP_RW, parseTxChain,
   RxPacketWriter, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
@@ -64,6 +65,18 @@ test('parse: payload views alias guest memory (no copy), extra chain bytes ignor
   assert.is(r.payload[0]!.length, 3);
   all[HDR_SIZE] = 42;
   assert.is(r.payload[0]![0], 42);
+});
+
+test('concatViews copies the first len bytes of the views into one buffer that no longer aliases them', () => {
+  const a = Uint8Array.from([1, 2, 3]);
+  const b = Uint8Array.from([4, 5]);
+  const c = Uint8Array.from([6, 7, 8]);
+  const out = concatViews([a, b, c], 6);
+  assert.equal([...out], [1, 2, 3, 4, 5, 6]);
+  a[0] = 99;
+  assert.is(out[0], 1);
+  assert.equal([...concatViews([a, b], 2)], [99, 2]);
+  assert.is(concatViews([], 0).length, 0);
 });
 
 test('malformed: short header (nothing readable, 43 bytes, writable-only chain)', () => {

@@ -24,6 +24,10 @@ export class Ring {
   private readonly free: number[] = [];
   private availIdx = 0;
   private lastUsed = 0;
+  /** Avail idx at the last kick decision (Linux: avail_idx_shadow - num_added). */
+  private kickedIdx = 0;
+  /** EVENT_IDX: kick only when avail_event asks, ask for interrupts through used_event. */
+  eventIdx = false;
   readonly chains = new Map<number, number[]>();
 
   constructor(private readonly mem: GuestMemory, base: number, readonly bufBase: number, readonly bufSize: number) {
@@ -94,7 +98,19 @@ export class Ring {
       out.push({ head, len, descs });
       this.lastUsed = (this.lastUsed + 1) & 0xffff;
     }
+    // virtqueue_enable_cb(): interrupt me at the next used buffer.
+    if (this.eventIdx) this.dv(this.availAddr + 4 + 2 * QSIZE, 2).setUint16(0, this.lastUsed, true);
     return out;
+  }
+
+  /** virtqueue_kick_prepare(): whether the device wants a notification for what was published since the last call. */
+  needsKick(): boolean {
+    const old = this.kickedIdx;
+    const now = this.availIdx;
+    this.kickedIdx = now;
+    if (!this.eventIdx) return true;
+    const availEvent = this.dv(this.usedAddr + 4 + 8 * QSIZE, 2).getUint16(0, true);
+    return ((now - availEvent - 1) & 0xffff) < ((now - old) & 0xffff);
   }
 
   configure(q: Queue): void {
@@ -102,6 +118,7 @@ export class Ring {
     q.descAddr = this.descAddr;
     q.availAddr = this.availAddr;
     q.usedAddr = this.usedAddr;
+    q.eventIdx = this.eventIdx;
     q.ready = true;
   }
 }
@@ -141,6 +158,8 @@ export interface SimOptions {
   txSplitPayload?: boolean;
   /** Keep a connection open after the host's SHUTDOWN(SEND) (default: close, as most apps do on EOF). */
   keepOpenOnEof?: boolean;
+  /** Negotiate VIRTIO_F_RING_EVENT_IDX, as Linux does: kicks only when avail_event asks for them. */
+  eventIdx?: boolean;
 }
 
 /** Driver + guest vsock stack. */
@@ -151,6 +170,8 @@ export class SimGuest {
   readonly ctx: VirtioDeviceContext;
   readonly cid: bigint;
   irqs = [0, 0, 0];
+  /** Notifications (kicks) sent per queue. */
+  kicks = [0, 0, 0];
   needsResetReason: string | undefined;
   readonly conns = new Map<string, GuestConn>();
   readonly listeners = new Map<number, (c: GuestConn) => void>();
@@ -168,6 +189,7 @@ export class SimGuest {
     this.mem = new GuestMemory([{ gpa: 0, bytes: new Uint8Array(at) }]);
     this.rings = [0, 1, 2].map((i) => new Ring(this.mem, i * RING_AREA, bases[i]!, bufs[i]!));
     this.queues = this.rings.map((r) => {
+      r.eventIdx = opts.eventIdx ?? false;
       const q = new Queue(this.mem, QSIZE);
       r.configure(q);
       return q;
@@ -175,7 +197,7 @@ export class SimGuest {
     this.ctx = {
       mem: this.mem,
       queues: this.queues,
-      ackedFeatures: 1n << 32n,
+      ackedFeatures: (1n << 32n) | (opts.eventIdx ? 1n << 29n : 0n),
       signalUsed: (i) => {
         if (!this.queues[i]!.needsNotification()) return;
         this.irqs[i]!++;
@@ -234,7 +256,13 @@ export class SimGuest {
     }
     r.publish();
     for (const [h, p] of pkts) this.dispatch(h, p);
-    if (used.length > 0) this.dev.notify(RXQ);
+    if (used.length > 0) this.kick(RXQ);
+  }
+
+  private kick(i: number): void {
+    if (!this.rings[i]!.needsKick()) return;
+    this.kicks[i]!++;
+    this.dev.notify(i);
   }
 
   private key(port: number, hostPort: number): string {
@@ -336,7 +364,7 @@ export class SimGuest {
       }
     }
     this.rings[TXQ]!.add(parts);
-    this.dev.notify(TXQ);
+    this.kick(TXQ);
   }
 
   private sendCtl(port: number, hostPort: number, op: number, flags = 0, c?: GuestConn): void {
@@ -376,16 +404,17 @@ export class SimGuest {
 
   /** Sends `data` honouring the host's credit, in packets of at most `pkt` bytes. */
   async write(c: GuestConn, data: Uint8Array, pkt = 16 * 1024): Promise<void> {
+    // As current Linux: at most min(peer's buf_alloc, our own) in flight.
+    const credit = (): number => Math.min(c.peerBufAlloc, c.bufAlloc) - (c.txCnt - c.peerFwdCnt);
     let off = 0;
     while (off < data.length) {
       if (c.state !== 'established') throw new Error('connection closed while writing');
-      const credit = c.peerBufAlloc - (c.txCnt - c.peerFwdCnt);
-      if (credit <= 0) {
-        await this.waitFor(c, () => c.state !== 'established' || c.peerBufAlloc - (c.txCnt - c.peerFwdCnt) > 0, 'credit');
+      if (credit() <= 0) {
+        await this.waitFor(c, () => c.state !== 'established' || credit() > 0, 'credit');
         continue;
       }
       await this.txSlot(3);
-      const n = Math.min(pkt, credit, data.length - off);
+      const n = Math.min(pkt, credit(), data.length - off);
       c.lastFwdSent = c.fwdCnt;
       this.sendRaw({ srcPort: c.port, dstPort: c.hostPort, op: OP_RW, bufAlloc: c.bufAlloc, fwdCnt: c.fwdCnt }, data.subarray(off, off + n), this.opts.txSplitPayload);
       c.txCnt += n;

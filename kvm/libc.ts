@@ -66,24 +66,24 @@ export function close(fd: number): void {
   if ((c.close(fd) as number) < 0) fail('close');
 }
 
-/** ioctl with a pointer (or no) argument; returns the non-negative result. */
 // A signal (Node's profiler sends SIGPROF, for one) can interrupt an ioctl before it did
 // anything, e.g. KVM_CREATE_VM: EINTR then means "call again", as kvm-ioctls does.
-export function ioctl(fd: number, request: number, arg: Pointer, name: string): number {
+function retryingEintr(call: () => number, name: string): number {
   for (;;) {
-    const r = c.ioctlPtr(fd, request, arg) as number;
+    const r = call();
     if (r >= 0) return r;
     if (koffi.errno() !== EINTR) fail(name);
   }
 }
 
+/** ioctl with a pointer (or no) argument; returns the non-negative result. */
+export function ioctl(fd: number, request: number, arg: Pointer, name: string): number {
+  return retryingEintr(() => c.ioctlPtr(fd, request, arg) as number, name);
+}
+
 /** ioctl with an integer argument. */
 export function ioctlInt(fd: number, request: number, arg: number, name: string): number {
-  for (;;) {
-    const r = c.ioctlInt(fd, request, arg) as number;
-    if (r >= 0) return r;
-    if (koffi.errno() !== EINTR) fail(name);
-  }
+  return retryingEintr(() => c.ioctlInt(fd, request, arg) as number, name);
 }
 
 /** Like ioctl, but returns -errno instead of throwing: for KVM_RUN, where EINTR/EAGAIN are normal. */

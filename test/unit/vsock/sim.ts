@@ -26,11 +26,11 @@ export class Ring {
   private lastUsed = 0;
   /** Avail idx at the last kick decision (Linux: avail_idx_shadow - num_added). */
   private kickedIdx = 0;
-  /** EVENT_IDX: kick only when avail_event asks, ask for interrupts through used_event. */
-  eventIdx = false;
   readonly chains = new Map<number, number[]>();
 
-  constructor(private readonly mem: GuestMemory, base: number, readonly bufBase: number, readonly bufSize: number) {
+  /** `eventIdx`: kick only when avail_event asks, ask for interrupts through used_event. */
+  constructor(private readonly mem: GuestMemory, base: number, readonly bufBase: number, readonly bufSize: number,
+    readonly eventIdx = false) {
     this.descAddr = base;
     this.availAddr = base + QSIZE * 16;
     this.usedAddr = base + 0x2000;
@@ -187,9 +187,8 @@ export class SimGuest {
     let at = 0x100000;
     const bases = bufs.map((b) => { const base = at; at += b * QSIZE; return base; });
     this.mem = new GuestMemory([{ gpa: 0, bytes: new Uint8Array(at) }]);
-    this.rings = [0, 1, 2].map((i) => new Ring(this.mem, i * RING_AREA, bases[i]!, bufs[i]!));
+    this.rings = [0, 1, 2].map((i) => new Ring(this.mem, i * RING_AREA, bases[i]!, bufs[i]!, opts.eventIdx));
     this.queues = this.rings.map((r) => {
-      r.eventIdx = opts.eventIdx ?? false;
       const q = new Queue(this.mem, QSIZE);
       r.configure(q);
       return q;

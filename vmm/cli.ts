@@ -4,7 +4,7 @@
 
 import { parseArgs } from 'node:util';
 import { ConfigError, DEFAULT_CMDLINE } from './config';
-import { EXIT, Machine } from './vm';
+import { EXIT, Machine } from './machine';
 import { SysError } from '../kvm/errors';
 import { KernelImageError } from './boot/errors';
 import { VsockSpecError } from '../devices/virtio/vsock/index';

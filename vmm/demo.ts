@@ -11,7 +11,7 @@ import { AgentClient } from './agent/client';
 import { affinityPackage } from '../bpf/programs/affinity';
 import { checkKvm, machineConfig, runOptions } from './cli-options';
 import { AGENT_PORT, waitForAgent } from './exec';
-import { EXIT, Machine } from './vm';
+import { EXIT, Machine } from './machine';
 import type { VcpuRow } from './scheduler/scheduler';
 
 const say = (m: string) => process.stdout.write(`${m}\n`);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AgentClient } from './agent/client';
 import { UsageError, checkKvm, machineConfig, runOptions } from './cli-options';
-import { EXIT, Machine } from './vm';
+import { EXIT, Machine } from './machine';
 
 export const EXEC_USAGE = `tsvmm exec [run options] [--put SRC:DST]... [--timeout SEC] [--console] -- CMD ARGS...
   boots the guest with virtio-vsock, runs CMD through the guest agent (vsock port 52)

@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Machine } from '../../vmm/vm';
+import { Machine } from '../../vmm/machine';
 import { DEFAULT_CMDLINE } from '../../vmm/config';
 import { MiB } from '../../vmm/layout';
 import { ensureDefaultGuest } from '../../vmm/default-guest';

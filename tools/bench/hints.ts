@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Machine } from '../../vmm/vm';
+import { Machine } from '../../vmm/machine';
 import { DEFAULT_CMDLINE } from '../../vmm/config';
 import { MiB } from '../../vmm/layout';
 import { ensureDefaultGuest } from '../../vmm/default-guest';

@@ -20,7 +20,7 @@ import { AgentClient } from '../../vmm/agent/client';
 import { affinityPackage } from '../../bpf/programs/affinity';
 import { checkKvm, machineConfig } from '../../vmm/cli-options';
 import { AGENT_PORT, waitForAgent } from '../../vmm/exec';
-import { EXIT, Machine } from '../../vmm/vm';
+import { EXIT, Machine } from '../../vmm/machine';
 
 interface Request {
   args: string[];

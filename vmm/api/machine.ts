@@ -1,9 +1,9 @@
 // What the control API needs from a running machine: the `ApiMachine` interface. `Machine`
-// (vmm/vm.ts) satisfies it structurally (checked at compile time below), and unit tests pass a
+// (vmm/machine.ts) satisfies it structurally (checked at compile time below), and unit tests pass a
 // fake, so nothing under vmm/api needs KVM. This file owns the interface only.
 
 import type { MachineConfig } from '../config';
-import type { ExitStatus, Machine } from '../vm';
+import type { ExitStatus, Machine } from '../machine';
 import type { Package } from '../../bpf/package';
 import type { HypercallCounters, HypercallResult } from '../../devices/hypercall/index';
 import type { LoadedProgram } from '../paravirt';
@@ -43,6 +43,6 @@ export interface ApiMachine {
   readonly exited: Promise<ExitStatus>;
 }
 
-// Compile-time proof that the real machine fits; fails the type check if vm.ts drifts.
+// Compile-time proof that the real machine fits; fails the type check if vmm/machine.ts drifts.
 type Fits<T extends ApiMachine> = T;
 export type MachineFitsApi = Fits<Machine>;

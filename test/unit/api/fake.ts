@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ApiMachine, ApiParavirt } from '../../../vmm/api/machine';
 import type { MachineConfig } from '../../../vmm/config';
-import type { ExitStatus } from '../../../vmm/vm';
+import type { ExitStatus } from '../../../vmm/machine';
 import type { Package } from '../../../bpf/package';
 import { packageDigest } from '../../../bpf/package';
 import type { HypercallCounters, HypercallResult } from '../../../devices/hypercall/index';

@@ -1,14 +1,19 @@
 // The small devices through which a guest ends its life: the ACPI hardware-reduced sleep
-// control register (S5 = poweroff) and pvpanic (0x505); the i8042's reset line (0x64 ← 0xfe)
-// is in i8042.ts, with the rest of that controller. They only report the event; the VMM
+// control register (S5 = poweroff) and pvpanic; the i8042's reset line (command 0xfe) is in
+// i8042.ts, with the rest of that controller. They only report the event; the VMM
 // decides what ending the VM means.
 
 import type { BusDevice } from './bus';
 
 export type PowerEvent = 'poweroff' | 'reboot' | 'panic';
 
-const SLP_EN = 0x20;
-const SLP_TYP_S5 = 5;
+/** SLP_EN bit and SLP_TYP field of a SLEEP_CONTROL_REG write (ACPI 6.5 §4.8.3.7). */
+export const SLEEP_CONTROL_SLP_EN = 0x20;
+export const sleepControlType = (value: number): number => (value >> 2) & 0x7;
+/** SLP_TYP of S5 (soft off): the DSDT's \_S5_ object announces it. */
+export const S5_SLEEP_TYPE = 5;
+/** What Linux writes to SLEEP_CONTROL_REG to power off: (5 << 2) | SLP_EN = 0x34. */
+export const SLEEP_CONTROL_S5 = (S5_SLEEP_TYPE << 2) | SLEEP_CONTROL_SLP_EN;
 
 /** FADT SLEEP_CONTROL_REG (offset 0) and SLEEP_STATUS_REG (offset 1). */
 export class AcpiSleep implements BusDevice {
@@ -20,7 +25,7 @@ export class AcpiSleep implements BusDevice {
 
   write(offset: number, data: Uint8Array): void {
     const v = data[0]!;
-    if (offset === 0 && v & SLP_EN && ((v >> 2) & 7) === SLP_TYP_S5) this.onEvent('poweroff');
+    if (offset === 0 && v & SLEEP_CONTROL_SLP_EN && sleepControlType(v) === S5_SLEEP_TYPE) this.onEvent('poweroff');
   }
 }
 

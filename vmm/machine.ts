@@ -15,8 +15,9 @@ import { setupVcpu } from './boot/cpu';
 import { ConfigError, MachineConfig, validateMemory, validateVcpus } from './config';
 import { IrqfdLine } from './irq';
 import {
-  ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
-  PVPANIC_PORT,
+  ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, HYPERCALL_PORT, HYPERCALL_PORT_LEN, HYPERCALL_SHMEM_ADDR,
+  HYPERCALL_SHMEM_SIZE, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, LAPIC_ADDR, PVPANIC_PORT,
+  virtioMmioSlot,
 } from './layout';
 import { GuestRam } from './memory';
 import { VcpuExit, VcpuThreads } from './vcpu/threads';
@@ -24,10 +25,8 @@ import { MmioTransport } from '../devices/virtio/mmio';
 import type { VirtioDevice } from '../devices/virtio/device';
 import { VirtioVsock } from '../devices/virtio/vsock/index';
 import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
-import { virtioMmioSlot } from './layout';
-import { HYPERCALL_SHMEM_SIZE, Paravirt, newScheduler } from './paravirt';
+import { Paravirt, newScheduler } from './paravirt';
 import type { VcpuScheduler } from './scheduler/scheduler';
-import { HYPERCALL_PORT, HYPERCALL_PORT_LEN, HYPERCALL_SHMEM_ADDR } from './layout';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -126,7 +125,9 @@ export class Machine {
 
     const acpi = c.acpi
       ? buildAcpiTables({
-        vcpus: c.vcpus, serial: { port: COM1_PORT, irq: COM1_IRQ },
+        vcpus: c.vcpus, lapicAddr: LAPIC_ADDR, ioapicAddr: IOAPIC_ADDR,
+        sleepPorts: { control: ACPI_SLEEP_CONTROL_PORT, status: ACPI_SLEEP_STATUS_PORT },
+        serial: { port: COM1_PORT, irq: COM1_IRQ },
         i8042: { dataPort: I8042_DATA_PORT, commandPort: I8042_COMMAND_PORT, irq: I8042_IRQ },
         pvpanicPort: PVPANIC_PORT, virtioMmio: slots, hypercall,
       }, ACPI_ADDR)
@@ -164,7 +165,7 @@ export class Machine {
     this.i8042 = new I8042(kbdIrq, power);
     this.pio.insert(I8042_DATA_PORT, I8042_COMMAND_PORT - I8042_DATA_PORT + 1, 'i8042', this.i8042);
     this.pio.insert(PVPANIC_PORT, 1, 'pvpanic', new PvPanic(power));
-    this.pio.insert(ACPI_SLEEP_CONTROL_PORT, 2, 'acpi-sleep', new AcpiSleep(power));
+    this.pio.insert(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT - ACPI_SLEEP_CONTROL_PORT + 1, 'acpi-sleep', new AcpiSleep(power));
   }
 
   /**

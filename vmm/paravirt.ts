@@ -4,7 +4,7 @@
 // agent restart can be repaired); it must not parse shared memory or decide placements.
 
 import type { Duplex } from 'node:stream';
-import { HypercallDevice, HypercallResult, LostProgram, hypercallCmdline } from '../devices/hypercall/index';
+import { HC_DOORBELL_PORT, HypercallDevice, HypercallResult, LostProgram, hypercallCmdline } from '../devices/hypercall/index';
 import { HintType, decodeHints } from '../bpf/hints';
 import { Package, packageDigest, serializePackage } from '../bpf/package';
 import { VcpuScheduler } from './scheduler/scheduler';
@@ -12,6 +12,7 @@ import { AgentDoorbell } from './agent/doorbell';
 import type { Policy } from './scheduler/policy';
 import { hostPool } from './scheduler/topology';
 import { setThreadAffinity } from './scheduler/affinity';
+import { HYPERCALL_PORT, HYPERCALL_SHMEM_ADDR, HYPERCALL_SHMEM_SIZE } from './layout';
 
 /** The vCPU scheduler of a machine, pinning real threads. */
 export function newScheduler(vcpus: number, policy: Policy, hostCpus: string | undefined, log: (m: string) => void): VcpuScheduler {
@@ -23,11 +24,6 @@ export function newScheduler(vcpus: number, policy: Policy, hostCpus: string | u
     log,
   });
 }
-import { HYPERCALL_PORT, HYPERCALL_SHMEM_ADDR } from './layout';
-
-export const HYPERCALL_SHMEM_SIZE = 0x10_0000;
-/** The guest agent listens for doorbells here (docs/hypercall.md). */
-export const DOORBELL_PORT = 53;
 
 export interface LoadedProgram {
   handle: number;
@@ -54,9 +50,9 @@ export class Paravirt {
     this.scheduler = opts.scheduler;
     this.device.onHints(HintType.AFFINITY, (record, _type, source) => this.onRecord(record, source));
     this.device.onHints(HintType.UNPIN, (record, _type, source) => this.onRecord(record, source));
-    this.doorbell = new AgentDoorbell(() => opts.connect(DOORBELL_PORT), {
+    this.doorbell = new AgentDoorbell(() => opts.connect(HC_DOORBELL_PORT), {
       maxAttempts: 600,
-      onError: (e) => opts.log(`doorbell: guest agent not reachable on vsock port ${DOORBELL_PORT} yet: ${e.message}`),
+      onError: (e) => opts.log(`doorbell: guest agent not reachable on vsock port ${HC_DOORBELL_PORT} yet: ${e.message}`),
     });
     this.device.onDoorbellNeeded(() => this.doorbell.ring());
     this.device.onAgentHello((info, lost) => {
@@ -67,7 +63,7 @@ export class Paravirt {
 
   /** The kernel command line fragment that tells the agent where the device is. */
   static cmdline(): string {
-    return hypercallCmdline({ ioBase: HYPERCALL_PORT, shmBase: HYPERCALL_SHMEM_ADDR, shmSize: HYPERCALL_SHMEM_SIZE, doorbellPort: DOORBELL_PORT });
+    return hypercallCmdline({ ioBase: HYPERCALL_PORT, shmBase: HYPERCALL_SHMEM_ADDR, shmSize: HYPERCALL_SHMEM_SIZE, doorbellPort: HC_DOORBELL_PORT });
   }
 
   /** `source`: the handle whose ring buffer the record came from (the device checked it is loaded). */

@@ -2,12 +2,14 @@
 // This module owns every register offset, command code and status code of the protocol; it
 // must not hold device state. The guest agent (guest/agent) mirrors these numbers in C.
 
-/** Default placement (docs/architecture.md: ports 0x700–0x73f, shared memory at 3 GiB). */
-export const HC_IO_BASE = 0x700;
+// Where the block and the shared memory sit is the VMM's choice (vmm/layout.ts); the device is
+// handed it.
+
+/** Ports the register block decodes (§2). */
 export const HC_IO_LEN = 0x40;
-export const HC_SHM_BASE = 0xc000_0000;
-export const HC_SHM_SIZE = 0x10_0000;
+/** The vsock port the agent listens on for doorbells when `vsock@` is not given (§1). */
 export const HC_DOORBELL_PORT = 53;
+/** The DSDT device id (§1). */
 export const HC_ACPI_HID = 'TSVM0001';
 
 /** 'T' 'S' 'V' 'M' as a little-endian u32. */

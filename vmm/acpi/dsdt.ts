@@ -3,11 +3,10 @@
 // device declares; encodings come from aml.ts, table framing from tables.ts. It must not
 // invent addresses: every port, range and GSI comes from the AcpiConfig it is given.
 
+import { HC_ACPI_HID } from '../../devices/hypercall/registers';
+import { S5_SLEEP_TYPE } from '../../devices/power';
 import { concat, crs, device, extendedInterrupt, hid, integer, io, irq, memory32Fixed, name, pkg, qwordMemory, scope, sta, uid } from './aml';
 import type { AcpiConfig } from './index';
-
-/** SLP_TYP of S5 (soft off), the first element of \_S5_. */
-export const S5_SLEEP_TYPE = 5;
 
 /** Memory32Fixed when the range is below 4 GiB, else QWordMemory. */
 function memory(base: number, size: number): Uint8Array {
@@ -67,7 +66,7 @@ export function buildDsdtAml(cfg: AcpiConfig): Uint8Array {
     const h = cfg.hypercall;
     devices.push(
       device('HYPC', [
-        hid('TSVM0001'),
+        hid(HC_ACPI_HID),
         uid(0),
         sta(),
         crs([io({ min: h.ioBase, length: h.ioLen }), memory(h.memBase, h.memSize)]),

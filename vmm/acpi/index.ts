@@ -1,9 +1,11 @@
 // Entry point of tsvmm's ACPI tables: validates an AcpiConfig and lays out RSDP, XSDT,
 // FADT, MADT and DSDT as one image for guest physical `base`. Owns the layout (order,
-// alignment, the 0xe0000–0xfffff window) and the platform constants the tables announce
-// (sleep ports, IOAPIC id). It only returns bytes: writing them into guest memory, pointing
-// boot_params.acpi_rsdp_addr at them and emulating ports 0x600/0x601 is vmm/boot's job.
+// alignment, fitting the RSDP window) and the identity the tables announce (hypervisor id,
+// IOAPIC id). Every address, port and interrupt comes from the AcpiConfig (vmm/machine.ts
+// fills it from vmm/layout.ts). It only returns bytes: writing them into guest memory,
+// pointing boot_params.acpi_rsdp_addr at them and emulating the sleep ports is not its job.
 
+import { ACPI_ADDR as ACPI_WINDOW_START, ACPI_END as ACPI_WINDOW_END } from '../layout';
 import { buildDsdtAml } from './dsdt';
 import { AcpiError, FADT_SIZE, HEADER_SIZE, RSDP_SIZE, dsdt, fadt, madt, rsdp, xsdt } from './tables';
 
@@ -12,6 +14,11 @@ export { AmlError } from './aml';
 
 export interface AcpiConfig {
   vcpus: number;
+  /** Register windows of the local APICs and the IOAPIC (MADT). */
+  lapicAddr: number;
+  ioapicAddr: number;
+  /** The 8-bit FADT SLEEP_CONTROL_REG and SLEEP_STATUS_REG ports. */
+  sleepPorts: { control: number; status: number };
   /** COM1. */
   serial?: { port: number; irq: number };
   /** The i8042 keyboard controller: one data and one status/command port, an ISA IRQ. */
@@ -21,19 +28,7 @@ export interface AcpiConfig {
   hypercall?: { ioBase: number; ioLen: number; memBase: number; memSize: number };
 }
 
-/** The BIOS read-only area Linux scans for the RSDP; the whole image must fit in it. */
-export const ACPI_WINDOW_START = 0xe_0000;
-export const ACPI_WINDOW_END = 0x10_0000;
 const TABLE_ALIGN = 16;
-
-/** FADT SLEEP_CONTROL_REG / SLEEP_STATUS_REG: 8-bit system I/O ports. */
-export const SLEEP_CONTROL_PORT = 0x600;
-export const SLEEP_STATUS_PORT = 0x601;
-/** SLP_EN bit and SLP_TYP field of a SLEEP_CONTROL_REG write (ACPI 6.5 §4.8.3.7). */
-export const SLEEP_CONTROL_SLP_EN = 0x20;
-export const sleepControlType = (value: number): number => (value >> 2) & 0x7;
-/** What Linux writes to SLEEP_CONTROL_REG to power off: (5 << 2) | SLP_EN = 0x34. */
-export const SLEEP_CONTROL_S5 = (5 << 2) | SLEEP_CONTROL_SLP_EN;
 
 /**
  * The IOAPIC's MADT id. 0 matches the ID register of KVM's in-kernel IOAPIC after reset
@@ -54,6 +49,8 @@ const isInt = (v: number, min: number, max: number): boolean => Number.isInteger
 
 function validate(cfg: AcpiConfig): void {
   check(isInt(cfg.vcpus, 1, 0xffff_fffe), `vcpus ${cfg.vcpus} must be an integer >= 1`);
+  check(isInt(cfg.lapicAddr, 0, 0xffff_ffff) && isInt(cfg.ioapicAddr, 0, 0xffff_ffff), `APIC addresses 0x${cfg.lapicAddr.toString(16)}/0x${cfg.ioapicAddr.toString(16)} (32-bit)`);
+  check(isInt(cfg.sleepPorts.control, 0, 0xffff) && isInt(cfg.sleepPorts.status, 0, 0xffff), `sleep ports 0x${cfg.sleepPorts.control.toString(16)}/0x${cfg.sleepPorts.status.toString(16)}`);
   if (cfg.serial) {
     check(isInt(cfg.serial.port, 0, 0xfff8), `serial port ${cfg.serial.port} (8 ports from it must fit in 0..0xffff)`);
     check(isInt(cfg.serial.irq, 0, 15), `serial irq ${cfg.serial.irq} must be an ISA IRQ 0-15`);
@@ -78,15 +75,15 @@ function validate(cfg: AcpiConfig): void {
 
 const align = (v: number, a: number): number => Math.ceil(v / a) * a;
 
-/** Lays out RSDP + XSDT + FADT + MADT + DSDT contiguously from `base` (guest physical, 0xe0000 in tsvmm), 16-byte aligned each. */
+/** Lays out RSDP + XSDT + FADT + MADT + DSDT contiguously from `base` (guest physical, in the RSDP window), 16-byte aligned each. */
 export function buildAcpiTables(cfg: AcpiConfig, base: number): { rsdpAddr: number; image: Uint8Array } {
   validate(cfg);
   check(Number.isInteger(base) && base % TABLE_ALIGN === 0, `base 0x${base.toString(16)} is not 16-byte aligned`);
-  check(base >= ACPI_WINDOW_START && base < ACPI_WINDOW_END, `base 0x${base.toString(16)} is outside 0xe0000-0xfffff`);
+  check(base >= ACPI_WINDOW_START && base < ACPI_WINDOW_END, `base 0x${base.toString(16)} is outside 0x${ACPI_WINDOW_START.toString(16)}-0x${(ACPI_WINDOW_END - 1).toString(16)}`);
 
   // Sizes do not depend on addresses, so the address-free tables are built first.
   const dsdtTable = dsdt(buildDsdtAml(cfg));
-  const madtTable = madt({ vcpus: cfg.vcpus, ioApicId: IOAPIC_ID });
+  const madtTable = madt({ vcpus: cfg.vcpus, lapicAddr: cfg.lapicAddr, ioApic: { id: IOAPIC_ID, addr: cfg.ioapicAddr } });
   const xsdtSize = HEADER_SIZE + 8 * 2; // FADT, MADT
 
   const rsdpAddr = base;
@@ -108,7 +105,7 @@ export function buildAcpiTables(cfg: AcpiConfig, base: number): { rsdpAddr: numb
   place(xsdtAddr, xsdt([fadtAddr, madtAddr]));
   place(
     fadtAddr,
-    fadt({ dsdtAddress: dsdtAddr, sleepControlPort: SLEEP_CONTROL_PORT, sleepStatusPort: SLEEP_STATUS_PORT, hypervisorId: HYPERVISOR_ID }),
+    fadt({ dsdtAddress: dsdtAddr, sleepControlPort: cfg.sleepPorts.control, sleepStatusPort: cfg.sleepPorts.status, hypervisorId: HYPERVISOR_ID }),
   );
   place(madtAddr, madtTable);
   place(dsdtAddr, dsdtTable);

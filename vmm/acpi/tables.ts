@@ -190,8 +190,6 @@ export function fadt(opts: FadtOptions): Uint8Array {
 // ---- MADT (§5.2.12) ------------------------------------------------------------------
 
 export const MADT_REVISION = 5;
-export const LOCAL_APIC_ADDRESS = 0xfee0_0000;
-export const IOAPIC_ADDRESS = 0xfec0_0000;
 const MADT_PCAT_COMPAT = 1 << 0;
 const LAPIC_ENABLED = 1 << 0;
 /** xAPIC ids stop at 254: 0xff is the broadcast id, so higher ids need x2APIC entries. */
@@ -209,13 +207,15 @@ const MadtEntry = {
 
 export interface MadtOptions {
   vcpus: number;
-  ioApicId: number;
+  /** Guest physical address of every local APIC's registers. */
+  lapicAddr: number;
+  ioApic: { id: number; addr: number };
 }
 
 export function madt(opts: MadtOptions): Uint8Array {
   const { vcpus } = opts;
   if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 0xffff_fffe) throw new AcpiError(`MADT: ${vcpus} vCPUs`);
-  if (!Number.isInteger(opts.ioApicId) || opts.ioApicId < 0 || opts.ioApicId > 0xff) throw new AcpiError(`MADT: IOAPIC id ${opts.ioApicId}`);
+  if (!Number.isInteger(opts.ioApic.id) || opts.ioApic.id < 0 || opts.ioApic.id > 0xff) throw new AcpiError(`MADT: IOAPIC id ${opts.ioApic.id}`);
   const xapics = Math.min(vcpus, MAX_XAPIC_ID + 1);
   const x2apics = vcpus - xapics;
   const size =
@@ -228,7 +228,7 @@ export function madt(opts: MadtOptions): Uint8Array {
     (x2apics > 0 ? MadtEntry.localX2ApicNmi.size : 0);
   const body = new Uint8Array(size);
   const dv = new DataView(body.buffer);
-  dv.setUint32(0, LOCAL_APIC_ADDRESS, true);
+  dv.setUint32(0, opts.lapicAddr, true);
   dv.setUint32(4, MADT_PCAT_COMPAT, true);
   let off = 8;
   const entry = (e: { type: number; size: number }): number => {
@@ -253,8 +253,8 @@ export function madt(opts: MadtOptions): Uint8Array {
   }
   {
     const at = entry(MadtEntry.ioApic);
-    dv.setUint8(at + 2, opts.ioApicId);
-    dv.setUint32(at + 4, IOAPIC_ADDRESS, true);
+    dv.setUint8(at + 2, opts.ioApic.id);
+    dv.setUint32(at + 4, opts.ioApic.addr, true);
     dv.setUint32(at + 8, 0, true); // GSI base
   }
   {

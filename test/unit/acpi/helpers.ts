@@ -50,8 +50,12 @@ export function splitImage(image: Uint8Array, base: number, rsdpAddr: number): T
   return { rsdp, xsdt, fadt, madt, dsdt: at(dsdtAddr), addr };
 }
 
+/** What every config carries: APIC windows and sleep ports (tsvmm's, vmm/layout.ts). */
+export const platform = { lapicAddr: 0xfee0_0000, ioapicAddr: 0xfec0_0000, sleepPorts: { control: 0x600, status: 0x601 } } as const;
+
 export function tsvmmConfig(vcpus: number, virtio = 3): AcpiConfig {
   return {
+    ...platform,
     vcpus,
     serial: { port: 0x3f8, irq: 4 },
     i8042: { dataPort: 0x60, commandPort: 0x64, irq: 1 },

@@ -3,9 +3,10 @@
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { AcpiError, buildAcpiTables, SLEEP_CONTROL_S5, sleepControlType, SLEEP_CONTROL_SLP_EN } from '../../../vmm/acpi/index';
+import { AcpiError, buildAcpiTables } from '../../../vmm/acpi/index';
+import { SLEEP_CONTROL_S5, sleepControlType, SLEEP_CONTROL_SLP_EN } from '../../../devices/power';
 import { checksum } from '../../../vmm/acpi/tables';
-import { ascii, BASE, splitImage, sumOf, tsvmmConfig } from './helpers';
+import { ascii, BASE, platform, splitImage, sumOf, tsvmmConfig } from './helpers';
 
 const isAcpiError = (e: unknown): boolean => e instanceof AcpiError;
 const build = (vcpus = 4, virtio = 3) => {
@@ -172,7 +173,7 @@ test('invalid config and base are refused with AcpiError', () => {
 });
 
 test('optional devices are optional: a bare config still builds a valid DSDT', () => {
-  const { image, rsdpAddr } = buildAcpiTables({ vcpus: 1, virtioMmio: [] }, BASE);
+  const { image, rsdpAddr } = buildAcpiTables({ ...platform, vcpus: 1, virtioMmio: [] }, BASE);
   const t = splitImage(image, BASE, rsdpAddr);
   assert.is(sumOf(t.dsdt), 0);
   const text = ascii(t.dsdt, 36, t.dsdt.length - 36);

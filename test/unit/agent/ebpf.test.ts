@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { decodeHints, HintType, type Hint } from '../../../bpf/hints';
 import { serializePackage, type Package } from '../../../bpf/package';
 import { affinityPackage } from '../../../bpf/programs/affinity';
-import { Caps, HC_SHM_SIZE, type LostProgram, type PackageBytes } from '../../../devices/hypercall';
+import { Caps, type LostProgram, type PackageBytes } from '../../../devices/hypercall';
+import { HYPERCALL_SHMEM_SIZE as HC_SHM_SIZE } from '../../../vmm/layout';
 import { withTimeout } from './harness';
 import { startRig, type Rig } from './hcrig';
 

@@ -4,7 +4,8 @@
 
 import { Bus } from '../../../devices/bus';
 import { HypercallDevice, type HypercallDeviceOptions } from '../../../devices/hypercall/device';
-import { Cmd, HC_IO_BASE, HC_IO_LEN, HC_MAGIC, HC_SHM_BASE, Reg } from '../../../devices/hypercall/registers';
+import { Cmd, HC_IO_LEN, HC_MAGIC, Reg } from '../../../devices/hypercall/registers';
+import { HYPERCALL_PORT as HC_IO_BASE, HYPERCALL_SHMEM_ADDR as HC_SHM_BASE } from '../../../vmm/layout';
 import {
   Hdr,
   SHM_MAGIC,

@@ -2,7 +2,8 @@
 // device keeps serving an honest agent afterwards.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Cmd, HC_IO_BASE, Reg, Status } from '../../../devices/hypercall/registers';
+import { Cmd, HC_IO_LEN, Reg, Status } from '../../../devices/hypercall/registers';
+import { HYPERCALL_PORT as HC_IO_BASE } from '../../../vmm/layout';
 import { Hdr, SOURCE, encodeHello, encodeHints, encodeReport, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
 import { SimAgent, pkg, rig, type Rig } from './agent';
 
@@ -210,8 +211,8 @@ test('random garbage from the guest never throws and the device keeps working', 
     a.sendRaw(cmd, body, len);
     // Random register traffic at random widths too.
     const w = [1, 2, 4, 8][rnd() % 4] ?? 4;
-    bus.write(HC_IO_BASE + (rnd() % 0x40), new Uint8Array(w).map(() => rnd()));
-    bus.read(HC_IO_BASE + (rnd() % 0x40), new Uint8Array(w));
+    bus.write(HC_IO_BASE + (rnd() % HC_IO_LEN), new Uint8Array(w).map(() => rnd()));
+    bus.read(HC_IO_BASE + (rnd() % HC_IO_LEN), new Uint8Array(w));
   }
   const c = dev.counters();
   const bad = Object.values(c.errors).reduce((x, y) => x + y, 0);

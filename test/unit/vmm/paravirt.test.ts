@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { PassThrough } from 'node:stream';
 import { Bus } from '../../../devices/bus';
-import { HC_IO_BASE, HC_IO_LEN } from '../../../devices/hypercall/registers';
+import { HYPERCALL_PORT, HYPERCALL_PORT_LEN } from '../../../vmm/layout';
 import { sourceRecord } from '../../../devices/hypercall/shmem';
 import { encodeHint } from '../../../bpf/hints';
 import { affinityPackage } from '../../../bpf/programs/affinity';
@@ -19,7 +19,7 @@ function paravirt(): { pv: Paravirt; a: SimAgent } {
   const scheduler = new VcpuScheduler({ pool: [cpu(0), cpu(1)], vcpus: 2, policy: 'hinted', apply: () => undefined, log: () => {} });
   const pv = new Paravirt({ shm, scheduler, connect: async () => new PassThrough(), log: () => {} });
   const bus = new Bus();
-  bus.insert(HC_IO_BASE, HC_IO_LEN, 'hypercall', pv.device);
+  bus.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
   return { pv, a: new SimAgent(bus, shm) };
 }
 

@@ -341,7 +341,7 @@ export class Connection {
   /**
    * Brings this connection's share of the TX budget up to date: its unflushed bytes while the
    * host stream lives; nothing once the stream is gone or torn down (its buffer went with it;
-   * a graceful close may still hold the last bytes for the linger time, then drops them).
+   * what a graceful close still flushes is counted by the stream until it leaves the process).
    */
   private syncTxBudget(): void {
     const gone = this.hostGone || this.st === 'closed' || this.st === 'killed';

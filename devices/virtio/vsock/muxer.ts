@@ -75,11 +75,20 @@ interface Entry {
 
 const keyOf = (localPort: number, peerPort: number): string => `${localPort}:${peerPort}`;
 
+/**
+ * Where a closed connection's host socket lingers: the bytes it still holds were the guest's,
+ * so they stay counted (TX budget, a connection slot for the fd) until they leave the process.
+ */
+interface Lingering {
+  start(s: net.Socket, bytes: number): void;
+  end(s: net.Socket, bytes: number): void;
+}
+
 /** A Unix socket as a connection's host end. */
 class SocketStream implements HostStream {
   /** Set by the muxer: runs a late callback as a connection mutation (so the RX schedule sees it). */
   mutate: (fn: () => void) => void = (fn) => fn();
-  constructor(private readonly s: net.Socket, private readonly lingerMs: number) {}
+  constructor(private readonly s: net.Socket, private readonly lingerMs: number, private readonly lingering: Lingering) {}
 
   // Guest -> host data goes straight from guest memory into the socket with one write(2) when
   // the socket has nothing queued, as libuv's own first try would, but without first copying
@@ -122,9 +131,17 @@ class SocketStream implements HostStream {
       return;
     }
     // Let written data reach the peer, but never hold the fd for a peer that stopped reading.
+    // What the socket still queues (the write in flight included) is released only when the
+    // socket is gone: its connection no longer counts it.
+    const held = this.s.writableLength;
+    this.lingering.start(this.s, held);
     const t = setTimeout(() => this.s.destroy(), this.lingerMs);
     t.unref();
-    this.s.once('finish', () => { clearTimeout(t); this.s.destroy(); });
+    this.s.once('finish', () => this.s.destroy());
+    this.s.once('close', () => {
+      clearTimeout(t);
+      this.lingering.end(this.s, held);
+    });
     this.s.end();
   }
   pause(): void {
@@ -220,6 +237,19 @@ export class VsockMuxer {
 
   private readonly conns = new Map<string, Entry>();
   private readonly handshakes = new Set<net.Socket>();
+  /** Host sockets of closed connections still flushing (SocketStream.close): fds and TX bytes we hold. */
+  private readonly lingering = new Set<net.Socket>();
+  private readonly lingerHooks: Lingering = {
+    start: (s, bytes) => {
+      this.lingering.add(s);
+      this.txBudget.used += bytes;
+    },
+    end: (s, bytes) => {
+      if (!this.lingering.delete(s)) return;
+      this.txBudget.used -= bytes;
+      this.budgetsChanged();
+    },
+  };
   private readonly rxReady = new Set<Entry>();
   private readonly rstQueue: { localPort: number; peerPort: number }[] = [];
   private readonly localPorts = new Set<number>();
@@ -239,16 +269,27 @@ export class VsockMuxer {
     this.txBudget = { used: 0, limit: opts.totalTxBufferLimit ?? 16 * 1024 * 1024 };
   }
 
-  /** Connections plus host clients still sending their CONNECT line. */
+  /**
+   * Connections, host clients still sending their CONNECT line, and host sockets of closed
+   * connections still flushing: every host fd the guest or host clients make us hold.
+   */
   get connectionCount(): number {
-    return this.conns.size + this.handshakes.size;
+    return this.conns.size + this.handshakes.size + this.lingering.size;
+  }
+
+  /** Host sockets of closed connections still flushing the guest's last bytes. */
+  get lingeringCount(): number {
+    return this.lingering.size;
   }
 
   get rxBufferedBytes(): number {
     return this.rxBudget.used;
   }
 
-  /** Guest -> host bytes accepted from the guest that the host streams have not taken yet. */
+  /**
+   * Guest -> host bytes accepted from the guest that have not left the process yet: not taken
+   * by the host streams, or queued in the socket of a closed connection that still flushes.
+   */
   get txBufferedBytes(): number {
     return this.txBudget.used;
   }
@@ -307,6 +348,7 @@ export class VsockMuxer {
     this.reset();
     for (const s of this.handshakes) s.destroy();
     this.handshakes.clear();
+    for (const s of [...this.lingering]) s.destroy();
     const server = this.server;
     this.server = undefined;
     if (!server) return;
@@ -356,7 +398,7 @@ export class VsockMuxer {
 
   private openLocal(peerPort: number, s: net.Socket, early: Uint8Array): void {
     const localPort = this.allocLocalPort(peerPort);
-    const stream = new SocketStream(s, this.lingerMs());
+    const stream = new SocketStream(s, this.lingerMs(), this.lingerHooks);
     const conn = Connection.localInit(this.params(localPort, peerPort, stream));
     const e: Entry = { key: keyOf(localPort, peerPort), conn, ownsPort: true };
     stream.mutate = (fn) => this.mutate(e, fn);
@@ -431,7 +473,7 @@ export class VsockMuxer {
       return;
     }
     const s = net.connect({ path: `${this.udsPath}_${hdr.dstPort}`, allowHalfOpen: true });
-    const stream = new SocketStream(s, this.lingerMs());
+    const stream = new SocketStream(s, this.lingerMs(), this.lingerHooks);
     const conn = Connection.peerInit(this.params(hdr.dstPort, hdr.srcPort, stream), hdr);
     const e: Entry = { key: keyOf(hdr.dstPort, hdr.srcPort), conn, ownsPort: false };
     stream.mutate = (fn) => this.mutate(e, fn);
@@ -551,8 +593,14 @@ export class VsockMuxer {
         this.rxReady.delete(e);
       }
     }
-    // The total crossed its limit either way: every host stream pauses (or resumes) now, not
-    // at its own next read, so the total overshoots by at most the read that crossed it.
+    this.budgetsChanged();
+  }
+
+  /**
+   * The total crossed its limit either way: every host stream pauses (or resumes) now, not at
+   * its own next read, so the total overshoots by at most the read that crossed it.
+   */
+  private budgetsChanged(): void {
     const rxFull = this.rxBudget.used >= this.rxBudget.limit;
     if (this.rxBudgetFull !== rxFull) for (const o of this.conns.values()) o.conn.updateFlow();
     this.rxBudgetFull = rxFull;

@@ -535,6 +535,65 @@ for (const eventIdx of [false, true]) test(`a host reader that stops: past the t
   await dev.close();
 });
 
+test('bytes a closed connection leaves in a slow host socket stay counted until they leave the process', async () => {
+  // The guest's clean close (SHUTDOWN both, then RST) while the host reader sleeps: the socket
+  // keeps the unflushed bytes for the linger time. They must stay in the TX budget and the fd
+  // in the connection count, or churning connections parks unbounded data on the host.
+  const limit = 1024 * 1024;
+  // A guest that uses our whole 1 MiB window (older Linux does) parks the most per connection.
+  const { uds, dev, g } = await world({ bufAlloc: 1024 * 1024 }, { totalTxBufferLimit: limit, connLimits: { shutdownTimeoutMs: 400 } });
+  const hostSides: net.Socket[] = [];
+  const srv = net.createServer((s) => { hostSides.push(s); s.pause(); });
+  await new Promise<void>((r) => srv.listen(`${uds}_8000`, r));
+  const parked = 900 * 1024;
+  const a = await g.connect(8000);
+  await g.write(a, randomBytes(parked), MAX_PKT_PAYLOAD);
+  await until(() => dev.counters.bytesFromGuest === parked, 'all of it accepted');
+  g.shutdown(a, SHUTDOWN_RCV | SHUTDOWN_SEND);
+  g.rst(a);
+  await until(() => dev.counters.connectionsClosed === 1, 'the connection is closed');
+  // The kernel took what fits its socket buffer; the rest is still ours, and so is the fd.
+  const held = dev.muxer.txBufferedBytes;
+  assert.ok(held >= parked - 512 * 1024, `only ${held} of ${parked} bytes still counted`);
+  assert.is(dev.muxer.connectionCount, 1);
+  assert.is(dev.muxer.lingeringCount, 1);
+  // The next connection's data meets the exhausted budget: it waits in the guest's ring.
+  const b = await g.connect(8000);
+  void g.write(b, randomBytes(parked), MAX_PKT_PAYLOAD).catch(() => {});
+  await until(() => dev.muxer.txBlocked, 'TX budget exhausted by the lingering bytes');
+  // The linger time ends: the bytes are dropped with the socket, the budget is free again.
+  await until(() => dev.muxer.lingeringCount === 0, 'linger over', 5000);
+  await until(() => !dev.muxer.txBlocked, 'TX resumes');
+  for (const s of hostSides) s.resume();
+  await until(() => dev.counters.bytesFromGuest === 2 * parked, 'second connection done', 10_000);
+  srv.close();
+  await dev.close();
+  assert.is(dev.muxer.txBufferedBytes, 0);
+});
+
+test('lingering host sockets hold connection slots: a churning guest cannot pile up fds', async () => {
+  const { uds, dev, g } = await world({ bufAlloc: 1024 * 1024 }, { maxConnections: 2, connLimits: { shutdownTimeoutMs: 400 } });
+  const srv = net.createServer((s) => s.pause());
+  await new Promise<void>((r) => srv.listen(`${uds}_8100`, r));
+  for (let i = 0; i < 2; i++) {
+    const c = await g.connect(8100);
+    assert.is(c.state, 'established');
+    await g.write(c, randomBytes(800 * 1024), MAX_PKT_PAYLOAD);
+    await until(() => dev.counters.bytesFromGuest === (i + 1) * 800 * 1024, 'accepted');
+    g.shutdown(c, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    g.rst(c);
+  }
+  await until(() => dev.counters.connectionsClosed === 2, 'both closed');
+  assert.is(dev.muxer.connectionCount, 2, 'their sockets still linger');
+  const refused = await g.connect(8100);
+  assert.is(refused.state, 'closed', 'no slot while two sockets linger');
+  await until(() => dev.muxer.connectionCount === 0, 'linger over', 5000);
+  const ok = await g.connect(8100);
+  assert.is(ok.state, 'established');
+  srv.close();
+  await dev.close();
+});
+
 test('device reset drops every connection and closes the host sockets', async () => {
   const { uds, dev, g } = await world();
   g.listen(8);

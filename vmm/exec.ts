@@ -84,7 +84,8 @@ export async function cmdExec(args: string[]): Promise<number> {
     const client = new AgentClient(() => machine.vsock!.connect(AGENT_PORT));
     const deadline = timeoutSec > 0 ? Date.now() + timeoutSec * 1000 : Number.POSITIVE_INFINITY;
     await waitForAgent(client, deadline, () => vmEnded !== undefined || abort.signal.aborted);
-    for (const p of puts) await client.put(readFileSync(p.src), p.dst);
+    // --timeout and signals cover the copies too: a put the agent stalls is aborted with them.
+    for (const p of puts) await client.put(readFileSync(p.src), p.dst, 0o644, { signal: abort.signal });
     const result = await client.exec({
       argv: positionals,
       stdin: process.stdin.isTTY || process.env.CI ? undefined : process.stdin,

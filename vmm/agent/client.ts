@@ -37,6 +37,21 @@ export type { AgentErrorCode } from './protocol';
 
 export type Connector = () => Promise<Duplex>;
 
+/** Bounds on what a (possibly hostile) agent can make the client hold or wait for. */
+export interface AgentClientOptions {
+  /** A send that waits this long for the agent to take data fails with TIMEOUT (default 30 s). */
+  stallTimeoutMs?: number;
+  /** Frames received but not yet consumed: above this the connection stops reading (default 4 MiB). */
+  maxQueuedBytes?: number;
+  /** After an exec is aborted, how long the agent has to report the exit (default 10 s). */
+  abortGraceMs?: number;
+}
+
+/** Per request: aborting closes the connection and rejects with ABORTED. */
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
 export interface ExecOptions {
   argv: string[];
   /** KEY=VALUE pairs (or a record) added to the agent's environment. */
@@ -49,7 +64,11 @@ export interface ExecOptions {
   onStderr?: (chunk: Buffer) => void;
   /** Called once the guest process exists. */
   onSpawn?: (pid: number) => void;
-  /** Aborting delivers `abortSignal` (default SIGTERM) to the guest process group. */
+  /**
+   * Aborting delivers `abortSignal` (default SIGTERM) to the guest process group; before the
+   * process exists, or when the agent does not report its exit within `abortGraceMs`, the
+   * request fails with ABORTED instead.
+   */
   signal?: AbortSignal;
   abortSignal?: NodeJS.Signals;
 }
@@ -79,20 +98,31 @@ function signalNumber(s: NodeJS.Signals | number): number {
   return n;
 }
 
-/** One agent connection: frames in, frames out with backpressure. */
+const DEFAULT_STALL_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_QUEUED_BYTES = 4 << 20;
+const DEFAULT_ABORT_GRACE_MS = 10_000;
+
+/**
+ * One agent connection: frames in, frames out, with backpressure both ways. Nothing the agent
+ * does makes it hold or wait without bound: frames nobody consumed yet stop the reading past
+ * `maxQueuedBytes` (the agent then waits on its own credit), and a send the agent does not
+ * take within `stallTimeoutMs` fails the connection.
+ */
 class Connection {
   private readonly decoder = new FrameDecoder();
   private readonly frames: Frame[] = [];
+  private queuedBytes = 0;
   private waiter: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
   private failure: AgentError | null = null;
+  private readonly limits: Required<Omit<AgentClientOptions, 'abortGraceMs'>>;
 
-  constructor(private readonly stream: Duplex) {
+  constructor(private readonly stream: Duplex, limits: AgentClientOptions = {}) {
+    this.limits = { stallTimeoutMs: limits.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS, maxQueuedBytes: limits.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES };
     stream.on('data', (chunk: Buffer) => {
       try {
         for (const f of this.decoder.push(chunk)) this.deliver(f);
       } catch (e) {
-        this.fail(e as AgentError);
-        stream.destroy();
+        this.abort(e as AgentError);
       }
     });
     stream.on('end', () => this.fail(new AgentError('CLOSED', 'agent closed the connection')));
@@ -106,7 +136,26 @@ class Connection {
       const w = this.waiter;
       this.waiter = null;
       w.resolve(f);
-    } else this.frames.push(f);
+      return;
+    }
+    this.frames.push(f);
+    this.queuedBytes += f.payload.length;
+    if (this.queuedBytes > this.limits.maxQueuedBytes) this.stream.pause();
+  }
+
+  /** Fails the connection with `e` and closes it: every pending recv and send rejects. */
+  abort(e: AgentError): void {
+    this.fail(e);
+    this.stream.destroy();
+  }
+
+  /** Aborts the connection when `signal` fires; returns the function that stops listening. */
+  abortOn(signal: AbortSignal | undefined, what: string): () => void {
+    if (!signal) return () => {};
+    const onAbort = (): void => this.abort(new AgentError('ABORTED', `${what} aborted`));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    return () => signal.removeEventListener('abort', onAbort);
   }
 
   private fail(e: AgentError): void {
@@ -122,7 +171,11 @@ class Connection {
   /** Next frame; frames that arrived before the stream ended are still returned first. */
   recv(): Promise<Frame> {
     const f = this.frames.shift();
-    if (f) return Promise.resolve(f);
+    if (f) {
+      this.queuedBytes -= f.payload.length;
+      if (this.queuedBytes <= this.limits.maxQueuedBytes / 2 && this.stream.isPaused()) this.stream.resume();
+      return Promise.resolve(f);
+    }
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
   }
@@ -134,11 +187,15 @@ class Connection {
     throw unexpected(f, msgName(type));
   }
 
+  /** Writes a frame; resolves once the stream can take more (an agent that stops reading: TIMEOUT). */
   async send(frame: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.stream.write(frame)) return;
     await new Promise<void>((resolve, reject) => {
+      const ms = this.limits.stallTimeoutMs;
+      const timer = setTimeout(() => this.abort(new AgentError('TIMEOUT', `the agent took no data for ${ms / 1000} s`)), ms);
       const done = (): void => {
+        clearTimeout(timer);
         this.stream.off('drain', done);
         this.stream.off('close', done);
         if (this.failure) reject(this.failure);
@@ -169,16 +226,18 @@ export class AgentClient {
   /** Agent identification from the last HELLO_ACK. */
   agentVersion = '';
 
-  constructor(private readonly connector: Connector) {}
+  constructor(private readonly connector: Connector, private readonly limits: AgentClientOptions = {}) {}
 
-  private async open(): Promise<Connection> {
+  private async open(signal?: AbortSignal, what = 'request'): Promise<Connection> {
+    if (signal?.aborted) throw new AgentError('ABORTED', `${what} aborted before it started`);
     let stream: Duplex;
     try {
       stream = await this.connector();
     } catch (e) {
       throw new AgentError('CONNECT', `cannot connect to the agent: ${(e as Error).message}`, false, 0, { cause: e });
     }
-    const conn = new Connection(stream);
+    const conn = new Connection(stream, this.limits);
+    const stop = conn.abortOn(signal, what);
     try {
       await conn.send(encodeHello());
       this.agentVersion = decodeHelloAck(await conn.expect(Msg.HELLO_ACK)).agent;
@@ -186,21 +245,25 @@ export class AgentClient {
     } catch (e) {
       conn.close();
       throw e;
+    } finally {
+      stop();
     }
   }
 
-  private async request<T>(body: (conn: Connection) => Promise<T>): Promise<T> {
-    const conn = await this.open();
+  private async request<T>(what: string, opts: RequestOptions, body: (conn: Connection) => Promise<T>): Promise<T> {
+    const conn = await this.open(opts.signal, what);
+    const stop = conn.abortOn(opts.signal, what);
     try {
       return await body(conn);
     } finally {
+      stop();
       conn.close();
     }
   }
 
   /** Round trip through a fresh connection; returns the agent's version string. */
-  ping(): Promise<{ agent: string; ms: number }> {
-    return this.request(async (conn) => {
+  ping(opts: RequestOptions = {}): Promise<{ agent: string; ms: number }> {
+    return this.request('ping', opts, async (conn) => {
       const t0 = performance.now();
       const nonce = BigInt(Math.floor(Math.random() * 2 ** 48));
       await conn.send(encodePing(nonce));
@@ -230,7 +293,14 @@ export class AgentClient {
         if (!finished && conn) conn.send(encodeSignal(n)).catch(() => {});
       }, () => {});
     };
-    const onAbort = (): void => kill(opts.abortSignal ?? 'SIGTERM');
+    let grace: NodeJS.Timeout | undefined;
+    const onAbort = (): void => {
+      kill(opts.abortSignal ?? 'SIGTERM');
+      // An agent that never reports the exit must not hold the caller: after a grace period
+      // the connection goes (the agent kills a job whose host went away).
+      const ms = this.limits.abortGraceMs ?? DEFAULT_ABORT_GRACE_MS;
+      grace ??= setTimeout(() => conn?.abort(new AgentError('ABORTED', `exec aborted; the agent did not report the exit within ${ms / 1000} s`)), ms);
+    };
 
     const wake = (): void => {
       const w = creditWake;
@@ -274,11 +344,14 @@ export class AgentClient {
         cwd: opts.cwd ?? '',
         clearEnv: opts.clearEnv ?? false,
       });
-      const c = await this.open();
+      const c = await this.open(opts.signal, 'exec');
       conn = c;
+      // Until the process exists, aborting means giving up the request.
+      const stopEarlyAbort = c.abortOn(opts.signal, 'exec');
       try {
         await c.send(request);
         const started = decodeExecStarted(await c.expect(Msg.EXEC_STARTED));
+        stopEarlyAbort();
         credit = started.credit;
         resolvePid(started.pid);
         opts.onSpawn?.(started.pid);
@@ -329,6 +402,8 @@ export class AgentClient {
       } finally {
         finished = true;
         wake();
+        stopEarlyAbort();
+        clearTimeout(grace);
         opts.signal?.removeEventListener('abort', onAbort);
         c.close();
       }
@@ -339,14 +414,16 @@ export class AgentClient {
 
   /** Writes a local file (path) or bytes to `remotePath` with `mode`, atomically (temp +
    * rename in the same directory). Returns the byte count. */
-  put(source: string | Uint8Array, remotePath: string, mode = 0o644): Promise<number> {
-    return this.request(async (conn) => {
+  put(source: string | Uint8Array, remotePath: string, mode = 0o644, opts: RequestOptions = {}): Promise<number> {
+    return this.request(`put ${remotePath}`, opts, async (conn) => {
       await conn.send(encodePut(mode, remotePath));
       // The agent answers an error at once and then reads on to PUT_END, so a failure
-      // shows up as the first frame while we are still sending.
+      // shows up as the first frame while we are still sending. Any answer ends the sending,
+      // even one that comes while a send waits for an agent that stopped reading.
       const reply: { frame: Frame | null } = { frame: null };
       const answer = conn.recv().then((f) => (reply.frame = f));
       answer.catch(() => {});
+      const sendUnlessAnswered = (frame: Buffer): Promise<unknown> => Promise.race([conn.send(frame), answer]);
       let total = 0;
       const parts: AsyncIterable<Uint8Array> | Iterable<Uint8Array> =
         typeof source === 'string' ? createReadStream(source, { highWaterMark: DATA_CHUNK }) : chunks(source, DATA_CHUNK);
@@ -355,9 +432,9 @@ export class AgentClient {
         for await (const part of parts) {
           if (reply.frame) break;
           total += part.length;
-          await conn.send(encodePutData(part));
+          await sendUnlessAnswered(encodePutData(part));
         }
-        if (!reply.frame) await conn.send(encodePutEnd(BigInt(total)));
+        if (!reply.frame) await sendUnlessAnswered(encodePutEnd(BigInt(total)));
       } catch (e) {
         sendError = e; // the agent's own answer, if one came, says more
         conn.close();
@@ -373,9 +450,9 @@ export class AgentClient {
   }
 
   /** Reads a whole guest file (also /proc and /sys files, read to EOF). */
-  get(remotePath: string, opts: { maxBytes?: number } = {}): Promise<Buffer> {
+  get(remotePath: string, opts: RequestOptions & { maxBytes?: number } = {}): Promise<Buffer> {
     const max = opts.maxBytes ?? 1 << 30;
-    return this.request(async (conn) => {
+    return this.request(`get ${remotePath}`, opts, async (conn) => {
       await conn.send(encodeGet(remotePath));
       decodeGetInfo(await conn.expect(Msg.GET_INFO));
       const parts: Buffer[] = [];

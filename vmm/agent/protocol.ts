@@ -64,7 +64,9 @@ export type AgentErrorCode =
   | (typeof remoteCodes)[keyof typeof remoteCodes]
   | 'REMOTE_UNKNOWN' // an ERROR code this client does not know
   | 'CLOSED' // the connection ended before the answer
-  | 'ABORTED' // the caller aborted before the request was sent
+  | 'ABORTED' // the caller aborted the request
+  | 'TIMEOUT' // the agent stopped taking our data (a send waited longer than the stall timeout)
+  | 'OVERFLOW' // the agent sent more than the client buffers for a request that is not reading
   | 'STDIN' // reading the caller's stdin stream failed
   | 'CONNECT'; // could not reach the agent
 

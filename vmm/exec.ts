@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { AgentClient } from './agent/client';
 import { UsageError, checkKvm, machineConfig, runOptions } from './cli-options';
 import { EXIT, Machine } from './machine';
+import { stderrLine } from './log';
 
 export const EXEC_USAGE = `tsvmm exec [run options] [--put SRC:DST]... [--timeout SEC] [--console] -- CMD ARGS...
   boots the guest with virtio-vsock, runs CMD through the guest agent (vsock port 52)
@@ -65,7 +66,7 @@ export async function cmdExec(args: string[]): Promise<number> {
     if (i <= 0 || i === p.length - 1) throw new UsageError(`--put '${p}' must be SRC:DST`);
     return { src: p.slice(0, i), dst: p.slice(i + 1) };
   });
-  const log = values.quiet ? () => {} : (m: string) => process.stderr.write(`tsvmm: ${m}\n`);
+  const log = values.quiet ? () => {} : stderrLine;
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-exec-'));
   const config = await machineConfig({ ...values, vsock: values.vsock ?? `cid=${GUEST_CID},uds=${join(dir, 'vsock')}` }, log);
   checkKvm();

@@ -26,6 +26,7 @@ import type { VirtioDevice } from '../devices/virtio/device';
 import { VirtioVsock } from '../devices/virtio/vsock/index';
 import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
 import { Paravirt, newScheduler } from './paravirt';
+import { RateLimitedLog, type RateLimitOptions } from './log';
 import type { VcpuScheduler } from './scheduler/scheduler';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
@@ -61,6 +62,9 @@ export class Machine {
   scheduler?: VcpuScheduler;
   readonly transports: { name: string; transport: MmioTransport }[] = [];
   private readonly cleanups: (() => void | Promise<void>)[] = [];
+  /** Log lines the guest can trigger at will, one limiter per source; flushed at close. */
+  private readonly limiters: RateLimitedLog[] = [];
+  private readonly deviceFaults: RateLimitedLog;
   private ended?: (s: ExitStatus) => void;
   readonly exited: Promise<ExitStatus>;
   private status?: ExitStatus;
@@ -68,6 +72,13 @@ export class Machine {
   private constructor(config: MachineConfig, private readonly io: MachineIo) {
     this.config = config;
     this.exited = new Promise((r) => (this.ended = r));
+    this.deviceFaults = this.guestLog('device errors');
+  }
+
+  private guestLog(what: string, opts?: RateLimitOptions): RateLimitedLog {
+    const l = new RateLimitedLog(this.io.log, what, opts);
+    this.limiters.push(l);
+    return l;
   }
 
   /** Validates, creates and boots the machine; vCPUs are running when this resolves. */
@@ -97,7 +108,9 @@ export class Machine {
     vm.createIrqchip();
     vm.createPit2();
     const ram = (this.ram = new GuestRam(vm, c.memory));
-    const scheduler = (this.scheduler = newScheduler(c.vcpus, c.pin, c.hostCpus, this.io.log));
+    // Every decision is logged, but a guest drives them: a policy change on many vCPUs fits the burst.
+    const schedulerLog = this.guestLog('scheduler', { burst: 300, perSecond: 10 });
+    const scheduler = (this.scheduler = newScheduler(c.vcpus, c.pin, c.hostCpus, (m) => schedulerLog.line(m)));
 
     this.addLegacyDevices(vm);
     if (c.vsock) {
@@ -112,8 +125,9 @@ export class Machine {
       const vsock = this.vsock;
       // Shared memory outside e820 RAM: the guest agent maps it through /dev/mem.
       const shm = ram.mapSlot(vm, HYPERCALL_SHMEM_ADDR, HYPERCALL_SHMEM_SIZE).bytes;
+      const pvLog = this.guestLog('paravirt');
       const pv = (this.paravirt = new Paravirt({
-        shm, scheduler, connect: (p) => vsock.connect(p), log: this.io.log,
+        shm, scheduler, connect: (p) => vsock.connect(p), log: (m) => pvLog.line(m),
       }));
       this.cleanups.push(() => pv.close());
       this.pio.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
@@ -148,7 +162,9 @@ export class Machine {
       this.vcpus.push(vcpu);
       setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
     }
-    this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e));
+    this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e), (f) => this.deviceFaults.line(
+      `device error on a guest ${f.kind} ${f.isWrite ? 'write' : 'read'} of ${f.size} bytes at 0x${f.addr.toString(16)} (answered as unclaimed): ${f.error.stack ?? f.error.message}`,
+    ));
     const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: this.pio.claims(), mmio: this.mmio.claims() });
     scheduler.setVcpuThreads(tids);
     this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
@@ -178,7 +194,8 @@ export class Machine {
     const irq = new IrqfdLine(vm, slot.gsi);
     this.irqs.push(irq);
     const transport = new MmioTransport(device, this.ram!.memory, irq);
-    transport.onError = (reason) => this.io.log(`${name}: device needs reset: ${reason}`);
+    const errors = this.guestLog(name);
+    transport.onError = (reason) => errors.line(`${name}: device needs reset: ${reason}`);
     this.mmio.insert(slot.base, slot.size, name, transport);
     for (let q = 0; q < device.queueMaxSizes.length; q++) {
       const n = transport.notifyAddress(q);
@@ -251,6 +268,7 @@ export class Machine {
       this.vm?.close();
       this.ram?.close();
       this.kvm?.close();
+      for (const l of this.limiters) l.flush();
     })();
     return this.closing;
   }

@@ -12,6 +12,7 @@ import { AgentDoorbell } from './agent/doorbell';
 import type { Policy } from './scheduler/policy';
 import { hostPool } from './scheduler/topology';
 import { setThreadAffinity } from './scheduler/affinity';
+import { guestText } from './log';
 import { HYPERCALL_PORT, HYPERCALL_SHMEM_ADDR, HYPERCALL_SHMEM_SIZE } from './layout';
 
 /** The vCPU scheduler of a machine, pinning real threads. */
@@ -56,7 +57,7 @@ export class Paravirt {
     });
     this.device.onDoorbellNeeded(() => this.doorbell.ring());
     this.device.onAgentHello((info, lost) => {
-      opts.log(`guest agent ${info.name} (pid ${info.pid}) connected, session ${info.session}`);
+      opts.log(`guest agent ${guestText(info.name)} (pid ${info.pid}) connected, session ${info.session}`);
       this.reload(lost, opts.log);
     });
   }

@@ -56,7 +56,7 @@ async function runTsvmm(n: number, forwarded: boolean): Promise<Omit<Run, 'round
   const pio = new Bus();
   let halt: (e: VcpuExit) => void = () => {};
   const ended = new Promise<VcpuExit>((r) => (halt = r));
-  const threads = new VcpuThreads(pio, new Bus(), (e) => halt(e));
+  const threads = new VcpuThreads(pio, new Bus(), (e) => halt(e), (f) => halt({ vcpu: 0, reason: 'internal-error', detail: `device fault: ${f.error.message}` }));
   try {
     ram.memory.write(GUEST.loadAddr, exitLoopCode(n));
     const sregs = vcpu.getSregs();

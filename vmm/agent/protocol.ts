@@ -66,7 +66,6 @@ export type AgentErrorCode =
   | 'CLOSED' // the connection ended before the answer
   | 'ABORTED' // the caller aborted the request
   | 'TIMEOUT' // the agent stopped taking our data (a send waited longer than the stall timeout)
-  | 'OVERFLOW' // the agent sent more than the client buffers for a request that is not reading
   | 'STDIN' // reading the caller's stdin stream failed
   | 'CONNECT'; // could not reach the agent
 

@@ -6,7 +6,7 @@
 
 import { resolve } from 'node:path';
 import type { MachineConfig } from '../config';
-import { Logger, newVmId, parseLevel } from '../log';
+import { Logger, newVmId, parseLevel, stderrLine } from '../log';
 import { collectMetrics, MetricsWriter } from '../metrics';
 import { ApiServer } from './http';
 import type { ApiMachine } from './machine';
@@ -46,7 +46,7 @@ export class Control<M extends ApiMachine> {
       this.logger = new Logger({ id: this.id, level: flags['log-level'] === undefined ? 'info' : parseLevel(flags['log-level']), path: flags['log-path'] });
       this.log = this.logger.fn('vmm');
     } else {
-      this.log = flags.quiet ? () => {} : (m) => process.stderr.write(`tsvmm: ${m}\n`);
+      this.log = flags.quiet ? () => {} : stderrLine;
     }
     this.controller = new VmController<M>({
       id: this.id, defaults, log: this.log,

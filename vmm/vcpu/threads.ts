@@ -11,10 +11,8 @@ import type { Vcpu } from '../../kvm/kvm';
 import { KvmRun, exitReasonName } from '../../kvm/layout';
 import { tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
-import {
-  KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, STAT_FORWARDED, STAT_SHARED, VcpuExitReason, WorkerInit, WorkerMessage,
-  mailboxData, newDoorbell, newExitStats, newMailbox,
-} from './mailbox';
+import { MB, STAT_FORWARDED, STAT_SHARED, VcpuExitReason, WorkerInit, WorkerMessage, newDoorbell, newExitStats, newMailbox } from './mailbox';
+import { MailboxServer, type DeviceFault } from './serve';
 
 /** SIGUSR2: SIGUSR1 belongs to Node's inspector. Any signal with a handler interrupts KVM_RUN. */
 const KICK_SIGNAL = 'SIGUSR2';
@@ -51,14 +49,13 @@ interface Thread {
 export class VcpuThreads {
   private readonly threads: Thread[] = [];
   private readonly doorbell = newDoorbell();
-  private pumping = false;
+  private readonly server: MailboxServer;
   private readonly kickHandler = () => {};
 
-  constructor(
-    private readonly pio: Bus,
-    private readonly mmio: Bus,
-    private readonly onExit: (e: VcpuExit) => void,
-  ) {}
+  /** `onDeviceFault`: a device threw on a forwarded access (answered as unclaimed; the vCPU goes on). */
+  constructor(pio: Bus, mmio: Bus, private readonly onExit: (e: VcpuExit) => void, onDeviceFault: (f: DeviceFault) => void) {
+    this.server = new MailboxServer(this.doorbell, pio, mmio, onDeviceFault);
+  }
 
   /** Starts a worker per vCPU; resolves with their tids once every one runs. */
   async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: readonly BusClaim[]; mmio: readonly BusClaim[] }): Promise<number[]> {
@@ -70,6 +67,7 @@ export class VcpuThreads {
       const stats = newExitStats();
       const init: WorkerInit = { fd: vcpu.fd, id: vcpu.id, mmapSize, mailbox, doorbell: this.doorbell, pio: claims.pio, mmio: claims.mmio, stats };
       const worker = new Worker(script, { workerData: init, name: `vcpu${vcpu.id}` });
+      this.server.add(mailbox);
       const t: Thread = { vcpu, worker, mailbox, run: vcpu.mapRun(mmapSize).bytes, stats, tid: 0, stopped: Promise.resolve() };
       t.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
       started.push(new Promise((resolve, reject) => {
@@ -88,7 +86,9 @@ export class VcpuThreads {
       }));
       this.threads.push(t);
     }
-    this.pump();
+    // The server answers every request itself; should its loop ever fail, the vCPUs waiting
+    // on it could not go on: end the VM rather than leave them stuck.
+    this.server.run().catch((e: Error) => this.onExit({ vcpu: 0, reason: 'internal-error', detail: `mailbox server failed: ${e.message}` }));
     return Promise.all(started);
   }
 
@@ -108,33 +108,6 @@ export class VcpuThreads {
       });
       return out;
     });
-  }
-
-  /** Answers mailbox requests until stop(). */
-  private async pump(): Promise<void> {
-    this.pumping = true;
-    while (this.pumping) {
-      const seen = Atomics.load(this.doorbell, 0);
-      for (const t of this.threads) {
-        if (Atomics.load(t.mailbox, MB.STATE) === STATE_REQUEST) this.serve(t.mailbox);
-      }
-      const w = Atomics.waitAsync(this.doorbell, 0, seen);
-      if (w.async) await w.value;
-    }
-  }
-
-  private serve(mb: Int32Array): void {
-    const size = mb[MB.SIZE]!;
-    const addr = (mb[MB.ADDR_LO]! >>> 0) + mb[MB.ADDR_HI]! * 0x1_0000_0000;
-    const data = mailboxData(mb).subarray(0, size);
-    const bus = mb[MB.KIND] === KIND_PIO ? this.pio : this.mmio;
-    try {
-      if (mb[MB.IS_WRITE]) bus.write(addr, data);
-      else bus.read(addr, data);
-    } finally {
-      Atomics.store(mb, MB.STATE, STATE_RESPONSE);
-      Atomics.notify(mb, MB.STATE);
-    }
   }
 
   /** Kicks every vCPU out of KVM_RUN and waits for all workers to end. */
@@ -162,9 +135,7 @@ export class VcpuThreads {
       await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
     }
     if (!done) for (const t of this.threads) await t.worker.terminate();
-    this.pumping = false;
-    Atomics.add(this.doorbell, 0, 1);
-    Atomics.notify(this.doorbell, 0);
+    this.server.stop();
     process.off(KICK_SIGNAL, this.kickHandler);
   }
 }

@@ -1,0 +1,87 @@
+// The main thread's mailbox server (vmm/vcpu/serve.ts) without KVM: this test plays the vCPU
+// worker's side of the mailbox (request, doorbell, wait for the answer). A device that throws
+// on a forwarded access must neither end the process (an unhandled rejection did) nor leave
+// the vCPU waiting: the access is answered as an unclaimed one, reported, and serving goes on.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Bus, type BusDevice } from '../../../devices/bus';
+import { KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox } from '../../../vmm/vcpu/mailbox';
+import { MailboxServer, type DeviceFault } from '../../../vmm/vcpu/serve';
+
+/** What a worker's forward() does, then waits (asynchronously: this is the main thread) for the answer. */
+async function access(doorbell: Int32Array, mb: Int32Array, kind: number, addr: number, data: Uint8Array, isWrite: boolean): Promise<Uint8Array> {
+  mb[MB.KIND] = kind;
+  mb[MB.IS_WRITE] = isWrite ? 1 : 0;
+  mb[MB.SIZE] = data.length;
+  mb[MB.ADDR_LO] = addr | 0;
+  mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
+  if (isWrite) mailboxData(mb).set(data);
+  Atomics.store(mb, MB.STATE, STATE_REQUEST);
+  Atomics.add(doorbell, 0, 1);
+  Atomics.notify(doorbell, 0);
+  const deadline = Date.now() + 2000;
+  while (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) {
+    if (Date.now() > deadline) throw new Error('no answer from the mailbox server');
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  const out = mailboxData(mb).slice(0, data.length);
+  Atomics.store(mb, MB.STATE, STATE_IDLE);
+  return out;
+}
+
+test('a device that throws: the access is answered (reads all ones), reported, and serving goes on', async () => {
+  const rejections: unknown[] = [];
+  const onRejection = (e: unknown): void => { rejections.push(e); };
+  process.on('unhandledRejection', onRejection);
+  const pio = new Bus();
+  const mmio = new Bus();
+  let reads = 0;
+  const broken: BusDevice = {
+    read: () => { reads++; throw new TypeError('device bug'); },
+    write: () => { throw new RangeError('device bug on write'); },
+  };
+  const good: BusDevice = { read: (_o, d) => d.fill(0x42), write: () => {} };
+  pio.insert(0x700, 0x40, 'broken', broken);
+  mmio.insert(0xd000_0000, 0x1000, 'good', good);
+  const doorbell = newDoorbell();
+  const mb = newMailbox();
+  const faults: DeviceFault[] = [];
+  const server = new MailboxServer(doorbell, pio, mmio, (f) => faults.push(f));
+  server.add(mb);
+  const running = server.run();
+  try {
+    assert.equal([...(await access(doorbell, mb, KIND_PIO, 0x704, new Uint8Array(4), false))], [0xff, 0xff, 0xff, 0xff]);
+    await access(doorbell, mb, KIND_PIO, 0x720, new Uint8Array([1, 2, 3, 4]), true);
+    // The next vCPU access, to another device, is still served.
+    assert.equal([...(await access(doorbell, mb, KIND_MMIO, 0xd000_0010, new Uint8Array(4), false))], [0x42, 0x42, 0x42, 0x42]);
+    await new Promise((r) => setImmediate(r));
+    assert.is(reads, 1);
+    assert.is(faults.length, 2);
+    assert.equal(faults.map((f) => [f.kind, f.addr, f.size, f.isWrite, f.error.message]), [
+      ['pio', 0x704, 4, false, 'device bug'],
+      ['pio', 0x720, 4, true, 'device bug on write'],
+    ]);
+    assert.is(server.faults, 2);
+    assert.equal(rejections, [], 'nothing escaped as an unhandled rejection');
+  } finally {
+    server.stop();
+    await running;
+    process.off('unhandledRejection', onRejection);
+  }
+});
+
+test('a fault reporter that throws does not stop the answer either', async () => {
+  const pio = new Bus();
+  pio.insert(0x10, 1, 'broken', { read: () => { throw new Error('x'); }, write: () => {} });
+  const doorbell = newDoorbell();
+  const mb = newMailbox();
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => { throw new Error('logger died'); });
+  server.add(mb);
+  const running = server.run();
+  assert.equal([...(await access(doorbell, mb, KIND_PIO, 0x10, new Uint8Array(1), false))], [0xff]);
+  assert.equal([...(await access(doorbell, mb, KIND_PIO, 0x10, new Uint8Array(1), false))], [0xff]);
+  server.stop();
+  await running;
+});
+
+test.run();

@@ -1,0 +1,79 @@
+// The main-thread end of the vCPU mailboxes: waits on the shared doorbell and answers each
+// forwarded port/MMIO access through the PIO or MMIO bus. Owns the answer rule: every request
+// gets a response, whatever the device does. A device that throws is a bug in tsvmm, not in
+// the guest, but the guest can reach it: it must neither take the VMM down (an unhandled
+// rejection ends the process) nor leave the vCPU waiting for an answer that never comes.
+// It must not start or stop workers (threads.ts does).
+
+import type { Bus } from '../../devices/bus';
+import { KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, mailboxData } from './mailbox';
+
+/** One access a device failed to handle. */
+export interface DeviceFault {
+  kind: 'pio' | 'mmio';
+  addr: number;
+  size: number;
+  isWrite: boolean;
+  error: Error;
+}
+
+export class MailboxServer {
+  private readonly mailboxes: Int32Array[] = [];
+  private running = false;
+  /** Accesses whose device threw (answered as an unclaimed address would be). */
+  faults = 0;
+
+  constructor(
+    private readonly doorbell: Int32Array,
+    private readonly pio: Bus,
+    private readonly mmio: Bus,
+    private readonly onFault: (f: DeviceFault) => void,
+  ) {}
+
+  add(mailbox: Int32Array): void {
+    this.mailboxes.push(mailbox);
+  }
+
+  /** Answers requests until stop(); resolves when it has stopped. */
+  async run(): Promise<void> {
+    this.running = true;
+    while (this.running) {
+      const seen = Atomics.load(this.doorbell, 0);
+      for (const mb of this.mailboxes) {
+        if (Atomics.load(mb, MB.STATE) === STATE_REQUEST) this.serve(mb);
+      }
+      const w = Atomics.waitAsync(this.doorbell, 0, seen);
+      if (w.async) await w.value;
+    }
+  }
+
+  stop(): void {
+    this.running = false;
+    Atomics.add(this.doorbell, 0, 1);
+    Atomics.notify(this.doorbell, 0);
+  }
+
+  private serve(mb: Int32Array): void {
+    const size = mb[MB.SIZE]!;
+    const addr = (mb[MB.ADDR_LO]! >>> 0) + mb[MB.ADDR_HI]! * 0x1_0000_0000;
+    const data = mailboxData(mb).subarray(0, Math.min(size, 8));
+    const pio = mb[MB.KIND] === KIND_PIO;
+    const isWrite = mb[MB.IS_WRITE] !== 0;
+    try {
+      if (isWrite) (pio ? this.pio : this.mmio).write(addr, data);
+      else (pio ? this.pio : this.mmio).read(addr, data);
+    } catch (e) {
+      this.faults++;
+      if (!isWrite) data.fill(0xff);
+      const fault: DeviceFault = { kind: pio ? 'pio' : 'mmio', addr, size, isWrite, error: e instanceof Error ? e : new Error(String(e)) };
+      try {
+        this.onFault(fault);
+      } catch {
+        // Reporting is best effort; the answer below is not.
+      }
+    } finally {
+      Atomics.store(mb, MB.STATE, STATE_RESPONSE);
+      Atomics.notify(mb, MB.STATE);
+    }
+  }
+}

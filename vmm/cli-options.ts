@@ -2,7 +2,7 @@
 // MachineConfig, and the checks that come before any KVM object exists.
 
 import { existsSync } from 'node:fs';
-import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize } from './config';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, validateConfig } from './config';
 import { ensureDefaultGuest } from './default-guest';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
 
@@ -40,7 +40,7 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     initrd ??= guest.initrd;
   }
   const cmdline = [v.cmdline ?? DEFAULT_CMDLINE, ...(v.append ?? [])].join(' ');
-  return {
+  const config: MachineConfig = {
     kernel,
     initrd,
     cmdline,
@@ -51,6 +51,8 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     pin,
     hostCpus: v['host-cpus'],
   };
+  validateConfig(config);
+  return config;
 }
 
 export function checkKvm(): void {

@@ -1,8 +1,10 @@
 // A machine's configuration and its validation: sizes, counts and paths, checked before any
-// KVM object exists so that bad input fails with one clear line and nothing to clean up.
+// KVM object exists so that bad input fails with one clear line and nothing to clean up. Every
+// door (flag, config file, API) goes through validateConfig.
 
 import { readFileSync } from 'node:fs';
 import { MiB } from './layout';
+import { validateVsockSpec } from '../devices/virtio/vsock/spec';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -48,9 +50,8 @@ export function hostMemory(): number {
 }
 
 export function validateMemory(bytes: number): void {
-  if (!Number.isSafeInteger(bytes) || bytes < MIN_MEMORY) {
-    throw new ConfigError(`--memory ${fmtBytes(bytes)} is too small (at least ${fmtBytes(MIN_MEMORY)})`);
-  }
+  if (!Number.isInteger(bytes) || bytes < 0) throw new ConfigError(`--memory ${bytes} is not a number of bytes`);
+  if (bytes < MIN_MEMORY) throw new ConfigError(`--memory ${fmtBytes(bytes)} is too small (at least ${fmtBytes(MIN_MEMORY)})`);
   if (bytes % 0x1000 !== 0) throw new ConfigError(`--memory must be a multiple of 4 KiB`);
   const host = hostMemory();
   if (bytes > host) throw new ConfigError(`--memory ${fmtBytes(bytes)} is larger than this host's ${fmtBytes(host)} of RAM`);
@@ -60,6 +61,18 @@ export function validateVcpus(n: number, max: number): void {
   if (!Number.isInteger(n) || n < 1) throw new ConfigError(`--vcpus ${n} is invalid (at least 1)`);
   const limit = Math.min(max, 254);
   if (n > limit) throw new ConfigError(`--vcpus ${n} exceeds the limit of ${limit} (KVM allows ${max})`);
+}
+
+/**
+ * The one validation of a whole configuration, whatever door it came through (flags, config
+ * file, API at InstanceStart) and again when the machine starts: sizes, counts, the vsock CID
+ * and socket path. The API and config file check each section as it arrives with the same
+ * functions, so their messages name the field.
+ */
+export function validateConfig(c: MachineConfig, maxVcpus = Number.MAX_SAFE_INTEGER): void {
+  validateMemory(c.memory);
+  validateVcpus(c.vcpus, maxVcpus);
+  if (c.vsock) validateVsockSpec(c.vsock);
 }
 
 export function fmtBytes(n: number): string {

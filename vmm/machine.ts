@@ -12,7 +12,7 @@ import { I8042 } from '../devices/i8042';
 import { buildAcpiTables } from './acpi/index';
 import { loadKernel, probeKernel } from './boot/loader';
 import { setupVcpu } from './boot/cpu';
-import { ConfigError, MachineConfig, validateMemory, validateVcpus } from './config';
+import { ConfigError, MachineConfig, validateConfig, validateVcpus } from './config';
 import { IrqfdLine } from './irq';
 import {
   ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, HYPERCALL_PORT, HYPERCALL_PORT_LEN, HYPERCALL_SHMEM_ADDR,
@@ -83,8 +83,7 @@ export class Machine {
 
   /** Validates, creates and boots the machine; vCPUs are running when this resolves. */
   static async start(config: MachineConfig, io: MachineIo): Promise<Machine> {
-    validateMemory(config.memory);
-    validateVcpus(config.vcpus, Number.MAX_SAFE_INTEGER);
+    validateConfig(config);
     const kernel = readImage(config.kernel, 'kernel');
     probeKernel(config.kernel, kernel);
     const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;

@@ -1,11 +1,12 @@
 // The control API's HTTP/1.1 server over a Unix socket (node:http): the socket file (mode 0600,
-// a stale one replaced, removed at close and at process exit), JSON bodies with a size limit,
-// Firecracker-style errors ({"fault_message": …}), and limits against slow or many clients.
+// a stale one of ours replaced, removed at close and at process exit while it is still ours:
+// devices/socket-path.ts),
+// JSON bodies with a size limit, Firecracker-style errors ({"fault_message": …}), and limits
+// against slow, many or malformed clients: no request can end the process.
 // It owns framing only; what a path means is the handler's business (resources.ts).
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { listenOwned, type OwnSocket } from '../../devices/socket-path';
 import { ApiError, bodyLimit, type ApiRequest, type ApiResponse } from './resources';
 import { ValidationError } from './schema';
 
@@ -31,14 +32,14 @@ export interface ApiServerOptions {
 }
 
 /** Errors whose message is a fine answer to a bad request (bad input, refused by a check). */
-const BAD_INPUT = new Set(['ValidationError', 'PackageError', 'ElfError', 'TopologyError', 'CpuListError', 'SchedulerError', 'PolicyError', 'HypercallError', 'ConfigError', 'AffinityError']);
+const BAD_INPUT = new Set(['ValidationError', 'PackageError', 'ElfError', 'TopologyError', 'CpuListError', 'SchedulerError', 'PolicyError', 'HypercallError', 'ConfigError', 'AffinityError', 'VsockSpecError']);
 
 export class ApiServer {
   private readonly sockets = new Set<import('node:net').Socket>();
-  private readonly onExit = () => this.unlink();
+  private readonly onExit = () => this.own.remove();
   private closed = false;
 
-  private constructor(private readonly server: Server, readonly path: string) {
+  private constructor(private readonly server: Server, readonly path: string, private readonly own: OwnSocket) {
     server.on('connection', (s) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
@@ -47,7 +48,6 @@ export class ApiServer {
   }
 
   static async listen(opts: ApiServerOptions): Promise<ApiServer> {
-    await removeStaleSocket(opts.path);
     const headersTimeout = opts.headersTimeoutMs ?? 10_000;
     const server = createServer({
       headersTimeout,
@@ -55,27 +55,24 @@ export class ApiServer {
       // How often node looks for connections past those timeouts.
       connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
       keepAliveTimeout: 5_000,
-    }, (req, res) => void serve(req, res, opts));
+    }, (req, res) => {
+      serve(req, res, opts).catch((e: Error) => {
+        // serve() answers every failure itself; this is the last line against a bug there.
+        opts.log?.(`api: request failed: ${e.stack ?? e.message}`);
+        if (!res.headersSent) fault(res, 500, 'internal error');
+        else res.destroy();
+      });
+    });
     server.maxConnections = opts.maxConnections ?? 64;
     server.maxHeadersCount = 64;
-    // Created with mode 0600 from the start: the umask covers the window before chmod.
-    const oldMask = process.umask(0o177);
+    let own: OwnSocket;
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(opts.path, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+      own = await listenOwned(server, opts.path);
     } catch (e) {
       throw new ApiSocketError(`--api-sock ${opts.path}: ${(e as Error).message}`);
-    } finally {
-      process.umask(oldMask);
     }
-    chmodSync(opts.path, 0o600);
     server.on('error', (e) => opts.log?.(`api: server error: ${e.message}`));
-    return new ApiServer(server, opts.path);
+    return new ApiServer(server, opts.path, own);
   }
 
   /** Stops listening, drops open connections and removes the socket file. */
@@ -85,41 +82,10 @@ export class ApiServer {
     const done = new Promise<void>((r) => this.server.close(() => r()));
     for (const s of this.sockets) s.destroy();
     await done;
-    this.unlink();
+    this.own.remove();
+    this.own.release();
     process.off('exit', this.onExit);
   }
-
-  private unlink(): void {
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
-  }
-}
-
-/**
- * A socket path left by a dead tsvmm is replaced; one with a live listener, or a path that is
- * not a socket, is an error (never delete what is not ours to delete).
- */
-async function removeStaleSocket(path: string): Promise<void> {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new ApiSocketError(`--api-sock ${path}: exists and is not a socket`);
-  const live = await new Promise<boolean>((resolve) => {
-    const c = connect(path);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (live) throw new ApiSocketError(`--api-sock ${path}: another process is serving on this socket`);
-  unlinkSync(path);
 }
 
 function send(res: ServerResponse, status: number, body?: unknown, extra: Record<string, string> = {}): void {
@@ -160,9 +126,25 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefin
   });
 }
 
+/** The request target as a URL; only a path (origin-form, RFC 9112 §3.2.1) is accepted. */
+function requestUrl(target: string | undefined): URL | undefined {
+  if (target === undefined || !target.startsWith('/') || target.startsWith('//')) return undefined;
+  try {
+    return new URL(target, 'http://localhost');
+  } catch {
+    return undefined;
+  }
+}
+
 async function serve(req: IncomingMessage, res: ServerResponse, opts: ApiServerOptions): Promise<void> {
-  const url = new URL(req.url ?? '/', 'http://localhost');
+  const url = requestUrl(req.url);
   const method = req.method ?? 'GET';
+  if (!url) {
+    // Unread bytes would be parsed as the next request: close after answering.
+    fault(res, 400, `request target ${JSON.stringify(String(req.url).slice(0, 64))} is not a path`, { Connection: 'close' });
+    res.on('finish', () => req.socket.destroy());
+    return;
+  }
   const limit = (opts.bodyLimit ?? bodyLimit)(url.pathname);
   const tooLarge = () => {
     // Unread bytes would be parsed as the next request: close the connection after answering.

@@ -5,7 +5,7 @@
 // (http.ts does) nor create KVM objects (the `start` callback does).
 
 import { readFileSync, statSync } from 'node:fs';
-import { ConfigError, DEFAULT_CMDLINE, MIN_MEMORY, type MachineConfig, validateMemory, validateVcpus } from '../config';
+import { ConfigError, DEFAULT_CMDLINE, MIN_MEMORY, type MachineConfig, validateConfig, validateMemory } from '../config';
 import { MiB } from '../layout';
 import { POLICIES, type Policy } from '../scheduler/policy';
 import { hostPool, type HostCpu } from '../scheduler/topology';
@@ -15,6 +15,7 @@ import { loadElf } from '../../bpf/elf';
 import { collectMetrics, renderPrometheus } from '../metrics';
 import type { ApiMachine } from './machine';
 import { check, isPlainObject, ValidationError, type Spec } from './schema';
+import { CID_MAX, CID_MIN, validateVsockSpec, VsockSpecError } from '../../devices/virtio/vsock/spec';
 
 export const VMM_VERSION = '0.1.0';
 export const APP_NAME = 'tsvmm';
@@ -59,7 +60,7 @@ const MACHINE_CONFIG = {
 } as const satisfies Spec;
 
 const VSOCK = {
-  guest_cid: { type: 'integer', required: true, min: 3, max: 0xffff_ffff },
+  guest_cid: { type: 'integer', required: true, min: CID_MIN, max: CID_MAX },
   uds_path: { type: 'string', required: true, nonEmpty: true },
   vsock_id: { type: 'string' },
 } as const satisfies Spec;
@@ -120,6 +121,13 @@ export function parseMachineConfig(body: unknown, where = 'machine-config'): Pre
 
 export function parseVsock(body: unknown, where = 'vsock'): NonNullable<Preboot['vsock']> {
   const b = check(where, body, VSOCK);
+  // The checks --vsock makes, for the API and the config file alike.
+  try {
+    validateVsockSpec({ cid: b.guest_cid, udsPath: b.uds_path }, { cid: `${where}.guest_cid`, path: `${where}.uds_path` });
+  } catch (e) {
+    if (e instanceof VsockSpecError) throw new ValidationError(e.message);
+    throw e;
+  }
   return { guest_cid: b.guest_cid, uds_path: b.uds_path, ...(b.vsock_id === undefined ? {} : { vsock_id: b.vsock_id }) };
 }
 
@@ -469,10 +477,10 @@ export function readConfigFile(path: string, base: Partial<MachineConfig> = {}):
   }
   try {
     const c = parseConfigDocument(doc, base);
-    validateVcpus(c.vcpus, Number.MAX_SAFE_INTEGER);
+    validateConfig(c);
     return c;
   } catch (e) {
-    if (e instanceof ValidationError) throw new ConfigError(`--config-file ${path}: ${e.message}`);
+    if (e instanceof ValidationError || e instanceof VsockSpecError || e instanceof ConfigError) throw new ConfigError(`--config-file ${path}: ${e.message}`);
     throw e;
   }
 }

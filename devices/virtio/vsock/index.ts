@@ -2,6 +2,6 @@
 // itself; everything else in this folder is internal to the device.
 
 export { VirtioVsock, type VsockDeviceOptions } from './device';
-export { parseVsockSpec, VsockSpecError, type VsockSpec } from './spec';
+export { parseVsockSpec, validateVsockSpec, VsockSpecError, UDS_PATH_MAX, type VsockSpec } from './spec';
 export { VsockConnectError, VsockResetError, VsockSetupError, MAX_CONNECTIONS } from './muxer';
 export type { VsockCounters } from './counters';

@@ -11,12 +11,12 @@
 //   guest-initiated to port P: we connect to "PATH_P"; connected -> RESPONSE, else RST.
 
 import { Duplex } from 'node:stream';
-import { chmod, link, mkdtemp, rmdir, unlink } from 'node:fs/promises';
-import { unlinkSync, writeSync, writevSync } from 'node:fs';
+import { writeSync, writevSync } from 'node:fs';
 import * as net from 'node:net';
-import { dirname, join } from 'node:path';
 import { type CloseReason, type ConnLimits, Connection, type ByteBudget, type HostStream } from './csm';
 import { countDrop, newCounters, type VsockCounters } from './counters';
+import { listenOwned, type OwnSocket } from '../../socket-path';
+import { UDS_PATH_MAX } from './spec';
 import { concatViews, gatherViews, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
 
 export const MAX_CONNECTIONS = 1023;
@@ -256,9 +256,15 @@ export class VsockMuxer {
   private lastLocalPort = LOCAL_PORT_MIN - 1;
   private server: net.Server | undefined;
   private exitHook: (() => void) | undefined;
+  private own: OwnSocket | undefined;
 
   constructor(opts: MuxerOptions) {
     this.guestCid = BigInt(opts.guestCid);
+    // Whatever door the path came through: libuv would silently truncate a longer
+    // `${udsPath}_${port}`, and a truncated guest connect can reach our own listener.
+    if (opts.udsPath !== undefined && Buffer.byteLength(opts.udsPath) > UDS_PATH_MAX) {
+      throw new VsockSetupError(`uds path ${opts.udsPath} is over ${UDS_PATH_MAX} bytes: "_<port>" would not fit a Unix socket address`);
+    }
     this.udsPath = opts.udsPath;
     this.counters = opts.counters ?? newCounters();
     this.maxConnections = opts.maxConnections ?? MAX_CONNECTIONS;
@@ -304,46 +310,25 @@ export class VsockMuxer {
 
   // ---- the listening socket ----
 
-  /**
-   * Binds `udsPath`, owner-only. The socket is bound inside a fresh 0700 directory, chmod'ed and
-   * then hard-linked into place, so it is never reachable with wider permissions and an existing
-   * path is never replaced (a stale socket nobody listens on is removed first).
-   */
+  /** Binds `udsPath`, owner-only; an existing path is an error unless it is a stale socket of ours (socket-path.ts). */
   async listen(): Promise<void> {
     const path = this.udsPath;
     if (path === undefined || this.server) return;
-    const dir = await mkdtemp(join(dirname(path), '.tsvmm-vsock-')).catch((e: Error) => {
-      throw new VsockSetupError(`cannot create a socket next to ${path}: ${e.message}`);
-    });
-    const tmp = join(dir, 'sock');
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.accept(s));
+    let own: OwnSocket;
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(tmp, () => { server.off('error', reject); resolve(); });
-      });
-      await chmod(tmp, 0o600);
-      try {
-        await link(tmp, path);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !(await isStaleSocket(path))) throw e;
-        await unlink(path);
-        await link(tmp, path);
-      }
+      own = await listenOwned(server, path);
     } catch (e) {
-      server.close();
-      throw e instanceof VsockSetupError ? e : new VsockSetupError(`cannot listen on ${path}: ${(e as Error).message}`);
-    } finally {
-      await unlink(tmp).catch(() => {});
-      await rmdir(dir).catch(() => {});
+      throw new VsockSetupError(`cannot listen on ${path}: ${(e as Error).message}`);
     }
     server.on('error', () => {}); // accept errors (EMFILE) must not kill the VMM
     this.server = server;
-    this.exitHook = () => { try { unlinkSync(path); } catch { /* already gone */ } };
+    this.own = own;
+    this.exitHook = () => own.remove();
     process.once('exit', this.exitHook);
   }
 
-  /** Drops every connection, stops listening and removes `udsPath`. */
+  /** Drops every connection, stops listening and removes `udsPath` (if it is still our socket). */
   async close(): Promise<void> {
     this.reset();
     for (const s of this.handshakes) s.destroy();
@@ -357,7 +342,8 @@ export class VsockMuxer {
       process.off('exit', this.exitHook);
       this.exitHook = undefined;
     }
-    await unlink(this.udsPath!).catch(() => {});
+    this.own?.remove();
+    this.own?.release();
   }
 
   /** A host client connected: read its "CONNECT <port>\n" line, then open the connection. */
@@ -608,13 +594,4 @@ export class VsockMuxer {
     if (this.txBudgetFull && !txFull) this.onTxReady();
     this.txBudgetFull = txFull;
   }
-}
-
-/** Whether `path` is a Unix socket nobody listens on (left behind by a crashed VMM). */
-function isStaleSocket(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ path });
-    s.once('connect', () => { s.destroy(); resolve(false); });
-    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
-  });
 }

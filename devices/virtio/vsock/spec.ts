@@ -1,8 +1,9 @@
-// Parses the `--vsock cid=N,uds=PATH` flag value. It owns the validation of what a user may ask
-// for (CID range, a socket path that can be bound); it must not create anything.
+// The vsock device's configuration as a user gives it: the `--vsock cid=N,uds=PATH` flag, and
+// the one validation every door uses (flag, config file, API: vmm/api/resources.ts calls
+// validateVsockSpec too). It owns what a user may ask for (CID range, a socket path that can
+// be bound and is not someone else's file); it must not create anything.
 
-import { accessSync, constants, statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { SUN_PATH_MAX, socketPathProblem } from '../../socket-path';
 
 export interface VsockSpec {
   cid: number;
@@ -13,9 +14,30 @@ export class VsockSpecError extends Error {
   override readonly name = 'VsockSpecError';
 }
 
-/** sun_path is 108 bytes with its NUL; "_<port>" (up to 11 bytes) must still fit for guest connects. */
-const SUN_PATH_MAX = 107;
-const PORT_SUFFIX_MAX = 11;
+/** "_<port>" with the longest u32 port, which guest connects append to the path. */
+export const PORT_SUFFIX_MAX = '_4294967295'.length;
+/** The longest uds path: sun_path with room for the suffix. */
+export const UDS_PATH_MAX = SUN_PATH_MAX - PORT_SUFFIX_MAX;
+/** Guest CIDs a user may give: 0-2 are reserved (hypervisor, local, host), 2^32-1 is VMADDR_CID_ANY. */
+export const CID_MIN = 3;
+export const CID_MAX = 0xffff_fffe;
+
+/** Field names in messages, as the door names them (`--vsock: cid`, `vsock.guest_cid`). */
+export interface VsockFieldNames {
+  cid: string;
+  path: string;
+}
+
+/** The checks shared by every door; throws VsockSpecError naming the field. */
+export function validateVsockSpec(spec: VsockSpec, names: VsockFieldNames = { cid: '--vsock: cid', path: '--vsock: uds path' }): VsockSpec {
+  const { cid, udsPath } = spec;
+  if (!Number.isSafeInteger(cid) || cid < CID_MIN || cid > CID_MAX) {
+    throw new VsockSpecError(`${names.cid} ${cid} must be in ${CID_MIN}..${CID_MAX}`);
+  }
+  const problem = udsPath === '' ? 'is empty' : socketPathProblem(udsPath, PORT_SUFFIX_MAX);
+  if (problem) throw new VsockSpecError(`${names.path} ${udsPath}: ${problem}`);
+  return { cid, udsPath };
+}
 
 export function parseVsockSpec(spec: string): VsockSpec {
   const fields = new Map<string, string>();
@@ -31,30 +53,6 @@ export function parseVsockSpec(spec: string): VsockSpec {
   const udsPath = fields.get('uds');
   if (cidText === undefined) throw new VsockSpecError('--vsock: missing cid=N');
   if (udsPath === undefined || udsPath === '') throw new VsockSpecError('--vsock: missing uds=PATH');
-
   if (!/^\d+$/.test(cidText)) throw new VsockSpecError(`--vsock: cid "${cidText}" is not a decimal number`);
-  const cid = Number(cidText);
-  // 0-2 are reserved (hypervisor, local, host); 2^32-1 is VMADDR_CID_ANY.
-  if (cid < 3 || cid >= 0xffff_ffff) throw new VsockSpecError(`--vsock: cid ${cidText} must be in 3..4294967294`);
-
-  const bytes = Buffer.byteLength(udsPath);
-  if (bytes + PORT_SUFFIX_MAX > SUN_PATH_MAX) {
-    throw new VsockSpecError(`--vsock: uds path is ${bytes} bytes; at most ${SUN_PATH_MAX - PORT_SUFFIX_MAX} fit a Unix socket address (with "_<port>")`);
-  }
-  const dir = dirname(resolve(udsPath));
-  try {
-    if (!statSync(dir).isDirectory()) throw new VsockSpecError(`--vsock: ${dir} is not a directory`);
-    accessSync(dir, constants.W_OK | constants.X_OK);
-  } catch (e) {
-    if (e instanceof VsockSpecError) throw e;
-    throw new VsockSpecError(`--vsock: cannot create ${udsPath}: directory ${dir} is missing or not writable`);
-  }
-  try {
-    const st = statSync(udsPath);
-    // A socket may be a stale one from a crashed run (the muxer checks); anything else is not ours.
-    if (!st.isSocket()) throw new VsockSpecError(`--vsock: ${udsPath} exists and is not a socket`);
-  } catch (e) {
-    if (e instanceof VsockSpecError) throw e;
-  }
-  return { cid, udsPath };
+  return validateVsockSpec({ cid: Number(cidText), udsPath });
 }

@@ -20,6 +20,7 @@ import {
   decodeHints,
   decodeReport,
   encodeRequest,
+  hintsPrefixBytes,
   mailboxLayout,
   requestSize,
   type MailboxLayout,
@@ -89,6 +90,13 @@ export interface HypercallDeviceOptions {
   readonly ratePerSecond?: number;
   /** Bucket depth; default = ratePerSecond. */
   readonly burst?: number;
+  /**
+   * Hint records decoded per second, VM-wide (a record costs one unit per 64 bytes): a batch is
+   * read only as far as the budget goes, the rest is dropped unread and counted. Default 1000.
+   */
+  readonly hintUnitsPerSecond?: number;
+  /** Hint budget depth (the most one batch can deliver); default = hintUnitsPerSecond. */
+  readonly hintUnitBurst?: number;
   /** Milliseconds clock (tests inject one). */
   readonly now?: () => number;
 }
@@ -114,6 +122,8 @@ export interface HypercallCounters {
   hintBytes: number;
   /** Records the agent said it lost. */
   hintDropped: number;
+  /** Records dropped unread because the VM's hint budget was spent (SOURCE records included). */
+  hintBudgetDropped: number;
   /** Records of a type no handler is registered for. */
   hintUnknown: number;
   /** Records without a source: no SOURCE before them, or one naming a handle that is not loaded. */
@@ -150,6 +160,28 @@ const cmdNames = new Map<number, CmdName>(Object.entries(Cmd).map(([k, v]) => [v
 const statusNames = new Map<number, StatusName>(Object.entries(Status).map(([k, v]) => [v, k as StatusName]));
 const U32 = 0x1_0000_0000;
 
+/** `rate` units per second up to `burst`, starting full; fractional units accumulate. */
+class TokenBucket {
+  private tokens: number;
+  constructor(what: string, private readonly rate: number, private readonly burst: number, private last: number) {
+    if (!(rate > 0) || !(burst >= 1)) throw new RangeError(`${what} ${rate}/s burst ${burst} is not positive`);
+    this.tokens = burst;
+  }
+  /** Whole units available now. */
+  available(now: number): number {
+    this.tokens = Math.min(this.burst, this.tokens + (Math.max(0, now - this.last) * this.rate) / 1000);
+    this.last = Math.max(this.last, now);
+    return Math.floor(this.tokens);
+  }
+  take(n: number): void {
+    this.tokens -= n;
+  }
+  /** Milliseconds until `n` units are available (at least 1). */
+  msUntil(n: number): number {
+    return Math.max(1, Math.ceil(((n - this.tokens) * 1000) / this.rate));
+  }
+}
+
 export class HypercallDevice implements BusDevice {
   private readonly shm: Uint8Array;
   private readonly hdr: DataView;
@@ -157,7 +189,6 @@ export class HypercallDevice implements BusDevice {
   private readonly shmBase: number;
   private readonly doorbellPort: number;
   private readonly rate: number;
-  private readonly burst: number;
   private readonly now: () => number;
 
   private status: StatusCode = Status.OK;
@@ -166,8 +197,9 @@ export class HypercallDevice implements BusDevice {
   private h2gSeq = 0;
   private h2gLen = 0;
   private g2hAck = 0;
-  private tokens: number;
-  private lastRefill: number;
+  /** Every COMMAND write takes a token; the hint budget counts what HINTS decodes. */
+  private readonly calls: TokenBucket;
+  private readonly hintBudget: TokenBucket;
 
   private agentInfo: AgentInfo | undefined;
   private sessions = 0;
@@ -197,11 +229,10 @@ export class HypercallDevice implements BusDevice {
     this.shmBase = opts.shmBase;
     this.doorbellPort = opts.doorbellPort ?? HC_DOORBELL_PORT;
     this.rate = opts.ratePerSecond ?? 5000;
-    this.burst = opts.burst ?? this.rate;
-    if (!(this.rate > 0) || !(this.burst >= 1)) throw new RangeError(`hypercall rate ${this.rate}/s burst ${this.burst} is not positive`);
     this.now = opts.now ?? (() => performance.now());
-    this.tokens = this.burst;
-    this.lastRefill = this.now();
+    this.calls = new TokenBucket('hypercall rate', this.rate, opts.burst ?? this.rate, this.now());
+    const hintRate = opts.hintUnitsPerSecond ?? 1000;
+    this.hintBudget = new TokenBucket('hint budget', hintRate, opts.hintUnitBurst ?? hintRate, this.now());
     this.stats = {
       calls: { HELLO: 0, FETCH: 0, REPORT: 0, HINTS: 0, UNKNOWN: 0 },
       errors: { E_UNKNOWN: 0, E_STATE: 0, E_LENGTH: 0, E_INVALID: 0, E_NOREQ: 0, E_VERSION: 0, E_RATE: 0, E_ACCESS: 0 },
@@ -211,6 +242,7 @@ export class HypercallDevice implements BusDevice {
       hintRecords: 0,
       hintBytes: 0,
       hintDropped: 0,
+      hintBudgetDropped: 0,
       hintUnknown: 0,
       hintUnattributed: 0,
       hintsByType: {},
@@ -375,14 +407,9 @@ export class HypercallDevice implements BusDevice {
 
   /** Takes one token; returns 0, or the milliseconds until one is available. */
   private takeToken(): number {
-    const t = this.now();
-    this.tokens = Math.min(this.burst, this.tokens + (Math.max(0, t - this.lastRefill) * this.rate) / 1000);
-    this.lastRefill = t;
-    if (this.tokens >= 1) {
-      this.tokens -= 1;
-      return 0;
-    }
-    return Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.rate));
+    if (this.calls.available(this.now()) < 1) return this.calls.msUntil(1);
+    this.calls.take(1);
+    return 0;
   }
 
   private finish(status: StatusCode, result: number, why?: string): void {
@@ -522,18 +549,31 @@ export class HypercallDevice implements BusDevice {
     else if (!this.live.has(p.handle) && !this.queue.some((q) => q.handle === p.handle)) this.handles.delete(p.handle);
   }
 
+  /**
+   * A batch is decoded only as far as the VM's hint budget goes: with the budget spent the call
+   * is refused (E_RATE, the agent retries later) before a byte is read, and a batch larger than
+   * what is left is cut where the budget ends (the rest dropped unread, counted). So the main
+   * thread's work per second is bounded by the budget, whatever the guest writes.
+   */
   private hints(): void {
     if (!this.needSession('HINTS')) return;
-    const msg = this.takeMessage();
-    if (!msg) return;
-    const d = decodeHints(msg, ((this.agentInfo as AgentInfo).caps & Caps.HINT_SOURCE) !== 0);
+    const units = this.hintBudget.available(this.now());
+    if (units < 1) return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
+    const len = this.hdr.getUint32(Hdr.G2H_LEN, true);
+    this.g2hAck = this.hdr.getUint32(Hdr.G2H_SEQ, true);
+    if (len > this.layout.g2hSize) return this.finish(Status.E_LENGTH, 0, `g2h_len ${len} > mailbox size ${this.layout.g2hSize}`);
+    const copy = this.shm.slice(this.layout.g2hOff, this.layout.g2hOff + Math.min(len, hintsPrefixBytes(units)));
+    this.stats.g2hBytes += copy.length;
+    const d = decodeHints(copy, ((this.agentInfo as AgentInfo).caps & Caps.HINT_SOURCE) !== 0, { length: len, maxUnits: units });
     if (!d.ok) return this.finish(d.status, 0, d.why);
-    const { records, dropped, count } = d.value;
+    const { records, dropped, count, taken } = d.value;
+    this.hintBudget.take(Math.max(1, d.value.units));
     this.stats.hintBatches++;
     this.stats.hintRecords += records.length;
-    this.stats.hintBytes += msg.length;
+    this.stats.hintBytes += copy.length;
     this.stats.hintDropped += dropped;
-    this.finish(Status.OK, count);
+    this.stats.hintBudgetDropped += count - taken;
+    this.finish(Status.OK, taken);
     for (const rec of records) {
       // The guest names the source: only a handle loaded now is believed.
       const source = rec.source !== undefined && this.live.has(rec.source) ? rec.source : undefined;

@@ -234,7 +234,21 @@ export interface DecodedHints {
   records: DecodedHintRecord[];
   /** `record_count`: every record of the batch, SOURCE records included. */
   count: number;
+  /** Records decoded (SOURCE included): `count`, unless the budget ended the batch early. */
+  taken: number;
+  /** Budget units the taken records cost (hintUnits). */
+  units: number;
 }
+
+/**
+ * What a record costs against the host's hint budget: one unit per 64 bytes (an AFFINITY
+ * record), so a guest cannot buy large copies with few records.
+ */
+export const HINT_UNIT_BYTES = 64;
+export const hintUnits = (len: number): number => Math.max(1, Math.ceil(align8(len) / HINT_UNIT_BYTES));
+
+/** The bytes of a HINTS batch that `units` budget units can cover (the host copies no more). */
+export const hintsPrefixBytes = (units: number): number => HINTS_HDR + units * HINT_UNIT_BYTES;
 
 /** A SOURCE record for `encodeHints` (tests, and tools that replay batches). */
 export function sourceRecord(handle: number): HintRecord {
@@ -260,33 +274,48 @@ export function encodeHints(m: HintsMsg): Uint8Array {
 }
 
 /**
- * Validates the whole batch before returning any record: a bad batch delivers nothing.
+ * Decodes a HINTS batch from `b`, a private copy of its first bytes (all of them, or the
+ * hintsPrefixBytes(maxUnits) a budget covers) of a batch `length` bytes long. Records are
+ * taken while the budget lasts (hintUnits each); the rest is not read at all, so the work a
+ * guest causes is bounded by the budget, not by what it wrote. Everything taken is validated
+ * before any record is returned: a bad batch delivers nothing.
  * `sources`: the agent announced HINT_SOURCE, so type 0 records are SOURCE records; without
  * it type 0 is an ordinary record and no record has a source.
  */
-export function decodeHints(b: Uint8Array, sources: boolean): Decoded<DecodedHints> {
-  if (b.length < HINTS_HDR || b.length % 8 !== 0) return fail(Status.E_LENGTH, `HINTS g2h_len ${b.length} is not a multiple of 8 of at least 8`);
+export function decodeHints(b: Uint8Array, sources: boolean, budget: { length?: number; maxUnits?: number } = {}): Decoded<DecodedHints> {
+  const length = budget.length ?? b.length;
+  const maxUnits = budget.maxUnits ?? Infinity;
+  if (length < HINTS_HDR || length % 8 !== 0) return fail(Status.E_LENGTH, `HINTS g2h_len ${length} is not a multiple of 8 of at least 8`);
+  if (b.length < Math.min(length, HINTS_HDR) || b.length > length) throw new RangeError(`HINTS copy of ${b.length} bytes for a ${length}-byte batch`);
   const v = view(b);
   const count = v.getUint32(0x00, true);
   // Each record takes at least 8 bytes: a bigger count cannot be honest (and must not drive a loop).
-  if (count > (b.length - HINTS_HDR) / RECORD_HDR) return fail(Status.E_INVALID, `HINTS record_count ${count} cannot fit ${b.length} bytes`);
+  if (count > (length - HINTS_HDR) / RECORD_HDR) return fail(Status.E_INVALID, `HINTS record_count ${count} cannot fit ${length} bytes`);
   const records: DecodedHintRecord[] = [];
   let source: number | undefined;
   let off = HINTS_HDR;
-  for (let i = 0; i < count; i++) {
-    if (off + RECORD_HDR > b.length) return fail(Status.E_LENGTH, `HINTS record ${i} header at ${off} runs past ${b.length}`);
+  let units = 0;
+  let taken = 0;
+  for (; taken < count; taken++) {
+    const i = taken;
+    if (off + RECORD_HDR > length) return fail(Status.E_LENGTH, `HINTS record ${i} header at ${off} runs past ${length}`);
+    if (units + 1 > maxUnits || off + RECORD_HDR > b.length) break; // the budget ends here
     const type = v.getUint32(off, true);
     const len = v.getUint32(off + 4, true);
     if (len < RECORD_HDR) return fail(Status.E_INVALID, `HINTS record ${i} len ${len} < ${RECORD_HDR}`);
-    if (off + len > b.length) return fail(Status.E_LENGTH, `HINTS record ${i} (${len} bytes at ${off}) runs past ${b.length}`);
+    if (off + len > length) return fail(Status.E_LENGTH, `HINTS record ${i} (${len} bytes at ${off}) runs past ${length}`);
+    const cost = hintUnits(len);
+    // Within the budget a record always fits the copy (hintsPrefixBytes); past it, it is not read.
+    if (units + cost > maxUnits || off + len > b.length) break;
     if (sources && type === SOURCE.type) {
       if (len !== SOURCE.len) return fail(Status.E_INVALID, `HINTS record ${i} is a SOURCE of ${len} bytes, not ${SOURCE.len}`);
       source = v.getUint32(off + SOURCE.handle, true);
     } else {
       records.push({ type, payload: b.subarray(off + RECORD_HDR, off + len), record: b.subarray(off, off + len), source });
     }
+    units += cost;
     off += align8(len);
   }
-  if (off !== b.length) return fail(Status.E_LENGTH, `HINTS has ${b.length - off} bytes after its ${count} records`);
-  return { ok: true, value: { dropped: v.getUint32(0x04, true), records, count } };
+  if (taken === count && off !== length) return fail(Status.E_LENGTH, `HINTS has ${length - off} bytes after its ${count} records`);
+  return { ok: true, value: { dropped: v.getUint32(0x04, true), records, count, taken, units } };
 }

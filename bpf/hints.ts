@@ -4,7 +4,7 @@
 // how batches travel or what the scheduler does with them.
 
 /** Type 0 is never a hint: it is the hypercall transport's SOURCE record (devices/hypercall/shmem.ts). */
-export const HintType = { AFFINITY: 1, UNPIN: 2 } as const;
+export const HintType = { AFFINITY: 1, UNPIN: 2, PRIO: 3 } as const;
 export type HintTypeName = keyof typeof HintType;
 
 /** Every record: u32 type, u32 len (total bytes, header included). */
@@ -22,6 +22,16 @@ export const AFFINITY_MASK_BYTES = AFFINITY.maskWords * 8;
 /** UNPIN record: a task that had an AFFINITY record exited. */
 export const UNPIN = { size: 16, tid: 8, tgid: 12 } as const;
 
+/**
+ * PRIO record (the `prio` program): a guest task's real-time priority on a guest CPU, or that
+ * it has none any more. `rtprio` 1..99 = SCHED_FIFO/RR at that priority, 0 = no longer real
+ * time there (policy changed, exited); `event` says what the program saw.
+ */
+export const PRIO = { size: 32, tid: 8, cpu: 12, rtprio: 16, policy: 20, event: 24 } as const;
+export const PrioEvent = { SET: 1, MIGRATE: 2, EXIT: 3, FORK: 4 } as const;
+export type PrioEventName = keyof typeof PrioEvent;
+const prioEventNames = new Map<number, PrioEventName>(Object.entries(PrioEvent).map(([k, v]) => [v, k as PrioEventName]));
+
 export interface AffinityHint {
   type: 'AFFINITY';
   tgid: number;
@@ -33,9 +43,21 @@ export interface AffinityHint {
   mask: bigint[];
 }
 export interface UnpinHint { type: 'UNPIN'; tid: number; tgid: number }
+export interface PrioHint {
+  type: 'PRIO';
+  tid: number;
+  /** Guest CPU (= vCPU) the task is on. */
+  cpu: number;
+  /** 1..99: real time at that priority; 0: not real time any more. Guest-written: unchecked here. */
+  rtprio: number;
+  /** Kernel policy number the program saw (1 SCHED_FIFO, 2 SCHED_RR, 0 SCHED_OTHER, ...). */
+  policy: number;
+  /** What the program saw; UNKNOWN for a code this host does not know. */
+  event: PrioEventName | 'UNKNOWN';
+}
 /** A record of a type this host does not know; skipped by consumers, kept for logging. */
 export interface UnknownHint { type: 'UNKNOWN'; code: number; bytes: Uint8Array }
-export type Hint = AffinityHint | UnpinHint | UnknownHint;
+export type Hint = AffinityHint | UnpinHint | PrioHint | UnknownHint;
 
 export class HintDecodeError extends Error {
   override readonly name = 'HintDecodeError';
@@ -54,7 +76,7 @@ export function decodeHints(batch: Uint8Array): Hint[] {
     const type = dv.getUint32(o + HINT_HEADER.type, true);
     const len = dv.getUint32(o + HINT_HEADER.len, true);
     if (len < HINT_HEADER.size || len > batch.length - o) throw new HintDecodeError(`hint batch byte ${o}: record length ${len} out of ${HINT_HEADER.size}..${batch.length - o}`);
-    const need = type === HintType.AFFINITY ? AFFINITY.size : type === HintType.UNPIN ? UNPIN.size : HINT_HEADER.size;
+    const need = type === HintType.AFFINITY ? AFFINITY.size : type === HintType.UNPIN ? UNPIN.size : type === HintType.PRIO ? PRIO.size : HINT_HEADER.size;
     if (len < need) throw new HintDecodeError(`hint batch byte ${o}: type ${type} record of ${len} bytes, needs ${need}`);
     if (type === HintType.AFFINITY) {
       const mask: bigint[] = [];
@@ -75,6 +97,9 @@ export function decodeHints(batch: Uint8Array): Hint[] {
       });
     } else if (type === HintType.UNPIN) {
       out.push({ type: 'UNPIN', tid: dv.getUint32(o + UNPIN.tid, true), tgid: dv.getUint32(o + UNPIN.tgid, true) });
+    } else if (type === HintType.PRIO) {
+      const u = (f: number) => dv.getUint32(o + f, true);
+      out.push({ type: 'PRIO', tid: u(PRIO.tid), cpu: u(PRIO.cpu), rtprio: u(PRIO.rtprio), policy: u(PRIO.policy), event: prioEventNames.get(u(PRIO.event)) ?? 'UNKNOWN' });
     } else {
       out.push({ type: 'UNKNOWN', code: type, bytes: new Uint8Array(batch.subarray(o, o + len)) }); // a copy, never a view of a pooled Buffer
     }
@@ -84,7 +109,19 @@ export function decodeHints(batch: Uint8Array): Hint[] {
 }
 
 /** Encode records (tests, and host-side tools that replay hints). */
-export function encodeHint(h: AffinityHint | UnpinHint): Uint8Array {
+export function encodeHint(h: AffinityHint | UnpinHint | PrioHint): Uint8Array {
+  if (h.type === 'PRIO') {
+    const b = new Uint8Array(PRIO.size);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, HintType.PRIO, true);
+    dv.setUint32(4, PRIO.size, true);
+    dv.setUint32(PRIO.tid, h.tid, true);
+    dv.setUint32(PRIO.cpu, h.cpu, true);
+    dv.setUint32(PRIO.rtprio, h.rtprio, true);
+    dv.setUint32(PRIO.policy, h.policy, true);
+    dv.setUint32(PRIO.event, h.event === 'UNKNOWN' ? 0 : PrioEvent[h.event], true);
+    return b;
+  }
   if (h.type === 'UNPIN') {
     const b = new Uint8Array(UNPIN.size);
     const dv = new DataView(b.buffer);

@@ -23,8 +23,8 @@ export interface SharedRegister {
 export interface BusDevice {
   /** Fills `data` (1, 2, 4 or 8 bytes) with the value read at `offset` inside the device. */
   read(offset: number, data: Uint8Array): void;
-  /** Handles a write of `data` at `offset` inside the device. */
-  write(offset: number, data: Uint8Array): void;
+  /** Handles a write of `data` at `offset` inside the device, made by vCPU `vcpu` when the caller knows. */
+  write(offset: number, data: Uint8Array, vcpu?: number): void;
   /** Registers a vCPU thread may serve from shared memory (fixed for the device's lifetime). */
   sharedRegisters?(): readonly SharedRegister[];
 }
@@ -82,11 +82,11 @@ export class Bus {
     return true;
   }
 
-  /** Dispatches a write; writes to unclaimed addresses are dropped. */
-  write(addr: number, data: Uint8Array): boolean {
+  /** Dispatches a write (by vCPU `vcpu`, when known); writes to unclaimed addresses are dropped. */
+  write(addr: number, data: Uint8Array, vcpu?: number): boolean {
     const hit = this.find(addr, data.length);
     if (!hit) return false;
-    hit.device.write(hit.offset, data);
+    hit.device.write(hit.offset, data, vcpu);
     return true;
   }
 }

@@ -2,7 +2,7 @@
 // direction, type (0xAE), number and argument size — no numbers pasted from headers.
 // test/unit/kvm checks every one against <linux/kvm.h>.
 
-import { Cpuid2, Fpu, Ioeventfd, Irqfd, IrqLevel, Lapic, MemRegion, Msrs, PitConfig, SIZEOF_KVM_REGS, Sregs } from './layout';
+import { Cpuid2, EnableCap, Fpu, Ioeventfd, Irqfd, IrqLevel, Lapic, MemRegion, Msrs, PitConfig, SIZEOF_KVM_REGS, Sregs } from './layout';
 
 const NONE = 0;
 const WRITE = 1;
@@ -33,6 +33,7 @@ export const KVM = {
   IRQFD: iow(0x76, Irqfd.size),
   CREATE_PIT2: iow(0x77, PitConfig.size),
   IOEVENTFD: iow(0x79, Ioeventfd.size),
+  ENABLE_CAP: iow(0xa3, EnableCap.size),
   RUN: io(0x80),
   GET_REGS: ior(0x81, SIZEOF_KVM_REGS),
   SET_REGS: iow(0x82, SIZEOF_KVM_REGS),
@@ -60,4 +61,5 @@ export const KVM_CAP = {
   IOEVENTFD: 36,
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
+  HALT_POLL: 182,
 } as const;

@@ -5,7 +5,7 @@
 import * as libc from './libc';
 import { KVM, KVM_CAP } from './ioctl';
 import {
-  Cpuid2, CpuidEntry, Fpu, Ioeventfd, Irqfd, IrqLevel, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO,
+  Cpuid2, CpuidEntry, EnableCap, Fpu, Ioeventfd, Irqfd, IrqLevel, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO,
   KVM_PIT_SPEAKER_DUMMY, KvmRun, Lapic, MemRegion, MsrEntry, Msrs, PitConfig, REG_NAMES, RegName,
   SIZEOF_KVM_REGS, Segment, SegmentName, Sregs, readSegment, writeSegment,
 } from './layout';
@@ -113,6 +113,20 @@ export class Vm {
     const b = new Uint8Array(PitConfig.size);
     new DataView(b.buffer).setUint32(PitConfig.flags, KVM_PIT_SPEAKER_DUMMY, true);
     libc.ioctl(this.fd, KVM.CREATE_PIT2, b, 'KVM_CREATE_PIT2');
+  }
+
+  /**
+   * KVM_CAP_HALT_POLL: the longest a halted vCPU of this VM polls for a wake-up before its
+   * thread sleeps, in nanoseconds (0: never poll). Overrides the kvm module's halt_poll_ns.
+   */
+  setHaltPoll(maxNs: number): void {
+    if (!Number.isSafeInteger(maxNs) || maxNs < 0 || maxNs > 0xffff_ffff) throw new RangeError(`halt-poll ${maxNs} ns must be 0..4294967295`);
+    if (this.kvm.checkExtension(KVM_CAP.HALT_POLL) === 0) throw new SysError('KVM_CHECK_EXTENSION(KVM_CAP_HALT_POLL)', 22, 'this kernel has no per-VM halt polling (Linux >= 5.16)');
+    const b = new Uint8Array(EnableCap.size);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(EnableCap.cap, KVM_CAP.HALT_POLL, true);
+    dv.setBigUint64(EnableCap.args, BigInt(maxNs), true);
+    libc.ioctl(this.fd, KVM.ENABLE_CAP, b, 'KVM_ENABLE_CAP(KVM_CAP_HALT_POLL)');
   }
 
   irqLine(gsi: number, level: boolean): void {

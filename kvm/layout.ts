@@ -107,6 +107,8 @@ export const KVM_PIT_SPEAKER_DUMMY = 1;
 
 export const Irqfd = { size: 32, fd: 0, gsi: 4, flags: 8 } as const;
 export const IrqLevel = { size: 8, irq: 0, level: 4 } as const;
+/** struct kvm_enable_cap: u32 cap, u32 flags, u64 args[4], u8 pad[64]. */
+export const EnableCap = { size: 104, cap: 0, flags: 4, args: 8 } as const;
 
 export const Ioeventfd = { size: 64, datamatch: 0, addr: 8, len: 16, fd: 20, flags: 24 } as const;
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;

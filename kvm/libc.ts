@@ -28,6 +28,8 @@ const c = {
   prctl: lib.func('prctl', 'int', ['int', 'str', 'unsigned long', 'unsigned long', 'unsigned long']),
   syscall0: lib.func('syscall', 'long', ['long']),
   syscall3: lib.func('syscall', 'long', ['long', 'long', 'long', 'long']),
+  // sched_setattr(pid, attr, flags) / sched_getattr(pid, attr, size, flags): non-variadic, as for ioctl.
+  syscallAttr: lib.func('syscall', 'long', ['long', 'int', 'void *', 'unsigned int', 'unsigned int']),
   sysconf: lib.func('sysconf', 'long', ['int']),
 };
 
@@ -48,6 +50,8 @@ const MAP_FAILED = 0xffffffffffffffffn;
 const PR_SET_NAME = 15;
 const SYS_GETTID = 186;
 const SYS_TGKILL = 234;
+const SYS_SCHED_SETATTR = 314;
+const SYS_SCHED_GETATTR = 315;
 const SC_NPROCESSORS_ONLN = 84;
 const EINTR = 4;
 
@@ -160,4 +164,42 @@ export function watchReadable(fd: number, onReadable: () => void): { close(): vo
   };
   const h = koffi.node.poll(fd, { readable: true }, cb as unknown as (ev: { readable: boolean }) => void);
   return { close: () => h.close() };
+}
+
+/** Linux scheduling policies (include/uapi/linux/sched.h). */
+export const SCHED = { NORMAL: 0, FIFO: 1, RR: 2, BATCH: 3, IDLE: 5, DEADLINE: 6 } as const;
+
+/**
+ * struct sched_attr (include/uapi/linux/sched/types.h), version 0: the fields before the
+ * utilization clamps, which every kernel since 3.14 takes. Checked against the header in
+ * test/unit/kvm/abi.test.ts.
+ */
+export const SchedAttr = { size: 48, sizeField: 0, policy: 4, flags: 8, nice: 16, priority: 20 } as const;
+
+export interface ThreadSchedAttr {
+  /** SCHED.OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is read but never set here). */
+  policy: number;
+  /** Real-time priority 1..99 for FIFO/RR, else 0. */
+  priority: number;
+  /** Nice value -20..19 for OTHER/BATCH, else 0. */
+  nice: number;
+}
+
+/** sched_setattr(2) on kernel thread `tid` (0 = the calling thread). Throws SysError. */
+export function schedSetattr(tid: number, a: ThreadSchedAttr): void {
+  const b = new Uint8Array(SchedAttr.size);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(SchedAttr.sizeField, SchedAttr.size, true);
+  dv.setUint32(SchedAttr.policy, a.policy, true);
+  dv.setInt32(SchedAttr.nice, a.nice, true);
+  dv.setUint32(SchedAttr.priority, a.priority, true);
+  if (Number(c.syscallAttr(SYS_SCHED_SETATTR, tid, b, 0, 0)) < 0) fail('sched_setattr', `tid ${tid}`);
+}
+
+/** sched_getattr(2) of kernel thread `tid`. Throws SysError. */
+export function schedGetattr(tid: number): ThreadSchedAttr {
+  const b = new Uint8Array(SchedAttr.size);
+  if (Number(c.syscallAttr(SYS_SCHED_GETATTR, tid, b, SchedAttr.size, 0)) < 0) fail('sched_getattr', `tid ${tid}`);
+  const dv = new DataView(b.buffer);
+  return { policy: dv.getUint32(SchedAttr.policy, true), priority: dv.getUint32(SchedAttr.priority, true), nice: dv.getInt32(SchedAttr.nice, true) };
 }

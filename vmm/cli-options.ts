@@ -18,6 +18,8 @@ export const runOptions = {
   vsock: { type: 'string' },
   pin: { type: 'string' },
   'host-cpus': { type: 'string' },
+  prio: { type: 'string' },
+  'prio-max': { type: 'string' },
   'no-acpi': { type: 'boolean' },
   quiet: { type: 'boolean', short: 'q' },
   help: { type: 'boolean', short: 'h' },
@@ -29,9 +31,13 @@ function parseIntStrict(flag: string, v: string): number {
 }
 
 export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void): Promise<MachineConfig> {
-  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; 'no-acpi'?: boolean };
+  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean };
   const pin = v.pin ?? 'none';
   if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
+  const prio = v.prio ?? 'none';
+  if (prio !== 'none' && prio !== 'hinted') throw new UsageError(`--prio '${prio}' must be none or hinted`);
+  const prioMax = v['prio-max'] === undefined ? undefined : parseIntStrict('--prio-max', v['prio-max']);
+  if (prioMax !== undefined && (prioMax < 1 || prioMax > 99)) throw new UsageError(`--prio-max ${prioMax} must be 1..99`);
   let kernel = v.kernel;
   let initrd = v.initrd;
   if (!kernel) {
@@ -50,6 +56,8 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     vsock: v.vsock === undefined ? undefined : parseVsockSpec(v.vsock),
     pin,
     hostCpus: v['host-cpus'],
+    prio,
+    prioMax,
   };
   validateConfig(config);
   return config;
@@ -74,4 +82,4 @@ export const controlOptions = {
 } as const;
 
 /** Machine flags that --config-file (and --wait without --kernel) replace. */
-export const MACHINE_FLAGS = ['kernel', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus'] as const;
+export const MACHINE_FLAGS = ['kernel', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max'] as const;

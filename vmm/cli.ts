@@ -13,7 +13,7 @@ import { cmdDemo } from './demo';
 import { MACHINE_FLAGS, UsageError, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
 import type { MachineConfig } from './config';
 import { Control, ControlUsageError } from './api/control';
-import { API_USAGE, ClientUsageError, cmdBpf, cmdMetrics, cmdPs, cmdSched } from './api/commands';
+import { API_USAGE, ClientUsageError, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
 
 const USAGE = `usage: tsvmm <command> [options]
 
@@ -23,7 +23,7 @@ commands:
           agent, stream its output, and exit with its status
   demo    boot the default guest, inject the 'affinity' eBPF program, pin a guest task
           with taskset and show the host pinning the vCPU thread (npm start)
-  bpf, sched, metrics, ps
+  bpf, hints, sched, vcpu, halt-poll, metrics, ps
           control a running VM through its API socket (see below, docs/api.md)
   help    show this help
 
@@ -40,6 +40,11 @@ tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
                    connections to port P go to PATH_P
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
+  --pin POLICY     vCPU thread pinning: none (default), static, hinted (guest affinity)
+  --host-cpus LIST host CPUs the vCPU threads may use (default: this process's)
+  --prio MODE      vCPU thread priority: none (default) or hinted (a vCPU carrying a guest
+                   SCHED_FIFO/RR task gets a SCHED_FIFO thread; load the 'prio' program)
+  --prio-max N     highest host SCHED_FIFO priority --prio hinted gives (1..99, default 10)
   --quiet          no tsvmm log lines on stderr
   --api-sock PATH  serve the control API (Firecracker-compatible subset, docs/api.md) on
                    this Unix socket
@@ -148,7 +153,7 @@ function attachStdin(machine: Machine): () => void {
 }
 
 /** Errors that describe bad input or a failed setup step: one line, no stack. */
-const KNOWN_ERRORS = new Set(['DefaultGuestError', 'AcpiError', 'CpuListError', 'TopologyError', 'SchedulerError', 'VsockSetupError', 'AffinityError', 'ApiSocketError', 'ApiClientError', 'LogError']);
+const KNOWN_ERRORS = new Set(['ActuatorError', 'PrioError', 'DefaultGuestError', 'AcpiError', 'CpuListError', 'TopologyError', 'SchedulerError', 'VsockSetupError', 'AffinityError', 'ApiSocketError', 'ApiClientError', 'LogError']);
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -164,6 +169,12 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdBpf(rest);
       case 'sched':
         return await cmdSched(rest);
+      case 'hints':
+        return await cmdHints(rest);
+      case 'vcpu':
+        return await cmdVcpu(rest);
+      case 'halt-poll':
+        return await cmdHaltPoll(rest);
       case 'metrics':
         return await cmdMetrics(rest);
       case 'ps':

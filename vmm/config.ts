@@ -27,6 +27,10 @@ export interface MachineConfig {
   pin: 'none' | 'static' | 'hinted';
   /** Host CPU pool, CPU list syntax (default: this process's allowed CPUs). */
   hostCpus?: string;
+  /** vCPU thread priority from guest real-time tasks (vmm/scheduler/prio.ts); default none. */
+  prio?: 'none' | 'hinted';
+  /** Highest SCHED_FIFO priority `prio` gives a vCPU thread (1..99, default 10). */
+  prioMax?: number;
 }
 
 export const DEFAULT_MEMORY = 256 * MiB;

@@ -28,6 +28,10 @@ import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/l
 import { Paravirt, newScheduler } from './paravirt';
 import { RateLimitedLog, type RateLimitOptions } from './log';
 import type { VcpuScheduler } from './scheduler/scheduler';
+import { Actuators } from './actuators';
+import { PrioPolicy } from './scheduler/prio';
+import { HINT_PROGRAMS } from './hints/programs';
+import { schedGetattr, schedSetattr } from '../kvm/libc';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -60,6 +64,10 @@ export class Machine {
   /** The hypercall device and vCPU scheduler (present when the machine has vsock: the doorbell rides on it). */
   paravirt?: Paravirt;
   scheduler?: VcpuScheduler;
+  /** vCPU thread class, halt polling, pausing one vCPU (present once the VM exists). */
+  actuators?: Actuators;
+  /** The guest-RT -> vCPU-priority policy (vmm/scheduler/prio.ts). */
+  prio?: PrioPolicy;
   readonly transports: { name: string; transport: MmioTransport }[] = [];
   private readonly cleanups: (() => void | Promise<void>)[] = [];
   /** Log lines the guest can trigger at will, one limiter per source; flushed at close. */
@@ -110,6 +118,23 @@ export class Machine {
     // Every decision is logged, but a guest drives them: a policy change on many vCPUs fits the burst.
     const schedulerLog = this.guestLog('scheduler', { burst: 300, perSecond: 10 });
     const scheduler = (this.scheduler = newScheduler(c.vcpus, c.pin, c.hostCpus, (m) => schedulerLog.line(m)));
+    const actuatorLog = this.guestLog('actuators', { burst: 300, perSecond: 10 });
+    const actuators = (this.actuators = new Actuators({
+      vcpus: c.vcpus,
+      tids: () => this.threads?.tids ?? [],
+      setattr: schedSetattr,
+      getattr: schedGetattr,
+      setHaltPoll: (ns) => vm.setHaltPoll(ns),
+      defaultHaltPoll: moduleHaltPoll,
+      pause: (v) => this.threads!.pause(v),
+      resume: (v) => this.threads!.resume(v),
+      isPaused: (v) => this.threads?.isPaused(v) ?? false,
+      log: (m) => actuatorLog.line(m),
+    }));
+    const prio = (this.prio = new PrioPolicy({
+      vcpus: c.vcpus, mode: c.prio ?? 'none', max: c.prioMax,
+      boost: (v, cls, why) => actuators.boost(v, cls, why), log: (m) => actuatorLog.line(m),
+    }));
 
     this.addLegacyDevices(vm);
     if (c.vsock) {
@@ -126,7 +151,8 @@ export class Machine {
       const shm = ram.mapSlot(vm, HYPERCALL_SHMEM_ADDR, HYPERCALL_SHMEM_SIZE).bytes;
       const pvLog = this.guestLog('paravirt');
       const pv = (this.paravirt = new Paravirt({
-        shm, scheduler, connect: (p) => vsock.connect(p), log: (m) => pvLog.line(m),
+        shm, host: { vcpus: c.vcpus, scheduler, prio, actuators, log: (m) => pvLog.line(m) }, programs: HINT_PROGRAMS,
+        connect: (p) => vsock.connect(p), log: (m) => pvLog.line(m),
       }));
       this.cleanups.push(() => pv.close());
       this.pio.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
@@ -270,6 +296,16 @@ export class Machine {
       for (const l of this.limiters) l.flush();
     })();
     return this.closing;
+  }
+}
+
+/** The kvm module's halt_poll_ns: what a VM polls before KVM_CAP_HALT_POLL changes it. */
+function moduleHaltPoll(): number | undefined {
+  try {
+    const n = Number(readFileSync('/sys/module/kvm/parameters/halt_poll_ns', 'utf8').trim());
+    return Number.isSafeInteger(n) ? n : undefined;
+  } catch {
+    return undefined;
   }
 }
 

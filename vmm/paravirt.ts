@@ -1,11 +1,13 @@
 // The paper's loop, assembled: the hypercall device (packages host→guest, hint batches
-// guest→host), its vsock doorbell to the guest agent, and the vCPU scheduler that consumes
-// AFFINITY/UNPIN hints. Owns the wiring and the package bookkeeping (what is loaded, so that an
+// guest→host), its vsock doorbell to the guest agent, and the hint registry that decodes every
+// record, hands it to its program's handler (vCPU pinning, vCPU priority, ...) and publishes it
+// on the hint stream. Owns the wiring and the package bookkeeping (what is loaded, so that an
 // agent restart can be repaired); it must not parse shared memory or decide placements.
 
 import type { Duplex } from 'node:stream';
 import { HC_DOORBELL_PORT, HypercallDevice, HypercallResult, LostProgram, hypercallCmdline } from '../devices/hypercall/index';
-import { HintType, decodeHints } from '../bpf/hints';
+import { HintRegistry, type HintHost, type HintProgram } from './hints/registry';
+import { HintStream } from './hints/stream';
 import { Package, packageDigest, serializePackage } from '../bpf/package';
 import { VcpuScheduler } from './scheduler/scheduler';
 import { AgentDoorbell } from './agent/doorbell';
@@ -38,19 +40,24 @@ export class Paravirt {
   readonly device: HypercallDevice;
   readonly scheduler: VcpuScheduler;
   readonly loaded = new Map<number, LoadedProgram & { pkg: Package }>();
+  readonly registry: HintRegistry;
+  readonly stream = new HintStream();
   private readonly doorbell: AgentDoorbell;
+  private readonly host: HintHost;
   hintsSeen = 0;
 
   constructor(opts: {
     shm: Uint8Array;
-    scheduler: VcpuScheduler;
+    host: HintHost;
+    programs: readonly HintProgram[];
     connect: (port: number) => Promise<Duplex>;
     log: (m: string) => void;
   }) {
     this.device = new HypercallDevice({ shm: opts.shm, shmBase: HYPERCALL_SHMEM_ADDR });
-    this.scheduler = opts.scheduler;
-    this.device.onHints(HintType.AFFINITY, (record, _type, source) => this.onRecord(record, source));
-    this.device.onHints(HintType.UNPIN, (record, _type, source) => this.onRecord(record, source));
+    this.host = opts.host;
+    this.scheduler = opts.host.scheduler;
+    this.registry = new HintRegistry(opts.programs);
+    this.device.onAnyHint((record, type, source, vcpu) => this.onRecord(record, type, source, vcpu, opts.log));
     this.doorbell = new AgentDoorbell(() => opts.connect(HC_DOORBELL_PORT), {
       maxAttempts: 600,
       onError: (e) => opts.log(`doorbell: guest agent not reachable on vsock port ${HC_DOORBELL_PORT} yet: ${e.message}`),
@@ -67,15 +74,18 @@ export class Paravirt {
     return hypercallCmdline({ ioBase: HYPERCALL_PORT, shmBase: HYPERCALL_SHMEM_ADDR, shmSize: HYPERCALL_SHMEM_SIZE, doorbellPort: HC_DOORBELL_PORT });
   }
 
-  /** `source`: the handle whose ring buffer the record came from (the device checked it is loaded). */
-  private onRecord(record: Uint8Array, source: number | undefined): void {
+  /**
+   * Every record: decoded and handled by its kind, then published on the stream. `source`: the
+   * handle whose ring buffer it came from (the device checked it is loaded). Returns whether a
+   * kind knows its type.
+   */
+  private onRecord(record: Uint8Array, type: number, source: number | undefined, vcpu: number | undefined, log: (m: string) => void): boolean {
     this.hintsSeen++;
     const p = source === undefined ? undefined : this.loaded.get(source);
     if (p) p.hints++;
-    for (const h of decodeHints(record)) {
-      if (h.type === 'AFFINITY') this.scheduler.onAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, mask: h.mask });
-      else if (h.type === 'UNPIN') this.scheduler.onUnpinHint({ tid: h.tid });
-    }
+    const meta = { type, source, program: p?.name, vcpu, time: performance.timeOrigin + performance.now() };
+    this.stream.publish(this.registry.dispatch(record, meta, this.host, (e, k) => log(`hint handler for ${k.name} failed: ${e.message}`)));
+    return this.registry.kind(type) !== undefined;
   }
 
   /** Loads a package into the guest; resolves with the agent's report. */

@@ -78,7 +78,14 @@ export interface LostProgram {
  * package whose ring buffer the record came from, per the agent's SOURCE records; undefined
  * when the agent named none or named a handle that is not loaded (counted `hintUnattributed`).
  */
-export type HintHandler = (record: Uint8Array, type: number, source: number | undefined) => void;
+export type HintHandler = (record: Uint8Array, type: number, source: number | undefined, vcpu: number | undefined) => void;
+
+/**
+ * Sees every hint record, whatever its type (the host's hint registry and stream); returns
+ * whether it knew the type (a record no handler knows is counted `hintUnknown`). `vcpu` is the
+ * vCPU whose HINTS hypercall carried the batch, when the bus says (undefined otherwise).
+ */
+export type AnyHintHandler = (record: Uint8Array, type: number, source: number | undefined, vcpu: number | undefined) => boolean;
 
 export interface HypercallDeviceOptions {
   /** Host view of the shared memory (mapped by vmm as a separate KVM slot). */
@@ -214,6 +221,7 @@ export class HypercallDevice implements BusDevice {
   private readonly handles = new Set<number>();
 
   private readonly hintHandlers = new Map<number, HintHandler[]>();
+  private readonly anyHintHandlers: AnyHintHandler[] = [];
   private readonly doorbellCbs: (() => void)[] = [];
   private readonly helloCbs: ((info: AgentInfo, lost: readonly LostProgram[]) => void)[] = [];
   private readonly stats: HypercallCounters;
@@ -332,6 +340,11 @@ export class HypercallDevice implements BusDevice {
     };
   }
 
+  /** Registers a handler for every hint record (after the typed ones of its type). */
+  onAnyHint(handler: AnyHintHandler): void {
+    this.anyHintHandlers.push(handler);
+  }
+
   /** Called when the agent should be woken (vmm writes one byte on the doorbell connection). */
   onDoorbellNeeded(cb: () => void): void {
     this.doorbellCbs.push(cb);
@@ -362,13 +375,13 @@ export class HypercallDevice implements BusDevice {
     new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.register(offset), true);
   }
 
-  write(offset: number, data: Uint8Array): void {
+  write(offset: number, data: Uint8Array, vcpu?: number): void {
     if (data.length !== 4 || offset !== Reg.COMMAND) {
       this.stats.badWrites++;
       this.finish(Status.E_ACCESS, 0, `${data.length}-byte write at register offset 0x${offset.toString(16)}`);
       return;
     }
-    this.command(new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true));
+    this.command(new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true), vcpu);
   }
 
   // ---- internals ---------------------------------------------------------------------------
@@ -390,7 +403,7 @@ export class HypercallDevice implements BusDevice {
     }
   }
 
-  private command(code: number): void {
+  private command(code: number, vcpu: number | undefined): void {
     this.seq = (this.seq + 1) % U32;
     const name = cmdNames.get(code);
     this.stats.calls[name ?? 'UNKNOWN']++;
@@ -400,7 +413,7 @@ export class HypercallDevice implements BusDevice {
       case 'HELLO': return this.hello();
       case 'FETCH': return this.fetch();
       case 'REPORT': return this.report();
-      case 'HINTS': return this.hints();
+      case 'HINTS': return this.hints(vcpu);
       default: return this.finish(Status.E_UNKNOWN, 0, `unknown command ${code}`);
     }
   }
@@ -555,7 +568,7 @@ export class HypercallDevice implements BusDevice {
    * what is left is cut where the budget ends (the rest dropped unread, counted). So the main
    * thread's work per second is bounded by the budget, whatever the guest writes.
    */
-  private hints(): void {
+  private hints(vcpu: number | undefined): void {
     if (!this.needSession('HINTS')) return;
     const units = this.hintBudget.available(this.now());
     if (units < 1) return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
@@ -579,12 +592,14 @@ export class HypercallDevice implements BusDevice {
       const source = rec.source !== undefined && this.live.has(rec.source) ? rec.source : undefined;
       if (source === undefined) this.stats.hintUnattributed++;
       const handlers = this.hintHandlers.get(rec.type);
-      if (!handlers) {
+      let known = handlers !== undefined;
+      if (handlers) for (const h of [...handlers]) this.safely(() => h(rec.record, rec.type, source, vcpu));
+      for (const h of this.anyHintHandlers) this.safely(() => (known = h(rec.record, rec.type, source, vcpu) || known));
+      if (!known) {
         this.stats.hintUnknown++;
         continue;
       }
       this.stats.hintsByType[rec.type] = (this.stats.hintsByType[rec.type] ?? 0) + 1;
-      for (const h of [...handlers]) this.safely(() => h(rec.record, rec.type, source));
     }
   }
 

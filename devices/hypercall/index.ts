@@ -3,6 +3,7 @@ export * from './registers';
 export { HypercallDevice, HypercallError } from './device';
 export type {
   AgentInfo,
+  AnyHintHandler,
   HintHandler,
   HypercallCounters,
   HypercallDeviceOptions,

@@ -56,3 +56,50 @@ export async function apiJson(socketPath: string, method: string, path: string, 
   }
   throw new ApiClientError(`${method} ${path}: ${r.status}: ${msg}`, r.status);
 }
+
+/**
+ * A streaming GET (NDJSON): `onLine` gets each complete line as it arrives. Resolves when the
+ * server ends the stream or `signal` aborts it; a non-200 answer rejects with its fault message.
+ */
+export function apiStream(socketPath: string, path: string, onLine: (line: string) => void, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, method: 'GET', path, agent: false, headers: { Accept: 'application/x-ndjson' } }, (res) => {
+      if (res.statusCode !== 200) {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let msg = text.trim();
+          try {
+            msg = (JSON.parse(text) as { fault_message?: string }).fault_message ?? msg;
+          } catch {
+            // not JSON: show it raw
+          }
+          reject(new ApiClientError(`GET ${path}: ${res.statusCode}: ${msg}`, res.statusCode));
+        });
+        return;
+      }
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        buf += c;
+        for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+          onLine(buf.slice(0, nl));
+          buf = buf.slice(nl + 1);
+        }
+      });
+      res.on('end', () => resolve());
+      res.on('error', (e) => (signal?.aborted ? resolve() : reject(e)));
+    });
+    signal?.addEventListener('abort', () => {
+      req.destroy();
+      resolve();
+    }, { once: true });
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      if (signal?.aborted) return resolve();
+      const why = e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nobody is listening (stale socket?)' : e.message;
+      reject(new ApiClientError(`cannot reach the API at ${socketPath}: ${why}`));
+    });
+    req.end();
+  });
+}

@@ -32,7 +32,7 @@ export interface ApiServerOptions {
 }
 
 /** Errors whose message is a fine answer to a bad request (bad input, refused by a check). */
-const BAD_INPUT = new Set(['ValidationError', 'PackageError', 'ElfError', 'TopologyError', 'CpuListError', 'SchedulerError', 'PolicyError', 'HypercallError', 'ConfigError', 'AffinityError', 'VsockSpecError']);
+const BAD_INPUT = new Set(['ActuatorError', 'PrioError', 'ValidationError', 'PackageError', 'ElfError', 'TopologyError', 'CpuListError', 'SchedulerError', 'PolicyError', 'HypercallError', 'ConfigError', 'AffinityError', 'VsockSpecError']);
 
 export class ApiServer {
   private readonly sockets = new Set<import('node:net').Socket>();
@@ -165,11 +165,18 @@ async function serve(req: IncomingMessage, res: ServerResponse, opts: ApiServerO
       } catch (e) {
         return fault(res, 400, `request body is not valid JSON: ${(e as Error).message}`);
       }
-    } else if (method === 'PUT') {
-      return fault(res, 400, `PUT ${url.pathname}: the request needs a JSON body`);
+    } else if (method === 'PUT' || method === 'PATCH') {
+      return fault(res, 400, `${method} ${url.pathname}: the request needs a JSON body`);
     }
     const r = await opts.handle({ method, path: url.pathname, query: url.searchParams, body, accept: String(req.headers.accept ?? '') });
     if (r.status === 204) return send(res, 204);
+    if ('stream' in r) {
+      // No Content-Length: the body is chunked and ends when the client hangs up.
+      res.writeHead(200, { 'Content-Type': r.contentType, 'Cache-Control': 'no-cache' });
+      res.flushHeaders();
+      r.stream({ write: (line) => res.write(line), onDrain: (cb) => res.on('drain', cb), onClose: (cb) => res.on('close', cb) });
+      return;
+    }
     if ('text' in r) {
       res.writeHead(200, { 'Content-Type': r.contentType, 'Content-Length': Buffer.byteLength(r.text) });
       res.end(r.text);

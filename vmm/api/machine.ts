@@ -11,6 +11,10 @@ import type { Policy } from '../scheduler/policy';
 import type { SchedulerCounters, VcpuRow } from '../scheduler/scheduler';
 import type { HostCpu } from '../scheduler/topology';
 import type { VsockCounters } from '../../devices/virtio/vsock/index';
+import type { HintStream } from '../hints/stream';
+import type { HintProgram, RegistryCounters } from '../hints/registry';
+import type { Actuators } from '../actuators';
+import type { PrioPolicy } from '../scheduler/prio';
 import type { TransportCounters } from '../../devices/virtio/mmio';
 
 export interface ApiScheduler {
@@ -27,12 +31,20 @@ export interface ApiParavirt {
   readonly loaded: ReadonlyMap<number, LoadedProgram>;
   readonly device: { counters(): HypercallCounters };
   readonly hintsSeen: number;
+  readonly stream: HintStream;
+  readonly registry: { readonly programs: ReadonlyMap<string, HintProgram>; readonly counters: Readonly<RegistryCounters> };
 }
+
+/** The actuators the API drives (vmm/actuators.ts). */
+export type ApiActuators = Pick<Actuators, 'table' | 'setVcpuClass' | 'setHaltPoll' | 'haltPoll' | 'haltPollSource' | 'pause' | 'resume' | 'counters'>;
+export type ApiPrio = Pick<PrioPolicy, 'mode' | 'max' | 'setMode' | 'setMax' | 'table' | 'counters'>;
 
 export interface ApiMachine {
   readonly config: MachineConfig;
   readonly scheduler?: ApiScheduler;
   readonly paravirt?: ApiParavirt;
+  readonly actuators?: ApiActuators;
+  readonly prio?: ApiPrio;
   readonly vsock?: { readonly counters: VsockCounters };
   readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
   readonly vcpuTids: readonly number[];

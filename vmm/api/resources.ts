@@ -9,7 +9,10 @@ import { ConfigError, DEFAULT_CMDLINE, MIN_MEMORY, type MachineConfig, validateC
 import { MiB } from '../layout';
 import { POLICIES, type Policy } from '../scheduler/policy';
 import { hostPool, type HostCpu } from '../scheduler/topology';
-import { affinityPackage } from '../../bpf/programs/affinity';
+import { HINT_PROGRAMS } from '../hints/programs';
+import { entryLine, type StreamSink } from '../hints/stream';
+import { CLASS_NAMES, checkClass } from '../actuators';
+import { DEFAULT_PRIO_MAX, PRIO_MODES, type PrioMode } from '../scheduler/prio';
 import { type Package, type PackageJson, packageFromElf, packageFromJson } from '../../bpf/package';
 import { loadElf } from '../../bpf/elf';
 import { collectMetrics, renderPrometheus } from '../metrics';
@@ -41,6 +44,8 @@ export interface ApiRequest {
 export type ApiResponse =
   | { status: 200; json: unknown }
   | { status: 200; text: string; contentType: string }
+  /** A response that goes on: `start` gets the sink once the headers are out (GET /hints?follow=1). */
+  | { status: 200; stream: (sink: StreamSink) => void; contentType: string }
   | { status: 204 };
 
 export type InstanceState = 'Not started' | 'Starting' | 'Running';
@@ -72,10 +77,26 @@ const ACTIONS = {
 const SCHEDULER = {
   policy: { type: 'string', oneOf: POLICIES },
   host_cpus: { type: 'string', nonEmpty: true },
+  prio: { type: 'string', oneOf: PRIO_MODES },
+  prio_max: { type: 'integer', min: 1, max: 99 },
+} as const satisfies Spec;
+
+const VCPU_SCHED = {
+  policy: { type: 'string', required: true, oneOf: CLASS_NAMES },
+  priority: { type: 'integer', min: 0, max: 99 },
+  nice: { type: 'integer', min: -20, max: 19 },
+} as const satisfies Spec;
+
+const VCPU_STATE = {
+  state: { type: 'string', required: true, oneOf: ['Paused', 'Resumed'] },
+} as const satisfies Spec;
+
+const HALT_POLL = {
+  max_ns: { type: 'integer', required: true, min: 0, max: 0xffff_ffff },
 } as const satisfies Spec;
 
 const BPF_LOAD = {
-  builtin: { type: 'string', oneOf: ['affinity'] },
+  builtin: { type: 'string', oneOf: HINT_PROGRAMS.map((p) => p.name) },
   package_json: { type: 'object' },
   elf_path: { type: 'string', nonEmpty: true },
   hint_map: { type: 'string', nonEmpty: true },
@@ -87,7 +108,7 @@ export interface Preboot {
   bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args: string };
   machineConfig: { vcpu_count: number; mem_size_mib: number; smt: boolean };
   vsock?: { guest_cid: number; uds_path: string; vsock_id?: string };
-  scheduler: { policy: Policy; host_cpus?: string };
+  scheduler: { policy: Policy; host_cpus?: string; prio: PrioMode; prio_max: number };
   acpi: boolean;
 }
 
@@ -131,9 +152,9 @@ export function parseVsock(body: unknown, where = 'vsock'): NonNullable<Preboot[
   return { guest_cid: b.guest_cid, uds_path: b.uds_path, ...(b.vsock_id === undefined ? {} : { vsock_id: b.vsock_id }) };
 }
 
-export function parseScheduler(body: unknown, where = 'scheduler'): { policy?: Policy; host_cpus?: string } {
+export function parseScheduler(body: unknown, where = 'scheduler'): { policy?: Policy; host_cpus?: string; prio?: PrioMode; prio_max?: number } {
   const b = check(where, body, SCHEDULER);
-  return { policy: b.policy as Policy | undefined, host_cpus: b.host_cpus };
+  return { policy: b.policy as Policy | undefined, host_cpus: b.host_cpus, prio: b.prio as PrioMode | undefined, prio_max: b.prio_max };
 }
 
 /** Preboot → MachineConfig; needs a boot source. */
@@ -149,6 +170,8 @@ export function toMachineConfig(p: Preboot): MachineConfig {
     vsock: p.vsock ? { cid: p.vsock.guest_cid, udsPath: p.vsock.uds_path } : undefined,
     pin: p.scheduler.policy,
     hostCpus: p.scheduler.host_cpus,
+    prio: p.scheduler.prio,
+    prioMax: p.scheduler.prio_max,
   };
 }
 
@@ -158,7 +181,7 @@ export function fromMachineConfig(c: Partial<MachineConfig>): Preboot {
     bootSource: c.kernel ? { kernel_image_path: c.kernel, initrd_path: c.initrd, boot_args: c.cmdline ?? DEFAULT_CMDLINE } : undefined,
     machineConfig: { vcpu_count: c.vcpus ?? 1, mem_size_mib: Math.floor((c.memory ?? 256 * MiB) / MiB), smt: false },
     vsock: c.vsock ? { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath } : undefined,
-    scheduler: { policy: c.pin ?? 'none', host_cpus: c.hostCpus },
+    scheduler: { policy: c.pin ?? 'none', host_cpus: c.hostCpus, prio: c.prio ?? 'none', prio_max: c.prioMax ?? DEFAULT_PRIO_MAX },
     acpi: c.acpi ?? true,
   };
 }
@@ -169,7 +192,7 @@ export function vmConfigDocument(p: Preboot): Record<string, unknown> {
     'boot-source': p.bootSource ?? null,
     'machine-config': p.machineConfig,
     vsock: p.vsock ?? null,
-    scheduler: { policy: p.scheduler.policy, host_cpus: p.scheduler.host_cpus ?? null },
+    scheduler: { policy: p.scheduler.policy, host_cpus: p.scheduler.host_cpus ?? null, prio: p.scheduler.prio, prio_max: p.scheduler.prio_max },
   };
 }
 
@@ -195,7 +218,7 @@ export interface ControllerOptions<M extends ApiMachine> {
   log?: (message: string) => void;
 }
 
-type Route = Partial<Record<'GET' | 'PUT' | 'DELETE', (req: ApiRequest, params: string[]) => Promise<ApiResponse> | ApiResponse>>;
+type Route = Partial<Record<'GET' | 'PUT' | 'PATCH' | 'DELETE', (req: ApiRequest, params: string[]) => Promise<ApiResponse> | ApiResponse>>;
 
 const NO_CONTENT: ApiResponse = { status: 204 };
 
@@ -227,8 +250,13 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       [/^\/actions$/, { PUT: (r) => this.action(r.body) }],
       [/^\/vm\/config$/, { GET: () => ok(vmConfigDocument(this.preboot)) }],
       [/^\/scheduler$/, { GET: () => ok(this.schedulerInfo()), PUT: (r) => this.putScheduler(r.body) }],
-      [/^\/bpf\/programs$/, { GET: () => ok({ programs: this.programs() }), PUT: (r) => this.loadProgram(r.body) }],
+      [/^\/bpf\/programs$/, { GET: () => ok({ programs: this.programs(), builtins: HINT_PROGRAMS.map((p) => ({ name: p.name, description: p.description, hint_types: p.kinds.map((k) => ({ type: k.type, name: k.name })) })) }), PUT: (r) => this.loadProgram(r.body) }],
       [/^\/bpf\/programs\/([^/]+)$/, { DELETE: (_r, p) => this.unloadProgram(p[0]!) }],
+      [/^\/hints$/, { GET: (r) => this.hints(r) }],
+      [/^\/vcpus$/, { GET: () => ok({ vcpus: this.vcpuRows() }) }],
+      [/^\/vcpus\/([^/]+)$/, { PATCH: (r, p) => this.vcpuState(p[0]!, r.body) }],
+      [/^\/vcpus\/([^/]+)\/sched$/, { PUT: (r, p) => this.vcpuSched(p[0]!, r.body) }],
+      [/^\/halt-poll$/, { GET: () => ok(this.haltPollInfo()), PUT: (r) => this.putHaltPoll(r.body) }],
       [/^\/metrics$/, { GET: (r) => this.metrics(r) }],
     ];
   }
@@ -312,11 +340,16 @@ export class VmController<M extends ApiMachine = ApiMachine> {
 
   private schedulerInfo() {
     const s = this.m?.scheduler;
+    const prio = this.m?.prio;
     return {
       policy: s ? s.currentPolicy : this.preboot.scheduler.policy,
       host_cpus: this.preboot.scheduler.host_cpus ?? null,
+      prio: prio ? prio.mode : this.preboot.scheduler.prio,
+      prio_max: prio ? prio.max : this.preboot.scheduler.prio_max,
       vcpus: s ? s.table() : [],
+      prio_vcpus: prio ? prio.table() : [],
       counters: s ? s.counters : null,
+      prio_counters: prio ? prio.counters : null,
     };
   }
 
@@ -327,6 +360,8 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       if (this.state !== 'Not started') throw new ApiError(400, `scheduler: the machine is ${this.state}; try again when it is running`);
       if (b.policy) this.preboot.scheduler.policy = b.policy;
       if (b.host_cpus) this.preboot.scheduler.host_cpus = b.host_cpus;
+      if (b.prio) this.preboot.scheduler.prio = b.prio;
+      if (b.prio_max !== undefined) this.preboot.scheduler.prio_max = b.prio_max;
       return ok(this.schedulerInfo());
     }
     if (!s) throw new ApiError(400, 'scheduler: this machine has no vCPU scheduler');
@@ -340,7 +375,15 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       s.setPolicy(b.policy);
       this.preboot.scheduler.policy = b.policy;
     }
-    this.opts.log?.(`api: scheduler set${b.policy ? ` policy=${b.policy}` : ''}${b.host_cpus ? ` host_cpus=${b.host_cpus}` : ''}`);
+    if (b.prio !== undefined || b.prio_max !== undefined) {
+      const prio = this.m.prio;
+      if (!prio) throw new ApiError(400, 'scheduler: this machine has no priority policy');
+      if (b.prio_max !== undefined) prio.setMax(b.prio_max, 'API request');
+      if (b.prio !== undefined) prio.setMode(b.prio, 'API request');
+      this.preboot.scheduler.prio = prio.mode;
+      this.preboot.scheduler.prio_max = prio.max;
+    }
+    this.opts.log?.(`api: scheduler set${b.policy ? ` policy=${b.policy}` : ''}${b.host_cpus ? ` host_cpus=${b.host_cpus}` : ''}${b.prio ? ` prio=${b.prio}` : ''}${b.prio_max !== undefined ? ` prio_max=${b.prio_max}` : ''}`);
     return ok(this.schedulerInfo());
   }
 
@@ -348,6 +391,79 @@ export class VmController<M extends ApiMachine = ApiMachine> {
     const pv = this.running(what).paravirt;
     if (!pv) throw new ApiError(400, `${what}: eBPF injection needs the hypercall device, which tsvmm adds only when the machine has vsock (PUT /vsock before InstanceStart, or --vsock)`);
     return pv;
+  }
+
+  /**
+   * GET /hints: the recent records as NDJSON; `follow=1` streams every new one until the client
+   * hangs up; `type=N[,M]` keeps only those record types.
+   */
+  private hints(req: ApiRequest): ApiResponse {
+    const pv = this.paravirt('hints');
+    const typeArg = req.query.get('type');
+    let types: Set<number> | undefined;
+    if (typeArg !== null) {
+      const list = typeArg.split(',');
+      if (!list.every((t) => /^\d+$/.test(t) && Number(t) <= 0xffff_ffff)) throw new ApiError(400, `hints: type '${typeArg}' must be record type numbers, comma-separated`);
+      types = new Set(list.map(Number));
+    }
+    const follow = req.query.get('follow');
+    if (follow !== null && follow !== '0' && follow !== '1') throw new ApiError(400, `hints: follow '${follow}' must be 0 or 1`);
+    const contentType = 'application/x-ndjson';
+    if (follow !== '1') return { status: 200, text: pv.stream.recent(types).map(entryLine).join(''), contentType };
+    return { status: 200, contentType, stream: (sink) => void pv.stream.subscribe(sink, { types }) };
+  }
+
+  private actuators(what: string) {
+    const a = this.running(what).actuators;
+    if (!a) throw new ApiError(400, `${what}: this machine has no actuators`);
+    return a;
+  }
+
+  private vcpuRows() {
+    const a = this.m?.actuators;
+    return a ? a.table() : [];
+  }
+
+  private vcpuIndex(what: string, param: string): number {
+    if (!/^\d+$/.test(param) || Number(param) >= this.running(what).config.vcpus) {
+      throw new ApiError(404, `${what}: no vCPU '${param}' (the machine has ${this.running(what).config.vcpus})`);
+    }
+    return Number(param);
+  }
+
+  private vcpuSched(param: string, body: unknown): ApiResponse {
+    const a = this.actuators('vcpu sched');
+    const vcpu = this.vcpuIndex('vcpu sched', param);
+    const b = check(`vcpus/${vcpu}/sched`, body, VCPU_SCHED);
+    let c;
+    try {
+      c = checkClass(b);
+    } catch (e) {
+      throw new ValidationError(`vcpus/${vcpu}/sched: ${(e as Error).message}`);
+    }
+    a.setVcpuClass(vcpu, c, 'API request');
+    return ok(a.table()[vcpu]);
+  }
+
+  private async vcpuState(param: string, body: unknown): Promise<ApiResponse> {
+    const a = this.actuators('vcpu state');
+    const vcpu = this.vcpuIndex('vcpu state', param);
+    const b = check(`vcpus/${vcpu}`, body, VCPU_STATE);
+    if (b.state === 'Paused') await a.pause(vcpu, 'API request');
+    else await a.resume(vcpu, 'API request');
+    return ok(a.table()[vcpu]);
+  }
+
+  private haltPollInfo() {
+    const a = this.actuators('halt-poll');
+    return { max_ns: a.haltPoll ?? null, source: a.haltPollSource };
+  }
+
+  private putHaltPoll(body: unknown): ApiResponse {
+    const a = this.actuators('halt-poll');
+    const b = check('halt-poll', body, HALT_POLL);
+    a.setHaltPoll(b.max_ns, 'API request');
+    return ok(this.haltPollInfo());
   }
 
   private programs() {
@@ -413,7 +529,7 @@ export function packageFromBody(body: unknown): Package {
   if (sources.length !== 1) throw new ValidationError(`bpf: give exactly one of builtin, package_json, elf_path (got ${sources.length ? sources.join(', ') : 'none'})`);
   if (b.hint_map !== undefined && b.elf_path === undefined) throw new ValidationError('bpf.hint_map: only valid with elf_path');
   if (b.name !== undefined && b.elf_path === undefined) throw new ValidationError('bpf.name: only valid with elf_path');
-  if (b.builtin === 'affinity') return affinityPackage();
+  if (b.builtin !== undefined) return HINT_PROGRAMS.find((p) => p.name === b.builtin)!.package();
   if (b.package_json !== undefined) {
     try {
       return packageFromJson(b.package_json as unknown as PackageJson);
@@ -458,6 +574,8 @@ export function parseConfigDocument(doc: unknown, base: Partial<MachineConfig> =
     const s = parseScheduler(d.scheduler, 'scheduler');
     if (s.policy) p.scheduler.policy = s.policy;
     if (s.host_cpus) p.scheduler.host_cpus = s.host_cpus;
+    if (s.prio) p.scheduler.prio = s.prio;
+    if (s.prio_max !== undefined) p.scheduler.prio_max = s.prio_max;
   }
   return toMachineConfig(p);
 }

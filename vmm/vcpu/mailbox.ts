@@ -15,7 +15,9 @@ export const MB = {
   ADDR_HI: 5,
   DATA: 6, // 8 bytes: slots 6 and 7
   STOP: 8, // main → worker: leave the run loop
-  SLOTS: 9,
+  PAUSE: 9, // main → worker: 1 = park before the next KVM_RUN (until it is 0 again)
+  PAUSED: 10, // worker → main: 1 while parked
+  SLOTS: 11,
 } as const;
 
 export const STATE_IDLE = 0;

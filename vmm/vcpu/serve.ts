@@ -39,9 +39,9 @@ export class MailboxServer {
     this.running = true;
     while (this.running) {
       const seen = Atomics.load(this.doorbell, 0);
-      for (const mb of this.mailboxes) {
-        if (Atomics.load(mb, MB.STATE) === STATE_REQUEST) this.serve(mb);
-      }
+      this.mailboxes.forEach((mb, vcpu) => {
+        if (Atomics.load(mb, MB.STATE) === STATE_REQUEST) this.serve(mb, vcpu);
+      });
       const w = Atomics.waitAsync(this.doorbell, 0, seen);
       if (w.async) await w.value;
     }
@@ -53,14 +53,15 @@ export class MailboxServer {
     Atomics.notify(this.doorbell, 0);
   }
 
-  private serve(mb: Int32Array): void {
+  /** `vcpu`: mailboxes are added in vCPU order, so a mailbox's index is its vCPU. */
+  private serve(mb: Int32Array, vcpu: number): void {
     const size = mb[MB.SIZE]!;
     const addr = (mb[MB.ADDR_LO]! >>> 0) + mb[MB.ADDR_HI]! * 0x1_0000_0000;
     const data = mailboxData(mb).subarray(0, Math.min(size, 8));
     const pio = mb[MB.KIND] === KIND_PIO;
     const isWrite = mb[MB.IS_WRITE] !== 0;
     try {
-      if (isWrite) (pio ? this.pio : this.mmio).write(addr, data);
+      if (isWrite) (pio ? this.pio : this.mmio).write(addr, data, vcpu);
       else (pio ? this.pio : this.mmio).read(addr, data);
     } catch (e) {
       this.faults++;

@@ -110,11 +110,58 @@ export class VcpuThreads {
     });
   }
 
+  /**
+   * Parks vCPU `vcpu` out of KVM_RUN (immediate_exit + a kick) and resolves once its worker
+   * sleeps; `resume` lets it run again. While parked its thread is blocked in a futex wait.
+   */
+  async pause(vcpu: number): Promise<void> {
+    const t = this.thread(vcpu);
+    if (Atomics.load(t.mailbox, MB.PAUSE)) return this.parked(t, 1);
+    Atomics.store(t.mailbox, MB.PAUSE, 1);
+    t.run[KvmRun.immediateExit] = 1;
+    try {
+      tgkill(t.tid, KICK_SIGNAL_NUMBER);
+    } catch {
+      // ESRCH: the worker is gone; immediate_exit still catches a worker about to enter KVM_RUN.
+    }
+    await this.parked(t, 1);
+  }
+
+  async resume(vcpu: number): Promise<void> {
+    const t = this.thread(vcpu);
+    Atomics.store(t.mailbox, MB.PAUSE, 0);
+    Atomics.notify(t.mailbox, MB.PAUSE);
+    await this.parked(t, 0);
+  }
+
+  isPaused(vcpu: number): boolean {
+    return Atomics.load(this.thread(vcpu).mailbox, MB.PAUSED) === 1;
+  }
+
+  private thread(vcpu: number): Thread {
+    const t = this.threads[vcpu];
+    if (!t) throw new RangeError(`no vCPU ${vcpu} (the machine has ${this.threads.length})`);
+    return t;
+  }
+
+  /** Waits (without blocking main) until the worker's PAUSED cell is `want`, or it stopped. */
+  private async parked(t: Thread, want: 0 | 1): Promise<void> {
+    let stopped = false;
+    void t.stopped.then(() => (stopped = true));
+    while (!stopped) {
+      const now = Atomics.load(t.mailbox, MB.PAUSED);
+      if (now === want) return;
+      const w = Atomics.waitAsync(t.mailbox, MB.PAUSED, now, 100);
+      if (w.async) await w.value;
+    }
+  }
+
   /** Kicks every vCPU out of KVM_RUN and waits for all workers to end. */
   async stop(): Promise<void> {
     for (const t of this.threads) {
       Atomics.store(t.mailbox, MB.STOP, 1);
       Atomics.notify(t.mailbox, MB.STATE);
+      Atomics.notify(t.mailbox, MB.PAUSE);
       t.run[KvmRun.immediateExit] = 1;
     }
     // Signal until every worker is gone: a kick can land just before the worker re-enters

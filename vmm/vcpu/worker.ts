@@ -85,8 +85,25 @@ function handleMmio(): void {
   else if (!isWrite) data.fill(0xff);
 }
 
+/**
+ * Parks this vCPU while main says PAUSE (a per-vCPU actuator): the thread sleeps in
+ * Atomics.wait, out of KVM_RUN, so the host scheduler sees it blocked and the guest sees a
+ * vCPU that makes no progress. Main kicked us out of KVM_RUN with immediate_exit, which is
+ * cleared here before running again (unless the VM is stopping, which needs it set).
+ */
+function parkWhilePaused(): void {
+  if (!Atomics.load(mb, MB.PAUSE)) return;
+  Atomics.store(mb, MB.PAUSED, 1);
+  Atomics.notify(mb, MB.PAUSED);
+  while (Atomics.load(mb, MB.PAUSE) && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.PAUSE, 1, 1000);
+  if (!Atomics.load(mb, MB.STOP)) run[KvmRun.immediateExit] = 0;
+  Atomics.store(mb, MB.PAUSED, 0);
+  Atomics.notify(mb, MB.PAUSED);
+}
+
 function loop(): { reason: VcpuExitReason; detail: string } | undefined {
   for (;;) {
+    parkWhilePaused();
     if (Atomics.load(mb, MB.STOP)) return undefined;
     const r = vcpu.run();
     if (r < 0) {

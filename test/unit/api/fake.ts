@@ -16,11 +16,19 @@ import { newCounters } from '../../../devices/virtio/vsock/counters';
 import type { TransportCounters } from '../../../devices/virtio/mmio';
 import { ApiServer } from '../../../vmm/api/http';
 import { VmController } from '../../../vmm/api/resources';
+import { HintStream } from '../../../vmm/hints/stream';
+import { HintRegistry } from '../../../vmm/hints/registry';
+import { HINT_PROGRAMS } from '../../../vmm/hints/programs';
+import type { Actuators } from '../../../vmm/actuators';
+import type { PrioPolicy } from '../../../vmm/scheduler/prio';
+import { fakeHost, type FakeHost } from '../hints/fake-host';
 
 export const cpu = (n: number): HostCpu => ({ cpu: n, core: n, coreId: n, packageId: 0, dieId: 0, siblings: [n] });
 
 export class FakeParavirt implements ApiParavirt {
   readonly loaded = new Map<number, LoadedProgram>();
+  readonly stream = new HintStream();
+  readonly registry = new HintRegistry(HINT_PROGRAMS);
   hintsSeen = 0;
   next = 1;
   refuse?: string;
@@ -45,6 +53,10 @@ export class FakeParavirt implements ApiParavirt {
 export class FakeMachine implements ApiMachine {
   readonly scheduler: VcpuScheduler;
   readonly paravirt?: FakeParavirt;
+  /** Actuators and prio policy over fake threads (fake.threads holds each thread's class). */
+  readonly fake: FakeHost;
+  readonly actuators: Actuators;
+  readonly prio: PrioPolicy;
   readonly vsock?: { counters: ReturnType<typeof newCounters> };
   readonly transports: { name: string; transport: { counters: TransportCounters } }[] = [];
   readonly vcpuTids: number[];
@@ -65,6 +77,9 @@ export class FakeMachine implements ApiMachine {
   readonly exited = new Promise<ExitStatus>((r) => (this.end = r));
   constructor(readonly config: MachineConfig) {
     this.vcpuTids = Array.from({ length: config.vcpus }, (_, i) => 1000 + i);
+    this.fake = fakeHost(config.vcpus, { prio: config.prio ?? 'none', prioMax: config.prioMax });
+    this.actuators = this.fake.host.actuators;
+    this.prio = this.fake.host.prio;
     this.scheduler = new VcpuScheduler({
       pool: [cpu(0), cpu(1), cpu(2), cpu(3)], vcpus: config.vcpus, policy: config.pin,
       apply: (vcpu, cpus) => this.applied.push({ vcpu, cpus: [...cpus] }), log: () => {},

@@ -195,7 +195,7 @@ test('config file: Firecracker document, field-level errors', () => {
   write({ 'boot-source': { kernel_image_path: kernel, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 2, mem_size_mib: 64, smt: false }, vsock: { guest_cid: 5, uds_path: '/tmp/v.sock', vsock_id: 'vsock0' }, scheduler: { policy: 'hinted' } });
   assert.equal(readConfigFile(file, { acpi: false }), {
     kernel, initrd: undefined, cmdline: 'console=ttyS0', vcpus: 2, memory: 64 << 20, acpi: false,
-    vsock: { cid: 5, udsPath: '/tmp/v.sock' }, pin: 'hinted', hostCpus: undefined,
+    vsock: { cid: 5, udsPath: '/tmp/v.sock' }, pin: 'hinted', hostCpus: undefined, prio: 'none', prioMax: 10,
   });
   const err = (doc: unknown): string => {
     write(doc);

@@ -9,11 +9,12 @@ import { Bus } from '../../../devices/bus';
 import { Status } from '../../../devices/hypercall/registers';
 import { HINT_UNIT_BYTES, hintsPrefixBytes, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
 import { decodeHints as decodeHintRecords, encodeHint, HintType } from '../../../bpf/hints';
-import { decodeMask, VcpuScheduler } from '../../../vmm/scheduler/scheduler';
+import { decodeMask } from '../../../vmm/scheduler/scheduler';
+import { HINT_PROGRAMS } from '../../../vmm/hints/programs';
+import { fakeHost } from '../hints/fake-host';
 import { Paravirt } from '../../../vmm/paravirt';
 import { HYPERCALL_PORT, HYPERCALL_PORT_LEN } from '../../../vmm/layout';
 import { SimAgent, rig } from './agent';
-import { cpu } from '../api/fake';
 
 const SHM = 1024 * 1024;
 
@@ -72,8 +73,8 @@ test('a record costs one unit per 64 bytes, SOURCE records one each; an honest b
 
 test('the scheduler sees at most the budget from a flooding guest', () => {
   const shm = new Uint8Array(SHM);
-  const scheduler = new VcpuScheduler({ pool: [cpu(0), cpu(1)], vcpus: 2, policy: 'hinted', apply: () => undefined, log: () => {} });
-  const pv = new Paravirt({ shm, scheduler, connect: async () => new PassThrough(), log: () => {} });
+  const { scheduler } = fakeHost(2).host;
+  const pv = new Paravirt({ shm, host: { ...fakeHost(2).host, scheduler }, programs: HINT_PROGRAMS, connect: async () => new PassThrough(), log: () => {} });
   const bus = new Bus();
   bus.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
   const a = new SimAgent(bus, shm);

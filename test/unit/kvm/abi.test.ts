@@ -9,8 +9,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KVM, KVM_CAP, ioc } from '../../../kvm/ioctl';
+import { SCHED, SchedAttr } from '../../../kvm/libc';
 import {
-  Cpuid2, CpuidEntry, ExitReason, Fpu, Ioeventfd, Irqfd, IrqLevel, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+  Cpuid2, CpuidEntry, EnableCap, ExitReason, Fpu, Ioeventfd, Irqfd, IrqLevel, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
   KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO,
   KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
   KvmRun, Lapic, MemRegion, MsrEntry, Msrs, PitConfig, SIZEOF_KVM_DTABLE, SIZEOF_KVM_REGS,
@@ -33,6 +34,8 @@ want('KVM_CPUID_FLAG_SIGNIFCANT_INDEX', KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
 want('KVM_IOEVENTFD_FLAG_DATAMATCH', KVM_IOEVENTFD_FLAG_DATAMATCH);
 want('KVM_IOEVENTFD_FLAG_PIO', KVM_IOEVENTFD_FLAG_PIO);
 want('KVM_PIT_SPEAKER_DUMMY', KVM_PIT_SPEAKER_DUMMY);
+for (const [name, value] of Object.entries(SCHED)) want(`SCHED_${name}`, value);
+want('SCHED_ATTR_SIZE_VER0', SchedAttr.size);
 
 const off = (struct: string, field: string, value: number) => want(`offsetof(struct ${struct}, ${field})`, value);
 const size = (struct: string, value: number) => want(`sizeof(struct ${struct})`, value);
@@ -99,6 +102,9 @@ size('kvm_pit_config', PitConfig.size);
 off('kvm_pit_config', 'flags', PitConfig.flags);
 size('kvm_irqfd', Irqfd.size);
 for (const f of ['fd', 'gsi', 'flags'] as const) off('kvm_irqfd', f, Irqfd[f]);
+for (const [f, o] of [['size', SchedAttr.sizeField], ['sched_policy', SchedAttr.policy], ['sched_flags', SchedAttr.flags], ['sched_nice', SchedAttr.nice], ['sched_priority', SchedAttr.priority]] as const) off('sched_attr', f, o);
+size('kvm_enable_cap', EnableCap.size);
+for (const f of ['cap', 'flags', 'args'] as const) off('kvm_enable_cap', f, EnableCap[f]);
 size('kvm_irq_level', IrqLevel.size);
 off('kvm_irq_level', 'irq', IrqLevel.irq);
 off('kvm_irq_level', 'level', IrqLevel.level);
@@ -114,7 +120,7 @@ function probe(exprs: string[]): Map<string, number> {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-abi-'));
   try {
     const lines = exprs.map((e) => `  printf("%llu\\n", (unsigned long long)(${e}));`).join('\n');
-    const src = `#include <stddef.h>\n#include <stdio.h>\n#include <linux/kvm.h>\nint main(void) {\n${lines}\n  return 0;\n}\n`;
+    const src = `#include <stddef.h>\n#include <stdio.h>\n#include <linux/kvm.h>\n#include <linux/sched.h>\n#include <linux/sched/types.h>\nint main(void) {\n${lines}\n  return 0;\n}\n`;
     writeFileSync(join(dir, 'abi.c'), src);
     execFileSync('gcc', ['-Wall', '-Werror', '-o', join(dir, 'abi'), join(dir, 'abi.c')], { stdio: ['ignore', 'pipe', 'pipe'] });
     const out = execFileSync(join(dir, 'abi'), { encoding: 'utf8' }).trim().split('\n');

@@ -7,9 +7,9 @@ import { Bus } from '../../../devices/bus';
 import { HYPERCALL_PORT, HYPERCALL_PORT_LEN } from '../../../vmm/layout';
 import { escapeControl, formatLine, guestText, RateLimitedLog } from '../../../vmm/log';
 import { Paravirt } from '../../../vmm/paravirt';
-import { VcpuScheduler } from '../../../vmm/scheduler/scheduler';
+import { HINT_PROGRAMS } from '../../../vmm/hints/programs';
+import { fakeHost } from '../hints/fake-host';
 import { SimAgent } from '../hypercall/agent';
-import { cpu } from '../api/fake';
 
 /** Every character that could end a line, move the cursor or reorder text. */
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
@@ -60,8 +60,7 @@ test('RateLimitedLog: the summary comes by itself when no further line does', as
 test('the guest agent HELLO name cannot forge log lines or send terminal escapes', () => {
   const lines: string[] = [];
   const shm = new Uint8Array(64 * 1024);
-  const scheduler = new VcpuScheduler({ pool: [cpu(0)], vcpus: 1, policy: 'none', apply: () => undefined, log: () => {} });
-  const pv = new Paravirt({ shm, scheduler, connect: async () => new PassThrough(), log: (m) => lines.push(m) });
+  const pv = new Paravirt({ shm, host: fakeHost(2).host, programs: HINT_PROGRAMS, connect: async () => new PassThrough(), log: (m) => lines.push(m) });
   const bus = new Bus();
   bus.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
   const evil = 'agent\ntsvmm: guest powered off (exit 0)\r\x1b[2J\x1b]0;pwned\x07' + '\u202e'.repeat(8) + 'z'.repeat(170);

@@ -10,14 +10,13 @@ import { sourceRecord } from '../../../devices/hypercall/shmem';
 import { encodeHint } from '../../../bpf/hints';
 import { affinityPackage } from '../../../bpf/programs/affinity';
 import { Paravirt } from '../../../vmm/paravirt';
-import { VcpuScheduler } from '../../../vmm/scheduler/scheduler';
+import { HINT_PROGRAMS } from '../../../vmm/hints/programs';
+import { fakeHost } from '../hints/fake-host';
 import { SimAgent } from '../hypercall/agent';
-import { cpu } from '../api/fake';
 
 function paravirt(): { pv: Paravirt; a: SimAgent } {
   const shm = new Uint8Array(64 * 1024);
-  const scheduler = new VcpuScheduler({ pool: [cpu(0), cpu(1)], vcpus: 2, policy: 'hinted', apply: () => undefined, log: () => {} });
-  const pv = new Paravirt({ shm, scheduler, connect: async () => new PassThrough(), log: () => {} });
+  const pv = new Paravirt({ shm, host: fakeHost(2).host, programs: HINT_PROGRAMS, connect: async () => new PassThrough(), log: () => {} });
   const bus = new Bus();
   bus.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
   return { pv, a: new SimAgent(bus, shm) };

@@ -1,0 +1,79 @@
+// The research endpoints through the real HTTP server and the real CLI formatting: the hint
+// stream (GET /hints, follow=1 as NDJSON, type filter, a client that hangs up), per-vCPU
+// scheduling class and pause (PUT /vcpus/N/sched, PATCH /vcpus/N), halt polling, and the prio
+// settings of /scheduler.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { apiJson, apiStream, apiCall } from '../../../vmm/api/client';
+import { formatHintLine } from '../../../vmm/api/commands';
+import { rig } from './fake';
+
+const entry = (type: number, raw: string) => ({ time: Date.now(), vcpu: 1, source: 2, program: 'affinity', type, name: type === 1 ? 'AFFINITY' : undefined, raw });
+
+test('GET /hints?follow=1 streams records as NDJSON, filtered by type, until the client leaves', async () => {
+  const r = await rig({ attach: { vsock: { cid: 3, udsPath: '/nonexistent/v.sock' } } });
+  try {
+    const pv = r.ctl.machine!.paravirt!;
+    pv.stream.publish(entry(1, 'old'));
+    const lines: string[] = [];
+    const stop = new AbortController();
+    const done = apiStream(r.sock, '/hints?follow=1&type=1,7', (l) => {
+      lines.push(l);
+      if (lines.length === 2) stop.abort();
+    }, stop.signal);
+    while (pv.stream.counters.readers === 0) await new Promise((res) => setTimeout(res, 5));
+    pv.stream.publish(entry(2, 'filtered out'));
+    pv.stream.publish(entry(1, 'a'));
+    pv.stream.publish(entry(7, 'b'));
+    await done;
+    assert.equal(lines.map((l) => (JSON.parse(l) as { raw: string }).raw), ['a', 'b'], 'only new records of the asked types');
+    for (let i = 0; i < 100 && pv.stream.counters.readers > 0; i++) await new Promise((res) => setTimeout(res, 10));
+    assert.is(pv.stream.counters.readers, 0, 'a client that hangs up is unsubscribed');
+    // Without follow: the recent history, and the request ends.
+    const hist = await apiCall(r.sock, 'GET', '/hints?type=1');
+    assert.is(hist.status, 200);
+    assert.is(hist.contentType, 'application/x-ndjson');
+    assert.equal(hist.text.trim().split('\n').map((l) => (JSON.parse(l) as { raw: string }).raw), ['old', 'a']);
+    assert.is((await apiCall(r.sock, 'GET', '/hints?type=x')).status, 400);
+    assert.match(formatHintLine(hist.text.split('\n')[0]!), /vcpu=1 affinity#2 AFFINITY raw=old/);
+    assert.match(formatHintLine('{"time":0,"lost":12}'), /12 record\(s\) lost/);
+  } finally {
+    await r.close();
+  }
+});
+
+test('vCPU class, pause and halt polling through the API; bad input names the field', async () => {
+  const r = await rig({ attach: { vsock: { cid: 3, udsPath: join('/nonexistent', 'v.sock') } } });
+  try {
+    const m = r.ctl.machine!;
+    const row = (await apiJson(r.sock, 'PUT', '/vcpus/1/sched', { policy: 'fifo', priority: 7 })) as { sched: unknown; base: unknown };
+    assert.equal(row.sched, { policy: 'fifo', priority: 7, nice: 0 });
+    assert.equal(m.fake.threads.get(1001), { policy: 1, priority: 7, nice: 0 });
+    let res = await apiCall(r.sock, 'PUT', '/vcpus/1/sched', { policy: 'fifo' });
+    assert.is(res.status, 400);
+    assert.match(res.text, /vcpus\/1\/sched: fifo needs a priority/);
+    assert.is((await apiCall(r.sock, 'PUT', '/vcpus/9/sched', { policy: 'idle' })).status, 404);
+    const paused = (await apiJson(r.sock, 'PATCH', '/vcpus/0', { state: 'Paused' })) as { paused: boolean };
+    assert.is(paused.paused, true);
+    assert.is(m.fake.paused[0], true);
+    await apiJson(r.sock, 'PATCH', '/vcpus/0', { state: 'Resumed' });
+    assert.is(m.fake.paused[0], false);
+    res = await apiCall(r.sock, 'PATCH', '/vcpus/0', { state: 'Frozen' });
+    assert.match(res.text, /state: 'Frozen' is not one of Paused, Resumed/);
+    assert.equal(await apiJson(r.sock, 'GET', '/halt-poll'), { max_ns: 200000, source: 'module' });
+    assert.equal(await apiJson(r.sock, 'PUT', '/halt-poll', { max_ns: 0 }), { max_ns: 0, source: 'tsvmm' });
+    assert.is(m.fake.haltPoll.ns, 0);
+    assert.is((await apiCall(r.sock, 'PUT', '/halt-poll', { max_ns: -1 })).status, 400);
+    const sched = (await apiJson(r.sock, 'PUT', '/scheduler', { prio: 'hinted', prio_max: 30 })) as { prio: string; prio_max: number };
+    assert.equal([sched.prio, sched.prio_max], ['hinted', 30]);
+    const vcpus = (await apiJson(r.sock, 'GET', '/vcpus')) as { vcpus: unknown[] };
+    assert.is(vcpus.vcpus.length, 2);
+    const progs = (await apiJson(r.sock, 'GET', '/bpf/programs')) as { builtins: { name: string }[] };
+    assert.equal(progs.builtins.map((b) => b.name), ['affinity', 'prio']);
+  } finally {
+    await r.close();
+  }
+});
+
+test.run();

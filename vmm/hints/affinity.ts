@@ -1,0 +1,30 @@
+// The `affinity` hint program (the seed paper's policy): the guest's sched_setaffinity calls
+// become AFFINITY records, a pinned task's exit an UNPIN; the host pins vCPU threads through
+// the vCPU scheduler (vmm/scheduler). Package: bpf/programs/affinity.ts; layouts: bpf/hints.ts.
+
+import { AFFINITY, HintType, UNPIN, decodeHints, type AffinityHint, type UnpinHint } from '../../bpf/hints';
+import { affinityPackage } from '../../bpf/programs/affinity';
+import { hintKind, type HintProgram } from './registry';
+
+/** One record as bpf/hints.ts decodes it (the registry checked its length first). */
+function one<T>(record: Uint8Array): T {
+  return decodeHints(record)[0] as T;
+}
+
+export const affinityProgram: HintProgram = {
+  name: 'affinity',
+  description: 'guest CPU affinity (sched_setaffinity, inherited at fork) -> vCPU thread pinning (--pin hinted)',
+  package: affinityPackage,
+  kinds: [
+    hintKind<AffinityHint>({
+      type: HintType.AFFINITY, name: 'AFFINITY', size: AFFINITY.size,
+      decode: one,
+      handle: (h, host) => host.scheduler.onAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, mask: h.mask }),
+    }),
+    hintKind<UnpinHint>({
+      type: HintType.UNPIN, name: 'UNPIN', size: UNPIN.size,
+      decode: one,
+      handle: (h, host) => host.scheduler.onUnpinHint({ tid: h.tid }),
+    }),
+  ],
+};

@@ -7,31 +7,13 @@ import * as assert from 'uvu/assert';
 import { MmioTransport, REG } from '../../../devices/virtio/mmio';
 import { Queue, QueueError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../../devices/virtio/queue';
 import { CountingIrq, EchoDevice, HIGH_RAM_END, HOLE_END, HOLE_START, Rings, SimDriver, fakeMemory, layoutQueue } from './sim';
+import { caseBudget, prng, report, type Rng } from '../fuzz/lib';
 
-const SEED = Number(process.env.VIRTIO_FUZZ_SEED ?? 0x5eed2024) >>> 0;
-const CHAINS = 100_000;
-const TIME_LIMIT_MS = 60_000;
+const SEED = Number(process.env.VIRTIO_FUZZ_SEED ?? process.env.TSVMM_FUZZ_SEED ?? 0x5eed2024) >>> 0;
+/** Chains popped: 100k in CI; TSVMM_FUZZ_CASES for the long run (test/unit/fuzz/lib.ts). */
+const CHAINS = caseBudget(100_000);
+const TIME_LIMIT_MS = 60_000 * Math.max(1, CHAINS / 100_000);
 console.log(`virtio fuzz seed 0x${SEED.toString(16)} (VIRTIO_FUZZ_SEED to replay)`);
-
-/** mulberry32: small, fast, good enough to explore ring states. */
-function prng(seed: number) {
-  let s = seed >>> 0;
-  const next = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return {
-    int,
-    u32: () => int(2 ** 32),
-    chance: (p: number) => next() < p,
-    pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]!,
-  };
-}
-type Rng = ReturnType<typeof prng>;
 
 const INDIRECT_AREA = 0x30000; // indirect tables in fuzz rounds (inside low RAM)
 
@@ -189,6 +171,7 @@ test(`queue fuzz: ${CHAINS} chains/ring states, seed 0x${SEED.toString(16)}`, ()
   assert.ok(stats.chains > 10_000, `too few valid chains to mean anything: ${JSON.stringify(stats)}`);
   assert.ok(stats.errors > 10_000, `too few rejected chains to mean anything: ${JSON.stringify(stats)}`);
   console.log(`  ${JSON.stringify(stats)} in ${Date.now() - started} ms; ${reasons.size} distinct rejection reasons`);
+  report('virtqueue', stats.pops, SEED, Date.now() - started);
   if (process.env.VIRTIO_FUZZ_VERBOSE) for (const [r, n] of reasons) console.log(`    ${n}\t${r}`);
 });
 

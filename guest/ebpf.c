@@ -29,6 +29,7 @@
 #include "hypercall.h"
 #include "log.h"
 #include "proto.h" /* get32/put32 */
+#include "replay.h"
 #include "sha256.h"
 
 #define MAX_LOADED 256
@@ -465,7 +466,12 @@ static void handle_request(const uint8_t *q, uint32_t len)
 				for (uint32_t i = 0; i < l->nprogs; i++)
 					snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%u", i ? "," : "", l->prog_ids[i]);
 				blog("%s handle %u: %s (%s), prog ids %s", op == OP_LOAD ? "loaded" : "replaced", handle, k.name, hex, ids);
-				set_result(&r, OUT_OK, 0, "%s: %u program(s), %u map(s)", k.name, k.nprogs, k.nmaps);
+				/* Tasks that set their state before the program was attached (§4.2). */
+				struct replay_counts rc = replay_tasks(replay_wanted(&k));
+				if (rc.affinity || rc.scheduler)
+					blog("replayed %u affinity and %u real-time setting(s) of %u tasks into %s", rc.affinity, rc.scheduler, rc.tasks, k.name);
+				set_result(&r, OUT_OK, 0, "%s: %u program(s), %u map(s); replayed %u affinity and %u real-time setting(s)", k.name, k.nprogs, k.nmaps,
+					   rc.affinity, rc.scheduler);
 			} else
 				bwarn("loading %s (handle %u) failed: outcome %u, errno %u", k.name, handle, r.outcome, r.err);
 		}

@@ -24,14 +24,14 @@ test('bpf: load built-in, list, unload; errors for unknown handle and bad bodies
     const loaded = json(x.text);
     assert.is(loaded.handle, 1);
     assert.is(loaded.name, 'affinity');
-    assert.equal(loaded.prog_ids, [100, 101, 102]);
+    assert.equal(loaded.prog_ids, [100, 101, 102, 103]);
     // The same package as JSON is accepted too (digest checked).
     x = await apiCall(r.sock, 'PUT', '/bpf/programs', { package_json: packageToJson(affinityPackage()) });
     assert.is(x.status, 200, x.text);
     x = await apiCall(r.sock, 'GET', '/bpf/programs');
     const list = json(x.text).programs as { handle: number; hints: number }[];
     assert.equal(list.map((p) => p.handle), [1, 2]);
-    assert.match(formatPrograms(list as never), /^HANDLE +NAME +GUEST PROG IDS +HINTS +DIGEST\n1 +affinity +100,101,102 +3 /);
+    assert.match(formatPrograms(list as never), /^HANDLE +NAME +GUEST PROG IDS +HINTS +DIGEST\n1 +affinity +100,101,102,103 +3 /);
     assert.is((await apiCall(r.sock, 'DELETE', '/bpf/programs/1')).status, 204);
     x = await apiCall(r.sock, 'DELETE', '/bpf/programs/1');
     assert.is(x.status, 404);

@@ -10,18 +10,20 @@ import { serializePackage } from '../../../bpf/package';
 import { affinityPackage } from '../../../bpf/programs/affinity';
 import { FIXTURES, tmp, tool } from './util';
 
-test('package shape: three tracepoint programs sharing three maps, ringbuf hint map', () => {
+test('package shape: four tracepoint programs sharing three maps, ringbuf hint map', () => {
   const p = affinityPackage();
   assert.equal(p.programs.map((g) => g.attach), [
     { kind: 'tracepoint', target: 'syscalls/sys_enter_sched_setaffinity' },
     { kind: 'tracepoint', target: 'syscalls/sys_exit_sched_setaffinity' },
     { kind: 'tracepoint', target: 'sched/sched_process_exit' },
+    { kind: 'tracepoint', target: 'sched/sched_process_fork' },
   ]);
   assert.is(p.maps[p.hintMap!]!.type, 27);
   const used = (i: number): string[] => [...new Set(p.programs[i]!.relocations.map((r) => p.maps[r.map]!.name))].sort();
   assert.equal(used(0), ['stash']);
   assert.equal(used(1), ['hints', 'pinned', 'stash']);
   assert.equal(used(2), ['hints', 'pinned']);
+  assert.equal(used(3), ['hints', 'pinned']);
   const helpers = decode(p.programs[1]!.insns).flatMap((l) => (l.insn.kind === 'call' ? [helperName(l.insn.imm)] : []));
   assert.equal(helpers, ['get_current_pid_tgid', 'map_lookup_elem', 'get_current_comm', 'probe_read_user', 'ringbuf_output', 'map_update_elem', 'map_delete_elem']);
 });
@@ -66,7 +68,7 @@ test('the real kernel verifier accepts every affinity program', () => {
   const r = spawnSync(l.bin, [tmp('affinity.pkg')], { encoding: 'utf8' });
   if (r.status === 77) { console.log(`  skip: bpf() is not permitted here (${r.stdout.trim()})`); return; }
   assert.is(r.status, 0, `loader failed:\n${r.stdout}${r.stderr}`);
-  for (const name of ['affinity_enter', 'affinity_exit', 'affinity_task_exit']) assert.match(r.stdout, `prog ${name} ok`);
+  for (const name of ['affinity_enter', 'affinity_exit', 'affinity_task_exit', 'affinity_fork']) assert.match(r.stdout, `prog ${name} ok`);
 });
 
 test('attached on this host, a sched_setaffinity + thread exit yields AFFINITY then UNPIN', () => {

@@ -20,7 +20,7 @@ test('serialise → parse is the identity, and the layout is the documented one'
   assert.is(dv.getUint16(10, true), 128);
   assert.is(dv.getUint32(12, true), b.length);
   assert.is(dv.getUint16(16, true), 3);
-  assert.is(dv.getUint16(18, true), 3);
+  assert.is(dv.getUint16(18, true), 4);
   assert.is(dv.getUint32(20, true), 0);
   // First program record right after 3 map records; its insns start after the padded attach string.
   const prog = 128 + 3 * 64;

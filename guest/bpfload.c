@@ -452,6 +452,31 @@ static int load_prog(const struct pkg *k, const struct pkg_prog *g, const int *m
 	return fd;
 }
 
+int map_update(struct loaded *l, const char *map, const uint8_t *key, uint32_t key_len, const uint8_t *value, uint32_t value_len,
+	       uint64_t flags, struct result *r)
+{
+	for (uint32_t i = 0; i < l->nmaps; i++) {
+		const struct pkg_map *m = &l->maps[i];
+		if (strcmp(m->name, map))
+			continue;
+		if (m->type == BPF_MAP_TYPE_RINGBUF)
+			return set_result(r, OUT_FAILED, EINVAL, "map '%s' is a ring buffer: no elements to write", map), -1;
+		if (key_len != m->key_size || value_len != m->value_size)
+			return set_result(r, OUT_FAILED, EINVAL, "map '%s' takes %u-byte keys and %u-byte values, got %u and %u", map, m->key_size,
+					  m->value_size, key_len, value_len), -1;
+		union bpf_attr a;
+		memset(&a, 0, sizeof a);
+		a.map_fd = (uint32_t)l->map_fds[i];
+		a.key = (uint64_t)(uintptr_t)key;
+		a.value = (uint64_t)(uintptr_t)value;
+		a.flags = flags;
+		if (sys_bpf(BPF_MAP_UPDATE_ELEM, &a) < 0)
+			return set_result(r, OUT_FAILED, errno, "map '%s': BPF_MAP_UPDATE_ELEM: %s", map, strerror(errno)), -1;
+		return set_result(r, OUT_OK, 0, "map '%s' updated", map), 0;
+	}
+	return set_result(r, OUT_NOENT, ENOENT, "%s (handle %u) has no map '%s'", l->name, l->handle, map), -1;
+}
+
 static int ring_map(struct ring *ring, int fd, uint32_t size, struct result *r)
 {
 	ring->page = (size_t)sysconf(_SC_PAGESIZE);
@@ -496,6 +521,7 @@ struct loaded *load_package(const struct pkg *k, uint32_t handle, int epfd, stru
 			set_result(r, OUT_FAILED, errno, "map '%s' (type %u): BPF_MAP_CREATE: %s", m->name, m->type, strerror(errno));
 			goto fail;
 		}
+		l->maps[l->nmaps] = *m;
 		l->map_fds[l->nmaps++] = fd;
 	}
 	for (uint32_t i = 0; i < k->nprogs; i++) {

@@ -38,6 +38,7 @@ struct loaded {
 	char name[48];
 	uint32_t nmaps, nprogs;
 	int map_fds[PKG_MAX_MAPS], prog_fds[PKG_MAX_PROGS], link_fds[PKG_MAX_PROGS];
+	struct pkg_map maps[PKG_MAX_MAPS]; /* as the package declared them: MAP_UPDATE checks sizes */
 	uint32_t prog_ids[PKG_MAX_PROGS];
 	struct ring ring;
 };
@@ -55,6 +56,10 @@ int pkg_parse(const uint8_t *b, uint32_t len, struct pkg *k, char *why, size_t w
 /* Creates the maps, loads and attaches every program, maps the hint ring and adds it to
  * `epfd` (data.ptr = the result); all or nothing: NULL with `r` set on failure. */
 struct loaded *load_package(const struct pkg *k, uint32_t handle, int epfd, struct result *r);
+/* bpf_map_update_elem on map `map` of `l` after checking key/value sizes against it; 0, or -1
+ * with `r` set (NOENT for an unknown map, FAILED with the errno otherwise). */
+int map_update(struct loaded *l, const char *map, const uint8_t *key, uint32_t key_len, const uint8_t *value, uint32_t value_len,
+	       uint64_t flags, struct result *r);
 /* Detaches and closes everything of `l`, and frees it. */
 void unload(struct loaded *l, int epfd);
 void set_result(struct result *r, uint32_t outcome, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

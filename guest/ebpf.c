@@ -265,6 +265,7 @@ static struct {
 } B;
 
 static int try_mode; /* --try-package: no device, hints printed on stdout */
+static int replay_ok; /* load-time replay (replay.c): in a guest, not with --hc-sim on a test host */
 static int sources;  /* the host reads SOURCE records (FEATURES) and HELLO said we send them */
 
 static void batch_reset(void)
@@ -467,7 +468,7 @@ static void handle_request(const uint8_t *q, uint32_t len)
 					snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%u", i ? "," : "", l->prog_ids[i]);
 				blog("%s handle %u: %s (%s), prog ids %s", op == OP_LOAD ? "loaded" : "replaced", handle, k.name, hex, ids);
 				/* Tasks that set their state before the program was attached (§4.2). */
-				struct replay_counts rc = replay_tasks(replay_wanted(&k));
+				struct replay_counts rc = replay_tasks(replay_ok ? replay_wanted(&k) : 0);
 				if (rc.affinity || rc.scheduler)
 					blog("replayed %u affinity and %u real-time setting(s) of %u tasks into %s", rc.affinity, rc.scheduler, rc.tasks, k.name);
 				set_result(&r, OUT_OK, 0, "%s: %u program(s), %u map(s); replayed %u affinity and %u real-time setting(s)", k.name, k.nprogs, k.nmaps,
@@ -475,6 +476,18 @@ static void handle_request(const uint8_t *q, uint32_t len)
 			} else
 				bwarn("loading %s (handle %u) failed: outcome %u, errno %u", k.name, handle, r.outcome, r.err);
 		}
+	} else if (op == OP_MAP_UPDATE) {
+		char map[REQ_NAME_LEN + 1];
+		memcpy(map, q + REQ_NAME, REQ_NAME_LEN);
+		map[REQ_NAME_LEN] = 0;
+		uint32_t kl = blen >= MU_DATA ? get32(body + MU_KEY_LEN) : 0, vl = blen >= MU_DATA ? get32(body + MU_VALUE_LEN) : 0;
+		/* Sizes from the host are checked against the body, then against the map itself. */
+		if (blen < MU_DATA || (uint64_t)MU_DATA + kl + vl != blen)
+			set_result(&r, OUT_FAILED, EINVAL, "MAP_UPDATE body of %u bytes does not hold a %u-byte key and a %u-byte value", blen, kl, vl);
+		else if (!slot)
+			set_result(&r, OUT_NOENT, ENOENT, "no package loaded under handle %u", handle);
+		else if (map_update(*slot, map, body + MU_DATA, kl, body + MU_DATA + kl, vl, get64(body + MU_FLAGS), &r) == 0)
+			blog("handle %u (%s): map %s updated", handle, (*slot)->name, map);
 	} else {
 		set_result(&r, OUT_FAILED, EINVAL, "unknown request op %u", op);
 	}
@@ -630,6 +643,8 @@ void ebpf_main(const struct ebpf_opts *o)
 		die("out of memory");
 
 	policy_load(cmdline, o->allow_path);
+	/* A simulated device means a test on some host: its tasks are not ours to touch. */
+	replay_ok = !o->sim;
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	/* Listen before HELLO: a doorbell rung before we listen would be lost. */
 	int lfd = listen_doorbell(o, rport, o->sim ? sim_bell : NULL), bell = -1;

@@ -59,14 +59,22 @@ enum hc_status {
 
 /* Request (h2g): u32 op, u32 request_id, u32 handle, u32 body_len, u8 digest[32],
  * u8 name[32], package. */
-enum hc_op { OP_LOAD = 1, OP_UNLOAD = 2, OP_REPLACE = 3 };
+enum hc_op { OP_LOAD = 1, OP_UNLOAD = 2, OP_REPLACE = 3, OP_MAP_UPDATE = 4 };
 #define REQ_OP 0x00
 #define REQ_ID 0x04
 #define REQ_HANDLE 0x08
 #define REQ_BODY_LEN 0x0c
 #define REQ_DIGEST 0x10
 #define REQ_NAME 0x30
+#define REQ_NAME_LEN 32
 #define REQ_BODY 0x50
+
+/* MAP_UPDATE body (the request's name field names the map): u32 key_len, u32 value_len,
+ * u64 flags (BPF_ANY/NOEXIST/EXIST), key, value. */
+#define MU_KEY_LEN 0x00
+#define MU_VALUE_LEN 0x04
+#define MU_FLAGS 0x08
+#define MU_DATA 0x10
 
 /* REPORT: u32 request_id, u32 outcome, u32 errno, u32 prog_count, u32 text_len, u32 0,
  * u32 prog_ids[prog_count], text. */

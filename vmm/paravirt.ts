@@ -8,7 +8,14 @@ import type { Duplex } from 'node:stream';
 import { HC_DOORBELL_PORT, HypercallDevice, HypercallResult, LostProgram, hypercallCmdline } from '../devices/hypercall/index';
 import { HintRegistry, type HintHost, type HintProgram } from './hints/registry';
 import { HintStream } from './hints/stream';
-import { Package, packageDigest, serializePackage } from '../bpf/package';
+import { MapType, Package, packageDigest, serializePackage } from '../bpf/package';
+
+export class MapUpdateError extends Error {
+  constructor(readonly code: 'unknown-handle' | 'unknown-map' | 'bad-size', message: string) {
+    super(message);
+    this.name = 'MapUpdateError';
+  }
+}
 import { VcpuScheduler } from './scheduler/scheduler';
 import { AgentDoorbell } from './agent/doorbell';
 import type { Policy } from './scheduler/policy';
@@ -34,12 +41,14 @@ export interface LoadedProgram {
   digest: string;
   progIds: readonly number[];
   hints: number;
+  /** The package as loaded (its map specs: map writes are checked against them). */
+  pkg: Package;
 }
 
 export class Paravirt {
   readonly device: HypercallDevice;
   readonly scheduler: VcpuScheduler;
-  readonly loaded = new Map<number, LoadedProgram & { pkg: Package }>();
+  readonly loaded = new Map<number, LoadedProgram>();
   readonly registry: HintRegistry;
   readonly stream = new HintStream();
   private readonly doorbell: AgentDoorbell;
@@ -98,6 +107,22 @@ export class Paravirt {
     });
     if (r.ok) this.loaded.set(r.handle, { handle: r.handle, name: pkg.name, digest, progIds: r.progIds, hints: 0, pkg });
     return r;
+  }
+
+  /**
+   * Writes one element of map `map` of the loaded package `handle` (the agent applies it with
+   * bpf_map_update_elem): a host policy tuning a guest program. Key and value must have the
+   * map's exact sizes (checked here, and again by the agent against the map it created).
+   */
+  async mapUpdate(handle: number, map: string, key: Uint8Array, value: Uint8Array, flags = 0): Promise<HypercallResult> {
+    const p = this.loaded.get(handle);
+    if (!p) throw new MapUpdateError('unknown-handle', `no program is loaded under handle ${handle}`);
+    const spec = p.pkg.maps.find((m) => m.name === map);
+    if (!spec) throw new MapUpdateError('unknown-map', `${p.name} (handle ${handle}) has no map '${map}' (it has ${p.pkg.maps.map((m) => m.name).join(', ') || 'none'})`);
+    if (spec.type === MapType.ringbuf) throw new MapUpdateError('bad-size', `map '${map}' is a ring buffer: it has no elements to write`);
+    if (key.length !== spec.keySize) throw new MapUpdateError('bad-size', `map '${map}' has ${spec.keySize}-byte keys, got ${key.length} bytes`);
+    if (value.length !== spec.valueSize) throw new MapUpdateError('bad-size', `map '${map}' has ${spec.valueSize}-byte values, got ${value.length} bytes`);
+    return this.device.submit({ op: 'map-update', handle, map, key, value, flags });
   }
 
   async unload(handle: number): Promise<HypercallResult> {

@@ -19,6 +19,7 @@ import {
   decodeHello,
   decodeHints,
   decodeReport,
+  encodeMapUpdate,
   encodeRequest,
   hintsPrefixBytes,
   mailboxLayout,
@@ -39,7 +40,9 @@ export interface PackageBytes {
 export type HypercallRequest =
   | { readonly op: 'load'; readonly pkg: PackageBytes }
   | { readonly op: 'unload'; readonly handle: number }
-  | { readonly op: 'replace'; readonly handle: number; readonly pkg: PackageBytes };
+  | { readonly op: 'replace'; readonly handle: number; readonly pkg: PackageBytes }
+  /** Write one element of a map of the loaded package `handle` (§4.2 MAP_UPDATE); sizes are the caller's to check too. */
+  | { readonly op: 'map-update'; readonly handle: number; readonly map: string; readonly key: Uint8Array; readonly value: Uint8Array; readonly flags: number };
 
 export interface HypercallResult {
   readonly requestId: number;
@@ -108,7 +111,7 @@ export interface HypercallDeviceOptions {
   readonly now?: () => number;
 }
 
-export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'unknown-handle' | 'closed';
+export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'bad-map' | 'unknown-handle' | 'closed';
 
 export class HypercallError extends Error {
   constructor(readonly code: HypercallErrorCode, message: string) {
@@ -152,6 +155,8 @@ interface Pending {
   readonly op: HypercallRequest['op'];
   readonly handle: number;
   readonly pkg: PackageBytes | undefined;
+  /** MAP_UPDATE: the map's name and the encoded body. */
+  readonly map?: { readonly name: string; readonly body: Uint8Array };
   readonly resolve: (r: HypercallResult) => void;
   readonly reject: (e: Error) => void;
 }
@@ -162,7 +167,7 @@ interface Live {
   readonly progIds: readonly number[];
 }
 
-const opCode: Record<HypercallRequest['op'], OpCode> = { load: Op.LOAD, unload: Op.UNLOAD, replace: Op.REPLACE };
+const opCode: Record<HypercallRequest['op'], OpCode> = { load: Op.LOAD, unload: Op.UNLOAD, replace: Op.REPLACE, 'map-update': Op.MAP_UPDATE };
 const cmdNames = new Map<number, CmdName>(Object.entries(Cmd).map(([k, v]) => [v, k as CmdName]));
 const statusNames = new Map<number, StatusName>(Object.entries(Status).map(([k, v]) => [v, k as StatusName]));
 const U32 = 0x1_0000_0000;
@@ -301,7 +306,13 @@ export class HypercallDevice implements BusDevice {
    */
   submit(req: HypercallRequest): Promise<HypercallResult> {
     if (this.closed) return Promise.reject(new HypercallError('closed', 'hypercall device is closed'));
-    if (req.op !== 'unload') {
+    let map: Pending['map'];
+    if (req.op === 'map-update') {
+      if (!/^[A-Za-z0-9_.]{1,31}$/.test(req.map)) return Promise.reject(new HypercallError('bad-map', `map name '${req.map}' is not 1..31 characters of [A-Za-z0-9_.]`));
+      if (![0, 1, 2].includes(req.flags)) return Promise.reject(new HypercallError('bad-map', `map update flags ${req.flags} must be 0 (any), 1 (noexist) or 2 (exist)`));
+      map = { name: req.map, body: encodeMapUpdate(req.key, req.value, req.flags) };
+      if (map.body.length > this.maxPackageSize) return Promise.reject(new HypercallError('too-large', `map update of ${map.body.length} bytes; the mailbox holds ${this.maxPackageSize}`));
+    } else if (req.op !== 'unload') {
       if (req.pkg.digest.length !== DIGEST_LEN) {
         return Promise.reject(new HypercallError('bad-digest', `package ${req.pkg.id}: digest is ${req.pkg.digest.length} bytes, want ${DIGEST_LEN}`));
       }
@@ -320,7 +331,7 @@ export class HypercallDevice implements BusDevice {
     const id = this.allocRequestId();
     this.stats.requestsSubmitted++;
     return new Promise<HypercallResult>((resolve, reject) => {
-      this.queue.push({ id, op: req.op, handle, pkg: req.op === 'unload' ? undefined : req.pkg, resolve, reject });
+      this.queue.push({ id, op: req.op, handle, pkg: req.op === 'load' || req.op === 'replace' ? req.pkg : undefined, map, resolve, reject });
       this.ringIfNeeded();
     });
   }
@@ -492,7 +503,7 @@ export class HypercallDevice implements BusDevice {
     const refetch = [...this.inFlight.values()].sort((a, b) => a.id - b.id);
     this.inFlight.clear();
     this.queue = [...refetch, ...this.queue];
-    const decided = new Set(this.queue.filter((p) => p.op !== 'load').map((p) => p.handle));
+    const decided = new Set(this.queue.filter((p) => p.op === 'unload' || p.op === 'replace').map((p) => p.handle));
     const lost: LostProgram[] = [];
     for (const [handle, l] of this.live) {
       if (!decided.has(handle)) {
@@ -520,8 +531,8 @@ export class HypercallDevice implements BusDevice {
         requestId: p.id,
         handle: p.handle,
         digest: p.pkg?.digest ?? new Uint8Array(DIGEST_LEN),
-        name: p.pkg?.id ?? '',
-        body: p.pkg?.bytes ?? new Uint8Array(0),
+        name: p.pkg?.id ?? p.map?.name ?? '',
+        body: p.pkg?.bytes ?? p.map?.body ?? new Uint8Array(0),
       },
       box,
     );
@@ -542,7 +553,7 @@ export class HypercallDevice implements BusDevice {
     const p = this.inFlight.get(r.requestId);
     if (!p) return this.finish(Status.E_NOREQ, 0, `REPORT for request ${r.requestId}, which is not in flight`);
     const ok = r.outcome === 'OK';
-    if (ok && p.op !== 'unload' && r.progIds.length === 0) return this.finish(Status.E_INVALID, 0, `REPORT OK for ${p.op} ${p.id} names no program`);
+    if (ok && (p.op === 'load' || p.op === 'replace') && r.progIds.length === 0) return this.finish(Status.E_INVALID, 0, `REPORT OK for ${p.op} ${p.id} names no program`);
     this.inFlight.delete(p.id);
     this.settleHandle(p, ok, r.outcome, r.progIds);
     this.stats.requestsCompleted++;
@@ -551,6 +562,7 @@ export class HypercallDevice implements BusDevice {
   }
 
   private settleHandle(p: Pending, ok: boolean, outcome: OutcomeName, progIds: readonly number[]): void {
+    if (p.op === 'map-update') return; // the programs stay as they were, whatever the outcome
     if (p.op === 'unload') {
       if (ok || outcome === 'NOENT') {
         this.live.delete(p.handle);

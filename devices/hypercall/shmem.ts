@@ -47,7 +47,7 @@ export function mailboxLayout(shmSize: number): MailboxLayout {
 
 // ---- host → guest: requests -------------------------------------------------------------
 
-export const Op = { LOAD: 1, UNLOAD: 2, REPLACE: 3 } as const;
+export const Op = { LOAD: 1, UNLOAD: 2, REPLACE: 3, MAP_UPDATE: 4 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
 export const Req = {
@@ -91,13 +91,41 @@ export function encodeRequest(r: WireRequest, dst: Uint8Array): number {
   return len;
 }
 
+/**
+ * MAP_UPDATE body (§4.2): the request's `name` field names the map; the body is
+ * u32 key_len, u32 value_len, u64 flags (BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2), key, value.
+ */
+export const MapUpdateMsg = { KEY_LEN: 0x00, VALUE_LEN: 0x04, FLAGS: 0x08, DATA: 0x10 } as const;
+export const MAP_UPDATE_FLAGS = { any: 0, noexist: 1, exist: 2 } as const;
+
+export function encodeMapUpdate(key: Uint8Array, value: Uint8Array, flags: number): Uint8Array {
+  const b = new Uint8Array(MapUpdateMsg.DATA + key.length + value.length);
+  const v = new DataView(b.buffer);
+  v.setUint32(MapUpdateMsg.KEY_LEN, key.length, true);
+  v.setUint32(MapUpdateMsg.VALUE_LEN, value.length, true);
+  v.setBigUint64(MapUpdateMsg.FLAGS, BigInt(flags), true);
+  b.set(key, MapUpdateMsg.DATA);
+  b.set(value, MapUpdateMsg.DATA + key.length);
+  return b;
+}
+
+/** The guest side's reading of a MAP_UPDATE body (the simulated agent in tests). */
+export function decodeMapUpdate(b: Uint8Array): { key: Uint8Array; value: Uint8Array; flags: number } | undefined {
+  if (b.length < MapUpdateMsg.DATA) return undefined;
+  const v = new DataView(b.buffer, b.byteOffset, b.length);
+  const kl = v.getUint32(MapUpdateMsg.KEY_LEN, true);
+  const vl = v.getUint32(MapUpdateMsg.VALUE_LEN, true);
+  if (b.length !== MapUpdateMsg.DATA + kl + vl) return undefined;
+  return { key: b.slice(MapUpdateMsg.DATA, MapUpdateMsg.DATA + kl), value: b.slice(MapUpdateMsg.DATA + kl), flags: Number(v.getBigUint64(MapUpdateMsg.FLAGS, true)) };
+}
+
 /** Reads a request (the guest side's view; used by the simulated agent in tests). */
 export function decodeRequest(b: Uint8Array): WireRequest | undefined {
   if (b.length < Req.BODY) return undefined;
   const v = new DataView(b.buffer, b.byteOffset, b.length);
   const bodyLen = v.getUint32(Req.BODY_LEN, true);
   const op = v.getUint32(Req.OP, true);
-  if (b.length !== Req.BODY + bodyLen || (op !== Op.LOAD && op !== Op.UNLOAD && op !== Op.REPLACE)) return undefined;
+  if (b.length !== Req.BODY + bodyLen || (op !== Op.LOAD && op !== Op.UNLOAD && op !== Op.REPLACE && op !== Op.MAP_UPDATE)) return undefined;
   const rawName = b.subarray(Req.NAME, Req.NAME + NAME_LEN);
   const nul = rawName.indexOf(0);
   return {

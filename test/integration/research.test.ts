@@ -161,6 +161,45 @@ test('prio: a guest SCHED_FIFO task raises its vCPU thread to SCHED_FIFO until n
   assert.ok(m.actuators!.counters.classChanges >= 8);
 });
 
+test('host -> guest: writes into the prio program\'s config map switch its reports off, set a threshold, and back', async () => {
+  const pv = m.paravirt!;
+  const h = [...pv.loaded.values()].find((p) => p.name === 'prio')!.handle;
+  const config = async (off: number, minPrio: number) => {
+    const v = new Uint8Array(8);
+    new DataView(v.buffer).setUint32(0, off, true);
+    new DataView(v.buffer).setUint32(4, minPrio, true);
+    const r = await pv.mapUpdate(h, 'config', new Uint8Array(4), v);
+    assert.ok(r.ok, `${r.outcome} ${r.text}`);
+  };
+  const rtTask = async (cueName: string) => {
+    let out = '';
+    const t = agent.start({ argv: ['rtlat', 'cpu:1', 'fifo:30', `wait:/tmp/${cueName}`], onStdout: (b) => (out += b.toString()) });
+    await until('the task to become real time', () => out.includes('done fifo:30'));
+    return t;
+  };
+  const ignored = async (cueName: string) => {
+    const before = entries.length;
+    const t = await rtTask(cueName);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(threadClass(tids[1]!), OTHER);
+    assert.not.ok(entries.slice(before).some((e) => e.name === 'PRIO' && (e.fields as { rtprio: number }).rtprio === 30));
+    await cue(cueName);
+    await t.result;
+  };
+  await config(1, 0); // reporting off
+  await ignored('m1');
+  await config(0, 40); // on, but only guest priorities >= 40
+  await ignored('m2');
+  await config(0, 0);
+  const t = await rtTask('m3');
+  await until('vCPU 1 to be boosted again', () => threadClass(tids[1]!).policy === 1);
+  await cue('m3');
+  await t.result;
+  await until('vCPU 1 restored', () => threadClass(tids[1]!).policy === 0);
+  const bad = await pv.mapUpdate(h, 'config', new Uint8Array(4), new Uint8Array(8), 1); // BPF_NOEXIST on an array
+  assert.is(bad.outcome, 'FAILED');
+});
+
 /** KVM's own per-VM statistics (debugfs): how often halted vCPUs of this VM polled. */
 function haltPolls(): number {
   if (!existsSync('/sys/kernel/debug/kvm')) {

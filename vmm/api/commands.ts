@@ -11,6 +11,8 @@ import { listVms, type VmEntry } from './registry';
 export const API_USAGE = `tsvmm bpf load [--api-sock S] (affinity | prio | --package FILE.json | --elf FILE.o [--hint-map MAP] [--name N])
 tsvmm bpf list [--api-sock S] [--json]
 tsvmm bpf unload [--api-sock S] HANDLE
+tsvmm bpf map-set [--api-sock S] HANDLE MAP KEY VALUE [--flags any|noexist|exist]
+                  KEY, VALUE: an integer (little-endian, the map's size) or hex:BYTES
 tsvmm hints watch [--api-sock S] [--type N]... [--json]
 tsvmm hints record [--api-sock S] [--type N]... FILE
                    every hint record the host receives, live (NDJSON in FILE until Ctrl-C)
@@ -103,7 +105,7 @@ export async function cmdBpf(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   const { values, positionals } = parseArgs({
     args: rest, allowPositionals: true, strict: true,
-    options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' }, package: { type: 'string' }, elf: { type: 'string' }, 'hint-map': { type: 'string' }, name: { type: 'string' } },
+    options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' }, package: { type: 'string' }, elf: { type: 'string' }, 'hint-map': { type: 'string' }, name: { type: 'string' }, flags: { type: 'string' } },
   });
   switch (sub) {
     case 'load': {
@@ -138,8 +140,21 @@ export async function cmdBpf(args: string[]): Promise<number> {
       if (!values.json) out(`unloaded handle ${positionals[0]}\n`);
       return 0;
     }
+    case 'map-set': {
+      if (positionals.length !== 4) throw new ClientUsageError('bpf map-set: give HANDLE MAP KEY VALUE');
+      const [handle, map, key, value] = positionals as [string, string, string, string];
+      const bytes = (what: string, v: string): unknown => {
+        if (v.startsWith('hex:')) return { hex: v.slice(4) };
+        if (!/^\d+$/.test(v)) throw new ClientUsageError(`bpf map-set: ${what} '${v}' is neither an integer nor hex:BYTES`);
+        return Number(v);
+      };
+      const body = { key: bytes('KEY', key), value: bytes('VALUE', value), ...(values.flags ? { flags: values.flags } : {}) };
+      const r = (await apiJson(socketFor(values['api-sock']), 'PUT', `/bpf/programs/${encodeURIComponent(handle)}/maps/${encodeURIComponent(map)}`, body)) as { key: string; value: string };
+      out(values.json ? JSON.stringify(r) + '\n' : `handle ${handle} map ${map}: [${r.key}] = ${r.value}\n`);
+      return 0;
+    }
     default:
-      throw new ClientUsageError(`bpf: unknown subcommand '${sub ?? ''}' (load, list, unload)`);
+      throw new ClientUsageError(`bpf: unknown subcommand '${sub ?? ''}' (load, list, unload, map-set)`);
   }
 }
 

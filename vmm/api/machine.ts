@@ -28,6 +28,7 @@ export interface ApiScheduler {
 export interface ApiParavirt {
   load(pkg: Package): Promise<HypercallResult>;
   unload(handle: number): Promise<HypercallResult>;
+  mapUpdate(handle: number, map: string, key: Uint8Array, value: Uint8Array, flags?: number): Promise<HypercallResult>;
   readonly loaded: ReadonlyMap<number, LoadedProgram>;
   readonly device: { counters(): HypercallCounters };
   readonly hintsSeen: number;

@@ -13,11 +13,12 @@ import { HINT_PROGRAMS } from '../hints/programs';
 import { entryLine, type StreamSink } from '../hints/stream';
 import { CLASS_NAMES, checkClass } from '../actuators';
 import { DEFAULT_PRIO_MAX, PRIO_MODES, type PrioMode } from '../scheduler/prio';
-import { type Package, type PackageJson, packageFromElf, packageFromJson } from '../../bpf/package';
+import { MapType, type Package, type PackageJson, packageFromElf, packageFromJson } from '../../bpf/package';
 import { loadElf } from '../../bpf/elf';
 import { collectMetrics, renderPrometheus } from '../metrics';
 import type { ApiMachine } from './machine';
-import { check, isPlainObject, ValidationError, type Spec } from './schema';
+import { check, describe, isPlainObject, ValidationError, type Spec } from './schema';
+import { MAP_UPDATE_FLAGS } from '../../devices/hypercall/shmem';
 import { CID_MAX, CID_MIN, validateVsockSpec, VsockSpecError } from '../../devices/virtio/vsock/spec';
 
 export const VMM_VERSION = '0.1.0';
@@ -89,6 +90,12 @@ const VCPU_SCHED = {
 
 const VCPU_STATE = {
   state: { type: 'string', required: true, oneOf: ['Paused', 'Resumed'] },
+} as const satisfies Spec;
+
+const MAP_SET = {
+  key: { type: 'any', required: true },
+  value: { type: 'any', required: true },
+  flags: { type: 'string', oneOf: ['any', 'noexist', 'exist'] },
 } as const satisfies Spec;
 
 const HALT_POLL = {
@@ -252,6 +259,7 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       [/^\/scheduler$/, { GET: () => ok(this.schedulerInfo()), PUT: (r) => this.putScheduler(r.body) }],
       [/^\/bpf\/programs$/, { GET: () => ok({ programs: this.programs(), builtins: HINT_PROGRAMS.map((p) => ({ name: p.name, description: p.description, hint_types: p.kinds.map((k) => ({ type: k.type, name: k.name })) })) }), PUT: (r) => this.loadProgram(r.body) }],
       [/^\/bpf\/programs\/([^/]+)$/, { DELETE: (_r, p) => this.unloadProgram(p[0]!) }],
+      [/^\/bpf\/programs\/([^/]+)\/maps\/([^/]+)$/, { PUT: (r, p) => this.mapSet(p[0]!, decodeURIComponent(p[1]!), r.body) }],
       [/^\/hints$/, { GET: (r) => this.hints(r) }],
       [/^\/vcpus$/, { GET: () => ok({ vcpus: this.vcpuRows() }) }],
       [/^\/vcpus\/([^/]+)$/, { PATCH: (r, p) => this.vcpuState(p[0]!, r.body) }],
@@ -497,6 +505,26 @@ export class VmController<M extends ApiMachine = ApiMachine> {
     return ok({ handle: r.handle, name: pkg.name, digest: loaded?.digest ?? null, prog_ids: [...r.progIds], outcome: r.outcome });
   }
 
+  /** PUT /bpf/programs/{handle}/maps/{name} {key, value, flags?}: one element of a guest program's map. */
+  private async mapSet(param: string, map: string, body: unknown): Promise<ApiResponse> {
+    const pv = this.paravirt('bpf map-set');
+    if (!/^\d+$/.test(param)) throw new ApiError(400, `bpf map-set: handle '${param}' is not a number`);
+    const handle = Number(param);
+    const p = pv.loaded.get(handle);
+    if (!p) throw new ApiError(404, `bpf map-set: no program with handle ${handle} is loaded`);
+    const spec = p.pkg.maps.find((m) => m.name === map);
+    if (!spec) throw new ApiError(404, `bpf map-set: ${p.name} (handle ${handle}) has no map '${map}'`);
+    if (spec.type === MapType.ringbuf) throw new ApiError(400, `bpf map-set: map '${map}' is a ring buffer: it has no elements to write`);
+    const b = check('map', body, MAP_SET);
+    const key = mapBytes('map.key', b.key, spec.keySize);
+    const value = mapBytes('map.value', b.value, spec.valueSize);
+    const flags = MAP_UPDATE_FLAGS[(b.flags ?? 'any') as keyof typeof MAP_UPDATE_FLAGS];
+    const r = await this.withAgentTimeout(`bpf map-set ${handle} ${map}`, pv.mapUpdate(handle, map, key, value, flags));
+    if (!r.ok) throw new ApiError(400, `bpf map-set ${handle} ${map}: the guest agent answered ${r.outcome}${r.errno ? ` (errno ${r.errno})` : ''}${r.text ? `: ${r.text}` : ''}`);
+    this.opts.log?.(`api: map ${map} of ${p.name} (handle ${handle}): [${hexOf(key)}] = ${hexOf(value)}`);
+    return ok({ handle, map, key: hexOf(key), value: hexOf(value) });
+  }
+
   private async unloadProgram(param: string): Promise<ApiResponse> {
     const pv = this.paravirt('bpf unload');
     if (!/^\d+$/.test(param)) throw new ApiError(400, `bpf unload: handle '${param}' is not a number`);
@@ -516,6 +544,29 @@ export class VmController<M extends ApiMachine = ApiMachine> {
     if (prom) return { status: 200, text: renderPrometheus(m), contentType: 'text/plain; version=0.0.4; charset=utf-8' };
     return ok(m);
   }
+}
+
+const hexOf = (b: Uint8Array) => Buffer.from(b).toString('hex');
+
+/**
+ * A map key or value from JSON: a non-negative integer (little-endian in the map's size, which
+ * must be at most 8 bytes and hold it) or {"hex": "..."} (exactly `size` bytes, in memory order).
+ */
+export function mapBytes(field: string, v: unknown, size: number): Uint8Array {
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v) || v < 0) throw new ValidationError(`${field}: ${v} is not a non-negative integer`);
+    if (size > 8 || (size < 8 && v >= 2 ** (8 * size))) throw new ValidationError(`${field}: ${v} does not fit the map's ${size}-byte ${field.endsWith('key') ? 'keys' : 'values'} (use {"hex": ...})`);
+    const b = new Uint8Array(size);
+    let x = BigInt(v);
+    for (let i = 0; i < size; i++, x >>= 8n) b[i] = Number(x & 0xffn);
+    return b;
+  }
+  if (isPlainObject(v) && typeof v.hex === 'string' && Object.keys(v).length === 1) {
+    if (!/^([0-9a-fA-F]{2})*$/.test(v.hex)) throw new ValidationError(`${field}.hex: not an even number of hex digits`);
+    if (v.hex.length !== 2 * size) throw new ValidationError(`${field}.hex: ${v.hex.length / 2} bytes, the map's are ${size}`);
+    return new Uint8Array(Buffer.from(v.hex, 'hex'));
+  }
+  throw new ValidationError(`${field}: expected an integer or {"hex": "..."}, got ${describe(v)}`);
 }
 
 function ok(json: unknown): ApiResponse {

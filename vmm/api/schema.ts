@@ -13,14 +13,17 @@ export type Field =
   | { type: 'string'; required?: boolean; nonEmpty?: boolean; oneOf?: readonly string[] }
   | { type: 'integer'; required?: boolean; min?: number; max?: number }
   | { type: 'boolean'; required?: boolean }
-  | { type: 'object'; required?: boolean };
+  | { type: 'object'; required?: boolean }
+  /** Any JSON value; the caller checks it (e.g. an integer or {"hex": ...}). */
+  | { type: 'any'; required?: boolean };
 
 export type Spec = Record<string, Field>;
 
 type ValueOf<F extends Field> = F extends { type: 'string' } ? string
   : F extends { type: 'integer' } ? number
   : F extends { type: 'boolean' } ? boolean
-  : Record<string, unknown>;
+  : F extends { type: 'object' } ? Record<string, unknown>
+  : unknown;
 
 /** The checked object's type: required fields present, the others optional. */
 export type Checked<S extends Spec> =
@@ -67,6 +70,8 @@ export function check<S extends Spec>(where: string, value: unknown, spec: S): C
         break;
       case 'object':
         if (!isPlainObject(v)) throw new ValidationError(`${name}: expected an object, got ${describe(v)}`);
+        break;
+      case 'any':
         break;
     }
   }

@@ -81,7 +81,7 @@ test('affinity package: load, attach, hints in batches, unload', async () => {
     const pkg = bytesOf(affinityPackage());
     const res = await rig.dev.submit({ op: 'load', pkg });
     assert.is(res.outcome, 'OK', res.text);
-    assert.is(res.progIds.length, 3);
+    assert.is(res.progIds.length, 4);
     const agentPid = rig.dev.agent!.pid;
     const held = heldProgIds(agentPid);
     for (const id of res.progIds) assert.ok(held.has(id), `prog ${id} is held by the agent`);

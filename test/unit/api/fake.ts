@@ -41,8 +41,14 @@ export class FakeParavirt implements ApiParavirt {
     const base = { requestId: handle, op: 'load' as const, handle, errno: 0 };
     if (this.refuse) return { ...base, ok: false, outcome: 'REFUSED', progIds: [], text: this.refuse };
     const progIds = pkg.programs.map((_, i) => 100 + i);
-    this.loaded.set(handle, { handle, name: pkg.name, digest: packageDigest(pkg), progIds, hints: 3 });
+    this.loaded.set(handle, { handle, name: pkg.name, digest: packageDigest(pkg), progIds, hints: 3, pkg });
     return { ...base, ok: true, outcome: 'OK', progIds, text: '' };
+  }
+  /** Map writes the fake agent applied: handle, map, key and value as hex. */
+  readonly mapWrites: string[] = [];
+  async mapUpdate(handle: number, map: string, key: Uint8Array, value: Uint8Array): Promise<HypercallResult> {
+    this.mapWrites.push(`${handle} ${map} ${Buffer.from(key).toString('hex')}=${Buffer.from(value).toString('hex')}`);
+    return { requestId: 98, op: 'map-update', handle, errno: 0, ok: true, outcome: 'OK', progIds: [], text: '' };
   }
   async unload(handle: number): Promise<HypercallResult> {
     this.loaded.delete(handle);

@@ -76,4 +76,30 @@ test('vCPU class, pause and halt polling through the API; bad input names the fi
   }
 });
 
+test('PUT /bpf/programs/H/maps/NAME: sizes checked against the package before anything is sent', async () => {
+  const r = await rig({ attach: { vsock: { cid: 3, udsPath: '/nonexistent/v.sock' } } });
+  try {
+    const pv = r.ctl.machine!.paravirt!;
+    const h = ((await apiJson(r.sock, 'PUT', '/bpf/programs', { builtin: 'prio' })) as { handle: number }).handle;
+    const res = (await apiJson(r.sock, 'PUT', `/bpf/programs/${h}/maps/config`, { key: 0, value: { hex: '0100000005000000' } })) as { key: string; value: string };
+    assert.equal(res, { handle: h, map: 'config', key: '00000000', value: '0100000005000000' });
+    assert.equal(pv.mapWrites, [`${h} config 00000000=0100000005000000`]);
+    const bad = async (path: string, body: unknown, status: number, re: RegExp) => {
+      const x = await apiCall(r.sock, 'PUT', path, body);
+      assert.is(x.status, status, x.text);
+      assert.match((JSON.parse(x.text) as { fault_message: string }).fault_message, re);
+    };
+    await bad(`/bpf/programs/${h}/maps/stash`, { key: 0, value: 1 }, 400, /map.value: 1 does not fit the map's 24-byte values/);
+    await bad(`/bpf/programs/${h}/maps/hints`, { key: 0, value: 1 }, 400, /'hints' is a ring buffer/);
+    await bad(`/bpf/programs/${h}/maps/config`, { key: 4294967296, value: { hex: '00'.repeat(8) } }, 400, /does not fit the map's 4-byte keys/);
+    await bad(`/bpf/programs/${h}/maps/config`, { key: 0, value: { hex: '00' } }, 400, /1 bytes, the map's are 8/);
+    await bad(`/bpf/programs/${h}/maps/config`, { key: 'zero', value: 1 }, 400, /expected an integer or \{"hex": "..."\}, got a string/);
+    await bad(`/bpf/programs/${h}/maps/nosuch`, { key: 0, value: 1 }, 404, /has no map 'nosuch'/);
+    await bad('/bpf/programs/99/maps/config', { key: 0, value: 1 }, 404, /no program with handle 99/);
+    assert.is(pv.mapWrites.length, 1, 'nothing bad reached the agent');
+  } finally {
+    await r.close();
+  }
+});
+
 test.run();

@@ -20,7 +20,7 @@ test('agent.c parsing host frames, under ASan and UBSan', () => {
     const guest = join(root, 'guest');
     execFileSync('gcc', [
       '-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-fno-omit-frame-pointer', `-I${guest}`,
-      join(root, 'test/unit/fuzz/agent-harness.c'), ...['ebpf.c', 'bpfload.c', 'sha256.c', 'log.c'].map((f) => join(guest, f)), '-o', bin,
+      join(root, 'test/unit/fuzz/agent-harness.c'), ...['ebpf.c', 'bpfload.c', 'replay.c', 'sha256.c', 'log.c'].map((f) => join(guest, f)), '-o', bin,
     ], { stdio: ['ignore', 'ignore', 'inherit'] });
     const cases = caseBudget(500);
     const seed = seedFor('agent-c');

@@ -25,6 +25,12 @@ export interface Metrics {
   /** KVM exits by reason, per vCPU (index = vCPU). */
   vcpu_exits: Record<string, number>[];
   scheduler?: CounterGroup;
+  /** The hint registry (records decoded, unknown, short, handler errors, by name) and the stream's readers. */
+  hints?: CounterGroup;
+  hint_stream?: CounterGroup;
+  /** vCPU class changes, halt-poll changes, pauses (vmm/actuators.ts) and the prio policy. */
+  actuators?: CounterGroup;
+  prio?: CounterGroup;
   hypercall?: CounterGroup;
   vsock?: CounterGroup;
   /** By transport name (e.g. virtio-vsock). */
@@ -49,7 +55,11 @@ function group(src: object): CounterGroup {
 export function collectMetrics(m: ApiMachine, vmId: string, now: () => number = Date.now): Metrics {
   const out: Metrics = { utc_timestamp_ms: now(), vm_id: vmId, vcpus: m.config.vcpus, vcpu_exits: m.vcpuExits(), transports: {}, programs: [] };
   if (m.scheduler) out.scheduler = group(m.scheduler.counters);
+  if (m.actuators) out.actuators = group(m.actuators.counters);
+  if (m.prio) out.prio = group(m.prio.counters);
   if (m.paravirt) {
+    out.hints = group(m.paravirt.registry.counters);
+    out.hint_stream = group(m.paravirt.stream.counters);
     out.hypercall = { ...group(m.paravirt.device.counters()), hintRecordsSeen: m.paravirt.hintsSeen };
     for (const p of m.paravirt.loaded.values()) {
       out.programs.push({ handle: p.handle, name: p.name, digest: p.digest, prog_ids: [...p.progIds], hints: p.hints });
@@ -77,7 +87,7 @@ function labels(l: Record<string, string>): string {
 }
 
 /** The label a nested record's keys get, by the record's name (default `key`). */
-const NESTED_LABEL: Record<string, string> = { dropped: 'reason', calls: 'command', errors: 'status', hintsByType: 'type' };
+const NESTED_LABEL: Record<string, string> = { dropped: 'reason', calls: 'command', errors: 'status', hintsByType: 'type', byName: 'type' };
 
 /**
  * Prometheus text exposition (version 0.0.4): `tsvmm_<group>_<name>{labels} value`, one
@@ -102,6 +112,10 @@ export function renderPrometheus(m: Metrics): string {
     for (const [reason, n] of Object.entries(byReason)) add('tsvmm_vcpu_exits', 'counter', { vcpu: String(vcpu), reason }, n);
   });
   if (m.scheduler) addGroup('scheduler', m.scheduler, {});
+  for (const g of ['hints', 'hint_stream', 'actuators', 'prio'] as const) {
+    const c = m[g];
+    if (c) addGroup(g, c, {});
+  }
   if (m.hypercall) addGroup('hypercall', m.hypercall, {});
   if (m.vsock) addGroup('vsock', m.vsock, {});
   for (const [device, c] of Object.entries(m.transports)) addGroup('transport', c, { device });

@@ -111,7 +111,8 @@ test('a child inherits its parent\'s pin; the vCPU is released only when no pinn
   assert.ok(entries.some((e) => e.name === 'AFFINITY' && (e.fields as { tid: number }).tid === child), 'the child got its own AFFINITY record');
   const dedicated = threadCpus(tids[1]!);
   assert.is.not(dedicated, pool);
-  parent.kill('SIGKILL');
+  // Only the parent: the agent's kill would signal its whole process group, the child included.
+  assert.is((await sh(`kill -9 ${parentPid}`)).exitCode, 0);
   await parent.result.catch(() => undefined);
   await until('the parent to be unpinned', () => tasksOn(1).join() === String(child));
   await new Promise((r) => setTimeout(r, 500));
@@ -213,27 +214,46 @@ function haltPolls(): number {
 
 test('halt polling: 0 ns stops KVM polling halted vCPUs of this VM, a large value brings it back', async () => {
   const a = m.actuators!;
+  // Short sleeps in the guest: halts shorter than the limit are what makes KVM poll.
+  const ticker = agent.start({ argv: ['rtlat', 'cpu:1', 'measure:100000:200'] });
+  await ticker.pid;
   a.setHaltPoll(0, 'test');
-  await new Promise((r) => setTimeout(r, 300)); // vCPUs already polling finish
+  await new Promise((r) => setTimeout(r, 500)); // vCPUs polling right now finish
   const off0 = haltPolls();
   await new Promise((r) => setTimeout(r, 1500));
   assert.is(haltPolls(), off0, 'no poll with halt polling off');
-  a.setHaltPoll(500_000, 'test');
+  a.setHaltPoll(10_000_000, 'test');
   await until('halted vCPUs to poll again', () => haltPolls() > off0, 30_000);
-  assert.is(a.haltPoll, 500_000);
+  assert.is(a.haltPoll, 10_000_000);
+  ticker.kill('SIGKILL');
+  await ticker.result.catch(() => undefined);
 });
+
+/** utime + stime of a host thread, in clock ticks (/proc/self/task/TID/stat fields 14 and 15). */
+function cpuTicks(tid: number): number {
+  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[14 - 3]) + Number(f[15 - 3]);
+}
 
 test('pause: the vCPU thread sleeps and runs no guest code until resumed', async () => {
   const a = m.actuators!;
-  const exits = () => Object.values(m.vcpuExits()[2]!).reduce((x, y) => x + y, 0);
+  // A guest busy loop on CPU 2 keeps vCPU 2's thread running whenever it may run.
+  const busy = agent.start({ argv: ['taskset', '-c', '2', 'sh', '-c', 'while :; do :; done'] });
+  await busy.pid;
+  const t0 = cpuTicks(tids[2]!);
+  await until('vCPU 2 to burn CPU', () => cpuTicks(tids[2]!) > t0 + 10, 30_000);
   await a.pause(2, 'test');
-  const frozen = exits();
   assert.is(threadState(tids[2]!), 'S');
-  await new Promise((r) => setTimeout(r, 1000));
-  assert.is(exits(), frozen, 'no KVM exit while paused');
+  const frozen = cpuTicks(tids[2]!);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.is(cpuTicks(tids[2]!), frozen, 'no CPU time while paused, whatever the guest wants');
   assert.is(threadState(tids[2]!), 'S');
+  assert.ok(a.table()[2]!.paused);
   await a.resume(2, 'test');
-  await until('vCPU 2 to run again', () => exits() > frozen, 30_000);
+  await until('vCPU 2 to run the guest again', () => cpuTicks(tids[2]!) > frozen + 10, 30_000);
+  busy.kill('SIGKILL');
+  await busy.result.catch(() => undefined);
   assert.is((await sh('true')).exitCode, 0, 'the guest lives on');
 });
 

@@ -44,6 +44,9 @@ export class SimAgent {
   private readonly h: DataView;
   private g2hSeq = 0;
 
+  /** The vCPU the agent's port writes come from (what the vCPU mailboxes tell the bus). */
+  vcpu: number | undefined;
+
   constructor(private readonly bus: Bus, private readonly shm: Uint8Array, private readonly io = HC_IO_BASE) {
     this.h = new DataView(shm.buffer, shm.byteOffset, shm.length);
   }
@@ -57,7 +60,7 @@ export class SimAgent {
   outl(reg: number, value: number): void {
     const b = new Uint8Array(4);
     new DataView(b.buffer).setUint32(0, value >>> 0, true);
-    this.bus.write(this.io + reg, b);
+    this.bus.write(this.io + reg, b, this.vcpu);
   }
 
   /** Discovery as the C agent does it; throws when something does not match. */

@@ -45,4 +45,22 @@ test('with two packages loaded, each counts only the records from its own ring b
   pv.close();
 });
 
+test('every record reaches the stream with its delivering vCPU and source; a known one its handler too', async () => {
+  const { pv, a } = paravirt();
+  a.hello();
+  const load = pv.load({ ...affinityPackage(), name: 'mine' });
+  a.serve(() => ({ outcome: 'OK', errno: 0, progIds: [3], text: '' }));
+  const h = (await load).handle;
+  a.vcpu = 2;
+  const unknown = { type: 4242, payload: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]) };
+  assert.is(a.hints({ dropped: 0, records: [sourceRecord(h), hint(77), unknown] }).status, 0);
+  const got = pv.stream.recent();
+  assert.equal(got.map((e) => [e.vcpu, e.source, e.program, e.name ?? e.type]), [[2, h, 'mine', 'UNPIN'], [2, h, 'mine', 4242]]);
+  assert.equal(got[0]!.fields, { type: 'UNPIN', tid: 77, tgid: 77 });
+  assert.is(got[1]!.raw, '921000001000000001020304050607' + '08');
+  assert.is(pv.device.counters().hintUnknown, 1, 'a type no kind knows is still counted unknown');
+  assert.is(pv.registry.counters.unknown, 1);
+  pv.close();
+});
+
 test.run();

@@ -26,6 +26,8 @@ const c = {
   read: lib.func('read', 'intptr_t', ['int', 'void *', 'size_t']),
   write: lib.func('write', 'intptr_t', ['int', 'void *', 'size_t']),
   prctl: lib.func('prctl', 'int', ['int', 'str', 'unsigned long', 'unsigned long', 'unsigned long']),
+  prctlInt: lib.func('prctl', 'int', ['int', 'unsigned long', 'unsigned long', 'unsigned long', 'unsigned long']),
+  syscall3Ptr: lib.func('syscall', 'long', ['long', 'long', 'long', 'void *']),
   syscall0: lib.func('syscall', 'long', ['long']),
   syscall3: lib.func('syscall', 'long', ['long', 'long', 'long', 'long']),
   // sched_setattr(pid, attr, flags) / sched_getattr(pid, attr, size, flags): non-variadic, as for ioctl.
@@ -48,6 +50,10 @@ export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 const MAP_FAILED = 0xffffffffffffffffn;
 const PR_SET_NAME = 15;
+const PR_SET_NO_NEW_PRIVS = 38;
+const PR_GET_SECCOMP = 21;
+const SYS_SECCOMP = 317;
+const SECCOMP_SET_MODE_FILTER = 1;
 const SYS_GETTID = 186;
 const SYS_TGKILL = 234;
 const SYS_SCHED_SETATTR = 314;
@@ -202,4 +208,34 @@ export function schedGetattr(tid: number): ThreadSchedAttr {
   if (Number(c.syscallAttr(SYS_SCHED_GETATTR, tid, b, SchedAttr.size, 0)) < 0) fail('sched_getattr', `tid ${tid}`);
   const dv = new DataView(b.buffer);
   return { policy: dv.getUint32(SchedAttr.policy, true), priority: dv.getUint32(SchedAttr.priority, true), nice: dv.getInt32(SchedAttr.nice, true) };
+}
+
+/**
+ * Puts the calling thread (and threads it creates later) under a classic-BPF seccomp filter
+ * (bpf/seccomp.ts builds `filter`, an array of struct sock_filter). Sets PR_SET_NO_NEW_PRIVS
+ * first, which seccomp requires of an unprivileged caller and which keeps the thread from
+ * gaining privileges through exec. Only this thread: no SECCOMP_FILTER_FLAG_TSYNC.
+ */
+export function installSeccompFilter(filter: Uint8Array): void {
+  if (filter.length === 0 || filter.length % 8 !== 0 || filter.length / 8 > 0xffff) throw new RangeError(`seccomp filter of ${filter.length} bytes`);
+  if ((c.prctlInt(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as number) < 0) fail('prctl(PR_SET_NO_NEW_PRIVS)');
+  // struct sock_fprog { u16 len; u8 pad[6]; struct sock_filter *filter; }: the program needs a
+  // stable address, so it is copied into a mapping of its own (the kernel copies it in turn).
+  const addr = mmap(filter.length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+  try {
+    new Uint8Array(view(addr, filter.length)).set(filter);
+    const fprog = new DataView(new ArrayBuffer(16));
+    fprog.setUint16(0, filter.length / 8, true);
+    fprog.setBigUint64(8, addr, true);
+    if (Number(c.syscall3Ptr(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, fprog.buffer)) < 0) fail('seccomp(SECCOMP_SET_MODE_FILTER)');
+  } finally {
+    munmap(addr, filter.length);
+  }
+}
+
+/** The calling thread's seccomp mode: 0 none, 2 filter (PR_GET_SECCOMP). */
+export function seccompMode(): number {
+  const r = c.prctlInt(PR_GET_SECCOMP, 0, 0, 0, 0) as number;
+  if (r < 0) fail('prctl(PR_GET_SECCOMP)');
+  return r;
 }

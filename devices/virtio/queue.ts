@@ -9,6 +9,7 @@
 // fields are reread from memory on every use, never cached.
 
 import { u64ToSafe, type GuestMemory } from '../memory';
+import { IoVecBuffer } from './iovec';
 
 // Ring layout (§2.7.5–2.7.8): the only place these offsets live.
 const DESC_SIZE = 16; // addr u64, len u32, flags u16, next u16
@@ -39,54 +40,15 @@ const hex = (n: number) => `0x${n.toString(16)}`;
 
 /** One available request: the head index plus its buffers, already bounds-checked. */
 export class DescriptorChain {
+  /** Driver->device buffers, in order (views into guest memory). */
+  readonly readable = new IoVecBuffer();
+  /** Device->driver buffers, in order. */
+  readonly writable = new IoVecBuffer();
+
   constructor(
     /** Index of the head descriptor (goes back in the used ring). */
     readonly head: number,
-    /** Driver->device buffers, in order (views into guest memory). */
-    readonly readable: readonly Uint8Array[],
-    /** Device->driver buffers, in order. */
-    readonly writable: readonly Uint8Array[],
-    readonly readableLength: number,
-    readonly writableLength: number,
   ) {}
-
-  /** Copies up to `len` readable bytes starting at `offset` into one new buffer. */
-  read(offset = 0, len = this.readableLength - offset): Uint8Array {
-    offset = Math.max(0, offset);
-    const out = new Uint8Array(Math.max(0, Math.min(len, this.readableLength - offset)));
-    let skip = offset;
-    let at = 0;
-    for (const b of this.readable) {
-      if (at >= out.length) break;
-      if (skip >= b.length) {
-        skip -= b.length;
-        continue;
-      }
-      const part = b.subarray(skip, skip + (out.length - at));
-      out.set(part, at);
-      at += part.length;
-      skip = 0;
-    }
-    return out;
-  }
-
-  /** Scatters `data` into the writable buffers starting at byte `offset`; returns bytes written. */
-  write(data: Uint8Array, offset = 0): number {
-    let skip = Math.max(0, offset);
-    let at = 0;
-    for (const b of this.writable) {
-      if (at >= data.length) break;
-      if (skip >= b.length) {
-        skip -= b.length;
-        continue;
-      }
-      const n = Math.min(b.length - skip, data.length - at);
-      b.set(data.subarray(at, at + n), skip);
-      at += n;
-      skip = 0;
-    }
-    return at;
-  }
 }
 
 interface Rings {
@@ -232,10 +194,7 @@ export class Queue {
   private parse(table: DataView, head: number): DescriptorChain {
     const n = this.size;
     if (head >= n) throw new QueueError(`head descriptor ${head} is out of range (queue size ${n})`);
-    const readable: Uint8Array[] = [];
-    const writable: Uint8Array[] = [];
-    let readableLength = 0;
-    let writableLength = 0;
+    const chain = new DescriptorChain(head);
     let count = 0; // descriptors visited, direct and indirect: bounded by the queue size
 
     let desc = table;
@@ -269,25 +228,18 @@ export class Queue {
         continue;
       }
 
-      const buf = this.mem.slice(addr, len);
-      if (!buf) throw bad(`buffer ${hex(addr)}+${hex(len)} is not in guest RAM`);
-      if (flags & VIRTQ_DESC_F_WRITE) {
-        writable.push(buf);
-        writableLength += len;
-      } else {
-        if (writable.length > 0) throw bad(`readable buffer after a writable one`);
-        readable.push(buf);
-        readableLength += len;
-      }
+      const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
+      if (!writable && chain.writable.segmentCount > 0) throw bad(`readable buffer after a writable one`);
+      if (!(writable ? chain.writable : chain.readable).append(this.mem, addr, len)) throw bad(`buffer ${hex(addr)}+${hex(len)} is not in guest RAM`);
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
       if (next >= entries) throw bad(`next ${next} is out of range (${entries} entries)`);
       index = next;
     }
     // used.len is a u32: a chain whose writable part exceeds it cannot be reported back.
-    if (writableLength > 0xffffffff || readableLength > 0xffffffff) {
+    if (chain.writable.length > 0xffffffff || chain.readable.length > 0xffffffff) {
       throw new QueueError(`descriptor chain from ${head} is longer than 4 GiB`);
     }
-    return new DescriptorChain(head, readable, writable, readableLength, writableLength);
+    return chain;
   }
 
   /** Returns a chain to the driver with `written` bytes written into its writable buffers. */

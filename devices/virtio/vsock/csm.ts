@@ -14,20 +14,21 @@
 //   host -> guest: we read from the host only while the guest has credit and our own bounded
 //     buffer has room; otherwise the host stream is paused (backpressure onto the host peer).
 
+import type { IoVecBuffer } from '../iovec';
 import type { VsockCounters } from './counters';
 import {
-  HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
+  HDR_SIZE, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
   SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type RxPacketWriter, type VsockHeader,
 } from './packet';
 
 /** The host end of a connection: a Unix socket, or an in-process stream (muxer.connect). */
 export interface HostStream {
   /**
-   * Sends the `len` bytes of `parts`: views of guest memory, valid only during this call (the
+   * Sends bytes [offset, offset + len) of `data`: guest memory, valid only during this call (the
    * chain goes back to the guest right after), so the stream copies what it cannot pass on at
    * once. `flushed` runs once the host side accepted all of it, possibly before write returns.
    */
-  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void;
+  write(data: IoVecBuffer, offset: number, len: number, flushed: () => void): void;
   /** Half-close: the host peer reads EOF after what was written. */
   end(): void;
   /** Releases the stream: gracefully (end after pending writes) or abortively (now). */
@@ -252,8 +253,11 @@ export class Connection {
 
   // ---- packets from the guest ----
 
-  /** A guest packet for this connection (already validated and routed by the muxer). */
-  handleTx(hdr: VsockHeader, payload: readonly Uint8Array[]): void {
+  /**
+   * A guest packet for this connection (already validated and routed by the muxer); its payload
+   * is bytes [HDR_SIZE, HDR_SIZE + hdr.len) of `buf`.
+   */
+  handleTx(hdr: VsockHeader, buf: IoVecBuffer): void {
     if (this.st === 'closed') return;
     // Ask again only once the guest's credit moved: a guest whose reader sleeps would otherwise
     // answer every CREDIT_REQUEST with the same zero credit, forever.
@@ -283,7 +287,7 @@ export class Connection {
         else this.invalid();
         break;
       case 'established':
-        this.established(hdr, payload);
+        this.established(hdr, buf);
         break;
       case 'closing':
         // Only the guest's RST matters now; credit and stray data are absorbed.
@@ -293,7 +297,7 @@ export class Connection {
     this.advance();
   }
 
-  private established(hdr: VsockHeader, payload: readonly Uint8Array[]): void {
+  private established(hdr: VsockHeader, buf: IoVecBuffer): void {
     switch (hdr.op) {
       case OP_RW: {
         if (hdr.len === 0) return;
@@ -307,7 +311,7 @@ export class Connection {
         }
         this.syncTxBudget();
         const n = hdr.len;
-        this.stream.write(payload, n, () => this.flushed(n));
+        this.stream.write(buf, HDR_SIZE, n, () => this.flushed(n));
         return;
       }
       case OP_SHUTDOWN: {

@@ -118,7 +118,7 @@ export class VirtioVsock implements VirtioDevice {
     if (!chain) return; // stays pending until the driver posts an event buffer
     const ev = new Uint8Array(4);
     new DataView(ev.buffer).setUint32(0, EVENT_TRANSPORT_RESET, true);
-    const written = chain.writableLength >= 4 ? chain.write(ev) : 0;
+    const written = chain.writable.length >= 4 ? chain.writable.writeAt(ev) : 0;
     q.addUsed(chain.head, written);
     this.transportResetPending = false;
     ctx.signalUsed(EVQ);
@@ -138,9 +138,9 @@ export class VirtioVsock implements VirtioDevice {
       const chain = q.pop();
       if (!chain) break;
       this.counters.txPackets++;
-      const p = parseTxChain(chain, this.guestCid);
+      const p = parseTxChain(chain.readable, this.guestCid);
       if (p.ok) {
-        this.muxer.handleTx(p.hdr, p.payload);
+        this.muxer.handleTx(p.hdr, p.buf);
       } else {
         countDrop(this.counters, p.reason);
         if (p.rstTo) this.muxer.enqueueRst(p.rstTo.dstPort, p.rstTo.srcPort);

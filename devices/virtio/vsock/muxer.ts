@@ -11,13 +11,13 @@
 //   guest-initiated to port P: we connect to "PATH_P"; connected -> RESPONSE, else RST.
 
 import { Duplex } from 'node:stream';
-import { writeSync, writevSync } from 'node:fs';
 import * as net from 'node:net';
 import { type CloseReason, type ConnLimits, Connection, type ByteBudget, type HostStream } from './csm';
 import { countDrop, newCounters, type VsockCounters } from './counters';
 import { listenOwned, type OwnSocket } from '../../socket-path';
 import { UDS_PATH_MAX } from './spec';
-import { concatViews, gatherViews, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
+import type { IoVecBuffer } from '../iovec';
+import { HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
 
 export const MAX_CONNECTIONS = 1023;
 /** Host ports for host-initiated connections: [2^30, 2^31), round robin (as Firecracker). */
@@ -96,12 +96,12 @@ class SocketStream implements HostStream {
   // profile in the nested sandbox put those at about a fifth of the main thread's time per
   // packet). Whatever the socket does not take now (EAGAIN, a short write) is copied and queued
   // on the stream as before, and so is any error, which the stream then reports as usual.
-  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void {
+  write(data: IoVecBuffer, offset: number, len: number, flushed: () => void): void {
     let done = 0;
     const fd = this.directFd();
     if (fd >= 0) {
       try {
-        done = parts.length === 1 ? writeSync(fd, parts[0]!) : writevSync(fd, parts);
+        done = data.writeTo(fd, offset, len);
       } catch {
         done = 0; // EAGAIN: the socket is full; any other error: the stream reports it below
       }
@@ -110,7 +110,7 @@ class SocketStream implements HostStream {
       flushed();
       return;
     }
-    const rest = concatViews(gatherViews(parts, done, len - done), len - done);
+    const rest = data.copyOut(offset + done, len - done);
     this.s.write(rest, (err) => { if (!err) this.mutate(flushed); });
   }
 
@@ -185,8 +185,8 @@ class InternalStream implements HostStream {
       },
     });
   }
-  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void {
-    if (this.duplex.push(concatViews(parts, len))) flushed();
+  write(data: IoVecBuffer, offset: number, len: number, flushed: () => void): void {
+    if (this.duplex.push(data.copyOut(offset, len))) flushed();
     else this.heldFlushes.push(flushed);
   }
   end(): void {
@@ -428,10 +428,10 @@ export class VsockMuxer {
 
   // ---- packets from the guest (already validated by packet.ts) ----
 
-  handleTx(hdr: VsockHeader, payload: readonly Uint8Array[]): void {
+  handleTx(hdr: VsockHeader, buf: IoVecBuffer): void {
     const e = this.conns.get(keyOf(hdr.dstPort, hdr.srcPort));
     if (e) {
-      this.mutate(e, () => e.conn.handleTx(hdr, payload));
+      this.mutate(e, () => e.conn.handleTx(hdr, buf));
       return;
     }
     if (hdr.op === OP_REQUEST) {

@@ -8,6 +8,8 @@
 //   le32 src_port  @16    le16 op    @30     le32 fwd_cnt   @40
 //   le32 dst_port  @20
 
+import type { IoVecBuffer } from '../iovec';
+
 export const HDR_SIZE = 44;
 /** Largest payload one packet may carry (Linux VIRTIO_VSOCK_MAX_PKT_BUF_SIZE, Firecracker too). */
 export const MAX_PKT_PAYLOAD = 64 * 1024;
@@ -45,9 +47,15 @@ export interface VsockHeader {
   fwdCnt: number;
 }
 
+// Headers are decoded from and encoded into this buffer (one thread, never reentrant), then
+// copied in or out of the chain in one IoVecBuffer call, so the per-packet path allocates no
+// DataView over guest memory and handles a header split across descriptors the same way.
+const scratch = new Uint8Array(HDR_SIZE);
+const scratchView = new DataView(scratch.buffer);
+
 /** Decodes the first HDR_SIZE bytes of `b` (the caller guarantees the length). */
 export function decodeHeader(b: Uint8Array): VsockHeader {
-  const v = new DataView(b.buffer, b.byteOffset, HDR_SIZE);
+  const v = b === scratch ? scratchView : new DataView(b.buffer, b.byteOffset, HDR_SIZE);
   return {
     srcCid: v.getBigUint64(0, true),
     dstCid: v.getBigUint64(8, true),
@@ -62,11 +70,6 @@ export function decodeHeader(b: Uint8Array): VsockHeader {
   };
 }
 
-// Every RX packet gets a header: encoded here (one thread, never reentrant) and copied out, so
-// the per-packet path allocates no DataView over guest memory.
-const scratch = new Uint8Array(HDR_SIZE);
-const scratchView = new DataView(scratch.buffer);
-
 /** Encodes `h` into the first HDR_SIZE bytes of `out` (`len` overrides `h.len`). */
 export function encodeHeader(h: VsockHeader, out: Uint8Array, len: number = h.len): void {
   const v = scratchView;
@@ -80,14 +83,7 @@ export function encodeHeader(h: VsockHeader, out: Uint8Array, len: number = h.le
   v.setUint32(32, h.flags, true);
   v.setUint32(36, h.bufAlloc, true);
   v.setUint32(40, h.fwdCnt, true);
-  out.set(scratch);
-}
-
-
-/** The buffers of a descriptor chain, as devices/virtio/queue.ts hands them out. */
-export interface ChainBuffers {
-  readonly readable: readonly Uint8Array[];
-  readonly writable: readonly Uint8Array[];
+  if (out !== scratch) out.set(scratch);
 }
 
 /** Why a TX packet was not delivered; also the key of the drop counters. */
@@ -100,69 +96,21 @@ export type DropReason =
   | 'bad-type';      // not STREAM (e.g. SEQPACKET, which is not offered)
 
 export type TxParse =
-  | { readonly ok: true; readonly hdr: VsockHeader; readonly payload: readonly Uint8Array[] }
+  /** The payload is bytes [HDR_SIZE, HDR_SIZE + hdr.len) of `buf`, the chain's readable buffers. */
+  | { readonly ok: true; readonly hdr: VsockHeader; readonly buf: IoVecBuffer }
   /** `rstTo` set: answer the sender with an RST for that header (the packet was well-addressed). */
   | { readonly ok: false; readonly reason: DropReason; readonly rstTo?: VsockHeader };
 
-/** Gathers `len` bytes starting at byte `start` of the concatenation of `bufs`, as views (no copy). */
-export function gatherViews(bufs: readonly Uint8Array[], start: number, len: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let skip = start;
-  let left = len;
-  for (const b of bufs) {
-    if (left === 0) break;
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    const n = Math.min(b.length - skip, left);
-    out.push(b.subarray(skip, skip + n));
-    left -= n;
-    skip = 0;
-  }
-  return out;
-}
-
-/** Copies `len` bytes from the start of the concatenation of `parts` into one new Buffer (not zero-filled first). */
-export function concatViews(parts: readonly Uint8Array[], len: number): Buffer {
-  const out = Buffer.allocUnsafe(len);
-  let at = 0;
-  for (const p of parts) {
-    if (at === len) break;
-    const n = Math.min(p.length, len - at);
-    out.set(n === p.length ? p : p.subarray(0, n), at);
-    at += n;
-  }
-  return out;
-}
-
-function totalLength(bufs: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.length;
-  return n;
-}
-
 /**
  * Validates a guest TX chain. The header may itself span descriptors (the spec does not promise
- * one descriptor per part); the payload is returned as views into guest memory, which stay valid
- * only until the chain goes back to the used ring — consumers copy what they keep.
+ * one descriptor per part); the payload stays in guest memory, valid only until the chain goes
+ * back to the used ring — consumers copy what they keep.
  */
-export function parseTxChain(chain: ChainBuffers, guestCid: bigint): TxParse {
-  const readable = chain.readable;
-  const avail = totalLength(readable);
+export function parseTxChain(readable: IoVecBuffer, guestCid: bigint): TxParse {
+  const avail = readable.length;
   if (avail < HDR_SIZE) return { ok: false, reason: 'short-header' };
-  let hdrBytes: Uint8Array;
-  if (readable[0]!.length >= HDR_SIZE) {
-    hdrBytes = readable[0]!;
-  } else {
-    hdrBytes = new Uint8Array(HDR_SIZE);
-    let at = 0;
-    for (const v of gatherViews(readable, 0, HDR_SIZE)) {
-      hdrBytes.set(v, at);
-      at += v.length;
-    }
-  }
-  const hdr = decodeHeader(hdrBytes);
+  readable.readAt(scratch, 0);
+  const hdr = decodeHeader(scratch);
   if (hdr.len > MAX_PKT_PAYLOAD) return { ok: false, reason: 'len-too-large' };
   if (hdr.len > avail - HDR_SIZE) return { ok: false, reason: 'len-past-chain' };
   if (hdr.srcCid !== guestCid) return { ok: false, reason: 'bad-src-cid' };
@@ -171,7 +119,7 @@ export function parseTxChain(chain: ChainBuffers, guestCid: bigint): TxParse {
     // Never answer an RST with an RST: two peers could bounce them forever.
     return hdr.op === OP_RST ? { ok: false, reason: 'bad-type' } : { ok: false, reason: 'bad-type', rstTo: hdr };
   }
-  return { ok: true, hdr, payload: hdr.len === 0 ? [] : gatherViews(readable, HDR_SIZE, hdr.len) };
+  return { ok: true, hdr, buf: readable };
 }
 
 /**
@@ -179,7 +127,6 @@ export function parseTxChain(chain: ChainBuffers, guestCid: bigint): TxParse {
  * pieces, possibly across descriptors), then the header with the final `len`.
  */
 export class RxPacketWriter {
-  private readonly payloadViews: Uint8Array[];
   /** Bytes of payload this chain can take (0 when it cannot even hold a header). */
   readonly payloadCapacity: number;
   /** Whether the chain can hold a header at all (a chain that cannot is returned unused). */
@@ -187,11 +134,9 @@ export class RxPacketWriter {
   private filled = 0;
   private hdrWritten = false;
 
-  constructor(private readonly writable: readonly Uint8Array[]) {
-    const total = totalLength(writable);
-    this.usable = total >= HDR_SIZE;
-    this.payloadCapacity = this.usable ? Math.min(total - HDR_SIZE, MAX_PKT_PAYLOAD) : 0;
-    this.payloadViews = this.usable ? gatherViews(writable, HDR_SIZE, this.payloadCapacity) : [];
+  constructor(private readonly writable: IoVecBuffer) {
+    this.usable = writable.length >= HDR_SIZE;
+    this.payloadCapacity = this.usable ? Math.min(writable.length - HDR_SIZE, MAX_PKT_PAYLOAD) : 0;
   }
 
   get payloadLength(): number {
@@ -204,45 +149,17 @@ export class RxPacketWriter {
 
   /** Appends as much of `src` as fits; returns the number of bytes taken. */
   appendPayload(src: Uint8Array): number {
-    const views = this.payloadViews;
-    if (views.length === 1) {
-      // The usual shape (Linux: header and payload in separate descriptors): one copy, no loop.
-      const n = Math.min(this.payloadCapacity - this.filled, src.length);
-      views[0]!.set(n === src.length ? src : src.subarray(0, n), this.filled);
-      this.filled += n;
-      return n;
-    }
-    let taken = 0;
-    let pos = this.filled;
-    for (const v of this.payloadViews) {
-      if (taken === src.length) break;
-      if (pos >= v.length) {
-        pos -= v.length;
-        continue;
-      }
-      const n = Math.min(v.length - pos, src.length - taken);
-      v.set(src.subarray(taken, taken + n), pos);
-      taken += n;
-      pos = 0;
-    }
-    this.filled += taken;
-    return taken;
+    const n = Math.min(this.room, src.length);
+    if (n === 0) return 0;
+    this.writable.writeAt(n === src.length ? src : src.subarray(0, n), HDR_SIZE + this.filled);
+    this.filled += n;
+    return n;
   }
 
   /** Writes the header (its `len` is forced to the payload written so far). */
   writeHeader(h: VsockHeader): void {
-    const first = this.writable[0]!;
-    if (first.length >= HDR_SIZE) {
-      encodeHeader(h, first, this.filled);
-    } else {
-      const tmp = new Uint8Array(HDR_SIZE);
-      encodeHeader(h, tmp, this.filled);
-      let at = 0;
-      for (const v of gatherViews(this.writable, 0, HDR_SIZE)) {
-        v.set(tmp.subarray(at, at + v.length));
-        at += v.length;
-      }
-    }
+    encodeHeader(h, scratch, this.filled);
+    this.writable.writeAt(scratch, 0);
     this.hdrWritten = true;
   }
 

@@ -68,14 +68,14 @@ test('pop returns readable and writable views in order; addUsed fills the used r
   const c = q.pop();
   assert.ok(c);
   assert.is(c.head, head);
-  assert.equal(c.readable.map((b) => [...b]), [[1, 2, 3, 4], [5, 6]]);
-  assert.is(c.readableLength, 6);
-  assert.is(c.writableLength, 24);
-  assert.equal([...c.read()], [1, 2, 3, 4, 5, 6]);
-  assert.equal([...c.read(3, 2)], [4, 5]);
+  assert.equal([...c.readable].map((b) => [...b]), [[1, 2, 3, 4], [5, 6]]);
+  assert.is(c.readable.length, 6);
+  assert.is(c.writable.length, 24);
+  assert.equal([...c.readable.copyOut(0, 6)], [1, 2, 3, 4, 5, 6]);
+  assert.equal([...c.readable.copyOut(3, 2)], [4, 5]);
   // Scatter across both writable buffers: 16 in the first, the rest in high RAM.
   const payload = new Uint8Array(20).map((_, i) => i + 1);
-  assert.is(c.write(payload), 20);
+  assert.is(c.writable.writeAt(payload), 20);
   assert.equal([...fake.backing.subarray(HOLE_END + 0x10, HOLE_END + 0x14)], [17, 18, 19, 20]);
   assert.is(q.pop(), undefined);
   q.addUsed(c.head, 20);
@@ -85,7 +85,7 @@ test('pop returns readable and writable views in order; addUsed fills the used r
   void lay;
 });
 
-test('DescriptorChain.read/write: offsets, partial copies, capacity', () => {
+test('a chain\'s buffers: reads and writes at offsets, partial copies, capacity', () => {
   const { fake, q, d } = setup();
   fake.backing.set([1, 2, 3], DATA);
   fake.backing.set([4, 5, 6], DATA + 0x10);
@@ -96,14 +96,14 @@ test('DescriptorChain.read/write: offsets, partial copies, capacity', () => {
     { addr: DATA + 0x30, len: 2, write: true },
   ]));
   const c = q.pop()!;
-  assert.equal([...c.read(2, 3)], [3, 4, 5]);
-  assert.equal([...c.read(5)], [6]);
-  assert.equal([...c.read(6)], []);
-  assert.equal([...c.read(-1, 1)], [1], 'negative offsets clamp to 0');
-  assert.is(c.write(new Uint8Array([9, 9, 9, 9, 9]), 1), 3, 'capacity 4, offset 1');
+  assert.equal([...c.readable.copyOut(2, 3)], [3, 4, 5]);
+  assert.equal([...c.readable.copyOut(5, 10)], [6]);
+  assert.equal([...c.readable.copyOut(6, 1)], []);
+  assert.equal([...c.readable.copyOut(-1, 1)], [], 'a negative offset reads nothing');
+  assert.is(c.writable.writeAt(new Uint8Array([9, 9, 9, 9, 9]), 1), 3, 'capacity 4, offset 1');
   assert.equal([...fake.backing.subarray(DATA + 0x20, DATA + 0x22)], [0, 9]);
   assert.equal([...fake.backing.subarray(DATA + 0x30, DATA + 0x32)], [9, 9]);
-  assert.is(c.write(new Uint8Array([1]), 4), 0);
+  assert.is(c.writable.writeAt(new Uint8Array([1]), 4), 0);
 });
 
 test('a queue that is not ready pops nothing', () => {
@@ -139,7 +139,7 @@ test('indices wrap around u16 over 70,000 requests on a 4-entry queue', () => {
     const c = q.pop();
     assert.ok(c);
     assert.is(c.head, head);
-    assert.is(c.readable.length + c.writable.length, n);
+    assert.is(c.readable.segmentCount + c.writable.segmentCount, n);
     q.addUsed(c.head, 8);
     const used = d.takeUsed();
     assert.is(used.length, 1);
@@ -161,8 +161,8 @@ test('indirect descriptors: buffers come from the table, the head goes back', ()
   const c = q.pop();
   assert.ok(c);
   assert.is(c.head, head);
-  assert.equal([...c.read()], [9, 8, 7]);
-  assert.is(c.writableLength, 5);
+  assert.equal([...c.readable.copyOut(0, 3)], [9, 8, 7]);
+  assert.is(c.writable.length, 5);
 });
 
 test('direct descriptors followed by one indirect descriptor', () => {
@@ -174,8 +174,8 @@ test('direct descriptors followed by one indirect descriptor', () => {
   d.pushAvail(0);
   const c = q.pop();
   assert.ok(c);
-  assert.is(c.readable.length, 2);
-  assert.is(c.writable.length, 1);
+  assert.is(c.readable.segmentCount, 2);
+  assert.is(c.writable.segmentCount, 1);
 });
 
 test('NO_INTERRUPT suppresses notification without EVENT_IDX', () => {

@@ -92,7 +92,7 @@ export class EchoDevice implements VirtioDevice {
         q.undoPop();
         break;
       }
-      const written = chain.write(chain.read());
+      const written = chain.writable.writeAt(chain.readable.copyOut(0, chain.readable.length));
       q.addUsed(chain.head, written);
       this.echoed++;
     }

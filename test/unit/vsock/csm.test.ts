@@ -3,9 +3,11 @@ import * as assert from 'uvu/assert';
 import { type ByteBudget, Connection, type HostStream } from '../../../devices/virtio/vsock/csm';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import {
-  concatViews, decodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+  decodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
   OP_SHUTDOWN, RxPacketWriter, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
+import type { IoVecBuffer } from '../../../devices/virtio/iovec';
+import { iovOf } from '../virtio/iov';
 
 const GUEST = 3n;
 
@@ -17,8 +19,8 @@ class FakeStream implements HostStream {
   closed: 'graceful' | 'abort' | undefined;
   paused = false;
   autoFlush = true;
-  write(parts: readonly Uint8Array[], len: number, flushed: () => void): void {
-    this.written.push(concatViews(parts, len)); // the views die with the call, as guest memory would be reused
+  write(data: IoVecBuffer, offset: number, len: number, flushed: () => void): void {
+    this.written.push(data.copyOut(offset, len)); // the views die with the call, as guest memory would be reused
     if (this.autoFlush) flushed();
     else this.pendingFlush.push(flushed);
   }
@@ -56,7 +58,7 @@ const gh = (h: Partial<VsockHeader>): VsockHeader => ({
 /** Pulls the next packet out of the connection into a buffer of `size` bytes. */
 function rx(conn: Connection, size = 4096): { hdr: VsockHeader; payload: Buffer } | undefined {
   const buf = new Uint8Array(size);
-  const w = new RxPacketWriter([buf]);
+  const w = new RxPacketWriter(iovOf(buf));
   if (!conn.fillRx(w)) return undefined;
   return { hdr: decodeHeader(buf), payload: Buffer.from(buf.subarray(HDR_SIZE, w.written)) };
 }
@@ -70,7 +72,9 @@ function established() {
   return s;
 }
 
-const rw = (data: Uint8Array, h: Partial<VsockHeader> = {}) => [gh({ op: OP_RW, len: data.length, ...h }), [data]] as const;
+/** A TX packet's readable buffers: header descriptor (its bytes are not read here), payload descriptor. */
+const pkt = (...payload: Uint8Array[]): IoVecBuffer => iovOf(new Uint8Array(HDR_SIZE), ...payload);
+const rw = (data: Uint8Array, h: Partial<VsockHeader> = {}) => [gh({ op: OP_RW, len: data.length, ...h }), pkt(data)] as const;
 
 /** The guest sends `n` bytes in packets of at most MAX_PKT_PAYLOAD (as Linux does). */
 function send(conn: Connection, n: number, h: Partial<VsockHeader> = {}): void {
@@ -97,7 +101,7 @@ test('local-init: REQUEST, then RESPONSE establishes; connect timeout resets a s
   const a = setup('local');
   assert.is(rx(a.conn)!.hdr.op, OP_REQUEST);
   assert.ok(a.conn.expiry !== undefined);
-  a.conn.handleTx(gh({ op: OP_RESPONSE }), []);
+  a.conn.handleTx(gh({ op: OP_RESPONSE }), pkt());
   assert.is(a.conn.state, 'established');
   assert.is(a.conn.expiry, undefined);
 
@@ -125,9 +129,9 @@ test('local-init: a guest with no RX buffers (driver not up) still times the con
 test('local-init: guest RST (no listener) closes the host stream; other ops are invalid', () => {
   const a = setup('local');
   rx(a.conn);
-  a.conn.handleTx(gh({ op: OP_RW, len: 0 }), []);
+  a.conn.handleTx(gh({ op: OP_RW, len: 0 }), pkt());
   assert.is(a.counters.dropped['invalid-for-state'], 1);
-  a.conn.handleTx(gh({ op: OP_RST }), []);
+  a.conn.handleTx(gh({ op: OP_RST }), pkt());
   assert.is(a.conn.state, 'closed');
   assert.is(a.stream.closed, 'abort');
   assert.is(a.conn.hasPendingRx(), false);
@@ -191,7 +195,7 @@ test('guest -> host bytes not yet flushed count against the shared TX budget', (
   const g = established();
   g.stream.autoFlush = false;
   g.conn.handleTx(...rw(new Uint8Array(50)));
-  g.conn.handleTx(gh({ op: OP_RST }), []);
+  g.conn.handleTx(gh({ op: OP_RST }), pkt());
   assert.is(g.txBudget.used, 0);
 });
 
@@ -199,7 +203,7 @@ test('guest CREDIT_REQUEST is answered with our fwd_cnt', () => {
   const s = established();
   s.conn.handleTx(...rw(new Uint8Array(100)));
   assert.is(s.conn.hasPendingRx(), false);
-  s.conn.handleTx(gh({ op: OP_CREDIT_REQUEST }), []);
+  s.conn.handleTx(gh({ op: OP_CREDIT_REQUEST }), pkt());
   const u = rx(s.conn)!;
   assert.is(u.hdr.op, OP_CREDIT_UPDATE);
   assert.is(u.hdr.fwdCnt, 100);
@@ -235,7 +239,7 @@ test('credit update after creditUpdateFreed bytes, or near exhaustion (threshold
   // Wrap: start counters near 2^32 by sending 2^32 - small bytes worth of packets is too slow;
   // instead check the modular arithmetic on a fresh connection with a huge peer fwd_cnt.
   const w = established();
-  w.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 1000, fwdCnt: 0xfffffff0 }), []);
+  w.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 1000, fwdCnt: 0xfffffff0 }), pkt());
   // rx_cnt is 0, peer fwd_cnt is 2^32-16: in flight = (0 - (2^32-16)) mod 2^32 = 16
   assert.is(w.conn.peerCredit, 1000 - 16);
 });
@@ -280,10 +284,10 @@ test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out 
   assert.is(rx(s.conn)!.hdr.op, OP_CREDIT_REQUEST);
   assert.is(rx(s.conn), undefined); // asked once; the guest's reader may be asleep
   // The same zero credit again does not re-arm the request (no ping-pong).
-  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 0 }), []);
+  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 0 }), pkt());
   assert.is(rx(s.conn), undefined);
   // The guest read 4096 bytes.
-  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 4096 }), []);
+  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 4096 }), pkt());
   const c = rx(s.conn)!;
   assert.is(c.hdr.op, OP_RW);
   assert.is(c.hdr.len, 10000 - 8192);
@@ -295,7 +299,7 @@ test('host data waits for the RESPONSE; a zero-room RX buffer never carries an e
   s.conn.hostData(new Uint8Array([1, 2, 3]));
   assert.is(rx(s.conn)!.hdr.op, OP_REQUEST);
   assert.is(rx(s.conn), undefined);
-  s.conn.handleTx(gh({ op: OP_RESPONSE }), []);
+  s.conn.handleTx(gh({ op: OP_RESPONSE }), pkt());
   assert.is(rx(s.conn, HDR_SIZE), undefined);
   const r = rx(s.conn)!;
   assert.equal([...r.payload], [1, 2, 3]);
@@ -339,13 +343,13 @@ test('host half-close: SHUTDOWN(SEND) after the buffered data; guest keeps sendi
   s.conn.handleTx(...rw(new Uint8Array(5)));
   assert.is(s.stream.bytes, 5);
   // Guest now shuts its sending side: both directions done -> full SHUTDOWN, then the guest RSTs.
-  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_SEND }), []);
+  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_SEND }), pkt());
   assert.ok(s.stream.ended);
   const fin = rx(s.conn)!;
   assert.is(fin.hdr.op, OP_SHUTDOWN);
   assert.is(fin.hdr.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
   assert.is(s.conn.state, 'closing');
-  s.conn.handleTx(gh({ op: OP_RST }), []);
+  s.conn.handleTx(gh({ op: OP_RST }), pkt());
   assert.is(s.conn.state, 'closed');
   assert.is(s.conn.closeReason, 'clean');
   assert.is(s.stream.closed, 'graceful');
@@ -357,7 +361,7 @@ test('guest half-close: host stream ended once flushed, host keeps sending', () 
   const s = established();
   s.stream.autoFlush = false;
   s.conn.handleTx(...rw(new Uint8Array(5)));
-  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_SEND }), []);
+  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_SEND }), pkt());
   assert.is(s.stream.ended, false); // data still unflushed
   s.stream.flushAll();
   assert.is(s.stream.ended, true);
@@ -372,7 +376,7 @@ test('guest full shutdown: RST after the host got everything; timeout if it neve
   const s = established();
   s.stream.autoFlush = false;
   s.conn.handleTx(...rw(new Uint8Array(5)));
-  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_RCV | SHUTDOWN_SEND }), []);
+  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_RCV | SHUTDOWN_SEND }), pkt());
   assert.is(s.conn.hasPendingRx(), false);
   s.stream.flushAll();
   const r = rx(s.conn)!;
@@ -384,8 +388,8 @@ test('guest full shutdown: RST after the host got everything; timeout if it neve
   const t = established();
   t.stream.autoFlush = false;
   t.conn.handleTx(...rw(new Uint8Array(5)));
-  t.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_RCV }), []);
-  t.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_SEND }), []); // flags accumulate
+  t.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_RCV }), pkt());
+  t.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_SEND }), pkt()); // flags accumulate
   assert.is(t.conn.guestShutdown, SHUTDOWN_RCV | SHUTDOWN_SEND);
   assert.ok(t.conn.expiry !== undefined);
   assert.ok(t.conn.checkExpiry(t.advance(50)));
@@ -396,7 +400,7 @@ test('guest full shutdown: RST after the host got everything; timeout if it neve
 test('guest SHUTDOWN(RCV): buffered and later host data is discarded', () => {
   const s = established();
   s.conn.hostData(new Uint8Array(100));
-  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_RCV }), []);
+  s.conn.handleTx(gh({ op: OP_SHUTDOWN, flags: SHUTDOWN_RCV }), pkt());
   assert.is(s.conn.rxBufferedBytes, 0);
   s.conn.hostData(new Uint8Array(100));
   assert.is(s.conn.rxBufferedBytes, 0);
@@ -442,7 +446,7 @@ test('host death before the handshake completes: RST', () => {
 
 test('guest RST on an established connection: abortive close, counted as reset', () => {
   const s = established();
-  s.conn.handleTx(gh({ op: OP_RST }), []);
+  s.conn.handleTx(gh({ op: OP_RST }), pkt());
   assert.is(s.stream.closed, 'abort');
   assert.is(s.conn.closeReason, 'reset');
   assert.is(s.counters.connectionsReset, 1);
@@ -453,8 +457,8 @@ test('guest RST on an established connection: abortive close, counted as reset',
 
 test('REQUEST/RESPONSE on an established connection are dropped, not fatal', () => {
   const s = established();
-  s.conn.handleTx(gh({ op: OP_REQUEST }), []);
-  s.conn.handleTx(gh({ op: OP_RESPONSE }), []);
+  s.conn.handleTx(gh({ op: OP_REQUEST }), pkt());
+  s.conn.handleTx(gh({ op: OP_RESPONSE }), pkt());
   assert.is(s.conn.state, 'established');
   assert.is(s.counters.dropped['invalid-for-state'], 2);
 });

@@ -1,10 +1,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
-  concatViews,
   decodeHeader, encodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_REQUEST, OP_RST, OP_RW, parseTxChain,
   RxPacketWriter, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
+import { iovOf } from '../virtio/iov';
 
 const GUEST = 3n;
 const hdr = (h: Partial<VsockHeader> = {}): VsockHeader => ({
@@ -37,55 +37,40 @@ test('header layout is the 44-byte little-endian virtio_vsock_hdr', () => {
 
 test('parse: header and payload in separate descriptors, payload spanning two', () => {
   const payload = Uint8Array.from({ length: 10 }, (_, i) => i + 1);
-  const r = parseTxChain({ readable: [enc(hdr({ len: 10 })), payload.slice(0, 4), payload.slice(4)], writable: [] }, GUEST);
+  const r = parseTxChain(iovOf(enc(hdr({ len: 10 })), payload.slice(0, 4), payload.slice(4)), GUEST);
   assert.ok(r.ok);
   if (!r.ok) return;
   assert.is(r.hdr.len, 10);
-  assert.equal(Buffer.concat(r.payload.map((p) => Buffer.from(p))), Buffer.from(payload));
+  assert.equal(r.buf.copyOut(HDR_SIZE, r.hdr.len), Buffer.from(payload));
 });
 
 test('parse: header split across descriptors, payload in the same buffer as the header tail', () => {
   const all = new Uint8Array(HDR_SIZE + 5);
   all.set(enc(hdr({ len: 5 })));
   all.set([9, 8, 7, 6, 5], HDR_SIZE);
-  const r = parseTxChain({ readable: [all.subarray(0, 10), all.subarray(10, 30), all.subarray(30)], writable: [] }, GUEST);
+  const r = parseTxChain(iovOf(all.subarray(0, 10), all.subarray(10, 30), all.subarray(30)), GUEST);
   assert.ok(r.ok);
   if (!r.ok) return;
   assert.is(r.hdr.srcPort, 1000);
-  assert.equal([...Buffer.concat(r.payload.map((p) => Buffer.from(p)))], [9, 8, 7, 6, 5]);
+  assert.equal([...r.buf.copyOut(HDR_SIZE, r.hdr.len)], [9, 8, 7, 6, 5]);
 });
 
 test('parse: payload views alias guest memory (no copy), extra chain bytes ignored', () => {
   const all = new Uint8Array(HDR_SIZE + 100);
   all.set(enc(hdr({ len: 3 })));
-  const r = parseTxChain({ readable: [all], writable: [] }, GUEST);
+  const r = parseTxChain(iovOf(all), GUEST);
   assert.ok(r.ok);
   if (!r.ok) return;
-  assert.is(r.payload.length, 1);
-  assert.is(r.payload[0]!.length, 3);
+  const views = r.buf.views(HDR_SIZE, r.hdr.len);
+  assert.is(views.length, 1);
+  assert.is(views[0]!.length, 3);
   all[HDR_SIZE] = 42;
-  assert.is(r.payload[0]![0], 42);
+  assert.is(views[0]![0], 42);
 });
 
-test('concatViews copies the first len bytes of the views into one buffer that no longer aliases them', () => {
-  const a = Uint8Array.from([1, 2, 3]);
-  const b = Uint8Array.from([4, 5]);
-  const c = Uint8Array.from([6, 7, 8]);
-  const out = concatViews([a, b, c], 6);
-  assert.equal([...out], [1, 2, 3, 4, 5, 6]);
-  a[0] = 99;
-  assert.is(out[0], 1);
-  assert.equal([...concatViews([a, b], 2)], [99, 2]);
-  assert.is(concatViews([], 0).length, 0);
-});
-
-test('malformed: short header (nothing readable, 43 bytes, writable-only chain)', () => {
-  for (const chain of [
-    { readable: [], writable: [] },
-    { readable: [enc(hdr()).subarray(0, 43)], writable: [] },
-    { readable: [], writable: [new Uint8Array(100)] },
-  ]) {
-    const r = parseTxChain(chain, GUEST);
+test('malformed: short header (nothing readable, 43 bytes in one or two descriptors)', () => {
+  for (const readable of [iovOf(), iovOf(enc(hdr()).subarray(0, 43)), iovOf(new Uint8Array(20), new Uint8Array(23))]) {
+    const r = parseTxChain(readable, GUEST);
     assert.equal(r, { ok: false, reason: 'short-header' });
   }
 });
@@ -93,38 +78,38 @@ test('malformed: short header (nothing readable, 43 bytes, writable-only chain)'
 test('malformed: len above 64 KiB, len past the chain', () => {
   const big = new Uint8Array(HDR_SIZE + MAX_PKT_PAYLOAD + 1);
   big.set(enc(hdr({ len: MAX_PKT_PAYLOAD + 1 })));
-  assert.equal(parseTxChain({ readable: [big], writable: [] }, GUEST), { ok: false, reason: 'len-too-large' });
+  assert.equal(parseTxChain(iovOf(big), GUEST), { ok: false, reason: 'len-too-large' });
   big.set(enc(hdr({ len: 0xffffffff })));
-  assert.equal(parseTxChain({ readable: [big], writable: [] }, GUEST), { ok: false, reason: 'len-too-large' });
-  const r = parseTxChain({ readable: [enc(hdr({ len: 10 })), new Uint8Array(9)], writable: [] }, GUEST);
+  assert.equal(parseTxChain(iovOf(big), GUEST), { ok: false, reason: 'len-too-large' });
+  const r = parseTxChain(iovOf(enc(hdr({ len: 10 })), new Uint8Array(9)), GUEST);
   assert.equal(r, { ok: false, reason: 'len-past-chain' });
   // Exactly 64 KiB is fine.
   const max = new Uint8Array(HDR_SIZE + MAX_PKT_PAYLOAD);
   max.set(enc(hdr({ len: MAX_PKT_PAYLOAD })));
-  assert.ok(parseTxChain({ readable: [max], writable: [] }, GUEST).ok);
+  assert.ok(parseTxChain(iovOf(max), GUEST).ok);
 });
 
 test('malformed: wrong src cid, dst cid not the host: dropped without RST', () => {
-  assert.equal(parseTxChain({ readable: [enc(hdr({ srcCid: 4n }))], writable: [] }, GUEST), { ok: false, reason: 'bad-src-cid' });
-  assert.equal(parseTxChain({ readable: [enc(hdr({ srcCid: GUEST + (1n << 32n) }))], writable: [] }, GUEST), { ok: false, reason: 'bad-src-cid' });
-  assert.equal(parseTxChain({ readable: [enc(hdr({ dstCid: 1n }))], writable: [] }, GUEST), { ok: false, reason: 'bad-dst-cid' });
-  assert.equal(parseTxChain({ readable: [enc(hdr({ dstCid: GUEST }))], writable: [] }, GUEST), { ok: false, reason: 'bad-dst-cid' });
+  assert.equal(parseTxChain(iovOf(enc(hdr({ srcCid: 4n }))), GUEST), { ok: false, reason: 'bad-src-cid' });
+  assert.equal(parseTxChain(iovOf(enc(hdr({ srcCid: GUEST + (1n << 32n) }))), GUEST), { ok: false, reason: 'bad-src-cid' });
+  assert.equal(parseTxChain(iovOf(enc(hdr({ dstCid: 1n }))), GUEST), { ok: false, reason: 'bad-dst-cid' });
+  assert.equal(parseTxChain(iovOf(enc(hdr({ dstCid: GUEST }))), GUEST), { ok: false, reason: 'bad-dst-cid' });
 });
 
 test('malformed: wrong type is answered with RST, except an RST', () => {
-  const r = parseTxChain({ readable: [enc(hdr({ type: 2, op: OP_REQUEST }))], writable: [] }, GUEST);
+  const r = parseTxChain(iovOf(enc(hdr({ type: 2, op: OP_REQUEST }))), GUEST);
   assert.is(r.ok, false);
   if (r.ok) return;
   assert.is(r.reason, 'bad-type');
   assert.is(r.rstTo?.srcPort, 1000);
   assert.is(r.rstTo?.dstPort, 2000);
-  const r2 = parseTxChain({ readable: [enc(hdr({ type: 2, op: OP_RST }))], writable: [] }, GUEST);
+  const r2 = parseTxChain(iovOf(enc(hdr({ type: 2, op: OP_RST }))), GUEST);
   assert.equal(r2, { ok: false, reason: 'bad-type' });
 });
 
 test('rx writer: header + payload across three writable descriptors', () => {
   const bufs = [new Uint8Array(20), new Uint8Array(30), new Uint8Array(50)];
-  const w = new RxPacketWriter(bufs);
+  const w = new RxPacketWriter(iovOf(...bufs));
   assert.ok(w.usable);
   assert.is(w.payloadCapacity, 100 - HDR_SIZE);
   const data = Uint8Array.from({ length: 60 }, (_, i) => 200 - i);
@@ -140,13 +125,13 @@ test('rx writer: header + payload across three writable descriptors', () => {
 });
 
 test('rx writer: a chain shorter than a header is unusable; payload capped at 64 KiB', () => {
-  const w = new RxPacketWriter([new Uint8Array(43)]);
+  const w = new RxPacketWriter(iovOf(new Uint8Array(43)));
   assert.is(w.usable, false);
   assert.is(w.payloadCapacity, 0);
   assert.is(w.written, 0);
-  const big = new RxPacketWriter([new Uint8Array(HDR_SIZE + MAX_PKT_PAYLOAD + 1000)]);
+  const big = new RxPacketWriter(iovOf(new Uint8Array(HDR_SIZE + MAX_PKT_PAYLOAD + 1000)));
   assert.is(big.payloadCapacity, MAX_PKT_PAYLOAD);
-  const ctl = new RxPacketWriter([new Uint8Array(HDR_SIZE)]);
+  const ctl = new RxPacketWriter(iovOf(new Uint8Array(HDR_SIZE)));
   assert.ok(ctl.usable);
   assert.is(ctl.room, 0);
   ctl.writeHeader(hdr({ op: OP_RST }));

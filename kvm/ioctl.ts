@@ -2,7 +2,10 @@
 // direction, type (0xAE), number and argument size — no numbers pasted from headers.
 // test/unit/kvm checks every one against <linux/kvm.h>.
 
-import { Cpuid2, EnableCap, Fpu, Ioeventfd, Irqfd, IrqLevel, Lapic, MemRegion, Msrs, PitConfig, SIZEOF_KVM_REGS, Sregs } from './layout';
+import {
+  KvmCpuid2, KvmEnableCap, KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
+  KvmUserspaceMemoryRegion,
+} from './layout';
 
 const NONE = 0;
 const WRITE = 1;
@@ -23,28 +26,28 @@ export const KVM = {
   CREATE_VM: io(0x01),
   CHECK_EXTENSION: io(0x03),
   GET_VCPU_MMAP_SIZE: io(0x04),
-  GET_SUPPORTED_CPUID: iowr(0x05, Cpuid2.header),
+  GET_SUPPORTED_CPUID: iowr(0x05, KvmCpuid2.size),
   CREATE_VCPU: io(0x41),
-  SET_USER_MEMORY_REGION: iow(0x46, MemRegion.size),
+  SET_USER_MEMORY_REGION: iow(0x46, KvmUserspaceMemoryRegion.size),
   SET_TSS_ADDR: io(0x47),
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),
-  IRQ_LINE: iow(0x61, IrqLevel.size),
-  IRQFD: iow(0x76, Irqfd.size),
-  CREATE_PIT2: iow(0x77, PitConfig.size),
-  IOEVENTFD: iow(0x79, Ioeventfd.size),
-  ENABLE_CAP: iow(0xa3, EnableCap.size),
+  IRQ_LINE: iow(0x61, KvmIrqLevel.size),
+  IRQFD: iow(0x76, KvmIrqfd.size),
+  CREATE_PIT2: iow(0x77, KvmPitConfig.size),
+  IOEVENTFD: iow(0x79, KvmIoeventfd.size),
+  ENABLE_CAP: iow(0xa3, KvmEnableCap.size),
   RUN: io(0x80),
-  GET_REGS: ior(0x81, SIZEOF_KVM_REGS),
-  SET_REGS: iow(0x82, SIZEOF_KVM_REGS),
-  GET_SREGS: ior(0x83, Sregs.size),
-  SET_SREGS: iow(0x84, Sregs.size),
-  SET_MSRS: iow(0x89, Msrs.header),
-  GET_FPU: ior(0x8c, Fpu.size),
-  SET_FPU: iow(0x8d, Fpu.size),
-  GET_LAPIC: ior(0x8e, Lapic.size),
-  SET_LAPIC: iow(0x8f, Lapic.size),
-  SET_CPUID2: iow(0x90, Cpuid2.header),
+  GET_REGS: ior(0x81, KvmRegs.size),
+  SET_REGS: iow(0x82, KvmRegs.size),
+  GET_SREGS: ior(0x83, KvmSregs.size),
+  SET_SREGS: iow(0x84, KvmSregs.size),
+  SET_MSRS: iow(0x89, KvmMsrs.size),
+  GET_FPU: ior(0x8c, KvmFpu.size),
+  SET_FPU: iow(0x8d, KvmFpu.size),
+  GET_LAPIC: ior(0x8e, KvmLapicState.size),
+  SET_LAPIC: iow(0x8f, KvmLapicState.size),
+  SET_CPUID2: iow(0x90, KvmCpuid2.size),
 } as const;
 
 /** KVM_CHECK_EXTENSION capability numbers. */

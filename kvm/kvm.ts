@@ -5,25 +5,13 @@
 import * as libc from './libc';
 import { KVM, KVM_CAP } from './ioctl';
 import {
-  Cpuid2, CpuidEntry, EnableCap, Fpu, Ioeventfd, Irqfd, IrqLevel, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO,
-  KVM_PIT_SPEAKER_DUMMY, KvmRun, Lapic, MemRegion, MsrEntry, Msrs, PitConfig, REG_NAMES, RegName,
-  SIZEOF_KVM_REGS, Segment, SegmentName, Sregs, readSegment, writeSegment,
+  type CpuidEntry, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO, KVM_PIT_SPEAKER_DUMMY, KvmCpuid2, KvmCpuidEntry2, KvmEnableCap,
+  KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMsrEntry, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
+  KvmUserspaceMemoryRegion, REG_NAMES, type RegName, type SpecialRegs,
 } from './layout';
 import { SysError } from './errors';
 
 export const KVM_API_VERSION = 12;
-
-export interface CpuidEntryValue {
-  function: number;
-  index: number;
-  flags: number;
-  eax: number;
-  ebx: number;
-  ecx: number;
-  edx: number;
-}
-
-const CPUID_FIELDS = ['function', 'index', 'flags', 'eax', 'ebx', 'ecx', 'edx'] as const;
 
 export class Kvm {
   readonly fd: number;
@@ -50,20 +38,12 @@ export class Kvm {
     return libc.ioctlInt(this.fd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
   }
 
-  supportedCpuid(maxEntries = 256): CpuidEntryValue[] {
-    const buf = new Uint8Array(Cpuid2.header + maxEntries * CpuidEntry.size);
-    const dv = new DataView(buf.buffer);
-    dv.setUint32(Cpuid2.nent, maxEntries, true);
+  supportedCpuid(maxEntries = 256): CpuidEntry[] {
+    const buf = new Uint8Array(KvmCpuid2.size + maxEntries * KvmCpuidEntry2.size);
+    KvmCpuid2.write(buf, { nent: maxEntries });
     libc.ioctl(this.fd, KVM.GET_SUPPORTED_CPUID, buf, 'KVM_GET_SUPPORTED_CPUID');
-    const n = dv.getUint32(Cpuid2.nent, true);
-    const out: CpuidEntryValue[] = [];
-    for (let i = 0; i < n; i++) {
-      const o = Cpuid2.header + i * CpuidEntry.size;
-      const e = {} as CpuidEntryValue;
-      for (const f of CPUID_FIELDS) e[f] = dv.getUint32(o + CpuidEntry[f], true);
-      out.push(e);
-    }
-    return out;
+    const { nent } = KvmCpuid2.read(buf);
+    return Array.from({ length: nent }, (_, i) => KvmCpuidEntry2.read(buf, KvmCpuid2.size + i * KvmCpuidEntry2.size));
   }
 
   createVm(): Vm {
@@ -85,13 +65,7 @@ export class Vm {
   }
 
   setUserMemoryRegion(slot: number, gpa: number, size: number, hostAddr: bigint, flags = 0): void {
-    const b = new Uint8Array(MemRegion.size);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(MemRegion.slot, slot, true);
-    dv.setUint32(MemRegion.flags, flags, true);
-    dv.setBigUint64(MemRegion.guestPhysAddr, BigInt(gpa), true);
-    dv.setBigUint64(MemRegion.memorySize, BigInt(size), true);
-    dv.setBigUint64(MemRegion.userspaceAddr, hostAddr, true);
+    const b = KvmUserspaceMemoryRegion.encode({ slot, flags, guestPhysAddr: BigInt(gpa), memorySize: BigInt(size), userspaceAddr: hostAddr });
     libc.ioctl(this.fd, KVM.SET_USER_MEMORY_REGION, b, 'KVM_SET_USER_MEMORY_REGION');
   }
 
@@ -110,8 +84,7 @@ export class Vm {
 
   /** The in-kernel PIT; its speaker port (0x61) is emulated as a dummy, as Firecracker does. */
   createPit2(): void {
-    const b = new Uint8Array(PitConfig.size);
-    new DataView(b.buffer).setUint32(PitConfig.flags, KVM_PIT_SPEAKER_DUMMY, true);
+    const b = KvmPitConfig.encode({ flags: KVM_PIT_SPEAKER_DUMMY });
     libc.ioctl(this.fd, KVM.CREATE_PIT2, b, 'KVM_CREATE_PIT2');
   }
 
@@ -122,43 +95,25 @@ export class Vm {
   setHaltPoll(maxNs: number): void {
     if (!Number.isSafeInteger(maxNs) || maxNs < 0 || maxNs > 0xffff_ffff) throw new RangeError(`halt-poll ${maxNs} ns must be 0..4294967295`);
     if (this.kvm.checkExtension(KVM_CAP.HALT_POLL) === 0) throw new SysError('KVM_CHECK_EXTENSION(KVM_CAP_HALT_POLL)', 22, 'this kernel has no per-VM halt polling (Linux >= 5.16)');
-    const b = new Uint8Array(EnableCap.size);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(EnableCap.cap, KVM_CAP.HALT_POLL, true);
-    dv.setBigUint64(EnableCap.args, BigInt(maxNs), true);
+    const b = KvmEnableCap.encode({ cap: KVM_CAP.HALT_POLL, arg0: BigInt(maxNs) });
     libc.ioctl(this.fd, KVM.ENABLE_CAP, b, 'KVM_ENABLE_CAP(KVM_CAP_HALT_POLL)');
   }
 
   irqLine(gsi: number, level: boolean): void {
-    const b = new Uint32Array(IrqLevel.size / 4);
-    b[0] = gsi;
-    b[1] = level ? 1 : 0;
+    const b = KvmIrqLevel.encode({ irq: gsi, level: level ? 1 : 0 });
     libc.ioctl(this.fd, KVM.IRQ_LINE, b, 'KVM_IRQ_LINE');
   }
 
   /** Routes writes to eventfd `fd` into an edge on `gsi`. */
   registerIrqfd(fd: number, gsi: number): void {
-    const b = new Uint8Array(Irqfd.size);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(Irqfd.fd, fd, true);
-    dv.setUint32(Irqfd.gsi, gsi, true);
+    const b = KvmIrqfd.encode({ fd, gsi });
     libc.ioctl(this.fd, KVM.IRQFD, b, 'KVM_IRQFD');
   }
 
   /** Makes guest writes of `len` bytes to addr (optionally only of value `datamatch`) signal `fd` without a userspace exit. */
   registerIoeventfd(fd: number, addr: number, len: number, opts: { pio?: boolean; datamatch?: number } = {}): void {
-    const b = new Uint8Array(Ioeventfd.size);
-    const dv = new DataView(b.buffer);
-    let flags = 0;
-    if (opts.datamatch !== undefined) {
-      flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
-      dv.setBigUint64(Ioeventfd.datamatch, BigInt(opts.datamatch), true);
-    }
-    if (opts.pio) flags |= KVM_IOEVENTFD_FLAG_PIO;
-    dv.setBigUint64(Ioeventfd.addr, BigInt(addr), true);
-    dv.setUint32(Ioeventfd.len, len, true);
-    dv.setInt32(Ioeventfd.fd, fd, true);
-    dv.setUint32(Ioeventfd.flags, flags, true);
+    const flags = (opts.datamatch !== undefined ? KVM_IOEVENTFD_FLAG_DATAMATCH : 0) | (opts.pio ? KVM_IOEVENTFD_FLAG_PIO : 0);
+    const b = KvmIoeventfd.encode({ datamatch: BigInt(opts.datamatch ?? 0), addr: BigInt(addr), len, fd, flags });
     libc.ioctl(this.fd, KVM.IOEVENTFD, b, 'KVM_IOEVENTFD');
   }
 
@@ -172,13 +127,7 @@ export class Vm {
 }
 
 export type Regs = Record<RegName, bigint>;
-
-export interface SpecialRegs {
-  segments: Record<SegmentName, Segment>;
-  gdt: { base: bigint; limit: number };
-  idt: { base: bigint; limit: number };
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
-}
+export type { SpecialRegs };
 
 /**
  * A vCPU fd. Setup calls (registers, CPUID, MSRs) happen on the main thread before the vCPU
@@ -187,7 +136,7 @@ export interface SpecialRegs {
 export class Vcpu {
   readonly fd: number;
   readonly id: number;
-  private readonly regsBuf = new BigUint64Array(SIZEOF_KVM_REGS / 8);
+  private readonly regsBuf = new BigUint64Array(KvmRegs.size / 8);
 
   constructor(fd: number, id: number) {
     this.fd = fd;
@@ -208,56 +157,26 @@ export class Vcpu {
   }
 
   getSregs(): SpecialRegs {
-    const b = new Uint8Array(Sregs.size);
+    const b = new Uint8Array(KvmSregs.size);
     libc.ioctl(this.fd, KVM.GET_SREGS, b, 'KVM_GET_SREGS');
-    const dv = new DataView(b.buffer);
-    const segments = {} as Record<SegmentName, Segment>;
-    Sregs.segments.forEach((n, i) => (segments[n] = readSegment(dv, i * 24)));
-    const dt = (o: number) => ({ base: dv.getBigUint64(o, true), limit: dv.getUint16(o + 8, true) });
-    const q = (o: number) => dv.getBigUint64(o, true);
-    return {
-      segments, gdt: dt(Sregs.gdt), idt: dt(Sregs.idt),
-      cr0: q(Sregs.cr0), cr2: q(Sregs.cr2), cr3: q(Sregs.cr3), cr4: q(Sregs.cr4), cr8: q(Sregs.cr8),
-      efer: q(Sregs.efer), apicBase: q(Sregs.apicBase),
-    };
+    return KvmSregs.read(b);
   }
 
   setSregs(s: SpecialRegs): void {
-    const b = new Uint8Array(Sregs.size);
-    const dv = new DataView(b.buffer);
-    Sregs.segments.forEach((n, i) => writeSegment(dv, i * 24, s.segments[n]));
-    const dt = (o: number, t: { base: bigint; limit: number }) => {
-      dv.setBigUint64(o, t.base, true);
-      dv.setUint16(o + 8, t.limit, true);
-    };
-    dt(Sregs.gdt, s.gdt);
-    dt(Sregs.idt, s.idt);
-    const q = (o: number, v: bigint) => dv.setBigUint64(o, v, true);
-    q(Sregs.cr0, s.cr0); q(Sregs.cr2, s.cr2); q(Sregs.cr3, s.cr3); q(Sregs.cr4, s.cr4);
-    q(Sregs.cr8, s.cr8); q(Sregs.efer, s.efer); q(Sregs.apicBase, s.apicBase);
-    libc.ioctl(this.fd, KVM.SET_SREGS, b, 'KVM_SET_SREGS');
+    libc.ioctl(this.fd, KVM.SET_SREGS, KvmSregs.encode(s), 'KVM_SET_SREGS');
   }
 
-  setCpuid(entries: readonly CpuidEntryValue[]): void {
-    const b = new Uint8Array(Cpuid2.header + entries.length * CpuidEntry.size);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(Cpuid2.nent, entries.length, true);
-    entries.forEach((e, i) => {
-      const o = Cpuid2.header + i * CpuidEntry.size;
-      for (const f of CPUID_FIELDS) dv.setUint32(o + CpuidEntry[f], e[f] >>> 0, true);
-    });
+  setCpuid(entries: readonly CpuidEntry[]): void {
+    const b = new Uint8Array(KvmCpuid2.size + entries.length * KvmCpuidEntry2.size);
+    KvmCpuid2.write(b, { nent: entries.length });
+    entries.forEach((e, i) => KvmCpuidEntry2.write(b, e, KvmCpuid2.size + i * KvmCpuidEntry2.size));
     libc.ioctl(this.fd, KVM.SET_CPUID2, b, 'KVM_SET_CPUID2');
   }
 
   setMsrs(msrs: readonly { index: number; data: bigint }[]): void {
-    const b = new Uint8Array(Msrs.header + msrs.length * MsrEntry.size);
-    const dv = new DataView(b.buffer);
-    dv.setUint32(Msrs.nmsrs, msrs.length, true);
-    msrs.forEach((m, i) => {
-      const o = Msrs.header + i * MsrEntry.size;
-      dv.setUint32(o + MsrEntry.index, m.index, true);
-      dv.setBigUint64(o + MsrEntry.data, m.data, true);
-    });
+    const b = new Uint8Array(KvmMsrs.size + msrs.length * KvmMsrEntry.size);
+    KvmMsrs.write(b, { nmsrs: msrs.length });
+    msrs.forEach((m, i) => KvmMsrEntry.write(b, m, KvmMsrs.size + i * KvmMsrEntry.size));
     const n = libc.ioctl(this.fd, KVM.SET_MSRS, b, 'KVM_SET_MSRS');
     if (n !== msrs.length) {
       throw new SysError('KVM_SET_MSRS', 22, `only ${n} of ${msrs.length} MSRs set; first rejected 0x${msrs[n]!.index.toString(16)}`);
@@ -265,7 +184,7 @@ export class Vcpu {
   }
 
   getLapic(): Uint8Array {
-    const b = new Uint8Array(Lapic.size);
+    const b = new Uint8Array(KvmLapicState.size);
     libc.ioctl(this.fd, KVM.GET_LAPIC, b, 'KVM_GET_LAPIC');
     return b;
   }
@@ -275,10 +194,7 @@ export class Vcpu {
   }
 
   setFpu(fcw: number, mxcsr: number): void {
-    const b = new Uint8Array(Fpu.size);
-    const dv = new DataView(b.buffer);
-    dv.setUint16(Fpu.fcw, fcw, true);
-    dv.setUint32(Fpu.mxcsr, mxcsr, true);
+    const b = KvmFpu.encode({ fcw, mxcsr });
     libc.ioctl(this.fd, KVM.SET_FPU, b, 'KVM_SET_FPU');
   }
 
@@ -297,5 +213,3 @@ export class Vcpu {
     libc.close(this.fd);
   }
 }
-
-export { KvmRun };

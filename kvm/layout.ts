@@ -1,22 +1,35 @@
-// Binary layouts of the KVM ABI structures tsvmm uses (x86-64, <linux/kvm.h>): sizes and field
-// offsets in one place. Everything that reads or writes these structs goes through the
-// constants or the small codecs here; test/unit/kvm checks them against the system header.
+// Binary layouts of the KVM ABI structures tsvmm uses (x86-64, <linux/kvm.h>), each described
+// once with lib/struct.ts: sizes, field offsets and codecs come from that one description, and
+// test/unit/kvm/abi.test.ts checks every struct and field against the system header.
+// kvm_run is read on every exit with a DataView at these offsets (vmm/vcpu/worker.ts), not
+// decoded into objects: see docs/architecture.md for the measurement.
 
-/** struct kvm_run: the fields tsvmm reads on every exit (the struct is mmap'd per vCPU). */
-export const KvmRun = {
-  requestInterruptWindow: 0,
-  immediateExit: 1,
-  exitReason: 8,
-  readyForInterruptInjection: 12,
-  ifFlag: 13,
-  /** The exit-specific union. */
-  union: 32,
-  io: { direction: 32, size: 33, port: 34, count: 36, dataOffset: 40 },
-  mmio: { physAddr: 32, data: 40, len: 48, isWrite: 52 },
-  systemEvent: { type: 32, ndata: 36, data: 40 },
-  internal: { suberror: 32, ndata: 36, data: 40 },
-  failEntry: { hardwareEntryFailureReason: 32, cpu: 40 },
-} as const;
+import { bytes, i32, nested, struct, u16, u32, u64, u8, type Fields, type Struct, type ValueOf } from '../lib/struct';
+
+/**
+ * struct kvm_run: the fields before the exit-specific union, then one struct per union member
+ * tsvmm reads, at its offset in kvm_run (the whole struct is mmap'd per vCPU and sized by
+ * KVM_GET_VCPU_MMAP_SIZE; the sizes here only bound the fields).
+ */
+export const KvmRun = struct('kvm_run', 32, {
+  requestInterruptWindow: u8(0), immediateExit: u8(1), exitReason: u32(8), readyForInterruptInjection: u8(12), ifFlag: u8(13),
+});
+export const KvmRunIo = struct('kvm_run', 48, {
+  direction: u8(32, 'io.direction'), size: u8(33, 'io.size'), port: u16(34, 'io.port'), count: u32(36, 'io.count'),
+  dataOffset: u64(40, 'io.data_offset'),
+});
+export const KvmRunMmio = struct('kvm_run', 56, {
+  physAddr: u64(32, 'mmio.phys_addr'), data: bytes(40, 8, 'mmio.data'), len: u32(48, 'mmio.len'), isWrite: u8(52, 'mmio.is_write'),
+});
+export const KvmRunSystemEvent = struct('kvm_run', 168, {
+  type: u32(32, 'system_event.type'), ndata: u32(36, 'system_event.ndata'), data: bytes(40, 128, 'system_event.data'),
+});
+export const KvmRunInternal = struct('kvm_run', 168, {
+  suberror: u32(32, 'internal.suberror'), ndata: u32(36, 'internal.ndata'), data: bytes(40, 128, 'internal.data'),
+});
+export const KvmRunFailEntry = struct('kvm_run', 44, {
+  hardwareEntryFailureReason: u64(32, 'fail_entry.hardware_entry_failure_reason'), cpu: u32(40, 'fail_entry.cpu'),
+});
 
 export const ExitReason = {
   UNKNOWN: 0, EXCEPTION: 1, IO: 2, HYPERCALL: 3, DEBUG: 4, HLT: 5, MMIO: 6, IRQ_WINDOW_OPEN: 7,
@@ -33,89 +46,74 @@ export const KVM_SYSTEM_EVENT_SHUTDOWN = 1;
 export const KVM_SYSTEM_EVENT_RESET = 2;
 export const KVM_SYSTEM_EVENT_CRASH = 3;
 
-/** struct kvm_regs: 18 u64 in this order. */
+/**
+ * struct kvm_regs: 18 u64 in this order. Kvm's getRegs/setRegs move them through one
+ * BigUint64Array (no per-field decode); the struct is their offsets, checked against the header.
+ */
 export const REG_NAMES = [
   'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
   'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags',
 ] as const;
 export type RegName = (typeof REG_NAMES)[number];
-export const SIZEOF_KVM_REGS = 144;
+export const KvmRegs = struct('kvm_regs', 8 * REG_NAMES.length, Object.fromEntries(REG_NAMES.map((n, i) => [n, u64(8 * i)])) as Record<RegName, ReturnType<typeof u64>>);
 
-/** struct kvm_segment (24 bytes). */
-export interface Segment {
-  base: bigint;
-  limit: number;
-  selector: number;
-  type: number;
-  present: number;
-  dpl: number;
-  db: number;
-  s: number;
-  l: number;
-  g: number;
-  avl: number;
-  unusable: number;
-}
-export const SIZEOF_KVM_SEGMENT = 24;
-export const SIZEOF_KVM_DTABLE = 16;
+export const KvmSegment = struct('kvm_segment', 24, {
+  base: u64(0), limit: u32(8), selector: u16(12), type: u8(14), present: u8(15), dpl: u8(16),
+  db: u8(17), s: u8(18), l: u8(19), g: u8(20), avl: u8(21), unusable: u8(22),
+});
+export type Segment = ValueOf<typeof KvmSegment>;
+export const KvmDtable = struct('kvm_dtable', 16, { base: u64(0), limit: u16(8) });
 
 /** struct kvm_sregs: 8 segments, gdt, idt, control registers, efer, apic_base, interrupt bitmap. */
-export const Sregs = {
-  size: 312,
-  segments: ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt'] as const,
-  gdt: 192,
-  idt: 208,
-  cr0: 224, cr2: 232, cr3: 240, cr4: 248, cr8: 256, efer: 264, apicBase: 272,
-  interruptBitmap: 280,
-} as const;
-export type SegmentName = (typeof Sregs.segments)[number];
+export const KvmSregs = struct('kvm_sregs', 312, {
+  cs: nested(0, KvmSegment), ds: nested(24, KvmSegment), es: nested(48, KvmSegment), fs: nested(72, KvmSegment),
+  gs: nested(96, KvmSegment), ss: nested(120, KvmSegment), tr: nested(144, KvmSegment), ldt: nested(168, KvmSegment),
+  gdt: nested(192, KvmDtable), idt: nested(208, KvmDtable),
+  cr0: u64(224), cr2: u64(232), cr3: u64(240), cr4: u64(248), cr8: u64(256), efer: u64(264), apicBase: u64(272),
+  interruptBitmap: bytes(280, 32),
+});
+export type SpecialRegs = ValueOf<typeof KvmSregs>;
 
-export function readSegment(dv: DataView, off: number): Segment {
-  return {
-    base: dv.getBigUint64(off, true),
-    limit: dv.getUint32(off + 8, true),
-    selector: dv.getUint16(off + 12, true),
-    type: dv.getUint8(off + 14), present: dv.getUint8(off + 15), dpl: dv.getUint8(off + 16),
-    db: dv.getUint8(off + 17), s: dv.getUint8(off + 18), l: dv.getUint8(off + 19),
-    g: dv.getUint8(off + 20), avl: dv.getUint8(off + 21), unusable: dv.getUint8(off + 22),
-  };
-}
+export const KvmUserspaceMemoryRegion = struct('kvm_userspace_memory_region', 32, {
+  slot: u32(0), flags: u32(4), guestPhysAddr: u64(8), memorySize: u64(16), userspaceAddr: u64(24),
+});
 
-export function writeSegment(dv: DataView, off: number, s: Segment): void {
-  dv.setBigUint64(off, s.base, true);
-  dv.setUint32(off + 8, s.limit, true);
-  dv.setUint16(off + 12, s.selector, true);
-  dv.setUint8(off + 14, s.type); dv.setUint8(off + 15, s.present); dv.setUint8(off + 16, s.dpl);
-  dv.setUint8(off + 17, s.db); dv.setUint8(off + 18, s.s); dv.setUint8(off + 19, s.l);
-  dv.setUint8(off + 20, s.g); dv.setUint8(off + 21, s.avl); dv.setUint8(off + 22, s.unusable);
-}
-
-/** struct kvm_userspace_memory_region. */
-export const MemRegion = { size: 32, slot: 0, flags: 4, guestPhysAddr: 8, memorySize: 16, userspaceAddr: 24 } as const;
-
-/** struct kvm_cpuid2 header + struct kvm_cpuid_entry2. */
-export const Cpuid2 = { header: 8, nent: 0 } as const;
-export const CpuidEntry = { size: 40, function: 0, index: 4, flags: 8, eax: 12, ebx: 16, ecx: 20, edx: 24 } as const;
+/** struct kvm_cpuid2 header; `nent` struct kvm_cpuid_entry2 follow it. */
+export const KvmCpuid2 = struct('kvm_cpuid2', 8, { nent: u32(0) });
+export const KvmCpuidEntry2 = struct('kvm_cpuid_entry2', 40, {
+  function: u32(0), index: u32(4), flags: u32(8), eax: u32(12), ebx: u32(16), ecx: u32(20), edx: u32(24),
+});
+export type CpuidEntry = ValueOf<typeof KvmCpuidEntry2>;
 export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
 
-/** struct kvm_msrs header + struct kvm_msr_entry. */
-export const Msrs = { header: 8, nmsrs: 0 } as const;
-export const MsrEntry = { size: 16, index: 0, data: 8 } as const;
+/** struct kvm_msrs header; `nmsrs` struct kvm_msr_entry follow it. */
+export const KvmMsrs = struct('kvm_msrs', 8, { nmsrs: u32(0) });
+export const KvmMsrEntry = struct('kvm_msr_entry', 16, { index: u32(0), data: u64(8) });
 
-export const PitConfig = { size: 64, flags: 0 } as const;
+export const KvmPitConfig = struct('kvm_pit_config', 64, { flags: u32(0) });
 export const KVM_PIT_SPEAKER_DUMMY = 1;
 
-export const Irqfd = { size: 32, fd: 0, gsi: 4, flags: 8 } as const;
-export const IrqLevel = { size: 8, irq: 0, level: 4 } as const;
-/** struct kvm_enable_cap: u32 cap, u32 flags, u64 args[4], u8 pad[64]. */
-export const EnableCap = { size: 104, cap: 0, flags: 4, args: 8 } as const;
+export const KvmIrqfd = struct('kvm_irqfd', 32, { fd: u32(0), gsi: u32(4), flags: u32(8) });
+export const KvmIrqLevel = struct('kvm_irq_level', 8, { irq: u32(0), level: u32(4) });
+/** struct kvm_enable_cap: the capability and its first argument (the others and the pad stay 0). */
+export const KvmEnableCap = struct('kvm_enable_cap', 104, { cap: u32(0), flags: u32(4), arg0: u64(8, 'args[0]') });
 
-export const Ioeventfd = { size: 64, datamatch: 0, addr: 8, len: 16, fd: 20, flags: 24 } as const;
+export const KvmIoeventfd = struct('kvm_ioeventfd', 64, { datamatch: u64(0), addr: u64(8), len: u32(16), fd: i32(20), flags: u32(24) });
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 
-/** struct kvm_lapic_state: the 1 KiB register page. LVT LINT0/LINT1 at 0x350/0x360. */
-export const Lapic = { size: 1024, lvtLint0: 0x350, lvtLint1: 0x360 } as const;
+/** struct kvm_lapic_state: the 1 KiB register page, handed around as bytes. */
+export const KvmLapicState = struct('kvm_lapic_state', 1024, { regs: bytes(0, 1024) });
+/** Local APIC register offsets inside that page (Intel SDM vol. 3, 11.4.1): LVT LINT0/LINT1. */
+export const LAPIC_LVT_LINT0 = 0x350;
+export const LAPIC_LVT_LINT1 = 0x360;
 
-/** struct kvm_fpu. */
-export const Fpu = { size: 416, fcw: 128, mxcsr: 408 } as const;
+/** struct kvm_fpu: only the control words tsvmm sets. */
+export const KvmFpu = struct('kvm_fpu', 416, { fcw: u16(128), mxcsr: u32(408) });
+
+/** Every struct above, for the ABI test. */
+export const KVM_STRUCTS: readonly Struct<Fields>[] = [
+  KvmRun, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, KvmRunInternal, KvmRunFailEntry, KvmRegs, KvmSegment, KvmDtable,
+  KvmSregs, KvmUserspaceMemoryRegion, KvmCpuid2, KvmCpuidEntry2, KvmMsrs, KvmMsrEntry, KvmPitConfig, KvmIrqfd,
+  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu,
+];

@@ -7,6 +7,7 @@
 // non-variadic prototype avoids koffi's per-call variadic type parsing on hot paths.
 
 import koffi from 'koffi';
+import { i32, struct, u32, u64 } from '../lib/struct';
 import { SysError } from './errors';
 
 const lib = koffi.load('libc.so.6');
@@ -180,7 +181,9 @@ export const SCHED = { NORMAL: 0, FIFO: 1, RR: 2, BATCH: 3, IDLE: 5, DEADLINE: 6
  * utilization clamps, which every kernel since 3.14 takes. Checked against the header in
  * test/unit/kvm/abi.test.ts.
  */
-export const SchedAttr = { size: 48, sizeField: 0, policy: 4, flags: 8, nice: 16, priority: 20 } as const;
+export const SchedAttr = struct('sched_attr', 48, {
+  size: u32(0), schedPolicy: u32(4), schedFlags: u64(8), schedNice: i32(16), schedPriority: u32(20),
+});
 
 export interface ThreadSchedAttr {
   /** SCHED.OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is read but never set here). */
@@ -193,12 +196,7 @@ export interface ThreadSchedAttr {
 
 /** sched_setattr(2) on kernel thread `tid` (0 = the calling thread). Throws SysError. */
 export function schedSetattr(tid: number, a: ThreadSchedAttr): void {
-  const b = new Uint8Array(SchedAttr.size);
-  const dv = new DataView(b.buffer);
-  dv.setUint32(SchedAttr.sizeField, SchedAttr.size, true);
-  dv.setUint32(SchedAttr.policy, a.policy, true);
-  dv.setInt32(SchedAttr.nice, a.nice, true);
-  dv.setUint32(SchedAttr.priority, a.priority, true);
+  const b = SchedAttr.encode({ size: SchedAttr.size, schedPolicy: a.policy, schedNice: a.nice, schedPriority: a.priority });
   if (Number(c.syscallAttr(SYS_SCHED_SETATTR, tid, b, 0, 0)) < 0) fail('sched_setattr', `tid ${tid}`);
 }
 
@@ -206,8 +204,8 @@ export function schedSetattr(tid: number, a: ThreadSchedAttr): void {
 export function schedGetattr(tid: number): ThreadSchedAttr {
   const b = new Uint8Array(SchedAttr.size);
   if (Number(c.syscallAttr(SYS_SCHED_GETATTR, tid, b, SchedAttr.size, 0)) < 0) fail('sched_getattr', `tid ${tid}`);
-  const dv = new DataView(b.buffer);
-  return { policy: dv.getUint32(SchedAttr.policy, true), priority: dv.getUint32(SchedAttr.priority, true), nice: dv.getInt32(SchedAttr.nice, true) };
+  const r = SchedAttr.read(b);
+  return { policy: r.schedPolicy, priority: r.schedPriority, nice: r.schedNice };
 }
 
 /**

@@ -10,11 +10,11 @@
 import type { BusDevice } from '../bus';
 import { Caps, Cmd, Features, HC_DOORBELL_PORT, HC_MAGIC, HC_VERSION, Reg, Status, type CmdName, type StatusCode, type StatusName } from './registers';
 import {
-  Hdr,
+  ShmHeader,
   Op,
   SHM_MAGIC,
   SHM_VERSION,
-  SOURCE,
+  SOURCE_TYPE,
   DIGEST_LEN,
   decodeHello,
   decodeHints,
@@ -338,7 +338,7 @@ export class HypercallDevice implements BusDevice {
 
   /** Registers a handler for hint records of `type`; returns a function that unregisters it. */
   onHints(type: number, handler: HintHandler): () => void {
-    if (type === SOURCE.type) throw new RangeError(`hint type ${type} is reserved for SOURCE records`);
+    if (type === SOURCE_TYPE) throw new RangeError(`hint type ${type} is reserved for SOURCE records`);
     const list = this.hintHandlers.get(type) ?? [];
     list.push(handler);
     this.hintHandlers.set(type, list);
@@ -449,22 +449,17 @@ export class HypercallDevice implements BusDevice {
 
   /** Rewrites every host-owned header field (the guest may have scribbled on them). */
   private writeHeader(): void {
-    const h = this.hdr;
-    h.setUint32(Hdr.MAGIC, SHM_MAGIC, true);
-    h.setUint32(Hdr.VERSION, SHM_VERSION, true);
-    h.setUint32(Hdr.H2G_OFF, this.layout.h2gOff, true);
-    h.setUint32(Hdr.H2G_SIZE, this.layout.h2gSize, true);
-    h.setUint32(Hdr.G2H_OFF, this.layout.g2hOff, true);
-    h.setUint32(Hdr.G2H_SIZE, this.layout.g2hSize, true);
-    h.setUint32(Hdr.H2G_LEN, this.h2gLen, true);
-    h.setUint32(Hdr.H2G_SEQ, this.h2gSeq, true);
-    h.setUint32(Hdr.G2H_ACK, this.g2hAck, true);
+    const l = this.layout;
+    ShmHeader.write(this.hdr, {
+      magic: SHM_MAGIC, version: SHM_VERSION, h2gOff: l.h2gOff, h2gSize: l.h2gSize, g2hOff: l.g2hOff, g2hSize: l.g2hSize,
+      h2gLen: this.h2gLen, h2gSeq: this.h2gSeq, g2hAck: this.g2hAck,
+    });
   }
 
   /** Reads g2h_len once and copies the message out: later guest writes cannot change what we parse. */
   private takeMessage(): Uint8Array | undefined {
-    const len = this.hdr.getUint32(Hdr.G2H_LEN, true);
-    this.g2hAck = this.hdr.getUint32(Hdr.G2H_SEQ, true);
+    const { g2hLen: len, g2hSeq } = ShmHeader.read(this.hdr);
+    this.g2hAck = g2hSeq;
     if (len > this.layout.g2hSize) {
       this.finish(Status.E_LENGTH, 0, `g2h_len ${len} > mailbox size ${this.layout.g2hSize}`);
       return undefined;
@@ -584,8 +579,8 @@ export class HypercallDevice implements BusDevice {
     if (!this.needSession('HINTS')) return;
     const units = this.hintBudget.available(this.now());
     if (units < 1) return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
-    const len = this.hdr.getUint32(Hdr.G2H_LEN, true);
-    this.g2hAck = this.hdr.getUint32(Hdr.G2H_SEQ, true);
+    const { g2hLen: len, g2hSeq } = ShmHeader.read(this.hdr);
+    this.g2hAck = g2hSeq;
     if (len > this.layout.g2hSize) return this.finish(Status.E_LENGTH, 0, `g2h_len ${len} > mailbox size ${this.layout.g2hSize}`);
     const copy = this.shm.slice(this.layout.g2hOff, this.layout.g2hOff + Math.min(len, hintsPrefixBytes(units)));
     this.stats.g2hBytes += copy.length;

@@ -4,30 +4,21 @@
 // of guest bytes (never the live mapping) and return a status instead of throwing: whatever
 // the guest wrote, the answer is a status code.
 
+import { bytes, struct, u32 } from '../../lib/struct';
 import { Status, type StatusCode } from './registers';
 
 /** 'T' 'S' 'H' 'M' as a little-endian u32. */
 export const SHM_MAGIC = 0x4d48_5354;
 export const SHM_VERSION = 1;
-export const SHM_HDR_SIZE = 0x40;
 export const PAGE = 0x1000;
 export const SHM_MIN_SIZE = 4 * PAGE;
 export const SHM_MAX_SIZE = 256 * 1024 * 1024;
 
-/** Header field offsets (u32 each). */
-export const Hdr = {
-  MAGIC: 0x00,
-  VERSION: 0x04,
-  H2G_OFF: 0x08,
-  H2G_SIZE: 0x0c,
-  G2H_OFF: 0x10,
-  G2H_SIZE: 0x14,
-  H2G_LEN: 0x18,
-  H2G_SEQ: 0x1c,
-  G2H_LEN: 0x20,
-  G2H_SEQ: 0x24,
-  G2H_ACK: 0x28,
-} as const;
+/** The header at offset 0 (the rest of its 64 bytes is reserved). guest/hypercall.h: SHM_H_*. */
+export const ShmHeader = struct('hypercall shared memory header', 0x40, {
+  magic: u32(0x00), version: u32(0x04), h2gOff: u32(0x08), h2gSize: u32(0x0c), g2hOff: u32(0x10), g2hSize: u32(0x14),
+  h2gLen: u32(0x18), h2gSeq: u32(0x1c), g2hLen: u32(0x20), g2hSeq: u32(0x24), g2hAck: u32(0x28),
+});
 
 export interface MailboxLayout {
   readonly h2gOff: number;
@@ -50,17 +41,12 @@ export function mailboxLayout(shmSize: number): MailboxLayout {
 export const Op = { LOAD: 1, UNLOAD: 2, REPLACE: 3, MAP_UPDATE: 4 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
-export const Req = {
-  OP: 0x00,
-  REQUEST_ID: 0x04,
-  HANDLE: 0x08,
-  BODY_LEN: 0x0c,
-  DIGEST: 0x10,
-  NAME: 0x30,
-  BODY: 0x50,
-} as const;
 export const DIGEST_LEN = 32;
 export const NAME_LEN = 32;
+/** A request's header; its body (the package) follows. guest/hypercall.h: REQ_*. */
+export const RequestHeader = struct('hypercall request', 0x50, {
+  op: u32(0x00), requestId: u32(0x04), handle: u32(0x08), bodyLen: u32(0x0c), digest: bytes(0x10, DIGEST_LEN), name: bytes(0x30, NAME_LEN),
+});
 
 export interface WireRequest {
   op: OpCode;
@@ -72,22 +58,17 @@ export interface WireRequest {
 }
 
 /** Request size on the wire (header + body). */
-export const requestSize = (bodyLen: number): number => Req.BODY + bodyLen;
+export const requestSize = (bodyLen: number): number => RequestHeader.size + bodyLen;
 
 /** Writes a request at the start of `dst` (the h2g mailbox); returns its length. */
 export function encodeRequest(r: WireRequest, dst: Uint8Array): number {
   const len = requestSize(r.body.length);
   if (len > dst.length) throw new RangeError(`request ${r.requestId} (${len} bytes) does not fit the ${dst.length}-byte mailbox`);
-  const v = new DataView(dst.buffer, dst.byteOffset, len);
-  v.setUint32(Req.OP, r.op, true);
-  v.setUint32(Req.REQUEST_ID, r.requestId, true);
-  v.setUint32(Req.HANDLE, r.handle, true);
-  v.setUint32(Req.BODY_LEN, r.body.length, true);
-  dst.fill(0, Req.DIGEST, Req.BODY);
-  dst.set(r.digest.subarray(0, DIGEST_LEN), Req.DIGEST);
-  const name = new TextEncoder().encode(r.name).subarray(0, NAME_LEN);
-  dst.set(name, Req.NAME);
-  dst.set(r.body, Req.BODY);
+  RequestHeader.write(dst, {
+    op: r.op, requestId: r.requestId, handle: r.handle, bodyLen: r.body.length,
+    digest: r.digest.subarray(0, DIGEST_LEN), name: new TextEncoder().encode(r.name).subarray(0, NAME_LEN),
+  });
+  dst.set(r.body, RequestHeader.size);
   return len;
 }
 
@@ -121,20 +102,18 @@ export function decodeMapUpdate(b: Uint8Array): { key: Uint8Array; value: Uint8A
 
 /** Reads a request (the guest side's view; used by the simulated agent in tests). */
 export function decodeRequest(b: Uint8Array): WireRequest | undefined {
-  if (b.length < Req.BODY) return undefined;
-  const v = new DataView(b.buffer, b.byteOffset, b.length);
-  const bodyLen = v.getUint32(Req.BODY_LEN, true);
-  const op = v.getUint32(Req.OP, true);
-  if (b.length !== Req.BODY + bodyLen || (op !== Op.LOAD && op !== Op.UNLOAD && op !== Op.REPLACE && op !== Op.MAP_UPDATE)) return undefined;
-  const rawName = b.subarray(Req.NAME, Req.NAME + NAME_LEN);
-  const nul = rawName.indexOf(0);
+  if (b.length < RequestHeader.size) return undefined;
+  const h = RequestHeader.read(b);
+  const op = h.op;
+  if (b.length !== RequestHeader.size + h.bodyLen || (op !== Op.LOAD && op !== Op.UNLOAD && op !== Op.REPLACE && op !== Op.MAP_UPDATE)) return undefined;
+  const nul = h.name.indexOf(0);
   return {
     op,
-    requestId: v.getUint32(Req.REQUEST_ID, true),
-    handle: v.getUint32(Req.HANDLE, true),
-    digest: b.slice(Req.DIGEST, Req.DIGEST + DIGEST_LEN),
-    name: new TextDecoder().decode(nul < 0 ? rawName : rawName.subarray(0, nul)),
-    body: b.slice(Req.BODY),
+    requestId: h.requestId,
+    handle: h.handle,
+    digest: h.digest,
+    name: new TextDecoder().decode(nul < 0 ? h.name : h.name.subarray(0, nul)),
+    body: b.slice(RequestHeader.size),
   };
 }
 
@@ -145,7 +124,8 @@ const fail = (status: StatusCode, why: string): { ok: false; status: StatusCode;
 const view = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.length);
 const text = (b: Uint8Array): string => new TextDecoder('utf-8').decode(b);
 
-export const HELLO_HDR = 0x10;
+/** HELLO: this header, then `nameLen` bytes of name. guest/hypercall.h: HELLO_HDR. */
+export const HelloHeader = struct('HELLO', 0x10, { version: u32(0x00), caps: u32(0x04), pid: u32(0x08), nameLen: u32(0x0c) });
 export const HELLO_MAX_NAME = 256;
 
 export interface HelloMsg {
@@ -157,31 +137,28 @@ export interface HelloMsg {
 
 export function encodeHello(m: HelloMsg): Uint8Array {
   const name = new TextEncoder().encode(m.name);
-  const b = new Uint8Array(HELLO_HDR + name.length);
-  const v = view(b);
-  v.setUint32(0x00, m.version, true);
-  v.setUint32(0x04, m.caps, true);
-  v.setUint32(0x08, m.pid, true);
-  v.setUint32(0x0c, name.length, true);
-  b.set(name, HELLO_HDR);
+  const b = new Uint8Array(HelloHeader.size + name.length);
+  HelloHeader.write(b, { version: m.version, caps: m.caps, pid: m.pid, nameLen: name.length });
+  b.set(name, HelloHeader.size);
   return b;
 }
 
 export function decodeHello(b: Uint8Array, hostVersion: number): Decoded<HelloMsg> {
-  if (b.length < HELLO_HDR) return fail(Status.E_LENGTH, `HELLO of ${b.length} bytes is shorter than its header`);
-  const v = view(b);
-  const version = v.getUint32(0x00, true);
+  if (b.length < HelloHeader.size) return fail(Status.E_LENGTH, `HELLO of ${b.length} bytes is shorter than its header`);
+  const { version, caps, pid, nameLen } = HelloHeader.read(b);
   if (version !== hostVersion) return fail(Status.E_VERSION, `agent speaks version ${version}, host ${hostVersion}`);
-  const nameLen = v.getUint32(0x0c, true);
   if (nameLen > HELLO_MAX_NAME) return fail(Status.E_INVALID, `HELLO name_len ${nameLen} > ${HELLO_MAX_NAME}`);
-  if (b.length !== HELLO_HDR + nameLen) return fail(Status.E_LENGTH, `HELLO g2h_len ${b.length} != ${HELLO_HDR + nameLen}`);
-  return { ok: true, value: { version, caps: v.getUint32(0x04, true), pid: v.getUint32(0x08, true), name: text(b.subarray(HELLO_HDR)) } };
+  if (b.length !== HelloHeader.size + nameLen) return fail(Status.E_LENGTH, `HELLO g2h_len ${b.length} != ${HelloHeader.size + nameLen}`);
+  return { ok: true, value: { version, caps, pid, name: text(b.subarray(HelloHeader.size)) } };
 }
 
 export const Outcome = { OK: 0, REFUSED: 1, VERIFIER: 2, BADPKG: 3, NOENT: 4, FAILED: 5 } as const;
 export type OutcomeName = keyof typeof Outcome;
 const outcomeNames = Object.keys(Outcome) as OutcomeName[];
-export const REPORT_HDR = 0x18;
+/** REPORT: this header, `progCount` u32 program ids, then `textLen` bytes of text. guest/hypercall.h: REPORT_HDR. */
+export const ReportHeader = struct('REPORT', 0x18, {
+  requestId: u32(0x00), outcome: u32(0x04), errno: u32(0x08), progCount: u32(0x0c), textLen: u32(0x10), reserved: u32(0x14),
+});
 export const REPORT_MAX_PROGS = 64;
 
 export interface ReportMsg {
@@ -194,49 +171,49 @@ export interface ReportMsg {
 
 export function encodeReport(m: ReportMsg): Uint8Array {
   const t = new TextEncoder().encode(m.text);
-  const b = new Uint8Array(REPORT_HDR + 4 * m.progIds.length + t.length);
+  const ids = ReportHeader.size;
+  const b = new Uint8Array(ids + 4 * m.progIds.length + t.length);
+  ReportHeader.write(b, { requestId: m.requestId, outcome: Outcome[m.outcome], errno: m.errno, progCount: m.progIds.length, textLen: t.length });
   const v = view(b);
-  v.setUint32(0x00, m.requestId, true);
-  v.setUint32(0x04, Outcome[m.outcome], true);
-  v.setUint32(0x08, m.errno, true);
-  v.setUint32(0x0c, m.progIds.length, true);
-  v.setUint32(0x10, t.length, true);
-  m.progIds.forEach((id, i) => v.setUint32(REPORT_HDR + 4 * i, id, true));
-  b.set(t, REPORT_HDR + 4 * m.progIds.length);
+  m.progIds.forEach((id, i) => v.setUint32(ids + 4 * i, id, true));
+  b.set(t, ids + 4 * m.progIds.length);
   return b;
 }
 
 export function decodeReport(b: Uint8Array): Decoded<ReportMsg> {
-  if (b.length < REPORT_HDR) return fail(Status.E_LENGTH, `REPORT of ${b.length} bytes is shorter than its header`);
-  const v = view(b);
-  const code = v.getUint32(0x04, true);
-  const outcome = outcomeNames[code];
-  if (outcome === undefined) return fail(Status.E_INVALID, `REPORT outcome ${code} is unknown`);
-  const progCount = v.getUint32(0x0c, true);
+  const ids = ReportHeader.size;
+  if (b.length < ids) return fail(Status.E_LENGTH, `REPORT of ${b.length} bytes is shorter than its header`);
+  const h = ReportHeader.read(b);
+  const outcome = outcomeNames[h.outcome];
+  if (outcome === undefined) return fail(Status.E_INVALID, `REPORT outcome ${h.outcome} is unknown`);
+  const progCount = h.progCount;
   if (progCount > REPORT_MAX_PROGS) return fail(Status.E_INVALID, `REPORT prog_count ${progCount} > ${REPORT_MAX_PROGS}`);
   if (outcome !== 'OK' && progCount !== 0) return fail(Status.E_INVALID, `REPORT ${outcome} carries ${progCount} program ids`);
-  const textLen = v.getUint32(0x10, true);
-  const want = REPORT_HDR + 4 * progCount + textLen;
+  const want = ids + 4 * progCount + h.textLen;
   if (b.length !== want) return fail(Status.E_LENGTH, `REPORT g2h_len ${b.length} != ${want}`);
+  const v = view(b);
   const progIds: number[] = [];
-  for (let i = 0; i < progCount; i++) progIds.push(v.getUint32(REPORT_HDR + 4 * i, true));
+  for (let i = 0; i < progCount; i++) progIds.push(v.getUint32(ids + 4 * i, true));
   return {
     ok: true,
-    value: { requestId: v.getUint32(0x00, true), outcome, errno: v.getUint32(0x08, true), progIds, text: text(b.subarray(REPORT_HDR + 4 * progCount)) },
+    value: { requestId: h.requestId, outcome, errno: h.errno, progIds, text: text(b.subarray(ids + 4 * progCount)) },
   };
 }
 
-export const HINTS_HDR = 0x08;
-export const RECORD_HDR = 0x08;
+/** HINTS: this header, then `recordCount` records, each padded to 8 bytes. guest/hypercall.h: HINTS_HDR. */
+export const HintsHeader = struct('HINTS', 0x08, { recordCount: u32(0x00), dropped: u32(0x04) });
+/** Every record starts with this (bpf/hints.ts describes the hint records themselves). guest/hypercall.h: RECORD_HDR. */
+export const RecordHeader = struct('hint record', 0x08, { type: u32(0x00), len: u32(0x04) });
 const align8 = (n: number): number => Math.ceil(n / 8) * 8;
 
 /**
  * SOURCE record (§4.4): written by the agent, never by a hint program (type 0 is reserved).
- * Layout: u32 type = 0, u32 len = 16, u32 handle, u32 reserved (written 0, ignored). The hint
- * records after it, up to the next SOURCE or the end of the batch, came from the ring buffer
- * of the package loaded under `handle`.
+ * The hint records after it, up to the next SOURCE or the end of the batch, came from the ring
+ * buffer of the package loaded under `handle`; `reserved` is written 0 and ignored.
+ * guest/hypercall.h: SOURCE_TYPE, SOURCE_LEN.
  */
-export const SOURCE = { type: 0, len: 0x10, handle: 0x08 } as const;
+export const SourceRecord = struct('SOURCE record', 0x10, { type: u32(0x00), len: u32(0x04), handle: u32(0x08), reserved: u32(0x0c) });
+export const SOURCE_TYPE = 0;
 
 export interface HintRecord {
   type: number;
@@ -276,27 +253,24 @@ export const HINT_UNIT_BYTES = 64;
 export const hintUnits = (len: number): number => Math.max(1, Math.ceil(align8(len) / HINT_UNIT_BYTES));
 
 /** The bytes of a HINTS batch that `units` budget units can cover (the host copies no more). */
-export const hintsPrefixBytes = (units: number): number => HINTS_HDR + units * HINT_UNIT_BYTES;
+export const hintsPrefixBytes = (units: number): number => HintsHeader.size + units * HINT_UNIT_BYTES;
 
 /** A SOURCE record for `encodeHints` (tests, and tools that replay batches). */
 export function sourceRecord(handle: number): HintRecord {
-  const payload = new Uint8Array(SOURCE.len - RECORD_HDR);
-  view(payload).setUint32(SOURCE.handle - RECORD_HDR, handle, true);
-  return { type: SOURCE.type, payload };
+  const rec = SourceRecord.encode({ type: SOURCE_TYPE, len: SourceRecord.size, handle });
+  return { type: SOURCE_TYPE, payload: rec.subarray(RecordHeader.size) };
 }
 
 export function encodeHints(m: HintsMsg): Uint8Array {
-  const size = m.records.reduce((n, r) => n + align8(RECORD_HDR + r.payload.length), HINTS_HDR);
+  const size = m.records.reduce((n, r) => n + align8(RecordHeader.size + r.payload.length), HintsHeader.size);
   const b = new Uint8Array(size);
-  const v = view(b);
-  v.setUint32(0x00, m.records.length, true);
-  v.setUint32(0x04, m.dropped, true);
-  let off = HINTS_HDR;
+  HintsHeader.write(b, { recordCount: m.records.length, dropped: m.dropped });
+  let off = HintsHeader.size;
   for (const r of m.records) {
-    v.setUint32(off, r.type, true);
-    v.setUint32(off + 4, RECORD_HDR + r.payload.length, true);
-    b.set(r.payload, off + RECORD_HDR);
-    off += align8(RECORD_HDR + r.payload.length);
+    const len = RecordHeader.size + r.payload.length;
+    RecordHeader.write(b, { type: r.type, len }, off);
+    b.set(r.payload, off + RecordHeader.size);
+    off += align8(len);
   }
   return b;
 }
@@ -313,37 +287,38 @@ export function encodeHints(m: HintsMsg): Uint8Array {
 export function decodeHints(b: Uint8Array, sources: boolean, budget: { length?: number; maxUnits?: number } = {}): Decoded<DecodedHints> {
   const length = budget.length ?? b.length;
   const maxUnits = budget.maxUnits ?? Infinity;
-  if (length < HINTS_HDR || length % 8 !== 0) return fail(Status.E_LENGTH, `HINTS g2h_len ${length} is not a multiple of 8 of at least 8`);
-  if (b.length < Math.min(length, HINTS_HDR) || b.length > length) throw new RangeError(`HINTS copy of ${b.length} bytes for a ${length}-byte batch`);
+  if (length < HintsHeader.size || length % 8 !== 0) return fail(Status.E_LENGTH, `HINTS g2h_len ${length} is not a multiple of 8 of at least 8`);
+  if (b.length < Math.min(length, HintsHeader.size) || b.length > length) throw new RangeError(`HINTS copy of ${b.length} bytes for a ${length}-byte batch`);
+  const hdr = HintsHeader.size;
+  const rec = RecordHeader.size;
+  const { recordCount: count, dropped } = HintsHeader.read(b);
   const v = view(b);
-  const count = v.getUint32(0x00, true);
   // Each record takes at least 8 bytes: a bigger count cannot be honest (and must not drive a loop).
-  if (count > (length - HINTS_HDR) / RECORD_HDR) return fail(Status.E_INVALID, `HINTS record_count ${count} cannot fit ${length} bytes`);
+  if (count > (length - hdr) / rec) return fail(Status.E_INVALID, `HINTS record_count ${count} cannot fit ${length} bytes`);
   const records: DecodedHintRecord[] = [];
   let source: number | undefined;
-  let off = HINTS_HDR;
+  let off = hdr;
   let units = 0;
   let taken = 0;
   for (; taken < count; taken++) {
     const i = taken;
-    if (off + RECORD_HDR > length) return fail(Status.E_LENGTH, `HINTS record ${i} header at ${off} runs past ${length}`);
-    if (units + 1 > maxUnits || off + RECORD_HDR > b.length) break; // the budget ends here
-    const type = v.getUint32(off, true);
-    const len = v.getUint32(off + 4, true);
-    if (len < RECORD_HDR) return fail(Status.E_INVALID, `HINTS record ${i} len ${len} < ${RECORD_HDR}`);
+    if (off + rec > length) return fail(Status.E_LENGTH, `HINTS record ${i} header at ${off} runs past ${length}`);
+    if (units + 1 > maxUnits || off + rec > b.length) break; // the budget ends here
+    const { type, len } = RecordHeader.read(v, off);
+    if (len < rec) return fail(Status.E_INVALID, `HINTS record ${i} len ${len} < ${rec}`);
     if (off + len > length) return fail(Status.E_LENGTH, `HINTS record ${i} (${len} bytes at ${off}) runs past ${length}`);
     const cost = hintUnits(len);
     // Within the budget a record always fits the copy (hintsPrefixBytes); past it, it is not read.
     if (units + cost > maxUnits || off + len > b.length) break;
-    if (sources && type === SOURCE.type) {
-      if (len !== SOURCE.len) return fail(Status.E_INVALID, `HINTS record ${i} is a SOURCE of ${len} bytes, not ${SOURCE.len}`);
-      source = v.getUint32(off + SOURCE.handle, true);
+    if (sources && type === SOURCE_TYPE) {
+      if (len !== SourceRecord.size) return fail(Status.E_INVALID, `HINTS record ${i} is a SOURCE of ${len} bytes, not ${SourceRecord.size}`);
+      source = SourceRecord.read(v, off).handle;
     } else {
-      records.push({ type, payload: b.subarray(off + RECORD_HDR, off + len), record: b.subarray(off, off + len), source });
+      records.push({ type, payload: b.subarray(off + rec, off + len), record: b.subarray(off, off + len), source });
     }
     units += cost;
     off += align8(len);
   }
   if (taken === count && off !== length) return fail(Status.E_LENGTH, `HINTS has ${length - off} bytes after its ${count} records`);
-  return { ok: true, value: { dropped: v.getUint32(0x04, true), records, count, taken, units } };
+  return { ok: true, value: { dropped, records, count, taken, units } };
 }

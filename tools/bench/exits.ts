@@ -60,7 +60,7 @@ async function runTsvmm(n: number, forwarded: boolean): Promise<Omit<Run, 'round
   try {
     ram.memory.write(GUEST.loadAddr, exitLoopCode(n));
     const sregs = vcpu.getSregs();
-    sregs.segments.cs = { ...sregs.segments.cs, base: 0n, selector: 0 };
+    sregs.cs = { ...sregs.cs, base: 0n, selector: 0 };
     vcpu.setSregs(sregs);
     vcpu.setRegs({ rip: BigInt(GUEST.loadAddr), rflags: 2n });
     if (forwarded) pio.insert(GUEST.port, 1, 'bench-sink', { read: (_o, d) => d.fill(0), write: () => {} });

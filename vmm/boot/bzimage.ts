@@ -3,7 +3,10 @@
 // Entry is the load address + 0x200 (startup_64 of the decompressor).
 
 import { KernelImageError } from './errors';
-import { BOOT_FLAG_MAGIC, HDRS_MAGIC, SetupHeader, XLF_KERNEL_64 } from './setup-header';
+import { BOOT_FLAG_MAGIC, BootParams, HDRS_MAGIC, HEADER_JUMP_BASE, SetupHeader, XLF_KERNEL_64 } from './setup-header';
+
+/** The setup header's offset in the file (a bzImage starts like boot_params). */
+const HDR = BootParams.offsets.hdr;
 
 /** 2.12 is the first protocol with xloadflags (so we can check for a 64-bit entry). */
 export const MIN_BOOT_PROTOCOL = 0x020c;
@@ -22,38 +25,39 @@ export interface BzImage {
 }
 
 export function isBzImage(image: Uint8Array): boolean {
-  if (image.length < 0x206) return false;
-  const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  return dv.getUint32(SetupHeader.header, true) === HDRS_MAGIC;
+  const at = HDR + SetupHeader.offsets.header;
+  if (image.length < at + 4) return false;
+  return new DataView(image.buffer, image.byteOffset, image.byteLength).getUint32(at, true) === HDRS_MAGIC;
 }
 
 export function parseBzImage(path: string, image: Uint8Array): BzImage {
   if (image.length < 0x1000) throw new KernelImageError(path, `too short for a bzImage (${image.length} bytes)`);
-  const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  if (dv.getUint16(SetupHeader.bootFlag, true) !== BOOT_FLAG_MAGIC || dv.getUint32(SetupHeader.header, true) !== HDRS_MAGIC) {
+  const h = SetupHeader.read(image, HDR);
+  if (h.bootFlag !== BOOT_FLAG_MAGIC || h.header !== HDRS_MAGIC) {
     throw new KernelImageError(path, 'not a bzImage (no 0xAA55 boot flag / "HdrS" header)');
   }
-  const version = dv.getUint16(SetupHeader.version, true);
+  const version = h.version;
   if (version < MIN_BOOT_PROTOCOL) {
     throw new KernelImageError(path, `boot protocol ${fmtVersion(version)} is too old (need >= ${fmtVersion(MIN_BOOT_PROTOCOL)})`);
   }
-  if (!(dv.getUint16(SetupHeader.xloadflags, true) & XLF_KERNEL_64)) {
+  if (!(h.xloadflags & XLF_KERNEL_64)) {
     throw new KernelImageError(path, 'kernel has no 64-bit entry point (XLF_KERNEL_64 not set)');
   }
-  const setupSects = dv.getUint8(SetupHeader.setupSects) || 4;
+  const setupSects = h.setupSects || 4;
   const kernelOffset = (setupSects + 1) * 512;
-  const syssize = dv.getUint32(0x1f4, true) * 16; // in 16-byte paragraphs
+  const syssize = h.syssize * 16; // in 16-byte paragraphs
   if (kernelOffset >= image.length || kernelOffset + syssize > image.length) {
     throw new KernelImageError(path, `truncated: setup header says ${kernelOffset + syssize} bytes, file has ${image.length}`);
   }
-  const headerEnd = 0x202 + dv.getUint8(SetupHeader.jump + 1);
+  // The jump instruction's offset byte (the high byte of `jump`) says where the header ends.
+  const headerEnd = HEADER_JUMP_BASE + (h.jump >> 8);
   return {
     version,
-    header: image.slice(0x1f1, headerEnd),
+    header: image.slice(HDR, headerEnd),
     kernel: image.subarray(kernelOffset),
-    initSize: dv.getUint32(SetupHeader.initSize, true),
-    initrdAddrMax: dv.getUint32(SetupHeader.initrdAddrMax, true),
-    cmdlineSize: dv.getUint32(SetupHeader.cmdlineSize, true),
+    initSize: h.initSize,
+    initrdAddrMax: h.initrdAddrMax,
+    cmdlineSize: h.cmdlineSize,
   };
 }
 

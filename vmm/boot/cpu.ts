@@ -2,8 +2,8 @@
 // LINT pins, long mode with the boot GDT and identity page tables, rip = entry, rsi = zero page.
 // Values follow what Firecracker and kvmtool set.
 
-import type { CpuidEntryValue, Vcpu } from '../../kvm/kvm';
-import { Lapic } from '../../kvm/layout';
+import type { Vcpu } from '../../kvm/kvm';
+import { type CpuidEntry, LAPIC_LVT_LINT0, LAPIC_LVT_LINT1 } from '../../kvm/layout';
 import { BOOT_STACK_ADDR, GDT_ADDR, IDT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR } from '../layout';
 import { normalizeCpuid } from './cpuid';
 import { bootGdt } from './gdt';
@@ -44,13 +44,13 @@ function setLintPins(vcpu: Vcpu): void {
   const lapic = vcpu.getLapic();
   const dv = new DataView(lapic.buffer);
   const mode = (off: number, m: number) => dv.setUint32(off, (dv.getUint32(off, true) & ~0x700) | (m << 8), true);
-  mode(Lapic.lvtLint0, 7);
-  mode(Lapic.lvtLint1, 4);
+  mode(LAPIC_LVT_LINT0, 7);
+  mode(LAPIC_LVT_LINT1, 4);
   vcpu.setLapic(lapic);
 }
 
 export interface CpuSetup {
-  supportedCpuid: readonly CpuidEntryValue[];
+  supportedCpuid: readonly CpuidEntry[];
   count: number;
   entry: number;
 }
@@ -65,9 +65,9 @@ export function setupVcpu(vcpu: Vcpu, s: CpuSetup): void {
   if (vcpu.id !== 0) return;
   const gdt = bootGdt();
   const sregs = vcpu.getSregs();
-  sregs.segments.cs = gdt.cs;
-  for (const n of ['ds', 'es', 'fs', 'gs', 'ss'] as const) sregs.segments[n] = gdt.ds;
-  sregs.segments.tr = gdt.tr;
+  sregs.cs = gdt.cs;
+  for (const n of ['ds', 'es', 'fs', 'gs', 'ss'] as const) sregs[n] = gdt.ds;
+  sregs.tr = gdt.tr;
   sregs.gdt = { base: BigInt(GDT_ADDR), limit: gdt.bytes.length - 1 };
   sregs.idt = { base: BigInt(IDT_ADDR), limit: 7 };
   // The reset value has caches disabled (CD|NW); a nested guest runs orders of magnitude

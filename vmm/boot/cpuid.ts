@@ -2,8 +2,7 @@
 // topology of `count` single-thread cores in one package, and the hypervisor bit is set.
 // Pure functions over entry lists, so tests need no KVM.
 
-import type { CpuidEntryValue } from '../../kvm/kvm';
-import { KVM_CPUID_FLAG_SIGNIFCANT_INDEX } from '../../kvm/layout';
+import { type CpuidEntry, KVM_CPUID_FLAG_SIGNIFCANT_INDEX } from '../../kvm/layout';
 
 const ECX_HYPERVISOR = 1 << 31;
 const EDX_HTT = 1 << 28;
@@ -13,9 +12,9 @@ const LEVEL_CORE = 2;
 
 const bitsFor = (n: number) => (n <= 1 ? 0 : 32 - Math.clz32(n - 1));
 
-export function normalizeCpuid(supported: readonly CpuidEntryValue[], vcpu: number, count: number): CpuidEntryValue[] {
+export function normalizeCpuid(supported: readonly CpuidEntry[], vcpu: number, count: number): CpuidEntry[] {
   const coreBits = bitsFor(count);
-  const out: CpuidEntryValue[] = [];
+  const out: CpuidEntry[] = [];
   for (const src of supported) {
     const e = { ...src };
     switch (e.function) {
@@ -53,7 +52,7 @@ export function normalizeCpuid(supported: readonly CpuidEntryValue[], vcpu: numb
 }
 
 /** Extended topology: sub-leaf 0 = SMT (1 thread), 1 = cores (count), the rest invalid. */
-function topologyLeaf(e: CpuidEntryValue, vcpu: number, count: number, coreBits: number): void {
+function topologyLeaf(e: CpuidEntry, vcpu: number, count: number, coreBits: number): void {
   e.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
   e.edx = vcpu >>> 0;
   if (e.index === 0) {

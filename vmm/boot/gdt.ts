@@ -2,7 +2,13 @@
 // protocol (__BOOT_CS = 0x10, __BOOT_DS = 0x18); the kernel loads its own GDT right away.
 
 import type { Segment } from '../../kvm/layout';
-import { SegmentDescriptor, pack, unpack } from './bits';
+import { type BitLayout, pack, unpack } from '../../lib/bits';
+
+/** A code/data/system segment descriptor in the GDT (Intel SDM vol. 3, 3.4.5). */
+const SegmentDescriptor = {
+  limitLow: [0, 16], baseLow: [16, 24], type: [40, 4], s: [44, 1], dpl: [45, 2], present: [47, 1],
+  limitHigh: [48, 4], avl: [52, 1], l: [53, 1], db: [54, 1], g: [55, 1], baseHigh: [56, 8],
+} as const satisfies BitLayout<string>;
 
 export interface GdtEntry {
   base: number;

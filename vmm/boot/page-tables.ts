@@ -2,7 +2,12 @@
 // 2 MiB pages cover the first 4 GiB, which holds everything the VMM places for the kernel.
 
 import { PD_ADDR, PDPT_ADDR, PML4_ADDR } from '../layout';
-import { PageEntry, pack } from './bits';
+import { type BitLayout, pack } from '../../lib/bits';
+
+/** A page-directory entry mapping a 2 MiB page, or a table entry pointing at the next level. */
+const PageEntry = {
+  present: [0, 1], writable: [1, 1], user: [2, 1], pageSize: [7, 1], addr: [12, 40],
+} as const satisfies BitLayout<string>;
 
 const PAGE = 0x1000;
 const TWO_MIB = 0x20_0000;

@@ -5,8 +5,8 @@
 import { EBDA_START, FOUR_GIB, KERNEL_ADDR } from '../layout';
 import type { RamRange } from '../memory';
 import {
-  BOOT_FLAG_MAGIC, BootParams, CAN_USE_HEAP, E820Entry, E820_RAM, E820_RESERVED, HDRS_MAGIC, LOADED_HIGH,
-  LOADER_TYPE_UNDEFINED, SetupHeader,
+  BOOT_FLAG_MAGIC, BootParams, CAN_USE_HEAP, E820Entry, E820_MAX_ENTRIES_ZEROPAGE, E820_RAM, E820_RESERVED, HDRS_MAGIC,
+  LOADED_HIGH, LOADER_TYPE_UNDEFINED, SetupHeader,
 } from './setup-header';
 
 export interface E820Range {
@@ -43,31 +43,22 @@ export interface ZeroPageOptions {
 
 export function buildZeroPage(o: ZeroPageOptions): Uint8Array {
   const zp = new Uint8Array(BootParams.size);
-  const dv = new DataView(zp.buffer);
-  if (o.header) {
-    zp.set(o.header, BootParams.hdr);
-  } else {
-    dv.setUint16(SetupHeader.bootFlag, BOOT_FLAG_MAGIC, true);
-    dv.setUint32(SetupHeader.header, HDRS_MAGIC, true);
-    dv.setUint32(SetupHeader.kernelAlignment, 0x100_0000, true);
-  }
-  dv.setUint8(SetupHeader.typeOfLoader, LOADER_TYPE_UNDEFINED);
-  dv.setUint8(SetupHeader.loadflags, dv.getUint8(SetupHeader.loadflags) | LOADED_HIGH | CAN_USE_HEAP);
-  dv.setUint16(SetupHeader.heapEndPtr, 0xfe00, true);
-  dv.setUint32(SetupHeader.cmdLinePtr, o.cmdlineAddr, true);
-  dv.setUint32(SetupHeader.cmdlineSize, o.cmdlineSize, true);
-  if (o.initrd) {
-    dv.setUint32(SetupHeader.ramdiskImage, o.initrd.addr, true);
-    dv.setUint32(SetupHeader.ramdiskSize, o.initrd.size, true);
-  }
-  if (o.rsdpAddr !== undefined) dv.setBigUint64(BootParams.acpiRsdpAddr, BigInt(o.rsdpAddr), true);
-  if (o.e820.length > BootParams.e820Max) throw new RangeError(`too many e820 entries (${o.e820.length})`);
-  dv.setUint8(BootParams.e820Entries, o.e820.length);
-  o.e820.forEach((e, i) => {
-    const off = BootParams.e820Table + i * E820Entry.size;
-    dv.setBigUint64(off + E820Entry.addr, BigInt(e.addr), true);
-    dv.setBigUint64(off + E820Entry.len, BigInt(e.size), true);
-    dv.setUint32(off + E820Entry.type, e.type, true);
+  const hdr = BootParams.offsets.hdr;
+  if (o.header) zp.set(o.header, hdr);
+  else SetupHeader.write(zp, { bootFlag: BOOT_FLAG_MAGIC, header: HDRS_MAGIC, kernelAlignment: 0x100_0000 }, hdr);
+  if (o.e820.length > E820_MAX_ENTRIES_ZEROPAGE) throw new RangeError(`too many e820 entries (${o.e820.length})`);
+  BootParams.write(zp, {
+    hdr: {
+      typeOfLoader: LOADER_TYPE_UNDEFINED,
+      loadflags: SetupHeader.read(zp, hdr).loadflags | LOADED_HIGH | CAN_USE_HEAP,
+      heapEndPtr: 0xfe00,
+      cmdLinePtr: o.cmdlineAddr,
+      cmdlineSize: o.cmdlineSize,
+      ...(o.initrd ? { ramdiskImage: o.initrd.addr, ramdiskSize: o.initrd.size } : {}),
+    },
+    e820Entries: o.e820.length,
+    ...(o.rsdpAddr !== undefined ? { acpiRsdpAddr: BigInt(o.rsdpAddr) } : {}),
   });
+  o.e820.forEach((e, i) => E820Entry.write(zp, { addr: BigInt(e.addr), size: BigInt(e.size), type: e.type }, BootParams.offsets.e820Table + i * E820Entry.size));
   return zp;
 }

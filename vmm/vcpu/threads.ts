@@ -118,7 +118,7 @@ export class VcpuThreads {
     const t = this.thread(vcpu);
     if (Atomics.load(t.mailbox, MB.PAUSE)) return this.parked(t, 1);
     Atomics.store(t.mailbox, MB.PAUSE, 1);
-    t.run[KvmRun.immediateExit] = 1;
+    t.run[KvmRun.offsets.immediateExit] = 1;
     try {
       tgkill(t.tid, KICK_SIGNAL_NUMBER);
     } catch {
@@ -162,7 +162,7 @@ export class VcpuThreads {
       Atomics.store(t.mailbox, MB.STOP, 1);
       Atomics.notify(t.mailbox, MB.STATE);
       Atomics.notify(t.mailbox, MB.PAUSE);
-      t.run[KvmRun.immediateExit] = 1;
+      t.run[KvmRun.offsets.immediateExit] = 1;
     }
     // Signal until every worker is gone: a kick can land just before the worker re-enters
     // KVM_RUN, in which case immediate_exit catches it; repeat a few times to be sure.

@@ -7,7 +7,10 @@
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { Vcpu } from '../../kvm/kvm';
-import { ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, exitReasonName } from '../../kvm/layout';
+import {
+  ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, KvmRunFailEntry,
+  KvmRunInternal, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, exitReasonName,
+} from '../../kvm/layout';
 import { gettid, setThreadName } from '../../kvm/libc';
 import type { BusClaim } from '../../devices/bus';
 import {
@@ -28,6 +31,11 @@ post({ type: 'started', tid: gettid() });
 const vcpu = new Vcpu(init.fd, init.id);
 const run = vcpu.mapRun(init.mmapSize).bytes;
 const rv = new DataView(run.buffer, run.byteOffset, run.byteLength);
+// Register exits are read straight from kvm_run with this DataView at the layout's offsets, not
+// decoded into objects (Struct.read): per exit that is ~10x cheaper (docs/architecture.md).
+const EXIT_REASON = KvmRun.offsets.exitReason;
+const IO = KvmRunIo.offsets;
+const MMIO = KvmRunMmio.offsets;
 const mb = init.mailbox;
 const mbData = mailboxData(mb);
 const stats = init.stats;
@@ -61,11 +69,11 @@ function forward(kind: number, addr: number, data: Uint8Array, isWrite: boolean)
 }
 
 function handleIo(): void {
-  const dir = rv.getUint8(KvmRun.io.direction);
-  const size = rv.getUint8(KvmRun.io.size);
-  const port = rv.getUint16(KvmRun.io.port, true);
-  const count = rv.getUint32(KvmRun.io.count, true);
-  const off = Number(rv.getBigUint64(KvmRun.io.dataOffset, true));
+  const dir = rv.getUint8(IO.direction);
+  const size = rv.getUint8(IO.size);
+  const port = rv.getUint16(IO.port, true);
+  const count = rv.getUint32(IO.count, true);
+  const off = Number(rv.getBigUint64(IO.dataOffset, true));
   const isWrite = dir === KVM_EXIT_IO_OUT;
   const claim = claimed(init.pio, port, size);
   for (let i = 0; i < count; i++) {
@@ -76,10 +84,10 @@ function handleIo(): void {
 }
 
 function handleMmio(): void {
-  const addr = Number(rv.getBigUint64(KvmRun.mmio.physAddr, true));
-  const len = Math.min(rv.getUint32(KvmRun.mmio.len, true), 8);
-  const isWrite = rv.getUint8(KvmRun.mmio.isWrite) !== 0;
-  const data = run.subarray(KvmRun.mmio.data, KvmRun.mmio.data + len);
+  const addr = Number(rv.getBigUint64(MMIO.physAddr, true));
+  const len = Math.min(rv.getUint32(MMIO.len, true), 8);
+  const isWrite = rv.getUint8(MMIO.isWrite) !== 0;
+  const data = run.subarray(MMIO.data, MMIO.data + len);
   const claim = claimed(init.mmio, addr, len);
   if (claim) claimedAccess(claim, KIND_MMIO, addr, data, isWrite);
   else if (!isWrite) data.fill(0xff);
@@ -96,7 +104,7 @@ function parkWhilePaused(): void {
   Atomics.store(mb, MB.PAUSED, 1);
   Atomics.notify(mb, MB.PAUSED);
   while (Atomics.load(mb, MB.PAUSE) && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.PAUSE, 1, 1000);
-  if (!Atomics.load(mb, MB.STOP)) run[KvmRun.immediateExit] = 0;
+  if (!Atomics.load(mb, MB.STOP)) run[KvmRun.offsets.immediateExit] = 0;
   Atomics.store(mb, MB.PAUSED, 0);
   Atomics.notify(mb, MB.PAUSED);
 }
@@ -110,7 +118,7 @@ function loop(): { reason: VcpuExitReason; detail: string } | undefined {
       if (r === -EINTR || r === -EAGAIN) continue;
       return { reason: 'internal-error', detail: `KVM_RUN failed: errno ${-r}` };
     }
-    const reason = rv.getUint32(KvmRun.exitReason, true);
+    const reason = rv.getUint32(EXIT_REASON, true);
     stats[Math.min(reason, STAT_LAST_REASON)]!++;
     switch (reason) {
       case ExitReason.IO:
@@ -126,16 +134,16 @@ function loop(): { reason: VcpuExitReason; detail: string } | undefined {
       case ExitReason.SHUTDOWN:
         return { reason: 'triple-fault', detail: 'KVM_EXIT_SHUTDOWN (triple fault)' };
       case ExitReason.SYSTEM_EVENT: {
-        const type = rv.getUint32(KvmRun.systemEvent.type, true);
+        const { type } = KvmRunSystemEvent.read(rv);
         if (type === KVM_SYSTEM_EVENT_SHUTDOWN) return { reason: 'system-poweroff', detail: 'system event: shutdown' };
         if (type === KVM_SYSTEM_EVENT_RESET) return { reason: 'system-reset', detail: 'system event: reset' };
         if (type === KVM_SYSTEM_EVENT_CRASH) return { reason: 'system-crash', detail: 'system event: crash' };
         return { reason: 'unhandled', detail: `system event ${type}` };
       }
       case ExitReason.FAIL_ENTRY:
-        return { reason: 'fail-entry', detail: `hardware entry failure 0x${rv.getBigUint64(KvmRun.failEntry.hardwareEntryFailureReason, true).toString(16)}` };
+        return { reason: 'fail-entry', detail: `hardware entry failure 0x${KvmRunFailEntry.read(rv).hardwareEntryFailureReason.toString(16)}` };
       case ExitReason.INTERNAL_ERROR:
-        return { reason: 'internal-error', detail: `KVM internal error, suberror ${rv.getUint32(KvmRun.internal.suberror, true)}` };
+        return { reason: 'internal-error', detail: `KVM internal error, suberror ${KvmRunInternal.read(rv).suberror}` };
       default:
         return { reason: 'unhandled', detail: `unhandled exit ${exitReasonName(reason)}` };
     }

@@ -6,6 +6,7 @@
 // and continues with setImmediate, so a flooding guest or host cannot starve the event loop.
 
 import type { Duplex } from 'node:stream';
+import { struct, u32, u64 } from '../../../lib/struct';
 import { VIRTIO_ID_VSOCK, type VirtioDevice, type VirtioDeviceContext } from '../device';
 import { QueueError } from '../queue';
 import { countDrop, type VsockCounters } from './counters';
@@ -18,7 +19,10 @@ export const EVQ = 2;
 export const QUEUE_SIZE = 256;
 /** Chains handled per queue per event-loop turn. */
 export const BATCH = 64;
-const EVENT_TRANSPORT_RESET = 0;
+/** Device configuration space (struct virtio_vsock_config) and event queue element (struct virtio_vsock_event). */
+export const VsockConfig = struct('virtio_vsock_config', 8, { guestCid: u64(0) });
+export const VsockEvent = struct('virtio_vsock_event', 4, { id: u32(0) });
+export const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0;
 
 export type VsockDeviceOptions = MuxerOptions;
 
@@ -64,8 +68,7 @@ export class VirtioVsock implements VirtioDevice {
   }
 
   readConfig(offset: number, data: Uint8Array): void {
-    const cfg = new Uint8Array(8);
-    new DataView(cfg.buffer).setBigUint64(0, this.guestCid, true);
+    const cfg = VsockConfig.encode({ guestCid: this.guestCid });
     for (let i = 0; i < data.length; i++) data[i] = cfg[offset + i] ?? 0;
   }
 
@@ -116,9 +119,8 @@ export class VirtioVsock implements VirtioDevice {
     const q = ctx.queues[EVQ]!;
     const chain = q.pop();
     if (!chain) return; // stays pending until the driver posts an event buffer
-    const ev = new Uint8Array(4);
-    new DataView(ev.buffer).setUint32(0, EVENT_TRANSPORT_RESET, true);
-    const written = chain.writable.length >= 4 ? chain.writable.writeAt(ev) : 0;
+    const ev = VsockEvent.encode({ id: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET });
+    const written = chain.writable.length >= ev.length ? chain.writable.writeAt(ev) : 0;
     q.addUsed(chain.head, written);
     this.transportResetPending = false;
     ctx.signalUsed(EVQ);

@@ -1,16 +1,19 @@
-// The virtio-vsock packet: the one place that knows the 44-byte virtio_vsock_hdr layout, how a
-// guest TX chain is validated and split into header + payload, and how an RX packet is written
-// into a guest RX chain. It owns no connection state and must not touch sockets; it never throws
-// on guest input: a malformed packet comes back as a verdict (drop, or answer with RST).
-//
-//   le64 src_cid   @0     le32 len   @24     le32 flags     @32
-//   le64 dst_cid   @8     le16 type  @28     le32 buf_alloc @36
-//   le32 src_port  @16    le16 op    @30     le32 fwd_cnt   @40
-//   le32 dst_port  @20
+// The virtio-vsock packet: the one place that knows the 44-byte virtio_vsock_hdr layout (checked
+// against <linux/virtio_vsock.h> by test/unit/vsock/abi.test.ts), how a guest TX chain is
+// validated and split into header + payload, and how an RX packet is written into a guest RX
+// chain. It owns no connection state and must not touch sockets; it never throws on guest
+// input: a malformed packet comes back as a verdict (drop, or answer with RST).
 
+import { struct, u16, u32, u64, type ValueOf } from '../../../lib/struct';
 import type { IoVecBuffer } from '../iovec';
 
-export const HDR_SIZE = 44;
+/** struct virtio_vsock_hdr (packed, little-endian). */
+export const VsockHdr = struct('virtio_vsock_hdr', 44, {
+  srcCid: u64(0), dstCid: u64(8), srcPort: u32(16), dstPort: u32(20), len: u32(24), type: u16(28), op: u16(30),
+  flags: u32(32), bufAlloc: u32(36), fwdCnt: u32(40),
+});
+export type VsockHeader = ValueOf<typeof VsockHdr>;
+export const HDR_SIZE = VsockHdr.size;
 /** Largest payload one packet may carry (Linux VIRTIO_VSOCK_MAX_PKT_BUF_SIZE, Firecracker too). */
 export const MAX_PKT_PAYLOAD = 64 * 1024;
 export const HOST_CID = 2n;
@@ -34,57 +37,11 @@ export function opName(op: number): string {
   return OP_NAMES[op] ?? `op${op}`;
 }
 
-export interface VsockHeader {
-  srcCid: bigint;
-  dstCid: bigint;
-  srcPort: number;
-  dstPort: number;
-  len: number;
-  type: number;
-  op: number;
-  flags: number;
-  bufAlloc: number;
-  fwdCnt: number;
-}
-
 // Headers are decoded from and encoded into this buffer (one thread, never reentrant), then
-// copied in or out of the chain in one IoVecBuffer call, so the per-packet path allocates no
-// DataView over guest memory and handles a header split across descriptors the same way.
+// copied in or out of the chain in one IoVecBuffer call: the per-packet path makes no DataView
+// over guest memory and handles a header split across descriptors the same way.
 const scratch = new Uint8Array(HDR_SIZE);
 const scratchView = new DataView(scratch.buffer);
-
-/** Decodes the first HDR_SIZE bytes of `b` (the caller guarantees the length). */
-export function decodeHeader(b: Uint8Array): VsockHeader {
-  const v = b === scratch ? scratchView : new DataView(b.buffer, b.byteOffset, HDR_SIZE);
-  return {
-    srcCid: v.getBigUint64(0, true),
-    dstCid: v.getBigUint64(8, true),
-    srcPort: v.getUint32(16, true),
-    dstPort: v.getUint32(20, true),
-    len: v.getUint32(24, true),
-    type: v.getUint16(28, true),
-    op: v.getUint16(30, true),
-    flags: v.getUint32(32, true),
-    bufAlloc: v.getUint32(36, true),
-    fwdCnt: v.getUint32(40, true),
-  };
-}
-
-/** Encodes `h` into the first HDR_SIZE bytes of `out` (`len` overrides `h.len`). */
-export function encodeHeader(h: VsockHeader, out: Uint8Array, len: number = h.len): void {
-  const v = scratchView;
-  v.setBigUint64(0, h.srcCid, true);
-  v.setBigUint64(8, h.dstCid, true);
-  v.setUint32(16, h.srcPort, true);
-  v.setUint32(20, h.dstPort, true);
-  v.setUint32(24, len, true);
-  v.setUint16(28, h.type, true);
-  v.setUint16(30, h.op, true);
-  v.setUint32(32, h.flags, true);
-  v.setUint32(36, h.bufAlloc, true);
-  v.setUint32(40, h.fwdCnt, true);
-  if (out !== scratch) out.set(scratch);
-}
 
 /** Why a TX packet was not delivered; also the key of the drop counters. */
 export type DropReason =
@@ -110,7 +67,7 @@ export function parseTxChain(readable: IoVecBuffer, guestCid: bigint): TxParse {
   const avail = readable.length;
   if (avail < HDR_SIZE) return { ok: false, reason: 'short-header' };
   readable.readAt(scratch, 0);
-  const hdr = decodeHeader(scratch);
+  const hdr = VsockHdr.read(scratchView);
   if (hdr.len > MAX_PKT_PAYLOAD) return { ok: false, reason: 'len-too-large' };
   if (hdr.len > avail - HDR_SIZE) return { ok: false, reason: 'len-past-chain' };
   if (hdr.srcCid !== guestCid) return { ok: false, reason: 'bad-src-cid' };
@@ -156,9 +113,10 @@ export class RxPacketWriter {
     return n;
   }
 
-  /** Writes the header (its `len` is forced to the payload written so far). */
+  /** Writes the header; its `len` is set to the payload written so far (in `h` too). */
   writeHeader(h: VsockHeader): void {
-    encodeHeader(h, scratch, this.filled);
+    h.len = this.filled;
+    VsockHdr.write(scratchView, h);
     this.writable.writeAt(scratch, 0);
     this.hdrWritten = true;
   }

@@ -1,14 +1,14 @@
 // Per-vCPU CPUID (vmm/boot/cpuid.ts) over a synthetic KVM_GET_SUPPORTED_CPUID list.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { CpuidEntryValue } from '../../../kvm/kvm';
+import type { CpuidEntry } from '../../../kvm/layout';
 import { normalizeCpuid } from '../../../vmm/boot/cpuid';
 
-const e = (fn: number, index: number, eax: number, ebx: number, ecx: number, edx: number, flags = 0): CpuidEntryValue =>
+const e = (fn: number, index: number, eax: number, ebx: number, ecx: number, edx: number, flags = 0): CpuidEntry =>
   ({ function: fn, index, flags, eax, ebx, ecx, edx });
 
 /** Host-like values: leaf 1 EBX has brand index 0x05 and CLFLUSH size 0x08 in [15:0]. */
-function supported(): CpuidEntryValue[] {
+function supported(): CpuidEntry[] {
   return [
     e(0x0, 0, 0x1f, 0x756e6547, 0x6c65746e, 0x49656e69),
     e(0x1, 0, 0x000906ea, 0xff100805, 0x7ffafbbf, 0x0fabfbff & ~(1 << 28)),
@@ -24,7 +24,7 @@ function supported(): CpuidEntryValue[] {
     e(0x8000001e, 0, 0x11, 0x100, 0x300, 0),
   ];
 }
-const find = (l: CpuidEntryValue[], fn: number, index = 0) => {
+const find = (l: CpuidEntry[], fn: number, index = 0) => {
   const x = l.find((y) => y.function === fn && y.index === index);
   if (!x) throw new Error(`no leaf 0x${fn.toString(16)}.${index}`);
   return x;
@@ -94,7 +94,7 @@ test('one vCPU: HTT and CmpLegacy cleared, count 1, id 0', () => {
 
 test('the input list is not mutated; unknown leaves pass through; every value is a u32', () => {
   const src = supported();
-  const copy = JSON.parse(JSON.stringify(src)) as CpuidEntryValue[];
+  const copy = JSON.parse(JSON.stringify(src)) as CpuidEntry[];
   const out = normalizeCpuid(src, 3, 4);
   assert.equal(src, copy);
   assert.is(out.length, src.length);

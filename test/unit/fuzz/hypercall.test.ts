@@ -8,7 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Cmd, HC_IO_LEN, Reg, Status } from '../../../devices/hypercall/registers';
 import { HYPERCALL_PORT as HC_IO_BASE } from '../../../vmm/layout';
-import { Hdr, SHM_MAGIC, encodeHello, encodeHints, encodeReport, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
+import { ShmHeader, SHM_MAGIC, encodeHello, encodeHints, encodeReport, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
 import { encodeHint, HintType } from '../../../bpf/hints';
 import { pkg, rig } from '../hypercall/agent';
 import { edgeU32, fuzz, mutate, type Rng } from './lib';
@@ -77,8 +77,8 @@ test('hypercall command stream', async () => {
     const msg = rng.chance(0.5) ? validMessage(rng, cmd, requestIds) : mutate(rng, validMessage(rng, cmd, requestIds));
     shm.set(msg.subarray(0, lay.g2hSize), lay.g2hOff);
     const len = rng.chance(0.85) ? msg.length : edgeU32(rng);
-    hdr.setUint32(Hdr.G2H_LEN, len, true);
-    hdr.setUint32(Hdr.G2H_SEQ, rng.u32(), true);
+    hdr.setUint32(ShmHeader.offsets.g2hLen, len, true);
+    hdr.setUint32(ShmHeader.offsets.g2hSeq, rng.u32(), true);
     rv.setUint32(0, cmd, true);
     io(Reg.COMMAND, reg, true);
     io(Reg.STATUS, reg, false);
@@ -89,8 +89,8 @@ test('hypercall command stream', async () => {
     // What the agent fetched is what it reports on (a REPORT for a real in-flight request).
     if (cmd === Cmd.FETCH && st === Status.OK && rv.getUint32(0, true) > 0) requestIds.push(hdr.getUint32(lay.h2gOff + 4, true));
     if (requestIds.length > 64) requestIds.shift();
-    assert.is(hdr.getUint32(Hdr.MAGIC, true), SHM_MAGIC);
-    assert.is(hdr.getUint32(Hdr.G2H_SIZE, true), lay.g2hSize);
+    assert.is(hdr.getUint32(ShmHeader.offsets.magic, true), SHM_MAGIC);
+    assert.is(hdr.getUint32(ShmHeader.offsets.g2hSize, true), lay.g2hSize);
   });
   await new Promise((res) => setImmediate(res));
   const c = dev.counters();

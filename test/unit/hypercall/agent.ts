@@ -7,7 +7,7 @@ import { HypercallDevice, type HypercallDeviceOptions } from '../../../devices/h
 import { Cmd, HC_IO_LEN, HC_MAGIC, Reg } from '../../../devices/hypercall/registers';
 import { HYPERCALL_PORT as HC_IO_BASE, HYPERCALL_SHMEM_ADDR as HC_SHM_BASE } from '../../../vmm/layout';
 import {
-  Hdr,
+  ShmHeader,
   SHM_MAGIC,
   decodeRequest,
   encodeHello,
@@ -67,17 +67,17 @@ export class SimAgent {
   probe(): { base: number; size: number; port: number } {
     if (this.inl(Reg.MAGIC) !== HC_MAGIC) throw new Error('bad register magic');
     if (this.inl(Reg.VERSION) !== 1) throw new Error('bad version');
-    if (this.h.getUint32(Hdr.MAGIC, true) !== SHM_MAGIC) throw new Error('bad shm magic');
+    if (this.h.getUint32(ShmHeader.offsets.magic, true) !== SHM_MAGIC) throw new Error('bad shm magic');
     const base = this.inl(Reg.SHM_BASE_LO) + this.inl(Reg.SHM_BASE_HI) * 2 ** 32;
     return { base, size: this.inl(Reg.SHM_SIZE), port: this.inl(Reg.DOORBELL_PORT) };
   }
 
   /** Puts raw bytes in the g2h mailbox with an explicit g2h_len (may lie), then issues `cmd`. */
   sendRaw(cmd: number, msg: Uint8Array, g2hLen = msg.length): CallResult {
-    const off = this.h.getUint32(Hdr.G2H_OFF, true);
+    const off = this.h.getUint32(ShmHeader.offsets.g2hOff, true);
     this.shm.set(msg.subarray(0, this.shm.length - off), off);
-    this.h.setUint32(Hdr.G2H_LEN, g2hLen >>> 0, true);
-    this.h.setUint32(Hdr.G2H_SEQ, ++this.g2hSeq, true);
+    this.h.setUint32(ShmHeader.offsets.g2hLen, g2hLen >>> 0, true);
+    this.h.setUint32(ShmHeader.offsets.g2hSeq, ++this.g2hSeq, true);
     return this.call(cmd);
   }
 
@@ -94,10 +94,10 @@ export class SimAgent {
   /** FETCH; the request copied out of the h2g mailbox, or undefined when none. */
   fetch(): { call: CallResult; req: WireRequest | undefined } {
     const call = this.call(Cmd.FETCH);
-    const len = this.h.getUint32(Hdr.H2G_LEN, true);
+    const len = this.h.getUint32(ShmHeader.offsets.h2gLen, true);
     if (call.status !== 0 || call.result === 0) return { call, req: undefined };
     if (len !== call.result) throw new Error(`h2g_len ${len} != RESULT ${call.result}`);
-    const off = this.h.getUint32(Hdr.H2G_OFF, true);
+    const off = this.h.getUint32(ShmHeader.offsets.h2gOff, true);
     return { call, req: decodeRequest(this.shm.slice(off, off + len)) };
   }
 

@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { HypercallError, type HypercallResult, type LostProgram } from '../../../devices/hypercall/device';
 import { Caps, Cmd, Features, Reg, Status } from '../../../devices/hypercall/registers';
-import { Hdr, Op, SOURCE, sourceRecord } from '../../../devices/hypercall/shmem';
+import { ShmHeader, Op, SOURCE_TYPE, sourceRecord } from '../../../devices/hypercall/shmem';
 import { HintType, decodeHints as decodeHintRecords, encodeHint, type Hint } from '../../../bpf/hints';
 import { SimAgent, pkg, rig, tick } from './agent';
 
@@ -26,13 +26,13 @@ test('HELLO → FETCH → REPORT resolves submit() with the prog ids', async () 
   assert.is(req.name, 'affinity');
   assert.is(req.body.length, 300);
   assert.is(req.body[299], 0xab);
-  assert.is(new DataView(r.shm.buffer).getUint32(Hdr.H2G_SEQ, true), 1);
+  assert.is(new DataView(r.shm.buffer).getUint32(ShmHeader.offsets.h2gSeq, true), 1);
   assert.is(a.inl(Reg.PENDING), 0);
 
   assert.equal(a.report({ requestId: req.requestId, outcome: 'OK', errno: 0, progIds: [17, 18], text: '' }), { status: 0, result: 0 });
   const res = await p;
   assert.equal(res, { requestId: req.requestId, op: 'load', handle: req.handle, ok: true, outcome: 'OK', errno: 0, progIds: [17, 18], text: '' });
-  assert.is(new DataView(r.shm.buffer).getUint32(Hdr.G2H_ACK, true), 2); // HELLO was g2h message 1
+  assert.is(new DataView(r.shm.buffer).getUint32(ShmHeader.offsets.g2hAck, true), 2); // HELLO was g2h message 1
   assert.equal(a.fetch().call, { status: 0, result: 0 });
   const c = r.dev.counters();
   assert.equal(c.calls, { HELLO: 1, FETCH: 2, REPORT: 1, HINTS: 0, UNKNOWN: 0 });
@@ -199,7 +199,7 @@ test('HINTS: SOURCE records attribute the records after them to a loaded handle,
   await un;
   const got: string[] = [];
   for (const t of [1, 2]) r.dev.onHints(t, (rec, type, source) => got.push(`${type}.${rec[8]}@${source}`));
-  assert.throws(() => r.dev.onHints(SOURCE.type, () => undefined), /reserved/);
+  assert.throws(() => r.dev.onHints(SOURCE_TYPE, () => undefined), /reserved/);
   const res = a.hints({
     dropped: 0,
     records: [

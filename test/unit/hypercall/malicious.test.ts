@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Cmd, HC_IO_LEN, Reg, Status } from '../../../devices/hypercall/registers';
 import { HYPERCALL_PORT as HC_IO_BASE } from '../../../vmm/layout';
-import { Hdr, SOURCE, encodeHello, encodeHints, encodeReport, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
+import { ShmHeader, SOURCE_TYPE, encodeHello, encodeHints, encodeReport, mailboxLayout, sourceRecord } from '../../../devices/hypercall/shmem';
 import { SimAgent, pkg, rig, type Rig } from './agent';
 
 function helloed(opts: Parameters<typeof rig>[0] = {}): Rig & { a: SimAgent } {
@@ -76,7 +76,7 @@ test('HINTS: a SOURCE record of the wrong length rejects the whole batch', () =>
   const hint = { type: 1, payload: new Uint8Array(8) };
   for (const payload of [0, 4, 12, 16, 100]) {
     // The honest record comes first: validation covers the batch before anything is dispatched.
-    const body = encodeHints({ dropped: 0, records: [hint, { type: SOURCE.type, payload: new Uint8Array(payload) }, hint] });
+    const body = encodeHints({ dropped: 0, records: [hint, { type: SOURCE_TYPE, payload: new Uint8Array(payload) }, hint] });
     assert.is(a.sendRaw(Cmd.HINTS, body).status, Status.E_INVALID, `SOURCE of ${8 + payload} bytes`);
     assert.is(a.inl(Reg.RESULT), 0);
   }
@@ -217,7 +217,7 @@ test('random garbage from the guest never throws and the device keeps working', 
   const c = dev.counters();
   const bad = Object.values(c.errors).reduce((x, y) => x + y, 0);
   assert.ok(bad > 2000, `bad calls counted (${bad})`);
-  assert.ok(new DataView(shm.buffer).getUint32(Hdr.G2H_SIZE, true) === box.g2hSize, 'header intact');
+  assert.ok(new DataView(shm.buffer).getUint32(ShmHeader.offsets.g2hSize, true) === box.g2hSize, 'header intact');
   // The victim request may have been fetched by the noise: a fresh HELLO requeues it.
   assert.is(a.hello('recovered').status, Status.OK);
   a.serve(() => ({ outcome: 'OK', errno: 0, progIds: [9], text: '' }));

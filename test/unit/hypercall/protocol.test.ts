@@ -4,7 +4,7 @@ import * as assert from 'uvu/assert';
 import { HypercallDevice } from '../../../devices/hypercall/device';
 import { HC_MAGIC, Reg, hypercallCmdline, parseHypercallCmdline } from '../../../devices/hypercall/registers';
 import {
-  Hdr,
+  ShmHeader,
   SHM_MAGIC,
   decodeHints,
   decodeReport,
@@ -47,11 +47,11 @@ test('shared memory header: default layout for 1 MiB is the one in the doc', () 
   new HypercallDevice({ shm, shmBase: 0xc000_0000 });
   const v = new DataView(shm.buffer);
   assert.is(new TextDecoder().decode(shm.subarray(0, 4)), 'TSHM');
-  assert.is(v.getUint32(Hdr.MAGIC, true), SHM_MAGIC);
-  assert.is(v.getUint32(Hdr.VERSION, true), 1);
-  assert.is(v.getUint32(Hdr.H2G_OFF, true), 0x1000);
-  assert.is(v.getUint32(Hdr.G2H_OFF, true), 0x80000);
-  assert.is(v.getUint32(Hdr.G2H_SIZE, true), 0x7f000);
+  assert.is(v.getUint32(ShmHeader.offsets.magic, true), SHM_MAGIC);
+  assert.is(v.getUint32(ShmHeader.offsets.version, true), 1);
+  assert.is(v.getUint32(ShmHeader.offsets.h2gOff, true), 0x1000);
+  assert.is(v.getUint32(ShmHeader.offsets.g2hOff, true), 0x80000);
+  assert.is(v.getUint32(ShmHeader.offsets.g2hSize, true), 0x7f000);
   assert.throws(() => mailboxLayout(0x1000), /16 KiB/);
   assert.throws(() => mailboxLayout(0x10_0800), /multiple of 4 KiB/);
   assert.throws(() => new HypercallDevice({ shm, shmBase: 0xc000_0800 }), /page aligned/);
@@ -61,11 +61,11 @@ test('host-owned header fields are restored after the guest scribbles on them', 
   const r = rig();
   const a = new SimAgent(r.bus, r.shm);
   const v = new DataView(r.shm.buffer);
-  v.setUint32(Hdr.G2H_OFF, 0xdead_0000, true);
-  v.setUint32(Hdr.MAGIC, 0, true);
+  v.setUint32(ShmHeader.offsets.g2hOff, 0xdead_0000, true);
+  v.setUint32(ShmHeader.offsets.magic, 0, true);
   a.call(2); // FETCH before HELLO: rejected, but the header is rewritten
-  assert.is(v.getUint32(Hdr.MAGIC, true), SHM_MAGIC);
-  assert.is(v.getUint32(Hdr.G2H_OFF, true), mailboxLayout(r.shm.length).g2hOff);
+  assert.is(v.getUint32(ShmHeader.offsets.magic, true), SHM_MAGIC);
+  assert.is(v.getUint32(ShmHeader.offsets.g2hOff, true), mailboxLayout(r.shm.length).g2hOff);
 });
 
 test('kernel command line item round-trips and matches the documented form', () => {

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { type ByteBudget, Connection, type HostStream } from '../../../devices/virtio/vsock/csm';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import {
-  decodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+  VsockHdr, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
   OP_SHUTDOWN, RxPacketWriter, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
 import type { IoVecBuffer } from '../../../devices/virtio/iovec';
@@ -60,7 +60,7 @@ function rx(conn: Connection, size = 4096): { hdr: VsockHeader; payload: Buffer 
   const buf = new Uint8Array(size);
   const w = new RxPacketWriter(iovOf(buf));
   if (!conn.fillRx(w)) return undefined;
-  return { hdr: decodeHeader(buf), payload: Buffer.from(buf.subarray(HDR_SIZE, w.written)) };
+  return { hdr: VsockHdr.read(buf), payload: Buffer.from(buf.subarray(HDR_SIZE, w.written)) };
 }
 
 function established() {

@@ -284,10 +284,9 @@ test('unroutable guest packets are answered with RST; malformed ones dropped and
 for (const eventIdx of [false, true]) test(`a TX flood is handled BATCH chains per event-loop turn${eventIdx ? ' (EVENT_IDX driver: one kick)' : ''}`, async () => {
   const { dev, g } = await world({ eventIdx });
   const ring = g.rings[1]!;
-  const { encodeHeader, HDR_SIZE, HOST_CID } = await import('../../../devices/virtio/vsock/packet');
+  const { VsockHdr, HDR_SIZE, HOST_CID } = await import('../../../devices/virtio/vsock/packet');
   for (let i = 0; i < 200; i++) {
-    const h = new Uint8Array(HDR_SIZE);
-    encodeHeader({ srcCid: 7n, dstCid: HOST_CID, srcPort: i, dstPort: 9, len: 0, type: 1, op: OP_RST, flags: 0, bufAlloc: 0, fwdCnt: 0 }, h);
+    const h = VsockHdr.encode({ srcCid: 7n, dstCid: HOST_CID, srcPort: i, dstPort: 9, len: 0, type: 1, op: OP_RST, flags: 0, bufAlloc: 0, fwdCnt: 0 });
     ring.add([{ len: HDR_SIZE, write: false, data: h }], false);
   }
   ring.publish();
@@ -296,8 +295,7 @@ for (const eventIdx of [false, true]) test(`a TX flood is handled BATCH chains p
   assert.is(g.queues[1]!.usedIndex, BATCH);
   if (eventIdx) {
     // Still draining: avail_event stays behind, so more chains need no kick.
-    const h = new Uint8Array(HDR_SIZE);
-    encodeHeader({ srcCid: 7n, dstCid: HOST_CID, srcPort: 200, dstPort: 9, len: 0, type: 1, op: OP_RST, flags: 0, bufAlloc: 0, fwdCnt: 0 }, h);
+    const h = VsockHdr.encode({ srcCid: 7n, dstCid: HOST_CID, srcPort: 200, dstPort: 9, len: 0, type: 1, op: OP_RST, flags: 0, bufAlloc: 0, fwdCnt: 0 });
     ring.add([{ len: HDR_SIZE, write: false, data: h }]);
     assert.not.ok(ring.needsKick(), 'no kick while the device drains');
   }

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
-  decodeHeader, encodeHeader, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_REQUEST, OP_RST, OP_RW, parseTxChain,
+  VsockHdr, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_REQUEST, OP_RST, OP_RW, parseTxChain,
   RxPacketWriter, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
 import { iovOf } from '../virtio/iov';
@@ -11,11 +11,7 @@ const hdr = (h: Partial<VsockHeader> = {}): VsockHeader => ({
   srcCid: GUEST, dstCid: HOST_CID, srcPort: 1000, dstPort: 2000, len: 0, type: TYPE_STREAM, op: OP_RW,
   flags: 0, bufAlloc: 65536, fwdCnt: 7, ...h,
 });
-const enc = (h: VsockHeader): Uint8Array => {
-  const b = new Uint8Array(HDR_SIZE);
-  encodeHeader(h, b);
-  return b;
-};
+const enc = (h: VsockHeader): Uint8Array => VsockHdr.encode(h);
 
 test('header layout is the 44-byte little-endian virtio_vsock_hdr', () => {
   const b = enc(hdr({ srcCid: 0x0102030405060708n, dstCid: 2n, srcPort: 0xaabbccdd, dstPort: 5, len: 9, type: 1, op: 5, flags: 3, bufAlloc: 0x11223344, fwdCnt: 0x55667788 }));
@@ -32,7 +28,7 @@ test('header layout is the 44-byte little-endian virtio_vsock_hdr', () => {
   assert.is(v.getUint32(32, true), 3);
   assert.is(v.getUint32(36, true), 0x11223344);
   assert.is(v.getUint32(40, true), 0x55667788);
-  assert.equal(decodeHeader(b), hdr({ srcCid: 0x0102030405060708n, dstCid: 2n, srcPort: 0xaabbccdd, dstPort: 5, len: 9, type: 1, op: 5, flags: 3, bufAlloc: 0x11223344, fwdCnt: 0x55667788 }));
+  assert.equal(VsockHdr.read(b), hdr({ srcCid: 0x0102030405060708n, dstCid: 2n, srcPort: 0xaabbccdd, dstPort: 5, len: 9, type: 1, op: 5, flags: 3, bufAlloc: 0x11223344, fwdCnt: 0x55667788 }));
 });
 
 test('parse: header and payload in separate descriptors, payload spanning two', () => {
@@ -119,7 +115,7 @@ test('rx writer: header + payload across three writable descriptors', () => {
   w.writeHeader(hdr({ op: OP_RW, len: 999 }));
   assert.is(w.written, 100);
   const all = Buffer.concat(bufs.map((b) => Buffer.from(b)));
-  const h = decodeHeader(all);
+  const h = VsockHdr.read(all);
   assert.is(h.len, 56); // the writer's count wins over the caller's
   assert.equal([...all.subarray(HDR_SIZE)], [...data.subarray(0, 56)]);
 });

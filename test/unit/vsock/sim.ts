@@ -7,7 +7,7 @@ import { Queue } from '../../../devices/virtio/queue';
 import type { VirtioDeviceContext } from '../../../devices/virtio/device';
 import { EVQ, RXQ, TXQ, type VirtioVsock } from '../../../devices/virtio/vsock/device';
 import {
-  decodeHeader, encodeHeader, HDR_SIZE, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
+  VsockHdr, HDR_SIZE, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
   OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, type VsockHeader,
 } from '../../../devices/virtio/vsock/packet';
 
@@ -246,7 +246,7 @@ export class SimGuest {
     for (const u of used) {
       const base = r.bufAddr(u.descs[0]!);
       if (u.len >= HDR_SIZE) {
-        const hdr = decodeHeader(this.mem.expect(base, HDR_SIZE));
+        const hdr = VsockHdr.read(this.mem.expect(base, HDR_SIZE));
         const payloadAt = this.opts.rxSplitHeader ? r.bufAddr(u.descs[1]!) : base + HDR_SIZE;
         const payload = Buffer.from(this.mem.expect(payloadAt, u.len - HDR_SIZE));
         pkts.push([hdr, payload]);
@@ -349,8 +349,7 @@ export class SimGuest {
       srcCid: this.cid, dstCid: HOST_CID, srcPort: 0, dstPort: 0, len: payload.length, type: TYPE_STREAM,
       op: OP_RW, flags: 0, bufAlloc: 0, fwdCnt: 0, ...h,
     };
-    const hb = new Uint8Array(HDR_SIZE);
-    encodeHeader(full, hb);
+    const hb = VsockHdr.encode(full);
     this.rings[TXQ]!.takeUsed(); // the device consumed earlier chains synchronously in notify
     const parts: { len: number; write: boolean; data?: Uint8Array }[] = [{ len: HDR_SIZE, write: false, data: hb }];
     if (payload.length > 0) {

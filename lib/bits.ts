@@ -1,5 +1,6 @@
-// Bit-field layouts of x86 boot structures (segment descriptors, page-table entries), in one
-// small typed helper: each layout names its fields once, and pack/unpack use those names.
+// Bit-field layouts in one small typed helper: a layout (declared by its owner, e.g. the segment
+// descriptor in vmm/boot/gdt.ts) names its fields once, and pack/unpack use those names.
+// Byte-level struct layouts are lib/struct.ts's.
 
 export type BitLayout<K extends string> = Record<K, readonly [shift: number, width: number]>;
 
@@ -23,14 +24,3 @@ export function unpack<K extends string>(layout: BitLayout<K>, v: bigint): Recor
   }
   return out;
 }
-
-/** A code/data/system segment descriptor in the GDT (Intel SDM vol. 3, 3.4.5). */
-export const SegmentDescriptor = {
-  limitLow: [0, 16], baseLow: [16, 24], type: [40, 4], s: [44, 1], dpl: [45, 2], present: [47, 1],
-  limitHigh: [48, 4], avl: [52, 1], l: [53, 1], db: [54, 1], g: [55, 1], baseHigh: [56, 8],
-} as const satisfies BitLayout<string>;
-
-/** A page-directory entry mapping a 2 MiB page, or a table entry pointing at the next level. */
-export const PageEntry = {
-  present: [0, 1], writable: [1, 1], user: [2, 1], pageSize: [7, 1], addr: [12, 40],
-} as const satisfies BitLayout<string>;

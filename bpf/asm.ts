@@ -8,10 +8,9 @@ import {
   CallSrc, Pseudo, encode, slots,
 } from './insn';
 import { type HelperName, helperId } from './helpers';
+import { TsvmmError } from '../lib/errors';
 
-export class AsmError extends Error {
-  override readonly name = 'AsmError';
-}
+export class AsmError extends TsvmmError {}
 
 /** A register seen as 64 bits (`r3`) or as its low 32 bits (`w3`, ALU32/JMP32). */
 export interface Reg { readonly n: number; readonly w: boolean }

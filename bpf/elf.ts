@@ -7,10 +7,9 @@
 
 import { CallSrc, INSN_SIZE, LD_IMM64_CODE, Pseudo } from './insn';
 import type { AttachPoint } from './package';
+import { TsvmmError } from '../lib/errors';
 
-export class ElfError extends Error {
-  override readonly name = 'ElfError';
-}
+export class ElfError extends TsvmmError {}
 
 const EM_BPF = 247;
 const ET_REL = 1;

@@ -3,6 +3,8 @@
 // (include/uapi/linux/bpf.h, __BPF_FUNC_MAPPER, Linux 6.1 = the Debian 12 guest kernel):
 // an id is its index, so the table must only ever be appended to.
 
+import { TsvmmError } from '../lib/errors';
+
 const NAMES = [
   'unspec', 'map_lookup_elem', 'map_update_elem', 'map_delete_elem', 'probe_read', 'ktime_get_ns',
   'trace_printk', 'get_prandom_u32', 'get_smp_processor_id', 'skb_store_bytes', 'l3_csum_replace', 'l4_csum_replace',
@@ -46,9 +48,7 @@ export type HelperName = Exclude<(typeof NAMES)[number], 'unspec'>;
 
 const BY_NAME = new Map<string, number>(NAMES.map((n, i) => [n, i]));
 
-export class UnknownHelperError extends Error {
-  override readonly name = 'UnknownHelperError';
-}
+export class UnknownHelperError extends TsvmmError {}
 
 /** Helper id of `name` (`ringbuf_output` or `bpf_ringbuf_output`). */
 export function helperId(name: string): number {

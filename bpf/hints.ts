@@ -3,6 +3,8 @@
 // here, and the host decodes forwarded batches with `decodeHints`. Knows nothing about
 // how batches travel or what the scheduler does with them.
 
+import { TsvmmError } from '../lib/errors';
+
 /** Type 0 is never a hint: it is the hypercall transport's SOURCE record (devices/hypercall/shmem.ts). */
 export const HintType = { AFFINITY: 1, UNPIN: 2, PRIO: 3 } as const;
 export type HintTypeName = keyof typeof HintType;
@@ -59,9 +61,7 @@ export interface PrioHint {
 export interface UnknownHint { type: 'UNKNOWN'; code: number; bytes: Uint8Array }
 export type Hint = AffinityHint | UnpinHint | PrioHint | UnknownHint;
 
-export class HintDecodeError extends Error {
-  override readonly name = 'HintDecodeError';
-}
+export class HintDecodeError extends TsvmmError {}
 
 /**
  * Decode a batch of back-to-back records. Unknown types are returned as UNKNOWN (not

@@ -6,6 +6,8 @@
 // canonical instruction decodes to `{ kind: 'raw' }`, so a disassembler never throws and
 // a round trip never silently changes a program.
 
+import { TsvmmError } from '../lib/errors';
+
 export const INSN_SIZE = 8;
 
 /** Low 3 bits of `code`. */
@@ -70,9 +72,7 @@ export type Insn =
   /** Anything that is not a canonical instruction, kept verbatim. */
   | { kind: 'raw'; raw: RawInsn };
 
-export class BpfInsnError extends Error {
-  override readonly name = 'BpfInsnError';
-}
+export class BpfInsnError extends TsvmmError {}
 
 const reverse = <T extends Record<string, number>>(t: T): Map<number, keyof T & string> =>
   new Map(Object.entries(t).map(([k, v]) => [v, k as keyof T & string]));

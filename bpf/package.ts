@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { INSN_SIZE, LD_IMM64_CODE, Pseudo } from './insn';
 import type { ElfObject } from './elf';
+import { TsvmmError } from '../lib/errors';
 
 export const PACKAGE_MAGIC = 'TSVMMBPF';
 export const PACKAGE_VERSION = 1;
@@ -79,9 +80,7 @@ export interface Package {
   hintMap: number | null;
 }
 
-export class PackageError extends Error {
-  override readonly name = 'PackageError';
-}
+export class PackageError extends TsvmmError {}
 
 const NAME_RE = /^[A-Za-z0-9_.]+$/;
 const PKG_NAME_RE = /^[A-Za-z0-9_.-]+$/;

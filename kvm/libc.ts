@@ -7,6 +7,7 @@
 // non-variadic prototype avoids koffi's per-call variadic type parsing on hot paths.
 
 import koffi from 'koffi';
+import { constants } from 'node:os';
 import { i32, struct, u32, u64 } from '../lib/struct';
 import { SysError } from './errors';
 
@@ -34,6 +35,8 @@ const c = {
   // sched_setattr(pid, attr, flags) / sched_getattr(pid, attr, size, flags): non-variadic, as for ioctl.
   syscallAttr: lib.func('syscall', 'long', ['long', 'int', 'void *', 'unsigned int', 'unsigned int']),
   sysconf: lib.func('sysconf', 'long', ['int']),
+  schedSetaffinity: lib.func('sched_setaffinity', 'int', ['int', 'size_t', 'void *']),
+  schedGetaffinity: lib.func('sched_getaffinity', 'int', ['int', 'size_t', 'void *']),
 };
 
 export const O_RDWR = 0o2;
@@ -60,7 +63,7 @@ const SYS_TGKILL = 234;
 const SYS_SCHED_SETATTR = 314;
 const SYS_SCHED_GETATTR = 315;
 const SC_NPROCESSORS_ONLN = 84;
-const EINTR = 4;
+const { EINTR, EAGAIN } = constants.errno;
 
 function fail(call: string, detail?: string): never {
   // koffi.errno() is live: read it before anything else can make a call.
@@ -141,7 +144,7 @@ export function eventfdSignal(fd: number): void {
 export function eventfdDrain(fd: number): bigint {
   const r = c.read(fd, counter, 8) as number;
   if (r === 8) return counter[0]!;
-  if (koffi.errno() === 11) return 0n;
+  if (koffi.errno() === EAGAIN) return 0n;
   fail('read(eventfd)');
 }
 
@@ -157,6 +160,16 @@ export function gettid(): number {
 /** Sends sig to one thread of this process. */
 export function tgkill(tid: number, sig: number): void {
   if (Number(c.syscall3(SYS_TGKILL, process.pid, tid, sig)) < 0) fail('tgkill', `tid ${tid}`);
+}
+
+/** Confines thread `tid` (0 = the caller) to the CPUs set in `mask` (a cpu_set_t of mask.length bytes). */
+export function schedSetaffinity(tid: number, mask: Uint8Array): void {
+  if ((c.schedSetaffinity(tid, mask.length, mask) as number) !== 0) fail('sched_setaffinity', `tid ${tid}`);
+}
+
+/** Fills `mask` (a cpu_set_t of mask.length bytes) with the CPUs thread `tid` (0 = the caller) may run on. */
+export function schedGetaffinity(tid: number, mask: Uint8Array): void {
+  if ((c.schedGetaffinity(tid, mask.length, mask) as number) !== 0) fail('sched_getaffinity', `tid ${tid}`);
 }
 
 export function onlineCpus(): number {

@@ -11,6 +11,7 @@
 // the base back, so a policy never loses what the operator set and vice versa.
 
 import { SCHED, type ThreadSchedAttr } from '../kvm/libc';
+import { TsvmmError } from '../lib/errors';
 
 export const CLASS_NAMES = ['other', 'batch', 'idle', 'fifo', 'rr'] as const;
 export type ClassName = (typeof CLASS_NAMES)[number];
@@ -27,12 +28,7 @@ export interface VcpuClass {
 const POLICY_OF: Record<ClassName, number> = { other: SCHED.NORMAL, batch: SCHED.BATCH, idle: SCHED.IDLE, fifo: SCHED.FIFO, rr: SCHED.RR };
 const NAME_OF = new Map<number, string>([[SCHED.NORMAL, 'other'], [SCHED.BATCH, 'batch'], [SCHED.IDLE, 'idle'], [SCHED.FIFO, 'fifo'], [SCHED.RR, 'rr'], [SCHED.DEADLINE, 'deadline']]);
 
-export class ActuatorError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ActuatorError';
-  }
-}
+export class ActuatorError extends TsvmmError {}
 
 /** Checks a class from outside (API, CLI, a policy): fields in range, none that does not apply. */
 export function checkClass(c: { policy: string; priority?: number; nice?: number }): VcpuClass {

@@ -5,8 +5,8 @@ import { existsSync } from 'node:fs';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, validateConfig } from './config';
 import { ensureDefaultGuest } from './default-guest';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
+import { UsageError } from '../lib/errors';
 
-export class UsageError extends Error {}
 
 export const runOptions = {
   kernel: { type: 'string' },

@@ -3,17 +3,15 @@
 // exit, no stack traces for bad input.
 
 import { parseArgs } from 'node:util';
-import { ConfigError, DEFAULT_CMDLINE } from './config';
-import { EXIT, Machine } from './machine';
-import { SysError } from '../kvm/errors';
-import { KernelImageError } from './boot/errors';
-import { VsockSpecError } from '../devices/virtio/vsock/index';
+import { DEFAULT_CMDLINE } from './config';
+import { Machine } from './machine';
+import { EXIT, TsvmmError, UsageError } from '../lib/errors';
 import { cmdExec, EXEC_USAGE } from './exec';
 import { cmdDemo } from './demo';
-import { MACHINE_FLAGS, UsageError, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
+import { MACHINE_FLAGS, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
 import type { MachineConfig } from './config';
-import { Control, ControlUsageError } from './api/control';
-import { API_USAGE, ClientUsageError, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
+import { Control } from './api/control';
+import { API_USAGE, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
 
 const USAGE = `usage: tsvmm <command> [options]
 
@@ -152,9 +150,6 @@ function attachStdin(machine: Machine): () => void {
   };
 }
 
-/** Errors that describe bad input or a failed setup step: one line, no stack. */
-const KNOWN_ERRORS = new Set(['ActuatorError', 'PrioError', 'DefaultGuestError', 'AcpiError', 'CpuListError', 'TopologyError', 'SchedulerError', 'VsockSetupError', 'AffinityError', 'ApiSocketError', 'ApiClientError', 'LogError']);
-
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -189,14 +184,13 @@ export async function main(argv: string[]): Promise<number> {
         throw new UsageError(`unknown command '${cmd}'`);
     }
   } catch (e) {
+    // tsvmm's own errors (bad input, a failed setup step or call): one line and their exit code;
+    // anything else is a bug and gets its stack.
     const err = e as Error & { code?: string };
-    if (e instanceof UsageError || e instanceof VsockSpecError || e instanceof ControlUsageError || e instanceof ClientUsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`tsvmm: ${err.message}\nTry 'tsvmm --help'.\n`);
-      return EXIT.USAGE;
-    }
-    if (e instanceof ConfigError || e instanceof KernelImageError || e instanceof SysError || KNOWN_ERRORS.has(err.name)) {
-      process.stderr.write(`tsvmm: ${err.message}\n`);
-      return EXIT.ERROR;
+    const usage = e instanceof TsvmmError ? e.exitCode === EXIT.USAGE : err.code?.startsWith('ERR_PARSE_ARGS') === true;
+    if (usage || e instanceof TsvmmError) {
+      process.stderr.write(`tsvmm: ${err.message}\n${usage ? "Try 'tsvmm --help'.\n" : ''}`);
+      return e instanceof TsvmmError ? e.exitCode : EXIT.USAGE;
     }
     process.stderr.write(`tsvmm: internal error: ${err.stack ?? err.message}\n`);
     return EXIT.ERROR;

@@ -5,13 +5,9 @@
 import { readFileSync } from 'node:fs';
 import { MiB } from './layout';
 import { validateVsockSpec } from '../devices/virtio/vsock/spec';
+import { TsvmmError } from '../lib/errors';
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export class ConfigError extends TsvmmError {}
 
 export interface MachineConfig {
   kernel: string;

@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TsvmmError } from '../lib/errors';
 
 export interface DefaultGuest {
   /** bzImage of the Debian kernel. */
@@ -21,9 +22,7 @@ export interface DefaultGuest {
   modulesDir: string;
 }
 
-export class DefaultGuestError extends Error {
-  override readonly name = 'DefaultGuestError';
-}
+export class DefaultGuestError extends TsvmmError {}
 
 /** Lines the default init prints on the console. */
 export const INIT_READY_MARKER = 'tsvmm-init: ready';

@@ -11,8 +11,9 @@ import { AgentClient } from './agent/client';
 import { affinityPackage } from '../bpf/programs/affinity';
 import { checkKvm, machineConfig, runOptions } from './cli-options';
 import { AGENT_PORT, waitForAgent } from './exec';
-import { EXIT, Machine } from './machine';
+import { Machine } from './machine';
 import type { VcpuRow } from './scheduler/scheduler';
+import { EXIT } from '../lib/errors';
 
 const say = (m: string) => process.stdout.write(`${m}\n`);
 

@@ -7,9 +7,10 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AgentClient } from './agent/client';
-import { UsageError, checkKvm, machineConfig, runOptions } from './cli-options';
-import { EXIT, Machine } from './machine';
+import { checkKvm, machineConfig, runOptions } from './cli-options';
+import { Machine } from './machine';
 import { stderrLine } from './log';
+import { EXIT, UsageError } from '../lib/errors';
 
 export const EXEC_USAGE = `tsvmm exec [run options] [--put SRC:DST]... [--timeout SEC] [--console] -- CMD ARGS...
   boots the guest with virtio-vsock, runs CMD through the guest agent (vsock port 52)

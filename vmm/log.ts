@@ -8,16 +8,12 @@
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { isMainThread, threadId } from 'node:worker_threads';
 import { nanoid } from 'nanoid';
+import { TsvmmError } from '../lib/errors';
 
 export const LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type Level = (typeof LEVELS)[number];
 
-export class LogError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'LogError';
-  }
-}
+export class LogError extends TsvmmError {}
 
 export function parseLevel(text: string): Level {
   const l = text.toLowerCase();

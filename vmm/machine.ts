@@ -32,6 +32,7 @@ import { Actuators } from './actuators';
 import { PrioPolicy } from './scheduler/prio';
 import { HINT_PROGRAMS } from './hints/programs';
 import { schedGetattr, schedSetattr } from '../kvm/libc';
+import { EXIT } from '../lib/errors';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -39,8 +40,6 @@ export interface ExitStatus {
   reason: 'poweroff' | 'reboot' | 'panic' | 'crash' | 'error' | 'signal';
   detail: string;
 }
-
-export const EXIT = { POWEROFF: 0, ERROR: 1, USAGE: 2, REBOOT: 3, PANIC: 4, CRASH: 5 } as const;
 
 export interface MachineIo {
   /** Guest serial output. */

@@ -28,6 +28,7 @@ import {
   type OpCode,
   type OutcomeName,
 } from './shmem';
+import { TsvmmError } from '../../lib/errors';
 
 /** A program package as this device sees it: opaque bytes with an id and a digest (bpf/package.ts). */
 export interface PackageBytes {
@@ -113,10 +114,9 @@ export interface HypercallDeviceOptions {
 
 export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'bad-map' | 'unknown-handle' | 'closed';
 
-export class HypercallError extends Error {
+export class HypercallError extends TsvmmError {
   constructor(readonly code: HypercallErrorCode, message: string) {
     super(message);
-    this.name = 'HypercallError';
   }
 }
 

@@ -10,6 +10,7 @@
 
 import { u64ToSafe, type GuestMemory } from '../memory';
 import { IoVecBuffer } from './iovec';
+import { TsvmmError } from '../../lib/errors';
 
 // Ring layout (§2.7.5–2.7.8): the only place these offsets live.
 const DESC_SIZE = 16; // addr u64, len u32, flags u16, next u16
@@ -29,12 +30,7 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const MAX_QUEUE_SIZE = 32768;
 
 /** What the driver did wrong: a loop, an address outside RAM, a bad ring index, ... */
-export class QueueError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'QueueError';
-  }
-}
+export class QueueError extends TsvmmError {}
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 

@@ -17,7 +17,8 @@ import { GuestRam } from '../../vmm/memory';
 import { VcpuExit, VcpuThreads } from '../../vmm/vcpu/threads';
 import { projectRoot } from '../../vmm/default-guest';
 import { machine, stats } from './lib.mjs';
-import { GUEST, USAGE, UsageError, exitLoopCode, parseExitsArgs, toHex, twinBinary } from './exits/lib';
+import { GUEST, USAGE, exitLoopCode, parseExitsArgs, toHex, twinBinary } from './exits/lib';
+import { UsageError } from '../../lib/errors';
 
 type Impl = 'c' | 'local' | 'forwarded';
 

@@ -20,7 +20,8 @@ import { AgentClient } from '../../vmm/agent/client';
 import { affinityPackage } from '../../bpf/programs/affinity';
 import { checkKvm, machineConfig } from '../../vmm/cli-options';
 import { AGENT_PORT, waitForAgent } from '../../vmm/exec';
-import { EXIT, Machine } from '../../vmm/machine';
+import { Machine } from '../../vmm/machine';
+import { EXIT } from '../../lib/errors';
 
 interface Request {
   args: string[];

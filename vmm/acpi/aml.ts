@@ -4,13 +4,13 @@
 // about tsvmm's devices or where tables live (vmm/acpi/dsdt.ts and tables.ts do).
 // Reference: ACPI 6.5 §20.2 (AML grammar) and §6.4 (resource descriptors).
 
+import { TsvmmError } from '../../lib/errors';
+
 /** An encoded AML term (or resource descriptor): just bytes, concatenated by the builders. */
 export type Aml = Uint8Array;
 
 /** A value the encoder cannot represent (bad name, integer out of range, too many elements…). */
-export class AmlError extends Error {
-  override name = 'AmlError';
-}
+export class AmlError extends TsvmmError {}
 
 const enum Op {
   Zero = 0x00,

@@ -4,10 +4,10 @@
 // and never touches guest memory — it only returns bytes.
 // Reference: ACPI 6.5 §5.2 (RSDP, SDT header, XSDT, FADT, MADT).
 
+import { TsvmmError } from '../../lib/errors';
+
 /** A table that cannot be built as asked (bad field, too many entries, does not fit). */
-export class AcpiError extends Error {
-  override name = 'AcpiError';
-}
+export class AcpiError extends TsvmmError {}
 
 /** Identity written into every table header. */
 export const OEM_ID = 'TSVMM ';

@@ -3,6 +3,8 @@
 // decoders for what the agent sends. docs/agent-protocol.md is the reference and
 // guest/proto.h the C twin; change all three together. No I/O here.
 
+import { TsvmmError } from '../../lib/errors';
+
 export const MAGIC = 0x41565354; // "TSVA" on the wire (little-endian u32)
 export const PROTOCOL_VERSION = 1;
 export const HEADER_SIZE = 8; // u16 type, u16 reserved (0), u32 payload length
@@ -70,17 +72,16 @@ export type AgentErrorCode =
   | 'CONNECT'; // could not reach the agent
 
 /** Everything the agent client throws. `remote` tells whether the agent reported it. */
-export class AgentError extends Error {
-  override readonly name = 'AgentError';
+export class AgentError extends TsvmmError {
   constructor(
     readonly code: AgentErrorCode,
     message: string,
     readonly remote = false,
     /** The guest's errno for SPAWN / IO errors, else 0. */
-    readonly errno = 0,
+    override readonly errno = 0,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super(message, { errno, cause: options?.cause });
   }
 }
 

@@ -2,11 +2,11 @@
 // Owns request/response plumbing only: no retries, one request per connection.
 
 import { request } from 'node:http';
+import { TsvmmError } from '../../lib/errors';
 
-export class ApiClientError extends Error {
+export class ApiClientError extends TsvmmError {
   constructor(message: string, readonly status?: number) {
     super(message);
-    this.name = 'ApiClientError';
   }
 }
 

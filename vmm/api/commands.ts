@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { apiCall, apiJson, apiStream, ApiClientError } from './client';
 import { listVms, type VmEntry } from './registry';
+import { UsageError } from '../../lib/errors';
 
 export const API_USAGE = `tsvmm bpf load [--api-sock S] (affinity | prio | --package FILE.json | --elf FILE.o [--hint-map MAP] [--name N])
 tsvmm bpf list [--api-sock S] [--json]
@@ -29,19 +30,13 @@ tsvmm ps [--json]
   the only running VM that has an API socket is used.
 `;
 
-export class ClientUsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ClientUsageError';
-  }
-}
 
 /** --api-sock, or the one running VM of this user that has a socket. */
 function socketFor(flag: string | undefined): string {
   if (flag !== undefined) return flag;
   const socks = listVms().filter((v) => v.api_sock !== null);
   if (socks.length === 1) return socks[0]!.api_sock!;
-  throw new ClientUsageError(socks.length === 0 ? 'no running VM with an API socket (start one with tsvmm run --api-sock PATH, or give --api-sock)' : `${socks.length} VMs have API sockets: choose one with --api-sock (see tsvmm ps)`);
+  throw new UsageError(socks.length === 0 ? 'no running VM with an API socket (start one with tsvmm run --api-sock PATH, or give --api-sock)' : `${socks.length} VMs have API sockets: choose one with --api-sock (see tsvmm ps)`);
 }
 
 function table(header: string[], rows: string[][]): string {
@@ -110,7 +105,7 @@ export async function cmdBpf(args: string[]): Promise<number> {
   switch (sub) {
     case 'load': {
       const sources = [positionals.length > 0, values.package !== undefined, values.elf !== undefined].filter(Boolean).length;
-      if (sources !== 1 || positionals.length > 1) throw new ClientUsageError('bpf load: give one of: a built-in name (affinity), --package FILE.json, --elf FILE.o');
+      if (sources !== 1 || positionals.length > 1) throw new UsageError('bpf load: give one of: a built-in name (affinity), --package FILE.json, --elf FILE.o');
       let body: Record<string, unknown>;
       if (positionals.length) body = { builtin: positionals[0] };
       else if (values.package !== undefined) {
@@ -118,7 +113,7 @@ export async function cmdBpf(args: string[]): Promise<number> {
         try {
           doc = JSON.parse(readFileSync(values.package, 'utf8'));
         } catch (e) {
-          throw new ClientUsageError(`--package ${values.package}: ${(e as Error).message}`);
+          throw new UsageError(`--package ${values.package}: ${(e as Error).message}`);
         }
         body = { package_json: doc };
       } else {
@@ -135,17 +130,17 @@ export async function cmdBpf(args: string[]): Promise<number> {
       return 0;
     }
     case 'unload': {
-      if (positionals.length !== 1) throw new ClientUsageError('bpf unload: give the handle (see tsvmm bpf list)');
+      if (positionals.length !== 1) throw new UsageError('bpf unload: give the handle (see tsvmm bpf list)');
       await apiJson(socketFor(values['api-sock']), 'DELETE', `/bpf/programs/${encodeURIComponent(positionals[0]!)}`);
       if (!values.json) out(`unloaded handle ${positionals[0]}\n`);
       return 0;
     }
     case 'map-set': {
-      if (positionals.length !== 4) throw new ClientUsageError('bpf map-set: give HANDLE MAP KEY VALUE');
+      if (positionals.length !== 4) throw new UsageError('bpf map-set: give HANDLE MAP KEY VALUE');
       const [handle, map, key, value] = positionals as [string, string, string, string];
       const bytes = (what: string, v: string): unknown => {
         if (v.startsWith('hex:')) return { hex: v.slice(4) };
-        if (!/^\d+$/.test(v)) throw new ClientUsageError(`bpf map-set: ${what} '${v}' is neither an integer nor hex:BYTES`);
+        if (!/^\d+$/.test(v)) throw new UsageError(`bpf map-set: ${what} '${v}' is neither an integer nor hex:BYTES`);
         return Number(v);
       };
       const body = { key: bytes('KEY', key), value: bytes('VALUE', value), ...(values.flags ? { flags: values.flags } : {}) };
@@ -154,7 +149,7 @@ export async function cmdBpf(args: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new ClientUsageError(`bpf: unknown subcommand '${sub ?? ''}' (load, list, unload, map-set)`);
+      throw new UsageError(`bpf: unknown subcommand '${sub ?? ''}' (load, list, unload, map-set)`);
   }
 }
 
@@ -164,20 +159,20 @@ export async function cmdSched(args: string[]): Promise<number> {
     args: rest, strict: true, allowPositionals: true,
     options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' }, policy: { type: 'string' }, 'host-cpus': { type: 'string' }, prio: { type: 'string' }, 'prio-max': { type: 'string' } },
   });
-  if (positionals.length) throw new ClientUsageError(`sched: unexpected argument '${positionals[0]}'`);
+  if (positionals.length) throw new UsageError(`sched: unexpected argument '${positionals[0]}'`);
   let r: SchedInfo;
   if (sub === 'show') r = (await apiJson(socketFor(values['api-sock']), 'GET', '/scheduler')) as SchedInfo;
   else if (sub === 'set') {
-    if ([values.policy, values['host-cpus'], values.prio, values['prio-max']].every((v) => v === undefined)) throw new ClientUsageError('sched set: give --policy, --host-cpus, --prio and/or --prio-max');
+    if ([values.policy, values['host-cpus'], values.prio, values['prio-max']].every((v) => v === undefined)) throw new UsageError('sched set: give --policy, --host-cpus, --prio and/or --prio-max');
     const prioMax = values['prio-max'] === undefined ? undefined : intArg('--prio-max', values['prio-max']);
     r = (await apiJson(socketFor(values['api-sock']), 'PUT', '/scheduler', { policy: values.policy, host_cpus: values['host-cpus'], prio: values.prio, prio_max: prioMax })) as SchedInfo;
-  } else throw new ClientUsageError(`sched: unknown subcommand '${sub ?? ''}' (show, set)`);
+  } else throw new UsageError(`sched: unknown subcommand '${sub ?? ''}' (show, set)`);
   out(values.json ? JSON.stringify(r) + '\n' : formatScheduler(r));
   return 0;
 }
 
 function intArg(flag: string, v: string): number {
-  if (!/^-?\d+$/.test(v)) throw new ClientUsageError(`${flag} '${v}' is not an integer`);
+  if (!/^-?\d+$/.test(v)) throw new UsageError(`${flag} '${v}' is not an integer`);
   return Number(v);
 }
 
@@ -207,7 +202,7 @@ export async function cmdHints(args: string[]): Promise<number> {
     options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' }, type: { type: 'string', multiple: true } },
   });
   const types = (values.type ?? []).flatMap((t) => t.split(','));
-  for (const t of types) if (!/^\d+$/.test(t)) throw new ClientUsageError(`--type '${t}' is not a hint type number`);
+  for (const t of types) if (!/^\d+$/.test(t)) throw new UsageError(`--type '${t}' is not a hint type number`);
   const path = `/hints?follow=1${types.length ? `&type=${types.join(',')}` : ''}`;
   const sock = socketFor(values['api-sock']);
   const stop = new AbortController();
@@ -216,12 +211,12 @@ export async function cmdHints(args: string[]): Promise<number> {
   process.once('SIGTERM', onSig);
   try {
     if (sub === 'watch') {
-      if (positionals.length) throw new ClientUsageError(`hints watch: unexpected argument '${positionals[0]}'`);
+      if (positionals.length) throw new UsageError(`hints watch: unexpected argument '${positionals[0]}'`);
       await apiStream(sock, path, (l) => out((values.json ? l : formatHintLine(l)) + '\n'), stop.signal);
       return 0;
     }
     if (sub === 'record') {
-      if (positionals.length !== 1) throw new ClientUsageError('hints record: give the file to write');
+      if (positionals.length !== 1) throw new UsageError('hints record: give the file to write');
       const file = positionals[0]!;
       const fd = openSync(file, 'a', 0o644);
       let records = 0;
@@ -240,7 +235,7 @@ export async function cmdHints(args: string[]): Promise<number> {
       process.stderr.write(`recorded ${records} hint record(s) to ${file}${lost ? `; ${lost} lost (the file could not keep up)` : ''}\n`);
       return 0;
     }
-    throw new ClientUsageError(`hints: unknown subcommand '${sub ?? ''}' (watch, record)`);
+    throw new UsageError(`hints: unknown subcommand '${sub ?? ''}' (watch, record)`);
   } finally {
     process.off('SIGINT', onSig);
     process.off('SIGTERM', onSig);
@@ -264,7 +259,7 @@ export async function cmdVcpu(args: string[]): Promise<number> {
   });
   const sock = () => socketFor(values['api-sock']);
   const one = (): string => {
-    if (positionals.length !== 1 || !/^\d+$/.test(positionals[0]!)) throw new ClientUsageError(`vcpu ${sub}: give one vCPU number`);
+    if (positionals.length !== 1 || !/^\d+$/.test(positionals[0]!)) throw new UsageError(`vcpu ${sub}: give one vCPU number`);
     return positionals[0]!;
   };
   let row: VcpuRowOut;
@@ -276,7 +271,7 @@ export async function cmdVcpu(args: string[]): Promise<number> {
     }
     case 'sched': {
       const v = one();
-      if (values.policy === undefined) throw new ClientUsageError('vcpu sched: give --policy other|batch|idle|fifo|rr');
+      if (values.policy === undefined) throw new UsageError('vcpu sched: give --policy other|batch|idle|fifo|rr');
       const body = { policy: values.policy, ...(values.priority === undefined ? {} : { priority: intArg('--priority', values.priority) }), ...(values.nice === undefined ? {} : { nice: intArg('--nice', values.nice) }) };
       row = (await apiJson(sock(), 'PUT', `/vcpus/${v}/sched`, body)) as VcpuRowOut;
       break;
@@ -286,7 +281,7 @@ export async function cmdVcpu(args: string[]): Promise<number> {
       row = (await apiJson(sock(), 'PATCH', `/vcpus/${one()}`, { state: sub === 'pause' ? 'Paused' : 'Resumed' })) as VcpuRowOut;
       break;
     default:
-      throw new ClientUsageError(`vcpu: unknown subcommand '${sub ?? ''}' (show, sched, pause, resume)`);
+      throw new UsageError(`vcpu: unknown subcommand '${sub ?? ''}' (show, sched, pause, resume)`);
   }
   out(values.json ? JSON.stringify(row) + '\n' : formatVcpus([row]));
   return 0;
@@ -294,7 +289,7 @@ export async function cmdVcpu(args: string[]): Promise<number> {
 
 export async function cmdHaltPoll(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { 'api-sock': { type: 'string' }, json: { type: 'boolean' } } });
-  if (positionals.length > 1) throw new ClientUsageError('halt-poll: at most one value (nanoseconds)');
+  if (positionals.length > 1) throw new UsageError('halt-poll: at most one value (nanoseconds)');
   const sock = socketFor(values['api-sock']);
   const r = (positionals.length
     ? await apiJson(sock, 'PUT', '/halt-poll', { max_ns: intArg('halt-poll', positionals[0]!) })

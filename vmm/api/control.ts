@@ -12,6 +12,7 @@ import { ApiServer } from './http';
 import type { ApiMachine } from './machine';
 import { readConfigFile, VmController } from './resources';
 import { register } from './registry';
+import { UsageError } from '../../lib/errors';
 
 export interface ControlFlags {
   'api-sock'?: string;
@@ -24,12 +25,6 @@ export interface ControlFlags {
   quiet?: boolean;
 }
 
-export class ControlUsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ControlUsageError';
-  }
-}
 
 export class Control<M extends ApiMachine> {
   readonly id = newVmId();
@@ -58,11 +53,11 @@ export class Control<M extends ApiMachine> {
 
   /** Opens the logger and, with --api-sock, the API socket (the VM is not started yet). */
   static async open<M extends ApiMachine>(flags: ControlFlags, start: (c: MachineConfig) => Promise<M>, defaults?: Partial<MachineConfig>): Promise<Control<M>> {
-    if (flags.wait && flags['api-sock'] === undefined) throw new ControlUsageError('--wait needs --api-sock (the machine is configured and started through the API)');
-    if (flags.wait && flags['config-file'] !== undefined) throw new ControlUsageError('--wait and --config-file exclude each other');
+    if (flags.wait && flags['api-sock'] === undefined) throw new UsageError('--wait needs --api-sock (the machine is configured and started through the API)');
+    if (flags.wait && flags['config-file'] !== undefined) throw new UsageError('--wait and --config-file exclude each other');
     const interval = flags['metrics-interval'] === undefined ? 60 : Number(flags['metrics-interval']);
-    if (!(interval > 0) || !Number.isFinite(interval)) throw new ControlUsageError(`--metrics-interval '${flags['metrics-interval']}' must be a positive number of seconds`);
-    if (flags['metrics-interval'] !== undefined && flags['metrics-path'] === undefined) throw new ControlUsageError('--metrics-interval needs --metrics-path');
+    if (!(interval > 0) || !Number.isFinite(interval)) throw new UsageError(`--metrics-interval '${flags['metrics-interval']}' must be a positive number of seconds`);
+    if (flags['metrics-interval'] !== undefined && flags['metrics-path'] === undefined) throw new UsageError('--metrics-interval needs --metrics-path');
     const c = new Control<M>(flags, start, defaults);
     if (flags['api-sock'] !== undefined) {
       const path = resolve(flags['api-sock']);

@@ -8,14 +8,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { listenOwned, type OwnSocket } from '../../devices/socket-path';
 import { ApiError, bodyLimit, type ApiRequest, type ApiResponse } from './resources';
-import { ValidationError } from './schema';
+import { TsvmmError } from '../../lib/errors';
 
-export class ApiSocketError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ApiSocketError';
-  }
-}
+export class ApiSocketError extends TsvmmError {}
 
 export interface ApiServerOptions {
   path: string;
@@ -30,9 +25,6 @@ export interface ApiServerOptions {
   bodyLimit?: (path: string) => number;
   log?: (message: string) => void;
 }
-
-/** Errors whose message is a fine answer to a bad request (bad input, refused by a check). */
-const BAD_INPUT = new Set(['ActuatorError', 'PrioError', 'ValidationError', 'PackageError', 'ElfError', 'TopologyError', 'CpuListError', 'SchedulerError', 'PolicyError', 'HypercallError', 'ConfigError', 'AffinityError', 'VsockSpecError']);
 
 export class ApiServer {
   private readonly sockets = new Set<import('node:net').Socket>();
@@ -186,7 +178,9 @@ async function serve(req: IncomingMessage, res: ServerResponse, opts: ApiServerO
   } catch (e) {
     const err = e as Error;
     if (e instanceof ApiError) return fault(res, e.status, e.message, e.allow ? { Allow: e.allow } : {});
-    if (e instanceof ValidationError || BAD_INPUT.has(err.name)) return fault(res, 400, err.message);
+    // tsvmm's own errors say in words what failed (bad input, a refused check, a failed step):
+    // 400 with that message, as Firecracker answers a failed request; anything else is a bug.
+    if (e instanceof TsvmmError) return fault(res, 400, err.message);
     opts.log?.(`api: ${method} ${url.pathname}: internal error: ${err.stack ?? err.message}`);
     fault(res, 500, `internal error: ${err.message}`);
   }

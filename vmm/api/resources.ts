@@ -20,15 +20,15 @@ import type { ApiMachine } from './machine';
 import { check, describe, isPlainObject, ValidationError, type Spec } from './schema';
 import { MAP_UPDATE_FLAGS } from '../../devices/hypercall/shmem';
 import { CID_MAX, CID_MIN, validateVsockSpec, VsockSpecError } from '../../devices/virtio/vsock/spec';
+import { TsvmmError } from '../../lib/errors';
 
 export const VMM_VERSION = '0.1.0';
 export const APP_NAME = 'tsvmm';
 
 /** A request failure with its HTTP status; the body is `{"fault_message": message}`. */
-export class ApiError extends Error {
+export class ApiError extends TsvmmError {
   constructor(readonly status: number, message: string, readonly allow?: string) {
     super(message);
-    this.name = 'ApiError';
   }
 }
 

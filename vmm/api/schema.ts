@@ -2,12 +2,9 @@
 // missing fields, wrong types and ranges each get a message that names the field. Owns the
 // checking only; what a valid body means is resources.ts's business.
 
-export class ValidationError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ValidationError';
-  }
-}
+import { TsvmmError } from '../../lib/errors';
+
+export class ValidationError extends TsvmmError {}
 
 export type Field =
   | { type: 'string'; required?: boolean; nonEmpty?: boolean; oneOf?: readonly string[] }

@@ -1,8 +1,9 @@
 // The error a loader raises for an image it will not boot: the message says which file and why.
 
-export class KernelImageError extends Error {
+import { TsvmmError } from '../../lib/errors';
+
+export class KernelImageError extends TsvmmError {
   constructor(path: string, reason: string) {
     super(`${path}: ${reason}`);
-    this.name = 'KernelImageError';
   }
 }

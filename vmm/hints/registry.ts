@@ -15,6 +15,7 @@ import type { Actuators } from '../actuators';
 import type { PrioPolicy } from '../scheduler/prio';
 import type { VcpuScheduler } from '../scheduler/scheduler';
 import type { StreamEntry } from './stream';
+import { TsvmmError } from '../../lib/errors';
 
 /** What a handler may act on: the machine's host-side controls. */
 export interface HintHost {
@@ -83,12 +84,7 @@ export interface HintProgram {
   readonly kinds: readonly RegisteredKind[];
 }
 
-export class HintRegistryError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'HintRegistryError';
-  }
-}
+export class HintRegistryError extends TsvmmError {}
 
 export interface RegistryCounters {
   records: number;

@@ -1,42 +1,12 @@
-// Host thread CPU affinity through libc (koffi): sched_setaffinity / sched_getaffinity on one
+// Host thread CPU affinity: sched_setaffinity / sched_getaffinity (bound in kvm/libc.ts) on one
 // kernel thread id. This is the scheduler's only syscall code and the only place the cpu_set_t
-// layout lives; it must not decide anything (policy.ts) or keep state (scheduler.ts).
+// layout lives; it must not decide anything (policy.ts) or keep state (scheduler.ts). Failures
+// are SysErrors naming the call, the errno and the tid.
 
-import koffi from 'koffi';
 import { constants } from 'node:os';
+import { SysError } from '../../kvm/errors';
+import { schedGetaffinity, schedSetaffinity } from '../../kvm/libc';
 import { MAX_CPUS } from './topology';
-
-export class AffinityError extends Error {
-  constructor(
-    readonly call: string,
-    readonly tid: number,
-    readonly errno: number,
-  ) {
-    super(`${call}(tid ${tid}) failed: ${errnoName(errno)} (errno ${errno})`);
-    this.name = 'AffinityError';
-  }
-  /** Symbolic errno, e.g. 'EINVAL' (no CPU of the mask usable) or 'ESRCH' (no such thread). */
-  get code(): string {
-    return errnoName(this.errno);
-  }
-}
-
-interface Libc {
-  set: (tid: number, size: number, mask: Uint8Array) => number;
-  get: (tid: number, size: number, mask: Uint8Array) => number;
-}
-
-let libc: Libc | undefined;
-function load(): Libc {
-  if (!libc) {
-    const lib = koffi.load('libc.so.6');
-    libc = {
-      set: lib.func('int sched_setaffinity(int pid, size_t cpusetsize, const void *mask)') as Libc['set'],
-      get: lib.func('int sched_getaffinity(int pid, size_t cpusetsize, void *mask)') as Libc['get'],
-    };
-  }
-  return libc;
-}
 
 /**
  * cpu_set_t is an array of unsigned longs, CPU n at bit n % 64 of long n / 64; on little-endian
@@ -61,25 +31,22 @@ function decode(bytes: Uint8Array): number[] {
   return out;
 }
 
-/** Confines kernel thread `tid` (0 = the calling thread) to `cpus`. Throws AffinityError. */
+/** Confines kernel thread `tid` (0 = the calling thread) to `cpus`. Throws SysError. */
 export function setThreadAffinity(tid: number, cpus: readonly number[]): void {
   if (cpus.length === 0) throw new RangeError('an affinity needs at least one CPU');
-  const mask = encode(cpus);
-  if (load().set(tid, mask.length, mask) !== 0) throw new AffinityError('sched_setaffinity', tid, koffi.errno());
+  schedSetaffinity(tid, encode(cpus));
 }
 
-/** The CPUs kernel thread `tid` (0 = the calling thread) may run on, ascending. Throws AffinityError. */
+/** The CPUs kernel thread `tid` (0 = the calling thread) may run on, ascending. Throws SysError. */
 export function getThreadAffinity(tid: number): number[] {
   // The kernel wants room for nr_cpu_ids bits (EINVAL otherwise): grow until it fits.
   for (let size = DEFAULT_SET_BYTES; ; size *= 2) {
     const mask = new Uint8Array(size);
-    if (load().get(tid, size, mask) === 0) return decode(mask);
-    const errno = koffi.errno();
-    if (errno !== constants.errno.EINVAL || size >= MAX_CPUS / 8) throw new AffinityError('sched_getaffinity', tid, errno);
+    try {
+      schedGetaffinity(tid, mask);
+      return decode(mask);
+    } catch (e) {
+      if (!(e instanceof SysError) || e.errno !== constants.errno.EINVAL || size >= MAX_CPUS / 8) throw e;
+    }
   }
-}
-
-function errnoName(errno: number): string {
-  for (const [name, value] of Object.entries(constants.errno)) if (value === errno) return name;
-  return `errno ${errno}`;
 }

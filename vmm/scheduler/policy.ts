@@ -4,6 +4,7 @@
 // validation and applying; this module must only ever return CPUs taken from the pool.
 
 import { formatCpuList, type HostCpu } from './topology';
+import { TsvmmError } from '../../lib/errors';
 
 export type Policy = 'none' | 'static' | 'hinted';
 export const POLICIES: readonly Policy[] = ['none', 'static', 'hinted'];
@@ -41,12 +42,7 @@ export interface PlanInput {
   readonly previous?: readonly Placement[];
 }
 
-export class PolicyError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'PolicyError';
-  }
-}
+export class PolicyError extends TsvmmError {}
 
 /** Computes the desired placement of every vCPU (index i of the result is vCPU i). */
 export function plan(input: PlanInput): Placement[] {

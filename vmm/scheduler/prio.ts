@@ -11,6 +11,7 @@
 // every mode, so switching to `hinted` boosts at once.
 
 import type { VcpuClass } from '../actuators';
+import { TsvmmError } from '../../lib/errors';
 
 export const PRIO_MODES = ['none', 'hinted'] as const;
 export type PrioMode = (typeof PRIO_MODES)[number];
@@ -47,12 +48,7 @@ export interface PrioCounters {
   boosts: number;
 }
 
-export class PrioError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'PrioError';
-  }
-}
+export class PrioError extends TsvmmError {}
 
 export interface PrioOptions {
   readonly vcpus: number;

@@ -6,6 +6,7 @@
 
 import { plan, POLICIES, type Placement, type Policy, type PlacementKind } from './policy';
 import { formatCpuList, type HostCpu } from './topology';
+import { TsvmmError } from '../../lib/errors';
 
 export interface SchedulerLimits {
   /** VM-wide sustained affinity hints per second, and the burst allowed above it. */
@@ -102,12 +103,7 @@ export interface SchedulerOptions {
   readonly limits?: Partial<SchedulerLimits>;
 }
 
-export class SchedulerError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SchedulerError';
-  }
-}
+export class SchedulerError extends TsvmmError {}
 
 /** A token bucket: `rate` tokens per second up to `burst`, starting full. */
 class TokenBucket {

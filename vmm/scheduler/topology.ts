@@ -6,23 +6,18 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { TsvmmError } from '../../lib/errors';
 
 /** Largest CPU number accepted anywhere (the kernel's CONFIG_NR_CPUS maximum is 8192). */
 export const MAX_CPUS = 8192;
 
-export class CpuListError extends Error {
+export class CpuListError extends TsvmmError {
   constructor(readonly input: string, detail: string) {
     super(`bad CPU list ${JSON.stringify(input)}: ${detail}`);
-    this.name = 'CpuListError';
   }
 }
 
-export class TopologyError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'TopologyError';
-  }
-}
+export class TopologyError extends TsvmmError {}
 
 /**
  * Parses the kernel's CPU list syntax into sorted, distinct CPU numbers: comma-separated

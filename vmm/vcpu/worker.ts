@@ -5,6 +5,7 @@
 // answered here too (reads all ones). Exits that end the VM are reported to main, which decides
 // what they mean.
 
+import { constants } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Vcpu } from '../../kvm/kvm';
 import {
@@ -19,8 +20,7 @@ import {
 } from './mailbox';
 import { serveShared } from './shared';
 
-const EINTR = 4;
-const EAGAIN = 11;
+const { EINTR, EAGAIN } = constants.errno;
 
 const init = workerData as WorkerInit;
 const post = (m: WorkerMessage) => parentPort!.postMessage(m);

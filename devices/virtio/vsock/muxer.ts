@@ -18,6 +18,7 @@ import { listenOwned, type OwnSocket } from '../../socket-path';
 import { UDS_PATH_MAX } from './spec';
 import type { IoVecBuffer } from '../iovec';
 import { HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, type RxPacketWriter, type VsockHeader } from './packet';
+import { TsvmmError } from '../../../lib/errors';
 
 export const MAX_CONNECTIONS = 1023;
 /** Host ports for host-initiated connections: [2^30, 2^31), round robin (as Firecracker). */
@@ -43,20 +44,16 @@ export interface MuxerOptions {
   readonly counters?: VsockCounters;
 }
 
-export class VsockSetupError extends Error {
-  override readonly name = 'VsockSetupError';
-}
+export class VsockSetupError extends TsvmmError {}
 
-export class VsockConnectError extends Error {
-  override readonly name = 'VsockConnectError';
+export class VsockConnectError extends TsvmmError {
   constructor(readonly port: number, readonly reason: CloseReason | 'limit' | 'inactive') {
     super(`vsock connect to guest port ${port} failed: ${reason}`);
   }
 }
 
 /** An established in-process connection was reset (guest RST, timeout, device reset). */
-export class VsockResetError extends Error {
-  override readonly name = 'VsockResetError';
+export class VsockResetError extends TsvmmError {
   constructor() {
     super('vsock connection reset');
   }

@@ -4,15 +4,15 @@
 // be bound and is not someone else's file); it must not create anything.
 
 import { SUN_PATH_MAX, socketPathProblem } from '../../socket-path';
+import { UsageError } from '../../../lib/errors';
 
 export interface VsockSpec {
   cid: number;
   udsPath: string;
 }
 
-export class VsockSpecError extends Error {
-  override readonly name = 'VsockSpecError';
-}
+/** A bad --vsock value (or the same spec in a config file): a usage error. */
+export class VsockSpecError extends UsageError {}
 
 /** "_<port>" with the longest u32 port, which guest connects append to the path. */
 export const PORT_SUFFIX_MAX = '_4294967295'.length;

@@ -7,18 +7,12 @@ import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync 
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import koffi from 'koffi';
 import { HypercallDevice } from '../../../devices/hypercall';
 import { HYPERCALL_SHMEM_ADDR as HC_SHM_BASE, HYPERCALL_SHMEM_SIZE as HC_SHM_SIZE } from '../../../vmm/layout';
 import { unixConnector } from '../../../vmm/agent/connect';
 import { AgentDoorbell } from '../../../vmm/agent/doorbell';
+import { MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap, view } from '../../../kvm/libc';
 import { buildAgent } from './harness';
-
-const libc = koffi.load('libc.so.6');
-const mmap = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)');
-const munmap = libc.func('int munmap(void *addr, size_t len)');
-const PROT_RW = 3;
-const MAP_SHARED = 1;
 
 export interface Rig {
   dir: string;
@@ -37,10 +31,9 @@ export async function startRig(opts: { allowFile?: string; cmdline?: string; rat
   const shmPath = join(dir, 'shm');
   const fd = openSync(shmPath, 'w+');
   ftruncateSync(fd, HC_SHM_SIZE);
-  const ptr = mmap(null, HC_SHM_SIZE, PROT_RW, MAP_SHARED, fd, 0) as bigint;
+  const ptr = mmap(HC_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   closeSync(fd);
-  if (ptr === 0xffffffffffffffffn) throw new Error('mmap of the shared memory file failed');
-  const shm = new Uint8Array(koffi.view(ptr, HC_SHM_SIZE));
+  const shm = new Uint8Array(view(ptr, HC_SHM_SIZE));
   const dev = new HypercallDevice({ shm, shmBase: HC_SHM_BASE, ratePerSecond: opts.ratePerSecond });
 
   // Registers: {u8 op (1 read, 2 write), u8 size, u16 offset, u32 value} -> u32.

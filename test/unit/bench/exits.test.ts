@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../../../vmm/default-guest';
 import { stats } from '../../../tools/bench/lib.mjs';
-import { GUEST, UsageError, exitLoopCode, parseExitsArgs, toHex, twinBinary } from '../../../tools/bench/exits/lib';
+import { GUEST, exitLoopCode, parseExitsArgs, toHex, twinBinary } from '../../../tools/bench/exits/lib';
+import { UsageError } from '../../../lib/errors';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-exits-test-'));
 

@@ -4,7 +4,8 @@ import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import { AffinityError, getThreadAffinity, setThreadAffinity } from '../../../vmm/scheduler/affinity';
+import { SysError } from '../../../kvm/errors';
+import { getThreadAffinity, setThreadAffinity } from '../../../vmm/scheduler/affinity';
 import { parseCpuList, readAllowedCpus } from '../../../vmm/scheduler/topology';
 
 /** What the kernel says about one thread, read independently of the code under test. */
@@ -57,7 +58,7 @@ test('pins another thread by its tid without touching the main thread', async ()
 
 test('errors name the call and the errno', () => {
   const hasCode = (call: string, code: string) => (e: unknown): boolean =>
-    e instanceof AffinityError && e.call === call && e.code === code && e.message.includes(call) && e.message.includes(code);
+    e instanceof SysError && e.call === call && e.code === code && e.message.includes(call) && e.message.includes(code);
   assert.throws(() => setThreadAffinity(0x7fffffff, [allowed[0]!]), hasCode('sched_setaffinity', 'ESRCH'));
   assert.throws(() => getThreadAffinity(0x7fffffff), hasCode('sched_getaffinity', 'ESRCH'));
   // A CPU that is not online: the kernel refuses the whole mask.

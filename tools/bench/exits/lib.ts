@@ -9,6 +9,7 @@ import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, renameSync, 
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { UsageError } from '../../../lib/errors';
 
 /** One RAM slot at guest physical 0; real mode, CS base 0, code at `loadAddr`. */
 export const GUEST = {
@@ -38,7 +39,6 @@ export function exitLoopCode(n: number, port: number = GUEST.port): Uint8Array {
 
 export const toHex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 
-export class UsageError extends Error {}
 
 export interface ExitsOptions {
   exits: number;

@@ -9,6 +9,7 @@ import { accessSync, closeSync, constants, lstatSync, openSync, statSync, unlink
 import { chmod, link, mkdtemp, rmdir, unlink } from 'node:fs/promises';
 import { connect, type Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
+import { TsvmmError } from '../lib/errors';
 
 /**
  * sun_path is 108 bytes including the NUL. libuv does not refuse a longer path: it silently
@@ -79,9 +80,7 @@ export async function staleSocketProblem(path: string): Promise<string | undefin
   });
 }
 
-export class SocketPathError extends Error {
-  override readonly name = 'SocketPathError';
-}
+export class SocketPathError extends TsvmmError {}
 
 /**
  * Makes `server` listen at `path`, owner-only, never replacing anything but a stale socket of

@@ -1,30 +1,30 @@
 // Loader for eBPF ELF objects as `clang -target bpf -O2 [-g] -c` writes them: program
 // sections (kprobe/, kretprobe/, tracepoint/, raw_tracepoint/, fentry/, fexit/), the
 // license, maps (legacy `maps` section and BTF-defined `.maps`), symbols, and `.rel*`
-// relocations (map references; bpf-to-bpf calls into `.text`, linked like libbpf does).
-// Owns the ELF64 and BTF byte layouts it reads; builds no packages (bpf/package.ts does)
-// and does not touch the VM.
+// relocations (map references; bpf-to-bpf calls into `.text`, linked like libbpf does), each a
+// step of its own as in libbpf. The ELF64 layouts are lib/elf.ts's, the instruction encoding
+// bpf/insn.ts's (relocations patch through it); this module owns the steps and the BTF it
+// reads. It builds no packages (bpf/package.ts does) and does not touch the VM.
 
-import { CallSrc, INSN_SIZE, LD_IMM64_CODE, Pseudo } from './insn';
-import type { AttachPoint } from './package';
+import {
+  EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_BPF, ET_REL, Elf64Ehdr, Elf64Rel, Elf64Shdr, Elf64Sym, SHF_EXECINSTR, SHN_UNDEF,
+  SHT_NOBITS, SHT_REL, SHT_SYMTAB, STB_GLOBAL, STT_FUNC, STT_SECTION, hasElfMagic, relSym, relType, stBind, stType,
+} from '../lib/elf';
 import { TsvmmError } from '../lib/errors';
+import { CALL_CODE, CallSrc, INSN_SIZE, LD_IMM64_CODE, Pseudo, patchRaw, rawAt } from './insn';
+import type { AttachPoint } from './package';
 
 export class ElfError extends TsvmmError {}
 
-const EM_BPF = 247;
-const ET_REL = 1;
-const SHT_SYMTAB = 2;
-const SHT_REL = 9;
-const SHF_EXECINSTR = 0x4;
-const STT_FUNC = 2;
-const STB_GLOBAL = 1;
-const SHN_UNDEF = 0;
-const R_BPF_64_64 = 1;
-const R_BPF_64_32 = 10;
-const ELF_HEADER = { size: 64, machine: 18, type: 16, shoff: 40, shentsize: 58, shnum: 60, shstrndx: 62 } as const;
-const SHDR = { size: 64, name: 0, type: 4, flags: 8, offset: 24, size_: 32, link: 40, info: 44, entsize: 56 } as const;
-const SYM_SIZE = 24;
-const REL_SIZE = 16;
+/** BPF relocation types (LLVM's BPF.def; <elf.h> names the first two). */
+const R_BPF_64_64 = 1; // LD_IMM64 of a map (or global data)
+const R_BPF_64_ABS64 = 2; // debug info
+const R_BPF_64_ABS32 = 3; // debug info
+const R_BPF_64_NODYLD32 = 4; // .BTF.ext line info
+const R_BPF_64_32 = 10; // bpf-to-bpf call
+const DEBUG_RELOCATIONS: ReadonlySet<number> = new Set([R_BPF_64_ABS64, R_BPF_64_ABS32, R_BPF_64_NODYLD32]);
+/** struct bpf_map_def of the legacy `maps` section: five u32. */
+const LEGACY_MAP_DEF_SIZE = 20;
 
 export interface ElfSection { index: number; name: string; type: number; flags: number; offset: number; size: number; link: number; info: number }
 export interface ElfSymbol { name: string; value: number; size: number; section: number; type: number; bind: number }
@@ -68,161 +68,161 @@ export function attachFromSection(section: string): AttachPoint | null {
   }
 }
 
-class Reader {
-  readonly dv: DataView;
-  constructor(readonly bytes: Uint8Array) { this.dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength); }
+/** The object's bytes with bounds-checked access; every error names what was being read. */
+class ElfFile {
+  constructor(readonly bytes: Uint8Array) {}
+
   need(off: number, n: number, what: string): void {
     if (off < 0 || n < 0 || off + n > this.bytes.length) throw new ElfError(`truncated ELF: ${what} at ${off}+${n} is past the end of the file (${this.bytes.length} bytes)`);
   }
-  u16(o: number): number { return this.dv.getUint16(o, true); }
-  u32(o: number): number { return this.dv.getUint32(o, true); }
-  u64(o: number, what: string): number {
-    const v = this.dv.getBigUint64(o, true);
+
+  /** A u64 field as a safe integer. */
+  num(v: bigint, what: string): number {
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ElfError(`${what}: value ${v} too large`);
     return Number(v);
   }
+
   cstr(o: number, end: number): string {
     let e = o;
     while (e < end && this.bytes[e] !== 0) e++;
     if (e >= end) throw new ElfError(`string at ${o} is not NUL-terminated within its table`);
     return Buffer.from(this.bytes.subarray(o, e)).toString('latin1');
   }
+
+  data(s: ElfSection): Uint8Array {
+    return this.bytes.subarray(s.offset, s.offset + s.size);
+  }
 }
 
+/** A relocation, by the section it patches. */
+interface Reloc { offset: number; type: number; sym: ElfSymbol }
+
+/** What the steps below find, for the linking step. */
+interface Parsed {
+  file: ElfFile;
+  sections: ElfSection[];
+  symbols: ElfSymbol[];
+  /** `${section}:${offset}` of a map's symbol → the map's name. */
+  mapAt: Map<string, string>;
+  mapSections: ReadonlySet<number>;
+  relocs: Map<number, Reloc[]>;
+  text: ElfSection | undefined;
+}
+
+/**
+ * Loads an eBPF object in libbpf's order: the section table, the symbols, the license, the maps
+ * (legacy and BTF-defined), the relocations, then each program linked (map references marked,
+ * calls into `.text` resolved by appending it).
+ */
 export function loadElf(bytes: Uint8Array): ElfObject {
-  const r = new Reader(bytes);
-  if (bytes.length < 4 || bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) throw new ElfError('not an ELF file (bad magic)');
-  r.need(0, ELF_HEADER.size, 'ELF header');
-  if (bytes[4] !== 2 || bytes[5] !== 1) throw new ElfError(`not a 64-bit little-endian ELF (class ${bytes[4]}, data ${bytes[5]}); use clang -target bpf (bpfel)`);
-  const machine = r.u16(ELF_HEADER.machine);
-  if (machine !== EM_BPF) throw new ElfError(`ELF machine ${machine} is not BPF (${EM_BPF}); compile with clang -target bpf`);
-  if (r.u16(ELF_HEADER.type) !== ET_REL) throw new ElfError(`ELF type ${r.u16(ELF_HEADER.type)} is not a relocatable object (clang -c)`);
-  const shoff = r.u64(ELF_HEADER.shoff, 'e_shoff');
-  const shnum = r.u16(ELF_HEADER.shnum);
-  if (r.u16(ELF_HEADER.shentsize) !== SHDR.size) throw new ElfError(`section header size ${r.u16(ELF_HEADER.shentsize)}, expected ${SHDR.size}`);
-  r.need(shoff, shnum * SHDR.size, 'section header table');
-  const raw = Array.from({ length: shnum }, (_, index): ElfSection => {
-    const o = shoff + index * SHDR.size;
+  const file = new ElfFile(bytes);
+  const sections = readSections(file);
+  const byName = (n: string): ElfSection | undefined => sections.find((s) => s.name === n);
+  const symbols = readSymbols(file, sections);
+  const licSec = byName('license');
+  const license = licSec ? Buffer.from(file.data(licSec)).toString('latin1').replace(/\0[\s\S]*$/, '') : null;
+  const { maps, mapAt, mapSections } = collectMaps(file, symbols, byName('maps'), byName('.maps'), byName('.BTF'));
+  const relocs = collectRelocations(file, sections, symbols);
+  const programs = collectPrograms({ file, sections, symbols, mapAt, mapSections, relocs, text: byName('.text') });
+  return { license, maps, programs, symbols, sections };
+}
+
+/** The ELF header checks and the section table with names. */
+function readSections(file: ElfFile): ElfSection[] {
+  const bytes = file.bytes;
+  if (!hasElfMagic(bytes)) throw new ElfError('not an ELF file (bad magic)');
+  file.need(0, Elf64Ehdr.size, 'ELF header');
+  if (bytes[EI_CLASS] !== ELFCLASS64 || bytes[EI_DATA] !== ELFDATA2LSB) {
+    throw new ElfError(`not a 64-bit little-endian ELF (class ${bytes[EI_CLASS]}, data ${bytes[EI_DATA]}); use clang -target bpf (bpfel)`);
+  }
+  const eh = Elf64Ehdr.read(bytes);
+  if (eh.machine !== EM_BPF) throw new ElfError(`ELF machine ${eh.machine} is not BPF (${EM_BPF}); compile with clang -target bpf`);
+  if (eh.type !== ET_REL) throw new ElfError(`ELF type ${eh.type} is not a relocatable object (clang -c)`);
+  const shoff = file.num(eh.shoff, 'e_shoff');
+  if (eh.shentsize !== Elf64Shdr.size) throw new ElfError(`section header size ${eh.shentsize}, expected ${Elf64Shdr.size}`);
+  file.need(shoff, eh.shnum * Elf64Shdr.size, 'section header table');
+  const headers = Array.from({ length: eh.shnum }, (_, index) => Elf64Shdr.read(bytes, shoff + index * Elf64Shdr.size));
+  const sections = headers.map((h, index): ElfSection => {
     const s: ElfSection = {
-      index, name: '', type: r.u32(o + SHDR.type), flags: r.u64(o + SHDR.flags, 'sh_flags'),
-      offset: r.u64(o + SHDR.offset, 'sh_offset'), size: r.u64(o + SHDR.size_, 'sh_size'),
-      link: r.u32(o + SHDR.link), info: r.u32(o + SHDR.info),
+      index, name: '', type: h.type, flags: file.num(h.flags, 'sh_flags'), offset: file.num(h.offset, 'sh_offset'),
+      size: file.num(h.size, 'sh_size'), link: h.link, info: h.info,
     };
-    if (s.type !== 8 /* NOBITS */) r.need(s.offset, s.size, `section ${index}`);
+    if (s.type !== SHT_NOBITS) file.need(s.offset, s.size, `section ${index}`);
     return s;
   });
-  const shstr = raw[r.u16(ELF_HEADER.shstrndx)];
+  const shstr = sections[eh.shstrndx];
   if (shstr === undefined) throw new ElfError('section name table index out of range');
-  raw.forEach((s, i) => {
-    const o = shoff + i * SHDR.size;
-    s.name = r.cstr(shstr.offset + r.u32(o + SHDR.name), shstr.offset + shstr.size);
-  });
-  const sections = raw;
-  const byName = (n: string): ElfSection | undefined => sections.find((s) => s.name === n);
-  const data = (s: ElfSection): Uint8Array => bytes.subarray(s.offset, s.offset + s.size);
+  sections.forEach((s, i) => (s.name = file.cstr(shstr.offset + headers[i]!.name, shstr.offset + shstr.size)));
+  return sections;
+}
 
-  // Symbols.
+function readSymbols(file: ElfFile, sections: readonly ElfSection[]): ElfSymbol[] {
   const symtab = sections.find((s) => s.type === SHT_SYMTAB);
+  if (!symtab) return [];
+  const strtab = sections[symtab.link];
+  if (strtab === undefined) throw new ElfError('symbol string table index out of range');
   const symbols: ElfSymbol[] = [];
-  if (symtab) {
-    const strtab = sections[symtab.link];
-    if (strtab === undefined) throw new ElfError('symbol string table index out of range');
-    for (let o = symtab.offset; o + SYM_SIZE <= symtab.offset + symtab.size; o += SYM_SIZE) {
-      const info = bytes[o + 4]!;
-      symbols.push({
-        name: r.cstr(strtab.offset + r.u32(o), strtab.offset + strtab.size), value: r.u64(o + 8, 'st_value'),
-        size: r.u64(o + 16, 'st_size'), section: r.u16(o + 6), type: info & 0xf, bind: info >> 4,
-      });
-    }
+  for (let o = symtab.offset; o + Elf64Sym.size <= symtab.offset + symtab.size; o += Elf64Sym.size) {
+    const sym = Elf64Sym.read(file.bytes, o);
+    symbols.push({
+      name: file.cstr(strtab.offset + sym.name, strtab.offset + strtab.size), value: file.num(sym.value, 'st_value'),
+      size: file.num(sym.size, 'st_size'), section: sym.shndx, type: stType(sym.info), bind: stBind(sym.info),
+    });
   }
+  return symbols;
+}
 
-  const licSec = byName('license');
-  const license = licSec ? Buffer.from(data(licSec)).toString('latin1').replace(/\0[\s\S]*$/, '') : null;
-
-  // Maps.
+/** Maps of the legacy `maps` section (struct bpf_map_def) and of `.maps` (described in `.BTF`). */
+function collectMaps(file: ElfFile, symbols: readonly ElfSymbol[], legacy?: ElfSection, btfMaps?: ElfSection, btf?: ElfSection) {
   const maps: ElfMap[] = [];
-  const mapBySym = new Map<string, string>(); // `${section}:${offset}` → map name
-  const legacy = byName('maps');
+  const mapAt = new Map<string, string>();
+  const named = (sec: ElfSection) => symbols.filter((x) => x.section === sec.index && x.name !== '' && x.type !== STT_SECTION);
   if (legacy) {
-    const d = new DataView(bytes.buffer, bytes.byteOffset + legacy.offset, legacy.size);
-    for (const s of symbols.filter((x) => x.section === legacy.index && x.name !== '' && x.type !== 3 /* SECTION */)) {
-      if (s.value + 20 > legacy.size) throw new ElfError(`legacy map '${s.name}' at ${s.value} overruns the maps section`);
+    const d = new DataView(file.bytes.buffer, file.bytes.byteOffset + legacy.offset, legacy.size);
+    for (const s of named(legacy)) {
+      if (s.value + LEGACY_MAP_DEF_SIZE > legacy.size) throw new ElfError(`legacy map '${s.name}' at ${s.value} overruns the maps section`);
       maps.push({
         name: s.name, type: d.getUint32(s.value, true), keySize: d.getUint32(s.value + 4, true),
         valueSize: d.getUint32(s.value + 8, true), maxEntries: d.getUint32(s.value + 12, true),
         flags: d.getUint32(s.value + 16, true), source: 'legacy',
       });
-      mapBySym.set(`${legacy.index}:${s.value}`, s.name);
+      mapAt.set(`${legacy.index}:${s.value}`, s.name);
     }
   }
-  const btfMapsSec = byName('.maps');
-  if (btfMapsSec) {
-    const btfSec = byName('.BTF');
-    if (!btfSec) throw new ElfError('object has a .maps section but no .BTF (compile with -g)');
-    const defs = btfMapDefs(data(btfSec));
-    for (const s of symbols.filter((x) => x.section === btfMapsSec.index && x.name !== '' && x.type !== 3)) {
+  if (btfMaps) {
+    if (!btf) throw new ElfError('object has a .maps section but no .BTF (compile with -g)');
+    const defs = btfMapDefs(file.data(btf));
+    for (const s of named(btfMaps)) {
       const def = defs.get(s.name);
       if (def === undefined) throw new ElfError(`map '${s.name}' in .maps has no BTF description`);
       maps.push({ name: s.name, ...def, source: 'btf' });
-      mapBySym.set(`${btfMapsSec.index}:${s.value}`, s.name);
+      mapAt.set(`${btfMaps.index}:${s.value}`, s.name);
     }
   }
-  const isMapSection = (i: number): boolean => i === legacy?.index || i === btfMapsSec?.index;
+  const mapSections = new Set([legacy?.index, btfMaps?.index].filter((i): i is number => i !== undefined));
+  return { maps, mapAt, mapSections };
+}
 
-  // Relocations by target section.
-  interface Rel { offset: number; type: number; sym: ElfSymbol }
-  const relsOf = new Map<number, Rel[]>();
+/** The `.rel*` sections, by the section each patches. */
+function collectRelocations(file: ElfFile, sections: readonly ElfSection[], symbols: readonly ElfSymbol[]): Map<number, Reloc[]> {
+  const out = new Map<number, Reloc[]>();
   for (const s of sections.filter((x) => x.type === SHT_REL)) {
-    const list: Rel[] = [];
-    for (let o = s.offset; o + REL_SIZE <= s.offset + s.size; o += REL_SIZE) {
-      const info = r.dv.getBigUint64(o + 8, true);
-      const symIdx = Number(info >> 32n);
+    const list: Reloc[] = [];
+    for (let o = s.offset; o + Elf64Rel.size <= s.offset + s.size; o += Elf64Rel.size) {
+      const rel = Elf64Rel.read(file.bytes, o);
+      const symIdx = relSym(rel.info);
       const sym = symbols[symIdx];
       if (sym === undefined) throw new ElfError(`relocation in ${s.name} names symbol ${symIdx}, out of range`);
-      list.push({ offset: r.u64(o, 'r_offset'), type: Number(info & 0xffff_ffffn), sym });
+      list.push({ offset: file.num(rel.offset, 'r_offset'), type: relType(rel.info), sym });
     }
-    relsOf.set(s.info, list);
+    out.set(s.info, list);
   }
+  return out;
+}
 
-  const text = byName('.text');
-  /** Apply a section's relocations to a copy of `insns` (a slice [from, to) of the section placed at `base`). */
-  const link = (sec: ElfSection, insns: Uint8Array, from: number, to: number, base: number, textBase: number | null, refs: ElfMapRef[]): boolean => {
-    const dv = new DataView(insns.buffer, insns.byteOffset, insns.byteLength);
-    let callsText = false;
-    for (const rel of relsOf.get(sec.index) ?? []) {
-      if (rel.offset < from || rel.offset >= to) continue;
-      if (rel.offset % INSN_SIZE !== 0) throw new ElfError(`${sec.name}: relocation at byte ${rel.offset} is not on an instruction`);
-      const slot = base + (rel.offset - from) / INSN_SIZE;
-      const at = slot * INSN_SIZE;
-      const code = dv.getUint8(at);
-      if (rel.type === R_BPF_64_64) {
-        if (code !== LD_IMM64_CODE) throw new ElfError(`${sec.name}: R_BPF_64_64 at slot ${slot} is not on an LD_IMM64`);
-        if (!isMapSection(rel.sym.section)) {
-          const target = sections[rel.sym.section]?.name ?? `section ${rel.sym.section}`;
-          throw new ElfError(`${sec.name}: slot ${slot} refers to '${rel.sym.name || target}' in ${target}; only maps are supported (no global variables)`);
-        }
-        const key = `${rel.sym.section}:${rel.sym.value + (rel.sym.type === 3 ? dv.getInt32(at + 4, true) : 0)}`;
-        const map = mapBySym.get(key);
-        if (map === undefined) throw new ElfError(`${sec.name}: slot ${slot}: no map at ${key}`);
-        dv.setUint8(at + 1, (dv.getUint8(at + 1) & 0x0f) | (Pseudo.MAP_FD << 4));
-        dv.setInt32(at + 4, 0, true);
-        refs.push({ slot, map });
-      } else if (rel.type === R_BPF_64_32) {
-        if (code !== 0x85 || dv.getUint8(at + 1) >> 4 !== CallSrc.PSEUDO_CALL) throw new ElfError(`${sec.name}: R_BPF_64_32 at slot ${slot} is not a bpf-to-bpf call`);
-        if (text === undefined || rel.sym.section !== text.index) throw new ElfError(`${sec.name}: slot ${slot} calls into section ${rel.sym.section}; only calls into .text are supported`);
-        if (textBase === null) { callsText = true; continue; } // resolved on the second pass, once .text is placed
-        // libbpf's rule: the callee slot is st_value/8 + imm + 1 (clang leaves imm = -1 for a symbol's own start).
-        const target = textBase + rel.sym.value / INSN_SIZE + dv.getInt32(at + 4, true) + 1;
-        dv.setInt32(at + 4, target - (slot + 1), true);
-      } else if (rel.type === 2 || rel.type === 3 || rel.type === 4) {
-        continue; // ABS64/ABS32/NODYLD32: debug info, not code
-      } else {
-        throw new ElfError(`${sec.name}: unsupported relocation type ${rel.type} at byte ${rel.offset}`);
-      }
-    }
-    return callsText;
-  };
-
+/** One program per global function of every code section but `.text`, linked. */
+function collectPrograms(p: Parsed): ElfProgram[] {
+  const { file, sections, symbols, text } = p;
   const programs: ElfProgram[] = [];
   for (const sec of sections) {
     if (!(sec.flags & SHF_EXECINSTR) || sec.size === 0 || sec.name === '.text') continue;
@@ -230,23 +230,63 @@ export function loadElf(bytes: Uint8Array): ElfObject {
     if (funcs.length === 0) throw new ElfError(`section ${sec.name} has code but no global function symbol`);
     for (const fn of funcs) {
       if (fn.value % INSN_SIZE || fn.size % INSN_SIZE || fn.value + fn.size > sec.size || fn.size === 0) throw new ElfError(`function ${fn.name} in ${sec.name} has a bad extent ${fn.value}+${fn.size}`);
-      const own = data(sec).slice(fn.value, fn.value + fn.size);
+      const own = file.data(sec).slice(fn.value, fn.value + fn.size);
       const mapRefs: ElfMapRef[] = [];
-      const needsText = link(sec, own, fn.value, fn.value + fn.size, 0, null, mapRefs);
+      const needsText = relocate(p, sec, own, fn.value, fn.value + fn.size, 0, null, mapRefs);
       let insns = own;
       if (needsText && text) {
+        // Linked like libbpf: .text appended after the function, calls pointed into it.
         const textBase = own.length / INSN_SIZE;
         insns = new Uint8Array(own.length + text.size);
-        insns.set(data(sec).subarray(fn.value, fn.value + fn.size)); // unpatched: linked again below
-        insns.set(data(text), own.length);
+        insns.set(file.data(sec).subarray(fn.value, fn.value + fn.size)); // unpatched: relocated again below
+        insns.set(file.data(text), own.length);
         mapRefs.length = 0;
-        link(sec, insns, fn.value, fn.value + fn.size, 0, textBase, mapRefs);
-        link(text, insns, 0, text.size, textBase, textBase, mapRefs);
+        relocate(p, sec, insns, fn.value, fn.value + fn.size, 0, textBase, mapRefs);
+        relocate(p, text, insns, 0, text.size, textBase, textBase, mapRefs);
       }
       programs.push({ name: fn.name, section: sec.name, attach: attachFromSection(sec.name), insns, mapRefs });
     }
   }
-  return { license, maps, programs, symbols, sections };
+  return programs;
+}
+
+/**
+ * Applies `sec`'s relocations in [from, to) to `insns`, where that range sits at slot `base`:
+ * map loads get src = BPF_PSEUDO_MAP_FD and imm 0 (the agent puts the fd there) and are listed
+ * in `refs`; calls into `.text` are resolved once it is placed (`textBase`, else only noted).
+ * Returns whether the range calls into `.text`.
+ */
+function relocate(p: Parsed, sec: ElfSection, insns: Uint8Array, from: number, to: number, base: number, textBase: number | null, refs: ElfMapRef[]): boolean {
+  let callsText = false;
+  for (const rel of p.relocs.get(sec.index) ?? []) {
+    if (rel.offset < from || rel.offset >= to) continue;
+    if (rel.offset % INSN_SIZE !== 0) throw new ElfError(`${sec.name}: relocation at byte ${rel.offset} is not on an instruction`);
+    const slot = base + (rel.offset - from) / INSN_SIZE;
+    const insn = rawAt(insns, slot);
+    if (rel.type === R_BPF_64_64) {
+      if (insn.code !== LD_IMM64_CODE) throw new ElfError(`${sec.name}: R_BPF_64_64 at slot ${slot} is not on an LD_IMM64`);
+      if (!p.mapSections.has(rel.sym.section)) {
+        const target = p.sections[rel.sym.section]?.name ?? `section ${rel.sym.section}`;
+        throw new ElfError(`${sec.name}: slot ${slot} refers to '${rel.sym.name || target}' in ${target}; only maps are supported (no global variables)`);
+      }
+      // A section symbol points at the section's start: the map's offset is in imm.
+      const key = `${rel.sym.section}:${rel.sym.value + (rel.sym.type === STT_SECTION ? insn.imm : 0)}`;
+      const map = p.mapAt.get(key);
+      if (map === undefined) throw new ElfError(`${sec.name}: slot ${slot}: no map at ${key}`);
+      patchRaw(insns, slot, { src: Pseudo.MAP_FD, imm: 0 });
+      refs.push({ slot, map });
+    } else if (rel.type === R_BPF_64_32) {
+      if (insn.code !== CALL_CODE || insn.src !== CallSrc.PSEUDO_CALL) throw new ElfError(`${sec.name}: R_BPF_64_32 at slot ${slot} is not a bpf-to-bpf call`);
+      if (p.text === undefined || rel.sym.section !== p.text.index) throw new ElfError(`${sec.name}: slot ${slot} calls into section ${rel.sym.section}; only calls into .text are supported`);
+      if (textBase === null) { callsText = true; continue; } // resolved on the second pass, once .text is placed
+      // libbpf's rule: the callee slot is st_value/8 + imm + 1 (clang leaves imm = -1 for a symbol's own start).
+      const target = textBase + rel.sym.value / INSN_SIZE + insn.imm + 1;
+      patchRaw(insns, slot, { imm: target - (slot + 1) });
+    } else if (!DEBUG_RELOCATIONS.has(rel.type)) {
+      throw new ElfError(`${sec.name}: unsupported relocation type ${rel.type} at byte ${rel.offset}`);
+    }
+  }
+  return callsText;
 }
 
 // --- BTF: just enough to read `.maps` definitions -----------------------------------------

@@ -41,6 +41,7 @@ export const Pseudo = { NONE: 0, MAP_FD: 1, MAP_VALUE: 2, BTF_ID: 3, FUNC: 4, MA
 export const CallSrc = { HELPER: 0, PSEUDO_CALL: 1, KFUNC: 2 } as const;
 
 export const LD_IMM64_CODE = Class.LD | Mode.IMM | Size.DW; // 0x18
+export const CALL_CODE = Class.JMP | CALL_OP; // 0x85
 export const MAX_REG = 10; // r10 is the read-only frame pointer
 
 export type AluOpName = keyof typeof AluOp;
@@ -244,29 +245,50 @@ export function fromRaw(raws: readonly RawInsn[], at: number): Insn {
   return raw;
 }
 
+// The one place a slot's bytes are read or written (the registers share a byte: dst low nibble, src high).
+function readSlot(dv: DataView, o: number): RawInsn {
+  const regs = dv.getUint8(o + 1);
+  return { code: dv.getUint8(o), dst: regs & 0x0f, src: regs >> 4, off: dv.getInt16(o + 2, true), imm: dv.getInt32(o + 4, true) };
+}
+function writeSlot(dv: DataView, o: number, x: RawInsn): void {
+  dv.setUint8(o, x.code);
+  dv.setUint8(o + 1, (x.dst & 0x0f) | ((x.src & 0x0f) << 4));
+  dv.setInt16(o + 2, x.off, true);
+  dv.setInt32(o + 4, x.imm, true);
+}
+const viewOf = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
+
 /** Write raw slots into bytes, kernel layout (little-endian). */
 export function rawToBytes(raws: readonly RawInsn[]): Uint8Array {
   const out = new Uint8Array(raws.length * INSN_SIZE);
-  const dv = new DataView(out.buffer);
-  raws.forEach((x, n) => {
-    const o = n * INSN_SIZE;
-    dv.setUint8(o, x.code);
-    dv.setUint8(o + 1, (x.dst & 0x0f) | ((x.src & 0x0f) << 4));
-    dv.setInt16(o + 2, x.off, true);
-    dv.setInt32(o + 4, x.imm, true);
-  });
+  const dv = viewOf(out);
+  raws.forEach((x, n) => writeSlot(dv, n * INSN_SIZE, x));
   return out;
 }
 
 export function bytesToRaw(bytes: Uint8Array): RawInsn[] {
   if (bytes.length % INSN_SIZE !== 0) throw new BpfInsnError(`instruction bytes: length ${bytes.length} is not a multiple of 8`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const dv = viewOf(bytes);
   const out: RawInsn[] = [];
-  for (let o = 0; o < bytes.length; o += INSN_SIZE) {
-    const regs = dv.getUint8(o + 1);
-    out.push({ code: dv.getUint8(o), dst: regs & 0x0f, src: regs >> 4, off: dv.getInt16(o + 2, true), imm: dv.getInt32(o + 4, true) });
-  }
+  for (let o = 0; o < bytes.length; o += INSN_SIZE) out.push(readSlot(dv, o));
   return out;
+}
+
+function slotOffset(bytes: Uint8Array, slot: number): number {
+  if (!Number.isInteger(slot) || slot < 0 || (slot + 1) * INSN_SIZE > bytes.length) throw new BpfInsnError(`slot ${slot} is outside ${bytes.length / INSN_SIZE} instructions`);
+  return slot * INSN_SIZE;
+}
+
+/** Raw slot `slot` of `bytes`. */
+export function rawAt(bytes: Uint8Array, slot: number): RawInsn {
+  return readSlot(viewOf(bytes), slotOffset(bytes, slot));
+}
+
+/** Rewrites the given fields of raw slot `slot` in place (a loader's relocation); the rest stays. */
+export function patchRaw(bytes: Uint8Array, slot: number, fields: Partial<RawInsn>): void {
+  const o = slotOffset(bytes, slot);
+  const dv = viewOf(bytes);
+  writeSlot(dv, o, { ...readSlot(dv, o), ...fields });
 }
 
 export const encode = (insns: readonly Insn[]): Uint8Array => rawToBytes(insns.flatMap(toRaw));

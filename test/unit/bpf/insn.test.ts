@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
-  type Insn, AluOp, JmpOp, AtomicOp, Size, BpfInsnError, decode, encode, bytesToRaw, fromRaw, rawToBytes, toRaw,
+  type Insn, AluOp, JmpOp, AtomicOp, Size, BpfInsnError, decode, encode, bytesToRaw, fromRaw, patchRaw, rawAt, rawToBytes, toRaw,
 } from '../../../bpf/insn';
 
 const aluOps = Object.keys(AluOp) as Array<keyof typeof AluOp>;
@@ -98,6 +98,18 @@ test('invalid fields are rejected with typed errors', () => {
   assert.throws(() => encode([{ kind: 'alu', width: 64, op: 'add', dst: 1, src: null, imm: 2 ** 33, off: 0 }]), (e: unknown) => e instanceof BpfInsnError);
   assert.throws(() => encode([{ kind: 'atomic', size: 'DW', op: 'xchg', fetch: false, dst: 1, src: 2, off: 0 }]), (e: unknown) => e instanceof BpfInsnError);
   assert.throws(() => bytesToRaw(new Uint8Array(7)), /multiple of 8/);
+});
+
+test('rawAt / patchRaw: one slot read, only the given fields rewritten, the shared register byte kept', () => {
+  const bytes = rawToBytes([{ code: 0x18, dst: 1, src: 0, off: 0, imm: 7 }, { code: 0, dst: 0, src: 0, off: 0, imm: 0 }, { code: 0x85, dst: 0, src: 1, off: 0, imm: -1 }]);
+  assert.equal(rawAt(bytes, 2), { code: 0x85, dst: 0, src: 1, off: 0, imm: -1 });
+  patchRaw(bytes, 0, { src: 1, imm: 0 });
+  assert.equal(rawAt(bytes, 0), { code: 0x18, dst: 1, src: 1, off: 0, imm: 0 });
+  assert.is(bytes[1], 0x11, 'dst in the low nibble, src in the high one');
+  patchRaw(bytes, 2, { imm: 5 });
+  assert.equal(bytesToRaw(bytes)[2], { code: 0x85, dst: 0, src: 1, off: 0, imm: 5 });
+  assert.throws(() => rawAt(bytes, 3), (e: unknown) => e instanceof BpfInsnError);
+  assert.throws(() => patchRaw(bytes, -1, { imm: 0 }), (e: unknown) => e instanceof BpfInsnError);
 });
 
 test.run();

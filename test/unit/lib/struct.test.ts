@@ -42,13 +42,15 @@ test('write leaves fields it is not given as they are; encode starts from zeros'
   assert.equal(Outer.read(b).inner, { a: 0, b: 3 });
 });
 
+const isRange = (e: unknown): boolean => e instanceof RangeError;
+
 test('values that do not fit their field are RangeErrors', () => {
   const b = new Uint8Array(32);
   for (const bad of [{ tag: 256 }, { tag: -1 }, { port: 1.5 }, { count: 2 ** 32 }, { fd: 2 ** 31 }, { addr: -1n }, { addr: 2n ** 64n }, { name: new Uint8Array(7) }]) {
-    assert.throws(() => Outer.write(b, bad as never), RangeError, JSON.stringify(bad, (_, x) => (typeof x === 'bigint' ? `${x}n` : x)));
+    assert.throws(() => Outer.write(b, bad as never), isRange, JSON.stringify(bad, (_, x) => (typeof x === 'bigint' ? `${x}n` : x)));
   }
-  assert.throws(() => Outer.read(new Uint8Array(31)), RangeError, 'too short to read');
-  assert.throws(() => Outer.write(b, { tag: 1 }, 1), RangeError, 'too short to write at 1');
+  assert.throws(() => Outer.read(new Uint8Array(31)), isRange, 'too short to read');
+  assert.throws(() => Outer.write(b, { tag: 1 }, 1), isRange, 'too short to write at 1');
   assert.ok(b.every((x) => x === 0), 'nothing written by a refused call');
 });
 

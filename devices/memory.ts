@@ -9,7 +9,7 @@
 export interface MemoryRegion {
   /** Guest physical address of the first byte. */
   readonly gpa: number;
-  /** Host view of the region; its length is the region size (at most 4 GiB, see DESIGN §4). */
+  /** Host view of the region; its length is the region size (at most 4 GiB: a larger koffi view aborts the process). */
   readonly bytes: Uint8Array;
 }
 

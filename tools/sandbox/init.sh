@@ -28,7 +28,7 @@ fail() { step "error: $*"; echo "$*" >/ctl/error; halt_now; }
 
 [ -c /dev/kvm ] || fail "no /dev/kvm inside the sandbox (kvm_amd did not load: $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' '))"
 
-# cache=loose halves node's start-up here (DESIGN.md §8); the host tree must not change
+# cache=loose halves node's start-up here (docs/sandbox.md); the host tree must not change
 # while the sandbox runs.
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /host ||
 	fail "cannot mount the host's root (9p)"

@@ -222,6 +222,167 @@ function chunks(data: Uint8Array, size: number): Uint8Array[] {
   return out;
 }
 
+/**
+ * One exec request, from EXEC to EXIT: the guest process's stdin sent as its credit allows,
+ * its output handed to the caller, signals, and the caller's abort. `result` settles once the
+ * agent reports the exit (or the request fails); `pid` once the process exists.
+ */
+class ExecSession implements ExecHandle {
+  readonly pid: Promise<number>;
+  readonly result: Promise<ExecResult>;
+  private resolvePid!: (pid: number) => void;
+  private rejectPid!: (e: Error) => void;
+  private conn: Connection | null = null;
+  /** The exit was reported or the request failed: stdin stops, signals are no longer sent. */
+  private finished = false;
+  /** Stdin bytes the agent will take now, and the sender waiting for more. */
+  private credit = 0;
+  private creditWake: (() => void) | null = null;
+  /** After an abort: when the agent's time to report the exit runs out. */
+  private grace: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly open: (signal: AbortSignal | undefined, what: string) => Promise<Connection>,
+    private readonly opts: ExecOptions,
+    private readonly abortGraceMs: number,
+  ) {
+    this.pid = new Promise<number>((res, rej) => ((this.resolvePid = res), (this.rejectPid = rej)));
+    this.pid.catch(() => {}); // callers may only await `result`
+    this.result = this.run();
+    this.result.catch((e) => this.rejectPid(e as Error));
+  }
+
+  kill(s: NodeJS.Signals | number = 'SIGTERM'): void {
+    const n = signalNumber(s);
+    void this.pid.then(() => {
+      if (!this.finished && this.conn) this.conn.send(encodeSignal(n)).catch(() => {});
+    }, () => {});
+  }
+
+  private readonly onAbort = (): void => {
+    this.kill(this.opts.abortSignal ?? 'SIGTERM');
+    // An agent that never reports the exit must not hold the caller: after a grace period
+    // the connection goes (the agent kills a job whose host went away).
+    const ms = this.abortGraceMs;
+    this.grace ??= setTimeout(() => this.conn?.abort(new AgentError('ABORTED', `exec aborted; the agent did not report the exit within ${ms / 1000} s`)), ms);
+  };
+
+  private wake(): void {
+    const w = this.creditWake;
+    this.creditWake = null;
+    w?.();
+  }
+
+  private async run(): Promise<ExecResult> {
+    const { opts } = this;
+    if (opts.signal?.aborted) throw new AgentError('ABORTED', 'exec aborted before it started');
+    const request = encodeExec({
+      argv: opts.argv,
+      env: Array.isArray(opts.env) ? opts.env : Object.entries(opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
+      cwd: opts.cwd ?? '',
+      clearEnv: opts.clearEnv ?? false,
+    });
+    const c = await this.open(opts.signal, 'exec');
+    this.conn = c;
+    // Until the process exists, aborting means giving up the request.
+    const stopEarlyAbort = c.abortOn(opts.signal, 'exec');
+    try {
+      await c.send(request);
+      const started = decodeExecStarted(await c.expect(Msg.EXEC_STARTED));
+      stopEarlyAbort();
+      this.credit = started.credit;
+      this.resolvePid(started.pid);
+      opts.onSpawn?.(started.pid);
+      opts.signal?.addEventListener('abort', this.onAbort, { once: true });
+      if (opts.signal?.aborted) this.onAbort();
+      return await this.pump(c);
+    } catch (e) {
+      this.rejectPid(e as Error);
+      throw e;
+    } finally {
+      this.finished = true;
+      this.wake();
+      stopEarlyAbort();
+      clearTimeout(this.grace);
+      opts.signal?.removeEventListener('abort', this.onAbort);
+      c.close();
+    }
+  }
+
+  /** Feeds stdin while handing output to the caller, until EXIT. */
+  private async pump(c: Connection): Promise<ExecResult> {
+    let stdinError: unknown = null;
+    const stdinDone = this.sendStdin(c).catch((e) => {
+      // A send failing because the connection ended is reported by recv() below.
+      if (e instanceof AgentError && e.code === 'STDIN') {
+        stdinError = e;
+        c.close();
+      }
+    });
+    for (;;) {
+      let f: Frame;
+      try {
+        f = await c.recv();
+      } catch (e) {
+        throw stdinError ?? e;
+      }
+      switch (f.type) {
+        case Msg.STDOUT:
+          this.opts.onStdout?.(Buffer.from(f.payload));
+          break;
+        case Msg.STDERR:
+          this.opts.onStderr?.(Buffer.from(f.payload));
+          break;
+        case Msg.STDIN_CREDIT:
+          this.credit += decodeU32(f);
+          this.wake();
+          break;
+        case Msg.EXIT: {
+          const st = decodeExit(f);
+          this.finished = true;
+          this.wake();
+          await stdinDone;
+          return st.exited
+            ? { exitCode: st.code, signal: null, coreDumped: false }
+            : { exitCode: null, signal: signalNames.get(st.signo) ?? `SIG${st.signo}`, coreDumped: st.coreDumped };
+        }
+        default:
+          throw unexpected(f, 'output or EXIT');
+      }
+    }
+  }
+
+  private async sendStdin(c: Connection): Promise<void> {
+    const input = this.opts.stdin;
+    if (typeof input === 'string') await this.sendData(c, Buffer.from(input));
+    else if (input instanceof Uint8Array) await this.sendData(c, input);
+    else if (input) {
+      try {
+        for await (const chunk of input.iterator({ destroyOnReturn: false })) {
+          await this.sendData(c, typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Uint8Array));
+          if (this.finished) return;
+        }
+      } catch (e) {
+        if (this.finished) return;
+        throw new AgentError('STDIN', `reading stdin for the guest failed: ${(e as Error).message}`, false, 0, { cause: e });
+      }
+    }
+    if (!this.finished) await c.send(encodeStdinEof());
+  }
+
+  /** Sends `data` as STDIN frames, each no larger than the credit the agent gave. */
+  private async sendData(c: Connection, data: Uint8Array): Promise<void> {
+    for (let off = 0; off < data.length && !this.finished; ) {
+      while (this.credit === 0 && !this.finished) await new Promise<void>((r) => (this.creditWake = r));
+      if (this.finished) return;
+      const n = Math.min(this.credit, DATA_CHUNK, data.length - off);
+      this.credit -= n;
+      await c.send(encodeStdin(data.subarray(off, off + n)));
+      off += n;
+    }
+  }
+}
+
 export class AgentClient {
   /** Agent identification from the last HELLO_ACK. */
   agentVersion = '';
@@ -278,138 +439,7 @@ export class AgentClient {
   }
 
   start(opts: ExecOptions): ExecHandle {
-    let conn: Connection | null = null;
-    let finished = false;
-    let credit = 0;
-    let creditWake: (() => void) | null = null;
-    let resolvePid!: (pid: number) => void;
-    let rejectPid!: (e: Error) => void;
-    const pid = new Promise<number>((res, rej) => ((resolvePid = res), (rejectPid = rej)));
-    pid.catch(() => {}); // callers may only await `result`
-
-    const kill = (s: NodeJS.Signals | number = 'SIGTERM'): void => {
-      const n = signalNumber(s);
-      void pid.then(() => {
-        if (!finished && conn) conn.send(encodeSignal(n)).catch(() => {});
-      }, () => {});
-    };
-    let grace: NodeJS.Timeout | undefined;
-    const onAbort = (): void => {
-      kill(opts.abortSignal ?? 'SIGTERM');
-      // An agent that never reports the exit must not hold the caller: after a grace period
-      // the connection goes (the agent kills a job whose host went away).
-      const ms = this.limits.abortGraceMs ?? DEFAULT_ABORT_GRACE_MS;
-      grace ??= setTimeout(() => conn?.abort(new AgentError('ABORTED', `exec aborted; the agent did not report the exit within ${ms / 1000} s`)), ms);
-    };
-
-    const wake = (): void => {
-      const w = creditWake;
-      creditWake = null;
-      w?.();
-    };
-
-    const sendStdin = async (c: Connection): Promise<void> => {
-      const input = opts.stdin;
-      const sendData = async (data: Uint8Array): Promise<void> => {
-        for (let off = 0; off < data.length && !finished; ) {
-          while (credit === 0 && !finished) await new Promise<void>((r) => (creditWake = r));
-          if (finished) return;
-          const n = Math.min(credit, DATA_CHUNK, data.length - off);
-          credit -= n;
-          await c.send(encodeStdin(data.subarray(off, off + n)));
-          off += n;
-        }
-      };
-      if (typeof input === 'string') await sendData(Buffer.from(input));
-      else if (input instanceof Uint8Array) await sendData(input);
-      else if (input) {
-        try {
-          for await (const chunk of input.iterator({ destroyOnReturn: false })) {
-            await sendData(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Uint8Array));
-            if (finished) return;
-          }
-        } catch (e) {
-          if (finished) return;
-          throw new AgentError('STDIN', `reading stdin for the guest failed: ${(e as Error).message}`, false, 0, { cause: e });
-        }
-      }
-      if (!finished) await c.send(encodeStdinEof());
-    };
-
-    const result = (async (): Promise<ExecResult> => {
-      if (opts.signal?.aborted) throw new AgentError('ABORTED', 'exec aborted before it started');
-      const request = encodeExec({
-        argv: opts.argv,
-        env: Array.isArray(opts.env) ? opts.env : Object.entries(opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
-        cwd: opts.cwd ?? '',
-        clearEnv: opts.clearEnv ?? false,
-      });
-      const c = await this.open(opts.signal, 'exec');
-      conn = c;
-      // Until the process exists, aborting means giving up the request.
-      const stopEarlyAbort = c.abortOn(opts.signal, 'exec');
-      try {
-        await c.send(request);
-        const started = decodeExecStarted(await c.expect(Msg.EXEC_STARTED));
-        stopEarlyAbort();
-        credit = started.credit;
-        resolvePid(started.pid);
-        opts.onSpawn?.(started.pid);
-        opts.signal?.addEventListener('abort', onAbort, { once: true });
-        if (opts.signal?.aborted) onAbort();
-        let stdinError: unknown = null;
-        const stdinDone = sendStdin(c).catch((e) => {
-          // A send failing because the connection ended is reported by recv() below.
-          if (e instanceof AgentError && e.code === 'STDIN') {
-            stdinError = e;
-            c.close();
-          }
-        });
-        for (;;) {
-          let f: Frame;
-          try {
-            f = await c.recv();
-          } catch (e) {
-            throw stdinError ?? e;
-          }
-          switch (f.type) {
-            case Msg.STDOUT:
-              opts.onStdout?.(Buffer.from(f.payload));
-              break;
-            case Msg.STDERR:
-              opts.onStderr?.(Buffer.from(f.payload));
-              break;
-            case Msg.STDIN_CREDIT:
-              credit += decodeU32(f);
-              wake();
-              break;
-            case Msg.EXIT: {
-              const st = decodeExit(f);
-              finished = true;
-              wake();
-              await stdinDone;
-              return st.exited
-                ? { exitCode: st.code, signal: null, coreDumped: false }
-                : { exitCode: null, signal: signalNames.get(st.signo) ?? `SIG${st.signo}`, coreDumped: st.coreDumped };
-            }
-            default:
-              throw unexpected(f, 'output or EXIT');
-          }
-        }
-      } catch (e) {
-        rejectPid(e as Error);
-        throw e;
-      } finally {
-        finished = true;
-        wake();
-        stopEarlyAbort();
-        clearTimeout(grace);
-        opts.signal?.removeEventListener('abort', onAbort);
-        c.close();
-      }
-    })();
-    result.catch((e) => rejectPid(e as Error));
-    return { pid, result, kill };
+    return new ExecSession((signal, what) => this.open(signal, what), opts, this.limits.abortGraceMs ?? DEFAULT_ABORT_GRACE_MS);
   }
 
   /** Writes a local file (path) or bytes to `remotePath` with `mode`, atomically (temp +

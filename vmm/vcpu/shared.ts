@@ -6,7 +6,7 @@ import type { BusClaim } from '../../devices/bus';
 
 /**
  * Serves an access from one of the claim's shared registers when it matches one exactly
- * (offset, width, direction); false: the device must answer it, as before. The guest is
+ * (offset, width, direction); false: the access goes to the device. The guest is
  * hostile, but nothing here can throw: the cell is a valid Int32Array, and `data` has the
  * register's width once it matched.
  */

@@ -1,7 +1,7 @@
 // The main-thread side of the vCPU workers: starts one worker per vCPU, learns each kernel tid
 // (the scheduler pins by tid), answers mailbox requests through the PIO/MMIO buses, and stops
 // them all. Stopping must kick each vCPU out of KVM_RUN (immediate_exit + a signal with a
-// handler), or a worker never returns and the process cannot exit (DESIGN §4).
+// handler), or a worker never returns and the process cannot exit.
 
 import { Worker } from 'node:worker_threads';
 import { existsSync } from 'node:fs';

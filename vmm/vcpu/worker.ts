@@ -1,5 +1,5 @@
 // A vCPU thread: runs KVM_RUN synchronously in a loop, forever on this one thread (a vCPU that
-// hops threads is 10-400x slower, DESIGN §4). Port and MMIO exits for addresses a main-thread
+// hops threads is 10-400x slower, docs/architecture.md). Port and MMIO exits for addresses a main-thread
 // device claims go through the mailbox, except that device's shared registers (e.g. virtio-mmio
 // InterruptStatus/ACK), which are served here from shared memory; unclaimed addresses are
 // answered here too (reads all ones). Exits that end the VM are reported to main, which decides

@@ -92,7 +92,7 @@ class SocketStream implements HostStream {
   // the payload into a Buffer and without a write request and callback per packet (a CPU
   // profile in the nested sandbox put those at about a fifth of the main thread's time per
   // packet). Whatever the socket does not take now (EAGAIN, a short write) is copied and queued
-  // on the stream as before, and so is any error, which the stream then reports as usual.
+  // on the stream, and so is any error, which the stream then reports as usual.
   write(data: IoVecBuffer, offset: number, len: number, flushed: () => void): void {
     let done = 0;
     const fd = this.directFd();

@@ -497,7 +497,7 @@ test('sets racing acks on another thread: every bit set is seen exactly once', a
   assert.is(seen, rounds);
 });
 
-test('wrong-width, misaligned and wrong-direction accesses still go to the transport, as before', () => {
+test('wrong-width, misaligned and wrong-direction accesses are not served from the cell: they go to the transport', () => {
   const v = vcpuRig();
   v.drv.bringUp(0x1000, 16);
   v.t.configChanged();

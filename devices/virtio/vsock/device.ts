@@ -38,7 +38,6 @@ export class VirtioVsock implements VirtioDevice {
   private broken = false;
   private rxScheduled = false;
   private txScheduled = false;
-  private filling = false;
   private transportResetPending = false;
 
   constructor(opts: VsockDeviceOptions) {
@@ -154,36 +153,34 @@ export class VirtioVsock implements VirtioDevice {
     this.processRx();
   }
 
-  /** Host -> guest: fill at most BATCH RX chains while the muxer has packets; one interrupt for all. */
+  /**
+   * Host -> guest: fill at most BATCH RX chains while the muxer has packets; one interrupt for
+   * all. The device pulls: a packet that becomes ready meanwhile (the muxer's onRxReady) only
+   * asks for a turn, which setImmediate coalesces, so nothing here runs inside itself.
+   */
   private processRx(): void {
     const ctx = this.ctx;
     if (!ctx || this.broken) return;
     const q = ctx.queues[RXQ]!;
     let n = 0;
-    // Packets that become ready while we fill are taken by this loop, not by another turn.
-    this.filling = true;
-    try {
-      for (; n < BATCH && this.muxer.hasPendingRx(); n++) {
-        const chain = q.pop();
-        if (!chain) break; // no buffers: the driver's next RX notify brings us back
-        const w = new RxPacketWriter(chain.writable);
-        if (!w.usable) {
-          countDrop(this.counters, 'rx-too-small');
-        } else if (!this.muxer.fillRx(w)) {
-          q.undoPop();
-          break;
-        }
-        q.addUsed(chain.head, w.written);
+    for (; n < BATCH && this.muxer.hasPendingRx(); n++) {
+      const chain = q.pop();
+      if (!chain) break; // no buffers: the driver's next RX notify brings us back
+      const w = new RxPacketWriter(chain.writable);
+      if (!w.usable) {
+        countDrop(this.counters, 'rx-too-small');
+      } else if (!this.muxer.fillRx(w)) {
+        q.undoPop();
+        break;
       }
-    } finally {
-      this.filling = false;
+      q.addUsed(chain.head, w.written);
     }
     if (n > 0) ctx.signalUsed(RXQ);
     if (n === BATCH && this.muxer.hasPendingRx()) this.scheduleRx();
   }
 
   private scheduleRx(): void {
-    if (this.rxScheduled || this.filling || !this.ctx) return;
+    if (this.rxScheduled || !this.ctx) return;
     this.rxScheduled = true;
     setImmediate(() => {
       this.rxScheduled = false;

@@ -3,5 +3,6 @@
 
 export { VirtioVsock, type VsockDeviceOptions } from './device';
 export { parseVsockSpec, validateVsockSpec, VsockSpecError, UDS_PATH_MAX, type VsockSpec } from './spec';
-export { VsockConnectError, VsockResetError, VsockSetupError, MAX_CONNECTIONS } from './muxer';
+export { VsockConnectError, VsockResetError, VsockSetupError } from './errors';
+export { MAX_CONNECTIONS } from './muxer';
 export type { VsockCounters } from './counters';

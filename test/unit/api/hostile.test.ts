@@ -15,7 +15,7 @@ import { readConfigFile } from '../../../vmm/api/resources';
 import { ConfigError } from '../../../vmm/config';
 import { parseVsockSpec, VsockSpecError } from '../../../devices/virtio/vsock/spec';
 import { VirtioVsock } from '../../../devices/virtio/vsock/device';
-import { VsockSetupError } from '../../../devices/virtio/vsock/muxer';
+import { VsockSetupError } from '../../../devices/virtio/vsock/errors';
 import { fakeKernel, rig, tmp } from './fake';
 
 const json = (t: string) => JSON.parse(t) as { fault_message: string };

@@ -1,0 +1,53 @@
+// The muxer's two queues: who speaks next (muxer-rxq.ts) and when connections time out
+// (muxer-killq.ts).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { MuxerRxQueue } from '../../../devices/virtio/vsock/muxer-rxq';
+import { MuxerKillQueue } from '../../../devices/virtio/vsock/muxer-killq';
+
+test('rxq: RSTs first and bounded, then ready connections round robin', () => {
+  const q = new MuxerRxQueue<string>(2);
+  assert.is(q.pending, false);
+  q.set('a', true);
+  q.set('b', true);
+  q.set('a', true); // already waiting: keeps its place
+  assert.ok(q.pushRst({ localPort: 1, peerPort: 2 }));
+  assert.ok(q.pushRst({ localPort: 3, peerPort: 4 }));
+  assert.not.ok(q.pushRst({ localPort: 5, peerPort: 6 }), 'a third RST does not fit');
+  assert.equal(q.popRst(), { localPort: 1, peerPort: 2 });
+  assert.equal(q.popRst(), { localPort: 3, peerPort: 4 });
+  assert.is(q.popRst(), undefined);
+  assert.equal([...q.turns()], ['a', 'b']);
+  q.sent('a', true); // more to say: to the back
+  assert.equal([...q.turns()], ['b', 'a']);
+  q.sent('b', false);
+  q.set('a', false);
+  assert.is(q.pending, false);
+  q.sent('c', true); // never queued: stays out
+  assert.equal([...q.turns()], []);
+});
+
+test('killq: one timer for the earliest deadline; expired ones handed back in one sweep, rescheduled ones not', async () => {
+  const t0 = performance.now();
+  const expired: string[] = [];
+  const q = new MuxerKillQueue<string>((c) => expired.push(c));
+  q.schedule('late', t0 + 200);
+  q.schedule('a', t0 + 20);
+  q.schedule('b', t0 + 20);
+  q.schedule('moved', t0 + 20);
+  q.schedule('moved', t0 + 150); // its deadline moved out
+  q.schedule('gone', t0 + 20);
+  q.schedule('gone', undefined); // and this one's was cleared
+  assert.is(q.size, 4);
+  await new Promise((r) => setTimeout(r, 80));
+  assert.equal(expired.sort(), ['a', 'b']);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(expired, ['a', 'b', 'moved', 'late']);
+  assert.is(q.size, 0);
+  q.schedule('x', performance.now() + 10);
+  q.clear();
+  await new Promise((r) => setTimeout(r, 40));
+  assert.is(expired.length, 4, 'cleared: nothing fires');
+});
+
+test.run();

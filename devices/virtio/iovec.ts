@@ -13,6 +13,10 @@
 import { writeSync, writevSync } from 'node:fs';
 import type { GuestMemory } from '../memory';
 
+const enum Walk { Read, Write, Views }
+const NO_BYTES = new Uint8Array(0);
+const NO_VIEWS: Uint8Array[] = [];
+
 export class IoVecBuffer {
   private readonly segs: Uint8Array[] = [];
   private total = 0;
@@ -69,68 +73,51 @@ export class IoVecBuffer {
 
   /** Copies bytes from `offset` on into `dst` until either ends; returns how many. */
   readAt(dst: Uint8Array, offset = 0): number {
-    const n = this.span(offset, dst.length);
-    let done = 0;
-    if (n === 0) return 0;
-    let i = this.seek(offset);
-    let pos = offset - this.cursorStart;
-    for (;;) {
-      const s = this.segs[i]!;
-      const k = Math.min(s.length - pos, n - done);
-      dst.set(pos === 0 && k === s.length ? s : s.subarray(pos, pos + k), done);
-      done += k;
-      if (done === n) return this.leave(i, pos + k, n);
-      this.cursorStart += s.length;
-      i++;
-      pos = 0;
-    }
+    return this.walk(Walk.Read, offset, dst.length, dst, NO_VIEWS);
   }
 
   /** Copies `src` into the buffers from `offset` on, as much as fits; returns how many bytes. */
   writeAt(src: Uint8Array, offset = 0): number {
-    const n = this.span(offset, src.length);
-    let done = 0;
-    if (n === 0) return 0;
-    let i = this.seek(offset);
-    let pos = offset - this.cursorStart;
-    for (;;) {
-      const s = this.segs[i]!;
-      const k = Math.min(s.length - pos, n - done);
-      s.set(done === 0 && k === src.length ? src : src.subarray(done, done + k), pos);
-      done += k;
-      if (done === n) return this.leave(i, pos + k, n);
-      this.cursorStart += s.length;
-      i++;
-      pos = 0;
-    }
-  }
-
-  /** After an access that ended `end` bytes into segment i (whose start is cursorStart): the next one likely starts there. */
-  private leave(i: number, end: number, n: number): number {
-    if (end === this.segs[i]!.length && i + 1 < this.segs.length) {
-      this.cursorStart += end;
-      this.cursorSeg = i + 1;
-    } else {
-      this.cursorSeg = i;
-    }
-    return n;
+    return this.walk(Walk.Write, offset, src.length, src, NO_VIEWS);
   }
 
   /** Views of bytes [offset, offset + len) (clipped to the buffer), appended to `out` (no copy). */
   views(offset: number, len: number, out: Uint8Array[] = []): Uint8Array[] {
+    this.walk(Walk.Views, offset, len, NO_BYTES, out);
+    return out;
+  }
+
+  /**
+   * The one walk over the segments: bytes [offset, offset + min(len, what is left)) are copied
+   * out into `buf` (Read), in from it (Write), or handed out as views (Views). Leaves the cursor
+   * where it ended; returns the byte count.
+   */
+  private walk(how: Walk, offset: number, len: number, buf: Uint8Array, out: Uint8Array[]): number {
     const n = this.span(offset, len);
-    let done = 0;
-    if (n === 0) return out;
+    if (n === 0) return 0;
     let i = this.seek(offset);
     let pos = offset - this.cursorStart;
+    let done = 0;
     for (;;) {
       const s = this.segs[i]!;
       const k = Math.min(s.length - pos, n - done);
-      out.push(pos === 0 && k === s.length ? s : s.subarray(pos, pos + k));
+      if (how === Walk.Write) {
+        s.set(done === 0 && k === buf.length ? buf : buf.subarray(done, done + k), pos);
+      } else {
+        const part = pos === 0 && k === s.length ? s : s.subarray(pos, pos + k);
+        if (how === Walk.Read) buf.set(part, done);
+        else out.push(part);
+      }
       done += k;
       if (done === n) {
-        this.leave(i, pos + k, n);
-        return out;
+        // The next access likely starts where this one ended.
+        if (pos + k === s.length && i + 1 < this.segs.length) {
+          this.cursorStart += s.length;
+          this.cursorSeg = i + 1;
+        } else {
+          this.cursorSeg = i;
+        }
+        return n;
       }
       this.cursorStart += s.length;
       i++;

@@ -11,6 +11,7 @@ import {
   SHT_NOBITS, SHT_REL, SHT_SYMTAB, STB_GLOBAL, STT_FUNC, STT_SECTION, hasElfMagic, relSym, relType, stBind, stType,
 } from '../lib/elf';
 import { TsvmmError } from '../lib/errors';
+import { struct, u16, u32, u8 } from '../lib/struct';
 import { CALL_CODE, CallSrc, INSN_SIZE, LD_IMM64_CODE, Pseudo, patchRaw, rawAt } from './insn';
 import type { AttachPoint } from './package';
 
@@ -289,12 +290,30 @@ function relocate(p: Parsed, sec: ElfSection, insns: Uint8Array, from: number, t
   return callsText;
 }
 
-// --- BTF: just enough to read `.maps` definitions -----------------------------------------
+// --- BTF: just enough to read `.maps` definitions (<linux/btf.h>) ------------------------
 
-const BTF_MAGIC = 0xeb9f;
-const Kind = { INT: 1, PTR: 2, ARRAY: 3, STRUCT: 4, UNION: 5, ENUM: 6, FWD: 7, TYPEDEF: 8, VOLATILE: 9, CONST: 10, RESTRICT: 11, FUNC: 12, FUNC_PROTO: 13, VAR: 14, DATASEC: 15, FLOAT: 16, DECL_TAG: 17, TYPE_TAG: 18, ENUM64: 19 } as const;
+export const BTF_MAGIC = 0xeb9f;
+export const BtfKind = { INT: 1, PTR: 2, ARRAY: 3, STRUCT: 4, UNION: 5, ENUM: 6, FWD: 7, TYPEDEF: 8, VOLATILE: 9, CONST: 10, RESTRICT: 11, FUNC: 12, FUNC_PROTO: 13, VAR: 14, DATASEC: 15, FLOAT: 16, DECL_TAG: 17, TYPE_TAG: 18, ENUM64: 19 } as const;
+const Kind = BtfKind;
+/** Offsets in the header are from its end (hdr_len). */
+export const BtfHeader = struct('btf_header', 24, {
+  magic: u16(0), version: u8(2), flags: u8(3), hdrLen: u32(4), typeOff: u32(8), typeLen: u32(12), strOff: u32(16), strLen: u32(20),
+});
+/** Every type: name, info (vlen bits 0-15, kind bits 24-28), then size or type; kind-specific data follows. */
+export const BtfType = struct('btf_type', 12, { nameOff: u32(0), info: u32(4), sizeOrType: u32(8, 'size') });
+export const btfKind = (info: number): number => (info >>> 24) & 0x1f;
+export const btfVlen = (info: number): number => info & 0xffff;
+export const BtfArray = struct('btf_array', 12, { type: u32(0), indexType: u32(4), nelems: u32(8) });
+export const BtfMember = struct('btf_member', 12, { nameOff: u32(0), type: u32(4), offset: u32(8) });
+export const BtfVarSecinfo = struct('btf_var_secinfo', 12, { type: u32(0), offset: u32(4), size: u32(8) });
+/** Bytes after a btf_type for each kind (with vlen entries where it has them). */
+const BTF_EXTRA: Record<number, (vlen: number) => number> = {
+  [Kind.INT]: () => 4, [Kind.ARRAY]: () => BtfArray.size, [Kind.STRUCT]: (n) => BtfMember.size * n, [Kind.UNION]: (n) => BtfMember.size * n,
+  [Kind.ENUM]: (n) => 8 * n, [Kind.FUNC_PROTO]: (n) => 8 * n, [Kind.VAR]: () => 4, [Kind.DATASEC]: (n) => BtfVarSecinfo.size * n,
+  [Kind.DECL_TAG]: () => 4, [Kind.ENUM64]: (n) => 12 * n,
+};
 
-interface BtfType { kind: number; name: string; vlen: number; sizeOrType: number; extra: number }
+interface BtfTypeInfo { kind: number; name: string; vlen: number; sizeOrType: number; extra: number }
 
 type MapDef = Omit<ElfMap, 'name' | 'source'>;
 
@@ -304,11 +323,11 @@ export function btfMapDefs(btf: Uint8Array): Map<string, MapDef> {
   const need = (o: number, n: number, what: string): void => {
     if (o + n > btf.length) throw new ElfError(`truncated .BTF: ${what}`);
   };
-  need(0, 24, 'header');
-  if (dv.getUint16(0, true) !== BTF_MAGIC) throw new ElfError('.BTF has a bad magic');
-  const hdrLen = dv.getUint32(4, true);
-  const typeOff = hdrLen + dv.getUint32(8, true), typeLen = dv.getUint32(12, true);
-  const strOff = hdrLen + dv.getUint32(16, true), strLen = dv.getUint32(20, true);
+  need(0, BtfHeader.size, 'header');
+  const h = BtfHeader.read(dv);
+  if (h.magic !== BTF_MAGIC) throw new ElfError('.BTF has a bad magic');
+  const typeOff = h.hdrLen + h.typeOff, typeLen = h.typeLen;
+  const strOff = h.hdrLen + h.strOff, strLen = h.strLen;
   need(typeOff, typeLen, 'type section');
   need(strOff, strLen, 'string section');
   const str = (o: number): string => {
@@ -317,28 +336,29 @@ export function btfMapDefs(btf: Uint8Array): Map<string, MapDef> {
     const e = s.indexOf(0);
     return Buffer.from(e < 0 ? s : s.subarray(0, e)).toString('latin1');
   };
-  const types: BtfType[] = [{ kind: 0, name: '', vlen: 0, sizeOrType: 0, extra: 0 }]; // id 0 = void
+  const types: BtfTypeInfo[] = [{ kind: 0, name: '', vlen: 0, sizeOrType: 0, extra: 0 }]; // id 0 = void
   for (let o = typeOff; o < typeOff + typeLen; ) {
-    need(o, 12, 'type');
-    const info = dv.getUint32(o + 4, true);
-    const t: BtfType = { kind: (info >>> 24) & 0x1f, name: str(dv.getUint32(o, true)), vlen: info & 0xffff, sizeOrType: dv.getUint32(o + 8, true), extra: o + 12 };
-    const extra: Record<number, number> = {
-      [Kind.INT]: 4, [Kind.ARRAY]: 12, [Kind.STRUCT]: 12 * t.vlen, [Kind.UNION]: 12 * t.vlen, [Kind.ENUM]: 8 * t.vlen,
-      [Kind.FUNC_PROTO]: 8 * t.vlen, [Kind.VAR]: 4, [Kind.DATASEC]: 12 * t.vlen, [Kind.DECL_TAG]: 4, [Kind.ENUM64]: 12 * t.vlen,
-    };
+    need(o, BtfType.size, 'type');
+    const raw = BtfType.read(dv, o);
+    const t: BtfTypeInfo = { kind: btfKind(raw.info), name: str(raw.nameOff), vlen: btfVlen(raw.info), sizeOrType: raw.sizeOrType, extra: o + BtfType.size };
     if (t.kind < 1 || t.kind > Kind.ENUM64) throw new ElfError(`.BTF type ${types.length}: unknown kind ${t.kind}`);
-    o += 12 + (extra[t.kind] ?? 0);
+    o += BtfType.size + (BTF_EXTRA[t.kind]?.(t.vlen) ?? 0);
     types.push(t);
   }
-  const get = (id: number): BtfType => {
+  const get = (id: number): BtfTypeInfo => {
     const t = types[id];
     if (t === undefined) throw new ElfError(`.BTF type id ${id} out of range`);
     return t;
   };
-  const skipMods = (id: number): BtfType => {
+  const skipMods = (id: number): BtfTypeInfo => {
     let t = get(id);
     for (let n = 0; n < 32 && (t.kind === Kind.TYPEDEF || t.kind === Kind.VOLATILE || t.kind === Kind.CONST || t.kind === Kind.RESTRICT || t.kind === Kind.TYPE_TAG); n++) t = get(t.sizeOrType);
     return t;
+  };
+  /** The array following an ARRAY type (inside the type section, checked when it was walked). */
+  const arrayOf = (t: BtfTypeInfo) => {
+    need(t.extra, BtfArray.size, 'array');
+    return BtfArray.read(dv, t.extra);
   };
   const sizeOf = (id: number, depth = 0): number => {
     if (depth > 32) throw new ElfError('.BTF type chain too deep');
@@ -346,7 +366,10 @@ export function btfMapDefs(btf: Uint8Array): Map<string, MapDef> {
     switch (t.kind) {
       case Kind.INT: case Kind.STRUCT: case Kind.UNION: case Kind.ENUM: case Kind.ENUM64: case Kind.FLOAT: case Kind.DATASEC: return t.sizeOrType;
       case Kind.PTR: return 8;
-      case Kind.ARRAY: return dv.getUint32(t.extra + 8, true) * sizeOf(dv.getUint32(t.extra, true), depth + 1);
+      case Kind.ARRAY: {
+        const a = arrayOf(t);
+        return a.nelems * sizeOf(a.type, depth + 1);
+      }
       default: throw new ElfError(`.BTF type '${t.name}' (kind ${t.kind}) has no size`);
     }
   };
@@ -355,7 +378,7 @@ export function btfMapDefs(btf: Uint8Array): Map<string, MapDef> {
     const p = skipMods(id);
     const a = p.kind === Kind.PTR ? skipMods(p.sizeOrType) : undefined;
     if (a?.kind !== Kind.ARRAY) throw new ElfError(`.maps member '${member}' is not an __uint() (pointer to array)`);
-    return dv.getUint32(a.extra + 8, true);
+    return arrayOf(a).nelems;
   };
   /** `__type(name, T)` is `T *name`. */
   const typeSizeOf = (member: string, id: number): number => {
@@ -368,15 +391,15 @@ export function btfMapDefs(btf: Uint8Array): Map<string, MapDef> {
   const sec = types.find((t) => t.kind === Kind.DATASEC && t.name === '.maps');
   if (!sec) return out;
   for (let v = 0; v < sec.vlen; v++) {
-    const variable = get(dv.getUint32(sec.extra + v * 12, true));
+    const variable = get(BtfVarSecinfo.read(dv, sec.extra + v * BtfVarSecinfo.size).type);
     if (variable.kind !== Kind.VAR) throw new ElfError(`.maps entry ${v} is not a variable`);
     const st = skipMods(variable.sizeOrType);
     if (st.kind !== Kind.STRUCT) throw new ElfError(`map '${variable.name}' is not a struct`);
     const def: MapDef = { type: 0, keySize: 0, valueSize: 0, maxEntries: 0, flags: 0 };
     for (let m = 0; m < st.vlen; m++) {
-      const mo = st.extra + m * 12;
-      const name = str(dv.getUint32(mo, true));
-      const tid = dv.getUint32(mo + 4, true);
+      const member = BtfMember.read(dv, st.extra + m * BtfMember.size);
+      const name = str(member.nameOff);
+      const tid = member.type;
       switch (name) {
         case 'type': def.type = uintOf(name, tid); break;
         case 'max_entries': def.maxEntries = uintOf(name, tid); break;

@@ -32,7 +32,8 @@ want('SCHED_ATTR_SIZE_VER0', SchedAttr.size);
 
 // Every struct layout.ts describes (kvm_run's size is the mmap size, not the header's).
 for (const s of KVM_STRUCTS) abi.struct(s, { size: s.name !== 'kvm_run' });
-abi.struct(SchedAttr);
+// sched_attr as version 0 (SCHED_ATTR_SIZE_VER0, above): the header's struct has grown since.
+abi.struct(SchedAttr, { size: false });
 // The exit union, and where the variable-length entry arrays start.
 want('offsetof(struct kvm_run, hw)', KvmRunIo.offsets.direction);
 want('offsetof(struct kvm_cpuid2, entries)', KvmCpuid2.size);

@@ -11,6 +11,8 @@
 //   nr == <denied>                       -> the deny action
 //   anything else                        -> the default action
 
+import { TsvmmError } from '../lib/errors';
+
 /** struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (8 bytes, host order). */
 export const SOCK_FILTER_SIZE = 8;
 /** The most instructions the kernel accepts in one filter (BPF_MAXINSNS). */
@@ -86,9 +88,7 @@ export interface SeccompPolicy {
   defaultAction: SeccompAction;
 }
 
-export class SeccompError extends Error {
-  override readonly name = 'SeccompError';
-}
+export class SeccompError extends TsvmmError {}
 
 interface Insn { code: number; jt: number; jf: number; k: number }
 

@@ -9,13 +9,6 @@ import { HC_DOORBELL_PORT, HypercallDevice, HypercallResult, LostProgram, hyperc
 import { HintRegistry, type HintHost, type HintProgram } from './hints/registry';
 import { HintStream } from './hints/stream';
 import { MapType, Package, packageDigest, serializePackage } from '../bpf/package';
-
-export class MapUpdateError extends Error {
-  constructor(readonly code: 'unknown-handle' | 'unknown-map' | 'bad-size', message: string) {
-    super(message);
-    this.name = 'MapUpdateError';
-  }
-}
 import { VcpuScheduler } from './scheduler/scheduler';
 import { AgentDoorbell } from './agent/doorbell';
 import type { Policy } from './scheduler/policy';
@@ -23,6 +16,14 @@ import { hostPool } from './scheduler/topology';
 import { setThreadAffinity } from './scheduler/affinity';
 import { guestText } from './log';
 import { HYPERCALL_PORT, HYPERCALL_SHMEM_ADDR, HYPERCALL_SHMEM_SIZE } from './layout';
+import { TsvmmError } from '../lib/errors';
+
+/** A map write the host refused before asking the guest (no such handle or map, wrong sizes). */
+export class MapUpdateError extends TsvmmError {
+  constructor(readonly code: 'unknown-handle' | 'unknown-map' | 'bad-size', message: string) {
+    super(message);
+  }
+}
 
 /** The vCPU scheduler of a machine, pinning real threads. */
 export function newScheduler(vcpus: number, policy: Policy, hostCpus: string | undefined, log: (m: string) => void): VcpuScheduler {

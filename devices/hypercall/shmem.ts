@@ -4,7 +4,7 @@
 // of guest bytes (never the live mapping) and return a status instead of throwing: whatever
 // the guest wrote, the answer is a status code.
 
-import { bytes, struct, u32 } from '../../lib/struct';
+import { bytes, struct, u32, u64 } from '../../lib/struct';
 import { Status, type StatusCode } from './registers';
 
 /** 'T' 'S' 'H' 'M' as a little-endian u32. */
@@ -73,31 +73,29 @@ export function encodeRequest(r: WireRequest, dst: Uint8Array): number {
 }
 
 /**
- * MAP_UPDATE body (§4.2): the request's `name` field names the map; the body is
- * u32 key_len, u32 value_len, u64 flags (BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2), key, value.
+ * MAP_UPDATE body (§4.2): the request's `name` field names the map; the body is this header
+ * (flags: BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2), then the key and the value.
+ * guest/hypercall.h: MU_*.
  */
-export const MapUpdateMsg = { KEY_LEN: 0x00, VALUE_LEN: 0x04, FLAGS: 0x08, DATA: 0x10 } as const;
+export const MapUpdateHeader = struct('MAP_UPDATE', 0x10, { keyLen: u32(0x00), valueLen: u32(0x04), flags: u64(0x08) });
 export const MAP_UPDATE_FLAGS = { any: 0, noexist: 1, exist: 2 } as const;
 
 export function encodeMapUpdate(key: Uint8Array, value: Uint8Array, flags: number): Uint8Array {
-  const b = new Uint8Array(MapUpdateMsg.DATA + key.length + value.length);
-  const v = new DataView(b.buffer);
-  v.setUint32(MapUpdateMsg.KEY_LEN, key.length, true);
-  v.setUint32(MapUpdateMsg.VALUE_LEN, value.length, true);
-  v.setBigUint64(MapUpdateMsg.FLAGS, BigInt(flags), true);
-  b.set(key, MapUpdateMsg.DATA);
-  b.set(value, MapUpdateMsg.DATA + key.length);
+  const data = MapUpdateHeader.size;
+  const b = new Uint8Array(data + key.length + value.length);
+  MapUpdateHeader.write(b, { keyLen: key.length, valueLen: value.length, flags: BigInt(flags) });
+  b.set(key, data);
+  b.set(value, data + key.length);
   return b;
 }
 
 /** The guest side's reading of a MAP_UPDATE body (the simulated agent in tests). */
 export function decodeMapUpdate(b: Uint8Array): { key: Uint8Array; value: Uint8Array; flags: number } | undefined {
-  if (b.length < MapUpdateMsg.DATA) return undefined;
-  const v = new DataView(b.buffer, b.byteOffset, b.length);
-  const kl = v.getUint32(MapUpdateMsg.KEY_LEN, true);
-  const vl = v.getUint32(MapUpdateMsg.VALUE_LEN, true);
-  if (b.length !== MapUpdateMsg.DATA + kl + vl) return undefined;
-  return { key: b.slice(MapUpdateMsg.DATA, MapUpdateMsg.DATA + kl), value: b.slice(MapUpdateMsg.DATA + kl), flags: Number(v.getBigUint64(MapUpdateMsg.FLAGS, true)) };
+  const data = MapUpdateHeader.size;
+  if (b.length < data) return undefined;
+  const h = MapUpdateHeader.read(b);
+  if (b.length !== data + h.keyLen + h.valueLen) return undefined;
+  return { key: b.slice(data, data + h.keyLen), value: b.slice(data + h.keyLen), flags: Number(h.flags) };
 }
 
 /** Reads a request (the guest side's view; used by the simulated agent in tests). */

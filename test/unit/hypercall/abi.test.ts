@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { AbiExpectations } from '../abi';
 import { Caps, Cmd, Features, HC_IO_LEN, HC_MAGIC, HC_VERSION, Reg, Status } from '../../../devices/hypercall/registers';
 import {
-  HELLO_MAX_NAME, HelloHeader, HintsHeader, Op, Outcome, PAGE, RecordHeader, REPORT_MAX_PROGS, ReportHeader, RequestHeader, SHM_MAGIC,
+  HELLO_MAX_NAME, HelloHeader, HintsHeader, MapUpdateHeader, Op, Outcome, PAGE, RecordHeader, REPORT_MAX_PROGS, ReportHeader, RequestHeader, SHM_MAGIC,
   SHM_VERSION, SOURCE_TYPE, ShmHeader, SourceRecord,
 } from '../../../devices/hypercall/shmem';
 
@@ -38,6 +38,8 @@ test('registers, commands, statuses, capability bits and shared-memory layouts m
   const req: Record<string, string> = { requestId: 'REQ_ID' };
   for (const [k, , offset] of RequestHeader.layout()) abi.want(req[k] ?? `REQ_${SCREAMING(k)}`, offset);
   abi.want('REQ_BODY', RequestHeader.size);
+  for (const [k, , offset] of MapUpdateHeader.layout()) abi.want(`MU_${SCREAMING(k)}`, offset);
+  abi.want('MU_DATA', MapUpdateHeader.size);
   for (const [k, v] of Object.entries(Outcome)) abi.want(`OUT_${k}`, v);
   abi.want('REPORT_HDR', ReportHeader.size);
   abi.want('REPORT_MAX_PROGS', REPORT_MAX_PROGS);

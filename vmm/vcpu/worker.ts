@@ -12,7 +12,9 @@ import {
   ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, KvmRunFailEntry,
   KvmRunInternal, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, exitReasonName,
 } from '../../kvm/layout';
-import { gettid, setThreadName } from '../../kvm/libc';
+import { gettid, installSeccompFilter, setThreadName } from '../../kvm/libc';
+import { KVM } from '../../kvm/ioctl';
+import { seccompMode, vcpuFilter } from './seccomp';
 import type { BusClaim } from '../../devices/bus';
 import {
   KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_REASON, STAT_SHARED, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
@@ -149,6 +151,10 @@ function loop(): { reason: VcpuExitReason; detail: string } | undefined {
     }
   }
 }
+
+// Setup is over: from here the thread only runs its vCPU (vmm/vcpu/seccomp.ts).
+const seccomp = seccompMode(process.env.TSVMM_VCPU_SECCOMP);
+if (seccomp !== 'off') installSeccompFilter(vcpuFilter(init.fd, KVM.RUN, seccomp));
 
 const end = loop();
 if (end) post({ type: 'exit', ...end });

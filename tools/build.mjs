@@ -48,7 +48,8 @@ if (benches.length) await build({ ...common, absWorkingDir: root, entryPoints: O
 if (withTests) {
   const tests = findTests(join(root, 'test')).filter((t) => t.includes(testFilter));
   const testEntries = Object.fromEntries(tests.map((t) => [relative(join(root, 'test'), t).replace(/\.ts$/, ''), t]));
-  await build({ ...common, absWorkingDir: root, entryPoints: testEntries, outdir: join(root, 'dist/test') });
+  // uvu stays external: the test runner's preload (tools/test-hooks.mjs) must patch the same instance.
+  await build({ ...common, external: [...common.external, 'uvu', 'uvu/assert'], absWorkingDir: root, entryPoints: testEntries, outdir: join(root, 'dist/test') });
 }
 
 // node_modules/.bin/tsvmm -> ../../bin/tsvmm.js (npm does not link a root package's own bin).

@@ -2,8 +2,10 @@
 // even where the host has KVM: what runs inside sees /dev/kvm, the caller's cwd and
 // environment, separate stdout/stderr and a writable output dir; a dead sandbox is told
 // apart from a failing command. Slow: each case boots a TCG machine (~7-15 s).
+// runs: host
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { needs } from '../needs';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,11 +14,11 @@ import { encodeGuestCommand, ensureDefaultGuest, parseInitMarker, projectRoot } 
 
 const root = projectRoot();
 const runSh = join(root, 'tools/sandbox/run.sh');
-// Already inside a sandbox (tools/test.mjs runs the integration tests there on hosts
-// without hardware KVM): emulating again inside emulation is far too slow, so the cases
-// about the sandbox itself are skipped and the rest run through run.sh --native.
+// tools/test.mjs runs this file on the host side (the `runs: host` line above). Run by hand
+// inside a sandbox, emulating again inside emulation would be far too slow: the cases about
+// the sandbox itself are skipped, with that reason, and the rest run through run.sh --native.
 const inside = Boolean(process.env.TSVMM_IN_SANDBOX);
-const outerOnly = inside ? test.skip : test;
+const outerOnly = needs(inside ? 'already inside a sandbox: the sandbox\'s own mechanics are tested from the host (tools/test.mjs does)' : undefined);
 
 function sandbox(args: string[], env: Record<string, string> = {}) {
   const r = spawnSync(runSh, [inside ? '--native' : '--sandbox', ...args], {
@@ -63,6 +65,14 @@ outerOnly('a sandbox that never reports is retried once, then exit 125', () => {
   assert.is(r.status, 125);
   assert.match(r.stderr, /attempt 1 died/);
   assert.match(r.stderr, /attempt 2 died/);
+});
+
+outerOnly('--attempts 1: a dead sandbox is not retried (tools/test.mjs reruns by itself, per file)', () => {
+  const r = sandbox(['--timeout', '3', '--attempts', '1', '--', 'true']);
+  assert.is(r.status, 125);
+  assert.match(r.stderr, /attempt 1 died/);
+  assert.not.match(r.stderr, /attempt 2/);
+  assert.match(r.stderr, /died 1 time\(s\); giving up/);
 });
 
 outerOnly('a sandbox kernel that freezes silently is ended by the heartbeat, not the time limit', () => {

@@ -35,6 +35,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroo
 H=/host
 mount -t proc proc $H/proc || fail "cannot mount /proc in the chroot"
 mount -t sysfs sysfs $H/sys
+# tracefs: the eBPF tests attach to tracepoints (test/integration/ebpf.test.ts).
+mount -t tracefs tracefs $H/sys/kernel/tracing || step "cannot mount tracefs"
 mount -t devtmpfs devtmpfs $H/dev
 mkdir -p $H/dev/pts $H/dev/shm 2>/dev/null
 mount -t devpts devpts $H/dev/pts

@@ -3,11 +3,12 @@
 # emulated AMD SVM + nested paging) booting Debian's kernel, with this machine's / shared
 # read-only. Owns tools/sandbox/; reuses tools/guest/ for the kernel and the initramfs.
 #
-#   run.sh [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--sandbox|--native] -- CMD ARGS...
+#   run.sh [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--attempts N] [--sandbox|--native] -- CMD ARGS...
 #
 # Native KVM (a hardware kvm_intel/kvm_amd module behind /dev/kvm) runs CMD directly,
 # unless --sandbox or TSVMM_SANDBOX=always. TSVMM_SANDBOX=never refuses the sandbox.
-# Exit status: CMD's, or 125 when the sandbox itself failed (after one retry), 2 for usage.
+# Exit status: CMD's, or 125 when the sandbox itself failed (a dead sandbox is retried until
+# --attempts boots have died, default 2), 2 for usage.
 # Environment: TSVMM_SANDBOX=auto|always|never, TSVMM_SANDBOX_TIMEOUT (default 900 s),
 # TSVMM_SANDBOX_CPU (QEMU -cpu, default EPYC,+svm,+npt), TSVMM_CACHE (kernel + images),
 # TSVMM_SANDBOX_VERBOSE=1 (copy the sandbox console, with init's timed steps, to stderr).
@@ -18,16 +19,17 @@ set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 GUEST=$HERE/../guest
-MEM=4G SMP=2 TIMEOUT=${TSVMM_SANDBOX_TIMEOUT:-900} OUT= MODE=${TSVMM_SANDBOX:-auto}
+MEM=4G SMP=2 TIMEOUT=${TSVMM_SANDBOX_TIMEOUT:-900} OUT= MODE=${TSVMM_SANDBOX:-auto} ATTEMPTS=2
 # The emulated CPU must offer SVM with nested paging for kvm_amd (override only to test).
 CPU=${TSVMM_SANDBOX_CPU:-EPYC,+svm,+npt}
-usage() { echo "usage: $0 [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--sandbox|--native] -- CMD ARGS..." >&2; exit 2; }
+usage() { echo "usage: $0 [--mem SIZE] [--smp N] [--timeout SEC] [--out DIR] [--attempts N] [--sandbox|--native] -- CMD ARGS..." >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
 	--mem) MEM=${2:?}; shift 2 ;;
 	--smp) SMP=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
 	--out) OUT=${2:?}; shift 2 ;;
+	--attempts) ATTEMPTS=${2:?}; shift 2 ;;
 	--sandbox) MODE=always; shift ;;
 	--native) MODE=never; shift ;;
 	--) shift; break ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || usage
 case $TIMEOUT in '' | *[!0-9]*) usage ;; esac
+case $ATTEMPTS in '' | 0 | *[!0-9]*) usage ;; esac
 
 log() { echo "sandbox: $*" >&2; }
 
@@ -163,7 +166,7 @@ run_once() {
 	cat_out=
 }
 
-for attempt in 1 2; do
+for attempt in $(seq "$ATTEMPTS"); do
 	run_once
 	if [ -n "${TSVMM_SANDBOX_VERBOSE:-}" ]; then sed 's/^/sandbox console: /' "$work/console.log" >&2; fi
 	if [ -f "$work/ctl/status" ]; then exit "$(cat "$work/ctl/status")"; fi
@@ -192,5 +195,5 @@ for attempt in 1 2; do
 		fi ;;
 	esac
 done
-log "sandbox failed twice; giving up (exit 125)"
+log "sandbox died $ATTEMPTS time(s); giving up (exit 125)"
 exit 125

@@ -1,7 +1,7 @@
 // Test rig for the agent's eBPF side on the host, with no VM: the real HypercallDevice
 // (devices/hypercall) over a shared-memory file that both this process (koffi mmap) and
 // the agent map, its registers served on a Unix socket (the agent's --hc-sim), and the
-// doorbell as a Unix socket the agent listens on. Used by test/unit/agent/ebpf.test.ts.
+// doorbell as a Unix socket the agent listens on. Used by test/integration/ebpf.test.ts.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';

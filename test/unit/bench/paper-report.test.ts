@@ -2,6 +2,7 @@
 // Markdown table, and (when the chart libraries are installed) a real SVG + PNG.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { missingPackages, needs } from '../../needs';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,21 +37,16 @@ test('summarize: matrix order, failed runs counted but not averaged', () => {
   assert.match(md, /\| high \| hinted \| 12\.00 \| 2\.83 \| 2 \| 10\.00 \| 14\.00 \| 1 \|/);
 });
 
-test('renderChart: SVG with one bar per cell and a PNG (skipped without the chart libraries)', async () => {
+const NO_CHARTS = missingPackages('vega', 'vega-lite', '@resvg/resvg-js');
+
+needs(NO_CHARTS)('renderChart: SVG with one bar per cell and a PNG', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-paper-report-'));
   try {
     const rows = summarize([
       { load: 'none', pin: 'none', ok: true, mpps: 20 }, { load: 'none', pin: 'none', ok: true, mpps: 24 },
       { load: 'high', pin: 'hinted', ok: true, mpps: 18 },
     ]);
-    let out;
-    try {
-      out = await renderChart(rows, join(dir, 'chart'), 'test chart');
-    } catch (e) {
-      assert.match((e as Error).message, /npm install --save-dev vega/);
-      console.log('  (chart skipped: vega, vega-lite, @resvg/resvg-js not installed; set TSVMM_PAPER_DEPS)');
-      return;
-    }
+    const out = await renderChart(rows, join(dir, 'chart'), 'test chart');
     const svg = readFileSync(out.svg, 'utf8');
     assert.match(svg, /^<svg/);
     assert.match(svg, /test chart/);

@@ -3,6 +3,7 @@
 // -DSPSCQ_INJECT_BUG (drops item 1000) must be caught by its own checker. No KVM needed.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { needs } from '../../needs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -39,11 +40,7 @@ function run(bin: string, args: string[]): { code: number | null; result?: Spscq
 
 const good = build(join(scratch, 'good'));
 
-test('pinned to CPUs 0 and 1 for 1 s: every item arrives, in order', () => {
-  if (availableParallelism() < 2) {
-    console.log('  (skipped: this host has fewer than 2 CPUs)');
-    return;
-  }
+needs(availableParallelism() < 2 ? 'needs 2 CPUs to pin producer and consumer apart' : undefined)('pinned to CPUs 0 and 1 for 1 s: every item arrives, in order', () => {
   const r = run(good, ['-p', '0', '-c', '1', '-d', '1']);
   assert.is(r.code, 0, r.err);
   const j = r.result!;

@@ -1,11 +1,12 @@
 // bzImage parsing (vmm/boot/bzimage.ts): synthetic headers for each refusal, and the cached
-// Debian kernel when there is one.
+// Debian kernel.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { isBzImage, parseBzImage } from '../../../vmm/boot/bzimage';
 import { KernelImageError } from '../../../vmm/boot/errors';
-import { cachedKernel, makeBzImage } from './images';
+import { needs } from '../../needs';
+import { NO_KERNEL, cachedKernel, makeBzImage } from './images';
 
 /** Asserts that parsing throws a KernelImageError whose message names the file and matches `re`. */
 function refuses(image: Uint8Array, re: RegExp): void {
@@ -73,12 +74,8 @@ test('refuses: empty and short files', () => {
   assert.not.ok(isBzImage(new Uint8Array(0)));
 });
 
-const kernel = cachedKernel();
-test('the cached Debian kernel parses', () => {
-  if (!kernel) {
-    console.log('  (skipped: no cached kernel; run tools/guest/fetch-kernel.sh)');
-    return;
-  }
+needs(NO_KERNEL)('the cached Debian kernel parses', () => {
+  const kernel = cachedKernel()!.kernel;
   const img = new Uint8Array(readFileSync(kernel));
   const bz = parseBzImage(kernel, img);
   assert.ok(bz.version >= 0x020c, `version 0x${bz.version.toString(16)}`);

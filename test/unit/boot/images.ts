@@ -1,7 +1,7 @@
 // Synthetic kernel images for the boot tests (a minimal bzImage header, a small ELF64 vmlinux)
 // and the cached Debian kernel, when one is there. Offsets are written out here on purpose,
 // from Documentation/arch/x86/boot.rst and the ELF spec, not imported from the code under test.
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 
@@ -109,14 +109,13 @@ function xenNote(type: number, value: number): Uint8Array {
   return b;
 }
 
-/** The Debian kernel tools/guest/fetch-kernel.sh caches, or undefined. */
-export function cachedKernel(): string | undefined {
-  const dir = join(process.env.TSVMM_CACHE || join(homedir(), '.cache/tsvmm'), 'kernel');
-  if (!existsSync(dir)) return undefined;
-  for (const v of readdirSync(dir, { withFileTypes: true })) {
-    if (!v.isDirectory()) continue;
-    const f = readdirSync(join(dir, v.name)).find((n) => n.startsWith('vmlinuz-'));
-    if (f) return join(dir, v.name, f);
-  }
-  return undefined;
+/** The default kernel tools/guest/fetch-kernel.sh cached (its kernel.json record), or undefined. */
+export function cachedKernel(): { kernel: string; vmlinux: string } | undefined {
+  const record = join(process.env.TSVMM_CACHE || join(homedir(), '.cache/tsvmm'), 'kernel/kernel.json');
+  if (!existsSync(record)) return undefined;
+  const r = JSON.parse(readFileSync(record, 'utf8')) as { kernel?: string; vmlinux?: string };
+  return r.kernel && r.vmlinux && existsSync(r.kernel) && existsSync(r.vmlinux) ? { kernel: r.kernel, vmlinux: r.vmlinux } : undefined;
 }
+
+/** Why the tests of the cached kernel cannot run (test/needs.ts), or undefined. */
+export const NO_KERNEL = cachedKernel() ? undefined : 'needs the default kernel (tools/guest/fetch-kernel.sh; npm test fetches it before the unit tests)';

@@ -1,14 +1,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { decodeHints, encodeHint, HintDecodeError } from '../../../bpf/hints';
 import { decode } from '../../../bpf/insn';
 import { helperName } from '../../../bpf/helpers';
-import { serializePackage } from '../../../bpf/package';
 import { affinityPackage } from '../../../bpf/programs/affinity';
-import { FIXTURES, tmp, tool } from './util';
 
 test('package shape: four tracepoint programs sharing three maps, ringbuf hint map', () => {
   const p = affinityPackage();
@@ -49,49 +44,6 @@ test('hint records: encode/decode, unknown types skipped, bad lengths rejected',
   const short = a.slice(); short[4] = 16;
   assert.throws(() => decodeHints(short), /type 1 record of 16 bytes, needs 64/);
   assert.throws(() => decodeHints(a.subarray(0, 60)), /record length 64 out of 8..60/);
-});
-
-/** Build the C loader (raw bpf(2)); null with a reason when this host cannot. */
-function loader(): { bin: string } | { skip: string } {
-  const gcc = tool('gcc', 'cc');
-  if (!gcc) return { skip: 'gcc not installed' };
-  const bin = tmp('pkgload');
-  const r = spawnSync(gcc, ['-O1', '-Wall', '-o', bin, join(FIXTURES, 'pkgload.c'), '-lpthread'], { encoding: 'utf8' });
-  if (r.status !== 0) return { skip: `cannot build pkgload.c: ${r.stderr}` };
-  return { bin };
-}
-
-test('the real kernel verifier accepts every affinity program', () => {
-  const l = loader();
-  if ('skip' in l) { console.log(`  skip: ${l.skip}`); return; }
-  writeFileSync(tmp('affinity.pkg'), serializePackage(affinityPackage()));
-  const r = spawnSync(l.bin, [tmp('affinity.pkg')], { encoding: 'utf8' });
-  if (r.status === 77) { console.log(`  skip: bpf() is not permitted here (${r.stdout.trim()})`); return; }
-  assert.is(r.status, 0, `loader failed:\n${r.stdout}${r.stderr}`);
-  for (const name of ['affinity_enter', 'affinity_exit', 'affinity_task_exit', 'affinity_fork']) assert.match(r.stdout, `prog ${name} ok`);
-});
-
-test('attached on this host, a sched_setaffinity + thread exit yields AFFINITY then UNPIN', () => {
-  const l = loader();
-  if ('skip' in l) { console.log(`  skip: ${l.skip}`); return; }
-  if (!existsSync('/sys/kernel/tracing/events/syscalls')) { console.log('  skip: tracefs not mounted at /sys/kernel/tracing'); return; }
-  writeFileSync(tmp('affinity.pkg'), serializePackage(affinityPackage()));
-  const r = spawnSync(l.bin, [tmp('affinity.pkg'), '--run'], { encoding: 'utf8' });
-  if (r.status === 77) { console.log(`  skip: ${r.stdout.trim()}`); return; }
-  assert.is(r.status, 0, `loader failed:\n${r.stdout}${r.stderr}`);
-  const self = Number(/tid-self (\d+)/.exec(r.stdout)![1]);
-  const records = [...r.stdout.matchAll(/^record ([0-9a-f]+)$/gm)].map((m) => Buffer.from(m[1]!, 'hex'));
-  // Other processes on the host may call sched_setaffinity too: keep those of the loader.
-  const hints = decodeHints(Buffer.concat(records)).filter((h) => (h.type === 'AFFINITY' || h.type === 'UNPIN') && h.tgid === self);
-  assert.is(hints.length, 2, r.stdout);
-  const [aff, unpin] = hints;
-  assert.ok(aff?.type === 'AFFINITY' && unpin?.type === 'UNPIN', r.stdout);
-  if (aff?.type === 'AFFINITY' && unpin?.type === 'UNPIN') {
-    assert.equal(aff.cpus, [0]);
-    assert.is(aff.comm, 'pkgload');
-    assert.is.not(aff.tid, self); // the pinning thread, not the main one
-    assert.is(unpin.tid, aff.tid);
-  }
 });
 
 test.run();

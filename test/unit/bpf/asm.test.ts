@@ -6,7 +6,8 @@ import { Asm, AsmError, assembleText, fp, r0, r1, r2, r3, r6, w1, w2 } from '../
 import { disassemble, formatInsn } from '../../../bpf/disasm';
 import { decode } from '../../../bpf/insn';
 import { loadElf } from '../../../bpf/elf';
-import { CLANG, FIXTURES, LLVM_MC, OBJDUMP, compileBpf, objdump, run, tmp } from './util';
+import { firstMissing, needs } from '../../needs';
+import { FIXTURES, LLVM_MC, NO_CLANG, NO_LLVM_MC, NO_OBJDUMP, compileBpf, objdump, run, tmp } from './util';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 /** Bytes of `section` in an ELF object, as written (no relocations applied). */
@@ -62,21 +63,19 @@ test('text assembler: disassembly assembles back to the same bytes', () => {
   assert.equal(back.relocations, a.relocations);
 });
 
-test('the same program assembled by llvm-mc and by tsvmm gives the same bytes', () => {
-  if (!LLVM_MC) { console.log('  skip: llvm-mc not installed'); return; }
+needs(NO_LLVM_MC)('the same program assembled by llvm-mc and by tsvmm gives the same bytes', () => {
   const src = join(FIXTURES, 'sample.s');
-  run(LLVM_MC, ['-triple', 'bpfel', '-mcpu=v3', '-filetype=obj', src, '-o', tmp('sample.o')]);
+  run(LLVM_MC!, ['-triple', 'bpfel', '-mcpu=v3', '-filetype=obj', src, '-o', tmp('sample.o')]);
   const llvm = sectionBytes(new Uint8Array(readFileSync(tmp('sample.o'))), '.text');
   const ours = assembleText(readFileSync(src, 'utf8').split('\n').filter((l) => !/^\s*\./.test(l) && !/^sample:/.test(l)).join('\n'));
   assert.ok(llvm.length > 400);
   assert.is(hex(ours.bytes), hex(llvm));
 });
 
-test('builder output equals llvm-mc output for the same instructions', () => {
-  if (!LLVM_MC) { console.log('  skip: llvm-mc not installed'); return; }
+needs(NO_LLVM_MC)('builder output equals llvm-mc output for the same instructions', () => {
   const s = `r6 = r1\nr2 = r10\nr2 += -4\nr1 = 0 ll\ncall 1\nif r0 == 0 goto L\nr1 = *(u32 *)(r0 + 4)\nw1 = w1\nlock *(u64 *)(r0 + 8) += r1\nL:\nr0 = 0\nexit\n`;
   writeFileSync(tmp('b.s'), s);
-  run(LLVM_MC, ['-triple', 'bpfel', '-filetype=obj', tmp('b.s'), '-o', tmp('b.o')]);
+  run(LLVM_MC!, ['-triple', 'bpfel', '-filetype=obj', tmp('b.s'), '-o', tmp('b.o')]);
   const a = new Asm().mov(r6, r1).mov(r2, fp).add(r2, -4).ld64(r1, 0).call('map_lookup_elem').jeq(r0, 0, 'L')
     .load('u32', r1, r0, 4).mov(w1, w1).atomic('add', 'u64', r0, 8, r1).label('L').mov(r0, 0).exit().assemble();
   assert.is(hex(a.bytes), hex(sectionBytes(new Uint8Array(readFileSync(tmp('b.o'))), '.text')));
@@ -103,8 +102,7 @@ SEC("tracepoint/syscalls/sys_enter_x") int prog(void *ctx) {
 char LICENSE[] SEC("license") = "GPL";
 `;
 
-test("tsvmm's disassembly agrees with llvm-objdump on clang output", () => {
-  if (!CLANG || !OBJDUMP) { console.log('  skip: clang/llvm-objdump not installed'); return; }
+needs(firstMissing(NO_CLANG, NO_OBJDUMP))("tsvmm's disassembly agrees with llvm-objdump on clang output", () => {
   const obj = compileBpf('dis', C_PROGRAM);
   let compared = 0;
   for (const section of ['tracepoint/syscalls/sys_enter_x', '.text']) {
@@ -122,8 +120,7 @@ test("tsvmm's disassembly agrees with llvm-objdump on clang output", () => {
   assert.ok(compared > 50, `compared ${compared} instructions`);
 });
 
-test('clang output disassembles and reassembles to the same bytes', () => {
-  if (!CLANG) { console.log('  skip: clang not installed'); return; }
+needs(NO_CLANG)('clang output disassembles and reassembles to the same bytes', () => {
   const obj = compileBpf('dis2', C_PROGRAM);
   const bytes = sectionBytes(obj, 'tracepoint/syscalls/sys_enter_x');
   const text = disassemble(bytes).map((l) => l.split('\t')[1]!).join('\n');

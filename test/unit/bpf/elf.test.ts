@@ -4,7 +4,8 @@ import { readFileSync } from 'node:fs';
 import { ElfError, loadElf } from '../../../bpf/elf';
 import { decode } from '../../../bpf/insn';
 import { packageFromElf, parsePackage, serializePackage } from '../../../bpf/package';
-import { CLANG, compileBpf, run, tmp } from './util';
+import { needs } from '../../needs';
+import { CLANG, NO_CLANG, compileBpf, run, tmp } from './util';
 
 const isElfError = (re: RegExp) => (e: unknown): boolean => e instanceof ElfError && re.test((e as Error).message);
 
@@ -33,8 +34,7 @@ SEC("fentry/do_unlinkat") int on_unlink(void *ctx) { return 0; }
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 `;
 
-test('loads BTF-defined and legacy maps, programs, attach points, license', () => {
-  if (!CLANG) { console.log('  skip: clang not installed'); return; }
+needs(NO_CLANG)('loads BTF-defined and legacy maps, programs, attach points, license', () => {
   const o = loadElf(compileBpf('maps', BTF_AND_LEGACY));
   assert.is(o.license, 'Dual BSD/GPL');
   const byName = Object.fromEntries(o.maps.map((m) => [m.name, m]));
@@ -50,8 +50,7 @@ test('loads BTF-defined and legacy maps, programs, attach points, license', () =
   assert.ok(o.symbols.some((s) => s.name === 'on_switch'));
 });
 
-test('relocations become map references on LD_IMM64 slots; calls into .text are linked', () => {
-  if (!CLANG) { console.log('  skip: clang not installed'); return; }
+needs(NO_CLANG)('relocations become map references on LD_IMM64 slots; calls into .text are linked', () => {
   const o = loadElf(compileBpf('maps2', BTF_AND_LEGACY));
   const p = o.programs.find((x) => x.name === 'on_switch')!;
   const insns = decode(p.insns);
@@ -71,8 +70,7 @@ test('relocations become map references on LD_IMM64 slots; calls into .text are 
   assert.equal(parsePackage(serializePackage(pkg)).pkg, pkg);
 });
 
-test('global variables and unsupported sections are refused clearly', () => {
-  if (!CLANG) { console.log('  skip: clang not installed'); return; }
+needs(NO_CLANG)('global variables and unsupported sections are refused clearly', () => {
   const globals = compileBpf('glob', `int counter; __attribute__((section("kprobe/x"), used)) int f(void *c) { return ++counter; }
 char L[] __attribute__((section("license"), used)) = "GPL";`);
   assert.throws(() => loadElf(globals), isElfError(/only maps are supported/));
@@ -82,11 +80,13 @@ char L[] __attribute__((section("license"), used)) = "GPL";`));
   assert.throws(() => packageFromElf(odd, { name: 'odd' }), /unsupported section prefix/);
 });
 
-test('non-ELF, non-BPF and truncated files get clear errors', () => {
+test('non-ELF files and truncated headers get clear errors', () => {
   assert.throws(() => loadElf(new Uint8Array(Buffer.from('#!/bin/sh\necho hi\n'))), isElfError(/not an ELF file/));
   assert.throws(() => loadElf(new Uint8Array([0x7f, 0x45, 0x4c, 0x46, 2, 1])), isElfError(/truncated ELF/));
-  if (!CLANG) { console.log('  skip: clang not installed'); return; }
-  run(CLANG, ['-c', '-x', 'c', '-o', tmp('x86.o'), '-'], 'int f(void) { return 1; }\n');
+});
+
+needs(NO_CLANG)('an x86 object and truncated BPF objects get clear errors', () => {
+  run(CLANG!, ['-c', '-x', 'c', '-o', tmp('x86.o'), '-'], 'int f(void) { return 1; }\n');
   assert.throws(() => loadElf(new Uint8Array(readFileSync(tmp('x86.o')))), isElfError(/machine 62 is not BPF/));
   const good = compileBpf('trunc', BTF_AND_LEGACY);
   for (const n of [40, 64, 1000, good.length - 1]) {

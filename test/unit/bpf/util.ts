@@ -3,11 +3,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { projectRoot } from '../../../vmm/default-guest';
 
-/** The project root, from dist/test/unit/bpf/<file>.js or test/unit/bpf/<file>.ts. */
-export const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
-export const FIXTURES = join(ROOT, 'test/unit/bpf/fixtures');
+export const FIXTURES = join(projectRoot(), 'test/unit/bpf/fixtures');
 
 /** First of `names` found on PATH, or null. */
 export function tool(...names: string[]): string | null {
@@ -19,6 +17,11 @@ export function tool(...names: string[]): string | null {
 export const CLANG = tool('clang', 'clang-16', 'clang-15', 'clang-14');
 export const LLVM_MC = tool('llvm-mc', 'llvm-mc-16', 'llvm-mc-15', 'llvm-mc-14');
 export const OBJDUMP = tool('llvm-objdump', 'llvm-objdump-16', 'llvm-objdump-15', 'llvm-objdump-14');
+// Why a test that needs one of them cannot run here (test/needs.ts), or undefined when it can.
+const absent = (what: string, found: string | null): string | undefined => (found ? undefined : `needs ${what} (tools/setup.sh installs it)`);
+export const NO_CLANG = absent('clang', CLANG);
+export const NO_LLVM_MC = absent('llvm-mc', LLVM_MC);
+export const NO_OBJDUMP = absent('llvm-objdump', OBJDUMP);
 
 export function run(cmd: string, args: string[], input?: string): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', input });

@@ -7,6 +7,7 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AgentClient } from './agent/client';
+import { AgentError } from './agent/protocol';
 import { checkKvm, machineConfig, runOptions } from './cli-options';
 import { Machine } from './machine';
 import { stderrLine } from './log';
@@ -18,11 +19,13 @@ export const EXEC_USAGE = `tsvmm exec [run options] [--put SRC:DST]... [--timeou
   --timeout SEC    kill CMD and stop the VM after SEC seconds (exit 124)
   --console        show the guest's serial console on stderr
   exit status: CMD's status (128+N if signal N ended it), 124 timeout, 125 the VM or
-  agent failed before CMD finished`;
+  agent failed before CMD finished, 126 CMD could not be run, 127 CMD not found`;
 
 export const AGENT_PORT = 52;
 const EXIT_TIMEOUT = 124;
 const EXIT_VM_FAILED = 125;
+const EXIT_CANNOT_RUN = 126;
+const EXIT_NOT_FOUND = 127;
 const GUEST_CID = 3;
 
 const execOptions = {
@@ -104,6 +107,12 @@ export async function cmdExec(args: string[]): Promise<number> {
     if (abort.signal.aborted) {
       log(`timed out after ${timeoutSec} s`);
       return EXIT_TIMEOUT;
+    }
+    if (e instanceof AgentError && e.code === 'SPAWN') {
+      // The guest could not start CMD: the shell's and docker's statuses, not a VM failure.
+      stderrLine(e.message);
+      // The guest is x86-64 Linux like this host: its errno numbers are ours.
+      return e.errno === osConstants.errno.ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
     }
     log(`${vmEnded ? `the VM ended (${vmEnded}) ` : ''}before the command finished: ${(e as Error).message}`);
     return EXIT_VM_FAILED;

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDefaultGuest } from '../../vmm/default-guest';
 import { DEFAULT_CMDLINE } from '../../vmm/config';
-import { ROOT, TSVMM, agentOf, tsvmm } from './helpers';
+import { ROOT, TSVMM, agentOf, tsvmm, until } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-api-'));
 const api = join(dir, 'api.sock');
@@ -58,21 +58,39 @@ test('Firecracker getting-started sequence with curl boots the stock kernel', as
 
 test('live injection through the CLI: hints appear only while the program is loaded', async () => {
   const agent = await agentOf(uds);
-  const hints = () => Number((curl('GET', '/metrics').json?.scheduler as Record<string, number>).hints);
+  const seen = () => Number((curl('GET', '/metrics').json?.hypercall as Record<string, number>).hintRecordsSeen);
+  const programs = () => (curl('GET', '/bpf/programs').json!.programs as { handle: number; name: string; prog_ids: number[]; hints: number }[]);
   const load = await tsvmm(['bpf', 'load', '--api-sock', api, 'affinity']);
   assert.is(load.code, 0, load.stderr + load.stdout);
   const list = await tsvmm(['bpf', 'list', '--api-sock', api, '--json']);
-  const handle = (JSON.parse(list.stdout) as { programs: { handle: number; name: string }[] }).programs.find((p) => p.name === 'affinity')!.handle;
-  const before = hints();
+  const first = (JSON.parse(list.stdout) as { programs: { handle: number; name: string; prog_ids: number[] }[] }).programs.find((p) => p.name === 'affinity')!;
+  const before = seen();
   await agent.exec({ argv: ['taskset', '-c', '1', 'true'] });
-  for (let i = 0; i < 100 && hints() === before; i++) await new Promise((r) => setTimeout(r, 100));
-  assert.ok(hints() > before, 'a hint arrived while affinity is loaded');
-  const unload = await tsvmm(['bpf', 'unload', '--api-sock', api, String(handle)]);
+  // Both of the call's hints (AFFINITY, then UNPIN when the task exits), so none is still on its way.
+  await until('the AFFINITY and UNPIN hints while affinity is loaded', () => programs().find((p) => p.handle === first.handle)!.hints >= 2);
+  assert.is(seen() - before, 2);
+
+  const unload = await tsvmm(['bpf', 'unload', '--api-sock', api, String(first.handle)]);
   assert.is(unload.code, 0, unload.stderr);
-  const after = hints();
+  assert.not.ok(programs().some((p) => p.handle === first.handle), 'the handle is gone from /bpf/programs');
+  // In the guest, no agent process holds the unloaded programs any more (their fds are closed).
+  await until('the guest agent to close the unloaded programs', async () => {
+    let fdinfo = '';
+    await agent.exec({ argv: ['sh', '-c', 'grep -h ^prog_id /proc/[0-9]*/fdinfo/* 2>/dev/null || true'], onStdout: (c) => (fdinfo += c) });
+    const held = new Set([...fdinfo.matchAll(/prog_id:\s+(\d+)/g)].map((m) => Number(m[1])));
+    return first.prog_ids.every((id) => !held.has(id));
+  });
+  const after = seen();
   await agent.exec({ argv: ['taskset', '-c', '1', 'true'] });
-  await new Promise((r) => setTimeout(r, 2000));
-  assert.is(hints(), after, 'no hint once unloaded');
+  // A barrier instead of a sleep: load affinity again and make the same call; once its hints
+  // (AFFINITY, then UNPIN at exit) are in, a hint from the first call would be in too.
+  assert.is((await tsvmm(['bpf', 'load', '--api-sock', api, 'affinity'])).code, 0);
+  const second = programs().find((p) => p.name === 'affinity')!;
+  await agent.exec({ argv: ['taskset', '-c', '1', 'true'] });
+  await until('the reloaded program\'s AFFINITY and UNPIN hints', () => programs().find((p) => p.handle === second.handle)!.hints >= 2);
+  const fromSecond = programs().find((p) => p.handle === second.handle)!.hints;
+  assert.is(seen() - after, fromSecond, 'every hint since the unload came from the reloaded program');
+  assert.is((await tsvmm(['bpf', 'unload', '--api-sock', api, String(second.handle)])).code, 0);
 });
 
 test('scheduler policy change at run time re-pins the vCPU threads', async () => {
@@ -100,7 +118,9 @@ test('metrics count real KVM exits per vCPU, by reason', () => {
   // the vCPU threads serve both from the transport's shared cell.
   const interrupts = m.transports['virtio-vsock']?.interrupts ?? 0;
   const shared = m.vcpu_exits.reduce((n, e) => n + (e.shared ?? 0), 0);
-  if (interrupts > 0) assert.ok(shared > 0, `${interrupts} virtio interrupts, no InterruptStatus/ACK served in a vCPU thread: ${JSON.stringify(m.vcpu_exits)}`);
+  // The agent's vsock traffic of the tests above went through interrupts.
+  assert.ok(interrupts > 0, `no virtio-vsock interrupt counted after the agent's traffic: ${JSON.stringify(m.transports)}`);
+  assert.ok(shared > 0, `${interrupts} virtio interrupts, no InterruptStatus/ACK served in a vCPU thread: ${JSON.stringify(m.vcpu_exits)}`);
 });
 
 test('bad requests get clear errors and leave the VM running', () => {

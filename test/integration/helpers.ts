@@ -27,7 +27,7 @@ export interface RunResult {
 /** Runs `tsvmm ARGS` to completion (bounded by timeoutMs), capturing both streams. */
 export function tsvmm(
   args: string[],
-  opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; respond?: { when: string; send: string } } = {},
+  opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; respond?: { when: string; send: string }; onStdout?: (soFar: string) => void } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
     const t0 = Date.now();
@@ -37,6 +37,7 @@ export function tsvmm(
     let responded = false;
     child.stdout.on('data', (b) => {
       stdout += b;
+      opts.onStdout?.(stdout);
       if (opts.respond && !responded && stdout.includes(opts.respond.when)) {
         responded = true;
         child.stdin.end(opts.respond.send);
@@ -132,5 +133,14 @@ export async function agentOf(uds: string, timeoutMs = 300_000): Promise<AgentCl
       if (Date.now() > deadline) throw e;
       await new Promise((r) => setTimeout(r, 200));
     }
+  }
+}
+
+/** Polls `cond` until it holds, failing with `what` after `ms`: tests wait for conditions, never for fixed times. */
+export async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 60_000, everyMs = 50): Promise<void> {
+  const t0 = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
   }
 }

@@ -1,8 +1,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { cpusAllowed, expandCpuList } from '../../procfs';
 import { hostPool, readAllowedCpus, readHostTopology, TopologyError } from '../../../vmm/scheduler/topology';
 
 const dirs: string[] = [];
@@ -73,9 +74,7 @@ test('allowed CPUs from a status file', () => {
 });
 
 test('allowed CPUs of this very process match /proc', () => {
-  const cpus = readAllowedCpus();
-  assert.ok(cpus.length >= 1);
-  assert.ok(cpus.every((c) => Number.isInteger(c) && c >= 0));
+  assert.equal(readAllowedCpus(), cpusAllowed());
 });
 
 test('pool = online ∩ allowed, or exactly --host-cpus', () => {
@@ -98,11 +97,21 @@ test('--host-cpus outside online ∩ allowed is refused, naming the CPUs', () =>
   assert.throws(() => hostPool({ sysfsRoot: root, statusPath, hostCpus: '1-' }), /bad CPU list/);
 });
 
-test('the real host reads', () => {
+test('the real host: every online CPU with the core, package and siblings its sysfs topology/ files give', () => {
+  const sys = '/sys/devices/system/cpu';
   const cpus = readHostTopology();
-  assert.ok(cpus.length >= 1);
-  for (const c of cpus) assert.ok(c.siblings.includes(c.cpu) && c.core === c.siblings[0]);
-  assert.ok(hostPool().length >= 1);
+  const online = expandCpuList(readFileSync(join(sys, 'online'), 'utf8'));
+  assert.equal(cpus.map((c) => c.cpu), online);
+  const topo = (cpu: number, file: string) => readFileSync(join(sys, `cpu${cpu}/topology`, file), 'utf8').trim();
+  for (const c of cpus) {
+    assert.is(c.coreId, Number(topo(c.cpu, 'core_id')), `cpu${c.cpu} core_id`);
+    assert.is(c.packageId, Number(topo(c.cpu, 'physical_package_id')), `cpu${c.cpu} physical_package_id`);
+    const siblings = expandCpuList(topo(c.cpu, 'thread_siblings_list')).filter((x) => online.includes(x));
+    assert.equal(c.siblings, siblings, `cpu${c.cpu} thread_siblings_list`);
+    assert.is(c.core, siblings[0], `cpu${c.cpu}: its core is named by its first sibling`);
+  }
+  const allowed = cpusAllowed();
+  assert.equal(hostPool().map((c) => c.cpu), online.filter((c) => allowed.includes(c)));
 });
 
 test.after(() => {

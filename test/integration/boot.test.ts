@@ -1,6 +1,6 @@
-// Boots Debian's stock kernel on real KVM through the CLI: SMP (up to 8 vCPUs), memory, console,
-// and each way a guest can end (poweroff, reboot, triple fault, panic), plus a malformed image
-// refused before any vCPU runs.
+// Boots Debian's stock kernel on real KVM through the CLI, as bzImage and as ELF vmlinux: SMP (up
+// to 8 vCPUs), memory, console, and each way a guest can end (poweroff, reboot, triple fault,
+// panic), plus a malformed image refused before any vCPU runs.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -27,6 +27,17 @@ for (const [vcpus, memory, memMiB] of [[1, '256M', 256], [2, '512M', 512], [8, '
     assert.match(r.stderr, 'guest powered off');
   });
 }
+
+test("the default kernel's ELF vmlinux boots too (entry from its PVH note), 2 vCPUs", async () => {
+  const guest = await ensureDefaultGuest();
+  assert.ok(guest.vmlinux, 'tools/guest/fetch-kernel.sh unpacked the vmlinux');
+  const r = await runGuestCommand('echo "nproc=$(nproc)"', ['--kernel', guest.vmlinux!, '--initrd', guest.initrd, '--vcpus', '2']);
+  assert.is(r.code, 0, r.stderr + r.stdout);
+  assert.match(r.stderr, `loaded elf ${guest.vmlinux}`);
+  assert.match(r.stdout, /nproc=2\r?\n/);
+  assert.match(r.stdout, 'tsvmm-init: exit=0');
+  assert.match(r.stderr, 'guest powered off');
+});
 
 test('console input reaches the guest and its output reaches the host', async () => {
   // The guest asks for a line once its console is open; we type it then (bytes sent earlier

@@ -1,7 +1,9 @@
 // `tsvmm demo` (also `npm start`): the paper's loop end to end on a stock kernel. Boots the
 // default guest with 2 vCPUs and `--pin hinted`, injects the built-in `affinity` eBPF program
 // through the hypercall device, runs `taskset -c 1` on a busy loop in the guest, and prints the
-// host's vCPU → CPU table before, while the guest task is pinned, and after it exits.
+// host's vCPU → CPU table before, while the guest task is pinned, and after it exits. The pin is
+// held for HOLD_MS, with the thread id and the /proc line to watch it from outside, read back
+// once a second meanwhile.
 
 import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,10 +18,14 @@ import type { VcpuRow } from './scheduler/scheduler';
 import { EXIT } from '../lib/errors';
 
 const say = (m: string) => process.stdout.write(`${m}\n`);
+/** How long the guest task stays pinned, so that the pin can be watched, not only reported. */
+const HOLD_MS = 3000;
+
+const statusPath = (tid: number) => `/proc/${process.pid}/task/${tid}/status`;
 
 function threadCpus(tid: number): string {
   try {
-    return /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/self/task/${tid}/status`, 'utf8'))?.[1] ?? '?';
+    return /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(statusPath(tid), 'utf8'))?.[1] ?? '?';
   } catch {
     return '?';
   }
@@ -72,6 +78,16 @@ export async function cmdDemo(args: string[]): Promise<number> {
     const pinned = () => sched.table().some((row) => row.vcpu === 1 && row.tasks.length > 0);
     const ms = await until('the pin of vCPU 1', pinned, 10_000);
     printTable(`during: the guest pinned a task to vCPU 1 (host pinned it ${ms.toFixed(1)} ms after the task started)`, sched.table());
+
+    const tid = sched.table().find((row) => row.vcpu === 1)!.tid!;
+    say(`\nvCPU 1 is host thread ${tid} of tsvmm (pid ${process.pid}); watch its CPUs from another terminal${process.env.TSVMM_IN_SANDBOX ? ' of this (sandbox) machine' : ''}:`);
+    say(`  grep Cpus_allowed_list ${statusPath(tid)}`);
+    say(`holding the pin for ${HOLD_MS / 1000} s; the kernel's answer meanwhile:`);
+    const held = performance.now();
+    for (let t = 0; t < HOLD_MS; t += 1000) {
+      await new Promise((r) => setTimeout(r, Math.min(1000, HOLD_MS - t)));
+      say(`  after ${((performance.now() - held) / 1000).toFixed(1)} s: Cpus_allowed_list: ${threadCpus(tid)}`);
+    }
 
     busy.kill('SIGKILL');
     await busy.result.catch(() => undefined);

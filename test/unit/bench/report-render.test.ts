@@ -3,6 +3,7 @@
 // Markdown, and (with the chart libraries) real SVG + PNG charts.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { missingPackages, needs } from '../../needs';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ const spread = (median: number, min = median, max = median, n = 3) => ({ n, min,
 const boot = { summary: { tsvmm: { readyMs: spread(2000, 1800, 2600) }, qemu: { readyMs: spread(1000, 900, 1200) } } };
 const vsock = { summary: { tsvmm: { h2gMibS: spread(300), g2hMibS: spread(100) }, qemu: { h2gMibS: spread(600), g2hMibS: spread(50) } } };
 const exits = { summary: { c: { exitsPerSec: spread(20000) }, local: { exitsPerSec: spread(15000, 14000, 16000) }, forwarded: { exitsPerSec: spread(1000) } } };
-const hints = { hintToPinMinusExecMs: { p50: 5 }, flood: { exitsPerHint: 0.5, recordsPerSecond: 1234 } };
+const hints = { latencyMs: { n: 20, p50: 5, p95: 9, min: 3, max: 11 }, flood: { exitsPerHint: 0.5, recordsPerSecond: 1234 } };
 
 function record(over: Partial<ReportRecord['benches']> = {}): ReportRecord {
   const ok = (result: unknown) => ({ command: ['node', 'x'], status: 'ok', error: null, seconds: 10, result });
@@ -34,11 +35,14 @@ test('relative performance: 1 is parity, above 1 tsvmm better, for times and for
   assert.is(g2h!.relative, 2);
   const [local, forwarded] = metricsOf('exits', exits);
   assert.is(local!.relative, 0.75);
-  assert.is(forwarded!.relative, 0.05);
-  assert.is(forwarded!.peerName, 'C twin');
-  const [lat, perHint] = metricsOf('hints', hints);
+  assert.is(forwarded!.reference, true);                         // the twin does not forward: no ratio
+  assert.is(forwarded!.relative, null);
+  assert.match(forwarded!.peerName!, /C twin, not forwarding/);
+  const [lat, p95, perHint] = metricsOf('hints', hints);
   assert.is(lat!.reference, true);                               // the prototype's polling is not measured
-  assert.is(lat!.relative, 5);                                   // 25 ms mean wait / 5 ms
+  assert.is(lat!.relative, null);                                // and never a ratio
+  assert.equal(lat!.tsvmm, { median: 5, min: 3, max: 11, n: 20 });
+  assert.is(p95!.tsvmm!.median, 9);
   assert.is(perHint!.peer, null);
   assert.is(perHint!.relative, null);
 });
@@ -57,27 +61,23 @@ test('markdown: machine of both levels, one row per metric, a failed benchmark n
   assert.match(md, /nested sandbox/);
   assert.match(md, /\| CPU \| AMD EPYC — 2 logical CPUs, 2 cores \| Host CPU — 2 logical CPUs, 2 cores \|/);
   assert.match(md, /\| boot \| boot to init ready \(s\) \| 2\.00 \(1\.80\.\.2\.60\) \| QEMU microvm \| 1\.00 \(0\.90\.\.1\.20\) \| 0\.50× \|/);
-  assert.match(md, /\| hints \| .* \| 5\.00 \| prototype's 50 ms polling \(mean wait\) \| 25\.0 \| 5\.00× \(reference\) \|/);
+  assert.match(md, /\| hints \| guest setaffinity return → host setaffinity return, p50 \(min\.\.max\) \(ms\) \| 5\.00 \(3\.00\.\.11\.0\) \| prototype polled every 50 ms \(reference\) \| 50\.0 \| – \|/);
+  assert.match(md, /\| exits \| port exits forwarded to the device thread \(exits\/s\) \| .* \| C twin, not forwarding \(reference\) \| 20,000 \(20,000\.\.20,000\) \| – \|/);
   assert.match(md, /\| vsock \| \*\*failed\*\*: exit status 1 \|/);
   assert.match(md, /\| exits \| port exits handled on the vCPU thread \(exits\/s\) \| 15,000 \(14,000\.\.16,000\) \| C twin \| 20,000 \(20,000\.\.20,000\) \| 0\.75× \|/);
   assert.not.match(md, /host→guest/);                            // no vsock metrics without its JSON
 });
 
-test('charts: one bar per measured ratio (references left out), SVG and PNG', async () => {
+const NO_CHARTS = missingPackages('vega', 'vega-lite', '@resvg/resvg-js');
+
+needs(NO_CHARTS)('charts: one bar per measured ratio (references left out), SVG and PNG', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-report-'));
   try {
     const rec = record();
-    let files;
-    try {
-      files = await renderCharts(rec, reportMetrics(rec), dir);
-    } catch (e) {
-      assert.match((e as Error).message, /npm install --save-dev vega/);
-      console.log('  (charts skipped: vega, vega-lite, @resvg/resvg-js not installed)');
-      return;
-    }
+    const files = await renderCharts(rec, reportMetrics(rec), dir);
     const relative = readFileSync(files[0]!.svg, 'utf8');
     const bars = relative.match(/aria-label="tsvmm relative to its peer [^"]*: [\d.]+; what: [^"]*"/g) ?? [];
-    assert.is(bars.length, 5, bars.join('\n'));                  // boot, vsock ×2, exits ×2; not the hint reference
+    assert.is(bars.length, 4, bars.join('\n'));                  // boot, vsock ×2, exits on the vCPU thread; no reference
     assert.ok(bars.some((b) => /: 2; what: vsock: guest→host stream"/.test(b)), bars.join('\n'));
     const values = readFileSync(files[1]!.svg, 'utf8');
     assert.match(values, /boot: boot to init ready \(s\)/);

@@ -188,7 +188,8 @@ async function runGroup(options, files) {
         } else {
           rerun.add(running);
           reruns.push(`${running.name}: its sandbox died (${reason})`);
-          console.log(`sandbox died while running ${running.name} (${reason}): rerunning it once in a fresh sandbox${rest.length > 1 ? `, with the ${rest.length - 1} file(s) not yet run` : ''}`);
+          console.log(`sandbox died while running ${running.name} (${reason}): rerunning it once in a fresh sandbox${rest.length > 1 ? `, with the ${rest.length - 1} file(s) not yet run` : ''}; what it printed:`);
+          process.stdout.write(partial.split('\n').map((l) => `    ${l}`).join('\n') + '\n');
         }
       } else if (diedEmpty) {
         for (const f of rest) failWhole(f.name, `the sandbox died twice before running any file (${reason})`);

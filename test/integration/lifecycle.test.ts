@@ -18,7 +18,7 @@ import { MiB } from '../../vmm/layout';
 import { needs } from '../needs';
 import { cpusAllowed } from '../procfs';
 import { groupMembers } from '../../tools/test-report.mjs';
-import { ROOT, TSVMM, tsvmm, until } from './helpers';
+import { ROOT, TSVMM, agentOf, tsvmm, until } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-life-'));
 // A registry of our own, so `tsvmm ps` sees only this file's VMs.
@@ -102,12 +102,15 @@ needs(pool.length >= 2 ? undefined : 'needs 2 host CPUs, to give --host-cpus a s
         return JSON.parse(r.stdout) as { vm_id: string; vcpus: number; utc_timestamp_ms: number; vcpu_exits: Record<string, number>[] };
       };
       const exits = (m: { vcpu_exits: Record<string, number>[] }) => m.vcpu_exits.reduce((n, e) => n + Object.values(e).reduce((a, b) => a + b, 0), 0);
+      // Talking to the guest agent makes exits (virtio-mmio register accesses): they must show.
+      const agent = await agentOf(uds);
       const m1 = await metrics();
       assert.is(m1.vm_id, entry.id);
       assert.is(m1.vcpus, 2);
       assert.is(m1.vcpu_exits.length, 2);
-      let m2 = m1;
-      await until('the exit counters to grow while the guest boots', async () => exits((m2 = await metrics())) > exits(m1));
+      for (let i = 0; i < 5; i++) await agent.ping();
+      const m2 = await metrics();
+      assert.ok(exits(m2) > exits(m1), `exits ${exits(m1)} -> ${exits(m2)} across 5 agent round trips`);
       assert.ok(m2.utc_timestamp_ms > m1.utc_timestamp_ms);
       const prom = await tsvmm(['metrics', '--api-sock', api, '--prometheus'], { env });
       assert.match(prom.stdout, /^tsvmm_vcpu_exits\{vcpu="1",reason="\w+"\} \d+$/m);
@@ -132,7 +135,7 @@ test('--config-file boots its document; --metrics-path writes a line per interva
   }));
   const vm = spawnVm(['--config-file', config, '--metrics-path', metricsPath, '--metrics-interval', '1']);
   try {
-    await until('the guest to run the command from the config file', () => /nproc=\d+/.test(vm.out()), 300_000);
+    await until('the guest to run the command from the config file', () => /nproc=\d+\r?\n/.test(vm.out()), 300_000);
     assert.match(vm.out(), /nproc=2\r?\n/);
     const kb = Number(/mem_kb=(\d+)/.exec(vm.out())?.[1]);
     assert.ok(kb <= 384 * 1024 && kb > 384 * 1024 * 0.75, `MemTotal ${kb} kB for mem_size_mib 384`);

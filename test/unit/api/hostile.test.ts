@@ -4,6 +4,7 @@
 // request line, and say what is wrong with a size it cannot use.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { needs } from '../../needs';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
@@ -106,8 +107,7 @@ test('a live socket whose backlog is full is not stale: the API and the device r
   }
 });
 
-// Making a socket of another user takes root (chown).
-(process.getuid?.() === 0 ? test : test.skip)('another user\'s socket is never replaced, even when nobody listens on it', async () => {
+needs(process.getuid?.() === 0 ? undefined : 'needs root, to make a socket of another user (chown)')('another user\'s socket is never replaced, even when nobody listens on it', async () => {
   const dir = tmp();
   const path = join(dir, 'theirs.sock');
   await promisify(execFile)('python3', ['-c', 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', path]);

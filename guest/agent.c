@@ -34,9 +34,9 @@
 #define REQUEST_TIMEOUT_S 30     /* hello + request must arrive within this */
 #define OUT_HIGH (1u << 20)      /* stop reading child pipes above this much queued output */
 #define CREDIT_BATCH (32u << 10) /* coalesce STDIN_CREDIT grants */
-#define DRAIN_CAP (16u << 20)
+#define DRAIN_CAP (16u << 20)    /* output read after the child exited (grandchildren may hold pipes) */
 #define LINGER_S 5                /* how long a finished connection waits for the host to hang up */
-#define BUSY_EXTRA 16            /* connections answered BUSY before we stop answering */    /* output read after the child exited (grandchildren may hold pipes) */
+#define BUSY_EXTRA 16            /* connections answered BUSY before we stop answering */
 
 extern char **environ;
 
@@ -593,6 +593,31 @@ static void do_exec(struct conn *c, const struct frame *f)
 
 /* ---- put / get ---- */
 
+/* mkdir -p of the directory part of `path` (mode 0755, before the umask): 0, or the errno of
+ * the first component that could not be made. Existing directories are fine; an existing
+ * non-directory fails the put as mkostemp would (ENOTDIR). */
+static int make_parents(const char *path)
+{
+	char dir[MAX_PATH_LEN + 1];
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path)
+		return 0;
+	size_t n = (size_t)(slash - path);
+	memcpy(dir, path, n);
+	dir[n] = 0;
+	for (char *p = dir + 1;; p++) {
+		if (*p != '/' && *p != 0)
+			continue;
+		char end = *p;
+		*p = 0;
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+			return errno;
+		*p = end;
+		if (!end)
+			return 0;
+	}
+}
+
 static void do_put(struct conn *c, const struct frame *f)
 {
 	struct cur k = { f->p, f->len, c };
@@ -600,8 +625,9 @@ static void do_put(struct conn *c, const struct frame *f)
 	uint32_t flags = cur_u32(&k, "PUT flags");
 	char *path = cur_str(&k, MAX_PATH_LEN, "PUT path");
 	cur_end(&k, "PUT");
-	if (mode & ~07777u || flags != 0 || !path[0])
+	if (mode & ~07777u || flags & ~PUT_MKDIRS || !path[0])
 		FATAL(c, E_PROTO, 0, "PUT: bad mode 0%o, flags 0x%x or empty path", mode, flags);
+	int err = flags & PUT_MKDIRS ? make_parents(path) : 0;
 
 	/* Write beside the target and rename: a reader never sees half a file. */
 	const char *slash = strrchr(path, '/');
@@ -611,8 +637,9 @@ static void do_put(struct conn *c, const struct frame *f)
 		FATAL(c, E_INTERNAL, ENOMEM, "out of memory");
 	memcpy(g_tmp_path, path, dirlen);
 	strcpy(g_tmp_path + dirlen, ".tsvmm-put-XXXXXX");
-	int fd = mkostemp(g_tmp_path, O_CLOEXEC);
-	int err = fd < 0 ? errno : 0;
+	int fd = err ? -1 : mkostemp(g_tmp_path, O_CLOEXEC);
+	if (fd < 0 && !err)
+		err = errno;
 	uint64_t total = 0;
 	struct frame fr;
 	for (;;) {
@@ -724,7 +751,7 @@ static void serve(int fd)
 	uint8_t *p = out_frame(&c, T_HELLO_ACK, 12 + sizeof AGENT_VERSION - 1);
 	put32(p, PROTO_MAGIC);
 	put16(p + 4, PROTO_VERSION);
-	put16(p + 6, 0);
+	put16(p + 6, AGENT_FEATURES);
 	put32(p + 8, MAX_PAYLOAD);
 	memcpy(p + 12, AGENT_VERSION, sizeof AGENT_VERSION - 1);
 	if (flush_all(&c) < 0 || !next_frame(&c, &f))

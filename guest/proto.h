@@ -30,12 +30,12 @@ enum msg_type {
 	T_STDIN = 0x0011,     /* bytes */
 	T_STDIN_EOF = 0x0012, /* empty */
 	T_SIGNAL = 0x0013,    /* u32 signo */
-	T_PUT = 0x0020,       /* u32 mode, u32 flags, str path */
+	T_PUT = 0x0020,       /* u32 mode, u32 flags (PUT_MKDIRS), str path */
 	T_PUT_DATA = 0x0021,  /* bytes */
 	T_PUT_END = 0x0022,   /* u64 total size */
 	T_GET = 0x0030,       /* str path */
 	/* agent -> host */
-	T_HELLO_ACK = 0x8001,    /* u32 magic, u16 version, u16 0, u32 max_payload, utf8 agent */
+	T_HELLO_ACK = 0x8001,    /* u32 magic, u16 version, u16 features, u32 max_payload, utf8 agent */
 	T_PONG = 0x8002,         /* u64 nonce, utf8 agent */
 	T_EXEC_STARTED = 0x8010, /* u32 pid, u32 stdin credit */
 	T_STDOUT = 0x8011,       /* bytes */
@@ -48,6 +48,13 @@ enum msg_type {
 	T_GET_END = 0x8032,      /* u64 total size */
 	T_ERROR = 0x80ff,        /* u32 code, i32 errno, utf8 message */
 };
+
+/* HELLO_ACK features: what this agent does beyond protocol version 1 as first published. A host
+ * uses a feature only when the agent announced it; an agent that predates the field sends 0. */
+#define FEATURE_PUT_MKDIRS 1u /* PUT honours PUT_MKDIRS */
+#define AGENT_FEATURES FEATURE_PUT_MKDIRS
+
+#define PUT_MKDIRS 1u /* create missing parent directories (mode 0755), as mkdir -p */
 
 #define EXEC_CLEAR_ENV 1u
 #define EXIT_EXITED 1u

@@ -37,6 +37,7 @@ const c = {
   sysconf: lib.func('sysconf', 'long', ['int']),
   schedSetaffinity: lib.func('sched_setaffinity', 'int', ['int', 'size_t', 'void *']),
   schedGetaffinity: lib.func('sched_getaffinity', 'int', ['int', 'size_t', 'void *']),
+  getsockopt: lib.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', 'void *']),
 };
 
 export const O_RDWR = 0o2;
@@ -249,4 +250,17 @@ export function seccompMode(): number {
   const r = c.prctlInt(PR_GET_SECCOMP, 0, 0, 0, 0) as number;
   if (r < 0) fail('prctl(PR_GET_SECCOMP)');
   return r;
+}
+
+export const SOL_SOCKET = 1;
+export const SO_PEERCRED = 17;
+/** struct ucred (<sys/socket.h>, _GNU_SOURCE): what SO_PEERCRED answers. */
+export const Ucred = struct('ucred', 12, { pid: i32(0), uid: u32(4), gid: u32(8) });
+
+/** The process at the other end of a connected Unix socket, as the kernel saw it connect. */
+export function peerCredentials(fd: number): { pid: number; uid: number; gid: number } {
+  const b = new Uint8Array(Ucred.size);
+  const len = new Uint32Array([Ucred.size]);
+  if ((c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, b, len) as number) < 0) fail('getsockopt', 'SO_PEERCRED');
+  return Ucred.read(b);
 }

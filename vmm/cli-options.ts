@@ -4,12 +4,14 @@
 import { existsSync } from 'node:fs';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, validateConfig } from './config';
 import { ensureDefaultGuest } from './default-guest';
+import { prepareKernel, type KernelUse } from './kernel/index';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
 import { UsageError } from '../lib/errors';
 
 
 export const runOptions = {
   kernel: { type: 'string' },
+  modules: { type: 'string' },
   initrd: { type: 'string' },
   cmdline: { type: 'string' },
   append: { type: 'string', multiple: true },
@@ -30,8 +32,13 @@ function parseIntStrict(flag: string, v: string): number {
   return Number(v);
 }
 
-export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void): Promise<MachineConfig> {
-  const v = values as { kernel?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean };
+/**
+ * The machine the flags describe. `use` says what the guest is for: `exec` and `demo` need the
+ * guest agent, so a `--kernel` without `--initrd` gets the agent's initramfs built for it (as
+ * `run` does when given `--modules`), and its configuration must have what they need.
+ */
+export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void, use: KernelUse = 'run'): Promise<MachineConfig> {
+  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean };
   const pin = v.pin ?? 'none';
   if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
   const prio = v.prio ?? 'none';
@@ -41,9 +48,16 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
   let kernel = v.kernel;
   let initrd = v.initrd;
   if (!kernel) {
+    if (v.modules !== undefined) throw new UsageError('--modules needs --kernel (the default guest brings its own modules)');
     const guest = await ensureDefaultGuest(log);
     kernel = guest.kernel;
     initrd ??= guest.initrd;
+  } else {
+    const k = await prepareKernel({
+      kernel, modules: v.modules, use, acpi: !v['no-acpi'], agentImage: initrd === undefined && (use !== 'run' || v.modules !== undefined),
+    }, log);
+    kernel = k.image;
+    initrd ??= k.initrd;
   }
   const cmdline = [v.cmdline ?? DEFAULT_CMDLINE, ...(v.append ?? [])].join(' ');
   const config: MachineConfig = {
@@ -82,4 +96,4 @@ export const controlOptions = {
 } as const;
 
 /** Machine flags that --config-file (and --wait without --kernel) replace. */
-export const MACHINE_FLAGS = ['kernel', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max'] as const;
+export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max'] as const;

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_CMDLINE } from './config';
 import { Machine } from './machine';
 import { EXIT, TsvmmError, UsageError } from '../lib/errors';
-import { cmdExec, EXEC_USAGE } from './exec';
+import { cmdExec, EXEC_USAGE, EXIT_TIMEOUT, parseTimeout } from './exec';
 import { cmdDemo } from './demo';
 import { MACHINE_FLAGS, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
 import type { MachineConfig } from './config';
@@ -25,9 +25,16 @@ commands:
           control a running VM through its API socket (see below, docs/api.md)
   help    show this help
 
-tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
-          [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--no-acpi] [--quiet]
-  --kernel PATH    bzImage or ELF vmlinux (default: Debian's stock kernel, fetched and cached)
+tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [--append STR]
+          [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--no-acpi] [--timeout SEC] [--quiet]
+  --kernel PATH    bzImage or ELF vmlinux, or a kernel build tree (its arch/x86/boot/bzImage
+                   or vmlinux, .config and modules); default: Debian's stock kernel, fetched
+                   and cached. tsvmm logs the release the image states and checks the
+                   kernel's configuration (.config, config-<release> beside the image, or
+                   IKCONFIG), saying what is missing for what
+  --modules DIR    the kernel's modules: a lib/modules/<release> tree (make modules_install
+                   INSTALL_MOD_PATH=...); with it, tsvmm builds (and caches) the guest agent's
+                   initramfs for that kernel (exec and demo always do, for --kernel)
   --initrd PATH    initramfs (default: tsvmm's guest image when --kernel is not given)
   --cmdline STR    kernel command line (default: "${DEFAULT_CMDLINE}")
   --append STR     appended to the command line
@@ -38,6 +45,7 @@ tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
                    connections to port P go to PATH_P
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
+  --timeout SEC    stop the VM after SEC seconds and exit 124 (as timeout(1) does)
   --pin POLICY     vCPU thread pinning: none (default), static, hinted (guest affinity)
   --host-cpus LIST host CPUs the vCPU threads may use (default: this process's)
   --prio MODE      vCPU thread priority: none (default) or hinted (a vCPU carrying a guest
@@ -54,7 +62,7 @@ tsvmm run [--kernel PATH] [--initrd PATH] [--cmdline STR] [--append STR]
   --metrics-path F append metrics as JSON lines to F every --metrics-interval SEC (60)
 
 exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,
-4 guest panicked, 5 guest crashed (triple fault, KVM internal error).
+4 guest panicked, 5 guest crashed (triple fault, KVM internal error), 124 --timeout expired.
 
 ${EXEC_USAGE}
 ${API_USAGE}
@@ -63,12 +71,13 @@ Without /dev/kvm, run tsvmm inside the nested sandbox (slow, software emulation)
 `;
 
 async function cmdRun(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, options: { ...runOptions, ...controlOptions }, allowPositionals: true, strict: true });
+  const { values, positionals } = parseArgs({ args, options: { ...runOptions, ...controlOptions, timeout: { type: 'string' } }, allowPositionals: true, strict: true });
   if (values.help) {
     process.stdout.write(USAGE);
     return 0;
   }
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+  const timeoutSec = parseTimeout(values.timeout);
   // Machine flags are replaced by --config-file, and by the API under --wait (unless --kernel is given).
   const given = MACHINE_FLAGS.filter((f) => values[f] !== undefined);
   if (values['config-file'] !== undefined && given.length) throw new UsageError(`--config-file replaces --${given[0]}`);
@@ -102,7 +111,11 @@ async function cmdRun(args: string[]): Promise<number> {
   const onSignal = (sig: NodeJS.Signals) => machine.finish({ code: sig === 'SIGINT' ? 130 : 143, reason: 'signal', detail: `tsvmm got ${sig}` });
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  const timer = timeoutSec > 0
+    ? setTimeout(() => machine.finish({ code: EXIT_TIMEOUT, reason: 'timeout', detail: `--timeout ${timeoutSec} s expired` }), timeoutSec * 1000)
+    : undefined;
   const status = await machine.exited;
+  clearTimeout(timer);
   detachInput();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);

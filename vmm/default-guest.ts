@@ -4,10 +4,10 @@
 // It must not boot anything or know about KVM.
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TsvmmError } from '../lib/errors';
+import { cacheDir } from './cache';
 
 export interface DefaultGuest {
   /** bzImage of the Debian kernel. */
@@ -69,10 +69,6 @@ export function projectRoot(from: string = dirname(fileURLToPath(import.meta.url
   }
 }
 
-export function cacheDir(): string {
-  return process.env.TSVMM_CACHE || join(homedir(), '.cache/tsvmm');
-}
-
 interface KernelRecord {
   version: string;
   kernel: string;
@@ -131,4 +127,17 @@ export async function ensureDefaultGuest(log: (msg: string) => void = () => {}):
   const initrd = await runScript(join(tools, 'build-initramfs.sh'), [], log);
   if (!initrd || !existsSync(initrd)) throw new DefaultGuestError(`build-initramfs.sh produced no image (${initrd})`);
   return { kernel: record.kernel, vmlinux: record.vmlinux, initrd, version: record.version, modulesDir: record.modulesDir };
+}
+
+/**
+ * The agent's initramfs for another kernel (`--kernel` without `--initrd`): the default guest's
+ * init, busybox and guest programs, with the modules of tools/guest/modules.txt taken from
+ * `modulesDir` (a depmod'ed lib/modules/<release>), or none when the kernel has them built in.
+ * Built by tools/guest/build-initramfs.sh and cached by the hash of its inputs.
+ */
+export async function ensureAgentImage(release: string, modulesDir: string | undefined, log: (msg: string) => void = () => {}): Promise<string> {
+  const args = ['--kver', release, ...(modulesDir ? ['--moddir', modulesDir] : [])];
+  const initrd = await runScript(join(projectRoot(), 'tools/guest/build-initramfs.sh'), args, log);
+  if (!initrd || !existsSync(initrd)) throw new DefaultGuestError(`build-initramfs.sh produced no image for ${release} (${initrd})`);
+  return initrd;
 }

@@ -5,15 +5,11 @@
 // held for HOLD_MS, with the thread id and the /proc line to watch it from outside, read back
 // once a second meanwhile.
 
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { AgentClient } from './agent/client';
 import { affinityPackage } from '../bpf/programs/affinity';
 import { checkKvm, machineConfig, runOptions } from './cli-options';
-import { AGENT_PORT, waitForAgent } from './exec';
-import { Machine } from './machine';
+import { AgentVm } from './agent-vm';
 import type { VcpuRow } from './scheduler/scheduler';
 import { EXIT } from '../lib/errors';
 
@@ -53,17 +49,17 @@ export async function cmdDemo(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: runOptions, strict: true });
   const vcpus = values.vcpus ?? '2';
   if (Number(vcpus) < 2) throw new Error('the demo needs at least 2 vCPUs');
-  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-demo-'));
   const log = (m: string) => say(`tsvmm: ${m}`);
-  const config = await machineConfig({ ...values, vcpus, pin: values.pin ?? 'hinted', vsock: values.vsock ?? `cid=3,uds=${join(dir, 'vsock')}` }, log);
+  const config = await machineConfig({ ...values, vcpus, pin: values.pin ?? 'hinted' }, log, 'demo');
   checkKvm();
   say(`booting ${config.kernel} with ${config.vcpus} vCPUs, pin policy ${config.pin}`);
-  const machine = await Machine.start(config, { console: () => {}, log });
+  const vm = await AgentVm.start(config, { log });
+  const machine = vm.machine;
   const sched = machine.scheduler!;
   try {
-    const client = new AgentClient(() => machine.vsock!.connect(AGENT_PORT));
+    const client = vm.client;
     const t0 = performance.now();
-    await waitForAgent(client, Date.now() + 600_000, () => false);
+    await vm.whenReady();
     say(`guest agent answered after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     printTable('before: no guest task is pinned', sched.table());
 
@@ -97,8 +93,6 @@ export async function cmdDemo(args: string[]): Promise<number> {
     say(`\nscheduler counters: ${JSON.stringify(c)}`);
     return 0;
   } finally {
-    machine.finish({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'demo finished' });
-    await machine.exited;
-    rmSync(dir, { recursive: true, force: true });
+    await vm.close({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'demo finished' });
   }
 }

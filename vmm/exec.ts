@@ -1,127 +1,249 @@
-// `tsvmm exec`: boot a guest, wait for its agent on vsock, copy files in, run one command with
-// its stdout/stderr streamed to ours, and exit with its status. The guest console is hidden
-// unless asked for; the VM is torn down as soon as the command ends.
+// `tsvmm exec`: run one command in a guest through its agent, with its stdin, stdout and stderr
+// streamed and its exit status as ours. Either boots a guest for it (the default guest, or any
+// kernel: vmm/kernel/) and tears it down after, or runs it in a VM that is already running
+// (`--api-sock S`: the API's agent route, docs/api.md). Files go in before (--put) and come out
+// after (--get, also when the command failed); --json ends with one line of status and timings.
+// Owns the command line and the order of those steps; the VM is agent-vm.ts's, the wire the
+// agent client's.
 
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { constants as osConstants, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createWriteStream, statSync, writeFileSync, type WriteStream } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { AgentClient } from './agent/client';
+import { AgentClient, type ExecResult } from './agent/client';
 import { AgentError } from './agent/protocol';
-import { checkKvm, machineConfig, runOptions } from './cli-options';
-import { Machine } from './machine';
+import { AgentVm } from './agent-vm';
+import { apiAgentConnector } from './api/client';
+import { checkKvm, machineConfig, MACHINE_FLAGS, runOptions } from './cli-options';
 import { stderrLine } from './log';
-import { EXIT, UsageError } from '../lib/errors';
+import { TsvmmError, UsageError, EXIT } from '../lib/errors';
 
-export const EXEC_USAGE = `tsvmm exec [run options] [--put SRC:DST]... [--timeout SEC] [--console] -- CMD ARGS...
-  boots the guest with virtio-vsock, runs CMD through the guest agent (vsock port 52)
-  --put SRC:DST    copy host file SRC to guest path DST before running CMD (repeatable)
+export const EXEC_USAGE = `tsvmm exec [run options] [exec options] -- CMD ARGS...
+tsvmm exec --api-sock S [exec options] -- CMD ARGS...
+  runs CMD through the guest agent (vsock port 52): in a guest booted for it (the default
+  guest, or --kernel K [--modules M]: any kernel, its agent initramfs built and cached), or
+  with --api-sock in the running VM that serves API socket S (tsvmm run --api-sock S --vsock …)
+  --env K=V        set K in CMD's environment (repeatable)
+  --cwd DIR        run CMD in guest directory DIR
+  --put SRC:DST    copy host file SRC to guest path DST before CMD, making DST's parent
+                   directories; DST keeps SRC's permission bits (repeatable)
+  --get SRC:DST    copy guest file SRC to host path DST after CMD, also when CMD failed
+                   (repeatable)
   --timeout SEC    kill CMD and stop the VM after SEC seconds (exit 124)
   --console        show the guest's serial console on stderr
-  exit status: CMD's status (128+N if signal N ended it), 124 timeout, 125 the VM or
-  agent failed before CMD finished, 126 CMD could not be run, 127 CMD not found`;
+  --console-log F  write the guest's serial console (the kernel's messages) to file F
+  --json           end with one JSON line on stdout: status, signal, timings (ms: node start,
+                   boot, agent, command), console log path
+  stdin is streamed to CMD (unless it is a terminal); CMD's stdout and stderr are ours.
+  exit status: CMD's status (128+N if signal N ended it), 124 timeout, 125 the VM or agent
+  failed before CMD finished (or a --get failed after CMD succeeded), 126 CMD could not be
+  run, 127 CMD not found`;
 
-export const AGENT_PORT = 52;
-const EXIT_TIMEOUT = 124;
+export { AGENT_VSOCK_PORT as AGENT_PORT } from './agent/connect';
+export { waitForAgent } from './agent-vm';
+export const EXIT_TIMEOUT = 124;
 const EXIT_VM_FAILED = 125;
 const EXIT_CANNOT_RUN = 126;
 const EXIT_NOT_FOUND = 127;
-const GUEST_CID = 3;
 
 const execOptions = {
   ...runOptions,
   put: { type: 'string', multiple: true },
+  get: { type: 'string', multiple: true },
+  env: { type: 'string', multiple: true },
+  cwd: { type: 'string' },
   timeout: { type: 'string' },
   console: { type: 'boolean' },
+  'console-log': { type: 'string' },
+  json: { type: 'boolean' },
+  'api-sock': { type: 'string' },
 } as const;
 
-/** Connects to the agent, retrying while the guest is still booting (connection refused/reset). */
-export async function waitForAgent(client: AgentClient, deadline: number, failed: () => boolean): Promise<void> {
-  let delay = 50;
-  for (;;) {
-    try {
-      // A connect made while the guest driver is still probing can be dropped silently by the
-      // device reset Linux does at probe time: bound each attempt, then try again.
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        client.ping(),
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('agent did not answer within 5 s')), 5000))),
-      ]).finally(() => clearTimeout(timer));
-      return;
-    } catch (e) {
-      if (failed() || Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 500);
-    }
-  }
+/** `--timeout SEC` (0 or absent: none). */
+export function parseTimeout(v: string | undefined): number {
+  if (v === undefined) return 0;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new UsageError(`--timeout '${v}' is not a number of seconds`);
+  return n;
+}
+
+interface Copy {
+  from: string;
+  to: string;
+}
+
+/** `SRC:DST`, split at the last colon (host paths may hold colons; guest paths rarely do). */
+export function parseCopy(flag: string, spec: string): Copy {
+  const i = spec.lastIndexOf(':');
+  if (i <= 0 || i === spec.length - 1) throw new UsageError(`${flag} '${spec}' must be SRC:DST`);
+  return { from: spec.slice(0, i), to: spec.slice(i + 1) };
+}
+
+export function parseEnv(list: readonly string[]): string[] {
+  for (const e of list) if (!/^[^=]+=/.test(e)) throw new UsageError(`--env '${e}' must be KEY=VALUE`);
+  return [...list];
+}
+
+/** What --json prints: one line, the last on stdout. Timings are ms; null when not measured. */
+export interface ExecReport {
+  status: number;
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  error: string | null;
+  timings: { nodeMs: number; bootMs: number | null; agentMs: number | null; commandMs: number | null; totalMs: number };
+  consoleLog: string | null;
+}
+
+/** tsvmm's exit status for how CMD ended. */
+export function statusOf(r: ExecResult): number {
+  if (r.exitCode !== null) return r.exitCode;
+  return 128 + (osConstants.signals[r.signal as NodeJS.Signals] ?? 0);
 }
 
 export async function cmdExec(args: string[]): Promise<number> {
+  const nodeMs = performance.now();
   const { values, positionals } = parseArgs({ args, options: execOptions, allowPositionals: true, strict: true });
   if (values.help) {
     process.stdout.write(EXEC_USAGE + '\n');
     return 0;
   }
   if (positionals.length === 0) throw new UsageError('exec needs a command after --');
-  const timeoutSec = values.timeout === undefined ? 0 : Number(values.timeout);
-  if (!Number.isFinite(timeoutSec) || timeoutSec < 0) throw new UsageError(`--timeout '${values.timeout}' is not a number of seconds`);
-  const puts = (values.put ?? []).map((p) => {
-    const i = p.lastIndexOf(':');
-    if (i <= 0 || i === p.length - 1) throw new UsageError(`--put '${p}' must be SRC:DST`);
-    return { src: p.slice(0, i), dst: p.slice(i + 1) };
-  });
+  const timeoutSec = parseTimeout(values.timeout);
+  const puts = (values.put ?? []).map((p) => parseCopy('--put', p));
+  const gets = (values.get ?? []).map((p) => parseCopy('--get', p));
+  const env = parseEnv(values.env ?? []);
+  for (const p of puts) {
+    try {
+      if (!statSync(p.from).isFile()) throw new UsageError(`--put ${p.from}: not a regular file`);
+    } catch (e) {
+      if (e instanceof UsageError) throw e;
+      throw new UsageError(`--put ${p.from}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    }
+  }
+  const remote = values['api-sock'];
+  if (remote !== undefined) {
+    const bootFlags = MACHINE_FLAGS.filter((f) => values[f] !== undefined);
+    if (bootFlags.length) throw new UsageError(`--api-sock runs CMD in a VM that is already running; --${bootFlags[0]} is for booting one`);
+    if (values.console || values['console-log'] !== undefined) throw new UsageError('--console and --console-log need a VM booted by this exec (the running VM has its own console)');
+  }
   const log = values.quiet ? () => {} : stderrLine;
-  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-exec-'));
-  const config = await machineConfig({ ...values, vsock: values.vsock ?? `cid=${GUEST_CID},uds=${join(dir, 'vsock')}` }, log);
-  checkKvm();
-  const machine = await Machine.start(config, {
-    console: values.console ? (b) => process.stderr.write(b) : () => {},
-    log: values.console ? log : () => {},
-  });
-  let vmEnded: string | undefined;
-  void machine.exited.then((s) => (vmEnded = s.detail));
+  const report: ExecReport = {
+    status: EXIT_VM_FAILED, exitCode: null, signal: null, timedOut: false, error: null,
+    timings: { nodeMs, bootMs: null, agentMs: null, commandMs: null, totalMs: 0 },
+    consoleLog: values['console-log'] === undefined ? null : resolve(values['console-log']),
+  };
   const abort = new AbortController();
   const timer = timeoutSec > 0 ? setTimeout(() => abort.abort(), timeoutSec * 1000) : undefined;
   const onSignal = () => abort.abort();
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  let vm: AgentVm | undefined;
+  let consoleLog: WriteStream | undefined;
+  let wroteNewline = true;
   try {
-    const client = new AgentClient(() => machine.vsock!.connect(AGENT_PORT));
-    const deadline = timeoutSec > 0 ? Date.now() + timeoutSec * 1000 : Number.POSITIVE_INFINITY;
-    await waitForAgent(client, deadline, () => vmEnded !== undefined || abort.signal.aborted);
+    let client: AgentClient;
+    if (remote !== undefined) {
+      client = new AgentClient(apiAgentConnector(remote));
+    } else {
+      const config = await machineConfig(values, log, 'exec');
+      checkKvm();
+      if (report.consoleLog) consoleLog = createWriteStream(report.consoleLog);
+      vm = await AgentVm.start(config, {
+        console: (b) => {
+          if (values.console) process.stderr.write(b);
+          consoleLog?.write(b);
+        },
+        log: values.console ? log : () => {},
+      });
+      await Promise.race([vm.whenReady(), aborted(abort.signal)]);
+      report.timings.bootMs = (vm.initReadyAt ?? vm.agentAt!) - nodeMs;
+      report.timings.agentMs = vm.agentAt! - (vm.initReadyAt ?? vm.agentAt!);
+      client = vm.client;
+    }
     // --timeout and signals cover the copies too: a put the agent stalls is aborted with them.
-    for (const p of puts) await client.put(readFileSync(p.src), p.dst, 0o644, { signal: abort.signal });
-    const result = await client.exec({
-      argv: positionals,
-      stdin: process.stdin.isTTY || process.env.CI ? undefined : process.stdin,
-      onStdout: (c) => process.stdout.write(c),
-      onStderr: (c) => process.stderr.write(c),
-      signal: abort.signal,
-      abortSignal: 'SIGKILL',
-    });
-    if (abort.signal.aborted) return EXIT_TIMEOUT;
-    if (result.exitCode !== null) return result.exitCode;
-    const signo = osConstants.signals[result.signal as NodeJS.Signals] ?? 0;
-    return 128 + signo;
+    for (const p of puts) await client.put(p.from, p.to, statSync(p.from).mode & 0o7777, { signal: abort.signal, mkdirs: true });
+    const stdin = process.stdin.isTTY ? undefined : process.stdin;
+    const t0 = performance.now();
+    let result: ExecResult | undefined;
+    let failure: unknown;
+    try {
+      result = await client.exec({
+        argv: positionals, env, cwd: values.cwd, stdin,
+        onStdout: (c) => {
+          wroteNewline = c[c.length - 1] === 0x0a;
+          process.stdout.write(c);
+        },
+        onStderr: (c) => process.stderr.write(c),
+        signal: abort.signal,
+        abortSignal: 'SIGKILL',
+      });
+      report.timings.commandMs = performance.now() - t0;
+    } catch (e) {
+      failure = e;
+    } finally {
+      if (stdin) stdin.destroy(); // nothing more goes in; a pending read must not hold the process
+    }
+    // The files a failed test leaves are what one wants to see: copied whatever happened, as
+    // long as the agent can still be reached and time is left.
+    const getFailed = await copyOut(client, gets, abort.signal, log);
+    if (abort.signal.aborted) throw failure ?? new AgentError('ABORTED', 'aborted');
+    if (failure) throw failure;
+    report.exitCode = result!.exitCode;
+    report.signal = result!.signal;
+    report.status = statusOf(result!);
+    if (getFailed && report.status === 0) {
+      report.status = EXIT_VM_FAILED;
+      report.error = 'a --get failed';
+    }
   } catch (e) {
+    const err = e as Error;
+    report.error = err.message;
     if (abort.signal.aborted) {
-      log(`timed out after ${timeoutSec} s`);
-      return EXIT_TIMEOUT;
-    }
-    if (e instanceof AgentError && e.code === 'SPAWN') {
+      report.timedOut = timeoutSec > 0;
+      report.status = report.timedOut ? EXIT_TIMEOUT : EXIT_VM_FAILED;
+      log(report.timedOut ? `timed out after ${timeoutSec} s` : 'interrupted');
+    } else if (e instanceof AgentError && e.code === 'SPAWN') {
       // The guest could not start CMD: the shell's and docker's statuses, not a VM failure.
-      stderrLine(e.message);
+      process.stderr.write(`tsvmm: ${err.message}\n`);
       // The guest is x86-64 Linux like this host: its errno numbers are ours.
-      return e.errno === osConstants.errno.ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
+      report.status = e.errno === osConstants.errno.ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
+    } else if (e instanceof TsvmmError && e.exitCode === EXIT.USAGE) {
+      throw e;
+    } else {
+      process.stderr.write(`tsvmm: ${vm ? 'before the command finished: ' : ''}${err.message}\n`);
+      report.status = EXIT_VM_FAILED;
     }
-    log(`${vmEnded ? `the VM ended (${vmEnded}) ` : ''}before the command finished: ${(e as Error).message}`);
-    return EXIT_VM_FAILED;
   } finally {
-    if (timer) clearTimeout(timer);
+    clearTimeout(timer);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    machine.finish({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'exec finished' });
-    await machine.exited;
-    rmSync(dir, { recursive: true, force: true });
+    await vm?.close({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'exec finished' });
+    if (consoleLog) await new Promise((r) => consoleLog!.end(r));
   }
+  report.timings.totalMs = performance.now();
+  if (values.json) process.stdout.write(`${wroteNewline ? '' : '\n'}${JSON.stringify(report)}\n`);
+  return report.status;
+}
+
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    const fail = () => reject(new AgentError('ABORTED', 'aborted while the guest was booting'));
+    if (signal.aborted) fail();
+    else signal.addEventListener('abort', fail, { once: true });
+  });
+}
+
+/** --get: each guest file to its host path; true when any failed (each failure is logged). */
+async function copyOut(client: AgentClient, gets: readonly Copy[], signal: AbortSignal, log: (m: string) => void): Promise<boolean> {
+  let failed = false;
+  for (const g of gets) {
+    try {
+      writeFileSync(g.to, await client.get(g.from, { signal }));
+    } catch (e) {
+      failed = true;
+      log(`--get ${g.from}:${g.to}: ${(e as Error).message}`);
+    }
+  }
+  return failed;
 }

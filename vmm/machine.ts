@@ -37,7 +37,7 @@ import { EXIT } from '../lib/errors';
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
   code: number;
-  reason: 'poweroff' | 'reboot' | 'panic' | 'crash' | 'error' | 'signal';
+  reason: 'poweroff' | 'reboot' | 'panic' | 'crash' | 'error' | 'signal' | 'timeout';
   detail: string;
 }
 

@@ -45,7 +45,8 @@ function probe(headers: string[], includeDirs: string[], exprs: string[]): Map<s
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-abi-'));
   try {
     const lines = exprs.map((e) => `  printf("%llu\\n", (unsigned long long)(${e}));`).join('\n');
-    const includes = ['stddef.h', 'stdio.h', ...headers].map((h) => `#include <${h}>`).join('\n');
+    // _GNU_SOURCE: glibc's struct ucred and friends are GNU extensions.
+    const includes = ['#define _GNU_SOURCE', ...['stddef.h', 'stdio.h', ...headers].map((h) => `#include <${h}>`)].join('\n');
     writeFileSync(join(dir, 'abi.c'), `${includes}\nint main(void) {\n${lines}\n  return 0;\n}\n`);
     execFileSync('gcc', ['-Wall', '-Werror', ...includeDirs.map((d) => `-I${d}`), '-o', join(dir, 'abi'), join(dir, 'abi.c')], { stdio: ['ignore', 'pipe', 'pipe'] });
     const out = execFileSync(join(dir, 'abi'), { encoding: 'utf8' }).trim().split('\n');

@@ -1,34 +1,50 @@
 #!/bin/sh
-# Builds a busybox initramfs (gzip'd newc cpio) for the cached Debian kernel. Owns
-# $CACHE/initramfs/; reads the kernel record of fetch-kernel.sh and guest/build/.
+# Builds a busybox initramfs (gzip'd newc cpio) for a kernel: the cached Debian kernel of
+# fetch-kernel.sh by default, or any kernel given by its version and modules. Owns
+# $CACHE/initramfs/ (or its writable fallback); reads guest/build/ and tools/guest/modules.txt.
 # Prints the image path on stdout; rebuilds only when an input changed.
 #
 #   build-initramfs.sh [--name NAME] [--init FILE] [--modules "m1 m2 ..."] [--no-guest]
+#                      [--kver VERSION [--moddir DIR]]
 #
-# Defaults build the default guest: tools/guest/init.sh, the modules tsvmm's devices need,
-# and (when guest/Makefile exists) `make -C guest` with every file of guest/build/ in
-# /usr/bin/. The nested sandbox reuses this script with its own init and modules.
+# Defaults build the default guest: tools/guest/init.sh, the modules of tools/guest/modules.txt
+# (what tsvmm's devices need), and (when guest/Makefile exists) `make -C guest` with every file
+# of guest/build/ in /usr/bin/. --kver/--moddir build it for another kernel: DIR is that
+# kernel's lib/modules/VERSION tree (depmod'ed); without --moddir the kernel has no modules
+# (what it needs is built in). The nested sandbox reuses this script with its own init and
+# modules.
 # Image layout: /init, /bin/busybox + applet links, /lib/modules/NN-<module>.ko (NN is the
-# load order, dependencies first), /usr/bin/<guest files>.
+# load order, dependencies first; compressed modules are stored decompressed, as busybox's
+# insmod needs them), /usr/bin/<guest files>.
+#
+# Where the cache (or the checkout's guest/build) cannot be written — a read-only share, an
+# installed package — images and the guest build go to ${TMPDIR:-/tmp}/tsvmm-cache-<uid>; an
+# image already in the cache is still used from there.
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}
-DEFAULT_MODULES="virtio virtio_ring virtio_mmio vsock vmw_vsock_virtio_transport_common \
-vmw_vsock_virtio_transport pvpanic pvpanic_mmio"
+FALLBACK=${TMPDIR:-/tmp}/tsvmm-cache-$(id -u)
+# Every module of the feature table, in its order ("-" rows have none).
+DEFAULT_MODULES=$(awk '!/^#/ && NF >= 3 { for (i = 3; i <= NF; i++) if ($i != "-") print $i }' "$HERE/modules.txt")
 
 name=default
 init=$HERE/init.sh
 modules=$DEFAULT_MODULES
 guest=1
+kver=
+moddir=
+moddir_given=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--name) name=$2; shift 2 ;;
 	--init) init=$2; shift 2 ;;
 	--modules) modules=$2; shift 2 ;;
 	--no-guest) guest=0; shift ;;
-	*) echo "usage: $0 [--name NAME] [--init FILE] [--modules LIST] [--no-guest]" >&2; exit 2 ;;
+	--kver) kver=$2; shift 2 ;;
+	--moddir) moddir=$2; moddir_given=1; shift 2 ;;
+	*) echo "usage: $0 [--name NAME] [--init FILE] [--modules LIST] [--no-guest] [--kver VERSION [--moddir DIR]]" >&2; exit 2 ;;
 	esac
 done
 
@@ -53,51 +69,90 @@ if [ -z "$BUSYBOX" ]; then
 fi
 [ -n "$BUSYBOX" ] || die "no static busybox (apt-get install busybox-static)"
 
-record=$CACHE/kernel/kernel.json
-[ -f "$record" ] || record=$("$HERE/fetch-kernel.sh")
-field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$record"; }
-kver=$(field version)
-moddir=$(field modulesDir)
-[ -f "$moddir/modules.dep" ] || die "kernel record $record points at no modules ($moddir)"
-base=${moddir%/lib/modules/$kver}
+if [ -n "$kver" ]; then
+	[ "$moddir_given" = 0 ] || [ -f "$moddir/modules.dep" ] || die "--moddir $moddir has no modules.dep (run depmod)"
+else
+	[ "$moddir_given" = 0 ] || die "--moddir needs --kver"
+	record=$CACHE/kernel/kernel.json
+	[ -f "$record" ] || record=$("$HERE/fetch-kernel.sh")
+	field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$record"; }
+	kver=$(field version)
+	moddir=$(field modulesDir)
+	[ -f "$moddir/modules.dep" ] || die "kernel record $record points at no modules ($moddir)"
+fi
 
-# Resolve every module with its dependencies, in load order, each once.
+# Resolve every module with its dependencies, in load order, each once. modprobe finds the
+# tree as <base>/lib/modules/<kver>: a tree under another name is seen through a link.
 mods=
-for m in $modules; do
-	deps=$(modprobe -d "$base" -S "$kver" --show-depends "$m" 2>/dev/null) ||
-		{ log "warning: module $m not found for $kver; skipped"; continue; }
-	for p in $(printf '%s\n' "$deps" | awk '$1 == "insmod" { print $2 }'); do
-		case " $mods " in *" $p "*) ;; *) mods="$mods $p" ;; esac
+if [ -n "$moddir" ]; then
+	base=${moddir%/lib/modules/$kver}
+	if [ "$base" = "$moddir" ]; then
+		link=$(mktemp -d "${TMPDIR:-/tmp}/tsvmm-moddir.XXXXXX")
+		mkdir -p "$link/lib/modules"
+		ln -s "$(cd "$moddir" && pwd)" "$link/lib/modules/$kver"
+		base=$link
+	fi
+	for m in $modules; do
+		deps=$(modprobe -d "$base" -S "$kver" --show-depends "$m" 2>/dev/null) ||
+			{ log "warning: module $m not found for $kver; skipped"; continue; }
+		for p in $(printf '%s\n' "$deps" | awk '$1 == "insmod" { print $2 }'); do
+			case " $mods " in *" $p "*) ;; *) mods="$mods $p" ;; esac
+		done
 	done
-done
+	[ -z "${link:-}" ] || rm -rf "$link"
+fi
 
+# The guest programs: the checkout's guest/build when it is current (make -q), else built
+# now — there, or in the fallback when the checkout cannot be written.
+guest_dir=
 if [ "$guest" = 1 ] && [ -f "$ROOT/guest/Makefile" ]; then
-	make -s -C "$ROOT/guest" >&2 || die "make -C guest failed"
+	guest_dir=$ROOT/guest/build
+	if ! make -s -q -C "$ROOT/guest" >/dev/null 2>&1; then
+		if [ -w "$ROOT/guest" ]; then
+			make -s -C "$ROOT/guest" >&2 || die "make -C guest failed"
+		else
+			guest_dir=$FALLBACK/guest-build
+			mkdir -p "$guest_dir"
+			make -s -q -C "$ROOT/guest" BUILD="$guest_dir" >/dev/null 2>&1 ||
+				make -s -C "$ROOT/guest" BUILD="$guest_dir" >&2 || die "make -C guest BUILD=$guest_dir failed"
+		fi
+	fi
+elif [ "$guest" = 1 ] && [ -d "$ROOT/guest/build" ]; then
+	guest_dir=$ROOT/guest/build
 fi
 guest_files=
-if [ "$guest" = 1 ] && [ -d "$ROOT/guest/build" ]; then
-	for f in "$ROOT"/guest/build/*; do [ -f "$f" ] && guest_files="$guest_files $f"; done
+if [ -n "$guest_dir" ] && [ -d "$guest_dir" ]; then
+	for f in "$guest_dir"/*; do [ -f "$f" ] && guest_files="$guest_files $f"; done
 fi
 
-mkdir -p "$CACHE/initramfs"
 # Everything the image is made of, so a change anywhere rebuilds it.
 hash=$( {
 	echo "$kver $modules"
+	cat "$HERE/modules.txt"
 	cat "$0" "$init" "$BUSYBOX"
 	for f in $mods; do echo "$f"; cat "$f"; done
 	for f in $guest_files; do echo "${f##*/}"; cat "$f"; done
 } | sha256sum | cut -d' ' -f1)
 # Named by its inputs' hash: two checkouts (or a checkout and a sandbox running an older
 # build) sharing one cache never overwrite each other's image.
-out=$CACHE/initramfs/$name-$kver-$(echo "$hash" | cut -c1-16).cpio.gz
+file=$name-$kver-$(echo "$hash" | cut -c1-16).cpio.gz
 
 # Checked before taking the lock, so a read-only cache (the nested sandbox) works.
-if [ -f "$out" ]; then echo "$out"; exit 0; fi
-exec 9>"$CACHE/initramfs/.lock"
+for d in "$CACHE/initramfs" "$FALLBACK/initramfs"; do
+	if [ -f "$d/$file" ]; then echo "$d/$file"; exit 0; fi
+done
+dir=$CACHE/initramfs
+if ! mkdir -p "$dir" 2>/dev/null || [ ! -w "$dir" ]; then
+	dir=$FALLBACK/initramfs
+	mkdir -p "$dir" || die "cannot create $dir"
+	log "$CACHE/initramfs is not writable; building in $dir"
+fi
+out=$dir/$file
+exec 9>"$dir/.lock"
 flock 9
 if [ -f "$out" ]; then echo "$out"; exit 0; fi
 
-stage=$(mktemp -d "$CACHE/initramfs/.stage.XXXXXX")
+stage=$(mktemp -d "$dir/.stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT INT TERM
 cd "$stage"
 mkdir -p bin sbin usr/bin usr/sbin lib/modules etc proc sys dev run tmp root mnt
@@ -111,7 +166,13 @@ i=0
 for f in $mods; do
 	i=$((i + 1))
 	m=${f##*/}
-	cp "$f" "lib/modules/$(printf '%02d' $i)-${m%.ko}.ko"
+	dst=lib/modules/$(printf '%02d' $i)-${m%.ko*}.ko
+	case $f in
+	*.ko.xz) need xz xz-utils; xz -dc "$f" >"$dst" ;;
+	*.ko.zst) need zstd zstd; zstd -dcq "$f" >"$dst" ;;
+	*.ko.gz) gzip -dc "$f" >"$dst" ;;
+	*) cp "$f" "$dst" ;;
+	esac
 done
 for f in $guest_files; do cp -p "$f" usr/bin/; done
 echo "root:x:0:0:root:/root:/bin/sh" >etc/passwd
@@ -120,6 +181,6 @@ echo "root:x:0:" >etc/group
 find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -9n >"$out.new"
 mv "$out.new" "$out"
 # Keep the 4 newest images of this name; older ones belong to sources nobody builds any more.
-ls -t "$CACHE/initramfs/$name-$kver"-*.cpio.gz | tail -n +5 | xargs -r rm -f
+ls -t "$dir/$name-$kver"-*.cpio.gz | tail -n +5 | xargs -r rm -f
 log "built $out ($i modules$( [ -n "$guest_files" ] && echo ", guest:$guest_files"))"
 echo "$out"

@@ -10,7 +10,20 @@
 # with its PVH note it boots without the decompressor, which saves ~5 s under emulation.
 #
 # TSVMM_KERNEL_PACKAGE=linux-image-X pins another image package (same layout).
+#
+#   fetch-kernel.sh --package PATTERN
+# fetches another kernel without touching the default's record: the newest package whose name
+# matches PATTERN (a shell glob, e.g. 'linux-image-6.12.*-cloud-amd64-unsigned'), in the same
+# layout, its record in $CACHE/kernel/<kver>/kernel.json (printed). Offline, a kernel fetched
+# before under a matching name is used.
 set -eu
+
+pattern=
+case ${1:-} in
+--package) pattern=${2:?--package needs a pattern}; shift 2 ;;
+'') ;;
+*) echo "usage: $0 [--package PATTERN]" >&2; exit 2 ;;
+esac
 
 . "$(dirname "$0")/need.sh"
 need depmod kmod
@@ -25,7 +38,16 @@ mkdir -p "$DIR"
 log() { echo "fetch-kernel: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The newest version of the packages whose names match the glob $pattern.
+resolve_pattern() {
+	apt-cache pkgnames "${pattern%%[*?[]*}" 2>/dev/null | while read -r p; do
+		# shellcheck disable=SC2254
+		case $p in $pattern) echo "$p" ;; esac
+	done | sort -V | tail -n 1
+}
+
 resolve() {
+	if [ -n "$pattern" ]; then resolve_pattern; return; fi
 	if [ -n "${TSVMM_KERNEL_PACKAGE:-}" ]; then echo "$TSVMM_KERNEL_PACKAGE"; return; fi
 	apt-cache depends linux-image-amd64 2>/dev/null |
 		awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }'
@@ -42,7 +64,25 @@ cached_ok() {
 	grep -q "\"package\": *\"$1\"" "$RECORD"
 }
 
-pkg=$(resolve)
+# Another flavour: its record lives beside its files, named by the package it came from.
+if [ -n "$pattern" ]; then
+	found=
+	for r in "$DIR"/*/kernel.json; do
+		[ -f "$r" ] || continue
+		p=$(sed -n 's/.*"package": *"\([^"]*\)".*/\1/p' "$r")
+		# shellcheck disable=SC2254
+		case $p in $pattern) found=$r ;; esac
+	done
+	pkg=$(resolve)
+	if [ -n "$found" ] && { [ -z "$pkg" ] || grep -q "\"package\": *\"$pkg\"" "$found"; }; then
+		RECORD=$found
+		if cached_ok "$pkg"; then echo "$RECORD"; exit 0; fi
+	fi
+	[ -n "$pkg" ] || { apt-get update -qq >&2 || true; pkg=$(resolve); }
+	[ -n "$pkg" ] || die "no package matches $pattern (apt-cache pkgnames)"
+else
+	pkg=$(resolve)
+fi
 # Checked before taking the lock, so a read-only cache (the nested sandbox) works.
 if cached_ok "$pkg"; then echo "$RECORD"; exit 0; fi
 # One fetch at a time: tests and the CLI may ask for the kernel concurrently.
@@ -79,6 +119,7 @@ kver=${vmlinuz##*/vmlinuz-}
 [ -d "$work/x/lib/modules/$kver" ] || die "$pkg has no lib/modules/$kver"
 
 dest=$DIR/$kver
+[ -z "$pattern" ] || RECORD=$dest/kernel.json
 rm -rf "$dest.new"
 mkdir -p "$dest.new/lib/modules"
 mv "$vmlinuz" "$dest.new/"

@@ -28,7 +28,9 @@ import {
   encodeSignal,
   encodeStdin,
   encodeStdinEof,
+  FEATURE_PUT_MKDIRS,
   msgName,
+  PUT_MKDIRS,
   type Frame,
 } from './protocol';
 
@@ -50,6 +52,11 @@ export interface AgentClientOptions {
 /** Per request: aborting closes the connection and rejects with ABORTED. */
 export interface RequestOptions {
   signal?: AbortSignal;
+}
+
+export interface PutOptions extends RequestOptions {
+  /** Create missing parent directories (0755), as mkdir -p. */
+  mkdirs?: boolean;
 }
 
 export interface ExecOptions {
@@ -386,6 +393,8 @@ class ExecSession implements ExecHandle {
 export class AgentClient {
   /** Agent identification from the last HELLO_ACK. */
   agentVersion = '';
+  /** FEATURE_* bits of the last HELLO_ACK. */
+  agentFeatures = 0;
 
   constructor(private readonly connector: Connector, private readonly limits: AgentClientOptions = {}) {}
 
@@ -401,7 +410,9 @@ export class AgentClient {
     const stop = conn.abortOn(signal, what);
     try {
       await conn.send(encodeHello());
-      this.agentVersion = decodeHelloAck(await conn.expect(Msg.HELLO_ACK)).agent;
+      const ack = decodeHelloAck(await conn.expect(Msg.HELLO_ACK));
+      this.agentVersion = ack.agent;
+      this.agentFeatures = ack.features;
       return conn;
     } catch (e) {
       conn.close();
@@ -443,10 +454,17 @@ export class AgentClient {
   }
 
   /** Writes a local file (path) or bytes to `remotePath` with `mode`, atomically (temp +
-   * rename in the same directory). Returns the byte count. */
-  put(source: string | Uint8Array, remotePath: string, mode = 0o644, opts: RequestOptions = {}): Promise<number> {
+   * rename in the same directory). Returns the byte count. With `mkdirs`, missing parent
+   * directories are made first: by the agent itself when it announces FEATURE_PUT_MKDIRS, else
+   * by `mkdir -p` run through it. */
+  put(source: string | Uint8Array, remotePath: string, mode = 0o644, opts: PutOptions = {}): Promise<number> {
     return this.request(`put ${remotePath}`, opts, async (conn) => {
-      await conn.send(encodePut(mode, remotePath));
+      let flags = 0;
+      if (opts.mkdirs && remotePath.lastIndexOf('/') > 0) {
+        if (this.agentFeatures & FEATURE_PUT_MKDIRS) flags = PUT_MKDIRS;
+        else await this.mkdirParents(remotePath, opts);
+      }
+      await conn.send(encodePut(mode, remotePath, flags));
       // The agent answers an error at once and then reads on to PUT_END, so a failure
       // shows up as the first frame while we are still sending. Any answer ends the sending,
       // even one that comes while a send waits for an agent that stopped reading.
@@ -477,6 +495,14 @@ export class AgentClient {
       if (stored !== BigInt(total)) throw new AgentError('PROTOCOL', `agent stored ${stored} bytes of ${total}`);
       return total;
     });
+  }
+
+  /** `mkdir -p` of the directory of `path`, through an exec (agents without FEATURE_PUT_MKDIRS). */
+  private async mkdirParents(path: string, opts: RequestOptions): Promise<void> {
+    const dir = path.slice(0, path.lastIndexOf('/'));
+    let err = '';
+    const r = await this.exec({ argv: ['mkdir', '-p', '--', dir], signal: opts.signal, onStderr: (b) => (err += b.toString()) });
+    if (r.exitCode !== 0) throw new AgentError('IO', `put ${path}: mkdir -p ${dir} failed: ${err.trim() || `status ${r.exitCode ?? r.signal}`}`, true);
   }
 
   /** Reads a whole guest file (also /proc and /sys files, read to EOF). */

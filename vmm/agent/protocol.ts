@@ -45,6 +45,14 @@ export function msgName(type: number): string {
   return msgNames.get(type) ?? `0x${type.toString(16).padStart(4, '0')}`;
 }
 
+/**
+ * HELLO_ACK features: what an agent does beyond protocol version 1 as first published (an
+ * agent older than the field sends 0). The client uses a feature only when it was announced.
+ */
+export const FEATURE_PUT_MKDIRS = 1;
+/** PUT flags. */
+export const PUT_MKDIRS = 1;
+
 export const EXEC_CLEAR_ENV = 1;
 const EXIT_EXITED = 1;
 const EXIT_SIGNALED = 2;
@@ -184,9 +192,10 @@ export const encodeStdin = (data: Uint8Array): Buffer => encodeFrame(Msg.STDIN, 
 export const encodeStdinEof = (): Buffer => encodeFrame(Msg.STDIN_EOF);
 export const encodeSignal = (signo: number): Buffer => encodeFrame(Msg.SIGNAL, u32s(signo));
 
-export function encodePut(mode: number, path: string): Buffer {
+export function encodePut(mode: number, path: string, flags = 0): Buffer {
   if ((mode & ~0o7777) !== 0) throw new RangeError(`put: mode 0${mode.toString(8)} has bits outside 07777`);
-  return encodeFrame(Msg.PUT, Buffer.concat([u32s(mode, 0), str(path)]));
+  if ((flags & ~PUT_MKDIRS) !== 0) throw new RangeError(`put: unknown flags 0x${flags.toString(16)}`);
+  return encodeFrame(Msg.PUT, Buffer.concat([u32s(mode, flags), str(path)]));
 }
 export const encodePutData = (data: Uint8Array): Buffer => encodeFrame(Msg.PUT_DATA, data);
 export const encodePutEnd = (total: bigint): Buffer => encodeFrame(Msg.PUT_END, u64(total));
@@ -202,13 +211,15 @@ function need(f: Frame, min: number, exact = false): void {
 
 export interface HelloAck {
   version: number;
+  /** FEATURE_* bits the agent announced. */
+  features: number;
   maxPayload: number;
   agent: string;
 }
 export function decodeHelloAck(f: Frame): HelloAck {
   need(f, 12);
   if (f.payload.readUInt32LE(0) !== MAGIC) throw new AgentError('PROTOCOL', 'HELLO_ACK has a bad magic');
-  return { version: f.payload.readUInt16LE(4), maxPayload: f.payload.readUInt32LE(8), agent: f.payload.subarray(12).toString('utf8') };
+  return { version: f.payload.readUInt16LE(4), features: f.payload.readUInt16LE(6), maxPayload: f.payload.readUInt32LE(8), agent: f.payload.subarray(12).toString('utf8') };
 }
 
 export function decodePong(f: Frame): { nonce: bigint; agent: string } {

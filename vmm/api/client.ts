@@ -2,7 +2,10 @@
 // Owns request/response plumbing only: no retries, one request per connection.
 
 import { request } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { TsvmmError } from '../../lib/errors';
+import type { Connector } from '../agent/client';
+import { AGENT_UPGRADE } from './http';
 
 export class ApiClientError extends TsvmmError {
   constructor(message: string, readonly status?: number) {
@@ -39,6 +42,43 @@ export function apiCall(socketPath: string, method: string, path: string, body?:
       reject(new ApiClientError(`cannot reach the API at ${socketPath}: ${why}`));
     });
     if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
+
+function unreachable(socketPath: string, e: NodeJS.ErrnoException): ApiClientError {
+  const why = e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nobody is listening (stale socket?)' : e.message;
+  return new ApiClientError(`cannot reach the API at ${socketPath}: ${why}`);
+}
+
+/** The fault message of an API error body, or the body itself. */
+function faultOf(text: string): string {
+  try {
+    const j = JSON.parse(text) as { fault_message?: unknown };
+    if (typeof j.fault_message === 'string') return j.fault_message;
+  } catch {
+    // not JSON: show it raw
+  }
+  return text.trim();
+}
+
+/**
+ * Connections to the guest agent of the VM behind API socket `socketPath`: each one a POST
+ * /agent upgraded to the agent protocol (docs/api.md), for an AgentClient.
+ */
+export function apiAgentConnector(socketPath: string): Connector {
+  return () => new Promise<Duplex>((resolve, reject) => {
+    const req = request({ socketPath, method: 'POST', path: '/agent', agent: false, headers: { Connection: 'Upgrade', Upgrade: AGENT_UPGRADE } });
+    req.on('upgrade', (_res, socket, head) => {
+      if (head.length) socket.unshift(head);
+      resolve(socket);
+    });
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => reject(new ApiClientError(`POST /agent: ${res.statusCode}: ${faultOf(Buffer.concat(chunks).toString('utf8'))}`, res.statusCode)));
+    });
+    req.on('error', (e: NodeJS.ErrnoException) => reject(unreachable(socketPath, e)));
     req.end();
   });
 }

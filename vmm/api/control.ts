@@ -61,7 +61,7 @@ export class Control<M extends ApiMachine> {
     const c = new Control<M>(flags, start, defaults);
     if (flags['api-sock'] !== undefined) {
       const path = resolve(flags['api-sock']);
-      c.api = await ApiServer.listen({ path, handle: (r) => c.controller.handle(r), log: c.log });
+      c.api = await ApiServer.listen({ path, handle: (r) => c.controller.handle(r), agent: () => c.controller.agentStream(), log: c.log });
       c.log(`API listening on ${path} (VM id ${c.id})`);
     }
     c.register(defaults);

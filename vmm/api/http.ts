@@ -3,9 +3,16 @@
 // devices/socket-path.ts),
 // JSON bodies with a size limit, Firecracker-style errors ({"fault_message": …}), and limits
 // against slow, many or malformed clients: no request can end the process.
-// It owns framing only; what a path means is the handler's business (resources.ts).
+// It owns framing only; what a path means is the handler's business (resources.ts). One
+// request is not HTTP after its headers: POST /agent with `Upgrade: tsvmm-agent` (as Docker
+// attaches to exec) turns the connection into a byte pipe to the guest agent, for the peer
+// whose uid is this process's only (SO_PEERCRED), whatever the socket's mode.
 
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { peerCredentials } from '../../kvm/libc';
+
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { listenOwned, type OwnSocket } from '../../devices/socket-path';
 import { ApiError, bodyLimit, type ApiRequest, type ApiResponse } from './resources';
 import { TsvmmError } from '../../lib/errors';
@@ -24,7 +31,12 @@ export interface ApiServerOptions {
   /** Body size limit by path (default resources.bodyLimit). */
   bodyLimit?: (path: string) => number;
   log?: (message: string) => void;
+  /** The other end of an upgraded POST /agent: a fresh connection to the guest agent. */
+  agent?: () => Promise<Duplex>;
 }
+
+/** The Upgrade protocol name of POST /agent. */
+export const AGENT_UPGRADE = 'tsvmm-agent';
 
 export class ApiServer {
   private readonly sockets = new Set<import('node:net').Socket>();
@@ -53,6 +65,12 @@ export class ApiServer {
         opts.log?.(`api: request failed: ${e.stack ?? e.message}`);
         if (!res.headersSent) fault(res, 500, 'internal error');
         else res.destroy();
+      });
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      upgradeAgent(req, socket, head, opts).catch((e: Error) => {
+        opts.log?.(`api: agent upgrade failed: ${e.stack ?? e.message}`);
+        socket.destroy();
       });
     });
     server.maxConnections = opts.maxConnections ?? 64;
@@ -184,4 +202,50 @@ async function serve(req: IncomingMessage, res: ServerResponse, opts: ApiServerO
     opts.log?.(`api: ${method} ${url.pathname}: internal error: ${err.stack ?? err.message}`);
     fault(res, 500, `internal error: ${err.message}`);
   }
+}
+
+/** An HTTP error answer on a socket the HTTP layer has handed over, then the end of it. */
+function rawFault(socket: Socket, status: number, message: string): void {
+  const body = JSON.stringify({ fault_message: message }) + '\n';
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/** The uid of the process at the other end of `socket` (a Unix socket), or undefined. */
+function peerUid(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) return undefined;
+  return peerCredentials(fd).uid;
+}
+
+/**
+ * POST /agent, Upgrade: tsvmm-agent → 101, then the bytes flow both ways between the client and
+ * a new agent connection (the agent protocol, docs/agent-protocol.md, one request per
+ * connection). Refused with a JSON fault for another path or protocol, a peer that is not this
+ * process's user, or a VM whose agent cannot be reached.
+ */
+async function upgradeAgent(req: IncomingMessage, socket: Socket, head: Buffer, opts: ApiServerOptions): Promise<void> {
+  const url = requestUrl(req.url);
+  if (!url || url.pathname !== '/agent' || req.method !== 'POST' || String(req.headers.upgrade ?? '').toLowerCase() !== AGENT_UPGRADE || !opts.agent) {
+    return rawFault(socket, 400, `only POST /agent may upgrade, to '${AGENT_UPGRADE}'`);
+  }
+  const uid = peerUid(socket);
+  if (uid === undefined || uid !== process.getuid?.()) {
+    opts.log?.(`api: refused the agent route to uid ${uid ?? 'unknown'} (only uid ${process.getuid?.()}, the VM's owner, may run commands in it)`);
+    return rawFault(socket, 403, "the agent route is for the VM's owner only");
+  }
+  let agent: Duplex;
+  try {
+    agent = await opts.agent();
+  } catch (e) {
+    return rawFault(socket, e instanceof ApiError ? e.status : 502, (e as Error).message);
+  }
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${AGENT_UPGRADE}\r\n\r\n`);
+  if (head.length) agent.write(head);
+  // Either end going away ends the other: the agent kills a command whose host left.
+  socket.on('error', () => agent.destroy());
+  agent.on('error', () => socket.destroy());
+  socket.on('close', () => agent.destroy());
+  agent.on('close', () => socket.destroy());
+  socket.pipe(agent);
+  agent.pipe(socket);
 }

@@ -2,6 +2,7 @@
 // (vmm/machine.ts) satisfies it structurally (checked at compile time below), and unit tests pass a
 // fake, so nothing under vmm/api needs KVM. This file owns the interface only.
 
+import type { Duplex } from 'node:stream';
 import type { MachineConfig } from '../config';
 import type { ExitStatus, Machine } from '../machine';
 import type { Package } from '../../bpf/package';
@@ -46,7 +47,8 @@ export interface ApiMachine {
   readonly paravirt?: ApiParavirt;
   readonly actuators?: ApiActuators;
   readonly prio?: ApiPrio;
-  readonly vsock?: { readonly counters: VsockCounters };
+  /** The vsock device: its counters, and in-process connections to guest ports (the agent route). */
+  readonly vsock?: { readonly counters: VsockCounters; connect(port: number): Promise<Duplex> };
   readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
   readonly vcpuTids: readonly number[];
   vcpuExits(): Record<string, number>[];

@@ -5,6 +5,8 @@
 // (http.ts does) nor create KVM objects (the `start` callback does).
 
 import { readFileSync, statSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
+import { AGENT_VSOCK_PORT } from '../agent/connect';
 import { ConfigError, DEFAULT_CMDLINE, MIN_MEMORY, type MachineConfig, validateConfig, validateMemory } from '../config';
 import { MiB } from '../layout';
 import { POLICIES, type Policy } from '../scheduler/policy';
@@ -284,6 +286,21 @@ export class VmController<M extends ApiMachine = ApiMachine> {
     this.preboot = fromMachineConfig(m.config);
     this.state = 'Running';
     this.resolveStarted(m);
+  }
+
+  /**
+   * A fresh connection to the guest agent (vsock port 52) for the upgraded POST /agent: the
+   * caller speaks the agent protocol over it (tsvmm exec --api-sock).
+   */
+  async agentStream(): Promise<Duplex> {
+    const m = this.m;
+    if (!m || this.state !== 'Running') throw new ApiError(400, 'the VM is not running: its agent cannot be reached');
+    if (!m.vsock) throw new ApiError(400, 'this VM has no vsock device, so no agent can be reached (start it with --vsock cid=N,uds=PATH and the agent initramfs)');
+    try {
+      return await m.vsock.connect(AGENT_VSOCK_PORT);
+    } catch (e) {
+      throw new ApiError(502, `cannot reach the guest agent on vsock port ${AGENT_VSOCK_PORT}: ${(e as Error).message}`);
+    }
   }
 
   async handle(req: ApiRequest): Promise<ApiResponse> {

@@ -5,8 +5,10 @@ import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';
 import { statSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
-import { AgentError } from '../../../vmm/agent/client';
+import { Duplex, Readable } from 'node:stream';
+import { AgentClient, AgentError } from '../../../vmm/agent/client';
+import { unixConnector } from '../../../vmm/agent/connect';
+import { FEATURE_PUT_MKDIRS, HEADER_SIZE, Msg } from '../../../vmm/agent/protocol';
 import { alive, startAgent, withTimeout, type RunningAgent } from './harness';
 
 let agent: RunningAgent;
@@ -17,6 +19,35 @@ test.before(async () => {
 test.after(async () => {
   await agent?.stop();
 });
+
+/** The agent behind `s` as an agent from before HELLO_ACK carried features: that field reads 0. */
+function olderAgent(s: Duplex): Duplex {
+  let first = true;
+  const out = new Duplex({
+    write(chunk: Buffer, _enc, cb) {
+      s.write(chunk, cb);
+    },
+    read() {
+      s.resume();
+    },
+    final(cb) {
+      s.end();
+      cb();
+    },
+    destroy(err, cb) {
+      s.destroy();
+      cb(err);
+    },
+  });
+  s.on('data', (chunk: Buffer) => {
+    if (first && chunk.readUInt16LE(0) === Msg.HELLO_ACK) chunk.writeUInt16LE(0, HEADER_SIZE + 6);
+    first = false;
+    if (!out.push(chunk)) s.pause();
+  });
+  s.on('end', () => out.push(null));
+  s.on('close', () => out.destroy());
+  return out;
+}
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -207,6 +238,35 @@ test('get reads /proc files to EOF; put/get errors carry errno', async () => {
   await expectIo(agent.client.put(randomBytes(1 << 20), join(agent.dir, 'no/such/dir/f'), 0o644), 2);
   // The agent still works after those.
   assert.is((await run(['true'])).exitCode, 0);
+});
+
+test('put with mkdirs makes the missing parents (0755); a file in the way fails with ENOTDIR', async () => {
+  assert.ok(agent.client.agentFeatures & FEATURE_PUT_MKDIRS, 'this agent announces PUT_MKDIRS');
+  const target = join(agent.dir, 'made/by/put/f.txt');
+  await agent.client.put(Buffer.from('deep\n'), target, 0o600, { mkdirs: true });
+  assert.is(readFileSync(target, 'utf8'), 'deep\n');
+  assert.is(statSync(join(agent.dir, 'made/by')).mode & 0o777, 0o755 & ~process.umask());
+  writeFileSync(join(agent.dir, 'plain'), 'x');
+  try {
+    await agent.client.put(Buffer.from('y'), join(agent.dir, 'plain/sub/f'), 0o644, { mkdirs: true });
+    assert.unreachable('should have thrown');
+  } catch (e) {
+    assert.instance(e, AgentError);
+    assert.is((e as AgentError).code, 'IO');
+    assert.is((e as AgentError).errno, 20);
+  }
+});
+
+test('put with mkdirs to an agent without the feature runs mkdir -p through it', async () => {
+  // An older agent: the same one, with the features of its HELLO_ACK read as 0 on the way.
+  const old = new AgentClient(async () => {
+    const s = await unixConnector(agent.sock)();
+    return olderAgent(s);
+  });
+  const target = join(agent.dir, 'old/agent/f.txt');
+  await old.put(Buffer.from('old\n'), target, 0o644, { mkdirs: true });
+  assert.is(old.agentFeatures, 0);
+  assert.is(readFileSync(target, 'utf8'), 'old\n');
 });
 
 test.run();

@@ -55,7 +55,7 @@ test('the byte example of docs/agent-protocol.md is what both sides send', async
   await withTimeout(s.closed, 5000, 'PONG');
   const name = Buffer.from('tsvmm-agent 0.1.0').toString('hex');
   assert.equal(s.frames.map((f) => hex(encodeFrame(f.type, f.payload))), [
-    '018000001d000000' + '5453564101000000' + '00001000' + name,
+    '018000001d000000' + '5453564101000100' + '00001000' + name, // features: PUT_MKDIRS
     '0280000019000000' + '0700000000000000' + name,
   ]);
 });

@@ -12,6 +12,7 @@ import type { HypercallCounters, HypercallResult } from '../../../devices/hyperc
 import type { LoadedProgram } from '../../../vmm/paravirt';
 import { VcpuScheduler } from '../../../vmm/scheduler/scheduler';
 import type { HostCpu } from '../../../vmm/scheduler/topology';
+import type { Duplex } from 'node:stream';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import type { TransportCounters } from '../../../devices/virtio/mmio';
 import { ApiServer } from '../../../vmm/api/http';
@@ -63,7 +64,9 @@ export class FakeMachine implements ApiMachine {
   readonly fake: FakeHost;
   readonly actuators: Actuators;
   readonly prio: PrioPolicy;
-  readonly vsock?: { counters: ReturnType<typeof newCounters> };
+  readonly vsock?: { counters: ReturnType<typeof newCounters>; connect(port: number): Promise<Duplex> };
+  /** Where vsock connections go (a test's stand-in for the guest); none: refused. */
+  vsockConnect?: (port: number) => Promise<Duplex>;
   readonly transports: { name: string; transport: { counters: TransportCounters } }[] = [];
   readonly vcpuTids: number[];
   vcpuExits(): Record<string, number>[] {
@@ -96,7 +99,7 @@ export class FakeMachine implements ApiMachine {
       const counters = newCounters();
       counters.connectionsOpened = 2;
       counters.dropped['bad-type'] = 1;
-      this.vsock = { counters };
+      this.vsock = { counters, connect: (port) => (this.vsockConnect ? this.vsockConnect(port) : Promise.reject(new Error(`nothing listens on guest port ${port}`))) };
       this.transports.push({ name: 'virtio-vsock', transport: { counters: { notifications: 7, interrupts: 5, interruptsCoalesced: 0, errors: 0, needsReset: 0, resets: 1 } } });
     }
   }
@@ -146,7 +149,7 @@ export async function rig(opts: { attach?: Partial<MachineConfig>; headersTimeou
     ctl.attach(new FakeMachine({ kernel, cmdline: 'console=ttyS0', vcpus: 2, memory: 64 << 20, acpi: true, pin: 'none', ...opts.attach }));
   }
   const server = await ApiServer.listen({
-    path: sock, handle: (r) => ctl.handle(r),
+    path: sock, handle: (r) => ctl.handle(r), agent: () => ctl.agentStream(),
     headersTimeoutMs: opts.headersTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections,
   });
   return { dir, sock, kernel, server, ctl, starts, close: () => server.close() };

@@ -94,6 +94,13 @@ int fuzz_mkostemp(char *tmpl, int flags)
 	return open(p, O_RDWR | O_CREAT | O_TRUNC | flags, 0600);
 }
 int fuzz_rename(const char *a, const char *b) { (void)a; (void)b; return 0; }
+/* PUT_MKDIRS: every directory "exists" already, or, one time in eight, cannot be made. */
+int fuzz_mkdir(const char *p, mode_t m)
+{
+	(void)m;
+	errno = strlen(p) % 8 ? EEXIST : EACCES;
+	return -1;
+}
 int fuzz_unlink(const char *p) { (void)p; return 0; }
 int fuzz_open(const char *path, int flags, ...)
 {
@@ -116,10 +123,12 @@ int fuzz_open(const char *path, int flags, ...)
 #define mkostemp fuzz_mkostemp
 #define rename fuzz_rename
 #define unlink fuzz_unlink
+#define mkdir fuzz_mkdir
 #define open fuzz_open
 #define main agent_main
 #include "../../../guest/agent.c"
 #undef open
+#undef mkdir
 #undef unlink
 #undef rename
 #undef mkostemp
@@ -214,7 +223,7 @@ static void p_exec(void)
 	for (uint32_t i = 0; i < envc && i < 8; i++)
 		some_str();
 }
-static void p_put(void) { put_u32(below(4) ? 0644 : rnd()); put_u32(below(8) ? 0 : rnd()); some_str(); }
+static void p_put(void) { put_u32(below(4) ? 0644 : rnd()); put_u32(below(8) ? below(2) /* 0 or PUT_MKDIRS */ : rnd()); some_str(); }
 static void p_data(void)
 {
 	uint32_t n = below(4) ? below(200) : below(70000);

@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { AbiExpectations } from '../abi';
 import { KVM, KVM_CAP, ioc } from '../../../kvm/ioctl';
-import { SCHED, SchedAttr } from '../../../kvm/libc';
+import { SCHED, SchedAttr, SOL_SOCKET, SO_PEERCRED, Ucred } from '../../../kvm/libc';
 import {
   ExitReason, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_IOEVENTFD_FLAG_DATAMATCH,
   KVM_IOEVENTFD_FLAG_PIO, KVM_PIT_SPEAKER_DUMMY, KVM_STRUCTS, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
@@ -34,13 +34,17 @@ want('SCHED_ATTR_SIZE_VER0', SchedAttr.size);
 for (const s of KVM_STRUCTS) abi.struct(s, { size: s.name !== 'kvm_run' });
 // sched_attr as version 0 (SCHED_ATTR_SIZE_VER0, above): the header's struct has grown since.
 abi.struct(SchedAttr, { size: false });
+// SO_PEERCRED's answer (the API's owner check).
+want('SOL_SOCKET', SOL_SOCKET);
+want('SO_PEERCRED', SO_PEERCRED);
+abi.struct(Ucred);
 // The exit union, and where the variable-length entry arrays start.
 want('offsetof(struct kvm_run, hw)', KvmRunIo.offsets.direction);
 want('offsetof(struct kvm_cpuid2, entries)', KvmCpuid2.size);
 want('offsetof(struct kvm_msrs, entries)', KvmMsrs.size);
 
 test('every ioctl number, capability, exit reason, size and offset matches <linux/kvm.h>', () => {
-  assert.equal(abi.mismatches(['linux/kvm.h', 'linux/sched.h', 'linux/sched/types.h']), []);
+  assert.equal(abi.mismatches(['linux/kvm.h', 'linux/sched.h', 'linux/sched/types.h', 'sys/socket.h']), []);
   assert.ok(abi.count > 200, `checked ${abi.count} values`);
 });
 

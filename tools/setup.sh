@@ -27,4 +27,6 @@ fi
 if [ ! -d node_modules/koffi ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
 	npm ci --no-audit --no-fund
 fi
-node tools/build.mjs
+node tools/build.mjs --types
+# A second kernel flavour beside the default one: the kernel tests boot it (test/integration/kernels.test.ts).
+tools/guest/fetch-kernel.sh --package 'linux-image-6.12.*-cloud-amd64-unsigned' >/dev/null

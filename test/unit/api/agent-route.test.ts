@@ -14,6 +14,7 @@ import { unixConnector } from '../../../vmm/agent/connect';
 import { apiAgentConnector } from '../../../vmm/api/client';
 import { startAgent, type RunningAgent } from '../agent/harness';
 import { rig, type Rig } from './fake';
+import { needs } from '../../needs';
 
 let agent: RunningAgent;
 let r: Rig;
@@ -73,13 +74,7 @@ test('a VM without vsock answers 400, not an upgrade', async () => {
   }
 });
 
-// Running a process as another user needs root.
-const asRoot = process.getuid?.() === 0 ? test : (name: string, fn: () => Promise<void>) => {
-  process.stdout.write(`skip ${JSON.stringify(name)}: needs root (to connect as another user)\n`);
-  test.skip(name, fn);
-};
-
-asRoot('another user is refused (403), even through a socket anyone may open', async () => {
+needs(process.getuid?.() === 0 ? undefined : 'needs root, to connect as another user')('another user is refused (403), even through a socket anyone may open', async () => {
   // Open the socket and its directory to everyone: only the peer check stands in the way.
   chmodSync(r.dir, 0o755);
   chmodSync(r.sock, 0o666);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// One report of tsvmm against its peers: runs the boot, vsock, exit-rate and hint benchmarks
+// One report of tsvmm against its peers: runs the boot, exec, vsock, exit-rate and hint benchmarks
 // one after the other (each as its own process, its JSON and log kept in --out), then writes
 // report.json (the machine, every benchmark's full JSON, the metrics), report.md and the
 // charts relative.svg/png and values.svg/png (report-render.mjs). A benchmark that fails is
@@ -13,7 +13,7 @@ import { BENCHES, markdown, renderCharts, reportMetrics } from './report-render.
 const USAGE = `usage: node tools/bench/report.mjs [options]   (tools/bench/report uses the sandbox where needed)
   --out DIR        output dir (default /tmp/tsvmm-report/<time>)
   --only LIST      benchmarks, of ${BENCHES.join(',')} (default all)
-  --runs N         boot, vsock and exit-rate runs per VMM (default 5)
+  --runs N         boot, exec, vsock and exit-rate runs per VMM (default 5)
   --warmup N       untimed boot runs per VMM (default 1)
   --mib N          vsock stream size each way (default 64)
   --samples N      hint latency samples (default 20)   --flood N  taskset calls in the flood (default 2000)
@@ -37,6 +37,7 @@ function command(bench, json) {
   const force = o.force ? ['--force'] : [];
   switch (bench) {
     case 'boot': return [node, join(ROOT, 'tools/bench/boot.mjs'), '--runs', String(o.runs), '--warmup', String(o.warmup), ...guest, ...force, '--out', json];
+    case 'exec': return [node, join(ROOT, 'tools/bench/exec.mjs'), '--runs', String(o.runs), '--warmup', String(o.warmup), ...guest, ...force, '--out', json];
     case 'vsock': return [node, join(ROOT, 'tools/bench/vsock.mjs'), '--runs', String(o.runs), '--mib', String(o.mib), ...guest, ...force, '--out', json];
     case 'exits': return [node, join(ROOT, 'dist/bench/exits.js'), '--runs', String(o.runs), '--out', json];
     case 'hints': return [node, join(ROOT, 'dist/bench/hints.js'), '--samples', String(o.samples), '--flood', String(o.flood), '--out', json];

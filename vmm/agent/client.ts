@@ -136,6 +136,8 @@ class Connection {
     stream.on('close', () => this.fail(new AgentError('CLOSED', 'agent connection closed')));
     stream.on('error', (e) => this.fail(new AgentError('CLOSED', `agent connection failed: ${e.message}`, false, 0, { cause: e })));
     stream.resume(); // a connector may hand over a paused stream (with bytes unshifted)
+    // A stream that ended before we listened will never say so again.
+    if (stream.destroyed || stream.readableEnded) this.fail(new AgentError('CLOSED', 'the connector handed over a closed connection'));
   }
 
   private deliver(f: Frame): void {

@@ -28,8 +28,10 @@ function pair(): [Duplex, Duplex] {
 
 const u32 = (...v: number[]): Uint8Array => { const b = Buffer.alloc(4 * v.length); v.forEach((x, i) => b.writeUInt32LE(x >>> 0, 4 * i)); return b; };
 
-function helloAck(): Uint8Array {
-  return encodeFrame(Msg.HELLO_ACK, concat(u32(MAGIC), Buffer.from([1, 0, 0, 0]), u32(MAX_PAYLOAD), Buffer.from('fuzz-agent')));
+/** HELLO_ACK with a features field an old agent (0), a current one (PUT_MKDIRS) or a future one sends. */
+function helloAck(rng: Rng): Uint8Array {
+  const features = rng.pick([0, 1, 0xffff, rng.int(0x10000)]);
+  return encodeFrame(Msg.HELLO_ACK, concat(u32(MAGIC), Buffer.from([1, 0, features & 0xff, features >> 8]), u32(MAX_PAYLOAD), Buffer.from('fuzz-agent')));
 }
 
 function agentFrame(rng: Rng): Uint8Array {
@@ -44,7 +46,7 @@ function agentFrame(rng: Rng): Uint8Array {
     case 7: return encodeFrame(Msg.GET_DATA, rng.bytes(rng.int(5000)));
     case 8: return encodeFrame(Msg.GET_END, u32(rng.int(10000), 0));
     case 9: return encodeFrame(Msg.ERROR, concat(u32(rng.int(12), rng.u32()), Buffer.from('\x1b[31mboom\n')));
-    case 10: return helloAck();
+    case 10: return helloAck(rng);
     default: { // a raw header: any type, reserved, length
       const h = Buffer.alloc(8);
       h.writeUInt16LE(rng.int(0x10000), 0);
@@ -64,7 +66,7 @@ test('agent protocol, host side', async () => {
     const [host, agent] = pair();
     agent.on('error', () => {});
     const script: Uint8Array[] = [];
-    if (rng.chance(0.9)) script.push(helloAck());
+    if (rng.chance(0.9)) script.push(helloAck(rng));
     for (let n = rng.int(6); n > 0; n--) script.push(rng.chance(0.7) ? agentFrame(rng) : mutate(rng, agentFrame(rng)));
     const bytes = concat(...script);
     const end = rng.int(3); // 0: FIN, 1: destroy, 2: silence
@@ -89,7 +91,8 @@ test('agent protocol, host side', async () => {
     const req: Promise<unknown> =
       kind === 0 ? client.ping({ signal: ac.signal })
       : kind === 1 ? client.exec({ argv: ['x'], signal: ac.signal, stdin: rng.chance(0.3) ? Buffer.alloc(rng.int(200000)) : undefined })
-      : kind === 2 ? client.put(Buffer.alloc(rng.int(200000)), '/x', 0o644, { signal: ac.signal })
+      // mkdirs: a PUT flag for an agent that announced PUT_MKDIRS, else an EXEC of mkdir -p first.
+      : kind === 2 ? client.put(Buffer.alloc(rng.int(200000)), '/d/x', 0o644, { signal: ac.signal, mkdirs: rng.chance(0.5) })
       : client.get('/x', { signal: ac.signal, maxBytes: 4096 });
     // An agent that hung up must end the request by itself; this only catches a hang.
     let hung = false;

@@ -54,7 +54,8 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     initrd ??= guest.initrd;
   } else {
     const k = await prepareKernel({
-      kernel, modules: v.modules, use, acpi: !v['no-acpi'], agentImage: initrd === undefined && (use !== 'run' || v.modules !== undefined),
+      kernel, modules: v.modules, use, acpi: !v['no-acpi'], ownInitrd: initrd !== undefined,
+      agentImage: initrd === undefined && (use !== 'run' || v.modules !== undefined),
     }, log);
     kernel = k.image;
     initrd ??= k.initrd;

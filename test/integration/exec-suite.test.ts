@@ -100,17 +100,14 @@ test('exec --api-sock runs commands in a running VM, several at once, with their
   }
 });
 
-test('three VMs in one process (the library) and three exec processes at once: each its own, all in tsvmm ps', async () => {
+// Three VMs at a time, not six: six nested guests on the sandbox's two emulated CPUs took the
+// sandbox kernel down ("Fatal exception in interrupt") in the first run of this file.
+test('three VMs in one process (the library), booted in parallel: each its own, all in tsvmm ps', async () => {
   const vms = await Promise.all([1, 2, 3].map(() => Vm.boot({ memory: '256M' })));
   try {
-    const ids = new Set(vms.map((v) => v.id));
-    assert.is(ids.size, 3);
-    // The three exec processes run while the library's VMs are up: six VMs listed at once.
-    const execs = [1, 2, 3].map((i) => tsvmm(['exec', '--', 'sh', '-c', `echo exec-${i}; sleep 20; cat /proc/sys/kernel/random/boot_id`], { env }));
-    await until('six VMs in tsvmm ps', async () => (await ps()).length >= 6, 600_000, 1000);
+    assert.is(new Set(vms.map((v) => v.id)).size, 3);
     const listed = await ps();
-    assert.is(listed.filter((v) => v.pid === process.pid).length, 3, 'the library\'s three, under this pid');
-    assert.is(new Set(listed.filter((v) => v.pid !== process.pid).map((v) => v.pid)).size, 3, 'one process per exec');
+    assert.equal(listed.filter((v) => v.pid === process.pid).map((v) => v.id).sort(), vms.map((v) => v.id).sort());
     const outs = await Promise.all(vms.map((v, i) => v.exec(`echo lib-${i}; cat /proc/sys/kernel/random/boot_id`)));
     const boots = new Set<string>();
     outs.forEach((o, i) => {
@@ -119,17 +116,26 @@ test('three VMs in one process (the library) and three exec processes at once: e
       assert.is(first, `lib-${i}`);
       boots.add(boot!);
     });
-    for (const [i, r] of (await Promise.all(execs)).entries()) {
-      assert.is(r.code, 0, r.stderr);
-      const [first, boot] = r.stdout.trim().split('\n');
-      assert.is(first, `exec-${i + 1}`);
-      boots.add(boot!);
-    }
-    assert.is(boots.size, 6, 'six different guests answered');
+    assert.is(boots.size, 3, 'three different guests answered');
   } finally {
     await Promise.all(vms.map((v) => v.shutdown()));
   }
-  await until('every VM gone from tsvmm ps', async () => (await ps()).length === 0, 60_000, 500);
+  await until('the library VMs gone from tsvmm ps', async () => (await ps()).length === 0, 60_000, 500);
+});
+
+test('three tsvmm exec processes at once: each its own output, all in tsvmm ps while they run', async () => {
+  const execs = [1, 2, 3].map((i) => tsvmm(['exec', '--', 'sh', '-c', `echo exec-${i}; sleep 15; cat /proc/sys/kernel/random/boot_id`], { env }));
+  await until('three exec VMs in tsvmm ps', async () => (await ps()).length >= 3, 600_000, 1000);
+  assert.is(new Set((await ps()).map((v) => v.pid)).size, 3, 'one process per exec');
+  const boots = new Set<string>();
+  for (const [i, r] of (await Promise.all(execs)).entries()) {
+    assert.is(r.code, 0, r.stderr);
+    const [first, boot] = r.stdout.trim().split('\n');
+    assert.is(first, `exec-${i + 1}`);
+    boots.add(boot!);
+  }
+  assert.is(boots.size, 3, 'three different guests answered');
+  await until('the exec VMs gone from tsvmm ps', async () => (await ps()).length === 0, 60_000, 500);
 });
 
 test.run();

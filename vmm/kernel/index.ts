@@ -29,6 +29,8 @@ export interface PrepareOptions {
   acpi: boolean;
   /** Build the agent's initramfs for this kernel. */
   agentImage: boolean;
+  /** The user gives the initramfs (--initrd): it loads the modules, tsvmm does not check them. */
+  ownInitrd?: boolean;
 }
 
 export async function prepareKernel(o: PrepareOptions, log: (msg: string) => void): Promise<PreparedKernel> {
@@ -41,7 +43,7 @@ export async function prepareKernel(o: PrepareOptions, log: (msg: string) => voi
   if (!config) {
     log('kernel configuration not found (no build tree .config, no config-<release> beside the image, no IKCONFIG): not checked before booting');
   } else {
-    const verdict = checkKernelConfig(config.options, readFeatureTable(projectRoot()), o.use, { acpi: o.acpi, modules });
+    const verdict = checkKernelConfig(config.options, readFeatureTable(projectRoot()), o.use, { acpi: o.acpi, modules, ownInitrd: o.ownInitrd });
     for (const w of verdict.warnings) log(`kernel: ${w}`);
     if (verdict.fatal.length) {
       throw new KernelConfigError(`the kernel ${rel?.release ?? src.image} cannot run tsvmm ${o.use} (configuration from ${config.source}):\n  ${verdict.fatal.join('\n  ')}`);

@@ -83,11 +83,12 @@ const normal = (m: string) => m.replaceAll('-', '_');
 
 /**
  * Checks a kernel configuration against the feature table for `use`. An option built as a
- * module needs the feature's modules in `modules` (none given: the module is missing). With
+ * module needs the feature's modules in `modules` (none given: the module is missing), unless
+ * the user brings the initramfs (`ownInitrd`), which then has to load them. With
  * `acpi` false the devices are found on the command line instead, which needs
  * CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES.
  */
-export function checkKernelConfig(config: ReadonlyMap<string, string>, features: readonly Feature[], use: KernelUse, o: { acpi: boolean; modules?: ModuleSet }): Verdict {
+export function checkKernelConfig(config: ReadonlyMap<string, string>, features: readonly Feature[], use: KernelUse, o: { acpi: boolean; modules?: ModuleSet; ownInitrd?: boolean }): Verdict {
   const fatal: string[] = [];
   const warnings: string[] = [];
   for (const f of features) {
@@ -101,7 +102,8 @@ export function checkKernelConfig(config: ReadonlyMap<string, string>, features:
       continue;
     }
     const asModules = f.options.filter((opt) => config.get(opt) === 'm');
-    if (asModules.length === 0) continue;
+    // With an initramfs of the user's own, loading the modules is that image's business.
+    if (asModules.length === 0 || o.ownInitrd) continue;
     const missing = f.modules.filter((m) => !o.modules?.names.has(normal(m)));
     if (missing.length === 0) continue;
     const built = `${asModules.map((opt) => `${opt}=m`).join(', ')}`;

@@ -8,7 +8,7 @@
 
 import koffi from 'koffi';
 import { constants } from 'node:os';
-import { i32, struct, u32, u64 } from '../lib/struct';
+import { bytes, i32, struct, u16, u32, u64 } from '../lib/struct';
 import { SysError } from './errors';
 
 const lib = koffi.load('libc.so.6');
@@ -38,6 +38,14 @@ const c = {
   schedSetaffinity: lib.func('sched_setaffinity', 'int', ['int', 'size_t', 'void *']),
   schedGetaffinity: lib.func('sched_getaffinity', 'int', ['int', 'size_t', 'void *']),
   getsockopt: lib.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', 'void *']),
+  memfdCreate: lib.func('memfd_create', 'int', ['str', 'unsigned int']),
+  ftruncate: lib.func('ftruncate', 'int', ['int', 'int64_t']),
+  socket: lib.func('socket', 'int', ['int', 'int', 'int']),
+  socketpair: lib.func('socketpair', 'int', ['int', 'int', 'int', 'void *']),
+  connect: lib.func('connect', 'int', ['int', 'void *', 'unsigned int']),
+  sendmsg: lib.func('sendmsg', 'intptr_t', ['int', 'void *', 'int']),
+  recvmsg: lib.func('recvmsg', 'intptr_t', ['int', 'void *', 'int']),
+  fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
 };
 
 export const O_RDWR = 0o2;
@@ -178,10 +186,13 @@ export function onlineCpus(): number {
 }
 
 /** Calls `onReadable` on the main event loop whenever fd is readable (libuv poll, no thread). */
-export function watchReadable(fd: number, onReadable: () => void): { close(): void } {
-  // koffi calls back with (status, events), whatever its typings say.
+export function watchReadable(fd: number, onReadable: () => void, onError?: (status: number) => void): { close(): void } {
+  // koffi calls back with (status, events), whatever its typings say. On POLLERR (e.g. a Unix
+  // socket whose peer closed with data unread) libuv reports a negative status and stops
+  // watching: only callers that pass onError hear of it.
   const cb = (status: number, ev: { readable: boolean }) => {
     if (status === 0 && ev.readable) onReadable();
+    else if (status !== 0) onError?.(status);
   };
   const h = koffi.node.poll(fd, { readable: true }, cb as unknown as (ev: { readable: boolean }) => void);
   return { close: () => h.close() };
@@ -263,4 +274,174 @@ export function peerCredentials(fd: number): { pid: number; uid: number; gid: nu
   const len = new Uint32Array([Ucred.size]);
   if ((c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, b, len) as number) < 0) fail('getsockopt', 'SO_PEERCRED');
   return Ucred.read(b);
+}
+
+// ---- memfd: guest RAM another process (a vhost-user daemon) can map ----
+
+const MFD_CLOEXEC = 1;
+
+/** An anonymous memory file of `size` bytes (memfd_create + ftruncate), close-on-exec. */
+export function memfdCreate(name: string, size: number): number {
+  const fd = c.memfdCreate(name, MFD_CLOEXEC) as number;
+  if (fd < 0) fail('memfd_create', name);
+  if ((c.ftruncate(fd, size) as number) < 0) {
+    const e = koffi.errno();
+    c.close(fd);
+    throw new SysError('ftruncate', e, `memfd ${name} to ${size} bytes`);
+  }
+  return fd;
+}
+
+// ---- Unix sockets with file descriptor passing (SCM_RIGHTS) ----
+// Node's net module can neither send nor receive descriptors, and vhost-user hands over
+// memory fds and eventfds in every setup message: these few calls are the whole need.
+
+export const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SCM_RIGHTS = 1;
+const MSG_CMSG_CLOEXEC = 0x40000000;
+const MSG_NOSIGNAL = 0x4000;
+const MSG_CTRUNC = 0x8;
+const F_GETFD = 1;
+
+/** struct sockaddr_un (<sys/un.h>). */
+export const SockaddrUn = struct('sockaddr_un', 110, { sunFamily: u16(0), sunPath: bytes(2, 108) });
+/** struct iovec (<sys/uio.h>). */
+export const Iovec = struct('iovec', 16, { iovBase: u64(0), iovLen: u64(8) });
+/** struct msghdr (<sys/socket.h>, x86-64). */
+export const Msghdr = struct('msghdr', 56, {
+  msgName: u64(0), msgNamelen: u32(8), msgIov: u64(16), msgIovlen: u64(24), msgControl: u64(32), msgControllen: u64(40), msgFlags: i32(48),
+});
+/** struct cmsghdr (<sys/socket.h>, x86-64); the data follows at CMSG_DATA = 16. */
+export const Cmsghdr = struct('cmsghdr', 16, { cmsgLen: u64(0), cmsgLevel: i32(8), cmsgType: i32(12) });
+
+/** The most descriptors one message carries (vhost-user's limit: 8 memory regions). */
+export const MAX_FDS = 8;
+const CONTROL_SPACE = Cmsghdr.size + 4 * MAX_FDS; // CMSG_SPACE(8 ints) = 16 + 32
+/** The largest message one sendmsg/recvmsg moves here (vhost-user messages are far smaller). */
+export const MAX_MESSAGE = 0x3000;
+// One scratch page set per process: msghdr, iovec, control and data need stable addresses for
+// the kernel, and Node is single-threaded on the main thread where these run.
+const SCRATCH = 0x4000;
+const HDR_OFF = 0;
+const IOV_OFF = 64;
+const CTRL_OFF = 128;
+const DATA_OFF = 0x1000;
+let scratchAddr: bigint | undefined;
+let scratch: Uint8Array | undefined;
+function scratchBuf(): [bigint, Uint8Array] {
+  if (scratchAddr === undefined) {
+    scratchAddr = mmap(SCRATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+    scratch = new Uint8Array(view(scratchAddr, SCRATCH));
+  }
+  return [scratchAddr, scratch!];
+}
+
+function unixAddress(path: string): Uint8Array {
+  const p = Buffer.from(path, 'utf8');
+  if (p.length >= 108) throw new SysError('connect', constants.errno.ENAMETOOLONG, path);
+  return SockaddrUn.encode({ sunFamily: AF_UNIX, sunPath: p });
+}
+
+/** A non-blocking, close-on-exec Unix stream socket connected to `path`. */
+export function connectUnix(path: string): number {
+  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) as number;
+  if (fd < 0) fail('socket', 'AF_UNIX');
+  const addr = unixAddress(path);
+  // A listening Unix socket accepts at once or refuses (no EINPROGRESS as for TCP).
+  if ((c.connect(fd, addr, addr.length) as number) < 0) {
+    const e = koffi.errno();
+    c.close(fd);
+    throw new SysError('connect', e, path);
+  }
+  return fd;
+}
+
+/** Two connected non-blocking Unix stream sockets (for tests and in-process peers). */
+export function socketpair(): [number, number] {
+  const fds = new Int32Array(2);
+  if ((c.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) as number) < 0) fail('socketpair');
+  return [fds[0]!, fds[1]!];
+}
+
+/**
+ * Sends `data` with `fds` attached (SCM_RIGHTS) in one sendmsg; returns the bytes sent (the
+ * descriptors travel with the first byte). -EAGAIN when the socket buffer is full.
+ */
+export function sendWithFds(fd: number, data: Uint8Array, fds: readonly number[] = []): number {
+  if (data.length > MAX_MESSAGE) throw new RangeError(`sendmsg of ${data.length} bytes (at most ${MAX_MESSAGE})`);
+  if (fds.length > MAX_FDS) throw new RangeError(`sendmsg with ${fds.length} fds (at most ${MAX_FDS})`);
+  const [base, buf] = scratchBuf();
+  buf.set(data, DATA_OFF);
+  Iovec.write(buf, { iovBase: base + BigInt(DATA_OFF), iovLen: BigInt(data.length) }, IOV_OFF);
+  let controllen = 0;
+  if (fds.length > 0) {
+    controllen = Cmsghdr.size + 4 * fds.length; // CMSG_LEN; a multiple of 8 is not required for the last one
+    Cmsghdr.write(buf, { cmsgLen: BigInt(controllen), cmsgLevel: SOL_SOCKET, cmsgType: SCM_RIGHTS }, CTRL_OFF);
+    const dv = new DataView(buf.buffer, buf.byteOffset);
+    fds.forEach((f, i) => dv.setInt32(CTRL_OFF + Cmsghdr.size + 4 * i, f, true));
+    controllen = (controllen + 7) & ~7; // CMSG_SPACE
+  }
+  Msghdr.write(buf, {
+    msgName: 0n, msgNamelen: 0, msgIov: base + BigInt(IOV_OFF), msgIovlen: 1n,
+    msgControl: fds.length > 0 ? base + BigInt(CTRL_OFF) : 0n, msgControllen: BigInt(controllen), msgFlags: 0,
+  }, HDR_OFF);
+  for (;;) {
+    const r = Number(c.sendmsg(fd, base + BigInt(HDR_OFF), MSG_NOSIGNAL));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e === EINTR) continue;
+    if (e === EAGAIN) return -EAGAIN;
+    throw new SysError('sendmsg', e);
+  }
+}
+
+/** What one recvmsg returned: bytes (empty at end of stream) and the descriptors that came with them. */
+export interface Received {
+  data: Uint8Array;
+  fds: number[];
+}
+
+/** One recvmsg of at most `max` bytes; undefined when nothing is waiting (non-blocking socket). */
+export function recvWithFds(fd: number, max = MAX_MESSAGE): Received | undefined {
+  const [base, buf] = scratchBuf();
+  const len = Math.min(max, MAX_MESSAGE);
+  Iovec.write(buf, { iovBase: base + BigInt(DATA_OFF), iovLen: BigInt(len) }, IOV_OFF);
+  buf.fill(0, CTRL_OFF, CTRL_OFF + CONTROL_SPACE);
+  Msghdr.write(buf, {
+    msgName: 0n, msgNamelen: 0, msgIov: base + BigInt(IOV_OFF), msgIovlen: 1n,
+    msgControl: base + BigInt(CTRL_OFF), msgControllen: BigInt(CONTROL_SPACE), msgFlags: 0,
+  }, HDR_OFF);
+  let r: number;
+  for (;;) {
+    r = Number(c.recvmsg(fd, base + BigInt(HDR_OFF), MSG_CMSG_CLOEXEC));
+    if (r >= 0) break;
+    const e = koffi.errno();
+    if (e === EINTR) continue;
+    if (e === EAGAIN) return undefined;
+    throw new SysError('recvmsg', e);
+  }
+  const hdr = Msghdr.read(buf, HDR_OFF);
+  const fds: number[] = [];
+  const controllen = Number(hdr.msgControllen);
+  if (controllen >= Cmsghdr.size) {
+    const cm = Cmsghdr.read(buf, CTRL_OFF);
+    if (cm.cmsgLevel === SOL_SOCKET && cm.cmsgType === SCM_RIGHTS) {
+      const n = Math.min(MAX_FDS, Math.floor((Number(cm.cmsgLen) - Cmsghdr.size) / 4));
+      const dv = new DataView(buf.buffer, buf.byteOffset);
+      for (let i = 0; i < n; i++) fds.push(dv.getInt32(CTRL_OFF + Cmsghdr.size + 4 * i, true));
+    }
+  }
+  if (hdr.msgFlags & MSG_CTRUNC) {
+    for (const f of fds) c.close(f);
+    throw new SysError('recvmsg', constants.errno.EMSGSIZE, 'more descriptors than one message may carry');
+  }
+  return { data: buf.slice(DATA_OFF, DATA_OFF + r), fds };
+}
+
+/** True while fd is an open descriptor of this process (fcntl F_GETFD). */
+export function fdIsOpen(fd: number): boolean {
+  return (c.fcntl(fd, F_GETFD, 0) as number) >= 0;
 }

@@ -16,6 +16,8 @@ export interface SharedRegister {
   readonly offset: number;
   readonly size: 4;
   readonly kind: 'load' | 'clear-bits';
+  /** `clear-bits` only: bits a write never clears (a device that keeps a status bit set for good). */
+  readonly keep?: number;
   /** One Int32 (index 0) over a SharedArrayBuffer; the device changes it only with Atomics. */
   readonly cell: Int32Array;
 }

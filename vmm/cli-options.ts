@@ -7,6 +7,8 @@ import { ensureDefaultGuest } from './default-guest';
 import { prepareKernel, type KernelUse } from './kernel/index';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
 import { UsageError } from '../lib/errors';
+import { sharesFromFlags } from './shares';
+import { findVirtiofsd } from '../devices/virtio/fs/daemon';
 
 
 export const runOptions = {
@@ -23,6 +25,8 @@ export const runOptions = {
   prio: { type: 'string' },
   'prio-max': { type: 'string' },
   'no-acpi': { type: 'boolean' },
+  share: { type: 'string', multiple: true },
+  rootfs: { type: 'string' },
   quiet: { type: 'boolean', short: 'q' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -38,13 +42,16 @@ function parseIntStrict(flag: string, v: string): number {
  * `run` does when given `--modules`), and its configuration must have what they need.
  */
 export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void, use: KernelUse = 'run'): Promise<MachineConfig> {
-  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean };
+  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; share?: string[]; rootfs?: string };
   const pin = v.pin ?? 'none';
   if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
   const prio = v.prio ?? 'none';
   if (prio !== 'none' && prio !== 'hinted') throw new UsageError(`--prio '${prio}' must be none or hinted`);
   const prioMax = v['prio-max'] === undefined ? undefined : parseIntStrict('--prio-max', v['prio-max']);
   if (prioMax !== undefined && (prioMax < 1 || prioMax > 99)) throw new UsageError(`--prio-max ${prioMax} must be 1..99`);
+  // Before the guest image is made: a missing virtiofsd fails at once.
+  const shares = sharesFromFlags(v.share, v.rootfs);
+  const virtiofsd = shares.length ? findVirtiofsd() : undefined;
   let kernel = v.kernel;
   let initrd = v.initrd;
   if (!kernel) {
@@ -73,6 +80,7 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     hostCpus: v['host-cpus'],
     prio,
     prioMax,
+    ...(shares.length ? { shares, virtiofsd } : {}),
   };
   validateConfig(config);
   return config;
@@ -97,4 +105,4 @@ export const controlOptions = {
 } as const;
 
 /** Machine flags that --config-file (and --wait without --kernel) replace. */
-export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max'] as const;
+export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max', 'share', 'rootfs'] as const;

@@ -26,7 +26,8 @@ commands:
   help    show this help
 
 tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [--append STR]
-          [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--no-acpi] [--timeout SEC] [--quiet]
+          [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--share HOST:GUEST[,ro]]...
+          [--rootfs host] [--no-acpi] [--timeout SEC] [--quiet]
   --kernel PATH    bzImage or ELF vmlinux, or a kernel build tree (its arch/x86/boot/bzImage
                    or vmlinux, .config and modules); default: Debian's stock kernel, fetched
                    and cached. tsvmm logs the release the image states and checks the
@@ -43,6 +44,11 @@ tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [-
   --vsock SPEC     virtio-vsock with Firecracker's hybrid UDS protocol: guest CID N (>= 3);
                    host clients connect to PATH and send "CONNECT <port>\n"; guest
                    connections to port P go to PATH_P
+  --share H:G[,ro] host directory H at guest directory G over virtio-fs, served by the
+                   host's virtiofsd (one per share; ro: the host refuses writes, EROFS);
+                   repeatable; the default guest's init mounts it
+  --rootfs host    the guest's / is the host's /, read-only over virtio-fs, with tmpfs on
+                   /tmp, /run, /var/tmp and /root: the host's programs run unchanged
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
   --timeout SEC    stop the VM after SEC seconds and exit 124 (as timeout(1) does)

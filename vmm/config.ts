@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { MiB } from './layout';
 import { validateVsockSpec } from '../devices/virtio/vsock/spec';
 import { TsvmmError } from '../lib/errors';
+import { validateShares, type ShareConfig } from './shares';
 
 export class ConfigError extends TsvmmError {}
 
@@ -27,6 +28,10 @@ export interface MachineConfig {
   prio?: 'none' | 'hinted';
   /** Highest SCHED_FIFO priority `prio` gives a vCPU thread (1..99, default 10). */
   prioMax?: number;
+  /** Host directories served over virtio-fs (vmm/shares.ts), each by its own virtiofsd. */
+  shares?: ShareConfig[];
+  /** The virtiofsd binary (found when the config is made, so a missing one fails before boot). */
+  virtiofsd?: string;
 }
 
 export const DEFAULT_MEMORY = 256 * MiB;
@@ -73,6 +78,7 @@ export function validateConfig(c: MachineConfig, maxVcpus = Number.MAX_SAFE_INTE
   validateMemory(c.memory);
   validateVcpus(c.vcpus, maxVcpus);
   if (c.vsock) validateVsockSpec(c.vsock);
+  if (c.shares) validateShares(c.shares);
 }
 
 export function fmtBytes(n: number): string {

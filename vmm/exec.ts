@@ -16,6 +16,7 @@ import { AgentVm } from './agent-vm';
 import { apiAgentConnector } from './api/client';
 import { checkKvm, machineConfig, MACHINE_FLAGS, runOptions } from './cli-options';
 import { stderrLine } from './log';
+import { guestPathOf } from './shares';
 import { TsvmmError, UsageError, EXIT } from '../lib/errors';
 
 export const EXEC_USAGE = `tsvmm exec [run options] [exec options] -- CMD ARGS...
@@ -24,7 +25,8 @@ tsvmm exec --api-sock S [exec options] -- CMD ARGS...
   guest, or --kernel K [--modules M]: any kernel, its agent initramfs built and cached), or
   with --api-sock in the running VM that serves API socket S (tsvmm run --api-sock S --vsock …)
   --env K=V        set K in CMD's environment (repeatable)
-  --cwd DIR        run CMD in guest directory DIR
+  --cwd DIR        run CMD in guest directory DIR (default: the caller's directory when
+                   the guest sees it through --share or --rootfs host)
   --put SRC:DST    copy host file SRC to guest path DST before CMD, making DST's parent
                    directories; DST keeps SRC's permission bits (repeatable)
   --get SRC:DST    copy guest file SRC to host path DST after CMD, also when CMD failed
@@ -143,11 +145,13 @@ export async function cmdExec(args: string[]): Promise<number> {
   let wroteNewline = true;
   try {
     let client: AgentClient;
+    let cwd = values.cwd;
     if (remote !== undefined) {
       client = new AgentClient(apiAgentConnector(remote));
     } else {
       const config = await machineConfig(values, log, 'exec');
       checkKvm();
+      cwd ??= guestPathOf(process.cwd(), config.shares ?? []);
       if (report.consoleLog) consoleLog = createWriteStream(report.consoleLog);
       vm = await AgentVm.start(config, {
         console: (b) => {
@@ -169,7 +173,7 @@ export async function cmdExec(args: string[]): Promise<number> {
     let failure: unknown;
     try {
       result = await client.exec({
-        argv: positionals, env, cwd: values.cwd, stdin,
+        argv: positionals, env, cwd, stdin,
         onStdout: (c) => {
           wroteNewline = c[c.length - 1] === 0x0a;
           process.stdout.write(c);

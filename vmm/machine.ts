@@ -33,6 +33,11 @@ import { PrioPolicy } from './scheduler/prio';
 import { HINT_PROGRAMS } from './hints/programs';
 import { schedGetattr, schedSetattr } from '../kvm/libc';
 import { EXIT } from '../lib/errors';
+import { Channel } from '../devices/virtio/vhost-user/channel';
+import { VhostUserFrontend } from '../devices/virtio/vhost-user/frontend';
+import { FS_QUEUES, VirtioFs } from '../devices/virtio/fs/device';
+import { findVirtiofsd, Virtiofsd } from '../devices/virtio/fs/daemon';
+import { sharesCmdline, type ShareConfig } from './shares';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -113,7 +118,9 @@ export class Machine {
     vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
     vm.createIrqchip();
     vm.createPit2();
-    const ram = (this.ram = new GuestRam(vm, c.memory));
+    const shares = c.shares ?? [];
+    // A vhost-user back-end maps guest RAM itself: only then is RAM made of memfds.
+    const ram = (this.ram = new GuestRam(vm, c.memory, { shared: shares.length > 0 }));
     // Every decision is logged, but a guest drives them: a policy change on many vCPUs fits the burst.
     const schedulerLog = this.guestLog('scheduler', { burst: 300, perSecond: 10 });
     const scheduler = (this.scheduler = newScheduler(c.vcpus, c.pin, c.hostCpus, (m) => schedulerLog.line(m)));
@@ -142,8 +149,9 @@ export class Machine {
       this.cleanups.push(() => dev.close());
       this.addVirtio(vm, 'virtio-vsock', dev);
     }
+    for (const [i, share] of shares.entries()) await this.addVirtioFs(vm, i, share);
     const slots = this.transports.map((_, i) => virtioMmioSlot(i));
-    let extraCmdline = '';
+    let extraCmdline = shares.length ? ` ${sharesCmdline(shares)}` : '';
     if (this.vsock) {
       const vsock = this.vsock;
       // Shared memory outside e820 RAM: the guest agent maps it through /dev/mem.
@@ -155,7 +163,7 @@ export class Machine {
       }));
       this.cleanups.push(() => pv.close());
       this.pio.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
-      extraCmdline = ` ${Paravirt.cmdline()}`;
+      extraCmdline += ` ${Paravirt.cmdline()}`;
     }
     const hypercall = this.paravirt
       ? { ioBase: HYPERCALL_PORT, ioLen: HYPERCALL_PORT_LEN, memBase: HYPERCALL_SHMEM_ADDR, memSize: HYPERCALL_SHMEM_SIZE }
@@ -235,6 +243,49 @@ export class Machine {
     }
     this.transports.push({ name, transport });
 
+  }
+
+  /**
+   * A virtio-fs device served by its own virtiofsd (devices/virtio/fs/). tsvmm keeps the
+   * transport's registers; at DRIVER_OK the device hands the rings to the daemon with the
+   * queue's ioeventfd as kick fd and the device's irqfd as call fd, so requests and their
+   * completions go guest <-> KVM <-> virtiofsd without this process.
+   */
+  private async addVirtioFs(vm: Vm, index: number, share: ShareConfig): Promise<void> {
+    const ram = this.ram!;
+    const label = `${share.hostDir}:${share.guestDir}${share.readOnly ? ',ro' : ''}`;
+    const { daemon, fd } = await Virtiofsd.start({
+      binary: this.config.virtiofsd ?? findVirtiofsd(), source: share.hostDir, readOnly: share.readOnly, label,
+      onDeath: (why) => this.finish({ code: EXIT.ERROR, reason: 'error', detail: why }),
+    });
+    const channel = new Channel(fd, `virtiofsd (${label})`);
+    // Teardown order (cleanups run in reverse): the channel closes before the daemon stops.
+    this.cleanups.push(() => daemon.stop());
+    this.cleanups.push(() => channel.close());
+    const frontend = new VhostUserFrontend(channel, `virtiofsd (${label})`);
+    await frontend.init();
+    const slot = virtioMmioSlot(this.transports.length);
+    const irq = new IrqfdLine(vm, slot.gsi);
+    this.irqs.push(irq);
+    const kickFds = Array.from({ length: FS_QUEUES }, () => eventfd());
+    this.cleanups.push(() => {
+      for (const k of kickFds.splice(0)) closeFd(k);
+    });
+    const name = `virtio-fs${index}`;
+    const errors = this.guestLog(name);
+    const device = new VirtioFs({
+      tag: share.tag, frontend, memory: { regions: ram.shared, hostAddress: (gpa, len) => ram.hostAddress(gpa, len) }, callFd: irq.fd, kickFds,
+      log: (m) => errors.line(m),
+    });
+    const transport = new MmioTransport(device, ram.memory, irq, { backendInterrupts: true });
+    transport.onError = (reason) => errors.line(`${name}: device needs reset: ${reason}`);
+    for (let q = 0; q < device.queueMaxSizes.length; q++) {
+      const n = transport.notifyAddress(q);
+      vm.registerIoeventfd(kickFds[q]!, slot.base + n.offset, n.length, { datamatch: n.datamatch });
+    }
+    this.mmio.insert(slot.base, slot.size, name, transport);
+    this.transports.push({ name, transport });
+    this.io.log(`${name}: ${label} as tag ${share.tag}, virtiofsd pid ${daemon.pid}`);
   }
 
   /**

@@ -1,6 +1,12 @@
-// Guest RAM: anonymous host mappings registered as KVM memory slots, laid out around the 32-bit
-// MMIO hole. This module owns the host mappings and their slots; device models only ever see
-// the bounds-checked GuestMemory view (devices/memory.ts) built from them.
+// Guest RAM: host mappings registered as KVM memory slots, laid out around the 32-bit MMIO hole.
+// This module owns the host mappings and their slots; device models only ever see the
+// bounds-checked GuestMemory view (devices/memory.ts) built from them.
+//
+// RAM is anonymous private memory, unless another process must map it (a vhost-user back-end
+// such as virtiofsd): then each chunk is a memfd mapped MAP_SHARED, and its fd goes to the
+// back-end in SET_MEM_TABLE. Shared RAM is only chosen when needed because shmem gets
+// transparent huge pages only where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows
+// it (Debian's default: never), and THP is what keeps a nested guest's boot fast (below).
 
 import * as libc from '../kvm/libc';
 import type { Vm } from '../kvm/kvm';
@@ -29,20 +35,31 @@ export interface HostMapping {
   addr: bigint;
 }
 
+/** A RAM chunk another process can map: its memfd (owned by GuestRam) and where it lives. */
+export interface SharedRamRegion {
+  guestPhysAddr: number;
+  size: number;
+  userAddr: bigint;
+  fd: number;
+  fdOffset: number;
+}
+
 export class GuestRam {
   readonly memory: GuestMemory;
   readonly ranges: readonly RamRange[];
-  private readonly mappings: HostMapping[] = [];
+  private readonly mappings: (HostMapping & { fd?: number })[] = [];
   private nextSlot = 0;
+  /** The RAM chunks as memfds, when RAM is shared (else empty). */
+  readonly shared: SharedRamRegion[] = [];
 
-  constructor(vm: Vm, size: number) {
+  constructor(vm: Vm, size: number, opts: { shared?: boolean } = {}) {
     this.ranges = ramLayout(size);
     const regions: MemoryRegion[] = [];
     try {
       for (const r of this.ranges) {
         for (let off = 0; off < r.size; off += MAX_CHUNK) {
           const chunk = Math.min(MAX_CHUNK, r.size - off);
-          regions.push(this.mapSlot(vm, r.gpa + off, chunk));
+          regions.push(this.mapSlot(vm, r.gpa + off, chunk, opts.shared));
         }
       }
     } catch (e) {
@@ -52,10 +69,34 @@ export class GuestRam {
     this.memory = new GuestMemory(regions);
   }
 
-  /** Maps `size` bytes of fresh host memory as a KVM slot at gpa (also used for non-RAM shared regions). */
-  mapSlot(vm: Vm, gpa: number, size: number): MemoryRegion {
-    const addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1);
-    this.mappings.push({ gpa, size, addr });
+  /** Host virtual address of guest RAM [gpa, gpa + len) when it lies inside one shared chunk. */
+  hostAddress(gpa: number, len: number): bigint | undefined {
+    for (const r of this.shared) {
+      if (gpa >= r.guestPhysAddr && gpa + len <= r.guestPhysAddr + r.size) return r.userAddr + BigInt(gpa - r.guestPhysAddr);
+    }
+    return undefined;
+  }
+
+  /**
+   * Maps `size` bytes of fresh host memory as a KVM slot at gpa (also used for non-RAM shared
+   * regions); `shared`: backed by a memfd another process can map.
+   */
+  mapSlot(vm: Vm, gpa: number, size: number, shared = false): MemoryRegion {
+    let fd: number | undefined;
+    let addr: bigint;
+    if (shared) {
+      fd = libc.memfdCreate(`tsvmm-ram-${gpa.toString(16)}`, size);
+      try {
+        addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_NORESERVE, fd);
+      } catch (e) {
+        libc.close(fd);
+        throw e;
+      }
+      this.shared.push({ guestPhysAddr: gpa, size, userAddr: addr, fd, fdOffset: 0 });
+    } else {
+      addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1);
+    }
+    this.mappings.push({ gpa, size, addr, fd });
     // Not inherited by children (tsvmm spawns helpers). Transparent huge pages let KVM map
     // guest RAM 2 MiB at a time: under nested virtualization every 4 KiB nested-paging fault
     // costs ~1 ms, which made a stock kernel's first seconds of boot crawl (measured: the
@@ -71,6 +112,10 @@ export class GuestRam {
   }
 
   close(): void {
-    for (const m of this.mappings.splice(0)) libc.munmap(m.addr, m.size);
+    for (const m of this.mappings.splice(0)) {
+      libc.munmap(m.addr, m.size);
+      if (m.fd !== undefined) libc.close(m.fd);
+    }
+    this.shared.length = 0;
   }
 }

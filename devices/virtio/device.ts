@@ -12,6 +12,7 @@ export const VIRTIO_F_VERSION_1 = 1n << 32n;
 
 /** Device type ids used by tsvmm (virtio 1.x §5). */
 export const VIRTIO_ID_VSOCK = 19;
+export const VIRTIO_ID_FS = 26;
 
 /** What the transport hands a device when the driver sets DRIVER_OK. */
 export interface VirtioDeviceContext {

@@ -94,6 +94,19 @@ export interface TransportCounters {
   resets: number;
 }
 
+export interface TransportOptions {
+  /**
+   * Another process raises the used-buffer interrupt through the device's irqfd (a vhost-user
+   * back-end): the transport never learns of it, so it cannot set InterruptStatus first, and
+   * Linux's vm_interrupt() ignores an interrupt whose InterruptStatus lacks the bit. The bit
+   * then stays set for good (Firecracker does the same for its vhost-user devices): each
+   * interrupt makes the driver look at its used rings, which costs nothing when they are
+   * empty. The alternative, a resampling irqfd whose EOI tells the VMM to re-check, would
+   * bring every interrupt back through this process.
+   */
+  backendInterrupts?: boolean;
+}
+
 const MAX_FEATURE_WORDS = 2; // bits 0..63: all features virtio defines today
 
 export class MmioTransport implements BusDevice {
@@ -120,14 +133,19 @@ export class MmioTransport implements BusDevice {
   private readonly isr = new Int32Array(new SharedArrayBuffer(4));
   private configGeneration = 0;
   private activated = false;
+  /** InterruptStatus bits no ACK and no reset clears (see TransportOptions.backendInterrupts). */
+  private readonly sticky: number;
 
   constructor(
     readonly device: VirtioDevice,
     private readonly mem: GuestMemory,
     private readonly irq: IrqLine,
+    opts: TransportOptions = {},
   ) {
     this.queues = device.queueMaxSizes.map((max) => new Queue(mem, max));
     this.offered = device.deviceFeatures | TRANSPORT_FEATURES;
+    this.sticky = opts.backendInterrupts ? INT_USED_BUFFER : 0;
+    Atomics.store(this.isr, 0, this.sticky);
   }
 
   /** The ioeventfd registration for queue i (QueueNotify, datamatch = queue index). */
@@ -139,7 +157,7 @@ export class MmioTransport implements BusDevice {
   sharedRegisters(): readonly SharedRegister[] {
     return [
       { offset: REG.InterruptStatus, size: 4, kind: 'load', cell: this.isr },
-      { offset: REG.InterruptACK, size: 4, kind: 'clear-bits', cell: this.isr },
+      { offset: REG.InterruptACK, size: 4, kind: 'clear-bits', cell: this.isr, keep: this.sticky },
     ];
   }
 
@@ -291,7 +309,7 @@ export class MmioTransport implements BusDevice {
         this.queueNotify(v);
         return true;
       case REG.InterruptACK:
-        Atomics.and(this.isr, 0, ~v);
+        Atomics.and(this.isr, 0, ~(v & ~this.sticky));
         return true;
       case REG.Status:
         return this.writeStatus(v);
@@ -400,7 +418,7 @@ export class MmioTransport implements BusDevice {
     this.activated = false;
     this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
     this.driverFeatures = this.acked = 0n;
-    Atomics.store(this.isr, 0, 0);
+    Atomics.store(this.isr, 0, this.sticky);
     for (const q of this.queues) q.reset();
     this.guard(() => this.device.reset());
   }

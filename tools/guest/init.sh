@@ -26,10 +26,35 @@ ln -sfn /proc/self/fd/0 /dev/stdin
 ln -sfn /proc/self/fd/1 /dev/stdout
 ln -sfn /proc/self/fd/2 /dev/stderr
 
-# Modules are named NN-name.ko so that the glob order is the dependency order.
+# A dotted parameter is not handed to init as env or argv: read it from /proc/cmdline.
+enc= shares= rootfs=
+set -f
+for arg in $(cat /proc/cmdline); do
+	case $arg in
+	tsvmm.cmd=*) enc=${arg#tsvmm.cmd=} ;;
+	tsvmm.share=*) shares="$shares ${arg#tsvmm.share=}" ;;
+	tsvmm.rootfs=*) rootfs=${arg#tsvmm.rootfs=} ;;
+	esac
+done
+set +f
+
+# Modules are named NN-name.ko so that the glob order is the dependency order. The file
+# system modules load only when the host shares a directory (each insmod costs boot time).
 for m in /lib/modules/*.ko; do
 	[ -e "$m" ] || continue
+	case ${m##*/} in
+	[0-9]*-fuse.ko | [0-9]*-virtiofs.ko | [0-9]*-overlay.ko) [ -n "$shares$rootfs" ] || continue ;;
+	esac
 	insmod "$m" 2>/dev/null || echo "tsvmm-init: warning: insmod ${m##*/} failed"
+done
+
+# --share: tsvmm.share=TAG:DIR[:ro]. The host enforces read-only (virtiofsd serves a read-only
+# bind mount); the guest mounts ro too, so writes fail at once with EROFS.
+for s in $shares; do
+	tag=${s%%:*} rest=${s#*:}
+	dir=${rest%:ro} opt=rw
+	[ "$dir" = "$rest" ] || opt=ro
+	mkdir -p "$dir" && mount -t virtiofs -o "$opt" "$tag" "$dir" || echo "tsvmm-init: warning: mounting share $tag at $dir failed"
 done
 ip link set lo up 2>/dev/null
 
@@ -45,13 +70,31 @@ halt_now() {
 	while :; do sleep 3600; done
 }
 
-# A dotted parameter is not handed to init as env or argv: read it from /proc/cmdline.
-enc=
-set -f
-for arg in $(cat /proc/cmdline); do
-	case $arg in tsvmm.cmd=*) enc=${arg#tsvmm.cmd=} ;; esac
-done
-set +f
+# --rootfs host: tsvmm.rootfs=TAG. The host's / read-only at /newroot with tmpfs where
+# programs write, this guest's proc, sys and dev inside, and the agent (static, from this
+# initramfs) started chrooted there; init stays outside to power off after it.
+newroot=
+if [ -n "$rootfs" ]; then
+	newroot=/newroot
+	mkdir -p $newroot
+	if mount -t virtiofs -o ro "$rootfs" $newroot; then
+		for d in tmp run var/tmp root; do
+			[ -d $newroot/$d ] && mount -t tmpfs tmpfs $newroot/$d
+		done
+		mount -t proc proc $newroot/proc
+		mount -t sysfs sysfs $newroot/sys
+		mount -t devtmpfs devtmpfs $newroot/dev
+		mkdir -p $newroot/dev/pts $newroot/dev/shm
+		mount -t devpts devpts $newroot/dev/pts
+		mount -t tmpfs tmpfs $newroot/dev/shm
+		[ -d /sys/kernel/tracing ] && mount -t tracefs tracefs $newroot/sys/kernel/tracing 2>/dev/null
+		mkdir -p $newroot/run/tsvmm
+		[ -x /usr/bin/tsvmm-agent ] && cp /usr/bin/tsvmm-agent $newroot/run/tsvmm/tsvmm-agent
+	else
+		echo "tsvmm-init: warning: mounting the host root ($rootfs) failed"
+		newroot=
+	fi
+fi
 
 if [ -n "$enc" ]; then
 	cmd=$(echo "$enc" | base64 -d 2>/dev/null)
@@ -61,8 +104,12 @@ if [ -n "$enc" ]; then
 		halt_now
 	fi
 	cd /root
-	sh -c "$cmd"
+	if [ -n "$newroot" ]; then chroot $newroot /bin/sh -c "cd /root; $cmd"; else sh -c "$cmd"; fi
 	echo "tsvmm-init: exit=$?"
+	halt_now
+elif [ -n "$newroot" ] && [ -x $newroot/run/tsvmm/tsvmm-agent ]; then
+	chroot $newroot /run/tsvmm/tsvmm-agent
+	echo "tsvmm-init: agent exit=$?"
 	halt_now
 elif [ -x /usr/bin/tsvmm-agent ]; then
 	/usr/bin/tsvmm-agent

@@ -63,6 +63,8 @@ export const FEATURE_PURPOSE: Record<string, { what: string; requiredBy: readonl
   devtmpfs: { what: "/dev in the guest (/dev/kmsg for the agent's log)", requiredBy: [] },
   bpf: { what: "the eBPF hint programs ('affinity': bpf(2) and syscall tracepoints)", requiredBy: ['demo'] },
   kprobes: { what: "the 'prio' hint program (a kprobe)", requiredBy: [] },
+  virtiofs: { what: 'host directories in the guest (--share, --rootfs host: virtio-fs)', requiredBy: [] },
+  overlay: { what: 'overlay mounts over shared directories', requiredBy: [] },
 };
 
 export interface ModuleSet {

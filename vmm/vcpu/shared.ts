@@ -14,7 +14,7 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
   for (const s of claim.shared) {
     if (addr - claim.base !== s.offset || data.length !== s.size || isWrite !== (s.kind === 'clear-bits')) continue;
     if (isWrite) {
-      Atomics.and(s.cell, 0, ~(data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)));
+      Atomics.and(s.cell, 0, ~((data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) & ~(s.keep ?? 0)));
     } else {
       const v = Atomics.load(s.cell, 0);
       data[0] = v;

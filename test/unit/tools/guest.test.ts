@@ -64,6 +64,9 @@ test('the default initramfs holds /init, busybox and the device modules in load 
     'lib/modules/06-vmw_vsock_virtio_transport.ko',
     'lib/modules/07-pvpanic.ko',
     'lib/modules/08-pvpanic-mmio.ko',
+    'lib/modules/09-fuse.ko',
+    'lib/modules/10-virtiofs.ko',
+    'lib/modules/11-overlay.ko',
   ]);
   assert.is(extract(image, 'init'), readFileSync(script('init.sh'), 'utf8'));
 });

@@ -1,0 +1,134 @@
+#!/usr/bin/env node
+// virtio-fs against QEMU: the same virtiofsd binary serves the same directory to tsvmm
+// (`--share`) and to QEMU microvm (vhost-user-fs-device on memfd RAM); the default guest's init
+// mounts it (tsvmm.share=) and times, from /proc/uptime, a sequential read of one large file
+// and a metadata walk (ls -lR: one stat per file) over many small ones, each on a fresh boot
+// (cold guest cache; the host's page cache is warm for both). Ratios are QEMU's time over
+// tsvmm's (≥ 1: tsvmm as fast). Needs hardware KVM: run it through tools/bench/run.sh.
+//
+//   node tools/bench/virtiofs.mjs [--runs 3] [--files 10000] [--big-mib 128] [--out FILE]
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  BASE_CMDLINE, BenchError, ROOT, environment, fmt, guestCmd, guestFiles, parseArgs, qemuArgs, ratio, requireKvm, runTimed, stats, writeJson,
+} from './lib.mjs';
+
+const USAGE = `usage: node tools/bench/virtiofs.mjs [options]
+  --runs N        timed boots per VMM, alternating (default 3)
+  --files N       small files for the metadata walk (default 10000)
+  --big-mib N     size of the sequentially read file (default 128)
+  --memory SIZE   (default 512M)   --timeout SEC (default 600)   --out FILE
+  --virtiofsd BIN (default: what tsvmm finds)   --qemu BIN   --qemu-cpu MODEL (default host)
+  --force         run even without a hardware KVM module`;
+
+const o = parseArgs(process.argv.slice(2), {
+  runs: 3, files: 10000, bigMib: 128, memory: '512M', timeout: 600, out: '', virtiofsd: '', qemu: 'qemu-system-x86_64', qemuCpu: 'host', force: false,
+  kernel: '', initrd: '',
+}, USAGE);
+
+const LINE = 'bench-vfs:';
+// Times in 10 ms ticks of /proc/uptime, printed as ms.
+const SCRIPT = `
+t() { read u _ < /proc/uptime; echo \${u%.*}\${u#*.}0; }
+a=$(t); cat /mnt/b/big > /dev/null; b=$(t)
+ls -lR /mnt/b/many > /dev/null; c=$(t)
+n=$(ls /mnt/b/many | wc -l)
+echo "${LINE} read_ms=$((b - a)) stat_ms=$((c - b)) files=$n"`;
+
+function makeTree(dir) {
+  mkdirSync(join(dir, 'many'), { recursive: true });
+  const chunk = Buffer.alloc(1 << 20, 0x5a);
+  const fd = [];
+  for (let i = 0; i < o.bigMib; i++) fd.push(chunk);
+  writeFileSync(join(dir, 'big'), Buffer.concat(fd));
+  const small = Buffer.alloc(4096, 0x33);
+  for (let i = 0; i < o.files; i++) writeFileSync(join(dir, 'many', `f${i}`), small);
+}
+
+/** The daemon tsvmm would pick (devices/virtio/fs/daemon.ts), so both VMMs run the same binary. */
+function findDaemon() {
+  if (o.virtiofsd) return o.virtiofsd;
+  const dirs = (process.env.PATH ?? '').split(':').filter(Boolean).map((d) => join(d, 'virtiofsd'));
+  for (const p of [...dirs, '/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd']) if (existsSync(p)) return p;
+  throw new BenchError('virtiofsd not found: --virtiofsd BIN');
+}
+
+async function qemuRun(base, dir, daemon, cmdline) {
+  const sock = join(base, 'q.sock');
+  const d = spawn(daemon, [`--socket-path=${sock}`, '-o', `source=${dir}`, '-o', 'cache=auto', '-o', 'sandbox=chroot', '-o', 'log_level=err'], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 20));
+    const q = qemuArgs({ kernel: o.kernel, initrd: o.initrd, cmdline, vcpus: 1, memory: o.memory, qemu: o.qemu, qemuCpu: o.qemuCpu });
+    const m = q.args.indexOf('-M');
+    q.args[m + 1] += ',memory-backend=mem';
+    q.args.push('-object', `memory-backend-memfd,id=mem,size=${o.memory},share=on`,
+      '-chardev', `socket,id=vfs,path=${sock}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench');
+    return await runGuest(q.cmd, q.args);
+  } finally {
+    d.kill('SIGKILL');
+    rmSync(sock, { force: true });
+  }
+}
+
+async function runGuest(cmd, args, env) {
+  let result = null;
+  const r = await runTimed(cmd, args, {
+    timeoutMs: o.timeout * 1000, env,
+    onLine: (l) => {
+      const m = new RegExp(`${LINE} read_ms=(\\d+) stat_ms=(\\d+) files=(\\d+)`).exec(l);
+      if (m) result = { readMs: Number(m[1]), statMs: Number(m[2]), files: Number(m[3]) };
+    },
+  });
+  if (!result || result.files !== o.files) return { ok: false, error: r.timedOut ? 'timeout' : `exit ${r.code}, no result line`, tail: r.tail.slice(-1500) };
+  return { ok: true, ...result, wallMs: r.ms };
+}
+
+async function main() {
+  requireKvm(o.force);
+  Object.assign(o, guestFiles(o));
+  const daemon = findDaemon();
+  const base = mkdtempSync(join(tmpdir(), 'tsvmm-bench-vfs-'));
+  const dir = join(base, 'tree');
+  try {
+    makeTree(dir);
+    // tsvmm adds its own tsvmm.share= word for --share; QEMU's guest gets the same word by hand.
+    const cmdline = `${BASE_CMDLINE} ${guestCmd(SCRIPT)}`;
+    const vmms = {
+      tsvmm: () => runGuest(process.execPath, [join(ROOT, 'bin/tsvmm.js'), 'run', '--quiet', '--kernel', o.kernel, '--initrd', o.initrd,
+        '--memory', o.memory, '--share', `${dir}:/mnt/b,ro`, '--cmdline', cmdline], { ...process.env, TSVMM_VIRTIOFSD: daemon }),
+      qemu: () => qemuRun(base, dir, daemon, `${cmdline} tsvmm.share=bench:/mnt/b:ro`),
+    };
+    const runs = [];
+    for (let i = 0; i < o.runs; i++) {
+      for (const vmm of i % 2 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu']) {
+        const r = { vmm, round: i, ...(await vmms[vmm]()) };
+        runs.push(r);
+        process.stderr.write(`virtiofs: run ${i + 1}/${o.runs} ${vmm}: ${r.ok ? `read ${r.readMs} ms, stat ${r.statMs} ms` : `FAILED (${r.error})\n${r.tail}`}\n`);
+      }
+    }
+    const summary = {};
+    for (const vmm of ['tsvmm', 'qemu']) {
+      const ok = runs.filter((r) => r.vmm === vmm && r.ok);
+      summary[vmm] = { ok: ok.length, readMs: stats(ok.map((r) => r.readMs)), statMs: stats(ok.map((r) => r.statMs)) };
+    }
+    // QEMU's time over tsvmm's: tsvmm's speed relative to QEMU's (goal >= 0.9).
+    const ratios = {
+      read: ratio(summary.qemu.readMs.median, summary.tsvmm.readMs.median),
+      stat: ratio(summary.qemu.statMs.median, summary.tsvmm.statMs.median),
+    };
+    console.log(`virtio-fs, same virtiofsd (${daemon}), ${o.runs} boots each: sequential read of ${o.bigMib} MiB, ls -lR of ${o.files} files (ms, median)`);
+    for (const vmm of ['tsvmm', 'qemu']) console.log(`${vmm.padEnd(6)} ok ${summary[vmm].ok}/${o.runs}  read ${fmt(summary[vmm].readMs.median, 0).padStart(7)}  stat ${fmt(summary[vmm].statMs.median, 0).padStart(7)}`);
+    console.log(`tsvmm speed vs qemu (qemu ms / tsvmm ms): read ${fmt(ratios.read, 2)}, stat ${fmt(ratios.stat, 2)} (goal >= 0.9)`);
+    writeJson(o.out, { bench: 'virtiofs', env: environment(o.qemu), config: { ...o, daemon }, summary, ratio: ratios, runs });
+    process.exitCode = summary.tsvmm.ok && summary.qemu.ok ? 0 : 1;
+  } finally {
+    rmSync(base, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`virtiofs: ${e instanceof BenchError ? e.message : e.stack}\n`);
+  process.exitCode = e instanceof BenchError ? 2 : 1;
+});

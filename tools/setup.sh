@@ -13,6 +13,7 @@ PACKAGES=(
 	clang llvm        # eBPF toolkit tests compare with clang/llvm-mc/llvm-objdump
 	linux-libc-dev    # <linux/kvm.h> for the ABI test
 	curl socat        # API and vsock examples
+	e2fsprogs         # mkfs.ext4 -d, debugfs, e2fsck: the virtio-blk root drive test and benchmark
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

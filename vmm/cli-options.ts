@@ -6,6 +6,7 @@ import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize,
 import { ensureDefaultGuest } from './default-guest';
 import { prepareKernel, type KernelUse } from './kernel/index';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
+import { orderDrives, parseDriveSpec } from '../devices/virtio/block/spec';
 import { UsageError } from '../lib/errors';
 import { sharesFromFlags } from './shares';
 import { findVirtiofsd } from '../devices/virtio/fs/daemon';
@@ -20,6 +21,8 @@ export const runOptions = {
   vcpus: { type: 'string' },
   memory: { type: 'string' },
   vsock: { type: 'string' },
+  drive: { type: 'string', multiple: true },
+  'no-rng': { type: 'boolean' },
   pin: { type: 'string' },
   'host-cpus': { type: 'string' },
   prio: { type: 'string' },
@@ -42,7 +45,7 @@ function parseIntStrict(flag: string, v: string): number {
  * `run` does when given `--modules`), and its configuration must have what they need.
  */
 export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void, use: KernelUse = 'run'): Promise<MachineConfig> {
-  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; share?: string[]; rootfs?: string };
+  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; drive?: string[]; 'no-rng'?: boolean; share?: string[]; rootfs?: string };
   const pin = v.pin ?? 'none';
   if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
   const prio = v.prio ?? 'none';
@@ -52,6 +55,8 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
   // Before the guest image is made: a missing virtiofsd fails at once.
   const shares = sharesFromFlags(v.share, v.rootfs);
   const virtiofsd = shares.length ? findVirtiofsd() : undefined;
+  // Before the kernel is resolved (that may build the default guest): bad flags fail at once.
+  const drives = v.drive === undefined ? undefined : orderDrives(v.drive.map((d, i) => parseDriveSpec(d, i)));
   let kernel = v.kernel;
   let initrd = v.initrd;
   if (!kernel) {
@@ -76,6 +81,8 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     memory: v.memory === undefined ? DEFAULT_MEMORY : parseSize(v.memory),
     acpi: !v['no-acpi'],
     vsock: v.vsock === undefined ? undefined : parseVsockSpec(v.vsock),
+    drives,
+    rng: v['no-rng'] ? false : undefined,
     pin,
     hostCpus: v['host-cpus'],
     prio,
@@ -105,4 +112,4 @@ export const controlOptions = {
 } as const;
 
 /** Machine flags that --config-file (and --wait without --kernel) replace. */
-export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max', 'share', 'rootfs'] as const;
+export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max', 'share', 'rootfs', 'drive', 'no-rng'] as const;

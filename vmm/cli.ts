@@ -27,7 +27,8 @@ commands:
 
 tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [--append STR]
           [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--share HOST:GUEST[,ro]]...
-          [--rootfs host] [--no-acpi] [--timeout SEC] [--quiet]
+          [--rootfs host] [--drive path=IMG[,ro][,id=NAME][,root]]...
+          [--no-rng] [--no-acpi] [--timeout SEC] [--quiet]
   --kernel PATH    bzImage or ELF vmlinux, or a kernel build tree (its arch/x86/boot/bzImage
                    or vmlinux, .config and modules); default: Debian's stock kernel, fetched
                    and cached. tsvmm logs the release the image states and checks the
@@ -49,6 +50,11 @@ tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [-
                    repeatable; the default guest's init mounts it
   --rootfs host    the guest's / is the host's /, read-only over virtio-fs, with tmpfs on
                    /tmp, /run, /var/tmp and /root: the host's programs run unchanged
+  --drive SPEC     a virtio-blk drive on raw image IMG (repeatable: /dev/vda, vdb, … in
+                   order); ro: read-only (VIRTIO_BLK_F_RO); id=NAME: what GET_ID answers
+                   (default driveN); root: boot from it (it becomes vda, root=/dev/vda)
+  --no-rng         no virtio-rng (on by default: /dev/hwrng fed from the host's getrandom,
+                   1 MiB/s; PUT /entropy sets Firecracker's rate limiter)
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
   --timeout SEC    stop the VM after SEC seconds and exit 124 (as timeout(1) does)

@@ -5,6 +5,8 @@
 import { readFileSync } from 'node:fs';
 import { MiB } from './layout';
 import { validateVsockSpec } from '../devices/virtio/vsock/spec';
+import { orderDrives, validateDriveSpec, type DriveSpec } from '../devices/virtio/block/spec';
+import type { RateLimiterSpec, TokenBucketSpec } from '../devices/rate-limiter';
 import { TsvmmError } from '../lib/errors';
 import { validateShares, type ShareConfig } from './shares';
 
@@ -20,6 +22,10 @@ export interface MachineConfig {
   /** Describe devices with ACPI (default), or only on the command line (`--no-acpi`). */
   acpi: boolean;
   vsock?: { cid: number; udsPath: string };
+  /** virtio-blk drives in the order the guest names them (vda, vdb, …); a root drive comes first. */
+  drives?: DriveSpec[];
+  /** virtio-rng: present unless false (`--no-rng`); its rate limiter (default: devices/virtio/rng DEFAULT_RNG_LIMIT). */
+  rng?: false | { rateLimiter?: RateLimiterSpec };
   /** vCPU pinning policy (vmm/scheduler); `hinted` follows the guest's affinity hints. */
   pin: 'none' | 'static' | 'hinted';
   /** Host CPU pool, CPU list syntax (default: this process's allowed CPUs). */
@@ -79,6 +85,27 @@ export function validateConfig(c: MachineConfig, maxVcpus = Number.MAX_SAFE_INTE
   validateVcpus(c.vcpus, maxVcpus);
   if (c.vsock) validateVsockSpec(c.vsock);
   if (c.shares) validateShares(c.shares);
+  if (c.drives) {
+    c.drives.forEach((d) => validateDriveSpec(d));
+    const ordered = orderDrives(c.drives);
+    if (ordered.some((d, i) => d !== c.drives![i])) throw new ConfigError(`drives: the root drive ${ordered[0]!.id} must come first (it is /dev/vda)`);
+  }
+  if (c.rng && c.rng.rateLimiter) validateRateLimiter(c.rng.rateLimiter, 'entropy.rate_limiter');
+}
+
+/** Token bucket sizes and refill times: positive integers (Firecracker's u64 fields). */
+export function validateRateLimiter(r: RateLimiterSpec, where: string): void {
+  const bucket = (b: TokenBucketSpec | undefined, name: string) => {
+    if (!b) return;
+    const int = (v: number | undefined, field: string, min: number) => {
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < min)) throw new ConfigError(`${where}.${name}.${field}: ${v} must be an integer >= ${min}`);
+    };
+    int(b.size, 'size', 1);
+    int(b.refillTimeMs, 'refill_time', 1);
+    int(b.oneTimeBurst, 'one_time_burst', 0);
+  };
+  bucket(r.bandwidth, 'bandwidth');
+  bucket(r.ops, 'ops');
 }
 
 export function fmtBytes(n: number): string {

@@ -53,5 +53,8 @@ export const HYPERCALL_PORT = 0x700;
 /** 0x700–0x73f: the hypercall device's register block. */
 export const HYPERCALL_PORT_LEN = HC_IO_LEN;
 
+/** IOAPIC pins 5..23: virtio-mmio devices one can place (each has a pin of its own). */
+export const VIRTIO_MMIO_SLOTS = 24 - VIRTIO_GSI_BASE;
+
 /** Address of virtio-mmio device i and its GSI. */
 export const virtioMmioSlot = (i: number) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE, size: VIRTIO_MMIO_SIZE, gsi: VIRTIO_GSI_BASE + i });

@@ -17,13 +17,15 @@ import { IrqfdLine } from './irq';
 import {
   ACPI_ADDR, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, HYPERCALL_PORT, HYPERCALL_PORT_LEN, HYPERCALL_SHMEM_ADDR,
   HYPERCALL_SHMEM_SIZE, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, LAPIC_ADDR, PVPANIC_PORT,
-  virtioMmioSlot,
+  VIRTIO_MMIO_SLOTS, virtioMmioSlot,
 } from './layout';
 import { GuestRam } from './memory';
 import { VcpuExit, VcpuThreads } from './vcpu/threads';
 import { MmioTransport } from '../devices/virtio/mmio';
 import type { VirtioDevice } from '../devices/virtio/device';
 import { VirtioVsock } from '../devices/virtio/vsock/index';
+import { openDrive, type VirtioBlock } from '../devices/virtio/block/index';
+import { VirtioRng } from '../devices/virtio/rng/index';
 import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
 import { Paravirt, newScheduler } from './paravirt';
 import { RateLimitedLog, type RateLimitOptions } from './log';
@@ -65,6 +67,9 @@ export class Machine {
   serial?: Serial16550;
   i8042?: I8042;
   vsock?: VirtioVsock;
+  /** virtio-blk devices, in config order (the guest's vda, vdb, …). */
+  readonly drives: VirtioBlock[] = [];
+  rng?: VirtioRng;
   /** The hypercall device and vCPU scheduler (present when the machine has vsock: the doorbell rides on it). */
   paravirt?: Paravirt;
   scheduler?: VcpuScheduler;
@@ -149,6 +154,20 @@ export class Machine {
       this.cleanups.push(() => dev.close());
       this.addVirtio(vm, 'virtio-vsock', dev);
     }
+    // Slots in this order: the guest's virtio-blk driver names disks in probe order, which is
+    // slot order, so the drives get vda, vdb, … as configured.
+    for (const spec of c.drives ?? []) {
+      const ioLog = this.guestLog(`virtio-blk ${spec.id}`);
+      const dev = await openDrive(spec, (m) => ioLog.line(m));
+      this.cleanups.push(() => dev.close());
+      this.drives.push(dev);
+      this.addVirtio(vm, `virtio-blk-${spec.id}`, dev);
+    }
+    if (c.rng !== false) {
+      const dev = (this.rng = new VirtioRng(c.rng?.rateLimiter));
+      this.cleanups.push(() => dev.close());
+      this.addVirtio(vm, 'virtio-rng', dev);
+    }
     for (const [i, share] of shares.entries()) await this.addVirtioFs(vm, i, share);
     const slots = this.transports.map((_, i) => virtioMmioSlot(i));
     let extraCmdline = shares.length ? ` ${sharesCmdline(shares)}` : '';
@@ -165,6 +184,9 @@ export class Machine {
       this.pio.insert(HYPERCALL_PORT, HYPERCALL_PORT_LEN, 'hypercall', pv.device);
       extraCmdline += ` ${Paravirt.cmdline()}`;
     }
+    const root = c.drives?.[0]?.root ? c.drives[0] : undefined;
+    // Firecracker's is_root_device: the kernel (or tsvmm's initramfs) mounts /dev/vda as /.
+    if (root) extraCmdline += ` root=/dev/vda ${root.readOnly ? 'ro' : 'rw'}`;
     const hypercall = this.paravirt
       ? { ioBase: HYPERCALL_PORT, ioLen: HYPERCALL_PORT_LEN, memBase: HYPERCALL_SHMEM_ADDR, memSize: HYPERCALL_SHMEM_SIZE }
       : undefined;
@@ -222,6 +244,7 @@ export class Machine {
    * event loop), interrupts an irqfd: the vCPU never waits for the device.
    */
   private addVirtio(vm: Vm, name: string, device: VirtioDevice): void {
+    if (this.transports.length >= VIRTIO_MMIO_SLOTS) throw new ConfigError(`${name}: no virtio-mmio slot left (at most ${VIRTIO_MMIO_SLOTS} virtio devices: vsock, drives, rng, shares)`);
     const slot = virtioMmioSlot(this.transports.length);
     const irq = new IrqfdLine(vm, slot.gsi);
     this.irqs.push(irq);
@@ -253,6 +276,7 @@ export class Machine {
    */
   private async addVirtioFs(vm: Vm, index: number, share: ShareConfig): Promise<void> {
     const ram = this.ram!;
+    if (this.transports.length >= VIRTIO_MMIO_SLOTS) throw new ConfigError(`virtio-fs ${share.guestDir}: no virtio-mmio slot left (at most ${VIRTIO_MMIO_SLOTS} virtio devices: vsock, drives, rng, shares)`);
     const label = `${share.hostDir}:${share.guestDir}${share.readOnly ? ',ro' : ''}`;
     const { daemon, fd } = await Virtiofsd.start({
       binary: this.config.virtiofsd ?? findVirtiofsd(), source: share.hostDir, readOnly: share.readOnly, label,

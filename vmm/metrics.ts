@@ -33,6 +33,10 @@ export interface Metrics {
   prio?: CounterGroup;
   hypercall?: CounterGroup;
   vsock?: CounterGroup;
+  /** virtio-blk, by drive id (requests, bytes, rejected by reason, host I/O errors). */
+  block?: Record<string, CounterGroup>;
+  /** virtio-rng (requests, bytes, throttled by the rate limiter). */
+  entropy?: CounterGroup;
   /** By transport name (e.g. virtio-vsock). */
   transports: Record<string, CounterGroup>;
   programs: ProgramMetrics[];
@@ -66,6 +70,8 @@ export function collectMetrics(m: ApiMachine, vmId: string, now: () => number = 
     }
   }
   if (m.vsock) out.vsock = group(m.vsock.counters);
+  if (m.drives?.length) out.block = Object.fromEntries(m.drives.map((d) => [d.id, group(d.counters)]));
+  if (m.rng) out.entropy = group(m.rng.counters);
   for (const t of m.transports) out.transports[t.name] = group(t.transport.counters);
   return out;
 }
@@ -87,7 +93,7 @@ function labels(l: Record<string, string>): string {
 }
 
 /** The label a nested record's keys get, by the record's name (default `key`). */
-const NESTED_LABEL: Record<string, string> = { dropped: 'reason', calls: 'command', errors: 'status', hintsByType: 'type', byName: 'type' };
+const NESTED_LABEL: Record<string, string> = { dropped: 'reason', rejected: 'reason', calls: 'command', errors: 'status', hintsByType: 'type', byName: 'type' };
 
 /**
  * Prometheus text exposition (version 0.0.4): `tsvmm_<group>_<name>{labels} value`, one
@@ -118,6 +124,8 @@ export function renderPrometheus(m: Metrics): string {
   }
   if (m.hypercall) addGroup('hypercall', m.hypercall, {});
   if (m.vsock) addGroup('vsock', m.vsock, {});
+  for (const [drive, c] of Object.entries(m.block ?? {})) addGroup('block', c, { drive });
+  if (m.entropy) addGroup('entropy', m.entropy, {});
   for (const [device, c] of Object.entries(m.transports)) addGroup('transport', c, { device });
   for (const p of m.programs) {
     const l = { handle: String(p.handle), name: p.name };

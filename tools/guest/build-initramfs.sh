@@ -83,7 +83,12 @@ fi
 
 # Resolve every module with its dependencies, in load order, each once. modprobe finds the
 # tree as <base>/lib/modules/<kver>: a tree under another name is seen through a link.
+# Each module also remembers the feature (modules.txt row) that first pulled it in: the image's
+# lib/modules/features lists "NN-name.ko feature", and init skips a device's modules when the
+# guest has no such device.
 mods=
+feats=
+feature_of() { awk -v m="$1" '!/^#/ && NF >= 3 { for (i = 3; i <= NF; i++) if ($i == m) { print $1; exit } }' "$HERE/modules.txt"; }
 if [ -n "$moddir" ]; then
 	base=${moddir%/lib/modules/$kver}
 	if [ "$base" = "$moddir" ]; then
@@ -95,8 +100,10 @@ if [ -n "$moddir" ]; then
 	for m in $modules; do
 		deps=$(modprobe -d "$base" -S "$kver" --show-depends "$m" 2>/dev/null) ||
 			{ log "warning: module $m not found for $kver; skipped"; continue; }
+		feat=$(feature_of "$m")
 		for p in $(printf '%s\n' "$deps" | awk '$1 == "insmod" { print $2 }'); do
-			case " $mods " in *" $p "*) ;; *) mods="$mods $p" ;; esac
+			case " $mods " in *" $p "*) ;; *) mods="$mods $p"; feats="$feats$p $feat
+" ;; esac
 		done
 	done
 	[ -z "${link:-}" ] || rm -rf "$link"
@@ -167,6 +174,8 @@ for f in $mods; do
 	i=$((i + 1))
 	m=${f##*/}
 	dst=lib/modules/$(printf '%02d' $i)-${m%.ko*}.ko
+	feat=$(printf '%s' "$feats" | awk -v p="$f" '$1 == p { print $2; exit }')
+	echo "${dst##*/} ${feat:--}" >>lib/modules/features
 	case $f in
 	*.ko.xz) need xz xz-utils; xz -dc "$f" >"$dst" ;;
 	*.ko.zst) need zstd zstd; zstd -dcq "$f" >"$dst" ;;

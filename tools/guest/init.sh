@@ -27,26 +27,72 @@ ln -sfn /proc/self/fd/1 /dev/stdout
 ln -sfn /proc/self/fd/2 /dev/stderr
 
 # A dotted parameter is not handed to init as env or argv: read it from /proc/cmdline.
-enc= shares= rootfs=
+enc= shares= rootfs= root= rootmode=ro
 set -f
 for arg in $(cat /proc/cmdline); do
 	case $arg in
 	tsvmm.cmd=*) enc=${arg#tsvmm.cmd=} ;;
 	tsvmm.share=*) shares="$shares ${arg#tsvmm.share=}" ;;
 	tsvmm.rootfs=*) rootfs=${arg#tsvmm.rootfs=} ;;
+	root=/dev/*) root=${arg#root=} ;;
+	rw) rootmode=rw ;;
+	ro) rootmode=ro ;;
 	esac
 done
 set +f
 
-# Modules are named NN-name.ko so that the glob order is the dependency order. The file
-# system modules load only when the host shares a directory (each insmod costs boot time).
+# Modules are named NN-name.ko so that the glob order is the dependency order. One already
+# loaded is skipped: this init runs again from a root drive it switched to. A module that a
+# device's feature brought in (lib/modules/features: "NN-name.ko feature", the rows of
+# tools/guest/modules.txt) loads only when that virtio device is there (each insmod costs
+# boot time): its id is in /sys/bus/virtio/devices/*/device once virtio_mmio (an earlier
+# module) has probed.
+if [ -f /lib/modules/features ]; then
+	while read -r ko feat; do eval "feat_${ko//[-.]/_}=\$feat"; done </lib/modules/features
+fi
+ids=
 for m in /lib/modules/*.ko; do
 	[ -e "$m" ] || continue
-	case ${m##*/} in
-	[0-9]*-fuse.ko | [0-9]*-virtiofs.ko | [0-9]*-overlay.ko) [ -n "$shares$rootfs" ] || continue ;;
+	base=${m##*/}
+	name=${base#*-}
+	name=${name%.ko}
+	[ -d "/sys/module/${name//-/_}" ] && continue
+	eval "feat=\${feat_${base//[-.]/_}:-}"
+	# virtio device ids (virtio 1.x §5): 2 block, 4 entropy, 26 fs.
+	case $feat in
+	block | ext4) dev=0x0002 ;;
+	rng) dev=0x0004 ;;
+	virtiofs | overlay) dev=0x001a ;;
+	*) dev= ;;
 	esac
+	if [ -n "$dev" ]; then
+		[ -n "$ids" ] || ids=" $(cat /sys/bus/virtio/devices/*/device 2>/dev/null) "
+		case $ids in *"$dev"*) ;; *) continue ;; esac
+	fi
 	insmod "$m" 2>/dev/null || echo "tsvmm-init: warning: insmod ${m##*/} failed"
 done
+
+# root=/dev/vdX (a drive with is_root_device, --drive ...,root): the kernel ignores it when it
+# has an initramfs, so this init mounts it and hands over to the drive's own init (its /init,
+# else /sbin/init) — the modules it needs (virtio_blk, ext4) came from the initramfs. Only
+# from the initramfs (its / is rootfs, a ramfs or tmpfs), once: the drive's own init (this
+# script again, when the drive was made from the initramfs) inherits TSVMM_ROOT_SWITCHED.
+if [ -n "$root" ] && [ -z "${TSVMM_ROOT_SWITCHED:-}" ] &&
+	case $(awk '$2 == "/" { t = $3 } END { print t }' /proc/mounts) in rootfs | ramfs | tmpfs) true ;; *) false ;; esac; then
+	i=0
+	while [ ! -b "$root" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	mkdir -p /sysroot
+	if mount -o "$rootmode" "$root" /sysroot; then
+		# /dev takes its submounts (pts, shm) along; /tmp's tmpfs stays behind, emptied.
+		for d in /dev /proc /sys /run; do mkdir -p "/sysroot$d" 2>/dev/null; mount --move "$d" "/sysroot$d" 2>/dev/null; done
+		umount /tmp 2>/dev/null
+		next=/init
+		[ -x /sysroot/init ] || next=/sbin/init
+		export TSVMM_ROOT_SWITCHED=1
+		exec switch_root /sysroot "$next"
+	fi
+	echo "tsvmm-init: error: cannot mount root $root ($rootmode); staying in the initramfs"
+fi
 
 # --share: tsvmm.share=TAG:DIR[:ro]. The host enforces read-only (virtiofsd serves a read-only
 # bind mount); the guest mounts ro too, so writes fail at once with EROFS.

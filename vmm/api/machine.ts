@@ -12,6 +12,8 @@ import type { Policy } from '../scheduler/policy';
 import type { SchedulerCounters, VcpuRow } from '../scheduler/scheduler';
 import type { HostCpu } from '../scheduler/topology';
 import type { VsockCounters } from '../../devices/virtio/vsock/index';
+import type { BlockCounters } from '../../devices/virtio/block/index';
+import type { RngCounters } from '../../devices/virtio/rng/index';
 import type { HintStream } from '../hints/stream';
 import type { HintProgram, RegistryCounters } from '../hints/registry';
 import type { Actuators } from '../actuators';
@@ -49,6 +51,9 @@ export interface ApiMachine {
   readonly prio?: ApiPrio;
   /** The vsock device: its counters, and in-process connections to guest ports (the agent route). */
   readonly vsock?: { readonly counters: VsockCounters; connect(port: number): Promise<Duplex> };
+  /** virtio-blk drives (by id) and virtio-rng: their counters for metrics. */
+  readonly drives?: readonly { readonly id: string; readonly counters: BlockCounters }[];
+  readonly rng?: { readonly counters: RngCounters };
   readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
   readonly vcpuTids: readonly number[];
   vcpuExits(): Record<string, number>[];

@@ -22,6 +22,8 @@ import type { ApiMachine } from './machine';
 import { check, describe, isPlainObject, ValidationError, type Spec } from './schema';
 import { MAP_UPDATE_FLAGS } from '../../devices/hypercall/shmem';
 import { CID_MAX, CID_MIN, validateVsockSpec, VsockSpecError } from '../../devices/virtio/vsock/spec';
+import { DriveSpecError, MAX_DRIVES, orderDrives, validateDriveSpec, type DriveSpec } from '../../devices/virtio/block/spec';
+import type { RateLimiterSpec, TokenBucketSpec } from '../../devices/rate-limiter';
 import { TsvmmError } from '../../lib/errors';
 
 export const VMM_VERSION = '0.1.0';
@@ -73,6 +75,28 @@ const VSOCK = {
   vsock_id: { type: 'string' },
 } as const satisfies Spec;
 
+const DRIVE = {
+  drive_id: { type: 'string', required: true, nonEmpty: true },
+  path_on_host: { type: 'string', required: true, nonEmpty: true },
+  is_root_device: { type: 'boolean', required: true },
+  is_read_only: { type: 'boolean' },
+} as const satisfies Spec;
+
+const TOKEN_BUCKET = {
+  size: { type: 'integer', required: true, min: 1 },
+  one_time_burst: { type: 'integer', min: 0 },
+  refill_time: { type: 'integer', required: true, min: 1 },
+} as const satisfies Spec;
+
+const RATE_LIMITER = {
+  bandwidth: { type: 'object' },
+  ops: { type: 'object' },
+} as const satisfies Spec;
+
+const ENTROPY = {
+  rate_limiter: { type: 'object' },
+} as const satisfies Spec;
+
 const ACTIONS = {
   action_type: { type: 'string', required: true, oneOf: ['InstanceStart', 'SendCtrlAltDel', 'FlushMetrics'] },
 } as const satisfies Spec;
@@ -117,9 +141,17 @@ export interface Preboot {
   bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args: string };
   machineConfig: { vcpu_count: number; mem_size_mib: number; smt: boolean };
   vsock?: { guest_cid: number; uds_path: string; vsock_id?: string };
+  /** Firecracker's drives, in the order they were first PUT (the root drive becomes vda). */
+  drives: DriveBody[];
+  /** virtio-rng: null when dropped (--no-rng); otherwise Firecracker's entropy body. */
+  entropy: EntropyBody | null;
   scheduler: { policy: Policy; host_cpus?: string; prio: PrioMode; prio_max: number };
   acpi: boolean;
 }
+
+export interface DriveBody { drive_id: string; path_on_host: string; is_root_device: boolean; is_read_only: boolean }
+interface BucketBody { size: number; one_time_burst?: number; refill_time: number }
+export interface EntropyBody { rate_limiter?: { bandwidth?: BucketBody; ops?: BucketBody } }
 
 function checkFile(field: string, path: string): void {
   let st;
@@ -161,6 +193,75 @@ export function parseVsock(body: unknown, where = 'vsock'): NonNullable<Preboot[
   return { guest_cid: b.guest_cid, uds_path: b.uds_path, ...(b.vsock_id === undefined ? {} : { vsock_id: b.vsock_id }) };
 }
 
+/** PUT /drives/{id}: Firecracker's body; the id in the path and the body must agree. */
+export function parseDrive(body: unknown, pathId: string | undefined, where = 'drives'): DriveBody {
+  const b = check(where, body, DRIVE);
+  if (pathId !== undefined && b.drive_id !== pathId) throw new ValidationError(`${where}.drive_id: '${b.drive_id}' does not match the path's '${pathId}'`);
+  checkFile(`${where}.path_on_host`, b.path_on_host);
+  const d = { drive_id: b.drive_id, path_on_host: b.path_on_host, is_root_device: b.is_root_device, is_read_only: b.is_read_only ?? false };
+  try {
+    validateDriveSpec(driveSpec(d), `${where}.drive_id`);
+  } catch (e) {
+    if (e instanceof DriveSpecError) throw new ValidationError(e.message);
+    throw e;
+  }
+  return d;
+}
+
+const driveSpec = (d: DriveBody): DriveSpec => ({ id: d.drive_id, path: d.path_on_host, readOnly: d.is_read_only, root: d.is_root_device });
+
+/** Adds or replaces (same id) a drive; at most one root device, at most MAX_DRIVES. */
+export function putDrive(drives: DriveBody[], d: DriveBody): DriveBody[] {
+  const next = drives.some((x) => x.drive_id === d.drive_id) ? drives.map((x) => (x.drive_id === d.drive_id ? d : x)) : [...drives, d];
+  const root = next.filter((x) => x.is_root_device);
+  if (root.length > 1) throw new ValidationError(`drives: ${root.map((x) => x.drive_id).join(' and ')} are both root devices (at most one)`);
+  if (next.length > MAX_DRIVES) throw new ValidationError(`drives: at most ${MAX_DRIVES} drives`);
+  return next;
+}
+
+function parseBucket(v: unknown, where: string): BucketBody {
+  const b = check(where, v, TOKEN_BUCKET);
+  return { size: b.size, refill_time: b.refill_time, ...(b.one_time_burst === undefined ? {} : { one_time_burst: b.one_time_burst }) };
+}
+
+/** PUT /entropy: Firecracker's body (an optional rate_limiter with bandwidth and ops buckets). */
+export function parseEntropy(body: unknown, where = 'entropy'): EntropyBody {
+  const b = check(where, body, ENTROPY);
+  if (b.rate_limiter === undefined) return {};
+  const r = check(`${where}.rate_limiter`, b.rate_limiter, RATE_LIMITER);
+  return {
+    rate_limiter: {
+      ...(r.bandwidth === undefined ? {} : { bandwidth: parseBucket(r.bandwidth, `${where}.rate_limiter.bandwidth`) }),
+      ...(r.ops === undefined ? {} : { ops: parseBucket(r.ops, `${where}.rate_limiter.ops`) }),
+    },
+  };
+}
+
+const toBucket = (b: BucketBody | undefined): TokenBucketSpec | undefined =>
+  b && { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst === undefined ? {} : { oneTimeBurst: b.one_time_burst }) };
+const fromBucket = (b: TokenBucketSpec | undefined): BucketBody | undefined =>
+  b && { size: b.size, refill_time: b.refillTimeMs, ...(b.oneTimeBurst === undefined ? {} : { one_time_burst: b.oneTimeBurst }) };
+
+function toRng(e: EntropyBody | null): MachineConfig['rng'] {
+  if (e === null) return false;
+  if (!e.rate_limiter) return undefined;
+  const r: RateLimiterSpec = {};
+  const bw = toBucket(e.rate_limiter.bandwidth);
+  const ops = toBucket(e.rate_limiter.ops);
+  if (bw) r.bandwidth = bw;
+  if (ops) r.ops = ops;
+  return { rateLimiter: r };
+}
+
+function fromRng(r: MachineConfig['rng']): EntropyBody | null {
+  if (r === false) return null;
+  const l = r?.rateLimiter;
+  if (!l) return {};
+  const bandwidth = fromBucket(l.bandwidth);
+  const ops = fromBucket(l.ops);
+  return { rate_limiter: { ...(bandwidth ? { bandwidth } : {}), ...(ops ? { ops } : {}) } };
+}
+
 export function parseScheduler(body: unknown, where = 'scheduler'): { policy?: Policy; host_cpus?: string; prio?: PrioMode; prio_max?: number } {
   const b = check(where, body, SCHEDULER);
   return { policy: b.policy as Policy | undefined, host_cpus: b.host_cpus, prio: b.prio as PrioMode | undefined, prio_max: b.prio_max };
@@ -177,6 +278,8 @@ export function toMachineConfig(p: Preboot): MachineConfig {
     memory: p.machineConfig.mem_size_mib * MiB,
     acpi: p.acpi,
     vsock: p.vsock ? { cid: p.vsock.guest_cid, udsPath: p.vsock.uds_path } : undefined,
+    drives: p.drives.length ? orderDrives(p.drives.map(driveSpec)) : undefined,
+    rng: toRng(p.entropy),
     pin: p.scheduler.policy,
     hostCpus: p.scheduler.host_cpus,
     prio: p.scheduler.prio,
@@ -190,6 +293,8 @@ export function fromMachineConfig(c: Partial<MachineConfig>): Preboot {
     bootSource: c.kernel ? { kernel_image_path: c.kernel, initrd_path: c.initrd, boot_args: c.cmdline ?? DEFAULT_CMDLINE } : undefined,
     machineConfig: { vcpu_count: c.vcpus ?? 1, mem_size_mib: Math.floor((c.memory ?? 256 * MiB) / MiB), smt: false },
     vsock: c.vsock ? { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath } : undefined,
+    drives: (c.drives ?? []).map((d) => ({ drive_id: d.id, path_on_host: d.path, is_root_device: d.root, is_read_only: d.readOnly })),
+    entropy: fromRng(c.rng),
     scheduler: { policy: c.pin ?? 'none', host_cpus: c.hostCpus, prio: c.prio ?? 'none', prio_max: c.prioMax ?? DEFAULT_PRIO_MAX },
     acpi: c.acpi ?? true,
   };
@@ -201,6 +306,8 @@ export function vmConfigDocument(p: Preboot): Record<string, unknown> {
     'boot-source': p.bootSource ?? null,
     'machine-config': p.machineConfig,
     vsock: p.vsock ?? null,
+    drives: p.drives,
+    entropy: p.entropy,
     scheduler: { policy: p.scheduler.policy, host_cpus: p.scheduler.host_cpus ?? null, prio: p.scheduler.prio, prio_max: p.scheduler.prio_max },
   };
 }
@@ -256,6 +363,8 @@ export class VmController<M extends ApiMachine = ApiMachine> {
         PUT: (r) => this.putPreboot('machine-config', () => (this.preboot.machineConfig = parseMachineConfig(r.body))),
       }],
       [/^\/vsock$/, { PUT: (r) => this.putPreboot('vsock', () => (this.preboot.vsock = parseVsock(r.body))) }],
+      [/^\/drives\/([^/]+)$/, { PUT: (r, p) => this.putPreboot('drives', () => (this.preboot.drives = putDrive(this.preboot.drives, parseDrive(r.body, decodeURIComponent(p[0]!))))) }],
+      [/^\/entropy$/, { PUT: (r) => this.putPreboot('entropy', () => (this.preboot.entropy = parseEntropy(r.body))) }],
       [/^\/actions$/, { PUT: (r) => this.action(r.body) }],
       [/^\/vm\/config$/, { GET: () => ok(vmConfigDocument(this.preboot)) }],
       [/^\/scheduler$/, { GET: () => ok(this.schedulerInfo()), PUT: (r) => this.putScheduler(r.body) }],
@@ -623,6 +732,8 @@ const CONFIG_FILE = {
   'boot-source': { type: 'object', required: true },
   'machine-config': { type: 'object' },
   vsock: { type: 'object' },
+  drives: { type: 'any' },
+  entropy: { type: 'object' },
   scheduler: { type: 'object' },
 } as const satisfies Spec;
 
@@ -632,12 +743,21 @@ const CONFIG_FILE = {
  * Sections that are null count as absent (GET /vm/config writes nulls).
  */
 export function parseConfigDocument(doc: unknown, base: Partial<MachineConfig> = {}): MachineConfig {
+  // "entropy": null is the one null that says something: no virtio-rng (GET /vm/config after --no-rng).
+  const noRng = isPlainObject(doc) && doc.entropy === null;
   if (isPlainObject(doc)) doc = Object.fromEntries(Object.entries(doc).filter(([, v]) => v !== null));
   const d = check('config', doc, CONFIG_FILE);
   const p = fromMachineConfig(base);
   p.bootSource = parseBootSource(d['boot-source'], 'boot-source');
   if (d['machine-config'] !== undefined) p.machineConfig = parseMachineConfig(d['machine-config'], 'machine-config');
   if (d.vsock !== undefined) p.vsock = parseVsock(d.vsock, 'vsock');
+  if (d.drives !== undefined) {
+    if (!Array.isArray(d.drives)) throw new ValidationError(`drives: expected an array, got ${describe(d.drives)}`);
+    p.drives = [];
+    (d.drives as unknown[]).forEach((x, i) => (p.drives = putDrive(p.drives, parseDrive(x, undefined, `drives[${i}]`))));
+  }
+  if (d.entropy !== undefined) p.entropy = parseEntropy(d.entropy, 'entropy');
+  if (noRng) p.entropy = null;
   if (d.scheduler !== undefined) {
     const s = parseScheduler(d.scheduler, 'scheduler');
     if (s.policy) p.scheduler.policy = s.policy;

@@ -63,6 +63,9 @@ export const FEATURE_PURPOSE: Record<string, { what: string; requiredBy: readonl
   devtmpfs: { what: "/dev in the guest (/dev/kmsg for the agent's log)", requiredBy: [] },
   bpf: { what: "the eBPF hint programs ('affinity': bpf(2) and syscall tracepoints)", requiredBy: ['demo'] },
   kprobes: { what: "the 'prio' hint program (a kprobe)", requiredBy: [] },
+  block: { what: 'virtio-blk drives (--drive, PUT /drives)', requiredBy: [] },
+  ext4: { what: 'ext4 filesystems on drives (a root drive made with mkfs.ext4)', requiredBy: [] },
+  rng: { what: 'virtio-rng (/dev/hwrng, entropy from the host)', requiredBy: [] },
   virtiofs: { what: 'host directories in the guest (--share, --rootfs host: virtio-fs)', requiredBy: [] },
   overlay: { what: 'overlay mounts over shared directories', requiredBy: [] },
 };

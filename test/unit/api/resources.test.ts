@@ -134,6 +134,43 @@ test('scheduler settings before boot go into the machine config', async () => {
   }
 });
 
+test('PUT /drives/{id} and PUT /entropy before boot go into the machine config (Firecracker bodies)', async () => {
+  const r = await rig();
+  try {
+    await apiCall(r.sock, 'PUT', '/boot-source', { kernel_image_path: r.kernel });
+    const put = (path: string, body: unknown) => apiCall(r.sock, 'PUT', path, body);
+    assert.is((await put('/drives/scratch', { drive_id: 'scratch', path_on_host: r.kernel, is_root_device: false, is_read_only: true })).status, 204);
+    assert.is((await put('/drives/rootfs', { drive_id: 'rootfs', path_on_host: r.kernel, is_root_device: true, is_read_only: false })).status, 204);
+    let x = await put('/drives/other', { drive_id: 'other', path_on_host: r.kernel, is_root_device: true });
+    assert.is(x.status, 400);
+    assert.match(json(x.text).fault_message as string, /rootfs and other are both root devices/);
+    x = await put('/drives/a', { drive_id: 'b', path_on_host: r.kernel, is_root_device: false });
+    assert.match(json(x.text).fault_message as string, /drive_id: 'b' does not match the path's 'a'/);
+    x = await put('/drives/a', { drive_id: 'a', path_on_host: join(r.dir, 'none.img'), is_root_device: false });
+    assert.match(json(x.text).fault_message as string, /path_on_host: cannot open .*ENOENT/);
+    x = await put('/drives/a', { drive_id: 'a', path_on_host: r.kernel, is_root_device: false, cache_type: 'Unsafe' });
+    assert.match(json(x.text).fault_message as string, /unknown field 'cache_type'/);
+    // Same id again: replaced, not added.
+    assert.is((await put('/drives/scratch', { drive_id: 'scratch', path_on_host: r.kernel, is_root_device: false })).status, 204);
+    assert.is((await put('/entropy', { rate_limiter: { bandwidth: { size: 1000, refill_time: 100, one_time_burst: 10 }, ops: { size: 5, refill_time: 1000 } } })).status, 204);
+    x = await put('/entropy', { rate_limiter: { bandwidth: { size: 1000 } } });
+    assert.match(json(x.text).fault_message as string, /entropy.rate_limiter.bandwidth.refill_time: missing required field/);
+    const cfg = json((await apiCall(r.sock, 'GET', '/vm/config')).text);
+    assert.equal(cfg.drives, [
+      { drive_id: 'scratch', path_on_host: r.kernel, is_root_device: false, is_read_only: false },
+      { drive_id: 'rootfs', path_on_host: r.kernel, is_root_device: true, is_read_only: false },
+    ]);
+    assert.is((await put('/actions', { action_type: 'InstanceStart' })).status, 204);
+    const c = r.starts[0]!;
+    assert.equal(c.drives!.map((d) => [d.id, d.root, d.readOnly]), [['rootfs', true, false], ['scratch', false, false]], 'the root drive first');
+    assert.equal(c.rng, { rateLimiter: { bandwidth: { size: 1000, refillTimeMs: 100, oneTimeBurst: 10 }, ops: { size: 5, refillTimeMs: 1000 } } });
+    x = await put('/drives/late', { drive_id: 'late', path_on_host: r.kernel, is_root_device: false });
+    assert.match(json(x.text).fault_message as string, /not allowed after boot/);
+  } finally {
+    await r.close();
+  }
+});
+
 test('metrics: JSON and Prometheus over the API; names, labels, types', async () => {
   const r = await rig({ attach: running });
   try {
@@ -195,7 +232,7 @@ test('config file: Firecracker document, field-level errors', () => {
   write({ 'boot-source': { kernel_image_path: kernel, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 2, mem_size_mib: 64, smt: false }, vsock: { guest_cid: 5, uds_path: '/tmp/v.sock', vsock_id: 'vsock0' }, scheduler: { policy: 'hinted' } });
   assert.equal(readConfigFile(file, { acpi: false }), {
     kernel, initrd: undefined, cmdline: 'console=ttyS0', vcpus: 2, memory: 64 << 20, acpi: false,
-    vsock: { cid: 5, udsPath: '/tmp/v.sock' }, pin: 'hinted', hostCpus: undefined, prio: 'none', prioMax: 10,
+    vsock: { cid: 5, udsPath: '/tmp/v.sock' }, drives: undefined, rng: undefined, pin: 'hinted', hostCpus: undefined, prio: 'none', prioMax: 10,
   });
   const err = (doc: unknown): string => {
     write(doc);
@@ -209,7 +246,14 @@ test('config file: Firecracker document, field-level errors', () => {
   const bs = { kernel_image_path: kernel };
   assert.match(err('{"boot-source": '), /not valid JSON/);
   assert.match(err({ 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }), /config.boot-source: missing required field/);
-  assert.match(err({ 'boot-source': bs, drives: [] }), /config: unknown field 'drives'/);
+  assert.match(err({ 'boot-source': bs, disks: [] }), /config: unknown field 'disks'/);
+  assert.match(err({ 'boot-source': bs, drives: {} }), /drives: expected an array/);
+  assert.match(err({ 'boot-source': bs, drives: [{ drive_id: 'a', path_on_host: kernel }] }), /drives\[0\].is_root_device: missing required field/);
+  assert.match(err({ 'boot-source': bs, entropy: { rate_limiter: { bandwidth: { size: 0, refill_time: 1 } } } }), /entropy.rate_limiter.bandwidth.size: 0 is below the minimum 1/);
+  write({ 'boot-source': bs, drives: [{ drive_id: 'data', path_on_host: kernel, is_root_device: false, is_read_only: true }, { drive_id: 'rootfs', path_on_host: kernel, is_root_device: true }], entropy: null });
+  const withDrives = readConfigFile(file);
+  assert.equal(withDrives.drives, [{ id: 'rootfs', path: kernel, readOnly: false, root: true }, { id: 'data', path: kernel, readOnly: true, root: false }]);
+  assert.is(withDrives.rng, false, '"entropy": null drops virtio-rng');
   assert.match(err({ 'boot-source': { ...bs, kernel: 'x' } }), /boot-source: unknown field 'kernel'/);
   assert.match(err({ 'boot-source': bs, 'machine-config': { vcpu_count: 1, mem_size_mib: '64' } }), /machine-config.mem_size_mib: expected an integer, got a string/);
   assert.match(err({ 'boot-source': bs, 'machine-config': { vcpu_count: 1, mem_size_mib: 8 } }), /mem_size_mib: 8 is below the minimum 32/);

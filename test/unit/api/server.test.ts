@@ -48,7 +48,7 @@ test('Firecracker sequence through curl: boot-source, machine-config, vsock, Ins
     assert.is(r.starts.length, 1);
     assert.equal(r.starts[0], {
       kernel: r.kernel, initrd: undefined, cmdline: 'console=ttyS0 quiet', vcpus: 2, memory: 128 << 20, acpi: true,
-      vsock: { cid: 3, udsPath: join(r.dir, 'v.sock') }, pin: 'none', hostCpus: undefined, prio: 'none', prioMax: 10,
+      vsock: { cid: 3, udsPath: join(r.dir, 'v.sock') }, drives: undefined, rng: undefined, pin: 'none', hostCpus: undefined, prio: 'none', prioMax: 10,
     });
     assert.is(json((await curl(r.sock, 'GET', '/')).body).state, 'Running');
     assert.ok((await Promise.race([r.ctl.started, new Promise((res) => setTimeout(res, 100))])), 'started resolves');

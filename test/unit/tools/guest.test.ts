@@ -64,10 +64,24 @@ test('the default initramfs holds /init, busybox and the device modules in load 
     'lib/modules/06-vmw_vsock_virtio_transport.ko',
     'lib/modules/07-pvpanic.ko',
     'lib/modules/08-pvpanic-mmio.ko',
-    'lib/modules/09-fuse.ko',
-    'lib/modules/10-virtiofs.ko',
-    'lib/modules/11-overlay.ko',
+    'lib/modules/09-virtio_blk.ko',
+    'lib/modules/10-crc32c-intel.ko',
+    'lib/modules/11-crc32c_generic.ko',
+    'lib/modules/12-jbd2.ko',
+    'lib/modules/13-mbcache.ko',
+    'lib/modules/14-crc16.ko',
+    'lib/modules/15-ext4.ko',
+    'lib/modules/16-virtio-rng.ko',
+    'lib/modules/17-fuse.ko',
+    'lib/modules/18-virtiofs.ko',
+    'lib/modules/19-overlay.ko',
   ]);
+  // Which feature brought each module in: init loads a device's modules only when it is there.
+  const features = extract(image, 'lib/modules/features');
+  assert.match(features, /^01-virtio_ring\.ko devices$/m);
+  assert.match(features, /^12-jbd2\.ko ext4$/m);
+  assert.match(features, /^16-virtio-rng\.ko rng$/m);
+  assert.is(features.trim().split('\n').length, mods.length);
   assert.is(extract(image, 'init'), readFileSync(script('init.sh'), 'utf8'));
 });
 

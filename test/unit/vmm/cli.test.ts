@@ -23,7 +23,7 @@ async function run(argv: string[]): Promise<{ code: number; err: string }> {
 }
 
 test('usage errors (flags, values, commands) exit 2 with one line and a pointer to --help', async () => {
-  for (const argv of [['nosuch'], ['run', '--vcpus', 'many'], ['run', '--bogus'], ['run', '--vsock', 'cid=1,uds=/tmp/x.sock'], ['sched', 'frobnicate', '--api-sock', '/nonexistent']]) {
+  for (const argv of [['nosuch'], ['run', '--vcpus', 'many'], ['run', '--bogus'], ['run', '--vsock', 'cid=1,uds=/tmp/x.sock'], ['run', '--drive', 'file=x.img'], ['run', '--drive', 'path=a,root', '--drive', 'path=b,root'], ['exec', '--drive', 'path=a,id=bad id', '--', 'true'], ['sched', 'frobnicate', '--api-sock', '/nonexistent']]) {
     const r = await run(argv);
     assert.is(r.code, 2, `${argv.join(' ')}: ${r.err}`);
     assert.match(r.err, /^tsvmm: .+\nTry 'tsvmm --help'\.\n$/, argv.join(' '));

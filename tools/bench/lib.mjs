@@ -68,6 +68,7 @@ export function tsvmmArgs(c) {
     ...words(process.env.TSVMM_BENCH_RUN_ARGS), '--kernel', c.kernel, '--initrd', c.initrd,
     '--vcpus', String(c.vcpus), '--memory', c.memory, '--cmdline', c.cmdline];
   if (c.vsock) args.push('--vsock', `cid=${c.vsock.cid},uds=${c.vsock.uds}`);
+  if (c.drive) args.push('--drive', `path=${c.drive}`);
   return { cmd: process.execPath, args };
 }
 
@@ -76,6 +77,9 @@ export function qemuArgs(c) {
     '-smp', String(c.vcpus), '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-serial', 'stdio', '-kernel', c.kernel, '-initrd', c.initrd, '-append', c.cmdline];
   if (c.vsock) args.push('-device', `vhost-vsock-device,guest-cid=${c.vsock.cid}`);
+  // QEMU's defaults spelled out: the host page cache (cache=writeback) and a thread pool
+  // (aio=threads), as tsvmm's pread/pwrite on libuv's pool.
+  if (c.drive) args.push('-drive', `id=d0,file=${c.drive},format=raw,if=none,cache=writeback,aio=threads`, '-device', 'virtio-blk-device,drive=d0');
   return { cmd: c.qemu, args };
 }
 

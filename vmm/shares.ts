@@ -27,6 +27,14 @@ const GUEST_PATH = /^\/[A-Za-z0-9._/+@-]*$/;
 
 export const shareTag = (i: number): string => `tsvmmfs${i}`;
 
+/** Why `guestDir` cannot be a share's guest directory, or undefined when it can. */
+export function badGuestDir(guestDir: string): string | undefined {
+  if (!GUEST_PATH.test(guestDir) || guestDir.split('/').includes('..') || guestDir === '/') {
+    return 'the guest directory must be an absolute path other than / made of letters, digits and . _ / + @ -';
+  }
+  return undefined;
+}
+
 /** `HOST_DIR:GUEST_DIR[,ro]` (split at the last colon: host paths may hold colons). */
 export function parseShare(spec: string, index: number): ShareConfig {
   let s = spec;
@@ -40,9 +48,8 @@ export function parseShare(spec: string, index: number): ShareConfig {
   const i = s.lastIndexOf(':');
   if (i <= 0 || i === s.length - 1) throw new UsageError(`--share '${spec}' must be HOST_DIR:GUEST_DIR[,ro]`);
   const guestDir = s.slice(i + 1);
-  if (!GUEST_PATH.test(guestDir) || guestDir.split('/').includes('..') || guestDir === '/') {
-    throw new UsageError(`--share '${spec}': the guest directory must be an absolute path other than / made of letters, digits and . _ / + @ -`);
-  }
+  const bad = badGuestDir(guestDir);
+  if (bad) throw new UsageError(`--share '${spec}': ${bad}`);
   return { hostDir: resolve(s.slice(0, i)), guestDir: guestDir.replace(/\/+$/, ''), readOnly, tag: shareTag(index) };
 }
 

@@ -25,6 +25,8 @@ import { CID_MAX, CID_MIN, validateVsockSpec, VsockSpecError } from '../../devic
 import { DriveSpecError, MAX_DRIVES, orderDrives, validateDriveSpec, type DriveSpec } from '../../devices/virtio/block/spec';
 import type { RateLimiterSpec, TokenBucketSpec } from '../../devices/rate-limiter';
 import { TsvmmError } from '../../lib/errors';
+import { isAbsolute } from 'node:path';
+import { MAX_SHARES, badGuestDir, shareTag, type ShareConfig } from '../shares';
 
 export const VMM_VERSION = '0.1.0';
 export const APP_NAME = 'tsvmm';
@@ -97,6 +99,13 @@ const ENTROPY = {
   rate_limiter: { type: 'object' },
 } as const satisfies Spec;
 
+/** tsvmm's virtio-fs share (Cloud Hypervisor calls it fs); mount_point "/" with shared_dir "/" is --rootfs host. */
+const FS = {
+  shared_dir: { type: 'string', required: true, nonEmpty: true },
+  mount_point: { type: 'string', required: true, nonEmpty: true },
+  read_only: { type: 'boolean' },
+} as const satisfies Spec;
+
 const ACTIONS = {
   action_type: { type: 'string', required: true, oneOf: ['InstanceStart', 'SendCtrlAltDel', 'FlushMetrics'] },
 } as const satisfies Spec;
@@ -145,6 +154,8 @@ export interface Preboot {
   drives: DriveBody[];
   /** virtio-rng: null when dropped (--no-rng); otherwise Firecracker's entropy body. */
   entropy: EntropyBody | null;
+  /** Host directories over virtio-fs, in PUT order (their tags follow it). */
+  fs: FsEntry[];
   scheduler: { policy: Policy; host_cpus?: string; prio: PrioMode; prio_max: number };
   acpi: boolean;
 }
@@ -152,6 +163,42 @@ export interface Preboot {
 export interface DriveBody { drive_id: string; path_on_host: string; is_root_device: boolean; is_read_only: boolean }
 interface BucketBody { size: number; one_time_burst?: number; refill_time: number }
 export interface EntropyBody { rate_limiter?: { bandwidth?: BucketBody; ops?: BucketBody } }
+export interface FsEntry {
+  fs_id: string;
+  shared_dir: string;
+  mount_point: string;
+  read_only: boolean;
+}
+
+export function parseFs(id: string, body: unknown, where = `fs/${id}`): FsEntry {
+  const b = check(where, body, FS);
+  if (!isAbsolute(b.shared_dir)) throw new ValidationError(`${where}.shared_dir: '${b.shared_dir}' is not an absolute path`);
+  let dir = false;
+  try {
+    dir = statSync(b.shared_dir).isDirectory();
+  } catch (e) {
+    throw new ValidationError(`${where}.shared_dir: cannot open '${b.shared_dir}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!dir) throw new ValidationError(`${where}.shared_dir: '${b.shared_dir}' is not a directory`);
+  const root = b.mount_point === '/';
+  if (root && (b.shared_dir !== '/' || b.read_only === false)) throw new ValidationError(`${where}.mount_point: "/" is the host's root, read-only: shared_dir must be "/"`);
+  const bad = root ? undefined : badGuestDir(b.mount_point);
+  if (bad) throw new ValidationError(`${where}.mount_point: ${bad}`);
+  return { fs_id: id, shared_dir: b.shared_dir, mount_point: b.mount_point.replace(/(.)\/+$/, '$1'), read_only: root || (b.read_only ?? false) };
+}
+
+/** Adds or replaces (same fs_id) a share; a second share at one mount point is refused. */
+export function putFs(list: FsEntry[], e: FsEntry): void {
+  const clash = list.find((f) => f.mount_point === e.mount_point && f.fs_id !== e.fs_id);
+  if (clash) throw new ValidationError(`fs/${e.fs_id}.mount_point: ${e.mount_point} is already fs/${clash.fs_id}'s`);
+  const i = list.findIndex((f) => f.fs_id === e.fs_id);
+  if (i >= 0) list[i] = e;
+  else list.push(e);
+  if (list.length > MAX_SHARES) {
+    list.pop();
+    throw new ValidationError(`fs/${e.fs_id}: at most ${MAX_SHARES} shares`);
+  }
+}
 
 function checkFile(field: string, path: string): void {
   let st;
@@ -280,6 +327,11 @@ export function toMachineConfig(p: Preboot): MachineConfig {
     vsock: p.vsock ? { cid: p.vsock.guest_cid, udsPath: p.vsock.uds_path } : undefined,
     drives: p.drives.length ? orderDrives(p.drives.map(driveSpec)) : undefined,
     rng: toRng(p.entropy),
+    ...(p.fs.length ? {
+      shares: p.fs.map((f, i): ShareConfig => ({
+        hostDir: f.shared_dir, guestDir: f.mount_point, readOnly: f.read_only, tag: shareTag(i), ...(f.mount_point === '/' ? { root: true } : {}),
+      })),
+    } : {}),
     pin: p.scheduler.policy,
     hostCpus: p.scheduler.host_cpus,
     prio: p.scheduler.prio,
@@ -295,6 +347,7 @@ export function fromMachineConfig(c: Partial<MachineConfig>): Preboot {
     vsock: c.vsock ? { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath } : undefined,
     drives: (c.drives ?? []).map((d) => ({ drive_id: d.id, path_on_host: d.path, is_root_device: d.root, is_read_only: d.readOnly })),
     entropy: fromRng(c.rng),
+    fs: (c.shares ?? []).map((s, i) => ({ fs_id: `fs${i}`, shared_dir: s.hostDir, mount_point: s.guestDir, read_only: s.readOnly })),
     scheduler: { policy: c.pin ?? 'none', host_cpus: c.hostCpus, prio: c.prio ?? 'none', prio_max: c.prioMax ?? DEFAULT_PRIO_MAX },
     acpi: c.acpi ?? true,
   };
@@ -308,6 +361,7 @@ export function vmConfigDocument(p: Preboot): Record<string, unknown> {
     vsock: p.vsock ?? null,
     drives: p.drives,
     entropy: p.entropy,
+    fs: p.fs.length ? p.fs : null,
     scheduler: { policy: p.scheduler.policy, host_cpus: p.scheduler.host_cpus ?? null, prio: p.scheduler.prio, prio_max: p.scheduler.prio_max },
   };
 }
@@ -365,6 +419,7 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       [/^\/vsock$/, { PUT: (r) => this.putPreboot('vsock', () => (this.preboot.vsock = parseVsock(r.body))) }],
       [/^\/drives\/([^/]+)$/, { PUT: (r, p) => this.putPreboot('drives', () => (this.preboot.drives = putDrive(this.preboot.drives, parseDrive(r.body, decodeURIComponent(p[0]!))))) }],
       [/^\/entropy$/, { PUT: (r) => this.putPreboot('entropy', () => (this.preboot.entropy = parseEntropy(r.body))) }],
+      [/^\/fs\/([A-Za-z0-9_.-]{1,64})$/, { PUT: (r, p) => this.putPreboot('fs', () => putFs(this.preboot.fs, parseFs(p[0]!, r.body))) }],
       [/^\/actions$/, { PUT: (r) => this.action(r.body) }],
       [/^\/vm\/config$/, { GET: () => ok(vmConfigDocument(this.preboot)) }],
       [/^\/scheduler$/, { GET: () => ok(this.schedulerInfo()), PUT: (r) => this.putScheduler(r.body) }],
@@ -734,6 +789,7 @@ const CONFIG_FILE = {
   vsock: { type: 'object' },
   drives: { type: 'any' },
   entropy: { type: 'object' },
+  fs: { type: 'any' },
   scheduler: { type: 'object' },
 } as const satisfies Spec;
 
@@ -758,6 +814,15 @@ export function parseConfigDocument(doc: unknown, base: Partial<MachineConfig> =
   }
   if (d.entropy !== undefined) p.entropy = parseEntropy(d.entropy, 'entropy');
   if (noRng) p.entropy = null;
+  if (d.fs !== undefined) {
+    if (!Array.isArray(d.fs)) throw new ValidationError('fs: must be an array of {"fs_id", "shared_dir", "mount_point", "read_only"}');
+    p.fs = [];
+    d.fs.forEach((f: unknown, i: number) => {
+      const id = isPlainObject(f) && typeof f.fs_id === 'string' ? f.fs_id : `fs${i}`;
+      const body = isPlainObject(f) ? Object.fromEntries(Object.entries(f).filter(([k]) => k !== 'fs_id')) : f;
+      putFs(p.fs, parseFs(id, body, `fs[${i}]`));
+    });
+  }
   if (d.scheduler !== undefined) {
     const s = parseScheduler(d.scheduler, 'scheduler');
     if (s.policy) p.scheduler.policy = s.policy;

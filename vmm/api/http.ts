@@ -16,6 +16,7 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import { listenOwned, type OwnSocket } from '../../devices/socket-path';
 import { ApiError, bodyLimit, type ApiRequest, type ApiResponse } from './resources';
 import { TsvmmError } from '../../lib/errors';
+import { atExit } from '../../lib/process-hooks';
 
 export class ApiSocketError extends TsvmmError {}
 
@@ -40,7 +41,7 @@ export const AGENT_UPGRADE = 'tsvmm-agent';
 
 export class ApiServer {
   private readonly sockets = new Set<import('node:net').Socket>();
-  private readonly onExit = () => this.own.remove();
+  private readonly forgetAtExit: () => void;
   private closed = false;
 
   private constructor(private readonly server: Server, readonly path: string, private readonly own: OwnSocket) {
@@ -48,7 +49,7 @@ export class ApiServer {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
     });
-    process.on('exit', this.onExit);
+    this.forgetAtExit = atExit(() => this.own.remove());
   }
 
   static async listen(opts: ApiServerOptions): Promise<ApiServer> {
@@ -94,7 +95,7 @@ export class ApiServer {
     await done;
     this.own.remove();
     this.own.release();
-    process.off('exit', this.onExit);
+    this.forgetAtExit();
   }
 }
 

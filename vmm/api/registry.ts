@@ -4,6 +4,7 @@
 
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
+import { atExit } from '../../lib/process-hooks';
 
 export interface VmEntry {
   id: string;
@@ -42,12 +43,11 @@ export function register(entry: VmEntry, dir = registryDir()): () => void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, JSON.stringify(entry) + '\n', { mode: 0o600 });
   renameSync(tmp, file);
-  const remove = () => {
+  const forget = atExit(() => rmSync(file, { force: true }));
+  return () => {
+    forget();
     rmSync(file, { force: true });
-    process.off('exit', remove);
   };
-  process.on('exit', remove);
-  return remove;
 }
 
 /** Running VMs (live pid), oldest first; stale entries are deleted. */

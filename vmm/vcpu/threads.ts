@@ -13,6 +13,7 @@ import { tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
 import { MB, STAT_FORWARDED, STAT_SHARED, VcpuExitReason, WorkerInit, WorkerMessage, newDoorbell, newExitStats, newMailbox } from './mailbox';
 import { MailboxServer, type DeviceFault } from './serve';
+import { holdSignal } from '../../lib/process-hooks';
 
 /** SIGUSR2: SIGUSR1 belongs to Node's inspector. Any signal with a handler interrupts KVM_RUN. */
 const KICK_SIGNAL = 'SIGUSR2';
@@ -50,7 +51,8 @@ export class VcpuThreads {
   private readonly threads: Thread[] = [];
   private readonly doorbell = newDoorbell();
   private readonly server: MailboxServer;
-  private readonly kickHandler = () => {};
+  /** Releases this machine's hold on the kick signal's handler (one handler for all VMs of the process). */
+  private releaseKick: () => void = () => {};
 
   /** `onDeviceFault`: a device threw on a forwarded access (answered as unclaimed; the vCPU goes on). */
   constructor(pio: Bus, mmio: Bus, private readonly onExit: (e: VcpuExit) => void, onDeviceFault: (f: DeviceFault) => void) {
@@ -59,7 +61,7 @@ export class VcpuThreads {
 
   /** Starts a worker per vCPU; resolves with their tids once every one runs. */
   async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: readonly BusClaim[]; mmio: readonly BusClaim[] }): Promise<number[]> {
-    process.on(KICK_SIGNAL, this.kickHandler);
+    this.releaseKick = holdSignal(KICK_SIGNAL);
     const script = workerScript();
     const started: Promise<number>[] = [];
     for (const vcpu of vcpus) {
@@ -183,6 +185,6 @@ export class VcpuThreads {
     }
     if (!done) for (const t of this.threads) await t.worker.terminate();
     this.server.stop();
-    process.off(KICK_SIGNAL, this.kickHandler);
+    this.releaseKick();
   }
 }

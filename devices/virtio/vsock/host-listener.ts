@@ -7,6 +7,7 @@
 import * as net from 'node:net';
 import { listenOwned, type OwnSocket } from '../../socket-path';
 import { VsockSetupError } from './errors';
+import { atExit } from '../../../lib/process-hooks';
 
 export interface HandshakeLimits {
   /** Longest accepted CONNECT line, newline included. */
@@ -28,7 +29,7 @@ export class HostListener {
   private readonly handshakes = new Set<net.Socket>();
   private server: net.Server | undefined;
   private own: OwnSocket | undefined;
-  private exitHook: (() => void) | undefined;
+  private forgetAtExit: (() => void) | undefined;
 
   constructor(readonly path: string, private readonly limits: HandshakeLimits, private readonly hooks: ListenerHooks) {}
 
@@ -50,8 +51,7 @@ export class HostListener {
     server.on('error', () => {}); // accept errors (EMFILE) must not kill the VMM
     this.server = server;
     this.own = own;
-    this.exitHook = () => own.remove();
-    process.once('exit', this.exitHook);
+    this.forgetAtExit = atExit(() => own.remove());
   }
 
   /** Drops clients still in their handshake, stops listening and removes the path (if still our socket). */
@@ -62,10 +62,8 @@ export class HostListener {
     this.server = undefined;
     if (!server) return;
     await new Promise<void>((resolve) => server.close(() => resolve()));
-    if (this.exitHook) {
-      process.off('exit', this.exitHook);
-      this.exitHook = undefined;
-    }
+    this.forgetAtExit?.();
+    this.forgetAtExit = undefined;
     this.own?.remove();
     this.own?.release();
   }

@@ -145,8 +145,10 @@ hash=$( {
 file=$name-$kver-$(echo "$hash" | cut -c1-16).cpio.gz
 
 # Checked before taking the lock, so a read-only cache (the nested sandbox) works.
+# A hit is marked as used (its access time; silently not where the cache is read-only), so that the
+# pruning below spares it.
 for d in "$CACHE/initramfs" "$FALLBACK/initramfs"; do
-	if [ -f "$d/$file" ]; then echo "$d/$file"; exit 0; fi
+	if [ -f "$d/$file" ]; then touch -a -c "$d/$file" 2>/dev/null; echo "$d/$file"; exit 0; fi
 done
 dir=$CACHE/initramfs
 if ! mkdir -p "$dir" 2>/dev/null || [ ! -w "$dir" ]; then
@@ -189,7 +191,10 @@ echo "root:x:0:" >etc/group
 
 find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -9n >"$out.new"
 mv "$out.new" "$out"
-# Keep the 4 newest images of this name; older ones belong to sources nobody builds any more.
-ls -t "$dir/$name-$kver"-*.cpio.gz | tail -n +5 | xargs -r rm -f
+# Drop images of this name nobody used for a day: they belong to sources nobody builds any more.
+# Not "keep the N newest": several checkouts sharing one cache (worktrees, each with its own
+# guest sources) each have a current image, and one checkout's build deleted another's while
+# it was about to boot it.
+find "$dir" -maxdepth 1 -name "$name-$kver-*.cpio.gz" ! -name "$file" -amin +1440 -exec rm -f {} + 2>/dev/null || true
 log "built $out ($i modules$( [ -n "$guest_files" ] && echo ", guest:$guest_files"))"
 echo "$out"

@@ -145,10 +145,11 @@ hash=$( {
 file=$name-$kver-$(echo "$hash" | cut -c1-16).cpio.gz
 
 # Checked before taking the lock, so a read-only cache (the nested sandbox) works.
-# A hit is marked as used (its access time; silently not where the cache is read-only), so that the
+# A hit is marked as used (its access time; not where the cache is read-only: set -e must not end
+# the script there), so that the
 # pruning below spares it.
 for d in "$CACHE/initramfs" "$FALLBACK/initramfs"; do
-	if [ -f "$d/$file" ]; then touch -a -c "$d/$file" 2>/dev/null; echo "$d/$file"; exit 0; fi
+	if [ -f "$d/$file" ]; then touch -a -c "$d/$file" 2>/dev/null || true; echo "$d/$file"; exit 0; fi
 done
 dir=$CACHE/initramfs
 if ! mkdir -p "$dir" 2>/dev/null || [ ! -w "$dir" ]; then

@@ -86,13 +86,18 @@ needs(missingDaemon())('FUSE requests in the rings are answered by the real virt
       const req = fuseRequest(opcode, unique, nodeid, body);
       backing.set(req, IN);
       backing.fill(0, OUT, OUT + outLen);
+      const usedBefore = q1.usedIdx;
       const head = q1.addChain([{ addr: IN, len: req.length }, { addr: OUT, len: outLen, write: true }]);
       q1.pushAvail(head);
       drv.notify(1); // a QueueNotify that reaches tsvmm goes on to the kick fd
+      // Completion = the call fd signalled and the used ring advanced (libvhost-user also
+      // signals the call fd once when it is handed over, with nothing used).
       const t0 = Date.now();
-      while (libc.eventfdDrain(callFd) === 0n) {
-        if (Date.now() - t0 > 10_000) throw new Error(`no completion for opcode ${opcode} within 10 s (${deaths.join(' ')})`);
-        await new Promise((r) => setTimeout(r, 5));
+      let called = false;
+      while (!(called && q1.usedIdx !== usedBefore)) {
+        if (libc.eventfdDrain(callFd) > 0n) called = true;
+        else if (Date.now() - t0 > 10_000) throw new Error(`no completion for opcode ${opcode} within 10 s (${deaths.join(' ')})`);
+        else await new Promise((r) => setTimeout(r, 5));
       }
       const used = q1.takeUsed();
       q1.setUsedEvent(q1.usedIdx); // EVENT_IDX: interrupt me for the next one (virtqueue_enable_cb)

@@ -106,18 +106,34 @@ export function concat(...parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** How often a long run reports its progress. */
+const PROGRESS_MS = 30_000;
+
 /** Runs `one` for every case; a throw is a crash: reported with the seed and case, then rethrown. */
-export async function fuzz(target: string, short: number, one: (rng: Rng, i: number) => void | Promise<void>): Promise<{ cases: number; seed: number; ms: number }> {
+export async function fuzz(
+  target: string, short: number, one: (rng: Rng, i: number) => void | Promise<void>, state?: () => string,
+): Promise<{ cases: number; seed: number; ms: number }> {
   const cases = caseBudget(short);
   const seed = seedFor(target);
   const rng = prng(seed);
   const t0 = performance.now();
-  for (let i = 0; i < cases; i++) {
-    try {
-      await one(rng, i);
-    } catch (e) {
-      throw new Error(`fuzz ${target}: crash at case ${i} (seed 0x${seed.toString(16)}; replay with TSVMM_FUZZ_SEED=0x${seed.toString(16)} TSVMM_FUZZ_CASES=${i + 1}): ${(e as Error).stack ?? String(e)}`);
+  // Long runs say how far they are (stderr, every PROGRESS_MS): a run that stops making
+  // progress shows where, and with `state` what it waits for.
+  let i = 0;
+  const progress = cases > short ? setInterval(() => {
+    process.stderr.write(`fuzz ${target}: ${i}/${cases} cases, ${((performance.now() - t0) / 1000).toFixed(0)} s${state ? `, ${state()}` : ''}\n`);
+  }, PROGRESS_MS) : undefined;
+  progress?.unref();
+  try {
+    for (; i < cases; i++) {
+      try {
+        await one(rng, i);
+      } catch (e) {
+        throw new Error(`fuzz ${target}: crash at case ${i} (seed 0x${seed.toString(16)}; replay with TSVMM_FUZZ_SEED=0x${seed.toString(16)} TSVMM_FUZZ_CASES=${i + 1}): ${(e as Error).stack ?? String(e)}`);
+      }
     }
+  } finally {
+    clearInterval(progress);
   }
   const ms = performance.now() - t0;
   report(target, cases, seed, ms);

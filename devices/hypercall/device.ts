@@ -103,14 +103,29 @@ export interface HypercallDeviceOptions {
   readonly burst?: number;
   /**
    * Hint records decoded per second, VM-wide (a record costs one unit per 64 bytes): a batch is
-   * read only as far as the budget goes, the rest is dropped unread and counted. Default 1000.
+   * read only as far as the budget goes, the rest is dropped unread and counted. Default
+   * HINT_UNITS_PER_SECOND.
    */
   readonly hintUnitsPerSecond?: number;
-  /** Hint budget depth (the most one batch can deliver); default = hintUnitsPerSecond. */
+  /**
+   * Hint budget depth: the most one batch can deliver, so the most one HINTS exit makes the
+   * main thread do at once. Default HINT_UNIT_BURST (at most hintUnitsPerSecond).
+   */
   readonly hintUnitBurst?: number;
   /** Milliseconds clock (tests inject one). */
   readonly now?: () => number;
 }
+
+/**
+ * The default hint budget. Each record decoded costs the main thread its decode, the
+ * scheduler's update and the hint stream: ~0.5 ms in the nested sandbox (a CPU profile under
+ * tsvmm-hostile, docs/security.md §6). 1000 a second with a burst of 1000 let a flooding guest
+ * keep the main thread busy most of the time and block it for half a second per HINTS exit
+ * (GET / p99 over 1 s); 250 a second in calls of at most 64 bound that to a quarter of a
+ * sandbox CPU, in pieces of ~30 ms. An honest agent sends a few records per task it pins.
+ */
+export const HINT_UNITS_PER_SECOND = 250;
+export const HINT_UNIT_BURST = 64;
 
 export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'bad-map' | 'unknown-handle' | 'closed';
 
@@ -244,8 +259,8 @@ export class HypercallDevice implements BusDevice {
     this.rate = opts.ratePerSecond ?? 5000;
     this.now = opts.now ?? (() => performance.now());
     this.calls = new TokenBucket('hypercall rate', this.rate, opts.burst ?? this.rate, this.now());
-    const hintRate = opts.hintUnitsPerSecond ?? 1000;
-    this.hintBudget = new TokenBucket('hint budget', hintRate, opts.hintUnitBurst ?? hintRate, this.now());
+    const hintRate = opts.hintUnitsPerSecond ?? HINT_UNITS_PER_SECOND;
+    this.hintBudget = new TokenBucket('hint budget', hintRate, opts.hintUnitBurst ?? Math.min(hintRate, HINT_UNIT_BURST), this.now());
     this.stats = {
       calls: { HELLO: 0, FETCH: 0, REPORT: 0, HINTS: 0, UNKNOWN: 0 },
       errors: { E_UNKNOWN: 0, E_STATE: 0, E_LENGTH: 0, E_INVALID: 0, E_NOREQ: 0, E_VERSION: 0, E_RATE: 0, E_ACCESS: 0 },

@@ -13,13 +13,6 @@
 import { SCHED, type ThreadSchedAttr } from '../kvm/libc';
 import { TsvmmError } from '../lib/errors';
 
-/**
- * The nice value Machine gives every vCPU thread at start (SCHED_OTHER, below the main
- * thread's 0: the main thread must win a contended CPU, docs/security.md §6). It is the
- * threads' original class here: a boost that ends goes back to it.
- */
-export const VCPU_NICE = 19;
-
 export const CLASS_NAMES = ['other', 'batch', 'idle', 'fifo', 'rr'] as const;
 export type ClassName = (typeof CLASS_NAMES)[number];
 

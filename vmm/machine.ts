@@ -30,10 +30,10 @@ import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/l
 import { Paravirt, newScheduler } from './paravirt';
 import { RateLimitedLog, type RateLimitOptions } from './log';
 import type { VcpuScheduler } from './scheduler/scheduler';
-import { Actuators, VCPU_NICE } from './actuators';
+import { Actuators } from './actuators';
 import { PrioPolicy } from './scheduler/prio';
 import { HINT_PROGRAMS } from './hints/programs';
-import { SCHED, schedGetattr, schedSetattr } from '../kvm/libc';
+import { schedGetattr, schedSetattr } from '../kvm/libc';
 import { EXIT } from '../lib/errors';
 import { Channel } from '../devices/virtio/vhost-user/channel';
 import { VhostUserFrontend } from '../devices/virtio/vhost-user/frontend';
@@ -222,30 +222,6 @@ export class Machine {
     const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: this.pio.claims(), mmio: this.mmio.claims() });
     scheduler.setVcpuThreads(tids);
     this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
-    this.lowerVcpuThreads(tids);
-  }
-
-  /**
-   * vCPU threads run below the main thread: SCHED_OTHER at nice VCPU_NICE. A guest keeps its
-   * vCPUs busy at will (a spin loop costs it nothing), while everything it asks of the host
-   * (forwarded exits, vsock, hints) and the API wait for the main thread: with equal weights
-   * the guest's vCPUs take most of a contended CPU from it (GET / p99 746 ms in the 2-CPU
-   * sandbox under tsvmm-hostile, docs/security.md §6). At nice 19 the main thread's weight is
-   * 68 times a vCPU's, so it runs when it has work, and the vCPUs keep whatever it leaves.
-   * Lowering one's own threads needs no privilege; the class stays SCHED_OTHER (policies and
-   * the API change it through Actuators, which take this as the threads' original class, so
-   * a --prio hinted boost ends back here). Best effort: a refusal is logged, the VM runs.
-   */
-  private lowerVcpuThreads(tids: readonly number[]): void {
-    const failed: string[] = [];
-    for (const tid of tids) {
-      try {
-        schedSetattr(tid, { policy: SCHED.NORMAL, priority: 0, nice: VCPU_NICE });
-      } catch (e) {
-        failed.push(`tid ${tid}: ${(e as Error).message}`);
-      }
-    }
-    if (failed.length) this.io.log(`vCPU threads left at the main thread's priority (${failed.join('; ')})`);
   }
 
   private addLegacyDevices(vm: Vm): void {

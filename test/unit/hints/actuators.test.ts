@@ -5,7 +5,7 @@
 // guest input).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { VCPU_NICE, checkClass } from '../../../vmm/actuators';
+import { checkClass } from '../../../vmm/actuators';
 import { fakeHost } from './fake-host';
 
 const FIFO = 1, OTHER = 0;
@@ -23,18 +23,6 @@ test('operator class, then a boost on top, then the boost ends: the operator cla
   assert.equal(f.threads.get(1001), { policy: OTHER, priority: 0, nice: 5 });
   assert.ok(f.log.some((l) => /vcpu 1 \(tid 1001\): SCHED_FIFO 3 -> SCHED_OTHER nice 5 \(test over\)/.test(l)), f.log.join('\n'));
   assert.is(a.counters.classChanges, 3);
-});
-
-test('vCPU threads start below the main thread (nice 19, as Machine sets them): a boost ends back there, not at nice 0', () => {
-  const f = fakeHost(2, { prio: 'hinted' });
-  const a = f.host.actuators;
-  for (const tid of f.tids) f.threads.set(tid, { policy: OTHER, priority: 0, nice: VCPU_NICE });
-  a.boost(0, checkClass({ policy: 'fifo', priority: 10 }), 'guest RT task');
-  assert.equal(f.threads.get(1000), { policy: FIFO, priority: 10, nice: 0 });
-  a.boost(0, undefined, 'guest RT task gone');
-  assert.equal(f.threads.get(1000), { policy: OTHER, priority: 0, nice: VCPU_NICE });
-  assert.equal(a.table()[0]!.sched, { policy: 'other', priority: 0, nice: VCPU_NICE });
-  assert.equal(f.threads.get(1001), { policy: OTHER, priority: 0, nice: VCPU_NICE }, 'the other vCPU untouched');
 });
 
 test('classes are checked field by field', () => {

@@ -2,6 +2,8 @@
 // print the console, and read input. Owns the UART registers and its receive FIFO; output and
 // the interrupt line are handed in. Transmit is instantaneous: THR is always empty, so the
 // guest never waits on us, and a THRE interrupt is raised whenever the guest asks for one.
+// A break (sendBreak) is received as a 16550 does: a NUL character whose LSR has BI set, with a
+// receiver line status interrupt; Linux's 8250 driver reads it as the SysRq prefix on a console.
 
 import type { BusDevice } from './bus';
 import type { IrqLine } from './irq';
@@ -20,17 +22,22 @@ const IER_THRE = 0x02;
 const IIR_NONE = 0x01;
 const IIR_THRE = 0x02;
 const IIR_RDA = 0x04;
+const IIR_RLS = 0x06;
+const IER_RLS = 0x04;
 const IIR_FIFO_ENABLED = 0xc0;
 const FCR_ENABLE = 0x01;
 const FCR_CLEAR_RX = 0x02;
 const LCR_DLAB = 0x80;
 const MCR_LOOP = 0x10;
 const LSR_DR = 0x01;
+const LSR_BI = 0x10;
 const LSR_THRE = 0x20;
 const LSR_TEMT = 0x40;
 
 /** Receive FIFO depth: a 16550A has 16 bytes; a deeper buffer lets pasted input survive. */
 export const RX_FIFO_SIZE = 64;
+/** A FIFO entry that is a break: read as NUL, with LSR.BI while it is at the head. */
+const BREAK = 0x100;
 
 export class Serial16550 implements BusDevice {
   private ier = 0;
@@ -56,6 +63,17 @@ export class Serial16550 implements BusDevice {
     return n;
   }
 
+  /**
+   * Receives a break condition (what a serial line's sender does by holding it low): queued
+   * after the pending input; false when the FIFO is full.
+   */
+  sendBreak(): boolean {
+    if (this.rx.length >= RX_FIFO_SIZE) return false;
+    this.rx.push(BREAK);
+    if (this.ier & (IER_RDA | IER_RLS)) this.irq.trigger();
+    return true;
+  }
+
   get rxSpace(): number {
     return RX_FIFO_SIZE - this.rx.length;
   }
@@ -74,11 +92,12 @@ export class Serial16550 implements BusDevice {
     switch (reg) {
       case DATA:
         if (dlab) return this.dll;
-        return this.rx.shift() ?? 0;
+        return (this.rx.shift() ?? 0) & 0xff;
       case IER:
         return dlab ? this.dlm : this.ier;
       case IIR_FCR: {
         const fifo = this.fcr & FCR_ENABLE ? IIR_FIFO_ENABLED : 0;
+        if (this.ier & IER_RLS && this.rx[0] === BREAK) return IIR_RLS | fifo;
         if (this.ier & IER_RDA && this.rx.length > 0) return IIR_RDA | fifo;
         if (this.ier & IER_THRE && this.threPending) {
           this.threPending = false; // reading IIR acknowledges THRE
@@ -91,7 +110,7 @@ export class Serial16550 implements BusDevice {
       case MCR:
         return this.mcr;
       case LSR:
-        return (this.rx.length > 0 ? LSR_DR : 0) | LSR_THRE | LSR_TEMT;
+        return (this.rx.length > 0 ? LSR_DR : 0) | (this.rx[0] === BREAK ? LSR_BI : 0) | LSR_THRE | LSR_TEMT;
       case MSR:
         if (this.mcr & MCR_LOOP) {
           // Loopback: DTR→DSR, RTS→CTS, OUT1→RI, OUT2→DCD (what the 8250 probe checks).
@@ -128,7 +147,7 @@ export class Serial16550 implements BusDevice {
         else this.threPending = false;
         // As on a real 16550, enabling RDA with data already waiting interrupts at once: Linux
         // turns RDA off to throttle input and back on later, and the data must not sit unseen.
-        if (this.ier & IER_RDA && this.rx.length > 0) this.irq.trigger();
+        if (this.ier & (IER_RDA | IER_RLS) && this.rx.length > 0) this.irq.trigger();
         return;
       case IIR_FCR:
         this.fcr = v & FCR_ENABLE;

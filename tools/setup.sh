@@ -5,6 +5,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Node first: Debian 12's own nodejs is 18, too old for tsvmm (and for its npm dependencies).
+# The minimum is package.json's `engines.node` (">=MAJOR.MINOR").
+need_node=$(sed -n 's/.*"node": *">= *\([0-9][0-9.]*\)".*/\1/p' package.json | head -n 1)
+node_too_old() {
+	local have want_major want_minor have_major have_minor
+	have=$(node -p 'process.versions.node' 2>/dev/null) || return 0
+	IFS=. read -r want_major want_minor _ <<<"$need_node.0"
+	IFS=. read -r have_major have_minor _ <<<"$have"
+	[ "$have_major" -lt "$want_major" ] || { [ "$have_major" -eq "$want_major" ] && [ "$have_minor" -lt "${want_minor:-0}" ]; }
+}
+if node_too_old; then
+	have=$(node -v 2>/dev/null || echo "no node on PATH")
+	cat >&2 <<-EOF
+	setup: tsvmm needs Node.js >= $need_node (package.json "engines"); this machine has: $have
+	  (Debian 12's own nodejs package is 18.) Get Node.js $need_node or newer (22 LTS is fine), one of:
+	  - NodeSource (system-wide, as root):
+	        curl -fsSL https://deb.nodesource.com/setup_22.x | bash - && apt-get install -y nodejs
+	  - nvm (per user, no root):
+	        curl -fsSL https://raw.githubusercontent.com/nvm-sh/nvm/v0.40.3/install.sh | bash
+	        . ~/.nvm/nvm.sh && nvm install 22
+	  - Debian backports, if it carries a new enough nodejs for your release:
+	        apt-get install -t bookworm-backports nodejs npm   (check: apt-cache policy nodejs)
+	  then run tools/setup.sh again.
+	EOF
+	exit 1
+fi
+echo "setup: Node $(node -v) (needs >= $need_node)" >&2
+
 PACKAGES=(
 	qemu-system-x86   # nested KVM sandbox (hosts without hardware KVM) and the benchmark peer
 	busybox-static cpio kmod xz-utils   # guest and sandbox initramfs

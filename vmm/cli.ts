@@ -11,6 +11,14 @@ import { cmdDemo } from './demo';
 import { MACHINE_FLAGS, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
 import type { MachineConfig } from './config';
 import { Control } from './api/control';
+import { attachConsole, terminalSize } from './console/index';
+import { ConsoleResizer } from './console/resize';
+import { AgentClient } from './agent/client';
+import { AGENT_VSOCK_PORT } from './agent/connect';
+import { GUEST_CID } from './agent-vm';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { API_USAGE, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
 
 const USAGE = `usage: tsvmm <command> [options]
@@ -73,7 +81,12 @@ tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [-
   --log-path F     log lines to F; --log-level error|warn|info|debug (default info)
   --metrics-path F append metrics as JSON lines to F every --metrics-interval SEC (60)
 
-exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,
+console: with tsvmm's own guest image (no --initrd), the console is a root shell (the guest
+agent runs beside it); in a terminal, typed keys go to the guest, and Ctrl-A starts an escape:
+  Ctrl-A x quit (exit 0)   Ctrl-A h help   Ctrl-A c send a break (then a SysRq key)
+  Ctrl-A Ctrl-A a literal Ctrl-A. The terminal's TERM and size are passed to the guest.
+
+exit status: 0 guest powered off (or Ctrl-A x), 1 VMM error, 2 usage error, 3 guest rebooted,
 4 guest panicked, 5 guest crashed (triple fault, KVM internal error), 124 --timeout expired.
 
 ${EXEC_USAGE}
@@ -102,6 +115,7 @@ async function cmdRun(args: string[]): Promise<number> {
   const control: Control<Machine> = await Control.open<Machine>(values, start, defaults);
   const log = control.log;
   let machine: Machine;
+  let shell: ReturnType<typeof consoleShell> | undefined;
   try {
     if (values.wait) {
       const r = await control.waitForStart();
@@ -111,67 +125,76 @@ async function cmdRun(args: string[]): Promise<number> {
       }
       machine = r;
     } else {
-      const config = control.configFromFile({ acpi: !values['no-acpi'] }) ?? (await machineConfig(values, log));
+      const fromFile = control.configFromFile({ acpi: !values['no-acpi'] });
+      let config = fromFile ?? (await machineConfig(values, log));
+      // tsvmm's own image (the default guest, or --kernel with --modules): a console shell.
+      if (!fromFile && values.initrd === undefined && (values.kernel === undefined || values.modules !== undefined)) {
+        shell = consoleShell(config);
+        config = shell.config;
+      }
       machine = await start(config);
       control.attach(machine);
     }
   } catch (e) {
     await control.close();
+    shell?.cleanup();
     throw e;
   }
-  const detachInput = attachStdin(machine);
-  const onSignal = (sig: NodeJS.Signals) => machine.finish({ code: sig === 'SIGINT' ? 130 : 143, reason: 'signal', detail: `tsvmm got ${sig}` });
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const m = machine;
+  let resizer: ConsoleResizer | undefined;
+  if (shell && m.vsock) {
+    const client = new AgentClient(() => m.vsock!.connect(AGENT_VSOCK_PORT));
+    resizer = new ConsoleResizer((argv, signal) => client.exec({ argv, signal }), log);
+  }
+  const term = attachConsole({
+    stdin: process.stdin,
+    sizeFrom: process.stdout.isTTY ? process.stdout : process.stderr,
+    serial: () => m.serial,
+    quit: () => m.finish({ code: 0, reason: 'quit', detail: 'Ctrl-A x: stopped from the console' }),
+    print: (text) => process.stderr.write(`${text}\n`),
+    onResize: resizer && ((rows, cols) => resizer.resize(rows, cols)),
+    hint: !values.quiet,
+  });
+  const codes: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
+  const onSignal = (sig: NodeJS.Signals) => m.finish({ code: codes[sig] ?? 1, reason: 'signal', detail: `tsvmm got ${sig}` });
+  for (const s of Object.keys(codes) as NodeJS.Signals[]) process.on(s, onSignal);
   const timer = timeoutSec > 0
-    ? setTimeout(() => machine.finish({ code: EXIT_TIMEOUT, reason: 'timeout', detail: `--timeout ${timeoutSec} s expired` }), timeoutSec * 1000)
+    ? setTimeout(() => m.finish({ code: EXIT_TIMEOUT, reason: 'timeout', detail: `--timeout ${timeoutSec} s expired` }), timeoutSec * 1000)
     : undefined;
-  const status = await machine.exited;
-  clearTimeout(timer);
-  detachInput();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  let status: Awaited<typeof m.exited>;
+  try {
+    status = await m.exited;
+  } finally {
+    // Every way out (poweroff, panic, a VMM error, a signal, Ctrl-A x) gives the terminal back.
+    clearTimeout(timer);
+    resizer?.close();
+    term.detach();
+    for (const s of Object.keys(codes) as NodeJS.Signals[]) process.off(s, onSignal);
+    shell?.cleanup();
+  }
   log(`${status.detail} (exit ${status.code})`);
   await control.close();
   return status.code;
 }
 
-/** Feeds stdin to the guest's serial port; in raw terminal mode, Ctrl-A x quits (like QEMU). */
-function attachStdin(machine: Machine): () => void {
-  const stdin = process.stdin;
-  if (!stdin.readable) return () => {};
-  const raw = stdin.isTTY;
-  if (raw) stdin.setRawMode(true);
-  let pending: Uint8Array = new Uint8Array(0);
-  let ctrlA = false;
-  const flush = () => {
-    if (!pending.length || !machine.serial) return;
-    const n = machine.serial.enqueueInput(pending);
-    pending = pending.subarray(n);
-    if (pending.length) setTimeout(flush, 5);
-  };
-  const onData = (chunk: Buffer) => {
-    if (raw) {
-      for (const b of chunk) {
-        if (ctrlA && (b === 0x78 || b === 0x58)) {
-          machine.finish({ code: 130, reason: 'signal', detail: 'Ctrl-A x' });
-          return;
-        }
-        ctrlA = b === 0x01;
-      }
-    }
-    const merged = new Uint8Array(pending.length + chunk.length);
-    merged.set(pending);
-    merged.set(chunk, pending.length);
-    pending = merged;
-    flush();
-  };
-  stdin.on('data', onData);
-  return () => {
-    stdin.off('data', onData);
-    if (raw) stdin.setRawMode(false);
-    stdin.pause();
-    stdin.unref?.();
+/**
+ * The console shell of tsvmm's own image (tools/guest/init.sh): asked for on the command
+ * line with the terminal's TERM and size, and a vsock device (in a temporary directory, unless
+ * --vsock named one) through which the agent applies later resizes.
+ */
+function consoleShell(config: MachineConfig): { config: MachineConfig; cleanup: () => void } {
+  const extra = ['tsvmm.console=shell'];
+  const term = process.env.TERM;
+  // A TERM the kernel's parser keeps as one word, and the init can pass on safely.
+  if (process.stdin.isTTY && term && /^[A-Za-z0-9._+-]{1,64}$/.test(term)) extra.push(`TERM=${term}`);
+  const size = terminalSize(process.stdout.isTTY ? process.stdout : process.stderr);
+  if (process.stdin.isTTY && size) extra.push(`tsvmm.rows=${size.rows}`, `tsvmm.cols=${size.cols}`);
+  const dir = config.vsock ? undefined : mkdtempSync(join(tmpdir(), 'tsvmm-run-'));
+  return {
+    config: { ...config, cmdline: `${config.cmdline} ${extra.join(' ')}`, vsock: config.vsock ?? { cid: GUEST_CID, udsPath: join(dir!, 'vsock') } },
+    cleanup: () => {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 

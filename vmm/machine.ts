@@ -44,7 +44,7 @@ import { sharesCmdline, type ShareConfig } from './shares';
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
   code: number;
-  reason: 'poweroff' | 'reboot' | 'panic' | 'crash' | 'error' | 'signal' | 'timeout';
+  reason: 'poweroff' | 'reboot' | 'panic' | 'crash' | 'error' | 'signal' | 'timeout' | 'quit';
   detail: string;
 }
 

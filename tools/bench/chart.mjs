@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-export const CHART_DEPS = 'npm install --save-dev vega@6.4.0 vega-lite@6.5.0 @resvg/resvg-js@2.6.2';
+export const CHART_DEPS = 'npm install --save-dev vega@6.4.0 vega-lite@6.4.3 @resvg/resvg-js@2.6.2';
 
 /** Imports a package from the project, or else from $TSVMM_PAPER_DEPS (a scratch `npm install` dir). */
 async function importDep(name) {

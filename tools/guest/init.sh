@@ -8,8 +8,13 @@
 #   tsvmm-init: ready                  <- boot benchmarks stop the clock here
 #   tsvmm.cmd=<base64> on the kernel command line: run it with sh -c, then
 #   tsvmm-init: exit=<status>          and power off.
+#   tsvmm.console=shell (what `tsvmm run` gives its own images): the agent in the background,
+#   restarted when it dies, and a root shell on the console; power off when that shell exits.
+#   tsvmm.rows=R tsvmm.cols=C: the host terminal's size for the console; TERM=... (a plain
+#   parameter, so the kernel hands it to init as environment) names the host's terminal.
 #   Otherwise /usr/bin/tsvmm-agent if present (until it exits), else a console shell.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=linux
+# TERM is the kernel's (linux) unless the command line gave one.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=${TERM:-linux}
 umask 022
 
 mount -t proc proc /proc
@@ -27,7 +32,7 @@ ln -sfn /proc/self/fd/1 /dev/stdout
 ln -sfn /proc/self/fd/2 /dev/stderr
 
 # A dotted parameter is not handed to init as env or argv: read it from /proc/cmdline.
-enc= shares= rootfs= root= rootmode=ro
+enc= shares= rootfs= root= rootmode=ro console= rows= cols=
 set -f
 for arg in $(cat /proc/cmdline); do
 	case $arg in
@@ -37,6 +42,9 @@ for arg in $(cat /proc/cmdline); do
 	root=/dev/*) root=${arg#root=} ;;
 	rw) rootmode=rw ;;
 	ro) rootmode=ro ;;
+	tsvmm.console=*) console=${arg#tsvmm.console=} ;;
+	tsvmm.rows=*) rows=${arg#tsvmm.rows=} ;;
+	tsvmm.cols=*) cols=${arg#tsvmm.cols=} ;;
 	esac
 done
 set +f
@@ -142,6 +150,16 @@ if [ -n "$rootfs" ]; then
 	fi
 fi
 
+# The console shell: login-free root with job control (cttyhack makes the console its
+# controlling terminal, setsid a session of its own), sized like the host's terminal. The
+# host resizes it later through the agent (`stty -F /dev/console rows R cols C`, which also
+# sends SIGWINCH to the shell's foreground job).
+console_shell() {
+	cd /root
+	case $rows$cols in *[!0-9]*) ;; ?*) stty -F /dev/console rows "${rows:-24}" cols "${cols:-80}" 2>/dev/null ;; esac
+	PS1='[tsvmm-guest \w]\$ ' setsid cttyhack sh -l
+}
+
 if [ -n "$enc" ]; then
 	cmd=$(echo "$enc" | base64 -d 2>/dev/null)
 	if [ -z "$cmd" ]; then
@@ -152,6 +170,25 @@ if [ -n "$enc" ]; then
 	cd /root
 	if [ -n "$newroot" ]; then chroot $newroot /bin/sh -c "cd /root; $cmd"; else sh -c "$cmd"; fi
 	echo "tsvmm-init: exit=$?"
+	halt_now
+elif [ "$console" = shell ]; then
+	agent=
+	if [ -n "$newroot" ] && [ -x $newroot/run/tsvmm/tsvmm-agent ]; then
+		agent="chroot $newroot /run/tsvmm/tsvmm-agent"
+	elif [ -x /usr/bin/tsvmm-agent ]; then
+		agent=/usr/bin/tsvmm-agent
+	fi
+	if [ -n "$agent" ]; then
+		# Supervised: a dead agent is said on the console and restarted (it logs to /dev/kmsg).
+		(
+			while :; do
+				$agent </dev/null >/dev/null 2>&1
+				echo "<4>tsvmm-init: agent exit=$?; restarting it" >/dev/kmsg
+				sleep 1
+			done
+		) &
+	fi
+	console_shell
 	halt_now
 elif [ -n "$newroot" ] && [ -x $newroot/run/tsvmm/tsvmm-agent ]; then
 	chroot $newroot /run/tsvmm/tsvmm-agent

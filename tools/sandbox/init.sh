@@ -78,8 +78,25 @@ step "running the job"
 # A heartbeat through the ctl share: run.sh ends a sandbox whose kernel froze without a word
 # (seen under nested emulation: no stall message, nothing runs) instead of waiting out the time limit.
 (while :; do : >/ctl/heartbeat; sleep 10; done) &
-chroot $H /bin/sh -c "$(cat /ctl/job.sh)" </dev/null >$o 2>$e
-rc=$?
+if [ -f /ctl/interactive ]; then
+	# The caller's terminal: its keys arrive on tsvmm.stdin, its resizes on tsvmm.winsize;
+	# the job runs in a pseudo-terminal of script(1) (the host's util-linux), which copies
+	# those keys in and the job's output (stdout and stderr, one stream) out to tsvmm.stdout.
+	i=0
+	while :; do
+		si=$(port tsvmm.stdin) wz=$(port tsvmm.winsize)
+		[ -c "$si" ] && [ -c "$wz" ] && break
+		i=$((i + 1))
+		[ $i -le 100 ] || fail "no virtio-serial ports for the terminal"
+		sleep 0.1
+	done
+	cp /ctl/job.sh $H/run/tsvmm-job.sh
+	chroot $H /usr/bin/script -q -e -c "/bin/bash /run/tsvmm-job.sh $wz" /dev/null <$si >$o 2>$e
+	rc=$?
+else
+	chroot $H /bin/sh -c "$(cat /ctl/job.sh)" </dev/null >$o 2>$e
+	rc=$?
+fi
 step "job exit status $rc"
 echo $rc >/ctl/status
 halt_now

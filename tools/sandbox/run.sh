@@ -15,6 +15,11 @@
 # Inside: cwd and PATH/HOME/CI/TSVMM_* are kept, / is read-only, /tmp and /run are tmpfs,
 # and --out DIR (default: a fresh temp dir, exported as TSVMM_SANDBOX_OUT, removed after)
 # is writable at the same path on both sides.
+# Interactive: when stdin is a terminal, CMD gets a terminal too — a pseudo-terminal inside
+# (script(1)), sized like this one and resized with it, fed from this terminal in raw mode
+# through a virtio-serial port (QEMU's stdio chardev; Ctrl-C and Ctrl-Z reach CMD); this
+# terminal's settings come back when the sandbox ends, however it ends. CMD's output is then
+# one stream (the pseudo-terminal's). TSVMM_SANDBOX_TTY=0 forces the non-interactive way.
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,6 +46,8 @@ case $TIMEOUT in '' | *[!0-9]*) usage ;; esac
 case $ATTEMPTS in '' | 0 | *[!0-9]*) usage ;; esac
 
 log() { echo "sandbox: $*" >&2; }
+INTERACTIVE=0
+if [ -t 0 ] && [ "${TSVMM_SANDBOX_TTY:-1}" != 0 ]; then INTERACTIVE=1; fi
 
 # PVM and other software KVMs expose /dev/kvm but cannot run a stock kernel: only a
 # hardware vendor module counts as native.
@@ -77,6 +84,8 @@ mkdir -p "$work/ctl" "$OUT"
 OUT=$(cd "$OUT" && pwd -P)
 cleanup() {
 	[ -n "${qpid:-}" ] && kill "$qpid" 2>/dev/null
+	# QEMU restores the terminal when it exits normally; not when the time limit killed it.
+	[ -n "${saved_tty:-}" ] && stty "$saved_tty" <&5 2>/dev/null
 	[ -n "${cat_out:-}" ] && kill "$cat_out" "$cat_err" 2>/dev/null
 	[ "$keep_out" = 1 ] || rm -rf "$OUT"
 	rm -rf "$work"
@@ -93,6 +102,13 @@ q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 		[ -n "${!v+x}" ] && printf 'export %s=%s\n' "$v" "$(q "${!v}")"
 	done
 	printf 'export TMPDIR=/tmp TSVMM_IN_SANDBOX=1 TSVMM_SANDBOX_OUT=%s\n' "$(q "$OUT")"
+	if [ "$INTERACTIVE" = 1 ]; then
+		# Inside script(1)'s pseudo-terminal: this terminal's size now, and each resize as a
+		# "ROWS COLS" line on the tsvmm.winsize port (init.sh passes its path as $1).
+		read -r rows cols < <(stty size <&0 2>/dev/null) || true
+		[ -n "${rows:-}" ] && printf 'stty rows %s cols %s\n' "$rows" "$cols"
+		printf 't=$(tty)\n(while read -r r c; do stty -F "$t" rows "$r" cols "$c"; done <"$1" &)\n'
+	fi
 	printf 'exec'
 	for a in "$@"; do printf ' %s' "$(q "$a")"; done
 	printf '\n'
@@ -105,6 +121,25 @@ case $PWD/ in /tmp/* | /run/*)
 	echo "$PWD" >"$work/ctl/cwddir"
 	cwd_share=(-virtfs "local,path=$PWD,mount_tag=cwd,readonly=on,security_model=none,multidevs=remap") ;;
 esac
+
+# QEMU's stdin: the terminal in interactive mode (its stdio chardev makes it raw), else nothing.
+tty_devs=() fg=()
+if [ "$INTERACTIVE" = 1 ]; then
+	# timeout(1) would put QEMU in a process group of its own, which may not use the terminal.
+	fg=(--foreground)
+	exec 5<&0
+	saved_tty=$(stty -g <&5)
+	touch "$work/ctl/interactive"
+	# Resizes go in through a pipe chardev (QEMU reads winsize.in); fd 6 keeps it open.
+	mkfifo "$work/winsize.in" "$work/winsize.out"
+	exec 6<>"$work/winsize.in" 7<>"$work/winsize.out"
+	tty_devs=(-chardev stdio,id=si,signal=off -device virtserialport,chardev=si,name=tsvmm.stdin
+		-chardev "pipe,id=wz,path=$work/winsize" -device virtserialport,chardev=wz,name=tsvmm.winsize)
+	send_size() { local s; s=$(stty size <&5 2>/dev/null) && echo "$s" >&6; }
+	trap send_size WINCH
+else
+	exec 5</dev/null
+fi
 
 STALL_PATTERN='soft lockup|self-detected stall|kthread starved'
 # init.sh touches ctl/heartbeat every 10 s while the job runs (TSVMM_SANDBOX_HANG_SECS: for tests).
@@ -121,7 +156,7 @@ run_once() {
 	local fs='security_model=none,multidevs=remap'
 	# The pc machine, not microvm: under TCG microvm's kernel finds no timer to calibrate
 	# against and stalls for minutes.
-	timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
+	timeout "${fg[@]}" -k 10 "$TIMEOUT" qemu-system-x86_64 \
 		-M pc -accel tcg,thread=multi -cpu "$CPU" -m "$MEM" -smp "$SMP" \
 		-nodefaults -no-user-config -display none -no-reboot \
 		-kernel "$kernel" -initrd "$initrd" \
@@ -133,7 +168,7 @@ run_once() {
 		-device virtio-serial-pci \
 		-chardev "file,id=so,path=$work/stdout" -device virtserialport,chardev=so,name=tsvmm.stdout \
 		-chardev "file,id=se,path=$work/stderr" -device virtserialport,chardev=se,name=tsvmm.stderr \
-		</dev/null 2>"$work/qemu.log" &
+		"${tty_devs[@]}" <&5 2>"$work/qemu.log" &
 	# Waiting in the background lets a signal to run.sh tear the sandbox down at once.
 	qpid=$!
 	# A sandbox kernel that stalls under emulation (soft lockup, RCU stall: seen about once in
@@ -155,8 +190,13 @@ run_once() {
 		done
 	) &
 	watcher=$!
-	wait "$qpid"
-	qemu_rc=$?
+	# A resize (SIGWINCH, trapped in interactive mode) ends the wait early: wait again.
+	while :; do
+		wait "$qpid"
+		qemu_rc=$?
+		[ "$qemu_rc" -gt 128 ] && kill -0 "$qpid" 2>/dev/null && continue
+		break
+	done
 	kill "$watcher" 2>/dev/null
 	wait "$watcher" 2>/dev/null
 	qpid=

@@ -152,4 +152,27 @@ test('DLAB: divisor latch read/write, no output, no IER change', () => {
   assert.equal(u.out, [0x55]);
 });
 
+test('a break arrives after the queued input as a NUL with LSR.BI and a line status interrupt', () => {
+  const u = uart();
+  u.wr(IER, 0x05); // RDA + receiver line status, as Linux's 8250 driver enables them
+  u.s.enqueueInput(Uint8Array.of(0x61));
+  const before = u.irq.count;
+  assert.ok(u.s.sendBreak());
+  assert.ok(u.irq.count > before, 'the break interrupts');
+  assert.is(u.rd(IIR) & 0x0f, 0x04, 'data first');
+  assert.is(u.rd(LSR) & 0x11, 0x01, 'no BI on the data byte');
+  assert.is(u.rd(RBR), 0x61);
+  assert.is(u.rd(IIR) & 0x0f, 0x06, 'then the line status');
+  assert.is(u.rd(LSR) & 0x11, 0x11, 'BI with DR on the break character');
+  assert.is(u.rd(RBR), 0x00);
+  assert.is(u.rd(LSR) & 0x11, 0x00, 'nothing after it');
+  assert.is(u.rd(IIR) & 0x0f, 0x01);
+});
+
+test('a break does not fit in a full FIFO', () => {
+  const u = uart();
+  u.s.enqueueInput(new Uint8Array(RX_FIFO_SIZE));
+  assert.not.ok(u.s.sendBreak());
+});
+
 test.run();

@@ -1,0 +1,118 @@
+// The console of `tsvmm run` as a user at a terminal gets it, through the nested sandbox where
+// the host has no KVM (tools/sandbox/run.sh, which then must carry the terminal in) and
+// directly where it has: in a pseudo-terminal (test/pty-run.py), one boot for all the cases.
+// The default guest gives a root shell with TERM and the terminal's size, follows a resize,
+// takes the escape keys, and Ctrl-A x ends it with status 0 and every terminal on the way
+// (ours, and the one inside the sandbox) as it was.
+// runs: host
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { join } from 'node:path';
+import { ensureDefaultGuest } from '../../vmm/default-guest';
+import { ROOT } from './helpers';
+
+const PROMPT = /\[tsvmm-guest [^\]\r\n]*\]# /;
+const BOOT_MS = 600_000;
+const STEP_MS = 120_000;
+
+let child: ChildProcessWithoutNullStreams;
+let out = '';
+let err = '';
+let version = '';
+/** How much of `out` earlier steps have looked at. */
+let seen = 0;
+let waiters: Array<() => void> = [];
+
+/** Resolves once the terminal output since the last step matches `re`, or fails after `ms`. */
+function waitFor(re: RegExp, what: string, ms = STEP_MS, stream: 'out' | 'err' = 'out'): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const text = stream === 'out' ? out.slice(seen) : err;
+      const m = re.exec(text);
+      if (!m) return false;
+      if (stream === 'out') seen += m.index + m[0].length;
+      clearTimeout(timer);
+      resolve(m);
+      return true;
+    };
+    const timer = setTimeout(() => {
+      waiters = waiters.filter((w) => w !== poll);
+      reject(new Error(`no ${what} within ${ms / 1000} s; the terminal showed:\n${out.slice(-3000)}\nstderr:\n${err.slice(-2000)}`));
+    }, ms);
+    const poll = () => {
+      if (check()) waiters = waiters.filter((w) => w !== poll);
+    };
+    if (!check()) waiters.push(poll);
+  });
+}
+const type = (keys: string) => child.stdin.write(keys);
+const field = (name: string) => new RegExp(`^${name}: (.*)$`, 'm').exec(err)?.[1]?.trim();
+
+test.before(async () => {
+  version = (await ensureDefaultGuest()).version;
+  // The inner shell checks the terminal tsvmm itself had (inside the sandbox: script(1)'s).
+  const job = 'g=$(stty -g); node bin/tsvmm.js run; rc=$?; [ "$g" = "$(stty -g)" ] && echo inner-terminal-restored; exit $rc';
+  child = spawn('python3', [join(ROOT, 'test/pty-run.py'), '24', '80', 'bash', join(ROOT, 'tools/sandbox/run.sh'), '--', 'sh', '-c', job], {
+    cwd: ROOT,
+    env: { ...process.env, TERM: 'xterm-256color' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    for (const w of [...waiters]) w();
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+    for (const w of [...waiters]) w();
+  });
+  await waitFor(PROMPT, 'shell prompt', BOOT_MS);
+});
+
+test.after(() => {
+  if (child.exitCode === null) child.kill('SIGKILL');
+});
+
+test('a root shell on the console, after the one-line hint: uname -r is the guest kernel', async () => {
+  assert.match(out, 'Ctrl-A x quits');
+  type('uname -r; id -u\r');
+  const m = await waitFor(/\r\n([^\r\n]+)\r\n(\d+)\r\n/, 'uname output');
+  assert.is(m[1], version);
+  assert.is(m[2], '0');
+  await waitFor(PROMPT, 'prompt');
+});
+
+test('TERM and the terminal size reach the guest, and a resize follows', async () => {
+  type('echo "term=$TERM size=$(stty size)"\r');
+  const m = await waitFor(/term=(\S+) size=(\d+ \d+)/, 'TERM and size');
+  assert.is(m[1], 'xterm-256color');
+  assert.is(m[2], '24 80');
+  await waitFor(PROMPT, 'prompt');
+  // The guest waits for the change itself: the resize travels through the sandbox and the agent.
+  type('while [ "$(stty size)" = "24 80" ]; do sleep 1; done; echo "now=$(stty size)"\r');
+  const pty = field('pty');
+  assert.ok(pty, err);
+  const r = spawnSync('stty', ['-F', pty!, 'rows', '30', 'cols', '100'], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const n = await waitFor(/now=(\d+ \d+)/, 'the new size');
+  assert.is(n[1], '30 100');
+  await waitFor(PROMPT, 'prompt');
+});
+
+test('Ctrl-A h lists the keys; Ctrl-A c sends a break that makes the next key a SysRq', async () => {
+  type('\x01h');
+  await waitFor(/Ctrl-A c +send a break/, 'escape help');
+  type('\x01ch');
+  await waitFor(/sysrq: HELP/, 'the SysRq help');
+});
+
+test('Ctrl-A x exits 0 and the terminals are as they were', async () => {
+  type('\x01x');
+  await waitFor(/^exit: \d+$/m, 'the end of tsvmm', STEP_MS, 'err');
+  assert.is(field('exit'), '0', err);
+  assert.match(out, 'inner-terminal-restored');
+  assert.ok(field('stty-before'));
+  assert.is(field('stty-after'), field('stty-before'));
+});
+
+test.run();

@@ -76,7 +76,8 @@ test.after(() => {
 test('a root shell on the console, after the one-line hint: uname -r is the guest kernel', async () => {
   assert.match(out, 'Ctrl-A x quits');
   type('uname -r; id -u\r');
-  const m = await waitFor(/\r\n([^\r\n]+)\r\n(\d+)\r\n/, 'uname output');
+  // Lines end in \r\n from the guest, plus a \r for each terminal with ONLCR on the way.
+  const m = await waitFor(/\r*\n([^\r\n]+)\r*\n(\d+)\r*\n/, 'uname output');
   assert.is(m[1], version);
   assert.is(m[2], '0');
   await waitFor(PROMPT, 'prompt');

@@ -85,7 +85,8 @@ test('a root shell on the console, after the one-line hint: uname -r is the gues
 
 test('TERM and the terminal size reach the guest, and a resize follows', async () => {
   type('echo "term=$TERM size=$(stty size)"\r');
-  const m = await waitFor(/term=(\S+) size=(\d+ \d+)/, 'TERM and size');
+  // Up to the line's end: output comes in pieces, and '30 1' is a piece of '30 100'.
+  const m = await waitFor(/term=(\S+) size=(\d+ \d+)\r/, 'TERM and size');
   assert.is(m[1], 'xterm-256color');
   assert.is(m[2], '24 80');
   await waitFor(PROMPT, 'prompt');
@@ -95,7 +96,7 @@ test('TERM and the terminal size reach the guest, and a resize follows', async (
   assert.ok(pty, err);
   const r = spawnSync('stty', ['-F', pty!, 'rows', '30', 'cols', '100'], { encoding: 'utf8' });
   assert.is(r.status, 0, r.stderr);
-  const n = await waitFor(/now=(\d+ \d+)/, 'the new size');
+  const n = await waitFor(/now=(\d+ \d+)\r/, 'the new size');
   assert.is(n[1], '30 100');
   await waitFor(PROMPT, 'prompt');
 });

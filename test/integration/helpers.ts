@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { AgentClient } from '../../vmm/agent/client';
 import { dirname, join } from 'node:path';
@@ -142,5 +143,66 @@ export async function until(what: string, cond: () => boolean | Promise<boolean>
   while (!(await cond())) {
     if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/**
+ * Reads a byte stream in exact pieces. It listens to 'data' for the stream's whole life and
+ * keeps its own buffer, so no byte falls between two reads: a reader that removes its listener
+ * and unshift()s the surplus onto a flowing socket loses that surplus (Node emits it again at
+ * once, to no listener), and whoever waits for it waits forever.
+ */
+export class StreamReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private total = 0;
+  private eof: string | undefined;
+  private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+
+  constructor(s: Readable) {
+    s.on('data', (b: Buffer) => {
+      this.chunks.push(b);
+      this.buffered += b.length;
+      this.total += b.length;
+      this.serve();
+    });
+    s.on('end', () => this.finish('EOF'));
+    s.on('close', () => this.finish('closed'));
+    s.on('error', (e) => this.finish(`error: ${e.message}`));
+  }
+
+  /** The next `n` bytes; rejects when the stream ends first. One read at a time. */
+  read(n: number): Promise<Buffer> {
+    if (this.want) return Promise.reject(new Error('StreamReader: a read is already pending'));
+    return new Promise((resolve, reject) => {
+      this.want = { n, resolve, reject };
+      this.serve();
+    });
+  }
+
+  /** What came so far, for a failure message. */
+  describe(): string {
+    const w = this.want ? `, a read of ${this.want.n} pending` : '';
+    return `${this.total} bytes received, ${this.buffered} unread${w}${this.eof ? `, then ${this.eof}` : ''}`;
+  }
+
+  private serve(): void {
+    const w = this.want;
+    if (!w) return;
+    if (this.buffered >= w.n) {
+      const all = Buffer.concat(this.chunks);
+      this.chunks = all.length > w.n ? [all.subarray(w.n)] : [];
+      this.buffered -= w.n;
+      this.want = undefined;
+      w.resolve(all.subarray(0, w.n));
+    } else if (this.eof) {
+      this.want = undefined;
+      w.reject(new Error(`${this.eof} after ${this.buffered} of ${w.n} bytes`));
+    }
+  }
+
+  private finish(why: string): void {
+    this.eof ??= why;
+    this.serve();
   }
 }

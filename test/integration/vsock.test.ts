@@ -29,7 +29,12 @@ test.before(async () => {
   apiDir = mkdtempSync(join(tmpdir(), 'tsvmm-vsock-api-'));
   api = join(apiDir, 'api.sock');
   vm = await startVm(['--memory', '512M', '--vcpus', '2', '--quiet', '--api-sock', api]);
-  agent = await agentOf(vm.uds);
+  try {
+    agent = await agentOf(vm.uds);
+  } catch (e) {
+    // Say why: the guest's console and tsvmm's own lines, not only "connection closed".
+    throw new Error(`the guest agent never answered: ${(e as Error).message}\nwhat the VM printed (last 3000 chars):\n${vm.out().slice(-3000)}`, { cause: e });
+  }
 });
 
 test.after(async () => {

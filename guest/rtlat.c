@@ -10,7 +10,10 @@
  *   wait:PATH    wait until PATH exists (a test's cue; polled every 10 ms)
  *   measure:N:US cyclictest's loop: N wake-ups, one every US microseconds (clock_nanosleep
  *                TIMER_ABSTIME on CLOCK_MONOTONIC); prints the wake-up latency (how late each
- *                wake-up was) as p50/p99/max in microseconds, and the raw samples with -v
+ *                wake-up was) as p50/p99/max in microseconds, and the raw samples with -v.
+ *                Like cyclictest, a wake-up later than the next period skips the periods it
+ *                missed (counted as overruns) instead of sleeping for targets already past:
+ *                each sample is one wake-up's own lateness, never a backlog of earlier ones.
  *
  * e.g. `rtlat cpu:1 fifo:50 measure:2000:1000` is `cyclictest -a 1 -p 50 -i 1000 -l 2000`.
  * Owns nothing else; exits 1 with a message when a step fails. */
@@ -53,6 +56,7 @@ static void measure(const char *step, long n, long us)
 	if (!lat || n < 1 || us < 1)
 		die(step, "bad sample count or interval");
 	struct timespec next, now;
+	long overruns = 0;
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	for (long i = 0; i < n; i++) {
 		long long t = ns(&next) + us * 1000LL;
@@ -62,12 +66,20 @@ static void measure(const char *step, long n, long us)
 		}
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		lat[i] = ns(&now) - ns(&next);
+		/* cyclictest: while (tsgreater(&now, &next)) next += interval */
+		long long t2 = ns(&next);
+		while (t2 + us * 1000LL <= ns(&now)) {
+			t2 += us * 1000LL;
+			overruns++;
+		}
+		next.tv_sec = t2 / 1000000000LL;
+		next.tv_nsec = t2 % 1000000000LL;
 	}
 	if (verbose)
 		for (long i = 0; i < n; i++)
 			printf("sample %lld\n", lat[i] / 1000);
 	qsort(lat, (size_t)n, sizeof *lat, cmp);
-	printf("latency_us n=%ld p50=%lld p99=%lld max=%lld\n", n, lat[n / 2] / 1000, lat[(n * 99) / 100] / 1000, lat[n - 1] / 1000);
+	printf("latency_us n=%ld p50=%lld p99=%lld max=%lld overruns=%ld\n", n, lat[n / 2] / 1000, lat[(n * 99) / 100] / 1000, lat[n - 1] / 1000, overruns);
 	free(lat);
 }
 

@@ -13,7 +13,8 @@ import { Asm, fp, r0, r1, r2, r3, r4, r6, r7, r8, r9, w9, w7 } from '../asm';
 import { AFFINITY, AFFINITY_MASK_BYTES, HintType, UNPIN } from '../hints';
 import { type MapSpec, type Package, MapType, programFromAsm } from '../package';
 
-const TP = {
+/** Tracepoint field offsets (checked against both Debian kernels' BTF: test/unit/bpf/kernel-btf.test.ts). */
+export const TP = {
   enterPid: 16, enterLen: 24, enterMaskPtr: 32, // sys_enter_sched_setaffinity
   exitRet: 16, // sys_exit_sched_setaffinity
   taskExitPid: 24, // sched/sched_process_exit

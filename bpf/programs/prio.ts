@@ -24,7 +24,8 @@ import { Asm, fp, r0, r1, r2, r3, r4, r6, r7, r8, r9, w7, w9, type Operand, type
 import { HintType, PRIO, PrioEvent } from '../hints';
 import { type MapSpec, type Package, MapType, programFromAsm } from '../package';
 
-const TP = {
+/** Tracepoint field offsets (checked against both Debian kernels' BTF: test/unit/bpf/kernel-btf.test.ts). */
+export const TP = {
   sysArg0: 16, // sys_enter_*: the pid argument
   sysRet: 16, // sys_exit_*
   pid: 24, // sched_migrate_task, sched_process_exit, sched_wakeup_new
@@ -33,11 +34,11 @@ const TP = {
   migrateDest: 36, // sched_migrate_task: dest_cpu
 } as const;
 /** x86 pt_regs as a kprobe program sees it: the first two arguments. */
-const REGS = { di: 112, si: 104 } as const;
+export const REGS = { di: 112, si: 104 } as const;
 /** task_struct starts with thread_info on x86; thread_info.cpu. */
-const TASK_CPU = 20;
+export const TASK_CPU = 20;
 /** struct sched_attr (uapi). */
-const ATTR = { policy: 4, priority: 20 } as const;
+export const ATTR = { policy: 4, priority: 20 } as const;
 const SCHED_FIFO = 1;
 const SCHED_RR = 2;
 /** sched_setparam and SCHED_FLAG_KEEP_POLICY reach __sched_setscheduler with policy -1: keep it. */

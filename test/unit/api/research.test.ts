@@ -1,12 +1,16 @@
 // The research endpoints through the real HTTP server and the real CLI formatting: the hint
 // stream (GET /hints, follow=1 as NDJSON, type filter, a client that hangs up), per-vCPU
 // scheduling class and pause (PUT /vcpus/N/sched, PATCH /vcpus/N), halt polling, and the prio
-// settings of /scheduler.
+// settings of /scheduler; and the CLI commands over them (hints record/watch, bpf map-set, vcpu
+// sched/pause/resume, halt-poll), run in process against the same server.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { apiJson, apiStream, apiCall } from '../../../vmm/api/client';
-import { formatHintLine } from '../../../vmm/api/commands';
+import { cmdBpf, cmdHaltPoll, cmdHints, cmdVcpu, formatHintLine } from '../../../vmm/api/commands';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { UsageError } from '../../../lib/errors';
 import { rig } from './fake';
 
 const entry = (type: number, raw: string) => ({ time: Date.now(), vcpu: 1, source: 2, program: 'affinity', type, name: type === 1 ? 'AFFINITY' : undefined, raw });
@@ -98,6 +102,73 @@ test('PUT /bpf/programs/H/maps/NAME: sizes checked against the package before an
     await bad('/bpf/programs/99/maps/config', { key: 0, value: 1 }, 404, /no program with handle 99/);
     assert.is(pv.mapWrites.length, 1, 'nothing bad reached the agent');
   } finally {
+    await r.close();
+  }
+});
+
+/** Runs a CLI command with its stdout and stderr captured. */
+async function cli(run: () => Promise<number>): Promise<{ code: number; out: string; err: string }> {
+  let out = '', err = '';
+  const w = [process.stdout.write, process.stderr.write] as const;
+  process.stdout.write = ((c: string | Uint8Array) => ((out += c.toString()), true)) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => ((err += c.toString()), true)) as typeof process.stderr.write;
+  try {
+    return { code: await run(), out, err };
+  } finally {
+    [process.stdout.write, process.stderr.write] = w;
+  }
+}
+
+test('the CLI: hints record/watch, bpf map-set, vcpu sched/pause/resume and halt-poll reach the VM', async () => {
+  const r = await rig({ attach: { vsock: { cid: 3, udsPath: '/nonexistent/v.sock' } } });
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-cli-research-'));
+  try {
+    const m = r.ctl.machine!;
+    const pv = m.paravirt!;
+    const sock = ['--api-sock', r.sock];
+    // hints record FILE: every record of the asked types as NDJSON, until Ctrl-C.
+    const file = join(dir, 'run1.ndjson');
+    const rec = cli(() => cmdHints(['record', ...sock, '--type', '1', file]));
+    while (pv.stream.counters.readers === 0) await new Promise((res) => setTimeout(res, 5));
+    pv.stream.publish(entry(1, 'a'));
+    pv.stream.publish(entry(2, 'not asked for'));
+    pv.stream.publish(entry(1, 'b'));
+    while (!existsSync(file) || readFileSync(file, 'utf8').split('\n').length < 3) await new Promise((res) => setTimeout(res, 5));
+    process.emit('SIGINT');
+    const recorded = await rec;
+    assert.is(recorded.code, 0);
+    assert.equal(readFileSync(file, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { raw: string }).raw), ['a', 'b']);
+    assert.match(recorded.err, /recorded 2 hint record\(s\) to /);
+    // hints watch: one human line per record.
+    while (pv.stream.counters.readers > 0) await new Promise((res) => setTimeout(res, 5)); // record's stream has closed
+    const watch = cli(() => cmdHints(['watch', ...sock]));
+    while (pv.stream.counters.readers === 0) await new Promise((res) => setTimeout(res, 5));
+    pv.stream.publish(entry(7, 'c'));
+    await new Promise((res) => setTimeout(res, 100));
+    process.emit('SIGTERM');
+    const watched = await watch;
+    assert.match(watched.out, /vcpu=1 affinity#2 type 7 raw=c/, watched.out);
+    // bpf map-set: an integer is the map's size little-endian, hex: is bytes as given.
+    const h = ((await apiJson(r.sock, 'PUT', '/bpf/programs', { builtin: 'prio' })) as { handle: number }).handle;
+    const set = await cli(() => cmdBpf(['map-set', ...sock, String(h), 'config', '0', 'hex:0100000005000000']));
+    assert.match(set.out, new RegExp(`handle ${h} map config: \\[00000000\\] = 0100000005000000`));
+    await cli(() => cmdBpf(['map-set', ...sock, String(h), 'config', '0', '5']));
+    assert.equal(pv.mapWrites, [`${h} config 00000000=0100000005000000`, `${h} config 00000000=0500000000000000`]);
+    const refused = await cmdBpf(['map-set', ...sock, String(h), 'config', '0', 'five']).then(() => null, (e: unknown) => e);
+    assert.ok(refused instanceof UsageError && /neither an integer nor hex/.test(refused.message), String(refused));
+    assert.is(pv.mapWrites.length, 2, 'a bad value is refused before any request');
+    // vcpu sched / pause / resume and halt-poll: the actuators change, the table says who set it.
+    const sched = await cli(() => cmdVcpu(['sched', ...sock, '1', '--policy', 'fifo', '--priority', '7']));
+    assert.equal(m.fake.threads.get(1001), { policy: 1, priority: 7, nice: 0 });
+    assert.match(sched.out, /^1\s+1001\s+fifo 7\s+operator\s+running/m);
+    assert.match((await cli(() => cmdVcpu(['pause', ...sock, '0']))).out, /^0\s+\d+\s+\S+\s+\S+\s+paused/m);
+    assert.is(m.fake.paused[0], true);
+    await cli(() => cmdVcpu(['resume', ...sock, '0']));
+    assert.is(m.fake.paused[0], false);
+    assert.match((await cli(() => cmdHaltPoll([...sock, '0']))).out, /halt polling: 0 ns \(set by tsvmm\)/);
+    assert.is(m.fake.haltPoll.ns, 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
     await r.close();
   }
 });

@@ -5,15 +5,18 @@
 // loaded in both, so the guest side is identical and only the host's reaction differs). Runs
 // alternate between the two modes; each run boots its own guest (same kernel and image).
 // Prints p50/p99/max per run and the medians per mode, and writes them as JSON with --out.
+// Beside the guest's numbers each run records the host's side of the same interval for the
+// vCPU 1 thread (/proc/self/task/TID/schedstat and status): how long it waited runnable on a
+// run queue, how long it ran, and how often it was preempted — where the latency is made.
 //
 //   node dist/bench/prio.js [--runs N] [--samples N] [--interval US] [--load-per-cpu N]
-//                           [--vcpus N] [--prio-max N] [--out FILE]
+//                           [--vcpus N] [--prio-max N] [--initrd FILE] [--out FILE]
 //
 // Needs KVM (hardware, or the nested sandbox: tools/sandbox/run.sh). Owns its temp dir and
 // the load processes it spawns (killed after each run).
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -32,9 +35,30 @@ interface Run {
   p99: number;
   max: number;
   samples: number;
+  /** Periods the task missed because a wake-up came later than the next one (skipped, as cyclictest does). */
+  overruns: number;
   /** The vCPU thread's class the host applied while the task ran (from the actuators). */
   vcpuClass: string;
+  /** The vCPU 1 thread over the measurement (host side): see threadSched. */
+  host: ThreadSched;
 }
+
+/**
+ * A host thread's scheduling so far: CPU time and time spent runnable but waiting for a CPU
+ * (schedstat: sum_exec_runtime, run_delay, timeslices), and its context switches (status).
+ */
+interface ThreadSched { cpuMs: number; runDelayMs: number; slices: number; voluntary: number; involuntary: number }
+
+function threadSched(tid: number): ThreadSched {
+  const [exec, delay, slices] = readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').trim().split(/\s+/).map(Number) as [number, number, number];
+  const status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(status)?.[1] ?? NaN);
+  return { cpuMs: exec / 1e6, runDelayMs: delay / 1e6, slices, voluntary: field('voluntary_ctxt_switches'), involuntary: field('nonvoluntary_ctxt_switches') };
+}
+
+const since = (a: ThreadSched, b: ThreadSched): ThreadSched => ({
+  cpuMs: b.cpuMs - a.cpuMs, runDelayMs: b.runDelayMs - a.runDelayMs, slices: b.slices - a.slices, voluntary: b.voluntary - a.voluntary, involuntary: b.involuntary - a.involuntary,
+});
 
 function startLoad(n: number): ChildProcess[] {
   return Array.from({ length: n }, () => spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' }));
@@ -53,9 +77,9 @@ const median = (xs: number[]) => {
   return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
 };
 
-async function oneRun(mode: Run['mode'], run: number, o: { samples: number; interval: number; load: number; vcpus: number; prioMax: number }): Promise<Run> {
+async function oneRun(mode: Run['mode'], run: number, o: { samples: number; interval: number; load: number; vcpus: number; prioMax: number; initrd?: string }): Promise<Run> {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-prio-bench-'));
-  const base = await machineConfig({ vcpus: String(o.vcpus), memory: '512M', append: ['quiet'] }, log);
+  const base = await machineConfig({ vcpus: String(o.vcpus), memory: '512M', append: ['quiet'], initrd: o.initrd }, log);
   const m = await Machine.start({ ...base, vsock: { cid: 3, udsPath: join(dir, 'v.sock') }, prio: mode, prioMax: o.prioMax }, { console: () => {}, log: () => {} });
   let load: ChildProcess[] = [];
   try {
@@ -71,11 +95,14 @@ async function oneRun(mode: Run['mode'], run: number, o: { samples: number; inte
       if (s && s.policy !== 'other') vcpuClass = `${s.policy} ${s.priority}`;
     }, 200);
     let out = '';
+    const tid = m.vcpuTids[1]!;
+    const before = threadSched(tid);
     const res = await agent.exec({ argv: ['rtlat', 'cpu:1', 'fifo:50', `measure:${o.samples}:${o.interval}`], onStdout: (b) => (out += b.toString()), onStderr: (b) => (out += b.toString()) });
     clearInterval(sample);
-    const line = /latency_us n=(\d+) p50=(\d+) p99=(\d+) max=(\d+)/.exec(out);
+    const host = since(before, threadSched(tid));
+    const line = /latency_us n=(\d+) p50=(\d+) p99=(\d+) max=(\d+) overruns=(\d+)/.exec(out);
     if (res.exitCode !== 0 || !line) throw new Error(`rtlat failed (${res.exitCode}): ${out}`);
-    return { mode, run, samples: Number(line[1]), p50: Number(line[2]), p99: Number(line[3]), max: Number(line[4]), vcpuClass: vcpuClass || 'other' };
+    return { mode, run, samples: Number(line[1]), p50: Number(line[2]), p99: Number(line[3]), max: Number(line[4]), overruns: Number(line[5]), vcpuClass: vcpuClass || 'other', host };
   } finally {
     await stopLoad(load);
     m.finish({ code: 0, reason: 'poweroff', detail: 'bench run done' });
@@ -89,7 +116,7 @@ async function main(): Promise<number> {
     strict: true,
     options: {
       runs: { type: 'string' }, samples: { type: 'string' }, interval: { type: 'string' }, 'load-per-cpu': { type: 'string' },
-      vcpus: { type: 'string' }, 'prio-max': { type: 'string' }, out: { type: 'string' },
+      vcpus: { type: 'string' }, 'prio-max': { type: 'string' }, initrd: { type: 'string' }, out: { type: 'string' },
     },
   });
   const num = (v: string | undefined, d: number) => (v === undefined ? d : Number(v));
@@ -98,13 +125,15 @@ async function main(): Promise<number> {
     load: num(values['load-per-cpu'], 2) * availableParallelism(), vcpus: num(values.vcpus, 2), prioMax: num(values['prio-max'], 10),
   };
   for (const [k, v] of Object.entries(o)) if (!Number.isInteger(v) || v < 1) throw new Error(`--${k} must be a positive integer`);
+  const opts = { ...o, initrd: values.initrd };
   checkKvm();
   log(`${o.runs} run(s) per mode, ${o.samples} wake-ups every ${o.interval} µs, ${o.load} busy host processes, ${o.vcpus} vCPUs`);
   const runs: Run[] = [];
   for (let i = 0; i < o.runs; i++) {
     for (const mode of ['none', 'hinted'] as const) {
-      const r = await oneRun(mode, i, o);
-      log(`run ${i} --prio ${mode}: p50 ${r.p50} µs, p99 ${r.p99} µs, max ${r.max} µs (vCPU 1 thread: ${r.vcpuClass})`);
+      const r = await oneRun(mode, i, opts);
+      const h = r.host;
+      log(`run ${i} --prio ${mode}: p50 ${r.p50} µs, p99 ${r.p99} µs, max ${r.max} µs, ${r.overruns} overruns (vCPU 1 thread: ${r.vcpuClass}; over the measurement ran ${h.cpuMs.toFixed(0)} ms, waited runnable ${h.runDelayMs.toFixed(0)} ms in ${h.slices} slices, ${h.involuntary} preemptions, ${h.voluntary} sleeps)`);
       runs.push(r);
     }
   }

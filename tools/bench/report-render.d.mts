@@ -13,6 +13,8 @@ export interface ReportRecord {
 export declare const BENCHES: readonly string[];
 export declare function metricsOf(bench: string, json: unknown): Metric[];
 export declare function reportMetrics(record: ReportRecord): Metric[];
+export interface Goal { bench: string; goal: string; value: number | null; met: boolean; note: string }
+export declare function goals(record: ReportRecord): Goal[];
 export declare function markdown(record: ReportRecord, metrics: readonly Metric[]): string;
 export declare function relativeSpec(metrics: readonly Metric[], title: string): Record<string, unknown>;
 export declare function valuesSpec(metrics: readonly Metric[], title: string): Record<string, unknown>;

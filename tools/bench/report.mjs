@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// One report of tsvmm against its peers: runs the boot, exec, vsock, exit-rate and hint benchmarks
+// One report of tsvmm against its peers: runs the boot, exec, vsock, exit-rate, hint and guest
+// real-time latency (prio) benchmarks
 // one after the other (each as its own process, its JSON and log kept in --out), then writes
 // report.json (the machine, every benchmark's full JSON, the metrics), report.md and the
 // charts relative.svg/png and values.svg/png (report-render.mjs). A benchmark that fails is
@@ -13,11 +14,14 @@ import { BENCHES, markdown, renderCharts, reportMetrics } from './report-render.
 const USAGE = `usage: node tools/bench/report.mjs [options]   (tools/bench/report uses the sandbox where needed)
   --out DIR        output dir (default /tmp/tsvmm-report/<time>)
   --only LIST      benchmarks, of ${BENCHES.join(',')} (default all)
+  --skip LIST      benchmarks to leave out (e.g. --skip prio: two more guest boots per run)
   --runs N         boot, exec, vsock and exit-rate runs per VMM (default 5)
   --warmup N       untimed boot runs per VMM (default 1)
   --mib N          vsock stream size each way (default 64)
   --samples N      hint latency samples (default 20)   --flood N  taskset calls in the flood (default 2000)
-  --short          the pipeline check: 1 run, no warm-up, 8 MiB, 3 samples, a flood of 100
+  --rt-samples N   guest real-time wake-ups per prio run (default 2000), one every --rt-interval US (default 1000);
+                   prio boots 2 × --runs guests (--prio none and hinted alternating)
+  --short          the pipeline check: 1 run, no warm-up, 8 MiB, 3 samples, a flood of 100, 200 wake-ups
   --timeout SEC    give up on one benchmark after SEC seconds (default 7200)
   --initrd PATH    the default guest image (default: built or checked by tools/guest/build-initramfs.sh)
   --render DIR     only rewrite report.md and the charts from DIR/report.json
@@ -26,7 +30,7 @@ Exit status: 0 every benchmark ran and the charts were drawn, 1 otherwise, 2 usa
 `;
 
 const o = parseArgs(process.argv.slice(2), {
-  out: '', only: '', runs: 5, warmup: 1, mib: 64, samples: 20, flood: 2000, short: false, timeout: 7200, initrd: '', render: '', force: false,
+  out: '', only: '', skip: '', runs: 5, warmup: 1, mib: 64, samples: 20, flood: 2000, rtSamples: 2000, rtInterval: 1000, short: false, timeout: 7200, initrd: '', render: '', force: false,
 }, USAGE);
 const log = (m) => process.stderr.write(`report: ${m}\n`);
 
@@ -41,6 +45,7 @@ function command(bench, json) {
     case 'vsock': return [node, join(ROOT, 'tools/bench/vsock.mjs'), '--runs', String(o.runs), '--mib', String(o.mib), ...guest, ...force, '--out', json];
     case 'exits': return [node, join(ROOT, 'dist/bench/exits.js'), '--runs', String(o.runs), '--out', json];
     case 'hints': return [node, join(ROOT, 'dist/bench/hints.js'), '--samples', String(o.samples), '--flood', String(o.flood), '--out', json];
+    case 'prio': return [node, join(ROOT, 'dist/bench/prio.js'), '--runs', String(o.runs), '--samples', String(o.rtSamples), '--interval', String(o.rtInterval), ...guest, '--out', json];
   }
   throw new BenchError(`unknown benchmark ${bench}`);
 }
@@ -81,19 +86,21 @@ async function main() {
     const record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8'));
     return (await render(record, dir)) ? 0 : 1;
   }
-  if (o.short) Object.assign(o, { runs: 1, warmup: 0, mib: 8, samples: 3, flood: 100 });
-  const benches = o.only ? o.only.split(',') : BENCHES;
+  if (o.short) Object.assign(o, { runs: 1, warmup: 0, mib: 8, samples: 3, flood: 100, rtSamples: 200 });
+  const skip = o.skip ? o.skip.split(',') : [];
+  for (const b of skip) if (!BENCHES.includes(b)) throw new BenchError(`--skip: '${b}' is not one of ${BENCHES.join(',')}`);
+  const benches = (o.only ? o.only.split(',') : BENCHES).filter((b) => !skip.includes(b));
   for (const b of benches) if (!BENCHES.includes(b)) throw new BenchError(`--only: '${b}' is not one of ${BENCHES.join(',')}`);
   requireKvm(o.force);
   const dir = resolve(o.out || join('/tmp/tsvmm-report', new Date().toISOString().replace(/[:.]/g, '-')));
   mkdirSync(dir, { recursive: true });
-  if (benches.some((b) => b === 'exits' || b === 'hints') && !existsSync(join(ROOT, 'dist/bench/hints.js'))) {
+  if (benches.some((b) => b === 'exits' || b === 'hints' || b === 'prio') && !existsSync(join(ROOT, 'dist/bench/prio.js'))) {
     throw new BenchError('dist/bench/ missing: run `node tools/build.mjs`');
   }
   const machine = environment('qemu-system-x86_64');
   const record = {
     started: new Date().toISOString(),
-    config: { benches, runs: o.runs, warmup: o.warmup, mib: o.mib, samples: o.samples, flood: o.flood, short: o.short },
+    config: { benches, runs: o.runs, warmup: o.warmup, mib: o.mib, samples: o.samples, flood: o.flood, rtSamples: o.rtSamples, rtInterval: o.rtInterval, short: o.short },
     machine,
     // Inside the sandbox the VMMs see an emulated machine; tools/bench/run.sh names the real one.
     host: machine.nestedSandbox && process.env.TSVMM_BENCH_HOST ? JSON.parse(process.env.TSVMM_BENCH_HOST) : null,

@@ -7,13 +7,22 @@ import { missingPackages, needs } from '../../needs';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { markdown, metricsOf, renderCharts, reportMetrics, type ReportRecord } from '../../../tools/bench/report-render.mjs';
+import { goals, markdown, metricsOf, renderCharts, reportMetrics, type ReportRecord } from '../../../tools/bench/report-render.mjs';
 
 const spread = (median: number, min = median, max = median, n = 3) => ({ n, min, median, max });
 const boot = { summary: { tsvmm: { readyMs: spread(2000, 1800, 2600) }, qemu: { readyMs: spread(1000, 900, 1200) } } };
 const vsock = { summary: { tsvmm: { h2gMibS: spread(300), g2hMibS: spread(100) }, qemu: { h2gMibS: spread(600), g2hMibS: spread(50) } } };
 const exits = { summary: { c: { exitsPerSec: spread(20000) }, local: { exitsPerSec: spread(15000, 14000, 16000) }, forwarded: { exitsPerSec: spread(1000) } } };
 const hints = { latencyMs: { n: 20, p50: 5, p95: 9, min: 3, max: 11 }, flood: { exitsPerHint: 0.5, recordsPerSecond: 1234 } };
+// As dist/bench/prio.js writes it: every run (µs, measured in the guest), modes alternating.
+const prioRun = (mode: string, run: number, p50: number, p99: number, vcpuClass: string) => ({
+  mode, run, p50, p99, max: p99 * 3, samples: 1000, overruns: mode === 'none' ? 40 : 2, vcpuClass,
+  host: { cpuMs: 900, runDelayMs: mode === 'none' ? 9000 : 1000, slices: 1100, voluntary: 1000, involuntary: 100 },
+});
+const prio = {
+  options: { runs: 2, samples: 1000, interval: 1000 },
+  runs: [prioRun('none', 0, 100, 4000, 'other'), prioRun('hinted', 0, 80, 1000, 'fifo 10'), prioRun('none', 1, 120, 6000, 'other'), prioRun('hinted', 1, 60, 2000, 'fifo 10')],
+};
 
 function record(over: Partial<ReportRecord['benches']> = {}): ReportRecord {
   const ok = (result: unknown) => ({ command: ['node', 'x'], status: 'ok', error: null, seconds: 10, result });
@@ -21,7 +30,7 @@ function record(over: Partial<ReportRecord['benches']> = {}): ReportRecord {
     started: '2026-11-30T00:00:00Z', finished: '2026-11-30T01:00:00Z', config: { short: false },
     machine: { cpu: 'AMD EPYC', cpus: 2, cores: 2, memoryGiB: 4, os: 'Debian', kernel: '6.1', kvm: 'kvm_amd', hardwareKvm: true, nestedSandbox: true, node: 'v20', loadavg: [1, 1, 1], qemu: 'QEMU 7.2' },
     host: { cpu: 'Host CPU', cpus: 2, cores: 2, memoryGiB: 24, os: 'Debian', kernel: '6.18', kvm: 'kvm_pvm', hardwareKvm: false, nestedSandbox: false, node: 'v20', loadavg: [3, 3, 3] },
-    benches: { boot: ok(boot), vsock: ok(vsock), exits: ok(exits), hints: ok(hints), ...over },
+    benches: { boot: ok(boot), vsock: ok(vsock), exits: ok(exits), hints: ok(hints), prio: ok(prio), ...over },
   };
 }
 
@@ -47,6 +56,31 @@ test('relative performance: 1 is parity, above 1 tsvmm better, for times and for
   assert.is(perHint!.relative, null);
 });
 
+test('prio: hinted against none per percentile, medians over the runs; the goal is hinted/none p99 < 1', () => {
+  const [p50, p99] = metricsOf('prio', prio);
+  assert.is(p50!.unit, 'µs');
+  assert.equal(p50!.tsvmm, { n: 2, min: 60, median: 70, max: 80 });    // --prio hinted
+  assert.equal(p50!.peer, { n: 2, min: 100, median: 110, max: 120 });  // --prio none
+  assert.match(p99!.metric, /p99, --prio hinted/);
+  assert.match(p99!.peerName!, /--prio none/);
+  assert.is(p99!.relative, 5000 / 1500);                                // none/hinted: above 1, hinted better
+  const [, , waited, overruns] = metricsOf('prio', prio);
+  assert.match(waited!.metric, /vCPU 1 thread runnable without a CPU, per guest wake-up/);
+  assert.equal([waited!.tsvmm!.median, waited!.peer!.median, waited!.relative], [1, 9, null]); // ms; a diagnosis, no ratio
+  assert.equal([overruns!.tsvmm!.median, overruns!.peer!.median, overruns!.relative], [2, 40, null]);
+  const [g] = goals(record());
+  assert.is(g!.value, 1500 / 5000);
+  assert.is(g!.met, true);
+  assert.match(g!.note, /fifo 10 \(hinted\), other \(none\)/);
+  // Hinted no better: the goal is not met, and says so.
+  const worse = { runs: prio.runs.map((r) => (r.mode === 'hinted' ? { ...r, p99: 7000 } : r)) };
+  const [bad] = goals(record({ prio: { command: ['node', 'dist/bench/prio.js'], status: 'ok', error: null, seconds: 1, result: worse } }));
+  assert.is(bad!.met, false);
+  assert.is(bad!.value, 7000 / 5000);
+  assert.equal(goals(record({ prio: undefined as never })), []);
+  assert.equal(metricsOf('prio', { runs: [] }), []);
+});
+
 test('a benchmark without a peer value or without JSON gives no ratio and no crash', () => {
   const [h2g] = metricsOf('vsock', { summary: { tsvmm: { h2gMibS: spread(3), g2hMibS: spread(2) } } });
   assert.is(h2g!.peer, null);
@@ -66,6 +100,8 @@ test('markdown: machine of both levels, one row per metric, a failed benchmark n
   assert.match(md, /\| vsock \| \*\*failed\*\*: exit status 1 \|/);
   assert.match(md, /\| exits \| port exits handled on the vCPU thread \(exits\/s\) \| 15,000 \(14,000\.\.16,000\) \| C twin \| 20,000 \(20,000\.\.20,000\) \| 0\.75× \|/);
   assert.not.match(md, /host→guest/);                            // no vsock metrics without its JSON
+  assert.match(md, /\| prio \| guest real-time task wake-up latency under host load, p99, --prio hinted \(µs\) \| 1,500 \(1,000\.\.2,000\) \| tsvmm --prio none \(policy off\) \| 5,000 \(4,000\.\.6,000\) \| 3\.33× \|/);
+  assert.match(md, /## Goals[\s\S]*\| prio \| hinted lowers p99 \(hinted\/none p99 < 1\) \| 0\.300 \| yes \| vCPU 1 thread while the task ran: fifo 10 \(hinted\), other \(none\) \|/);
 });
 
 const NO_CHARTS = missingPackages('vega', 'vega-lite', '@resvg/resvg-js');
@@ -77,7 +113,7 @@ needs(NO_CHARTS)('charts: one bar per measured ratio (references left out), SVG 
     const files = await renderCharts(rec, reportMetrics(rec), dir);
     const relative = readFileSync(files[0]!.svg, 'utf8');
     const bars = relative.match(/aria-label="tsvmm relative to its peer [^"]*: [\d.]+; what: [^"]*"/g) ?? [];
-    assert.is(bars.length, 4, bars.join('\n'));                  // boot, vsock ×2, exits on the vCPU thread; no reference
+    assert.is(bars.length, 6, bars.join('\n'));                  // boot, vsock ×2, exits on the vCPU thread, prio p50 and p99; no reference
     assert.ok(bars.some((b) => /: 2; what: vsock: guest→host stream"/.test(b)), bars.join('\n'));
     const values = readFileSync(files[1]!.svg, 'utf8');
     assert.match(values, /boot: boot to init ready \(s\)/);

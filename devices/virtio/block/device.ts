@@ -146,14 +146,19 @@ export class VirtioBlock implements VirtioDevice {
         if (n === BATCH - 1) this.scheduleProcess();
       }
     } catch (e) {
-      if (!(e instanceof QueueError)) throw e;
-      this.broken = true;
-      this.counters.queueErrors++;
-      ctx.needsReset(`virtio-blk ${this.id}: ${e.message}`);
+      this.breakOn(e, ctx);
       return;
     } finally {
       if (answered) this.scheduleSignal();
     }
+  }
+
+  /** A queue the driver broke (a loop, an address outside RAM) stops the device until reset; anything else is a bug and propagates. */
+  private breakOn(e: unknown, ctx: NonNullable<typeof this.ctx>): void {
+    if (!(e instanceof QueueError)) throw e;
+    this.broken = true;
+    this.counters.queueErrors++;
+    ctx.needsReset(`virtio-blk ${this.id}: ${e.message}`);
   }
 
   /** Answers a request at once (true) or starts its I/O (false). */
@@ -228,10 +233,7 @@ export class VirtioBlock implements VirtioDevice {
     try {
       this.answer(head, status, code, written);
     } catch (e) {
-      if (!(e instanceof QueueError)) throw e;
-      this.broken = true;
-      this.counters.queueErrors++;
-      ctx.needsReset(`virtio-blk ${this.id}: ${e.message}`);
+      this.breakOn(e, ctx);
       return;
     }
     this.scheduleSignal();

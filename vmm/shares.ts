@@ -84,6 +84,22 @@ export function validateShares(shares: readonly ShareConfig[]): void {
     seen.add(s.guestDir);
   }
   if (shares.filter((s) => s.root).length > 1) throw new ConfigError('--rootfs host given twice');
+  if (shares.some((s) => s.root)) {
+    // The guest mounts the others inside the host's read-only root: it can make a directory
+    // only on one of its tmpfs.
+    for (const s of shares) {
+      if (s.root || ROOT_TMPFS.some((d) => under(s.guestDir, d) !== undefined) || isDirectory(s.guestDir)) continue;
+      throw new ConfigError(`share ${s.hostDir}:${s.guestDir}: with --rootfs host the guest directory must exist on the host (the guest's / is the host's, read-only) or lie under ${ROOT_TMPFS.join(', ')}`);
+    }
+  }
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -94,8 +110,10 @@ export function sharesCmdline(shares: readonly ShareConfig[]): string {
   return shares.map((s) => (s.root ? `tsvmm.rootfs=${s.tag}` : `tsvmm.share=${s.tag}:${s.guestDir}${s.readOnly ? ':ro' : ''}`)).join(' ');
 }
 
+/** Where the guest mounts a writable tmpfs over the root share (tools/guest/init.sh). */
+const ROOT_TMPFS = ['/tmp', '/run', '/var/tmp', '/root'];
 /** Where the root share does not show the host's files: the guest mounts its own there. */
-const ROOT_HIDDEN = ['/tmp', '/run', '/var/tmp', '/root', '/proc', '/sys', '/dev'];
+const ROOT_HIDDEN = [...ROOT_TMPFS, '/proc', '/sys', '/dev'];
 
 const under = (p: string, dir: string): string | undefined =>
   p === dir ? '' : dir === '/' ? p.slice(1) : p.startsWith(`${dir}/`) ? p.slice(dir.length + 1) : undefined;

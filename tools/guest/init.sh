@@ -102,28 +102,6 @@ if [ -n "$root" ] && [ -z "${TSVMM_ROOT_SWITCHED:-}" ] &&
 	echo "tsvmm-init: error: cannot mount root $root ($rootmode); staying in the initramfs"
 fi
 
-# --share: tsvmm.share=TAG:DIR[:ro]. The host enforces read-only (virtiofsd serves a read-only
-# bind mount); the guest mounts ro too, so writes fail at once with EROFS.
-for s in $shares; do
-	tag=${s%%:*} rest=${s#*:}
-	dir=${rest%:ro} opt=rw
-	[ "$dir" = "$rest" ] || opt=ro
-	mkdir -p "$dir" && mount -t virtiofs -o "$opt" "$tag" "$dir" || echo "tsvmm-init: warning: mounting share $tag at $dir failed"
-done
-ip link set lo up 2>/dev/null
-
-cpus=$(grep -c '^processor' /proc/cpuinfo)
-mem=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
-echo "tsvmm-init: cpus=$cpus mem_kb=$mem"
-echo "tsvmm-init: ready"
-
-halt_now() {
-	sync
-	poweroff -f
-	# poweroff -f only returns if the machine has no way to power off; init must not exit.
-	while :; do sleep 3600; done
-}
-
 # --rootfs host: tsvmm.rootfs=TAG. The host's / read-only at /newroot with tmpfs where
 # programs write, this guest's proc, sys and dev inside, and the agent (static, from this
 # initramfs) started chrooted there; init stays outside to power off after it.
@@ -149,6 +127,30 @@ if [ -n "$rootfs" ]; then
 		newroot=
 	fi
 fi
+
+# --share: tsvmm.share=TAG:DIR[:ro]. The host enforces read-only (virtiofsd serves a read-only
+# bind mount); the guest mounts ro too, so writes fail at once with EROFS. With --rootfs host
+# they are mounted inside the host's root, where the agent runs: DIR then exists on the host
+# or lies under one of its tmpfs (tsvmm checks that before booting).
+for s in $shares; do
+	tag=${s%%:*} rest=${s#*:}
+	dir=$newroot${rest%:ro} opt=rw
+	[ "${rest%:ro}" = "$rest" ] || opt=ro
+	mkdir -p "$dir" && mount -t virtiofs -o "$opt" "$tag" "$dir" || echo "tsvmm-init: warning: mounting share $tag at $dir failed"
+done
+ip link set lo up 2>/dev/null
+
+cpus=$(grep -c '^processor' /proc/cpuinfo)
+mem=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+echo "tsvmm-init: cpus=$cpus mem_kb=$mem"
+echo "tsvmm-init: ready"
+
+halt_now() {
+	sync
+	poweroff -f
+	# poweroff -f only returns if the machine has no way to power off; init must not exit.
+	while :; do sleep 3600; done
+}
 
 # The console shell: login-free root with job control (cttyhack makes the console its
 # controlling terminal, setsid a session of its own), sized like the host's terminal. The

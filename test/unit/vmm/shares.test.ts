@@ -22,7 +22,14 @@ test('validation: the host directory must exist and be one; one share per guest 
   assert.throws(() => validateShares([parseShare('/no/such/dir:/x', 0)]), /share \/no\/such\/dir: no such directory/);
   assert.throws(() => validateShares([parseShare('/etc/hostname:/x', 0)]), /not a directory/);
   assert.throws(() => validateShares([parseShare('/tmp:/x', 0), parseShare('/etc:/x', 1)]), /two shares mount at \/x/);
-  validateShares(sharesFromFlags(['/tmp:/x'], 'host'));
+  validateShares(sharesFromFlags(['/tmp:/tmp/x'], 'host'));
+});
+
+test('with --rootfs host a share mounts inside the read-only host root: its guest directory exists there or is on a guest tmpfs', () => {
+  validateShares(sharesFromFlags(['/tmp:/etc', '/tmp:/root/a/b', '/tmp:/tmp/x', '/tmp:/var/tmp/y', '/tmp:/run/z'], 'host'));
+  assert.throws(() => validateShares(sharesFromFlags(['/tmp:/no/such/dir'], 'host')), /share \/tmp:\/no\/such\/dir: with --rootfs host the guest directory must exist on the host .* or lie under \/tmp, \/run, \/var\/tmp, \/root/);
+  assert.throws(() => validateShares(sharesFromFlags(['/tmp:/etc/hostname'], 'host')), /must exist on the host/);
+  validateShares(sharesFromFlags(['/tmp:/no/such/dir'], undefined));
 });
 
 test('guestPathOf: inside a share its guest path; through the root share the same path unless hidden', () => {

@@ -143,6 +143,15 @@ export class AgentVm {
     this.agentAt = now();
   }
 
+  /**
+   * What to say when talking to the agent failed: when the VM is ending, why (a virtiofsd
+   * that died, a guest poweroff, ...) before the connection error that followed from it.
+   */
+  describeFailure(e: Error): string {
+    const end = this.machine.ending;
+    return end ? `the VM ended (${end.detail}); ${e.message}` : e.message;
+  }
+
   /** Stops the VM (if still running) and releases everything; resolves with how it ended. */
   close(status: ExitStatus = { code: EXIT.POWEROFF, reason: 'poweroff', detail: 'stopped by its owner' }): Promise<ExitStatus> {
     this.closing ??= (async () => {

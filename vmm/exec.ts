@@ -215,7 +215,8 @@ export async function cmdExec(args: string[]): Promise<number> {
     } else if (e instanceof TsvmmError && e.exitCode === EXIT.USAGE) {
       throw e;
     } else {
-      process.stderr.write(`tsvmm: ${vm ? 'before the command finished: ' : ''}${err.message}\n`);
+      if (vm) report.error = vm.describeFailure(err);
+      process.stderr.write(`tsvmm: ${vm ? `before the command finished: ${report.error}` : err.message}\n`);
       report.status = EXIT_VM_FAILED;
     }
   } finally {

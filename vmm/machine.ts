@@ -350,6 +350,11 @@ export class Machine {
     }
   }
 
+  /** Why the VM ends, from the moment finish() is called (`exited` resolves only after teardown). */
+  get ending(): ExitStatus | undefined {
+    return this.status;
+  }
+
   /** Ends the VM with `status` (the first caller wins); resolves `exited` after teardown. */
   finish(status: ExitStatus): void {
     if (this.status) return;

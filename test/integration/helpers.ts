@@ -1,7 +1,7 @@
 // Shared by the integration tests: run the real CLI (dist/tsvmm.js, as a user would) against the
 // default guest, and build guest commands for the init's `tsvmm.cmd=` hook.
 
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -28,17 +28,21 @@ export interface RunResult {
 /** Runs `tsvmm ARGS` to completion (bounded by timeoutMs), capturing both streams. */
 export function tsvmm(
   args: string[],
-  opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; respond?: { when: string; send: string }; onStdout?: (soFar: string) => void } = {},
+  opts: {
+    timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string; respond?: { when: string; send: string };
+    /** Called with the stdout so far, and the tsvmm process (to signal it). */
+    onStdout?: (soFar: string, child: ChildProcess) => void;
+  } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
     const t0 = Date.now();
-    const child = spawn(process.execPath, [TSVMM, ...args], { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [TSVMM, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let responded = false;
     child.stdout.on('data', (b) => {
       stdout += b;
-      opts.onStdout?.(stdout);
+      opts.onStdout?.(stdout, child);
       if (opts.respond && !responded && stdout.includes(opts.respond.when)) {
         responded = true;
         child.stdin.end(opts.respond.send);

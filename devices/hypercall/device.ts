@@ -112,6 +112,20 @@ export interface HypercallDeviceOptions {
    * main thread do at once. Default HINT_UNIT_BURST (at most hintUnitsPerSecond).
    */
   readonly hintUnitBurst?: number;
+  /**
+   * Hint records handed to the handlers per event-loop turn (default HINT_RECORDS_PER_TURN):
+   * the first slice in the HINTS exit itself, the rest one slice per later turn, so I/O (the
+   * API, vsock) runs between slices. Infinity: all of a batch at once, in the exit.
+   */
+  readonly hintRecordsPerTurn?: number;
+  /**
+   * Decoded records waiting for their turn, at most (default HINT_QUEUE_MAX): with the queue
+   * full a HINTS call is refused (E_RATE) before a byte is read, a batch larger than the room
+   * left is cut there (the rest dropped unread, counted `hintQueueDropped`).
+   */
+  readonly hintQueueMax?: number;
+  /** Runs `fn` on a later event-loop turn (default setImmediate; tests step turns by hand). */
+  readonly defer?: (fn: () => void) => void;
   /** Milliseconds clock (tests inject one). */
   readonly now?: () => number;
 }
@@ -126,6 +140,15 @@ export interface HypercallDeviceOptions {
  */
 export const HINT_UNITS_PER_SECOND = 250;
 export const HINT_UNIT_BURST = 64;
+
+/**
+ * Hint records handled per event-loop turn. A burst of 64 records handled in one exit kept the
+ * main thread busy ~30 ms in the sandbox, and a GET / that arrived meanwhile waited for all of
+ * it; 8 records (~4 ms there) per turn let I/O in between (docs/security.md §6).
+ */
+export const HINT_RECORDS_PER_TURN = 8;
+/** Records that may wait for their turn: four bursts. */
+export const HINT_QUEUE_MAX = 4 * HINT_UNIT_BURST;
 
 export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'bad-map' | 'unknown-handle' | 'closed';
 
@@ -149,6 +172,10 @@ export interface HypercallCounters {
   hintDropped: number;
   /** Records dropped unread because the VM's hint budget was spent (SOURCE records included). */
   hintBudgetDropped: number;
+  /** Records dropped unread because the queue of records waiting for their turn was full. */
+  hintQueueDropped: number;
+  /** Records decoded and waiting for their turn now. */
+  hintQueued: number;
   /** Records of a type no handler is registered for. */
   hintUnknown: number;
   /** Records without a source: no SOURCE before them, or one naming a handle that is not loaded. */
@@ -174,6 +201,14 @@ interface Pending {
   readonly map?: { readonly name: string; readonly body: Uint8Array };
   readonly resolve: (r: HypercallResult) => void;
   readonly reject: (e: Error) => void;
+}
+
+/** A decoded record waiting for its turn (its source already checked against the loaded handles). */
+interface QueuedHint {
+  readonly record: Uint8Array;
+  readonly type: number;
+  readonly source: number | undefined;
+  readonly vcpu: number | undefined;
 }
 
 interface Live {
@@ -245,6 +280,13 @@ export class HypercallDevice implements BusDevice {
   private readonly doorbellCbs: (() => void)[] = [];
   private readonly helloCbs: ((info: AgentInfo, lost: readonly LostProgram[]) => void)[] = [];
   private readonly stats: HypercallCounters;
+  private readonly hintsPerTurn: number;
+  private readonly hintQueueMax: number;
+  private readonly defer: (fn: () => void) => void;
+  /** Records decoded and not yet handed to the handlers, oldest first from `hintHead`. */
+  private hintQueue: QueuedHint[] = [];
+  private hintHead = 0;
+  private hintTurnScheduled = false;
   private failure: { status: StatusName; why: string } | undefined;
 
   constructor(opts: HypercallDeviceOptions) {
@@ -261,6 +303,10 @@ export class HypercallDevice implements BusDevice {
     this.calls = new TokenBucket('hypercall rate', this.rate, opts.burst ?? this.rate, this.now());
     const hintRate = opts.hintUnitsPerSecond ?? HINT_UNITS_PER_SECOND;
     this.hintBudget = new TokenBucket('hint budget', hintRate, opts.hintUnitBurst ?? Math.min(hintRate, HINT_UNIT_BURST), this.now());
+    this.hintsPerTurn = opts.hintRecordsPerTurn ?? HINT_RECORDS_PER_TURN;
+    this.hintQueueMax = opts.hintQueueMax ?? HINT_QUEUE_MAX;
+    if (!(this.hintsPerTurn >= 1) || !(this.hintQueueMax >= 1)) throw new RangeError(`hint records per turn ${this.hintsPerTurn} and queue ${this.hintQueueMax} must be at least 1`);
+    this.defer = opts.defer ?? ((fn) => void setImmediate(fn));
     this.stats = {
       calls: { HELLO: 0, FETCH: 0, REPORT: 0, HINTS: 0, UNKNOWN: 0 },
       errors: { E_UNKNOWN: 0, E_STATE: 0, E_LENGTH: 0, E_INVALID: 0, E_NOREQ: 0, E_VERSION: 0, E_RATE: 0, E_ACCESS: 0 },
@@ -271,6 +317,8 @@ export class HypercallDevice implements BusDevice {
       hintBytes: 0,
       hintDropped: 0,
       hintBudgetDropped: 0,
+      hintQueueDropped: 0,
+      hintQueued: 0,
       hintUnknown: 0,
       hintUnattributed: 0,
       hintsByType: {},
@@ -306,6 +354,7 @@ export class HypercallDevice implements BusDevice {
 
   /** A snapshot of the counters. */
   counters(): HypercallCounters {
+    this.stats.hintQueued = this.hintQueue.length - this.hintHead;
     return structuredClone(this.stats);
   }
 
@@ -384,6 +433,8 @@ export class HypercallDevice implements BusDevice {
   /** Rejects every request not yet reported; later submits fail. */
   close(): void {
     this.closed = true;
+    this.hintQueue = [];
+    this.hintHead = 0;
     const all = [...this.inFlight.values(), ...this.queue];
     this.inFlight.clear();
     this.queue = [];
@@ -588,12 +639,21 @@ export class HypercallDevice implements BusDevice {
    * A batch is decoded only as far as the VM's hint budget goes: with the budget spent the call
    * is refused (E_RATE, the agent retries later) before a byte is read, and a batch larger than
    * what is left is cut where the budget ends (the rest dropped unread, counted). So the main
-   * thread's work per second is bounded by the budget, whatever the guest writes.
+   * thread's work per second is bounded by the budget, whatever the guest writes. The records
+   * taken go to the handlers `hintsPerTurn` at a time (the first slice now), one slice per
+   * event-loop turn; the queue between is bounded the same way as the budget (`hintQueueMax`).
    */
   private hints(vcpu: number | undefined): void {
     if (!this.needSession('HINTS')) return;
-    const units = this.hintBudget.available(this.now());
-    if (units < 1) return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
+    const budget = this.hintBudget.available(this.now());
+    if (budget < 1) return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
+    // A record costs at least one unit: no more units than free slots means no more records.
+    const room = this.hintQueueMax - (this.hintQueue.length - this.hintHead);
+    if (room < 1) {
+      this.stats.hintQueueDropped += this.peekRecordCount();
+      return this.finish(Status.E_RATE, 1, 'hint queue full');
+    }
+    const units = Math.min(budget, room);
     const { g2hLen: len, g2hSeq } = ShmHeader.read(this.hdr);
     this.g2hAck = g2hSeq;
     if (len > this.layout.g2hSize) return this.finish(Status.E_LENGTH, 0, `g2h_len ${len} > mailbox size ${this.layout.g2hSize}`);
@@ -607,22 +667,58 @@ export class HypercallDevice implements BusDevice {
     this.stats.hintRecords += records.length;
     this.stats.hintBytes += copy.length;
     this.stats.hintDropped += dropped;
-    this.stats.hintBudgetDropped += count - taken;
+    if (room < budget) this.stats.hintQueueDropped += count - taken;
+    else this.stats.hintBudgetDropped += count - taken;
     this.finish(Status.OK, taken);
     for (const rec of records) {
       // The guest names the source: only a handle loaded now is believed.
       const source = rec.source !== undefined && this.live.has(rec.source) ? rec.source : undefined;
-      if (source === undefined) this.stats.hintUnattributed++;
-      const handlers = this.hintHandlers.get(rec.type);
-      let known = handlers !== undefined;
-      if (handlers) for (const h of [...handlers]) this.safely(() => h(rec.record, rec.type, source, vcpu));
-      for (const h of this.anyHintHandlers) this.safely(() => (known = h(rec.record, rec.type, source, vcpu) || known));
-      if (!known) {
-        this.stats.hintUnknown++;
-        continue;
-      }
-      this.stats.hintsByType[rec.type] = (this.stats.hintsByType[rec.type] ?? 0) + 1;
+      this.hintQueue.push({ record: rec.record, type: rec.type, source, vcpu });
     }
+    if (!this.hintTurnScheduled) this.hintTurn();
+  }
+
+  /** The record count a refused batch claims (for the drop counter; 0 when unreadable). */
+  private peekRecordCount(): number {
+    const { g2hLen: len } = ShmHeader.read(this.hdr);
+    if (len < 8 || len > this.layout.g2hSize) return 0;
+    const n = this.hdr.getUint32(this.layout.g2hOff, true);
+    return Math.min(n, Math.floor((len - 8) / 8));
+  }
+
+  /** Hands one slice of queued records to the handlers; schedules the next turn if more wait. */
+  private hintTurn(): void {
+    this.hintTurnScheduled = false;
+    const end = Math.min(this.hintQueue.length, this.hintHead + this.hintsPerTurn);
+    while (this.hintHead < end) {
+      const q = this.hintQueue[this.hintHead++] as QueuedHint;
+      this.dispatchHint(q);
+    }
+    if (this.hintHead >= this.hintQueue.length) {
+      this.hintQueue = [];
+      this.hintHead = 0;
+      return;
+    }
+    // Under a steady flood the queue never empties: drop the handled prefix now and then.
+    if (this.hintHead >= this.hintQueueMax) {
+      this.hintQueue = this.hintQueue.slice(this.hintHead);
+      this.hintHead = 0;
+    }
+    this.hintTurnScheduled = true;
+    this.defer(() => this.hintTurn());
+  }
+
+  private dispatchHint(q: QueuedHint): void {
+    if (q.source === undefined) this.stats.hintUnattributed++;
+    const handlers = this.hintHandlers.get(q.type);
+    let known = handlers !== undefined;
+    if (handlers) for (const h of [...handlers]) this.safely(() => h(q.record, q.type, q.source, q.vcpu));
+    for (const h of this.anyHintHandlers) this.safely(() => (known = h(q.record, q.type, q.source, q.vcpu) || known));
+    if (!known) {
+      this.stats.hintUnknown++;
+      return;
+    }
+    this.stats.hintsByType[q.type] = (this.stats.hintsByType[q.type] ?? 0) + 1;
   }
 
   private ringIfNeeded(): void {

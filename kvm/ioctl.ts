@@ -3,7 +3,7 @@
 // test/unit/kvm checks every one against <linux/kvm.h>.
 
 import {
-  KvmCpuid2, KvmEnableCap, KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
+  KvmCpuid2, KvmEnableCap, KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMpState, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
   KvmUserspaceMemoryRegion,
 } from './layout';
 
@@ -48,6 +48,7 @@ export const KVM = {
   GET_LAPIC: ior(0x8e, KvmLapicState.size),
   SET_LAPIC: iow(0x8f, KvmLapicState.size),
   SET_CPUID2: iow(0x90, KvmCpuid2.size),
+  GET_MP_STATE: ior(0x98, KvmMpState.size),
 } as const;
 
 /** KVM_CHECK_EXTENSION capability numbers. */

@@ -6,7 +6,7 @@ import * as libc from './libc';
 import { KVM, KVM_CAP } from './ioctl';
 import {
   type CpuidEntry, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO, KVM_PIT_SPEAKER_DUMMY, KvmCpuid2, KvmCpuidEntry2, KvmEnableCap,
-  KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMsrEntry, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
+  KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMpState, KvmMsrEntry, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
   KvmUserspaceMemoryRegion, REG_NAMES, type RegName, type SpecialRegs,
 } from './layout';
 import { SysError } from './errors';
@@ -187,6 +187,13 @@ export class Vcpu {
     const b = new Uint8Array(KvmLapicState.size);
     libc.ioctl(this.fd, KVM.GET_LAPIC, b, 'KVM_GET_LAPIC');
     return b;
+  }
+
+  /** KVM_MP_STATE_* (MP_STATE_NAMES): runnable, halted, an AP still waiting for SIPI, ... */
+  getMpState(): number {
+    const b = new Uint8Array(KvmMpState.size);
+    libc.ioctl(this.fd, KVM.GET_MP_STATE, b, 'KVM_GET_MP_STATE');
+    return KvmMpState.read(b).mpState;
   }
 
   setLapic(b: Uint8Array): void {

@@ -108,6 +108,11 @@ export const KvmLapicState = struct('kvm_lapic_state', 1024, { regs: bytes(0, 10
 export const LAPIC_LVT_LINT0 = 0x350;
 export const LAPIC_LVT_LINT1 = 0x360;
 
+/** struct kvm_mp_state: a vCPU's run state (KVM_MP_STATE_*), read when diagnosing a hung guest. */
+export const KvmMpState = struct('kvm_mp_state', 4, { mpState: u32(0, 'mp_state') });
+/** KVM_MP_STATE_* by value. */
+export const MP_STATE_NAMES = ['runnable', 'uninitialized (an AP waiting for INIT/SIPI)', 'INIT received', 'halted', 'SIPI received', 'stopped', 'check stop', 'operating', 'load'] as const;
+
 /** struct kvm_fpu: only the control words tsvmm sets. */
 export const KvmFpu = struct('kvm_fpu', 416, { fcw: u16(128), mxcsr: u32(408) });
 
@@ -115,5 +120,5 @@ export const KvmFpu = struct('kvm_fpu', 416, { fcw: u16(128), mxcsr: u32(408) })
 export const KVM_STRUCTS: readonly Struct<Fields>[] = [
   KvmRun, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, KvmRunInternal, KvmRunFailEntry, KvmRegs, KvmSegment, KvmDtable,
   KvmSregs, KvmUserspaceMemoryRegion, KvmCpuid2, KvmCpuidEntry2, KvmMsrs, KvmMsrEntry, KvmPitConfig, KvmIrqfd,
-  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu,
+  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu, KvmMpState,
 ];

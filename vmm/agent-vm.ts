@@ -17,9 +17,36 @@ import { parseInitMarker } from './default-guest';
 import { Machine, type ExitStatus } from './machine';
 import { STATUS } from '../devices/virtio/mmio';
 import { EXIT, TsvmmError } from '../lib/errors';
+import { formatDiagnosis, type MachineDiagnosis } from './diagnosis';
 
 /** The guest came up but its agent cannot be reached, and never will be. */
 export class AgentUnreachableError extends TsvmmError {}
+
+/**
+ * The agent did not answer in time, or the wait was interrupted: the message ends with what
+ * the machine was doing (vCPUs, devices, the tail of the guest console), also kept as
+ * `diagnosis`, so a guest that hung says where.
+ */
+export class AgentTimeoutError extends TsvmmError {
+  constructor(what: string, readonly diagnosis: MachineDiagnosis | undefined) {
+    super(diagnosis ? `${what}\n${formatDiagnosis(diagnosis)}` : `${what} (the machine could not be diagnosed)`);
+  }
+}
+
+/** How long diagnose() may take before the error goes without it. */
+const DIAGNOSE_MS = 15_000;
+
+/** `diagnose()`, bounded; undefined when it failed or took too long. */
+export async function diagnoseBounded(diagnose: () => Promise<MachineDiagnosis>): Promise<MachineDiagnosis | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([diagnose(), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), DIAGNOSE_MS)))]);
+  } catch {
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** The default guest CID: each VM has its own vsock device, so the same CID in two VMs is fine. */
 export const GUEST_CID = 3;
@@ -51,6 +78,7 @@ export class AgentVm {
   /** Set when the guest is up and its agent can never answer. */
   private unreachable: AgentUnreachableError | undefined;
   private closing?: Promise<ExitStatus>;
+  private readonly startedAt = now();
 
   private constructor(
     readonly machine: Machine,
@@ -93,9 +121,33 @@ export class AgentVm {
     }
   }
 
-  /** Resolves once the agent answered; rejects with why it never will. */
-  whenReady(): Promise<void> {
-    return this.ready;
+  /**
+   * Resolves once the agent answered; rejects with why it never will, or — past `timeoutMs`
+   * or once `signal` aborts — with an AgentTimeoutError saying what the machine was doing.
+   */
+  async whenReady(o: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    const signals = [o.signal, o.timeoutMs === undefined ? undefined : AbortSignal.timeout(o.timeoutMs)].filter((x): x is AbortSignal => x !== undefined);
+    if (!signals.length) return this.ready;
+    const stop = AbortSignal.any(signals);
+    let onAbort: (() => void) | undefined;
+    const gaveUp = new Promise<'gave-up'>((r) => {
+      onAbort = () => r('gave-up');
+      if (stop.aborted) onAbort();
+      else stop.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      if ((await Promise.race([this.ready.then(() => 'ready' as const), gaveUp])) === 'ready') return;
+    } finally {
+      stop.removeEventListener('abort', onAbort!);
+    }
+    const waited = ((now() - this.startedAt) / 1000).toFixed(1);
+    const why = o.signal?.aborted ? `was interrupted after ${waited} s` : `did not answer within ${o.timeoutMs! / 1000} s`;
+    throw new AgentTimeoutError(`the guest agent ${why} of booting${this.initReadyAt === undefined ? ' (the init never said ready)' : ''}`, await this.diagnose());
+  }
+
+  /** What the machine is doing (Machine.diagnose()), bounded in time; undefined if that failed. */
+  diagnose(): Promise<MachineDiagnosis | undefined> {
+    return diagnoseBounded(() => this.machine.diagnose());
   }
 
   private onConsoleLine(line: string): void {
@@ -169,9 +221,13 @@ export class AgentVm {
 /**
  * Pings the agent until it answers, while the guest is still booting (connection refused or
  * reset). `failed` ends the wait: an Error is thrown as it is, `true` throws the last ping's
- * error; so do the deadline and `signal`.
+ * error; so does `signal`. Past the deadline: an AgentTimeoutError with `diagnose()`'s
+ * answer when it is given (Machine.diagnose: where the guest hangs), else the last ping's error.
  */
-export async function waitForAgent(client: AgentClient, deadline: number, failed: () => boolean | Error, signal?: AbortSignal): Promise<void> {
+export async function waitForAgent(
+  client: AgentClient, deadline: number, failed: () => boolean | Error, signal?: AbortSignal, diagnose?: () => Promise<MachineDiagnosis>,
+): Promise<void> {
+  const t0 = Date.now();
   let delay = 50;
   for (;;) {
     try {
@@ -183,7 +239,12 @@ export async function waitForAgent(client: AgentClient, deadline: number, failed
     } catch (e) {
       const why = failed();
       if (why instanceof Error) throw why;
-      if (why || signal?.aborted || Date.now() > deadline) throw e;
+      if (why || signal?.aborted) throw e;
+      if (Date.now() > deadline) {
+        if (!diagnose) throw e;
+        const what = `the guest agent did not answer within ${Math.round((deadline - t0) / 1000)} s (last attempt: ${(e as Error).message})`;
+        throw new AgentTimeoutError(what, await diagnoseBounded(diagnose));
+      }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 500);
     }

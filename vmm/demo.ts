@@ -56,10 +56,25 @@ export async function cmdDemo(args: string[]): Promise<number> {
   const vm = await AgentVm.start(config, { log });
   const machine = vm.machine;
   const sched = machine.scheduler!;
+  // A signal while the guest boots ends the demo with what the machine was doing (a hung boot
+  // explains itself); after that, the signal's default action, as before.
+  const booting = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (!booting.signal.aborted) return booting.abort();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    process.kill(process.pid, sig);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     const client = vm.client;
     const t0 = performance.now();
-    await vm.whenReady();
+    try {
+      await vm.whenReady({ signal: booting.signal });
+    } finally {
+      booting.abort();
+    }
     say(`guest agent answered after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     printTable('before: no guest task is pinned', sched.table());
 
@@ -93,6 +108,8 @@ export async function cmdDemo(args: string[]): Promise<number> {
     say(`\nscheduler counters: ${JSON.stringify(c)}`);
     return 0;
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await vm.close({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'demo finished' });
   }
 }

@@ -12,7 +12,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AgentClient, type ExecResult } from './agent/client';
 import { AgentError } from './agent/protocol';
-import { AgentVm } from './agent-vm';
+import { AgentTimeoutError, AgentVm } from './agent-vm';
 import { apiAgentConnector } from './api/client';
 import { checkKvm, machineConfig, MACHINE_FLAGS, runOptions } from './cli-options';
 import { stderrLine } from './log';
@@ -160,7 +160,7 @@ export async function cmdExec(args: string[]): Promise<number> {
         },
         log: values.console ? log : () => {},
       });
-      await Promise.race([vm.whenReady(), aborted(abort.signal)]);
+      await vm.whenReady({ signal: abort.signal });
       report.timings.bootMs = (vm.initReadyAt ?? vm.agentAt!) - nodeMs;
       report.timings.agentMs = vm.agentAt! - (vm.initReadyAt ?? vm.agentAt!);
       client = vm.client;
@@ -207,6 +207,8 @@ export async function cmdExec(args: string[]): Promise<number> {
       report.timedOut = timeoutSec > 0;
       report.status = report.timedOut ? EXIT_TIMEOUT : EXIT_VM_FAILED;
       log(report.timedOut ? `timed out after ${timeoutSec} s` : 'interrupted');
+      // Before the agent answered: what the machine was doing, even under --quiet (it is why).
+      if (e instanceof AgentTimeoutError) process.stderr.write(`tsvmm: ${err.message}\n`);
     } else if (e instanceof AgentError && e.code === 'SPAWN') {
       // The guest could not start CMD: the shell's and docker's statuses, not a VM failure.
       process.stderr.write(`tsvmm: ${err.message}\n`);
@@ -229,14 +231,6 @@ export async function cmdExec(args: string[]): Promise<number> {
   report.timings.totalMs = performance.now();
   if (values.json) process.stdout.write(`${wroteNewline ? '' : '\n'}${JSON.stringify(report)}\n`);
   return report.status;
-}
-
-function aborted(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    const fail = () => reject(new AgentError('ABORTED', 'aborted while the guest was booting'));
-    if (signal.aborted) fail();
-    else signal.addEventListener('abort', fail, { once: true });
-  });
 }
 
 /** --get: each guest file to its host path; true when any failed (each failure is logged). */

@@ -40,6 +40,8 @@ import { VhostUserFrontend } from '../devices/virtio/vhost-user/frontend';
 import { FS_QUEUES, VirtioFs } from '../devices/virtio/fs/device';
 import { findVirtiofsd, Virtiofsd } from '../devices/virtio/fs/daemon';
 import { sharesCmdline, type ShareConfig } from './shares';
+import { ConsoleTail } from './console/tail';
+import type { MachineDiagnosis } from './diagnosis';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -78,6 +80,10 @@ export class Machine {
   /** The guest-RT -> vCPU-priority policy (vmm/scheduler/prio.ts). */
   prio?: PrioPolicy;
   readonly transports: { name: string; transport: MmioTransport }[] = [];
+  /** The last lines of the guest console, kept whether or not io.console shows them (for diagnose()). */
+  readonly consoleTail = new ConsoleTail();
+  private readonly startedAt = performance.now();
+  private serialIrq?: IrqfdLine;
   private readonly cleanups: (() => void | Promise<void>)[] = [];
   /** Log lines the guest can trigger at will, one limiter per source; flushed at close. */
   private readonly limiters: RateLimitedLog[] = [];
@@ -228,7 +234,11 @@ export class Machine {
     const power = (e: PowerEvent) => this.onPower(e);
     const com1Irq = new IrqfdLine(vm, COM1_IRQ);
     this.irqs.push(com1Irq);
-    this.serial = new Serial16550(com1Irq, this.io.console);
+    this.serialIrq = com1Irq;
+    this.serial = new Serial16550(com1Irq, (b) => {
+      this.consoleTail.push(b);
+      this.io.console(b);
+    });
     this.pio.insert(COM1_PORT, 8, 'com1', this.serial);
     const kbdIrq = new IrqfdLine(vm, I8042_IRQ);
     this.irqs.push(kbdIrq);
@@ -328,6 +338,26 @@ export class Machine {
   /** The kernel tid of each vCPU thread, by vCPU index. */
   get vcpuTids(): number[] {
     return this.threads?.tids ?? [];
+  }
+
+  /**
+   * What the machine is doing, for a guest that does not answer (vmm/diagnosis.ts): every
+   * vCPU sampled over `sampleMs` and read while briefly parked, the virtio devices, the tail of
+   * the console. Takes about `sampleMs` plus a moment per vCPU; the guest runs on afterwards.
+   */
+  async diagnose(sampleMs = 1000): Promise<MachineDiagnosis> {
+    const vcpus = this.threads && !this.status ? await this.threads.inspect(sampleMs) : [];
+    return {
+      uptimeMs: performance.now() - this.startedAt,
+      sampleMs: vcpus.length ? sampleMs : 0,
+      vcpus,
+      devices: this.transports.map(({ name, transport: t }) => ({
+        name, status: t.deviceStatus, interruptStatus: t.interruptStatus, notifications: t.counters.notifications, interrupts: t.counters.interrupts,
+      })),
+      serialInterrupts: this.serialIrq?.triggered ?? 0,
+      console: { lines: this.consoleTail.snapshot(), totalBytes: this.consoleTail.total },
+      ending: this.status?.detail,
+    };
   }
 
   private onPower(e: PowerEvent): void {

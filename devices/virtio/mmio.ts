@@ -166,6 +166,11 @@ export class MmioTransport implements BusDevice {
     return this.status;
   }
 
+  /** InterruptStatus as the guest would read it now (for diagnoses). */
+  get interruptStatus(): number {
+    return Atomics.load(this.isr, 0);
+  }
+
   get ackedFeatures(): bigint {
     return this.acked;
   }

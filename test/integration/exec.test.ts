@@ -1,9 +1,10 @@
 // `tsvmm exec` against the stock kernel: exit codes, stderr kept apart from stdout, --put,
-// --timeout, and 127 when the command does not exist.
+// --timeout, and 127 when the command does not exist. A --timeout that expires while the
+// guest boots says what the machine was doing: each vCPU's state and the console's last lines.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tsvmm } from './helpers';
@@ -37,6 +38,27 @@ test('a missing command exits 127 (as in a shell or docker) and says why, withou
   assert.is(r.code, 127, r.stderr);
   assert.match(r.stderr, 'exec /no/such/program: No such file or directory');
   assert.is(r.stdout, '');
+});
+
+test('--timeout during the boot: 124 with each vCPU\'s state and the console tail, which matches the console log', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-diag-'));
+  const logFile = join(dir, 'console.log');
+  const r = await tsvmm(['exec', '--vcpus', '2', '--timeout', '4', '--console-log', logFile, '--json', '--', 'true']);
+  assert.is(r.code, 124, r.stderr);
+  const report = JSON.parse(r.stdout.trim().split('\n').pop()!) as { timedOut: boolean; error: string };
+  assert.is(report.timedOut, true);
+  for (const text of [r.stderr, report.error]) {
+    assert.match(text, /the guest agent was interrupted after \d+\.\d s of booting/);
+    // Both vCPUs were parked and read (an AP may still wait for its SIPI this early).
+    assert.match(text, /vCPU 0 \(tid \d+\): worker [a-z ]+; mp_state [a-zA-Z ()/]+; rip 0x[0-9a-f]+ IF=[01]; thread [A-Z]/, text);
+    assert.match(text, /vCPU 1 \(tid \d+\): worker [a-z ]+; mp_state /, text);
+    assert.match(text, /\n {4}LAPIC (on|OFF), TPR 0x[0-9a-f]+, IRR /);
+    assert.match(text, /devices: virtio-vsock status 0x[0-9a-f]+ /);
+  }
+  const tail = r.stderr.split('\n').filter((l) => l.startsWith('| ')).map((l) => l.slice(2));
+  assert.ok(tail.length > 0, r.stderr);
+  // The tail is the console's, in order: a contiguous piece of what the console log got.
+  assert.ok(readFileSync(logFile, 'latin1').replaceAll('\r', '').includes(tail.join('\n')), `${tail.join('\n')}\nnot in the console log`);
 });
 
 test.run();

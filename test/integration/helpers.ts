@@ -20,12 +20,18 @@ export const TSVMM = join(ROOT, 'bin/tsvmm.js');
 
 export interface RunResult {
   code: number | null;
+  /** The run outlived its timeoutMs and was stopped (SIGTERM, then SIGKILL after a grace). */
+  timedOut?: boolean;
   stdout: string;
   stderr: string;
   ms: number;
 }
 
-/** Runs `tsvmm ARGS` to completion (bounded by timeoutMs), capturing both streams. */
+/**
+ * Runs `tsvmm ARGS` to completion (bounded by timeoutMs), capturing both streams. Past
+ * timeoutMs it gets SIGTERM — on which exec and demo say what a guest that has not answered
+ * was doing — and SIGKILL 30 s later; stderr then ends with a line saying so.
+ */
 export function tsvmm(
   args: string[],
   opts: {
@@ -51,10 +57,19 @@ export function tsvmm(
     child.stderr.on('data', (b) => (stderr += b));
     if (opts.input !== undefined) child.stdin.end(opts.input);
     else if (!opts.respond) child.stdin.end();
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 300_000);
-    child.on('close', (code) => {
+    const timeoutMs = opts.timeoutMs ?? 300_000;
+    let timedOut = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGTERM');
+      killTimer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    }, timeoutMs);
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, stdout, stderr, ms: Date.now() - t0 });
+      clearTimeout(killTimer);
+      if (timedOut) stderr += `\n[helpers.tsvmm: 'tsvmm ${args[0]}' still ran after ${timeoutMs} ms: sent SIGTERM; it ended with ${code ?? signal}]\n`;
+      resolve({ code, timedOut, stdout, stderr, ms: Date.now() - t0 });
     });
   });
 }

@@ -38,7 +38,7 @@ async function boot(vcpus: number, append = ''): Promise<{ m: Machine; agent: Ag
     acpi: true, vsock: { cid: 3, udsPath: join(dir, 'v.sock') }, pin: 'hinted',
   }, { console: () => {}, log: () => {} });
   const agent = new AgentClient(() => m.vsock!.connect(AGENT_PORT));
-  await waitForAgent(agent, Date.now() + 600_000, () => false);
+  await waitForAgent(agent, Date.now() + 600_000, () => false, undefined, () => m.diagnose());
   return {
     m, agent,
     done: async () => {

@@ -54,7 +54,7 @@ test.before(async () => {
     acpi: true, vsock: { cid: 3, udsPath: join(dir, 'v.sock') }, pin: 'hinted', prio: 'hinted',
   }, { console: () => {}, log: () => {} });
   agent = new AgentClient(() => m.vsock!.connect(AGENT_PORT));
-  await waitForAgent(agent, Date.now() + 600_000, () => false);
+  await waitForAgent(agent, Date.now() + 600_000, () => false, undefined, () => m.diagnose());
   tids = m.vcpuTids;
   // Everything the hint stream carries, as a reader of GET /hints?follow=1 would get it.
   m.paravirt!.stream.subscribe({ write: (l) => (entries.push(JSON.parse(l) as StreamEntry), true), onDrain: () => {}, onClose: () => {} });

@@ -73,7 +73,7 @@ const m = await Machine.start({
 }, { console: () => {}, log: onLog });
 try {
   const agent = new AgentClient(() => m.vsock!.connect(AGENT_PORT));
-  await waitForAgent(agent, Date.now() + 600_000, () => false);
+  await waitForAgent(agent, Date.now() + 600_000, () => false, undefined, () => m.diagnose());
   const load = await m.paravirt!.load(affinityPackage());
   if (!load.ok) throw new Error(`affinity: ${load.text}`);
   const s = m.scheduler!;

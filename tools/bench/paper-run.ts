@@ -3,7 +3,10 @@
 // `hinted`, then serves requests on stdin, one JSON line each, `{"args": [...spscq args]}`,
 // by running guest/spscq in the guest and answering one JSON line on stdout with spscq's
 // result, the vCPU placement seen halfway through the run and the scheduler counters. EOF
-// on stdin powers the guest off. Owns only its temp dir; logs go to stderr.
+// on stdin powers the guest off. Owns only its temp dir; logs go to stderr. A guest whose agent
+// does not answer within --timeout, or a SIGTERM/SIGINT before it did, ends the run with what
+// the machine was doing (vCPUs, the guest console's last lines) on stderr and in the reply;
+// a reader that went away (EPIPE on stdout) stops the guest instead of crashing this process.
 //
 //   node dist/paper-run.js --pin none|static|hinted [--vcpus N] [--memory SIZE] [--timeout SEC]
 //
@@ -20,6 +23,7 @@ import { AgentClient } from '../../vmm/agent/client';
 import { affinityPackage } from '../../bpf/programs/affinity';
 import { checkKvm, machineConfig } from '../../vmm/cli-options';
 import { AGENT_PORT, waitForAgent } from '../../vmm/exec';
+import { AgentTimeoutError, diagnoseBounded } from '../../vmm/agent-vm';
 import { Machine } from '../../vmm/machine';
 import { EXIT } from '../../lib/errors';
 
@@ -36,8 +40,31 @@ export interface Placement {
   tasks: string[];
 }
 
-const reply = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const log = (m: string) => process.stderr.write(`paper-run: ${m}\n`);
+/** Set once stdout failed (the driver is gone): nothing more is written there. */
+let stdoutGone = false;
+const reply = (o: unknown) => {
+  if (!stdoutGone) process.stdout.write(`${JSON.stringify(o)}\n`);
+};
+/** The running machine, for the stdout and signal handlers. */
+let running: Machine | undefined;
+
+// An asynchronous write error on stdout (EPIPE: paper.mjs exited) must not crash the process
+// with the guest still up: stop the guest and end with status 1.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (stdoutGone) return;
+  stdoutGone = true;
+  log(`stdout failed (${e.code ?? e.message}): the driver is gone; stopping the guest`);
+  void stopAndExit(1, 'stdout closed');
+});
+
+async function stopAndExit(code: number, why: string): Promise<never> {
+  if (running) {
+    running.finish({ code: EXIT.POWEROFF, reason: 'poweroff', detail: why });
+    await running.exited;
+  }
+  process.exit(code);
+}
 
 function durationOf(args: readonly string[]): number {
   const i = args.indexOf('-d');
@@ -57,11 +84,29 @@ async function main(): Promise<number> {
   checkKvm();
   const t0 = performance.now();
   const machine = await Machine.start(config, { console: values.console ? (b) => process.stderr.write(b) : () => {}, log });
+  running = machine;
   let ended: string | undefined;
   void machine.exited.then((s) => (ended = s.detail));
+  // A signal while booting: say where the guest was (below); once it answered, stop it and go.
+  const booting = new AbortController();
+  let signalled: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled ??= sig;
+    if (!booting.signal.aborted) booting.abort();
+    else void stopAndExit(sig === 'SIGINT' ? 130 : 143, `paper-run got ${sig}`);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     const client = new AgentClient(() => machine.vsock!.connect(AGENT_PORT));
-    await waitForAgent(client, Date.now() + timeoutMs, () => ended !== undefined);
+    try {
+      await waitForAgent(client, Date.now() + timeoutMs, () => ended !== undefined, booting.signal, () => machine.diagnose());
+    } catch (e) {
+      if (!signalled) throw e;
+      throw new AgentTimeoutError(`paper-run got ${signalled} while waiting for the guest agent`, await diagnoseBounded(() => machine.diagnose()));
+    } finally {
+      booting.abort();
+    }
     let progIds: readonly number[] = [];
     if (pin === 'hinted') {
       const r = await machine.paravirt!.load(affinityPackage());
@@ -101,6 +146,8 @@ async function main(): Promise<number> {
     }
     return 0;
   } catch (e) {
+    // stderr too: it reaches the log even when stdout's reader is gone.
+    log((e as Error).message);
     reply({ ready: false, ok: false, error: (e as Error).message });
     return 1;
   } finally {

@@ -62,7 +62,12 @@ function startLoad(count) {
   };
 }
 
-/** One guest (dist/bench/paper-run.js) for a pin policy; `request` sends one spscq run and awaits its answer. */
+/**
+ * One guest (dist/bench/paper-run.js) for a pin policy; `request` sends one spscq run and awaits
+ * its answer. The runner gives up on a boot after timeoutSec itself, with what the guest was
+ * doing (its stderr is ours, so it lands in the log); this side waits longer, and when it gives
+ * up first it stops the runner with SIGTERM, which also makes it print that diagnosis.
+ */
 async function bootGuest(pin, vcpus, memory, timeoutSec) {
   const runner = join(ROOT, 'dist/bench/paper-run.js');
   if (!existsSync(runner)) throw new Error(`${runner} missing: run "node tools/build.mjs"`);
@@ -71,11 +76,20 @@ async function bootGuest(pin, vcpus, memory, timeoutSec) {
   });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const exited = new Promise((r) => child.once('exit', (code, sig) => r(code ?? sig)));
+  const waitSec = timeoutSec + 120;
   const next = async (what) => {
     let timer;
-    const timeout = new Promise((_, rej) => (timer = setTimeout(() => rej(new Error(`no answer from the guest (${what}) within ${timeoutSec} s`)), timeoutSec * 1000)));
+    const timeout = new Promise((r) => (timer = setTimeout(() => r('timeout'), waitSec * 1000)));
     try {
       const r = await Promise.race([lines.next(), timeout]);
+      if (r === 'timeout') {
+        log(`no answer from the guest (${what}) within ${waitSec} s: stopping its runner (SIGTERM), which prints what the guest was doing`);
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 60_000);
+        const status = await exited;
+        clearTimeout(t);
+        throw new Error(`no answer from the guest (${what}) within ${waitSec} s; its runner then exited (${status})`);
+      }
       if (r.done) throw new Error(`the guest runner exited (${await exited}) during ${what}`);
       return JSON.parse(r.value);
     } finally {
@@ -84,7 +98,10 @@ async function bootGuest(pin, vcpus, memory, timeoutSec) {
   };
   const ready = await next('boot');
   if (!ready.ready) {
-    child.kill('SIGTERM');
+    // The runner ends by itself after a failed start; SIGTERM only if it lingers.
+    const t = setTimeout(() => child.kill('SIGTERM'), 30_000);
+    await exited;
+    clearTimeout(t);
     throw new Error(`guest with --pin ${pin} did not start: ${ready.error}`);
   }
   return {

@@ -84,7 +84,7 @@ async function oneRun(mode: Run['mode'], run: number, o: { samples: number; inte
   let load: ChildProcess[] = [];
   try {
     const agent = new AgentClient(() => m.vsock!.connect(AGENT_PORT));
-    await waitForAgent(agent, Date.now() + 600_000, () => false);
+    await waitForAgent(agent, Date.now() + 600_000, () => false, undefined, () => m.diagnose());
     const r = await m.paravirt!.load(prioPackage());
     if (!r.ok) throw new Error(`prio load: ${r.outcome} ${r.text}`);
     load = startLoad(o.load);

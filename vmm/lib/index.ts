@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { AgentVm } from '../agent-vm';
+import { AgentTimeoutError, AgentVm } from '../agent-vm';
 import type { ApiResponse } from '../api/resources';
 import { checkKvm, machineConfig } from '../cli-options';
 import type { ExitStatus } from '../machine';
@@ -20,7 +20,8 @@ export { TsvmmError, UsageError } from '../../lib/errors';
 export { AgentError } from '../agent/protocol';
 export type { AgentErrorCode } from '../agent/protocol';
 export { KernelConfigError } from '../kernel/requirements';
-export { AgentUnreachableError } from '../agent-vm';
+export { AgentTimeoutError, AgentUnreachableError } from '../agent-vm';
+export type { MachineDiagnosis, VcpuDiagnosis } from '../diagnosis';
 export type { ExitStatus } from '../machine';
 export type { StreamEntry as HintRecord } from '../hints/stream';
 
@@ -45,7 +46,7 @@ export interface VmOptions {
   hostCpus?: string;
   /** Also serve the control API on this Unix socket (tsvmm's CLI and curl can then reach it). */
   apiSock?: string;
-  /** Give up on the boot after this long (default: no limit). */
+  /** Give up on the boot after this long (default: no limit): an AgentTimeoutError with what the machine was doing. */
   bootTimeoutMs?: number;
   /** tsvmm's own log lines (the kernel's release, the config check, the initramfs build). */
   log?: (message: string) => void;
@@ -131,14 +132,11 @@ export class Vm extends EventEmitter<VmEvents> {
       },
     });
     self = new Vm(vm);
-    const timer = o.bootTimeoutMs === undefined ? undefined : setTimeout(() => void vm.close({ code: EXIT.ERROR, reason: 'timeout', detail: `the agent did not answer within ${o.bootTimeoutMs} ms` }), o.bootTimeoutMs);
     try {
-      await vm.whenReady();
+      await vm.whenReady({ timeoutMs: o.bootTimeoutMs });
     } catch (e) {
-      await vm.close();
+      await vm.close(e instanceof AgentTimeoutError ? { code: EXIT.ERROR, reason: 'timeout', detail: `the agent did not answer within ${o.bootTimeoutMs} ms` } : undefined);
       throw e;
-    } finally {
-      clearTimeout(timer);
     }
     return self;
   }

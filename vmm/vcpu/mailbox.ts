@@ -28,17 +28,28 @@ export const KIND_MMIO = 1;
 
 /**
  * Per-vCPU exit counters, written only by that vCPU's worker (no atomics needed) and read by
- * main for metrics: slot r counts KVM exit reason r (reasons beyond STAT_LAST_REASON share
- * it); the last slot counts forwarded accesses, the one before accesses served from a
- * device's shared register (SharedRegister in devices/bus.ts).
+ * main for metrics and diagnoses: slot r counts KVM exit reason r (reasons beyond
+ * STAT_LAST_REASON share it); the last slot counts forwarded accesses, the one before accesses
+ * served from a device's shared register (SharedRegister in devices/bus.ts). Two more slots
+ * say what the worker is doing (STAT_STATE, a VCPU_STATE) and the reason of its last exit
+ * (STAT_LAST_EXIT, -1 before the first): when a guest hangs, whether a vCPU sits in KVM_RUN,
+ * waits for main to answer an access, or is parked.
  */
 export const EXIT_STATS_SLOTS = 64;
 export const STAT_FORWARDED = EXIT_STATS_SLOTS - 1;
 export const STAT_SHARED = EXIT_STATS_SLOTS - 2;
-export const STAT_LAST_REASON = EXIT_STATS_SLOTS - 3;
+export const STAT_LAST_EXIT = EXIT_STATS_SLOTS - 3;
+export const STAT_STATE = EXIT_STATS_SLOTS - 4;
+export const STAT_LAST_REASON = EXIT_STATS_SLOTS - 5;
+
+/** What a vCPU worker is doing (its STAT_STATE slot). */
+export const VCPU_STATE = { STARTING: 0, IN_KVM_RUN: 1, HANDLING_EXIT: 2, WAITING_FOR_MAIN: 3, PARKED: 4, ENDED: 5 } as const;
+export const VCPU_STATE_NAMES = ['starting', 'in KVM_RUN', 'handling an exit', 'waiting for main to answer an access', 'parked', 'ended'] as const;
 
 export function newExitStats(): Float64Array {
-  return new Float64Array(new SharedArrayBuffer(EXIT_STATS_SLOTS * 8));
+  const stats = new Float64Array(new SharedArrayBuffer(EXIT_STATS_SLOTS * 8));
+  stats[STAT_LAST_EXIT] = -1;
+  return stats;
 }
 
 export function newMailbox(): Int32Array {

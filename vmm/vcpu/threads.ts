@@ -4,16 +4,49 @@
 // handler), or a worker never returns and the process cannot exit.
 
 import { Worker } from 'node:worker_threads';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Vcpu } from '../../kvm/kvm';
-import { KvmRun, exitReasonName } from '../../kvm/layout';
+import { KvmRun, MP_STATE_NAMES, exitReasonName } from '../../kvm/layout';
 import { tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
-import { MB, STAT_FORWARDED, STAT_SHARED, VcpuExitReason, WorkerInit, WorkerMessage, newDoorbell, newExitStats, newMailbox } from './mailbox';
+import {
+  MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, newDoorbell, newExitStats, newMailbox,
+} from './mailbox';
+import { decodeLapic, parseTaskStat, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
 import { holdSignal } from '../../lib/process-hooks';
+
+/** Exits by reason name (plus forwarded, shared) from a worker's counters. */
+function exitsOf(stats: Float64Array): Record<string, number> {
+  const out: Record<string, number> = {};
+  stats.forEach((n, i) => {
+    if (i === STAT_STATE || i === STAT_LAST_EXIT || n <= 0) return;
+    out[i === STAT_FORWARDED ? 'forwarded' : i === STAT_SHARED ? 'shared' : exitReasonName(i).toLowerCase()] = n;
+  });
+  return out;
+}
+
+/** Exits to userspace (every reason slot). */
+function totalExits(stats: Float64Array): number {
+  let n = 0;
+  for (let i = 0; i <= STAT_LAST_REASON; i++) n += stats[i]!;
+  return n;
+}
+
+function readProc(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+function taskStat(tid: number): { state: string; ticks: number } | undefined {
+  const line = tid ? readProc(`/proc/self/task/${tid}/stat`) : undefined;
+  return line === undefined ? undefined : parseTaskStat(line);
+}
 
 /** SIGUSR2: SIGUSR1 belongs to Node's inspector. Any signal with a handler interrupts KVM_RUN. */
 const KICK_SIGNAL = 'SIGUSR2';
@@ -103,13 +136,68 @@ export class VcpuThreads {
    * device) and `shared` (accesses the worker served from a device's shared register).
    */
   exitCounts(): Record<string, number>[] {
-    return this.threads.map((t) => {
-      const out: Record<string, number> = {};
-      t.stats.forEach((n, i) => {
-        if (n > 0) out[i === STAT_FORWARDED ? 'forwarded' : i === STAT_SHARED ? 'shared' : exitReasonName(i).toLowerCase()] = n;
-      });
-      return out;
-    });
+    return this.threads.map((t) => exitsOf(t.stats));
+  }
+
+  /**
+   * What each vCPU is doing, for a guest that does not answer: counters and its thread's
+   * /proc state over `sampleMs`, then — each vCPU parked for a moment, since a vCPU ioctl
+   * waits for KVM_RUN to return — its run state, registers and local APIC. A vCPU that does
+   * not leave KVM_RUN within `parkMs` of a kick is reported as such (that is a finding too).
+   */
+  async inspect(sampleMs = 1000, parkMs = 2000): Promise<VcpuDiagnosis[]> {
+    const before = this.threads.map((t) => ({ exits: totalExits(t.stats), ticks: taskStat(t.tid)?.ticks }));
+    await new Promise((r) => setTimeout(r, sampleMs));
+    const out: VcpuDiagnosis[] = [];
+    for (const [i, t] of this.threads.entries()) {
+      const last = t.stats[STAT_LAST_EXIT]!;
+      const stat = taskStat(t.tid);
+      const d: VcpuDiagnosis = {
+        vcpu: i, tid: t.tid,
+        worker: VCPU_STATE_NAMES[t.stats[STAT_STATE]!] ?? `state ${t.stats[STAT_STATE]}`,
+        lastExit: last < 0 ? null : exitReasonName(last).toLowerCase(),
+        exits: exitsOf(t.stats),
+        exitsInSample: totalExits(t.stats) - before[i]!.exits,
+      };
+      if (stat) {
+        const ticks = before[i]!.ticks;
+        d.thread = { state: stat.state, wchan: readProc(`/proc/self/task/${t.tid}/wchan`) ?? '', cpuMsInSample: ticks === undefined ? 0 : (stat.ticks - ticks) * 10 };
+      }
+      await this.inspectParked(t, i, d, parkMs);
+      out.push(d);
+    }
+    return out;
+  }
+
+  private async inspectParked(t: Thread, i: number, d: VcpuDiagnosis, parkMs: number): Promise<void> {
+    if (t.stats[STAT_STATE] === VCPU_STATE.ENDED) return;
+    const wasPaused = Atomics.load(t.mailbox, MB.PAUSE) === 1;
+    let timer: NodeJS.Timeout | undefined;
+    const parked = await Promise.race([
+      this.pause(i).then(() => Atomics.load(t.mailbox, MB.PAUSED) === 1),
+      new Promise<false>((r) => (timer = setTimeout(() => r(false), parkMs))),
+    ]);
+    clearTimeout(timer);
+    try {
+      if (!parked) {
+        d.error = `the vCPU did not leave KVM_RUN within ${parkMs} ms of a kick: registers not read`;
+        return;
+      }
+      const regs = t.vcpu.getRegs();
+      d.rip = `0x${regs.rip.toString(16)}`;
+      d.rflags = `0x${regs.rflags.toString(16)}`;
+      d.interruptsEnabled = (regs.rflags & 0x200n) !== 0n;
+      const mp = t.vcpu.getMpState();
+      d.mpState = MP_STATE_NAMES[mp] ?? `state ${mp}`;
+      d.lapic = decodeLapic(t.vcpu.getLapic());
+    } catch (e) {
+      d.error = `reading its state failed: ${(e as Error).message}`;
+    } finally {
+      if (!wasPaused) {
+        Atomics.store(t.mailbox, MB.PAUSE, 0);
+        Atomics.notify(t.mailbox, MB.PAUSE);
+      }
+    }
   }
 
   /**

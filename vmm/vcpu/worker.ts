@@ -17,8 +17,8 @@ import { KVM } from '../../kvm/ioctl';
 import { seccompMode, vcpuFilter } from './seccomp';
 import type { BusClaim } from '../../devices/bus';
 import {
-  KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_REASON, STAT_SHARED, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
-  VcpuExitReason, WorkerInit, WorkerMessage, mailboxData,
+  KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
+  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, mailboxData,
 } from './mailbox';
 import { serveShared } from './shared';
 
@@ -65,9 +65,11 @@ function forward(kind: number, addr: number, data: Uint8Array, isWrite: boolean)
   Atomics.store(mb, MB.STATE, STATE_REQUEST);
   Atomics.add(init.doorbell, 0, 1);
   Atomics.notify(init.doorbell, 0);
+  stats[STAT_STATE] = VCPU_STATE.WAITING_FOR_MAIN;
   while (Atomics.load(mb, MB.STATE) === STATE_REQUEST && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.STATE, STATE_REQUEST, 100);
   if (!isWrite && Atomics.load(mb, MB.STATE) === STATE_RESPONSE) data.set(mbData.subarray(0, data.length));
   Atomics.store(mb, MB.STATE, STATE_IDLE);
+  stats[STAT_STATE] = VCPU_STATE.HANDLING_EXIT;
 }
 
 function handleIo(): void {
@@ -103,6 +105,7 @@ function handleMmio(): void {
  */
 function parkWhilePaused(): void {
   if (!Atomics.load(mb, MB.PAUSE)) return;
+  stats[STAT_STATE] = VCPU_STATE.PARKED;
   Atomics.store(mb, MB.PAUSED, 1);
   Atomics.notify(mb, MB.PAUSED);
   while (Atomics.load(mb, MB.PAUSE) && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.PAUSE, 1, 1000);
@@ -115,13 +118,16 @@ function loop(): { reason: VcpuExitReason; detail: string } | undefined {
   for (;;) {
     parkWhilePaused();
     if (Atomics.load(mb, MB.STOP)) return undefined;
+    stats[STAT_STATE] = VCPU_STATE.IN_KVM_RUN;
     const r = vcpu.run();
+    stats[STAT_STATE] = VCPU_STATE.HANDLING_EXIT;
     if (r < 0) {
       if (r === -EINTR || r === -EAGAIN) continue;
       return { reason: 'internal-error', detail: `KVM_RUN failed: errno ${-r}` };
     }
     const reason = rv.getUint32(EXIT_REASON, true);
     stats[Math.min(reason, STAT_LAST_REASON)]!++;
+    stats[STAT_LAST_EXIT] = reason;
     switch (reason) {
       case ExitReason.IO:
         handleIo();
@@ -157,5 +163,6 @@ const seccomp = seccompMode(process.env.TSVMM_VCPU_SECCOMP);
 if (seccomp !== 'off') installSeccompFilter(vcpuFilter(init.fd, KVM.RUN, seccomp));
 
 const end = loop();
+stats[STAT_STATE] = VCPU_STATE.ENDED;
 if (end) post({ type: 'exit', ...end });
 post({ type: 'stopped' });

@@ -1,0 +1,108 @@
+// What a hung guest says about itself (vmm/diagnosis.ts, AgentTimeoutError in vmm/agent-vm.ts):
+// the LAPIC page and /proc task stat decoded, the text naming each vCPU's state and ending
+// with the console tail, and waitForAgent past its deadline throwing an AgentTimeoutError that
+// carries the diagnosis (console tail included) in its message and as data.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { AgentClient } from '../../../vmm/agent/client';
+import { AgentTimeoutError, waitForAgent } from '../../../vmm/agent-vm';
+import { ConsoleTail } from '../../../vmm/console/tail';
+import { decodeLapic, formatDiagnosis, parseTaskStat, type MachineDiagnosis } from '../../../vmm/diagnosis';
+import { TsvmmError } from '../../../lib/errors';
+
+function lapicPage(): Uint8Array {
+  const page = new Uint8Array(1024);
+  const dv = new DataView(page.buffer);
+  dv.setUint32(0xf0, 0x1ff, true); // SVR: enabled, spurious vector 0xff
+  dv.setUint32(0x80, 0x10, true); // TPR
+  dv.setUint32(0x200 + 7 * 16, 1 << 12, true); // IRR: vector 0xec (7*32 + 12)
+  dv.setUint32(0x100 + 1 * 16, 1 << 1, true); // ISR: vector 0x21
+  dv.setUint32(0x320, 0x400ec, true); // LVT timer: TSC-deadline, vector 0xec
+  dv.setUint32(0x380, 5000, true);
+  dv.setUint32(0x390, 1234, true);
+  return page;
+}
+
+function diagnosis(console: ConsoleTail): MachineDiagnosis {
+  return {
+    uptimeMs: 600_500, sampleMs: 1000,
+    vcpus: [
+      { vcpu: 0, tid: 101, worker: 'in KVM_RUN', lastExit: 'io', exits: { io: 900, mmio: 40, forwarded: 800 }, exitsInSample: 0, thread: { state: 'S', wchan: 'kvm_vcpu_block', cpuMsInSample: 0 }, mpState: 'halted', rip: '0xffffffff81a0c3e4', rflags: '0x246', interruptsEnabled: true, lapic: decodeLapic(lapicPage()) },
+      { vcpu: 1, tid: 102, worker: 'in KVM_RUN', lastExit: null, exits: {}, exitsInSample: 0, error: 'the vCPU did not leave KVM_RUN within 2000 ms of a kick: registers not read' },
+    ],
+    devices: [{ name: 'virtio-vsock', status: 0xf, interruptStatus: 0, notifications: 3, interrupts: 2 }],
+    serialInterrupts: 17,
+    console: { lines: console.snapshot(), totalBytes: console.total },
+  };
+}
+
+const bootLog = (): ConsoleTail => {
+  const t = new ConsoleTail();
+  for (let i = 0; i < 100; i++) t.push(Buffer.from(`[    0.${String(i).padStart(6, '0')}] early line ${i}\n`));
+  t.push(Buffer.from('[    1.234567] smpboot: CPU 1 Converting physical 0 to logical die 0\n[    1.300000] tsc: Refined TSC clocksource calibration'));
+  return t;
+};
+
+test('decodeLapic: enabled, TPR, pending and in-service vectors, the timer', () => {
+  const l = decodeLapic(lapicPage());
+  assert.equal(l, { enabled: true, tpr: 0x10, irr: [0xec], isr: [0x21], timer: { lvt: 0x400ec, initial: 5000, current: 1234 } });
+  assert.throws(() => decodeLapic(new Uint8Array(16)), /1024 bytes/);
+});
+
+test('parseTaskStat: state and utime+stime, also with spaces and parentheses in comm', () => {
+  const line = '4242 (tsvmm-vcpu0 (x)) R 1 2 3 0 -1 4194560 10 0 0 0 150 25 0 0 20 0 3 0 100 0 0';
+  assert.equal(parseTaskStat(line), { state: 'R', ticks: 175 });
+  assert.is(parseTaskStat('garbage'), undefined);
+});
+
+test('formatDiagnosis names each vCPU state, the devices, and ends with the console tail', () => {
+  const text = formatDiagnosis(diagnosis(bootLog()));
+  assert.match(text, 'machine up 600.5 s; vCPUs sampled over 1.0 s:');
+  assert.match(text, 'vCPU 0 (tid 101): worker in KVM_RUN; mp_state halted; rip 0xffffffff81a0c3e4 IF=1; thread S in kvm_vcpu_block, 0 ms CPU in the sample; 0 exits in the sample (940 in all, last io)');
+  assert.match(text, 'LAPIC on, TPR 0x10, IRR 0xec, ISR 0x21, timer LVT 0x400ec count 1234/5000');
+  assert.match(text, 'vCPU 1 (tid 102): worker in KVM_RUN; 0 exits in the sample (0 in all, last none)');
+  assert.match(text, '(the vCPU did not leave KVM_RUN within 2000 ms of a kick: registers not read)');
+  assert.match(text, 'devices: virtio-vsock status 0xf isr 0x0 notifies 3 irqs 2; com1 irqs 17');
+  const lines = text.split('\n');
+  assert.is(lines.at(-1), '| [    1.300000] tsc: Refined TSC clocksource calibration', 'the unfinished last line ends it');
+  assert.is(lines.at(-2), '| [    1.234567] smpboot: CPU 1 Converting physical 0 to logical die 0');
+  assert.match(text, /guest console \(last 64 lines of \d+ bytes\):/);
+});
+
+test('an empty console says so', () => {
+  const text = formatDiagnosis({ ...diagnosis(new ConsoleTail()), vcpus: [] });
+  assert.match(text, 'guest console: nothing printed');
+});
+
+test('waitForAgent past its deadline: an AgentTimeoutError carrying the diagnosis and the console tail', async () => {
+  const client = new AgentClient(() => Promise.reject(new Error('connection refused')));
+  const tail = bootLog();
+  let asked = 0;
+  const t0 = Date.now();
+  const err = await waitForAgent(client, Date.now() + 300, () => false, undefined, async () => {
+    asked++;
+    return diagnosis(tail);
+  }).then(() => undefined, (e: Error) => e);
+  assert.instance(err, AgentTimeoutError);
+  assert.instance(err, TsvmmError);
+  const e = err as AgentTimeoutError;
+  assert.is(asked, 1);
+  assert.ok(Date.now() - t0 < 5000);
+  assert.match(e.message, /^the guest agent did not answer within 0 s \(last attempt: cannot connect to the agent: connection refused\)\n/);
+  assert.equal(e.diagnosis!.console.lines, tail.snapshot());
+  assert.match(e.message, '\n| [    1.300000] tsc: Refined TSC clocksource calibration');
+  assert.match(e.message, 'mp_state halted');
+});
+
+test('a diagnosis that fails leaves the timeout error without one, saying so; no diagnose: the last error as before', async () => {
+  const client = new AgentClient(() => Promise.reject(new Error('connection refused')));
+  const e = await waitForAgent(client, Date.now() + 100, () => false, undefined, () => Promise.reject(new Error('boom'))).catch((x: Error) => x);
+  assert.instance(e, AgentTimeoutError);
+  assert.is((e as AgentTimeoutError).diagnosis, undefined);
+  assert.match((e as Error).message, '(the machine could not be diagnosed)');
+  const plain = await waitForAgent(client, Date.now() + 100, () => false).catch((x: Error) => x);
+  assert.not.instance(plain, AgentTimeoutError);
+  assert.match((plain as Error).message, 'connection refused');
+});
+
+test.run();

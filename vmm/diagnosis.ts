@@ -1,0 +1,138 @@
+// What a machine looked like when its guest did not answer: the tail of the guest console and,
+// per vCPU, what its thread was doing (in KVM_RUN or waiting for the main thread), its last exit,
+// how many exits and how much CPU time it took over a short sample, and — read while the vCPU
+// is parked out of KVM_RUN — its run state (halted, an AP never started), instruction pointer
+// and local APIC (pending and in-service vectors, the timer). Made when waiting for the agent
+// times out or is interrupted, so the next hang explains itself. This module holds the
+// types and their decoding and formatting, free of KVM; Machine.diagnose() gathers them.
+
+/** One vCPU, as VcpuThreads.inspect() found it. */
+export interface VcpuDiagnosis {
+  vcpu: number;
+  tid: number;
+  /** What its worker was doing (VCPU_STATE_NAMES). */
+  worker: string;
+  /** Its last KVM exit reason's name, or null before the first. */
+  lastExit: string | null;
+  /** Exits to userspace so far, by reason (plus forwarded/shared, as in metrics). */
+  exits: Record<string, number>;
+  /** Exits to userspace during the sample. */
+  exitsInSample: number;
+  /** The thread as /proc saw it at the end of the sample: R, S, D, ...; where it sleeps; CPU time used in the sample. */
+  thread?: { state: string; wchan: string; cpuMsInSample: number };
+  /** Read while the vCPU was parked (absent when it could not be). */
+  mpState?: string;
+  rip?: string;
+  rflags?: string;
+  /** RFLAGS.IF: whether the guest took interrupts at that instruction. */
+  interruptsEnabled?: boolean;
+  lapic?: LapicSummary;
+  /** Why some of the above is missing. */
+  error?: string;
+}
+
+export interface LapicSummary {
+  /** APIC software-enabled (SVR bit 8). */
+  enabled: boolean;
+  tpr: number;
+  /** Vectors requested (IRR) and in service (ISR). */
+  irr: number[];
+  isr: number[];
+  /** LVT timer register, initial and current count. */
+  timer: { lvt: number; initial: number; current: number };
+}
+
+export interface DeviceDiagnosis {
+  name: string;
+  /** virtio device status (STATUS bits), InterruptStatus, queue notifications and interrupts raised. */
+  status: number;
+  interruptStatus: number;
+  notifications: number;
+  interrupts: number;
+}
+
+export interface MachineDiagnosis {
+  /** Milliseconds since the machine started. */
+  uptimeMs: number;
+  sampleMs: number;
+  vcpus: VcpuDiagnosis[];
+  devices: DeviceDiagnosis[];
+  /** Interrupts the serial port raised (THRE and receive). */
+  serialInterrupts: number;
+  console: { lines: string[]; totalBytes: number };
+  /** Why the VM is ending, if it is. */
+  ending?: string;
+}
+
+const LAPIC = { TPR: 0x80, SVR: 0xf0, ISR: 0x100, IRR: 0x200, LVT_TIMER: 0x320, TIMER_INITIAL: 0x380, TIMER_CURRENT: 0x390 } as const;
+
+/** The vectors of a 256-bit LAPIC register set (eight 32-bit words, 16 bytes apart). */
+function vectors(page: Uint8Array, base: number): number[] {
+  const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+  const out: number[] = [];
+  for (let w = 0; w < 8; w++) {
+    const bits = dv.getUint32(base + w * 16, true);
+    for (let b = 0; b < 32; b++) if (bits & (1 << b)) out.push(w * 32 + b);
+  }
+  return out;
+}
+
+/** The parts of a KVM_GET_LAPIC page that say whether an interrupt is stuck. */
+export function decodeLapic(page: Uint8Array): LapicSummary {
+  if (page.length < 0x400) throw new RangeError(`a LAPIC page is 1024 bytes, not ${page.length}`);
+  const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+  const r = (off: number) => dv.getUint32(off, true);
+  return {
+    enabled: (r(LAPIC.SVR) & 0x100) !== 0,
+    tpr: r(LAPIC.TPR) & 0xff,
+    irr: vectors(page, LAPIC.IRR),
+    isr: vectors(page, LAPIC.ISR),
+    timer: { lvt: r(LAPIC.LVT_TIMER), initial: r(LAPIC.TIMER_INITIAL), current: r(LAPIC.TIMER_CURRENT) },
+  };
+}
+
+/** State and CPU ticks (utime + stime) from a /proc/<pid>/task/<tid>/stat line; undefined if it does not parse. */
+export function parseTaskStat(line: string): { state: string; ticks: number } | undefined {
+  // comm may hold spaces and parentheses: the fields start after the last ')'.
+  const end = line.lastIndexOf(')');
+  if (end < 0) return undefined;
+  const f = line.slice(end + 2).trim().split(/\s+/);
+  // f[0] is field 3 (state); utime and stime are fields 14 and 15.
+  const utime = Number(f[11]);
+  const stime = Number(f[12]);
+  if (!f[0] || !Number.isFinite(utime) || !Number.isFinite(stime)) return undefined;
+  return { state: f[0], ticks: utime + stime };
+}
+
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+function formatVcpu(v: VcpuDiagnosis): string {
+  const parts = [`vCPU ${v.vcpu} (tid ${v.tid}): worker ${v.worker}`];
+  if (v.mpState) parts.push(`mp_state ${v.mpState}`);
+  if (v.rip) parts.push(`rip ${v.rip}${v.interruptsEnabled === undefined ? '' : v.interruptsEnabled ? ' IF=1' : ' IF=0'}`);
+  if (v.thread) parts.push(`thread ${v.thread.state}${v.thread.wchan ? ` in ${v.thread.wchan}` : ''}, ${v.thread.cpuMsInSample.toFixed(0)} ms CPU in the sample`);
+  const total = Object.entries(v.exits).filter(([k]) => k !== 'forwarded' && k !== 'shared').reduce((s, [, n]) => s + n, 0);
+  parts.push(`${v.exitsInSample} exits in the sample (${total} in all, last ${v.lastExit ?? 'none'})`);
+  let line = `  ${parts.join('; ')}`;
+  if (v.lapic) {
+    const l = v.lapic;
+    const list = (xs: number[]) => (xs.length ? xs.map(hex).join(',') : '-');
+    line += `\n    LAPIC ${l.enabled ? 'on' : 'OFF'}, TPR ${hex(l.tpr)}, IRR ${list(l.irr)}, ISR ${list(l.isr)}, timer LVT ${hex(l.timer.lvt)}${l.timer.lvt & 0x10000 ? ' (masked)' : ''} count ${l.timer.current}/${l.timer.initial}`;
+  }
+  const top = Object.entries(v.exits).sort((a, b) => b[1] - a[1]).slice(0, 6).map(([k, n]) => `${k} ${n}`).join(', ');
+  if (top) line += `\n    exits: ${top}`;
+  if (v.error) line += `\n    (${v.error})`;
+  return line;
+}
+
+/** The diagnosis as text: vCPUs, devices, then the console tail (each line prefixed with '| '). */
+export function formatDiagnosis(d: MachineDiagnosis): string {
+  const out = [`machine up ${(d.uptimeMs / 1000).toFixed(1)} s${d.ending ? `, ending: ${d.ending}` : ''}; vCPUs sampled over ${(d.sampleMs / 1000).toFixed(1)} s:`];
+  for (const v of d.vcpus) out.push(formatVcpu(v));
+  const devs = d.devices.map((x) => `${x.name} status ${hex(x.status)} isr ${hex(x.interruptStatus)} notifies ${x.notifications} irqs ${x.interrupts}`);
+  out.push(`devices: ${[...devs, `com1 irqs ${d.serialInterrupts}`].join('; ')}`);
+  const n = d.console.lines.length;
+  out.push(n ? `guest console (last ${n} line${n === 1 ? '' : 's'} of ${d.console.totalBytes} bytes):` : `guest console: ${d.console.totalBytes ? `${d.console.totalBytes} bytes, no complete line` : 'nothing printed'}`);
+  for (const l of d.console.lines) out.push(`| ${l}`);
+  return out.join('\n');
+}

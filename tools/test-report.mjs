@@ -3,7 +3,8 @@
 // Knows uvu 0.5's output format and tools/test-hooks.mjs's and test/needs.ts's lines; does not
 // know about sandboxes or summaries.
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -78,13 +79,17 @@ export function groupMembers(pgid) {
 /**
  * Runs the bundle `file.dist` to completion, streaming its output to `logPath` when given (so
  * what it reported survives a sandbox that dies under it). Resolves to its parsed report plus
- * `file`, `name`, `seconds` and the raw `output`.
+ * `file`, `name`, `seconds` and the raw `output`. A file that hangs or crashes is reported with
+ * the test it was in (tools/test-hooks.mjs writes each test's name as it starts).
  */
 export function runFile(file, { logPath, env = process.env, timeoutS = FILE_TIMEOUT_S } = {}) {
   const t0 = Date.now();
+  // Beside the log when there is one (a sandbox that dies leaves both for the host to read).
+  const scratch = logPath ? undefined : mkdtempSync(join(tmpdir(), 'tsvmm-testfile-'));
+  const currentPath = scratch ? join(scratch, 'current') : `${logPath}.current`;
   return new Promise((resolveRun) => {
     const child = spawn(process.execPath, ['--enable-source-maps', '--import', join(root, 'tools/test-hooks.mjs'), file.dist], {
-      cwd: root, env: { ...env, FORCE_COLOR: '0', NODE_DISABLE_COLORS: '1' }, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
+      cwd: root, env: { ...env, FORCE_COLOR: '0', NODE_DISABLE_COLORS: '1', TSVMM_TEST_CURRENT: currentPath }, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
     });
     const log = logPath ? openSync(logPath, 'w') : undefined;
     let out = '';
@@ -103,7 +108,18 @@ export function runFile(file, { logPath, env = process.env, timeoutS = FILE_TIME
       clearTimeout(timer);
       if (log !== undefined) closeSync(log);
       const r = { file: file.src, name: file.name, ...parseReport(out, { code, signal }), seconds: (Date.now() - t0) / 1000, output: out };
+      const crashed = r.problem?.startsWith('crashed');
       if (timedOut) r.problem = `timed out after ${timeoutS} s`;
+      if (timedOut || crashed) {
+        let inTest = '';
+        try {
+          inTest = readFileSync(currentPath, 'utf8');
+        } catch {
+          // no test had started
+        }
+        if (inTest) r.problem += ` during test ${JSON.stringify(inTest)}`;
+      }
+      if (scratch) rmSync(scratch, { recursive: true, force: true });
       const left = groupMembers(child.pid);
       if (left.length) {
         try { process.kill(-child.pid, 'SIGKILL'); } catch { /* raced */ }

@@ -177,8 +177,11 @@ async function runGroup(options, files) {
         return;
       }
       deaths++;
-      const reason = why || `run.sh exit status ${code}, no results`;
+      let reason = why || `run.sh exit status ${code}, no results`;
       const running = pending.find((f) => !finished.includes(f) && existsSync(got(f, 'log')));
+      // The test it was in (tools/test-hooks.mjs), when one had started.
+      const inTest = running && existsSync(`${got(running, 'log')}.current`) ? readFileSync(`${got(running, 'log')}.current`, 'utf8') : '';
+      if (inTest) reason += `, during test ${JSON.stringify(inTest)}`;
       let rest = pending.filter((f) => !finished.includes(f));
       if (running) {
         const partial = readFileSync(got(running, 'log'), 'utf8');

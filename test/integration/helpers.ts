@@ -134,23 +134,33 @@ export async function startVm(args: string[]): Promise<{ uds: string; stop(): Pr
     out: () => stdout + stderr,
     async stop() {
       child.kill('SIGTERM');
+      // Bounded: a tsvmm that ignores SIGTERM is killed, and says so in its stderr.
+      const t = setTimeout(() => {
+        stderr += '\n[helpers.startVm: tsvmm run still ran 30 s after SIGTERM: sent SIGKILL]\n';
+        child.kill('SIGKILL');
+      }, 30_000);
       const code = await closed;
+      clearTimeout(t);
       rmSync(dir, { recursive: true, force: true });
       return { code, stdout, stderr, ms: Date.now() - t0 };
     },
   };
 }
 
-/** An AgentClient over the VM's vsock UDS; waits (up to timeoutMs) until the agent answers. */
+/**
+ * An AgentClient over the VM's vsock UDS; waits (up to timeoutMs) until the agent answers. Each
+ * ping is bounded (a connect made while the guest's driver probes can be dropped silently, and
+ * an unbounded ping then waits forever); past timeoutMs it fails with the last ping's error.
+ */
 export async function agentOf(uds: string, timeoutMs = 300_000): Promise<AgentClient> {
   const client = new AgentClient(() => vsockConnect(uds, 52));
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
-      await client.ping();
+      await client.ping({ signal: AbortSignal.timeout(10_000) });
       return client;
     } catch (e) {
-      if (Date.now() > deadline) throw e;
+      if (Date.now() > deadline) throw new Error(`the agent at ${uds} did not answer within ${timeoutMs} ms (last ping: ${(e as Error).message})`, { cause: e });
       await new Promise((r) => setTimeout(r, 200));
     }
   }

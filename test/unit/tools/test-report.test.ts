@@ -46,7 +46,7 @@ test('a file that exits mid-test: the passes so far, and the crash as a failure'
   const r = await runFile(fixture('crash'));
   assert.is(r.passed, 1);
   assert.is(r.failed, 1);
-  assert.match(r.problem!, /crashed \(exit status 3\) before uvu's summary/);
+  assert.is(r.problem, 'crashed (exit status 3) before uvu\'s summary during test "exits"');
 });
 
 test('a file that leaves a process running fails, and the process is killed', async () => {
@@ -71,7 +71,15 @@ test('a file that hangs is killed at its time limit and fails', async () => {
   const r = await runFile(fixture('hang'), { timeoutS: 3 });
   assert.is(r.passed, 1);
   assert.is(r.failed, 1);
-  assert.is(r.problem, 'timed out after 3 s');
+  assert.is(r.problem, 'timed out after 3 s during test "hangs"');
+});
+
+test('with a log file, the running test\'s name is kept beside it (what the host reads when a sandbox dies)', async () => {
+  const logPath = join(out, 'hang.log');
+  const r = await runFile(fixture('hang'), { timeoutS: 2, logPath });
+  assert.is(r.problem, 'timed out after 2 s during test "hangs"');
+  assert.is(readFileSync(`${logPath}.current`, 'utf8'), 'hangs');
+  assert.match(readFileSync(logPath, 'utf8'), '• ');
 });
 
 test.run();

@@ -15,12 +15,29 @@
 export interface SharedRegister {
   readonly offset: number;
   readonly size: 4;
-  readonly kind: 'load' | 'clear-bits';
+  /**
+   * `refuse` serves writes of a command register while the device refuses that command (a
+   * rate limit): the refusal is answered without the device, as it would answer it (see REFUSE);
+   * every other write reaches the device.
+   */
+  readonly kind: 'load' | 'clear-bits' | 'refuse';
   /** `clear-bits` only: bits a write never clears (a device that keeps a status bit set for good). */
   readonly keep?: number;
-  /** One Int32 (index 0) over a SharedArrayBuffer; the device changes it only with Atomics. */
+  /**
+   * One Int32 (index 0) over a SharedArrayBuffer; the device changes it only with Atomics.
+   * `refuse`: REFUSE_CELLS Int32s laid out as REFUSE says.
+   */
   readonly cell: Int32Array;
 }
+
+/**
+ * The cells of a `refuse` register. While ON is non-zero, a write of exactly COMMAND is
+ * answered by the vCPU thread: SEQ += 1, STATUS = ANSWER_STATUS, RESULT = ANSWER_RESULT,
+ * COUNT += 1 (the device adds COUNT to its own counters). STATUS, RESULT and SEQ are the
+ * device's registers of those names (its `load` registers are views of the same cells).
+ */
+export const REFUSE = { ON: 0, COMMAND: 1, ANSWER_STATUS: 2, ANSWER_RESULT: 3, STATUS: 4, RESULT: 5, SEQ: 6, COUNT: 7 } as const;
+export const REFUSE_CELLS = 8;
 
 export interface BusDevice {
   /** Fills `data` (1, 2, 4 or 8 bytes) with the value read at `offset` inside the device. */

@@ -7,7 +7,7 @@
 // Everything the guest writes is untrusted: each command is validated on a private copy of
 // the mailbox and answered with a status code. Guest input never makes this module throw.
 
-import type { BusDevice } from '../bus';
+import { REFUSE, REFUSE_CELLS, type BusDevice, type SharedRegister } from '../bus';
 import { Caps, Cmd, Features, HC_DOORBELL_PORT, HC_MAGIC, HC_VERSION, Reg, Status, type CmdName, type StatusCode, type StatusName } from './registers';
 import {
   ShmHeader,
@@ -147,6 +147,12 @@ export const HINT_UNIT_BURST = 64;
  * it; 8 records (~4 ms there) per turn let I/O in between (docs/security.md §6).
  */
 export const HINT_RECORDS_PER_TURN = 8;
+/**
+ * With the hint budget spent, HINTS is refused by the vCPU threads until this many units are
+ * back (at 250 a second: 32 ms), so a guest that calls in a loop costs the main thread ~30
+ * exits a second instead of one per call.
+ */
+export const HINT_REOPEN_UNITS = 8;
 /** Records that may wait for their turn: four bursts. */
 export const HINT_QUEUE_MAX = 4 * HINT_UNIT_BURST;
 
@@ -253,15 +259,22 @@ export class HypercallDevice implements BusDevice {
   private readonly rate: number;
   private readonly now: () => number;
 
-  private status: StatusCode = Status.OK;
-  private result = 0;
-  private seq = 0;
+  /**
+   * STATUS, RESULT and SEQ live in shared cells: a vCPU thread answers the agent's reads after
+   * each command itself (bus.ts SharedRegister), so a command costs one forwarded exit, not two.
+   * While the hint budget is spent, the vCPU threads also answer HINTS with E_RATE themselves
+   * (the `refuse` register): a guest that ignores E_RATE and calls again at once costs the
+   * main thread nothing until the budget has refilled by HINT_REOPEN_UNITS.
+   */
+  private readonly regs = new Int32Array(new SharedArrayBuffer(4 * REFUSE_CELLS));
+  private refuseTimer: NodeJS.Timeout | undefined;
   private h2gSeq = 0;
   private h2gLen = 0;
   private g2hAck = 0;
   /** Every COMMAND write takes a token; the hint budget counts what HINTS decodes. */
   private readonly calls: TokenBucket;
   private readonly hintBudget: TokenBucket;
+  private readonly hintBurst: number;
 
   private agentInfo: AgentInfo | undefined;
   private sessions = 0;
@@ -302,7 +315,8 @@ export class HypercallDevice implements BusDevice {
     this.now = opts.now ?? (() => performance.now());
     this.calls = new TokenBucket('hypercall rate', this.rate, opts.burst ?? this.rate, this.now());
     const hintRate = opts.hintUnitsPerSecond ?? HINT_UNITS_PER_SECOND;
-    this.hintBudget = new TokenBucket('hint budget', hintRate, opts.hintUnitBurst ?? Math.min(hintRate, HINT_UNIT_BURST), this.now());
+    this.hintBurst = opts.hintUnitBurst ?? Math.min(hintRate, HINT_UNIT_BURST);
+    this.hintBudget = new TokenBucket('hint budget', hintRate, this.hintBurst, this.now());
     this.hintsPerTurn = opts.hintRecordsPerTurn ?? HINT_RECORDS_PER_TURN;
     this.hintQueueMax = opts.hintQueueMax ?? HINT_QUEUE_MAX;
     if (!(this.hintsPerTurn >= 1) || !(this.hintQueueMax >= 1)) throw new RangeError(`hint records per turn ${this.hintsPerTurn} and queue ${this.hintQueueMax} must be at least 1`);
@@ -355,6 +369,7 @@ export class HypercallDevice implements BusDevice {
   /** A snapshot of the counters. */
   counters(): HypercallCounters {
     this.stats.hintQueued = this.hintQueue.length - this.hintHead;
+    this.foldRefused();
     return structuredClone(this.stats);
   }
 
@@ -433,6 +448,8 @@ export class HypercallDevice implements BusDevice {
   /** Rejects every request not yet reported; later submits fail. */
   close(): void {
     this.closed = true;
+    clearTimeout(this.refuseTimer);
+    Atomics.store(this.regs, REFUSE.ON, 0);
     this.hintQueue = [];
     this.hintHead = 0;
     const all = [...this.inFlight.values(), ...this.queue];
@@ -450,6 +467,17 @@ export class HypercallDevice implements BusDevice {
       return;
     }
     new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.register(offset), true);
+  }
+
+  /** STATUS, RESULT and SEQ (reads), COMMAND (HINTS while the budget is spent): served by the vCPU threads. */
+  sharedRegisters(): readonly SharedRegister[] {
+    const cell = (i: number) => new Int32Array(this.regs.buffer, 4 * i, 1);
+    return [
+      { offset: Reg.STATUS, size: 4, kind: 'load', cell: cell(REFUSE.STATUS) },
+      { offset: Reg.RESULT, size: 4, kind: 'load', cell: cell(REFUSE.RESULT) },
+      { offset: Reg.SEQ, size: 4, kind: 'load', cell: cell(REFUSE.SEQ) },
+      { offset: Reg.COMMAND, size: 4, kind: 'refuse', cell: this.regs },
+    ];
   }
 
   write(offset: number, data: Uint8Array, vcpu?: number): void {
@@ -473,15 +501,15 @@ export class HypercallDevice implements BusDevice {
       case Reg.SHM_BASE_HI: return Math.floor(this.shmBase / U32);
       case Reg.SHM_SIZE: return this.shm.length;
       case Reg.PENDING: return this.queue.length;
-      case Reg.STATUS: return this.status;
-      case Reg.RESULT: return this.result;
-      case Reg.SEQ: return this.seq;
+      case Reg.STATUS: return Atomics.load(this.regs, REFUSE.STATUS) >>> 0;
+      case Reg.RESULT: return Atomics.load(this.regs, REFUSE.RESULT) >>> 0;
+      case Reg.SEQ: return Atomics.load(this.regs, REFUSE.SEQ) >>> 0;
       default: return 0; // COMMAND and reserved registers
     }
   }
 
   private command(code: number, vcpu: number | undefined): void {
-    this.seq = (this.seq + 1) % U32;
+    Atomics.add(this.regs, REFUSE.SEQ, 1); // wraps at 2^32, as the register does
     const name = cmdNames.get(code);
     this.stats.calls[name ?? 'UNKNOWN']++;
     const wait = this.takeToken();
@@ -503,8 +531,8 @@ export class HypercallDevice implements BusDevice {
   }
 
   private finish(status: StatusCode, result: number, why?: string): void {
-    this.status = status;
-    this.result = status === Status.OK || status === Status.E_RATE ? result >>> 0 : 0;
+    Atomics.store(this.regs, REFUSE.STATUS, status);
+    Atomics.store(this.regs, REFUSE.RESULT, status === Status.OK || status === Status.E_RATE ? result | 0 : 0);
     if (status !== Status.OK) {
       const name = statusNames.get(status) as Exclude<StatusName, 'OK'>;
       this.stats.errors[name]++;
@@ -646,7 +674,10 @@ export class HypercallDevice implements BusDevice {
   private hints(vcpu: number | undefined): void {
     if (!this.needSession('HINTS')) return;
     const budget = this.hintBudget.available(this.now());
-    if (budget < 1) return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
+    if (budget < 1) {
+      this.refuseHints();
+      return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
+    }
     // A record costs at least one unit: no more units than free slots means no more records.
     const room = this.hintQueueMax - (this.hintQueue.length - this.hintHead);
     if (room < 1) {
@@ -676,6 +707,32 @@ export class HypercallDevice implements BusDevice {
       this.hintQueue.push({ record: rec.record, type: rec.type, source, vcpu });
     }
     if (!this.hintTurnScheduled) this.hintTurn();
+  }
+
+  /**
+   * The budget is spent: the vCPU threads answer HINTS with E_RATE themselves until it has
+   * refilled by HINT_REOPEN_UNITS (more than the one unit a call needs, so a guest calling in
+   * a loop gets a few records per exit, not one).
+   */
+  private refuseHints(): void {
+    if (this.closed || this.refuseTimer !== undefined) return;
+    const ms = this.hintBudget.msUntil(Math.min(HINT_REOPEN_UNITS, this.hintBurst));
+    Atomics.store(this.regs, REFUSE.COMMAND, Cmd.HINTS);
+    Atomics.store(this.regs, REFUSE.ANSWER_STATUS, Status.E_RATE);
+    Atomics.store(this.regs, REFUSE.ANSWER_RESULT, ms);
+    Atomics.store(this.regs, REFUSE.ON, 1);
+    this.refuseTimer = setTimeout(() => {
+      this.refuseTimer = undefined;
+      Atomics.store(this.regs, REFUSE.ON, 0);
+    }, ms);
+    this.refuseTimer.unref();
+  }
+
+  /** HINTS calls the vCPU threads refused: counted as calls refused with E_RATE. */
+  private foldRefused(): void {
+    const n = Atomics.exchange(this.regs, REFUSE.COUNT, 0);
+    this.stats.calls.HINTS += n;
+    this.stats.errors.E_RATE += n;
   }
 
   /** The record count a refused batch claims (for the drop counter; 0 when unreadable). */

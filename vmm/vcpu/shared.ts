@@ -2,7 +2,7 @@
 // without a hop to main. Owns only the match rule and the atomic access; kept apart from
 // worker.ts (which starts a vCPU on import) so tests run the very code the worker runs.
 
-import type { BusClaim } from '../../devices/bus';
+import { REFUSE, type BusClaim } from '../../devices/bus';
 
 /**
  * Serves an access from one of the claim's shared registers when it matches one exactly
@@ -12,7 +12,17 @@ import type { BusClaim } from '../../devices/bus';
  */
 export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isWrite: boolean): boolean {
   for (const s of claim.shared) {
-    if (addr - claim.base !== s.offset || data.length !== s.size || isWrite !== (s.kind === 'clear-bits')) continue;
+    if (addr - claim.base !== s.offset || data.length !== s.size || isWrite !== (s.kind !== 'load')) continue;
+    if (s.kind === 'refuse') {
+      const c = s.cell;
+      const v = data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24);
+      if (!Atomics.load(c, REFUSE.ON) || v !== Atomics.load(c, REFUSE.COMMAND)) continue;
+      Atomics.add(c, REFUSE.SEQ, 1);
+      Atomics.store(c, REFUSE.STATUS, Atomics.load(c, REFUSE.ANSWER_STATUS));
+      Atomics.store(c, REFUSE.RESULT, Atomics.load(c, REFUSE.ANSWER_RESULT));
+      Atomics.add(c, REFUSE.COUNT, 1);
+      return true;
+    }
     if (isWrite) {
       Atomics.and(s.cell, 0, ~((data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) & ~(s.keep ?? 0)));
     } else {

@@ -4,7 +4,8 @@
 // processes run on every host CPU, with `--prio none` and `--prio hinted` (the `prio` program
 // loaded in both, so the guest side is identical and only the host's reaction differs). Runs
 // alternate between the two modes; each run boots its own guest (same kernel and image).
-// Prints p50/p99/max per run and the medians per mode, and writes them as JSON with --out.
+// Prints p50/p99/max per run and the medians per mode, and writes them as JSON with --out,
+// with every wake-up's lateness (rtlat -v) so the tail can be looked at sample by sample.
 // Beside the guest's numbers each run records the host's side of the same interval for the
 // vCPU 1 thread (/proc/self/task/TID/schedstat and status): how long it waited runnable on a
 // run queue, how long it ran, and how often it was preempted — where the latency is made.
@@ -25,6 +26,7 @@ import { prioPackage } from '../../bpf/programs/prio';
 import { checkKvm, machineConfig } from '../../vmm/cli-options';
 import { AGENT_PORT, waitForAgent } from '../../vmm/exec';
 import { Machine } from '../../vmm/machine';
+import { lateBy, parseRtlat } from './rtlat/output';
 
 const log = (m: string) => process.stderr.write(`prio-bench: ${m}\n`);
 
@@ -37,6 +39,10 @@ interface Run {
   samples: number;
   /** Periods the task missed because a wake-up came later than the next one (skipped, as cyclictest does). */
   overruns: number;
+  /** Wake-ups at least one period late (each skipped at least one period). */
+  lateByPeriod: number;
+  /** Every wake-up's lateness in µs, in the order measured. */
+  latencies: number[];
   /** The vCPU thread's class the host applied while the task ran (from the actuators). */
   vcpuClass: string;
   /** The vCPU 1 thread over the measurement (host side): see threadSched. */
@@ -97,12 +103,12 @@ async function oneRun(mode: Run['mode'], run: number, o: { samples: number; inte
     let out = '';
     const tid = m.vcpuTids[1]!;
     const before = threadSched(tid);
-    const res = await agent.exec({ argv: ['rtlat', 'cpu:1', 'fifo:50', `measure:${o.samples}:${o.interval}`], onStdout: (b) => (out += b.toString()), onStderr: (b) => (out += b.toString()) });
+    const res = await agent.exec({ argv: ['rtlat', '-v', 'cpu:1', 'fifo:50', `measure:${o.samples}:${o.interval}`], onStdout: (b) => (out += b.toString()), onStderr: (b) => (out += b.toString()) });
     clearInterval(sample);
     const host = since(before, threadSched(tid));
-    const line = /latency_us n=(\d+) p50=(\d+) p99=(\d+) max=(\d+) overruns=(\d+)/.exec(out);
-    if (res.exitCode !== 0 || !line) throw new Error(`rtlat failed (${res.exitCode}): ${out}`);
-    return { mode, run, samples: Number(line[1]), p50: Number(line[2]), p99: Number(line[3]), max: Number(line[4]), overruns: Number(line[5]), vcpuClass: vcpuClass || 'other', host };
+    if (res.exitCode !== 0) throw new Error(`rtlat failed (${res.exitCode}): ${out.slice(-2000)}`);
+    const rt = parseRtlat(out, true);
+    return { mode, run, samples: rt.samples, p50: rt.p50, p99: rt.p99, max: rt.max, overruns: rt.overruns, lateByPeriod: lateBy(rt.latencies, o.interval), latencies: rt.latencies, vcpuClass: vcpuClass || 'other', host };
   } finally {
     await stopLoad(load);
     m.finish({ code: 0, reason: 'poweroff', detail: 'bench run done' });
@@ -133,7 +139,7 @@ async function main(): Promise<number> {
     for (const mode of ['none', 'hinted'] as const) {
       const r = await oneRun(mode, i, opts);
       const h = r.host;
-      log(`run ${i} --prio ${mode}: p50 ${r.p50} µs, p99 ${r.p99} µs, max ${r.max} µs, ${r.overruns} overruns (vCPU 1 thread: ${r.vcpuClass}; over the measurement ran ${h.cpuMs.toFixed(0)} ms, waited runnable ${h.runDelayMs.toFixed(0)} ms in ${h.slices} slices, ${h.involuntary} preemptions, ${h.voluntary} sleeps)`);
+      log(`run ${i} --prio ${mode}: p50 ${r.p50} µs, p99 ${r.p99} µs, max ${r.max} µs, ${r.overruns} overruns, ${r.lateByPeriod} wake-ups a period late or more (vCPU 1 thread: ${r.vcpuClass}; over the measurement ran ${h.cpuMs.toFixed(0)} ms, waited runnable ${h.runDelayMs.toFixed(0)} ms in ${h.slices} slices, ${h.involuntary} preemptions, ${h.voluntary} sleeps)`);
       runs.push(r);
     }
   }

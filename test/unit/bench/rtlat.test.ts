@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../../../vmm/default-guest';
+import { RtlatOutputError, lateBy, parseRtlat } from '../../../tools/bench/rtlat/output';
 
 const scratch = mkdtempSync(join(tmpdir(), 'tsvmm-rtlat-test-'));
 test.after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -47,6 +48,27 @@ test('a wake-up 400 ms late is one late sample; the periods it missed are skippe
   assert.is(late.length, 1, `one wake-up came after the stop, the next ones are on time again: ${late.join(' ')}`);
   const overruns = Number(LINE.exec(out)![5]);
   assert.ok(overruns >= 200, `the periods missed while stopped are counted: ${overruns}`);
+});
+
+test('the benchmark reads -v output: every sample, in order, its max the line\'s max', () => {
+  const out = execFileSync(rtlat, ['-v', 'cpu:0', 'measure:40:2000'], { encoding: 'utf8' });
+  const r = parseRtlat(out, true);
+  assert.is(r.samples, 40);
+  assert.is(r.latencies.length, 40);
+  assert.is(Math.max(...r.latencies), r.max);
+  assert.ok(r.latencies.every((us) => Number.isInteger(us) && us >= 0), out);
+  assert.is(lateBy(r.latencies, 0), 40);
+  assert.is(lateBy([5, 10_000, 9_999, 25_000], 10_000), 2);
+});
+
+test('the benchmark refuses output without the percentile line, or with samples missing', () => {
+  const out = execFileSync(rtlat, ['-v', 'measure:20:2000'], { encoding: 'utf8' });
+  assert.throws(() => parseRtlat(out.replace(/^latency_us.*$/m, ''), true), (e: unknown) => e instanceof RtlatOutputError && /no latency_us line/.test(e.message));
+  const cut = out.split('\n').filter((l, i) => !(l.startsWith('sample ') && i === 3)).join('\n');
+  assert.throws(() => parseRtlat(cut, true), (e: unknown) => e instanceof RtlatOutputError && /n=20 but printed 19/.test(e.message));
+  const quiet = execFileSync(rtlat, ['measure:20:2000'], { encoding: 'utf8' });
+  assert.is(parseRtlat(quiet, false).latencies.length, 0);
+  assert.throws(() => parseRtlat(quiet, true), (e: unknown) => e instanceof RtlatOutputError && /n=20 but printed 0/.test(e.message));
 });
 
 test.run();

@@ -35,7 +35,8 @@ echo "setup: Node $(node -v) (needs >= $need_node)" >&2
 
 PACKAGES=(
 	qemu-system-x86   # nested KVM sandbox (hosts without hardware KVM) and the benchmark peer
-	busybox-static cpio kmod xz-utils   # guest and sandbox initramfs
+	busybox-static cpio kmod xz-utils   # guest and sandbox initramfs; xz also unpacks xz/lzma kernels
+	zstd lz4 bzip2    # unpack bzImages with those payloads (vmm/boot/unpack.ts; gzip is node:zlib)
 	gcc libc6-dev make  # the static guest agent
 	acpica-tools      # iasl/acpiexec check the generated ACPI tables
 	clang llvm        # eBPF toolkit tests compare with clang/llvm-mc/llvm-objdump

@@ -57,6 +57,8 @@ export interface AgentVmOptions {
   /** Guest serial output, besides the marker scan. */
   console?: (bytes: Uint8Array) => void;
   log?: (msg: string) => void;
+  /** Slow one-time steps (unpacking a new kernel); default `log`. */
+  progress?: (msg: string) => void;
   /** Serve the control API on this socket (the library's `apiSock`). */
   apiSock?: string;
 }
@@ -111,6 +113,7 @@ export class AgentVm {
           o.console?.(b);
         },
         log,
+        progress: o.progress,
       });
       control.attach(machine);
       return new AgentVm(machine, control, dir, scan);

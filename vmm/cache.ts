@@ -21,8 +21,13 @@ export function writableCacheDir(sub: string): string {
     accessSync(preferred, constants.W_OK);
     return preferred;
   } catch {
-    const fallback = join(tmpdir(), `tsvmm-cache-${process.getuid?.() ?? 0}`, sub);
+    const fallback = fallbackCacheDir(sub);
     mkdirSync(fallback, { recursive: true, mode: 0o700 });
     return fallback;
   }
+}
+
+/** writableCacheDir's fallback for `sub` (it may not exist). */
+export function fallbackCacheDir(sub: string): string {
+  return join(tmpdir(), `tsvmm-cache-${process.getuid?.() ?? 0}`, sub);
 }

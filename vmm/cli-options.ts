@@ -28,6 +28,7 @@ export const runOptions = {
   prio: { type: 'string' },
   'prio-max': { type: 'string' },
   'no-acpi': { type: 'boolean' },
+  'no-unpack': { type: 'boolean' },
   share: { type: 'string', multiple: true },
   rootfs: { type: 'string' },
   quiet: { type: 'boolean', short: 'q' },
@@ -45,7 +46,7 @@ function parseIntStrict(flag: string, v: string): number {
  * `run` does when given `--modules`), and its configuration must have what they need.
  */
 export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void, use: KernelUse = 'run'): Promise<MachineConfig> {
-  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; drive?: string[]; 'no-rng'?: boolean; share?: string[]; rootfs?: string };
+  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; 'no-unpack'?: boolean; drive?: string[]; 'no-rng'?: boolean; share?: string[]; rootfs?: string };
   const pin = v.pin ?? 'none';
   if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
   const prio = v.prio ?? 'none';
@@ -76,6 +77,7 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
   const config: MachineConfig = {
     kernel,
     initrd,
+    ...(v['no-unpack'] ? { unpack: false } : {}),
     cmdline,
     vcpus: v.vcpus === undefined ? 1 : parseIntStrict('--vcpus', v.vcpus),
     memory: v.memory === undefined ? DEFAULT_MEMORY : parseSize(v.memory),
@@ -112,4 +114,4 @@ export const controlOptions = {
 } as const;
 
 /** Machine flags that --config-file (and --wait without --kernel) replace. */
-export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max', 'share', 'rootfs', 'drive', 'no-rng'] as const;
+export const MACHINE_FLAGS = ['kernel', 'modules', 'initrd', 'cmdline', 'append', 'vcpus', 'memory', 'vsock', 'pin', 'host-cpus', 'prio', 'prio-max', 'share', 'rootfs', 'drive', 'no-rng', 'no-unpack'] as const;

@@ -16,7 +16,9 @@ import { ConsoleResizer } from './console/resize';
 import { AgentClient } from './agent/client';
 import { AGENT_VSOCK_PORT } from './agent/connect';
 import { GUEST_CID } from './agent-vm';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { probeKernel } from './boot/loader';
+import { unpackKernel } from './boot/unpack';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_USAGE, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
@@ -29,6 +31,8 @@ commands:
           agent, stream its output, and exit with its status
   demo    boot the default guest, inject the 'affinity' eBPF program, pin a guest task
           with taskset and show the host pinning the vCPU thread (npm start)
+  unpack  unpack a bzImage's kernel into the tsvmm cache now (boots do it on first use)
+          and print the vmlinux's path
   bpf, hints, sched, vcpu, halt-poll, metrics, ps
           control a running VM through its API socket (see below, docs/api.md)
   help    show this help
@@ -36,7 +40,7 @@ commands:
 tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [--append STR]
           [--vcpus N] [--memory SIZE] [--vsock cid=N,uds=PATH] [--share HOST:GUEST[,ro]]...
           [--rootfs host] [--drive path=IMG[,ro][,id=NAME][,root]]...
-          [--no-rng] [--no-acpi] [--timeout SEC] [--quiet]
+          [--no-rng] [--no-acpi] [--no-unpack] [--timeout SEC] [--quiet]
   --kernel PATH    bzImage or ELF vmlinux, or a kernel build tree (its arch/x86/boot/bzImage
                    or vmlinux, .config and modules); default: Debian's stock kernel, fetched
                    and cached. tsvmm logs the release the image states and checks the
@@ -65,6 +69,11 @@ tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [-
                    1 MiB/s; PUT /entropy sets Firecracker's rate limiter)
   --no-acpi        describe devices on the command line only (kernels with
                    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), boot with acpi=off
+  --no-unpack      boot a bzImage through its own decompressor. By default tsvmm unpacks
+                   its compressed kernel on the host once (xz, gzip, zstd, lz4, lzma, bzip2;
+                   cached as <cache>/vmlinux/<sha256>.elf) and enters the vmlinux directly,
+                   which skips the guest's decompression but also the kernel's own KASLR
+                   (the physical and virtual base stay fixed); --no-unpack keeps KASLR
   --timeout SEC    stop the VM after SEC seconds and exit 124 (as timeout(1) does)
   --pin POLICY     vCPU thread pinning: none (default), static, hinted (guest affinity)
   --host-cpus LIST host CPUs the vCPU threads may use (default: this process's)
@@ -90,6 +99,11 @@ exit status: 0 guest powered off (or Ctrl-A x), 1 VMM error, 2 usage error, 3 gu
 4 guest panicked, 5 guest crashed (triple fault, KVM internal error), 124 --timeout expired.
 
 ${EXEC_USAGE}
+
+tsvmm unpack IMAGE
+  unpacks the bzImage IMAGE's compressed kernel into the tsvmm cache ($TSVMM_CACHE, else
+  ~/.cache/tsvmm; a temp directory when that is read-only) unless it is there, and prints
+  the vmlinux's path; an ELF vmlinux is printed as it is. An lzo or unknown payload exits 1.
 ${API_USAGE}
 Without /dev/kvm, run tsvmm inside the nested sandbox (slow, software emulation):
   tools/sandbox/run.sh -- tsvmm run ...
@@ -177,6 +191,32 @@ async function cmdRun(args: string[]): Promise<number> {
   return status.code;
 }
 
+/** `tsvmm unpack IMAGE`: the cached vmlinux's path on stdout. */
+function cmdUnpack(args: string[]): number {
+  const { values, positionals } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('unpack needs one IMAGE');
+  const path = positionals[0]!;
+  let image: Uint8Array;
+  try {
+    image = readFileSync(path);
+  } catch (e) {
+    throw new UsageError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  if (probeKernel(path, image) === 'elf') {
+    process.stdout.write(`${path}\n`);
+    return 0;
+  }
+  const log = (m: string) => process.stderr.write(`tsvmm: ${m}\n`);
+  const u = unpackKernel(path, image, log);
+  if (!u) return EXIT.ERROR;
+  process.stdout.write(`${u.path}\n`);
+  return 0;
+}
+
 /**
  * The console shell of tsvmm's own image (tools/guest/init.sh): asked for on the command
  * line with the terminal's TERM and size, and a vsock device (in a temporary directory, unless
@@ -208,6 +248,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdExec(rest);
       case 'demo':
         return await cmdDemo(rest);
+      case 'unpack':
+        return cmdUnpack(rest);
       case 'bpf':
         return await cmdBpf(rest);
       case 'sched':

@@ -15,6 +15,11 @@ export class ConfigError extends TsvmmError {}
 export interface MachineConfig {
   kernel: string;
   initrd?: string;
+  /**
+   * Boot a bzImage through its vmlinux, unpacked on the host once and cached (vmm/boot/unpack.ts);
+   * default true. false (`--no-unpack`) keeps the kernel's own decompressor, and with it KASLR.
+   */
+  unpack?: boolean;
   cmdline: string;
   vcpus: number;
   /** Bytes of guest RAM. */

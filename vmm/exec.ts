@@ -159,6 +159,7 @@ export async function cmdExec(args: string[]): Promise<number> {
           consoleLog?.write(b);
         },
         log: values.console ? log : () => {},
+        progress: log,
       });
       await vm.whenReady({ signal: abort.signal });
       report.timings.bootMs = (vm.initReadyAt ?? vm.agentAt!) - nodeMs;

@@ -3,14 +3,15 @@
 // into an exit status. Owns the order of setup and teardown; every resource it creates is
 // released by close(), whatever state the machine reached.
 
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { Kvm, Vm, Vcpu } from '../kvm/kvm';
 import { Bus } from '../devices/bus';
 import { Serial16550 } from '../devices/serial';
 import { AcpiSleep, PowerEvent, PvPanic } from '../devices/power';
 import { I8042 } from '../devices/i8042';
 import { buildAcpiTables } from './acpi/index';
-import { loadKernel, probeKernel } from './boot/loader';
+import { loadKernel, probeKernel, type LoadedKernel } from './boot/loader';
+import { unpackKernel, type UnpackedKernel } from './boot/unpack';
 import { setupVcpu } from './boot/cpu';
 import { ConfigError, MachineConfig, validateConfig, validateVcpus } from './config';
 import { IrqfdLine } from './irq';
@@ -26,7 +27,7 @@ import type { VirtioDevice } from '../devices/virtio/device';
 import { VirtioVsock } from '../devices/virtio/vsock/index';
 import { openDrive, type VirtioBlock } from '../devices/virtio/block/index';
 import { VirtioRng } from '../devices/virtio/rng/index';
-import { eventfd, eventfdDrain, close as closeFd, watchReadable } from '../kvm/libc';
+import { eventfd, eventfdDrain, close as closeFd, watchReadable, mmap, munmap, view, PROT_READ, MAP_PRIVATE } from '../kvm/libc';
 import { Paravirt, newScheduler } from './paravirt';
 import { RateLimitedLog, type RateLimitOptions } from './log';
 import type { VcpuScheduler } from './scheduler/scheduler';
@@ -54,6 +55,8 @@ export interface MachineIo {
   /** Guest serial output. */
   console: (bytes: Uint8Array) => void;
   log: (msg: string) => void;
+  /** Slow one-time steps the user should hear of even when `log` is quiet (unpacking a new kernel); default `log`. */
+  progress?: (msg: string) => void;
 }
 
 export class Machine {
@@ -108,11 +111,13 @@ export class Machine {
   static async start(config: MachineConfig, io: MachineIo): Promise<Machine> {
     validateConfig(config);
     const kernel = readImage(config.kernel, 'kernel');
-    probeKernel(config.kernel, kernel);
+    const format = probeKernel(config.kernel, kernel);
+    // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
+    const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log) : undefined;
     const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
     const m = new Machine(config, io);
     try {
-      await m.build(kernel, initrd);
+      await m.build(kernel, initrd, unpacked);
     } catch (e) {
       await m.close();
       throw e;
@@ -120,7 +125,7 @@ export class Machine {
     return m;
   }
 
-  private async build(kernel: Uint8Array, initrd: Uint8Array | undefined): Promise<void> {
+  private async build(kernel: Uint8Array, initrd: Uint8Array | undefined, unpacked: UnpackedKernel | undefined): Promise<void> {
     const c = this.config;
     const kvm = (this.kvm = new Kvm());
     validateVcpus(c.vcpus, kvm.maxVcpus());
@@ -211,10 +216,16 @@ export class Machine {
     const cmdline = c.acpi
       ? c.cmdline + extraCmdline
       : [c.cmdline + extraCmdline, 'acpi=off', ...slots.map((s) => `virtio_mmio.device=${s.size / 1024}K@0x${s.base.toString(16)}:${s.gsi}`)].join(' ');
-    const loaded = loadKernel(ram.memory, ram.ranges, {
-      kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline,
-    }, acpi?.rsdpAddr);
-    this.io.log(`loaded ${loaded.format} ${c.kernel}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
+    const vmlinux = unpacked ? mapFile(unpacked.path) : undefined;
+    let loaded: LoadedKernel;
+    try {
+      loaded = loadKernel(ram.memory, ram.ranges, {
+        kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline, vmlinux: vmlinux?.bytes,
+      }, acpi?.rsdpAddr);
+    } finally {
+      vmlinux?.unmap(); // nothing keeps a view of it: the loader copied what it needed
+    }
+    this.io.log(`loaded ${loaded.format} ${c.kernel}${unpacked ? ` (vmlinux ${unpacked.path})` : ''}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
 
     const supportedCpuid = kvm.supportedCpuid();
     for (let i = 0; i < c.vcpus; i++) {
@@ -424,5 +435,20 @@ function readImage(path: string, what: string): Uint8Array {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new ConfigError(`${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : (e as Error).message}`);
+  }
+}
+
+/**
+ * A file mapped read-only: the unpacked vmlinux (~60 MB) goes into guest RAM straight from the
+ * page cache, without a copy in a buffer first. `bytes` must not be touched after unmap().
+ */
+function mapFile(path: string): { bytes: Uint8Array; unmap(): void } {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const addr = mmap(size, PROT_READ, MAP_PRIVATE, fd);
+    return { bytes: new Uint8Array(view(addr, size)), unmap: () => munmap(addr, size) };
+  } finally {
+    closeSync(fd);
   }
 }

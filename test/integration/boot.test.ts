@@ -1,6 +1,7 @@
-// Boots Debian's stock kernel on real KVM through the CLI, as bzImage and as ELF vmlinux: SMP (up
-// to 8 vCPUs), memory, console, and each way a guest can end (poweroff, reboot, triple fault,
-// panic), plus a malformed image refused before any vCPU runs.
+// Boots Debian's stock kernel on real KVM through the CLI, as bzImage (unpacked by default, and
+// through its own decompressor with --no-unpack) and as ELF vmlinux: SMP (up to 8 vCPUs),
+// memory, console, and each way a guest can end (poweroff, reboot, triple fault, panic), plus a
+// malformed image refused before any vCPU runs.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -14,10 +15,12 @@ test.before(async () => {
   await ensureDefaultGuest();
 });
 
-for (const [vcpus, memory, memMiB] of [[1, '256M', 256], [2, '512M', 512], [8, '1G', 1024]] as const) {
-  test(`${vcpus} vCPU(s), ${memory}: the guest sees them and powers off with 0`, async () => {
-    const r = await runGuestCommand('echo "nproc=$(nproc)"; grep -c ^processor /proc/cpuinfo | sed s/^/cpuinfo=/', ['--vcpus', String(vcpus), '--memory', memory]);
+for (const [vcpus, memory, memMiB, unpack] of [[1, '256M', 256, false], [2, '512M', 512, true], [8, '1G', 1024, true]] as const) {
+  test(`${vcpus} vCPU(s), ${memory}, ${unpack ? 'unpacked' : '--no-unpack'}: the guest sees them and powers off with 0`, async () => {
+    const r = await runGuestCommand('echo "nproc=$(nproc)"; grep -c ^processor /proc/cpuinfo | sed s/^/cpuinfo=/', ['--vcpus', String(vcpus), '--memory', memory, ...(unpack ? [] : ['--no-unpack'])]);
     assert.is(r.code, 0, r.stderr + r.stdout);
+    // The bzImage booted through its vmlinux from the cache, or through its own decompressor.
+    assert.match(r.stderr, unpack ? /loaded unpacked \S+ \(vmlinux \S+\.elf\)/ : /loaded bzImage \S+, entry 0x100200/);
     assert.match(r.stdout, new RegExp(`nproc=${vcpus}\\r?\\n`));
     assert.match(r.stdout, new RegExp(`cpuinfo=${vcpus}\\r?\\n`));
     const kb = Number(/mem_kb=(\d+)/.exec(r.stdout)?.[1]);

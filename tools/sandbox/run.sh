@@ -76,6 +76,12 @@ initrd=$("$GUEST/build-initramfs.sh" --name sandbox --init "$HERE/init.sh" --no-
 if [ -z "${TSVMM_SANDBOX_NO_GUEST:-}" ]; then
 	"$GUEST/build-initramfs.sh" >/dev/null || log "warning: default guest initramfs not built"
 fi
+# tsvmm boots a bzImage through its vmlinux, unpacked once into the cache (vmm/boot/unpack.ts):
+# unpack the default kernel here, where the cache is writable, so no boot inside pays for it.
+bzimage=$(sed -n 's/.*"kernel": *"\([^"]*\)".*/\1/p' "$record")
+if [ -f "$HERE/../../dist/tsvmm.js" ] && [ -n "$bzimage" ]; then
+	node "$HERE/../../bin/tsvmm.js" unpack "$bzimage" >/dev/null || log "warning: tsvmm unpack $bzimage failed"
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/tsvmm-sandbox.XXXXXX")
 keep_out=1

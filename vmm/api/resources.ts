@@ -63,6 +63,8 @@ const BOOT_SOURCE = {
   kernel_image_path: { type: 'string', required: true, nonEmpty: true },
   initrd_path: { type: 'string', nonEmpty: true },
   boot_args: { type: 'string' },
+  /** tsvmm's: false boots a bzImage through its own decompressor (`--no-unpack`). */
+  unpack: { type: 'boolean' },
 } as const satisfies Spec;
 
 const MACHINE_CONFIG = {
@@ -147,7 +149,7 @@ const BPF_LOAD = {
 
 /** The pre-boot configuration, in API form. */
 export interface Preboot {
-  bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args: string };
+  bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args: string; unpack?: boolean };
   machineConfig: { vcpu_count: number; mem_size_mib: number; smt: boolean };
   vsock?: { guest_cid: number; uds_path: string; vsock_id?: string };
   /** Firecracker's drives, in the order they were first PUT (the root drive becomes vda). */
@@ -214,7 +216,7 @@ export function parseBootSource(body: unknown, where = 'boot-source'): NonNullab
   const b = check(where, body, BOOT_SOURCE);
   checkFile(`${where}.kernel_image_path`, b.kernel_image_path);
   if (b.initrd_path !== undefined) checkFile(`${where}.initrd_path`, b.initrd_path);
-  return { kernel_image_path: b.kernel_image_path, initrd_path: b.initrd_path, boot_args: b.boot_args ?? DEFAULT_CMDLINE };
+  return { kernel_image_path: b.kernel_image_path, initrd_path: b.initrd_path, boot_args: b.boot_args ?? DEFAULT_CMDLINE, ...(b.unpack === false ? { unpack: false } : {}) };
 }
 
 export function parseMachineConfig(body: unknown, where = 'machine-config'): Preboot['machineConfig'] {
@@ -321,6 +323,7 @@ export function toMachineConfig(p: Preboot): MachineConfig {
     kernel: p.bootSource.kernel_image_path,
     initrd: p.bootSource.initrd_path,
     cmdline: p.bootSource.boot_args,
+    ...(p.bootSource.unpack === false ? { unpack: false } : {}),
     vcpus: p.machineConfig.vcpu_count,
     memory: p.machineConfig.mem_size_mib * MiB,
     acpi: p.acpi,
@@ -342,7 +345,7 @@ export function toMachineConfig(p: Preboot): MachineConfig {
 /** MachineConfig → Preboot (for a machine started from flags, and for GET /vm/config). */
 export function fromMachineConfig(c: Partial<MachineConfig>): Preboot {
   return {
-    bootSource: c.kernel ? { kernel_image_path: c.kernel, initrd_path: c.initrd, boot_args: c.cmdline ?? DEFAULT_CMDLINE } : undefined,
+    bootSource: c.kernel ? { kernel_image_path: c.kernel, initrd_path: c.initrd, boot_args: c.cmdline ?? DEFAULT_CMDLINE, ...(c.unpack === false ? { unpack: false } : {}) } : undefined,
     machineConfig: { vcpu_count: c.vcpus ?? 1, mem_size_mib: Math.floor((c.memory ?? 256 * MiB) / MiB), smt: false },
     vsock: c.vsock ? { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath } : undefined,
     drives: (c.drives ?? []).map((d) => ({ drive_id: d.id, path_on_host: d.path, is_root_device: d.root, is_read_only: d.readOnly })),

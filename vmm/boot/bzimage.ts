@@ -22,6 +22,9 @@ export interface BzImage {
   initSize: number;
   initrdAddrMax: number;
   cmdlineSize: number;
+  /** The compressed vmlinux inside `kernel` (protocol 2.08+): its offset there and length. */
+  payloadOffset: number;
+  payloadLength: number;
 }
 
 export function isBzImage(image: Uint8Array): boolean {
@@ -58,6 +61,8 @@ export function parseBzImage(path: string, image: Uint8Array): BzImage {
     initSize: h.initSize,
     initrdAddrMax: h.initrdAddrMax,
     cmdlineSize: h.cmdlineSize,
+    payloadOffset: h.payloadOffset,
+    payloadLength: h.payloadLength,
   };
 }
 

@@ -1,6 +1,8 @@
 // Puts a kernel, its initrd and command line into guest memory and writes the boot structures
 // (GDT, page tables, zero page) around them. Picks the format from the image itself: bzImage
-// or ELF vmlinux; anything else is refused before any vCPU exists.
+// or ELF vmlinux; anything else is refused before any vCPU exists. A bzImage given with its
+// unpacked vmlinux (vmm/boot/unpack.ts) is booted through the vmlinux's 64-bit entry, with the
+// bzImage's own setup header in the zero page, as its decompressor would have left it.
 
 import type { GuestMemory } from '../../devices/memory';
 import { CMDLINE_ADDR, CMDLINE_MAX, GDT_ADDR, KERNEL_ADDR, MMIO_HOLE_START, ZERO_PAGE_ADDR } from '../layout';
@@ -24,10 +26,13 @@ export interface BootImage {
   initrdPath?: string;
   initrd?: Uint8Array;
   cmdline: string;
+  /** For a bzImage: its payload unpacked (an ELF vmlinux), to be booted instead of the decompressor. */
+  vmlinux?: Uint8Array;
 }
 
 export interface LoadedKernel {
-  format: 'bzImage' | 'elf';
+  /** `unpacked`: a bzImage's vmlinux, entered at its 64-bit entry. */
+  format: 'bzImage' | 'elf' | 'unpacked';
   entry: number;
   /** First byte after what the kernel needs (decompression included). */
   kernelEnd: number;
@@ -62,25 +67,32 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
     }
   };
 
-  if (isBzImage(img.kernel)) {
-    const bz = parseBzImage(img.kernelPath, img.kernel);
-    fits(KERNEL_ADDR, Math.max(bz.kernel.length, bz.initSize), 'the kernel');
-    mem.write(KERNEL_ADDR, bz.kernel);
-    header = bz.header;
-    entry = KERNEL_ADDR + 0x200;
-    kernelEnd = KERNEL_ADDR + Math.max(bz.kernel.length, bz.initSize);
-    if (bz.initrdAddrMax) initrdAddrMax = bz.initrdAddrMax;
-    if (bz.cmdlineSize) cmdlineSize = bz.cmdlineSize;
-  } else if (isElf(img.kernel)) {
-    const elf = parseElf(img.kernelPath, img.kernel);
+  const loadElf = (image: Uint8Array): { entry: number; end: number } => {
+    const elf = parseElf(img.kernelPath, image);
     for (const s of elf.segments) {
       if (s.paddr < KERNEL_ADDR) throw new KernelImageError(img.kernelPath, `segment at 0x${s.paddr.toString(16)} is below 1 MiB`);
       fits(s.paddr, s.memsz, 'the kernel');
       mem.write(s.paddr, s.data);
       mem.expect(s.paddr + s.data.length, s.memsz - s.data.length).fill(0);
     }
-    entry = elf.entry;
-    kernelEnd = elf.end;
+    return elf;
+  };
+
+  if (isBzImage(img.kernel)) {
+    const bz = parseBzImage(img.kernelPath, img.kernel);
+    if (img.vmlinux) {
+      ({ entry, end: kernelEnd } = loadElf(img.vmlinux));
+    } else {
+      fits(KERNEL_ADDR, Math.max(bz.kernel.length, bz.initSize), 'the kernel');
+      mem.write(KERNEL_ADDR, bz.kernel);
+      entry = KERNEL_ADDR + 0x200;
+      kernelEnd = KERNEL_ADDR + Math.max(bz.kernel.length, bz.initSize);
+    }
+    header = bz.header;
+    if (bz.initrdAddrMax) initrdAddrMax = bz.initrdAddrMax;
+    if (bz.cmdlineSize) cmdlineSize = bz.cmdlineSize;
+  } else if (isElf(img.kernel)) {
+    ({ entry, end: kernelEnd } = loadElf(img.kernel));
     cmdlineSize = 2048;
   } else {
     throw new KernelImageError(img.kernelPath, 'not a Linux kernel (neither a bzImage nor an ELF vmlinux)');
@@ -108,7 +120,7 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
   mem.write(ZERO_PAGE_ADDR, buildZeroPage({
     header, cmdlineAddr: CMDLINE_ADDR, cmdlineSize: cmdline.length, initrd, rsdpAddr, e820: e820Map(ram),
   }));
-  return { format: header ? 'bzImage' : 'elf', entry, kernelEnd, initrd };
+  return { format: !header ? 'elf' : img.vmlinux ? 'unpacked' : 'bzImage', entry, kernelEnd, initrd };
 }
 
 const mib = (n: number) => `${(n / 0x100000).toFixed(1)} MiB`;

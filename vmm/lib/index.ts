@@ -32,6 +32,11 @@ export interface VmOptions {
   modules?: string;
   /** An initramfs of your own (default: the agent's, built for the kernel and cached). */
   initrd?: string;
+  /**
+   * Boot a bzImage through its vmlinux, unpacked on the host once and cached (default true):
+   * the guest skips its own decompression, but also the kernel's own KASLR; false keeps both.
+   */
+  unpack?: boolean;
   /** vCPUs (default 1). */
   vcpus?: number;
   /** Guest RAM: bytes, or '512M', '2G' (default 256M). */
@@ -119,7 +124,7 @@ export class Vm extends EventEmitter<VmEvents> {
       kernel: o.kernel, modules: o.modules, initrd: o.initrd,
       vcpus: o.vcpus === undefined ? undefined : String(o.vcpus),
       memory: o.memory === undefined ? undefined : String(o.memory),
-      cmdline: o.cmdline, append: o.append, pin: o.pin, 'host-cpus': o.hostCpus,
+      cmdline: o.cmdline, append: o.append, pin: o.pin, 'host-cpus': o.hostCpus, 'no-unpack': o.unpack === false,
     }, log, 'exec');
     checkKvm();
     let self: Vm | undefined;

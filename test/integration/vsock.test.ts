@@ -14,6 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentOf, startVm, StreamReader } from './helpers';
+import { apiCall } from '../../vmm/api/client';
 import { bounded, type Deadline } from './deadline';
 import type { AgentClient } from '../../vmm/agent/client';
 
@@ -35,7 +36,8 @@ test.before(async () => {
     agent = await agentOf(vm.uds);
   } catch (e) {
     // Say why: the guest's console and tsvmm's own lines, not only "connection closed".
-    throw new Error(`the guest agent never answered: ${(e as Error).message}\nwhat the VM printed (last 3000 chars):\n${vm.out().slice(-3000)}`, { cause: e });
+    const d = await apiCall(api, 'GET', '/diagnosis', undefined, { timeoutMs: 30_000 }).then((x) => (JSON.parse(x.text) as { text: string }).text, (x: Error) => `(GET /diagnosis failed: ${x.message})`);
+    throw new Error(`the guest agent never answered: ${(e as Error).message}\nwhat the VM printed (last 3000 chars):\n${vm.out().slice(-3000)}\nwhat it was doing:\n${d}`, { cause: e });
   }
 });
 

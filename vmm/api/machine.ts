@@ -2,6 +2,7 @@
 // (vmm/machine.ts) satisfies it structurally (checked at compile time below), and unit tests pass a
 // fake, so nothing under vmm/api needs KVM. This file owns the interface only.
 
+import type { MachineDiagnosis } from '../diagnosis';
 import type { Duplex } from 'node:stream';
 import type { MachineConfig } from '../config';
 import type { ExitStatus, Machine } from '../machine';
@@ -57,6 +58,8 @@ export interface ApiMachine {
   readonly transports: readonly { readonly name: string; readonly transport: { readonly counters: TransportCounters } }[];
   readonly vcpuTids: readonly number[];
   vcpuExits(): Record<string, number>[];
+  /** What the vCPUs and devices are doing and the console's last lines (GET /diagnosis; vmm/diagnosis.ts). */
+  diagnose?(sampleMs?: number): Promise<MachineDiagnosis>;
   /** Types Ctrl-Alt-Del on the i8042 keyboard; false when its buffer has no room. */
   sendCtrlAltDel(): boolean;
   finish(status: ExitStatus): void;

@@ -18,6 +18,7 @@ import { DEFAULT_PRIO_MAX, PRIO_MODES, type PrioMode } from '../scheduler/prio';
 import { MapType, type Package, type PackageJson, packageFromElf, packageFromJson } from '../../bpf/package';
 import { loadElf } from '../../bpf/elf';
 import { collectMetrics, renderPrometheus } from '../metrics';
+import { formatDiagnosis } from '../diagnosis';
 import type { ApiMachine } from './machine';
 import { check, describe, isPlainObject, ValidationError, type Spec } from './schema';
 import { MAP_UPDATE_FLAGS } from '../../devices/hypercall/shmem';
@@ -435,6 +436,7 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       [/^\/vcpus\/([^/]+)\/sched$/, { PUT: (r, p) => this.vcpuSched(p[0]!, r.body) }],
       [/^\/halt-poll$/, { GET: () => ok(this.haltPollInfo()), PUT: (r) => this.putHaltPoll(r.body) }],
       [/^\/metrics$/, { GET: (r) => this.metrics(r) }],
+      [/^\/diagnosis$/, { GET: () => this.diagnosis() }],
     ];
   }
 
@@ -718,6 +720,14 @@ export class VmController<M extends ApiMachine = ApiMachine> {
     if (!r.ok) throw new ApiError(400, `bpf unload ${handle}: the guest agent answered ${r.outcome}${r.text ? `: ${r.text}` : ''}`);
     this.opts.log?.(`api: unloaded eBPF handle ${handle}`);
     return NO_CONTENT;
+  }
+
+  /** GET /diagnosis: for a guest that does not answer (the vCPUs are sampled for 1 s and parked for a moment each). */
+  private async diagnosis(): Promise<ApiResponse> {
+    const m = this.running('diagnosis');
+    if (!m.diagnose) throw new ApiError(501, 'diagnosis: this machine cannot be diagnosed');
+    const d = await m.diagnose();
+    return ok({ ...d, text: formatDiagnosis(d) });
   }
 
   private metrics(req: ApiRequest): ApiResponse {

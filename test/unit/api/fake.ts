@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import type { ApiMachine, ApiParavirt } from '../../../vmm/api/machine';
 import type { MachineConfig } from '../../../vmm/config';
 import type { ExitStatus } from '../../../vmm/machine';
+import type { MachineDiagnosis } from '../../../vmm/diagnosis';
 import type { Package } from '../../../bpf/package';
 import { packageDigest } from '../../../bpf/package';
 import type { HypercallCounters, HypercallResult } from '../../../devices/hypercall/index';
@@ -71,6 +72,14 @@ export class FakeMachine implements ApiMachine {
   readonly vcpuTids: number[];
   vcpuExits(): Record<string, number>[] {
     return this.vcpuTids.map((_, i) => ({ io: 10 + i, mmio: 3, forwarded: 5 }));
+  }
+  /** GET /diagnosis: a fixed diagnosis (a hung boot) with a console tail. */
+  async diagnose(sampleMs = 1000): Promise<MachineDiagnosis> {
+    return {
+      uptimeMs: 12_000, sampleMs,
+      vcpus: this.vcpuTids.map((tid, vcpu) => ({ vcpu, tid, worker: 'in KVM_RUN', lastExit: 'io', exits: { io: 10 + vcpu }, exitsInSample: 0, mpState: 'halted' })),
+      devices: [], serialInterrupts: 3, console: { lines: ['[    1.0] booting', 'tsvmm-init: ready'], totalBytes: 40 },
+    };
   }
   readonly applied: { vcpu: number; cpus: number[] }[] = [];
   finished?: ExitStatus;

@@ -208,6 +208,21 @@ test('metrics: JSON and Prometheus over the API; names, labels, types', async ()
   }
 });
 
+test('GET /diagnosis: the machine\'s diagnosis as data and as text, ending with the console tail', async () => {
+  const r = await rig({ attach: running });
+  try {
+    const x = await apiCall(r.sock, 'GET', '/diagnosis');
+    assert.is(x.status, 200);
+    const d = json(x.text) as { vcpus: { vcpu: number; mpState: string }[]; console: { lines: string[] }; text: string };
+    assert.equal(d.vcpus.map((v) => [v.vcpu, v.mpState]), [[0, 'halted'], [1, 'halted']]);
+    assert.equal(d.console.lines, ['[    1.0] booting', 'tsvmm-init: ready']);
+    assert.match(d.text, 'vCPU 1 (tid 1001): worker in KVM_RUN; mp_state halted');
+    assert.ok(d.text.endsWith('\n| [    1.0] booting\n| tsvmm-init: ready'), d.text);
+  } finally {
+    await r.close();
+  }
+});
+
 test('metric names and label escaping; the JSON-lines writer', () => {
   assert.is(metricName('tsvmm', 'vsock', 'bytesFromGuest'), 'tsvmm_vsock_bytes_from_guest');
   const m = new FakeMachine({ kernel: 'k', cmdline: '', vcpus: 1, memory: 64 << 20, acpi: true, pin: 'none' });

@@ -6,12 +6,19 @@
 // argument and once with an integer: on x86-64 that is how glibc reads it anyway, and a
 // non-variadic prototype avoids koffi's per-call variadic type parsing on hot paths.
 
-import koffi from 'koffi';
+import type koffiModule from 'koffi';
+import { createRequire } from 'node:module';
 import { constants } from 'node:os';
 import { bytes, i32, struct, u16, u32, u64 } from '../lib/struct';
 import { SysError } from './errors';
 
+// Loaded here, not by an import, so its cost can be told apart (vmm/startup.ts).
+const koffiStart = performance.now();
+const koffi = createRequire(import.meta.url)('koffi') as typeof koffiModule;
 const lib = koffi.load('libc.so.6');
+const koffiMs = performance.now() - koffiStart;
+/** How long loading koffi and binding libc took, in ms. */
+export const koffiLoadMs = (): number => koffiMs;
 
 /** Typed arrays and ArrayBuffers are passed by address (koffi does not copy them). */
 export type Pointer = ArrayBufferView | ArrayBuffer | bigint | null;

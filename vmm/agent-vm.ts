@@ -6,6 +6,7 @@
 // CONFIG_VIRTIO_VSOCKETS, or without its modules). Owns the machine, that directory and the ps
 // entry; close() releases all three. It must not parse command lines (exec.ts, demo.ts do).
 
+import type { StartupClock } from './startup';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,6 +60,8 @@ export interface AgentVmOptions {
   log?: (msg: string) => void;
   /** Slow one-time steps (unpacking a new kernel); default `log`. */
   progress?: (msg: string) => void;
+  /** The VMM's start in phases (vmm/startup.ts). */
+  startup?: StartupClock;
   /** Serve the control API on this socket (the library's `apiSock`). */
   apiSock?: string;
 }
@@ -114,6 +117,7 @@ export class AgentVm {
         },
         log,
         progress: o.progress,
+        startup: o.startup,
       });
       control.attach(machine);
       return new AgentVm(machine, control, dir, scan);

@@ -19,6 +19,7 @@ import { GUEST_CID } from './agent-vm';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { probeKernel } from './boot/loader';
 import { unpackKernel } from './boot/unpack';
+import { StartupClock } from './startup';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_USAGE, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
@@ -87,7 +88,8 @@ tsvmm run [--kernel PATH|DIR] [--modules DIR] [--initrd PATH] [--cmdline STR] [-
                    (PUT /boot-source, /machine-config, /vsock, then InstanceStart)
   --config-file F  the machine as one JSON document ({"boot-source": …, "machine-config":
                    …, "vsock": …}); replaces the machine flags
-  --log-path F     log lines to F; --log-level error|warn|info|debug (default info)
+  --log-path F     log lines to F; --log-level error|warn|info|debug (default info;
+                   debug also times the VMM's start up to the first KVM_RUN, in phases)
   --metrics-path F append metrics as JSON lines to F every --metrics-interval SEC (60)
 
 console: with tsvmm's own guest image (no --initrd), the console is a root shell (the guest
@@ -110,6 +112,7 @@ Without /dev/kvm, run tsvmm inside the nested sandbox (slow, software emulation)
 `;
 
 async function cmdRun(args: string[]): Promise<number> {
+  const startup = new StartupClock();
   const { values, positionals } = parseArgs({ args, options: { ...runOptions, ...controlOptions, timeout: { type: 'string' } }, allowPositionals: true, strict: true });
   if (values.help) {
     process.stdout.write(USAGE);
@@ -123,7 +126,8 @@ async function cmdRun(args: string[]): Promise<number> {
   if (values.wait && values.kernel === undefined && given.length) throw new UsageError(`--wait without --kernel takes the machine from the API; --${given[0]} is not allowed`);
   const start = (config: MachineConfig) => {
     checkKvm();
-    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log });
+    startup.end('config');
+    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log, startup, debug: control.debug });
   };
   const defaults = values.wait && values.kernel !== undefined ? await machineConfig(values, () => {}) : { acpi: !values['no-acpi'] };
   const control: Control<Machine> = await Control.open<Machine>(values, start, defaults);

@@ -6,6 +6,7 @@
 // Owns the command line and the order of those steps; the VM is agent-vm.ts's, the wire the
 // agent client's.
 
+import { StartupClock } from './startup';
 import { createWriteStream, statSync, writeFileSync, type WriteStream } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
@@ -35,7 +36,8 @@ tsvmm exec --api-sock S [exec options] -- CMD ARGS...
   --console        show the guest's serial console on stderr
   --console-log F  write the guest's serial console (the kernel's messages) to file F
   --json           end with one JSON line on stdout: status, signal, timings (ms: node start,
-                   boot, agent, command), console log path
+                   boot, agent, command; startup: the VMM's start to the first KVM_RUN by
+                   phase), console log path
   stdin is streamed to CMD (unless it is a terminal); CMD's stdout and stderr are ours.
   exit status: CMD's status (128+N if signal N ended it), 124 timeout, 125 the VM or agent
   failed before CMD finished (or a --get failed after CMD succeeded), 126 CMD could not be
@@ -93,7 +95,11 @@ export interface ExecReport {
   signal: string | null;
   timedOut: boolean;
   error: string | null;
-  timings: { nodeMs: number; bootMs: number | null; agentMs: number | null; commandMs: number | null; totalMs: number };
+  timings: {
+    nodeMs: number; bootMs: number | null; agentMs: number | null; commandMs: number | null; totalMs: number;
+    /** The VMM's own start to the first KVM_RUN, ms per phase (vmm/startup.ts); null with --api-sock. */
+    startup: Record<string, number> | null;
+  };
   consoleLog: string | null;
 }
 
@@ -105,6 +111,7 @@ export function statusOf(r: ExecResult): number {
 
 export async function cmdExec(args: string[]): Promise<number> {
   const nodeMs = performance.now();
+  const startup = new StartupClock();
   const { values, positionals } = parseArgs({ args, options: execOptions, allowPositionals: true, strict: true });
   if (values.help) {
     process.stdout.write(EXEC_USAGE + '\n');
@@ -132,7 +139,7 @@ export async function cmdExec(args: string[]): Promise<number> {
   const log = values.quiet ? () => {} : stderrLine;
   const report: ExecReport = {
     status: EXIT_VM_FAILED, exitCode: null, signal: null, timedOut: false, error: null,
-    timings: { nodeMs, bootMs: null, agentMs: null, commandMs: null, totalMs: 0 },
+    timings: { nodeMs, bootMs: null, agentMs: null, commandMs: null, totalMs: 0, startup: null },
     consoleLog: values['console-log'] === undefined ? null : resolve(values['console-log']),
   };
   const abort = new AbortController();
@@ -151,6 +158,7 @@ export async function cmdExec(args: string[]): Promise<number> {
     } else {
       const config = await machineConfig(values, log, 'exec');
       checkKvm();
+      startup.end('config');
       cwd ??= guestPathOf(process.cwd(), config.shares ?? []);
       if (report.consoleLog) consoleLog = createWriteStream(report.consoleLog);
       vm = await AgentVm.start(config, {
@@ -160,7 +168,9 @@ export async function cmdExec(args: string[]): Promise<number> {
         },
         log: values.console ? log : () => {},
         progress: log,
+        startup,
       });
+      report.timings.startup = startup.toJSON();
       await vm.whenReady({ signal: abort.signal });
       report.timings.bootMs = (vm.initReadyAt ?? vm.agentAt!) - nodeMs;
       report.timings.agentMs = vm.agentAt! - (vm.initReadyAt ?? vm.agentAt!);

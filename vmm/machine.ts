@@ -41,6 +41,7 @@ import { VhostUserFrontend } from '../devices/virtio/vhost-user/frontend';
 import { FS_QUEUES, VirtioFs } from '../devices/virtio/fs/device';
 import { findVirtiofsd, Virtiofsd } from '../devices/virtio/fs/daemon';
 import { sharesCmdline, type ShareConfig } from './shares';
+import type { StartupClock } from './startup';
 import { ConsoleTail } from './console/tail';
 import type { MachineDiagnosis } from './diagnosis';
 
@@ -57,6 +58,9 @@ export interface MachineIo {
   log: (msg: string) => void;
   /** Slow one-time steps the user should hear of even when `log` is quiet (unpacking a new kernel); default `log`. */
   progress?: (msg: string) => void;
+  /** The VMM's start in phases (vmm/startup.ts): the machine ends its own; logged to `debug` at the first KVM_RUN. */
+  startup?: StartupClock;
+  debug?: (msg: string) => void;
 }
 
 export class Machine {
@@ -115,6 +119,7 @@ export class Machine {
     // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
     const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log) : undefined;
     const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
+    io.startup?.end('read images (unpack)');
     const m = new Machine(config, io);
     try {
       await m.build(kernel, initrd, unpacked);
@@ -134,9 +139,12 @@ export class Machine {
     vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
     vm.createIrqchip();
     vm.createPit2();
+    const phase = (name: string) => this.io.startup?.end(name);
+    phase('kvm');
     const shares = c.shares ?? [];
     // A vhost-user back-end maps guest RAM itself: only then is RAM made of memfds.
     const ram = (this.ram = new GuestRam(vm, c.memory, { shared: shares.length > 0 }));
+    phase('memory');
     // Every decision is logged, but a guest drives them: a policy change on many vCPUs fits the burst.
     const schedulerLog = this.guestLog('scheduler', { burst: 300, perSecond: 10 });
     const scheduler = (this.scheduler = newScheduler(c.vcpus, c.pin, c.hostCpus, (m) => schedulerLog.line(m)));
@@ -201,6 +209,7 @@ export class Machine {
     const hypercall = this.paravirt
       ? { ioBase: HYPERCALL_PORT, ioLen: HYPERCALL_PORT_LEN, memBase: HYPERCALL_SHMEM_ADDR, memSize: HYPERCALL_SHMEM_SIZE }
       : undefined;
+    phase('devices');
 
     const acpi = c.acpi
       ? buildAcpiTables({
@@ -212,6 +221,7 @@ export class Machine {
       }, ACPI_ADDR)
       : undefined;
     if (acpi) ram.memory.write(ACPI_ADDR, acpi.image);
+    phase('acpi');
     // Without ACPI, kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES find devices here.
     const cmdline = c.acpi
       ? c.cmdline + extraCmdline
@@ -225,6 +235,7 @@ export class Machine {
     } finally {
       vmlinux?.unmap(); // nothing keeps a view of it: the loader copied what it needed
     }
+    phase('image load');
     this.io.log(`loaded ${loaded.format} ${c.kernel}${unpacked ? ` (vmlinux ${unpacked.path})` : ''}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
 
     const supportedCpuid = kvm.supportedCpuid();
@@ -233,10 +244,13 @@ export class Machine {
       this.vcpus.push(vcpu);
       setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
     }
+    phase('vcpus');
     this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e), (f) => this.deviceFaults.line(
       `device error on a guest ${f.kind} ${f.isWrite ? 'write' : 'read'} of ${f.size} bytes at 0x${f.addr.toString(16)} (answered as unclaimed): ${f.error.stack ?? f.error.message}`,
     ));
     const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: this.pio.claims(), mmio: this.mmio.claims() });
+    phase('vcpu threads');
+    if (this.io.startup) this.io.debug?.(this.io.startup.summary());
     scheduler.setVcpuThreads(tids);
     this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
   }

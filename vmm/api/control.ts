@@ -30,6 +30,8 @@ export class Control<M extends ApiMachine> {
   readonly id = newVmId();
   /** The plain log function handed to the machine; `tsvmm: msg` on stderr unless --log-* is given. */
   readonly log: (m: string) => void;
+  /** Debug lines: only with --log-level debug. */
+  readonly debug: (m: string) => void = () => {};
   private logger?: Logger;
   private api?: ApiServer;
   private metrics?: MetricsWriter;
@@ -40,6 +42,7 @@ export class Control<M extends ApiMachine> {
     if (flags['log-path'] !== undefined || flags['log-level'] !== undefined) {
       this.logger = new Logger({ id: this.id, level: flags['log-level'] === undefined ? 'info' : parseLevel(flags['log-level']), path: flags['log-path'] });
       this.log = this.logger.fn('vmm');
+      this.debug = this.logger.fn('vmm', 'debug');
     } else {
       this.log = flags.quiet ? () => {} : stderrLine;
     }

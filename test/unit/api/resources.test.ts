@@ -3,7 +3,8 @@ import * as assert from 'uvu/assert';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { apiCall } from '../../../vmm/api/client';
-import { readConfigFile } from '../../../vmm/api/resources';
+import { fromMachineConfig, readConfigFile, vmConfigDocument } from '../../../vmm/api/resources';
+import { DEFAULT_CMDLINE } from '../../../vmm/config';
 import { formatPrograms, formatScheduler } from '../../../vmm/api/commands';
 import { collectMetrics, MetricsWriter, metricName, renderPrometheus } from '../../../vmm/metrics';
 import { formatLine, Logger, newVmId, parseLevel } from '../../../vmm/log';
@@ -277,6 +278,14 @@ test('config file: Firecracker document, field-level errors', () => {
   assert.is(err({ 'boot-source': bs, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }), 'accepted');
   // GET /vm/config writes null for absent sections: the same document must load back.
   assert.is(err({ 'boot-source': bs, vsock: null }), 'accepted');
+  // tsvmm's boot-source.unpack: false is --no-unpack (and survives GET /vm/config); true is the default.
+  write({ 'boot-source': { ...bs, unpack: false } });
+  const noUnpack = readConfigFile(file);
+  assert.is(noUnpack.unpack, false);
+  assert.equal(vmConfigDocument(fromMachineConfig(noUnpack))['boot-source'], { kernel_image_path: kernel, initrd_path: undefined, boot_args: DEFAULT_CMDLINE, unpack: false });
+  write({ 'boot-source': { ...bs, unpack: true } });
+  assert.is(readConfigFile(file).unpack, undefined);
+  assert.match(err({ 'boot-source': { ...bs, unpack: 'no' } }), /boot-source.unpack: expected a boolean/);
 });
 
 test('log lines: format, levels, one line per event, file sink', () => {

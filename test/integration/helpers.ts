@@ -38,11 +38,14 @@ export function tsvmm(
     timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string; respond?: { when: string; send: string };
     /** Called with the stdout so far, and the tsvmm process (to signal it). */
     onStdout?: (soFar: string, child: ChildProcess) => void;
+    /** Called once with the tsvmm process, right after it was spawned. */
+    onStart?: (child: ChildProcess) => void;
   } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [TSVMM, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    opts.onStart?.(child);
     let stdout = '';
     let stderr = '';
     let responded = false;

@@ -49,7 +49,7 @@ test.before(async () => {
   writeFileSync(join(tree, 'marker.txt'), 'made-by-mkfs\n');
   execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'tsvmm-root', '-d', tree, rootImg, '64M']);
   writeFileSync(dataImg, data);
-  run = await tsvmm(['exec', '--drive', `path=${dataImg},ro,id=data-drive`, '--drive', `path=${rootImg},root,id=root`, '--', 'sh', '-c', GUEST], { timeoutMs: 600_000 });
+  run = await tsvmm(['exec', '--append', 'quiet', '--drive', `path=${dataImg},ro,id=data-drive`, '--drive', `path=${rootImg},root,id=root`, '--', 'sh', '-c', GUEST], { timeoutMs: 600_000 });
   for (const m of run.stdout.matchAll(/(\w+)=(\S*)/g)) facts.set(m[1]!, m[2]!);
 });
 

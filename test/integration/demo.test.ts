@@ -27,7 +27,8 @@ const poolCpus = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/self/stat
 test('taskset -c 1 in the guest pins vCPU 1 to one host CPU for 3 s, watchable in /proc, and it floats again after exit', async () => {
   // While the demo holds the pin, read the thread's status file it names, from here.
   let seenFromHere: string | undefined;
-  const r = await tsvmm(['demo'], {
+  // quiet: the kernel log through the emulated UART costs minutes in a loaded sandbox (docs/testing.md).
+  const r = await tsvmm(['demo', '--append', 'quiet'], {
     onStdout: (out) => {
       const m = /grep Cpus_allowed_list (\/proc\/\d+\/task\/\d+\/status)\n/.exec(out);
       if (m && seenFromHere === undefined) seenFromHere = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(m[1]!, 'utf8'))?.[1] ?? '';

@@ -55,7 +55,7 @@ test('one exec with --env, --cwd, stdin, --put (parents made, mode kept), --get,
 
 test('--get copies out after the command failed; the status stays the command\'s', async () => {
   const log = join(dir, 'failed.log');
-  const r = await tsvmm(['exec', '--get', `/root/log.txt:${log}`, '--', 'sh', '-c', 'echo partial >/root/log.txt; exit 3'], { env });
+  const r = await tsvmm(['exec', '--append', 'quiet', '--get', `/root/log.txt:${log}`, '--', 'sh', '-c', 'echo partial >/root/log.txt; exit 3'], { env });
   assert.is(r.code, 3, r.stderr);
   assert.is(readFileSync(log, 'utf8'), 'partial\n');
 });

@@ -1,0 +1,234 @@
+#!/usr/bin/env node
+// The API's responsiveness under a hostile guest: `GET /` latency on tsvmm's API socket, one
+// request at a time on a new connection each, while the default guest goes through phases in
+// one boot — idle (the peer every other phase is divided by), busy (both vCPUs spinning: CPU
+// contention only), hints (guest/hostile.c's HINTS flood on top of the spinning), flood (hints
+// + vsock churn + the vsock device reset loop, as test/integration/hostile.test.ts does) — and
+// per phase the main thread's CPU time and its wait for a CPU (/proc schedstat). The goal
+// (issue 12): flood p99 ≤ 100 ms in the nested sandbox. With --cpu-prof DIR tsvmm runs under
+// V8's profiler and the report adds where the main thread's time went in each phase.
+// Owns nothing but its output; needs KVM, i.e. run it through tools/bench/run.sh on hosts
+// without (there: `flock /tmp/tsvmm-sandbox.lock tools/bench/run.sh hostile`).
+//
+//   node tools/bench/hostile.mjs [--phase SEC] [--vcpus 2] [--memory 512M] [--out FILE] [--cpu-prof DIR]
+import { BASE_CMDLINE, BenchError, ROOT, environment, fmt, guestCmd, guestFiles, parseArgs, ratio, requireKvm, writeJson } from './lib.mjs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
+import { createServer } from 'node:net';
+import { setPriority, tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const USAGE = `usage: node tools/bench/hostile.mjs [options]
+  --phase SEC     guest seconds per phase (default 20)
+  --vcpus N       (default 2)    --memory SIZE (default 512M)
+  --interval MS   pause between two GET / (default 10)
+  --timeout SEC   kill tsvmm after SEC seconds (default 600)
+  --out FILE      write the samples' statistics as JSON
+  --cpu-prof DIR  run tsvmm under node --cpu-prof, the profile in DIR; report the main
+                  thread's top functions per phase
+  --kernel PATH   (default: the default guest's bzImage)   --initrd PATH (default guest's image)
+  --main-nice N   renice tsvmm's main thread (only it: the vCPU threads exist by then) to N
+                  when the guest is up (a negative N needs CAP_SYS_NICE): what a main thread
+                  the kernel prefers over the vCPU threads would gain
+  --force         run even without a hardware KVM module
+`;
+
+const o = parseArgs(process.argv.slice(2), {
+  phase: 20, vcpus: 2, memory: '512M', interval: 10, timeout: 600, out: '', cpuProf: '', kernel: '', initrd: '', force: false, mainNice: '',
+}, USAGE);
+
+const PHASES = ['idle', 'busy', 'hints', 'flood'];
+const CHURN_PORT = 6000;
+
+/** The guest: one marker line per phase on the console; spinners on every vCPU from `busy` on. */
+function script(sec) {
+  return [
+    `echo bench: idle; sleep ${sec}`,
+    `echo bench: busy; n=$(grep -c ^processor /proc/cpuinfo); spin=; i=0; while [ $i -lt $n ]; do (while :; do :; done) & spin="$spin $!"; i=$((i+1)); done; sleep ${sec}`,
+    `echo bench: hints; tsvmm-hostile hints ${sec}`,
+    `echo bench: flood; tsvmm-hostile hints ${sec} & h=$!; tsvmm-hostile churn ${sec} ${CHURN_PORT} & c=$!; tsvmm-hostile reset ${sec}; wait $h; wait $c`,
+    'echo bench: end; kill $spin',
+  ].join('\n');
+}
+
+function getRoot(api) {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const req = request({ socketPath: api, path: '/', agent: false, timeout: 60_000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode, ms: Number(process.hrtime.bigint() - t0) / 1e6 }));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 60 s')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** A thread's CPU time (utime+stime, ms) and schedstat (ran, waited for a CPU: ms). */
+function threadTimes(pid, tid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ');
+    const [ran, waited] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+    const tick = 10; // USER_HZ 100
+    return { cpuMs: (Number(stat[11]) + Number(stat[12])) * tick, ranMs: ran / 1e6, waitedMs: waited / 1e6 };
+  } catch {
+    return undefined;
+  }
+}
+
+function pct(sorted, p) {
+  return sorted.length ? sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)] : null;
+}
+
+/** Self time by function of the samples taken in [from, to) (µs, CLOCK_MONOTONIC). */
+function profileByPhase(dir, bounds) {
+  // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread (the vCPU workers write their own, or cannot under seccomp).
+  const file = readdirSync(dir).filter((f) => /\.\d+\.0\.\d+\.cpuprofile$/.test(f)).map((f) => join(dir, f)).sort().pop();
+  if (!file) return null;
+  const p = JSON.parse(readFileSync(file, 'utf8'));
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const name = (n) => `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.split('/').slice(-1)[0]}:${n.callFrame.lineNumber + 1}`;
+  const out = {};
+  for (const b of bounds) out[b.phase] = { totalMs: 0, idleMs: 0, self: new Map(), inclusive: new Map() };
+  let t = p.startTime;
+  for (let i = 0; i < p.samples.length; i++) {
+    t += p.timeDeltas[i] ?? 0;
+    const dt = (p.timeDeltas[i + 1] ?? 0) / 1000;
+    const b = bounds.find((x) => t >= x.fromUs && t < x.toUs);
+    if (!b) continue;
+    const ph = out[b.phase];
+    const leaf = byId.get(p.samples[i]);
+    ph.totalMs += dt;
+    if (leaf.callFrame.functionName === '(idle)') {
+      ph.idleMs += dt;
+      continue;
+    }
+    ph.self.set(name(leaf), (ph.self.get(name(leaf)) ?? 0) + dt);
+    const seen = new Set();
+    for (let id = leaf.id; id !== undefined; id = parent.get(id)) {
+      const k = name(byId.get(id));
+      if (seen.has(k)) continue;
+      seen.add(k);
+      ph.inclusive.set(k, (ph.inclusive.get(k) ?? 0) + dt);
+    }
+  }
+  const top = (m, n) => [...m].sort((a, b) => b[1] - a[1]).slice(0, n).map(([k, ms]) => ({ fn: k, ms: Math.round(ms) }));
+  const res = {};
+  for (const [k, v] of Object.entries(out)) res[k] = { file, totalMs: Math.round(v.totalMs), idleMs: Math.round(v.idleMs), self: top(v.self, 20), inclusive: top(v.inclusive, 30) };
+  return res;
+}
+
+async function main() {
+  requireKvm(o.force);
+  const { kernel, initrd } = guestFiles(o);
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-bench-hostile-'));
+  const uds = join(dir, 'v.sock');
+  const api = join(dir, 'api.sock');
+  // The churn's host end: read and discard.
+  const churn = createServer((s) => { s.on('error', () => {}); s.resume(); });
+  await new Promise((r) => churn.listen(`${uds}_${CHURN_PORT}`, r));
+  const nodeFlags = o.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${o.cpuProf}`] : [];
+  const args = [...nodeFlags, join(ROOT, 'bin/tsvmm.js'), 'run', '--quiet', '--kernel', kernel, '--initrd', initrd,
+    '--vcpus', String(o.vcpus), '--memory', o.memory, '--vsock', `cid=3,uds=${uds}`, '--api-sock', api,
+    '--cmdline', `${BASE_CMDLINE} ${guestCmd(script(o.phase))}`];
+  const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const pid = child.pid;
+  let stdout = '';
+  let stderr = '';
+  let phase = 'boot';
+  const marks = [{ phase: 'boot', us: nowUs(), times: threadTimes(pid, pid) }];
+  let gets = 0;
+  let partial = '';
+  child.stdout.setEncoding('utf8').on('data', (d) => {
+    stdout = (stdout + d).slice(-20000);
+    const lines = (partial + d).split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) {
+      const m = /^bench: (\w+)/.exec(l.replace(/\r$/, ''));
+      if (!m || m[1] === phase) continue;
+      phase = m[1];
+      if (phase === 'idle' && o.mainNice !== '') setPriority(pid, Number(o.mainNice)); // the main thread's tid is the pid
+      marks.push({ phase, us: nowUs(), times: threadTimes(pid, pid), gets });
+      process.stderr.write(`hostile bench: ${phase}\n`);
+    }
+  });
+  child.stderr.setEncoding('utf8').on('data', (d) => (stderr = (stderr + d).slice(-8000)));
+  let running = true;
+  const exited = new Promise((r) => child.on('close', (code, signal) => { running = false; r({ code, signal }); }));
+  const kill = setTimeout(() => child.kill('SIGKILL'), o.timeout * 1000);
+  const samples = [];
+  const failures = [];
+  while (running) {
+    await new Promise((r) => setTimeout(r, o.interval));
+    const p = phase;
+    try {
+      const r = await getRoot(api);
+      samples.push({ phase: p, ms: r.ms, status: r.status });
+      gets++;
+    } catch (e) {
+      if (PHASES.includes(p)) failures.push({ phase: p, error: e.message });
+    }
+  }
+  const { code, signal } = await exited;
+  clearTimeout(kill);
+  churn.close();
+  rmSync(dir, { recursive: true, force: true });
+  if (!marks.some((m) => m.phase === 'end')) throw new BenchError(`the guest did not reach its end (exit ${code ?? signal})\n${stdout.slice(-2000)}\n${stderr.slice(-2000)}`);
+
+  const result = { bench: 'hostile', environment: environment('qemu-system-x86_64'), options: o, exit: code ?? signal, phases: {} };
+  const bounds = [];
+  for (const p of PHASES) {
+    const i = marks.findIndex((m) => m.phase === p);
+    const a = marks[i];
+    const b = marks[i + 1];
+    bounds.push({ phase: p, fromUs: a.us, toUs: b.us });
+    const v = samples.filter((s) => s.phase === p).map((s) => s.ms).sort((x, y) => x - y);
+    const wallMs = (b.us - a.us) / 1000;
+    const t = a.times && b.times ? { cpuMs: b.times.cpuMs - a.times.cpuMs, ranMs: b.times.ranMs - a.times.ranMs, waitedMs: b.times.waitedMs - a.times.waitedMs } : null;
+    result.phases[p] = {
+      n: v.length, p50: pct(v, 0.5), p99: pct(v, 0.99), max: v.at(-1) ?? null, non200: samples.filter((s) => s.phase === p && s.status !== 200).length,
+      failed: failures.filter((f) => f.phase === p).length, wallMs,
+      mainThread: t && { ...t, cpuShare: t.cpuMs / wallMs, waitShare: t.waitedMs / wallMs, cpuMsPerGet: v.length ? t.cpuMs / v.length : null },
+    };
+  }
+  for (const p of PHASES) {
+    result.phases[p].p50VsIdle = ratio(result.phases[p].p50, result.phases.idle.p50);
+    result.phases[p].p99VsIdle = ratio(result.phases[p].p99, result.phases.idle.p99);
+  }
+  result.goal = { what: 'flood p99 <= 100 ms', met: result.phases.flood.p99 !== null && result.phases.flood.p99 <= 100 };
+  if (o.cpuProf) {
+    try {
+      result.profile = profileByPhase(o.cpuProf, bounds);
+    } catch (e) {
+      result.profileError = e.message;
+    }
+  }
+  writeJson(o.out, result);
+
+  const lines = ['phase  GET / n   p50 ms   p99 ms   max ms  p99/idle  main thread: cpu%  wait%  cpu ms/GET'];
+  for (const p of PHASES) {
+    const r = result.phases[p];
+    const m = r.mainThread;
+    lines.push(`${p.padEnd(6)} ${String(r.n).padStart(7)} ${fmt(r.p50, 1).padStart(8)} ${fmt(r.p99, 1).padStart(8)} ${fmt(r.max, 0).padStart(8)} ${fmt(r.p99VsIdle, 2).padStart(9)}` +
+      `  ${m ? fmt(100 * m.cpuShare, 0).padStart(16) : '-'.padStart(16)} ${m ? fmt(100 * m.waitShare, 0).padStart(6) : '-'} ${m ? fmt(m.cpuMsPerGet, 2).padStart(10) : '-'}` +
+      (r.failed || r.non200 ? `  (${r.failed} failed, ${r.non200} not 200)` : ''));
+  }
+  lines.push(`goal ${result.goal.what}: ${result.goal.met ? 'met' : 'NOT met'} (flood p99 ${fmt(result.phases.flood.p99, 1)} ms)`);
+  if (result.profileError) lines.push(`profile: ${result.profileError}`);
+  if (result.profile) {
+    for (const p of PHASES) {
+      const pr = result.profile[p];
+      lines.push(`profile ${p}: ${pr.totalMs} ms sampled, ${pr.idleMs} idle; self: ${pr.self.slice(0, 8).map((s) => `${s.fn} ${s.ms}`).join('; ')}`);
+    }
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+main().catch((e) => {
+  process.stderr.write(`hostile bench: ${e instanceof BenchError ? e.message : e.stack}\n`);
+  process.exit(1);
+});

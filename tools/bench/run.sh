@@ -15,9 +15,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 bench=${1:-}
 case $bench in
-	boot | exec | vsock | blk | hostile) kind=file ;;
+	boot | exec | vsock | blk | hostile | virtiofs) kind=file ;;
 	paper | report) kind=dir ;;
-	*) echo "usage: $0 boot|exec|vsock|blk|hostile|paper|report [ARGS...]" >&2; exit 2 ;;
+	*) echo "usage: $0 boot|exec|vsock|blk|hostile|virtiofs|paper|report [ARGS...]" >&2; exit 2 ;;
 esac
 shift
 
@@ -48,7 +48,7 @@ node tools/build.mjs >&2 || { echo "bench: node tools/build.mjs failed" >&2; exi
 # name it: the cache is read-only inside the sandbox.
 initrd=$(tools/guest/build-initramfs.sh) || { echo "bench: cannot build the default guest image" >&2; exit 1; }
 case $bench in
-	boot | exec | vsock | blk | hostile | report) case " ${args[*]} " in *" --initrd "*) ;; *) args+=(--initrd "$initrd") ;; esac ;;
+	boot | exec | vsock | blk | hostile | virtiofs | report) case " ${args[*]} " in *" --initrd "*) ;; *) args+=(--initrd "$initrd") ;; esac ;;
 esac
 # The machine this command runs on, for the report (inside the sandbox the VMMs see an emulated one).
 TSVMM_BENCH_HOST=$(node --input-type=module -e "import { machine } from './tools/bench/lib.mjs'; console.log(JSON.stringify(machine()))") || exit 1

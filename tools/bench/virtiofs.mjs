@@ -57,7 +57,12 @@ function findDaemon() {
 
 async function qemuRun(base, dir, daemon, cmdline) {
   const sock = join(base, 'q.sock');
-  const d = spawn(daemon, [`--socket-path=${sock}`, '-o', `source=${dir}`, '-o', 'cache=auto', '-o', 'sandbox=chroot', '-o', 'log_level=err'], { stdio: 'ignore' });
+  const d = spawn(daemon, [`--socket-path=${sock}`, '-o', `source=${dir}`, '-o', 'cache=auto', '-o', 'sandbox=chroot', '-o', 'log_level=err'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // The daemon's own words go into a failed run's tail (QEMU only says the socket closed).
+  let daemonErr = '';
+  d.stderr.on('data', (b) => (daemonErr = (daemonErr + b).slice(-1000)));
+  let daemonExit = '';
+  d.on('exit', (code, sig) => (daemonExit = `virtiofsd exited (${sig ?? code})`));
   try {
     for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 20));
     const q = qemuArgs({ kernel: o.kernel, initrd: o.initrd, cmdline, vcpus: 1, memory: o.memory, qemu: o.qemu, qemuCpu: o.qemuCpu });
@@ -65,7 +70,9 @@ async function qemuRun(base, dir, daemon, cmdline) {
     q.args[m + 1] += ',memory-backend=mem';
     q.args.push('-object', `memory-backend-memfd,id=mem,size=${o.memory},share=on`,
       '-chardev', `socket,id=vfs,path=${sock}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench');
-    return await runGuest(q.cmd, q.args);
+    const r = await runGuest(q.cmd, q.args);
+    if (!r.ok) r.tail += `\n${daemonExit || 'virtiofsd still running'}; its stderr: ${daemonErr || '(nothing)'}`;
+    return r;
   } finally {
     d.kill('SIGKILL');
     rmSync(sock, { force: true });

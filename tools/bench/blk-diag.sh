@@ -1,0 +1,53 @@
+#!/bin/bash
+# Where virtio-blk time goes, tsvmm against QEMU: one blk.mjs run per VMM under `perf record`
+# (system-wide: cpu-clock samples with call graphs, every KVM exit and userspace exit, context
+# switches), reported as text per VMM: exits by reason, userspace exits by reason, context
+# switches per thread, the hottest symbols. tsvmm's node runs with --perf-basic-prof (JIT
+# symbols) and --cpu-prof (DIR/prof); --metrics-path gives the device's own counters. Needs
+# KVM and perf; run it in the sandbox (the blk bench's arguments after the first --):
+#
+# BLK_DIAG_VMMS="tsvmm" looks at one only.
+#
+#   flock /tmp/tsvmm-sandbox.lock tools/sandbox/run.sh --timeout 840 --out DIR -- \
+#       tools/bench/blk-diag.sh DIR --initrd INITRD --small-mib 4 --large-mib 32
+set -u
+out=$1
+shift
+cd "$(dirname "$0")/../.." || exit 1
+mkdir -p "$out/prof"
+# Does this kernel do non-blocking buffered reads/writes (RWF_NOWAIT) on tmpfs (where blk.mjs puts the image)?
+python3 - > "$out/nowait.txt" 2>&1 <<'PY'
+import os, tempfile
+for d in ['/tmp', '/dev/shm']:
+    fd, p = tempfile.mkstemp(dir=d)
+    os.write(fd, b'x' * 65536)
+    b = bytearray(4096)
+    for name, f in [('preadv2', lambda: os.preadv(fd, [b], 0, os.RWF_NOWAIT)), ('pwritev2', lambda: os.pwritev(fd, [b], 0, os.RWF_NOWAIT))]:
+        try: print(d, name, 'RWF_NOWAIT ->', f())
+        except OSError as e: print(d, name, 'RWF_NOWAIT ->', e)
+    os.close(fd); os.unlink(p)
+print(open('/proc/mounts').read())
+PY
+for vmm in ${BLK_DIAG_VMMS:-tsvmm qemu}; do
+	data=/tmp/perf-$vmm.data
+	TSVMM_BENCH_NODE_FLAGS="--perf-basic-prof --cpu-prof --cpu-prof-dir=$out/prof" \
+		TSVMM_BENCH_RUN_ARGS="--metrics-path $out/metrics-$vmm.jsonl --metrics-interval 1" \
+		perf record -a -g -F 499 -e cpu-clock -e kvm:kvm_exit -e kvm:kvm_userspace_exit -e sched:sched_switch -o "$data" -- \
+		node tools/bench/blk.mjs --only "$vmm" --runs 1 --out "$out/blk-$vmm.json" "$@" 2>&1 | tail -4
+	{
+		echo "== $vmm: events"
+		perf report -i "$data" --stdio --stats 2>/dev/null | grep -E 'SAMPLE|cpu-clock|kvm|sched' | head
+		echo "== $vmm: kvm_exit by reason"
+		perf script -i "$data" -F event,trace 2>/dev/null | awk '$1 ~ /kvm_exit/ { for (i = 2; i <= NF; i++) if ($i == "reason") { r = $(i + 1); c[r]++ } } END { for (r in c) print c[r], r }' | sort -rn | head -20
+		echo "== $vmm: kvm_userspace_exit by reason"
+		perf script -i "$data" -F event,trace 2>/dev/null | awk '$1 ~ /kvm_userspace_exit/ { $1 = ""; c[$0]++ } END { for (r in c) print c[r], r }' | sort -rn | head
+		echo "== $vmm: context switches away from, by thread name"
+		perf script -i "$data" -F comm,event 2>/dev/null | awk '$2 ~ /sched_switch/ { c[$1]++ } END { for (r in c) print c[r], r }' | sort -rn | head -15
+		echo "== $vmm: cpu-clock samples by thread name"
+		perf report -i "$data" --stdio --no-children -e cpu-clock --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+		echo "== $vmm: cpu-clock by symbol"
+		perf report -i "$data" --stdio --no-children -e cpu-clock --sort comm,dso,sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+	} > "$out/diag-$vmm.txt" 2>&1
+	rm -f "$data"
+done
+ls -la "$out"

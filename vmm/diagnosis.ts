@@ -62,6 +62,11 @@ export interface MachineDiagnosis {
   console: { lines: string[]; totalBytes: number };
   /** Why the VM is ending, if it is. */
   ending?: string;
+  /**
+   * The host: its load average, and the CPU time this process's main thread (which answers
+   * every forwarded access) used during the sample — saturated, or waiting to be woken.
+   */
+  host?: { loadavg: number[]; mainThreadCpuMsInSample?: number };
 }
 
 const LAPIC = { TPR: 0x80, SVR: 0xf0, ISR: 0x100, IRR: 0x200, LVT_TIMER: 0x320, TIMER_INITIAL: 0x380, TIMER_CURRENT: 0x390 } as const;
@@ -131,6 +136,10 @@ export function formatDiagnosis(d: MachineDiagnosis): string {
   for (const v of d.vcpus) out.push(formatVcpu(v));
   const devs = d.devices.map((x) => `${x.name} status ${hex(x.status)} isr ${hex(x.interruptStatus)} notifies ${x.notifications} irqs ${x.interrupts}`);
   out.push(`devices: ${[...devs, `com1 irqs ${d.serialInterrupts}`].join('; ')}`);
+  if (d.host) {
+    const main = d.host.mainThreadCpuMsInSample === undefined ? '' : `; tsvmm's main thread ${d.host.mainThreadCpuMsInSample.toFixed(0)} ms CPU in the sample`;
+    out.push(`host: load average ${d.host.loadavg.map((x) => x.toFixed(2)).join(' ')}${main}`);
+  }
   const n = d.console.lines.length;
   out.push(n ? `guest console (last ${n} line${n === 1 ? '' : 's'} of ${d.console.totalBytes} bytes):` : `guest console: ${d.console.totalBytes ? `${d.console.totalBytes} bytes, no complete line` : 'nothing printed'}`);
   for (const l of d.console.lines) out.push(`| ${l}`);

@@ -43,7 +43,8 @@ import { findVirtiofsd, Virtiofsd } from '../devices/virtio/fs/daemon';
 import { sharesCmdline, type ShareConfig } from './shares';
 import type { StartupClock } from './startup';
 import { ConsoleTail } from './console/tail';
-import type { MachineDiagnosis } from './diagnosis';
+import { parseTaskStat, type MachineDiagnosis } from './diagnosis';
+import { loadavg } from 'node:os';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
 export interface ExitStatus {
@@ -371,7 +372,15 @@ export class Machine {
    * the console. Takes about `sampleMs` plus a moment per vCPU; the guest runs on afterwards.
    */
   async diagnose(sampleMs = 1000): Promise<MachineDiagnosis> {
+    // The main thread's CPU over the same sample as the vCPUs' (this timer fires first).
+    const main0 = mainThreadTicks();
+    let mainThreadCpuMsInSample: number | undefined;
+    const timer = setTimeout(() => {
+      const main1 = mainThreadTicks();
+      if (main0 !== undefined && main1 !== undefined) mainThreadCpuMsInSample = (main1 - main0) * 10;
+    }, sampleMs);
     const vcpus = this.threads && !this.status ? await this.threads.inspect(sampleMs) : [];
+    clearTimeout(timer);
     return {
       uptimeMs: performance.now() - this.startedAt,
       sampleMs: vcpus.length ? sampleMs : 0,
@@ -382,6 +391,7 @@ export class Machine {
       serialInterrupts: this.serialIrq?.triggered ?? 0,
       console: { lines: this.consoleTail.snapshot(), totalBytes: this.consoleTail.total },
       ending: this.status?.detail,
+      host: { loadavg: loadavg(), mainThreadCpuMsInSample },
     };
   }
 
@@ -430,6 +440,15 @@ export class Machine {
       for (const l of this.limiters) l.flush();
     })();
     return this.closing;
+  }
+}
+
+/** CPU ticks (utime + stime, 10 ms each) of this process's main thread. */
+function mainThreadTicks(): number | undefined {
+  try {
+    return parseTaskStat(readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8'))?.ticks;
+  } catch {
+    return undefined;
   }
 }
 

@@ -33,6 +33,7 @@ function diagnosis(console: ConsoleTail): MachineDiagnosis {
     devices: [{ name: 'virtio-vsock', status: 0xf, interruptStatus: 0, notifications: 3, interrupts: 2 }],
     serialInterrupts: 17,
     console: { lines: console.snapshot(), totalBytes: console.total },
+    host: { loadavg: [5.47, 6.78, 6.91], mainThreadCpuMsInSample: 620 },
   };
 }
 
@@ -63,6 +64,7 @@ test('formatDiagnosis names each vCPU state, the devices, and ends with the cons
   assert.match(text, 'vCPU 1 (tid 102): worker in KVM_RUN; 0 exits in the sample (0 in all, last none)');
   assert.match(text, '(the vCPU did not leave KVM_RUN within 2000 ms of a kick: registers not read)');
   assert.match(text, 'devices: virtio-vsock status 0xf isr 0x0 notifies 3 irqs 2; com1 irqs 17');
+  assert.match(text, "\nhost: load average 5.47 6.78 6.91; tsvmm's main thread 620 ms CPU in the sample\n");
   const lines = text.split('\n');
   assert.is(lines.at(-1), '| [    1.300000] tsc: Refined TSC clocksource calibration', 'the unfinished last line ends it');
   assert.is(lines.at(-2), '| [    1.234567] smpboot: CPU 1 Converting physical 0 to logical die 0');

@@ -35,7 +35,9 @@ export interface RunResult {
 export function tsvmm(
   args: string[],
   opts: {
-    timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string; respond?: { when: string; send: string };
+    timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string; respond?: { when: string; send: string };
+    /** stdin: written and closed at once, or when the promise resolves (stdin stays open until then). */
+    input?: string | Promise<string>;
     /** Called with the stdout so far, and the tsvmm process (to signal it). */
     onStdout?: (soFar: string, child: ChildProcess) => void;
     /** Called once with the tsvmm process, right after it was spawned. */
@@ -58,7 +60,9 @@ export function tsvmm(
       }
     });
     child.stderr.on('data', (b) => (stderr += b));
-    if (opts.input !== undefined) child.stdin.end(opts.input);
+    // A child that exited before its input came must not crash this process with EPIPE.
+    child.stdin.on('error', () => {});
+    if (opts.input !== undefined) void Promise.resolve(opts.input).then((s) => child.stdin.end(s));
     else if (!opts.respond) child.stdin.end();
     const timeoutMs = opts.timeoutMs ?? 300_000;
     let timedOut = false;

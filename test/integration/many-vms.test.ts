@@ -24,6 +24,10 @@ const ps = async (): Promise<VmEntry[]> => {
   return JSON.parse(r.stdout) as VmEntry[];
 };
 
+const t0 = Date.now();
+/** A timed progress line: where the minutes go under emulation. */
+const mark = (what: string) => console.log(`many-vms: +${((Date.now() - t0) / 1000).toFixed(1)} s ${what}`);
+
 /** The tail of a VM's console, for a failure message: how far the guest got and what it said. */
 const tail = (chunks: Buffer[], lines = 25) => Buffer.concat(chunks).toString('latin1').split('\n').slice(-lines).join('\n');
 
@@ -33,7 +37,8 @@ test('three VMs in one process (the library), booted in parallel: each its own, 
   const consoles: Buffer[][] = [[], [], []];
   // allSettled, not all: a boot that fails must not leave the others running (they would hold
   // this file open until its time limit and show up in the next test's tsvmm ps).
-  const boots = await Promise.allSettled(consoles.map((c) => Vm.boot({ memory: '256M', console: (b) => c.push(b) })));
+  mark('library boots start');
+  const boots = await Promise.allSettled(consoles.map((c, i) => Vm.boot({ memory: '256M', console: (b) => c.push(b) }).then((v) => (mark(`library VM ${i} booted`), v))));
   const vms = boots.flatMap((b) => (b.status === 'fulfilled' ? [b.value] : []));
   try {
     boots.forEach((b, i) => {
@@ -51,31 +56,55 @@ test('three VMs in one process (the library), booted in parallel: each its own, 
       ids.add(boot!);
     });
     assert.is(ids.size, 3, 'three different guests answered');
+    mark('library execs done');
   } finally {
     await Promise.allSettled(vms.map((v) => v.shutdown()));
+    mark('library VMs shut down');
   }
   await until('the library VMs gone from tsvmm ps', async () => (await ps()).length === 0, 60_000, 500);
 });
 
 test('three tsvmm exec processes at once: each its own output, all in tsvmm ps while they run', async () => {
-  const execs = [1, 2, 3].map((i) => tsvmm(['exec', '--', 'sh', '-c', `echo exec-${i}; sleep 15; cat /proc/sys/kernel/random/boot_id`], { env }));
+  // Each command prints its line, then waits for a line on its stdin: all three stay up until
+  // the test has seen them in tsvmm ps, however far apart their boots end (a fixed sleep raced
+  // the slowest boot under emulation). Waiting on their output, not polling tsvmm ps, keeps the
+  // sandbox's two CPUs for the boots.
+  let release = () => {};
+  const input = new Promise<string>((r) => (release = () => r('go\n')));
+  const started: boolean[] = [false, false, false];
   let ended: RunResult | undefined;
-  for (const e of execs) void e.then((r) => (ended ??= r));
+  let allStarted = () => {};
+  const running = new Promise<void>((r) => (allStarted = r));
+  mark('execs start');
+  const execs = [0, 1, 2].map((i) =>
+    tsvmm(['exec', '--', 'sh', '-c', `echo exec-${i}; read go; echo $go; cat /proc/sys/kernel/random/boot_id`], {
+      env, input, timeoutMs: 600_000,
+      onStdout: (out) => {
+        if (!started[i] && out.includes(`exec-${i}\n`)) {
+          started[i] = true;
+          mark(`exec ${i} running`);
+          if (started.every(Boolean)) allStarted();
+        }
+      },
+    }).then((r) => ((ended ??= r), allStarted(), r)));
   try {
-    // An exec that ends before all three are listed failed to boot: say why, without waiting on.
-    await until('three exec VMs in tsvmm ps', async () => {
-      if (ended) assert.unreachable(`an exec ended before three VMs were listed: ${ended.code} ${ended.stderr}`);
-      return (await ps()).length >= 3;
-    }, 600_000, 1000);
-    assert.is(new Set((await ps()).map((v) => v.pid)).size, 3, 'one process per exec');
+    await running;
+    // An exec that ended before all three ran failed to boot: say why.
+    if (ended) assert.unreachable(`an exec ended before all three ran: ${ended.code} ${ended.stderr}`);
+    const listed = await ps();
+    assert.is(listed.length, 3, `three exec VMs in tsvmm ps: ${JSON.stringify(listed)}`);
+    assert.is(new Set(listed.map((v) => v.pid)).size, 3, 'one process per exec');
   } finally {
+    release();
     await Promise.allSettled(execs);
+    mark('execs ended');
   }
   const ids = new Set<string>();
   for (const [i, r] of (await Promise.all(execs)).entries()) {
     assert.is(r.code, 0, r.stderr);
-    const [first, boot] = r.stdout.trim().split('\n');
-    assert.is(first, `exec-${i + 1}`);
+    const [first, go, boot] = r.stdout.trim().split('\n');
+    assert.is(first, `exec-${i}`);
+    assert.is(go, 'go', 'the command read its stdin');
     ids.add(boot!);
   }
   assert.is(ids.size, 3, 'three different guests answered');

@@ -73,8 +73,8 @@ test('SIGTERM during the boot: each vCPU\'s state and the console tail, which ma
   for (const text of [r.stderr, report.error]) {
     assert.match(text, /the guest agent was interrupted after \d+\.\d s of booting/);
     // Both vCPUs were parked and read (an AP may still wait for its SIPI this early).
-    assert.match(text, /vCPU 0 \(tid \d+\): worker [a-z ]+; mp_state [a-zA-Z ()/]+; rip 0x[0-9a-f]+ IF=[01]; thread [A-Z]/, text);
-    assert.match(text, /vCPU 1 \(tid \d+\): worker [a-z ]+; mp_state /, text);
+    assert.match(text, /vCPU 0 \(tid \d+\): worker [^;]+; mp_state [a-zA-Z ()/]+; rip 0x[0-9a-f]+ IF=[01]; thread [A-Z]/, text);
+    assert.match(text, /vCPU 1 \(tid \d+\): worker [^;]+; mp_state /, text);
     assert.match(text, /\n {4}LAPIC (on|OFF), TPR 0x[0-9a-f]+, IRR /);
     assert.match(text, /devices: virtio-vsock status 0x[0-9a-f]+ /);
   }

@@ -4,6 +4,9 @@
 
 import { REFUSE, type BusClaim } from '../../devices/bus';
 
+/** The 4 bytes of a guest access as the signed 32-bit value an Int32 cell holds. */
+const le32 = (d: Uint8Array): number => d[0]! | (d[1]! << 8) | (d[2]! << 16) | (d[3]! << 24);
+
 /**
  * Serves an access from one of the claim's shared registers when it matches one exactly
  * (offset, width, direction); false: the access goes to the device. The guest is
@@ -15,8 +18,7 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
     if (addr - claim.base !== s.offset || data.length !== s.size || isWrite !== (s.kind !== 'load')) continue;
     if (s.kind === 'refuse') {
       const c = s.cell;
-      const v = data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24);
-      if (!Atomics.load(c, REFUSE.ON) || v !== Atomics.load(c, REFUSE.COMMAND)) continue;
+      if (!Atomics.load(c, REFUSE.ON) || le32(data) !== Atomics.load(c, REFUSE.COMMAND)) continue;
       Atomics.add(c, REFUSE.SEQ, 1);
       Atomics.store(c, REFUSE.STATUS, Atomics.load(c, REFUSE.ANSWER_STATUS));
       Atomics.store(c, REFUSE.RESULT, Atomics.load(c, REFUSE.ANSWER_RESULT));
@@ -24,7 +26,7 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
       return true;
     }
     if (isWrite) {
-      Atomics.and(s.cell, 0, ~((data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) & ~(s.keep ?? 0)));
+      Atomics.and(s.cell, 0, ~(le32(data) & ~(s.keep ?? 0)));
     } else {
       const v = Atomics.load(s.cell, 0);
       data[0] = v;

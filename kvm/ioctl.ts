@@ -4,7 +4,7 @@
 
 import {
   KvmCpuid2, KvmEnableCap, KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMpState, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
-  KvmUserspaceMemoryRegion,
+  KvmTranslation, KvmUserspaceMemoryRegion,
 } from './layout';
 
 const NONE = 0;
@@ -42,6 +42,7 @@ export const KVM = {
   SET_REGS: iow(0x82, KvmRegs.size),
   GET_SREGS: ior(0x83, KvmSregs.size),
   SET_SREGS: iow(0x84, KvmSregs.size),
+  TRANSLATE: iowr(0x85, KvmTranslation.size),
   SET_MSRS: iow(0x89, KvmMsrs.size),
   GET_FPU: ior(0x8c, KvmFpu.size),
   SET_FPU: iow(0x8d, KvmFpu.size),

@@ -7,7 +7,7 @@ import { KVM, KVM_CAP } from './ioctl';
 import {
   type CpuidEntry, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO, KVM_PIT_SPEAKER_DUMMY, KvmCpuid2, KvmCpuidEntry2, KvmEnableCap,
   KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMpState, KvmMsrEntry, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
-  KvmUserspaceMemoryRegion, REG_NAMES, type RegName, type SpecialRegs,
+  KvmTranslation, KvmUserspaceMemoryRegion, REG_NAMES, type RegName, type SpecialRegs,
 } from './layout';
 import { SysError } from './errors';
 
@@ -194,6 +194,17 @@ export class Vcpu {
     const b = new Uint8Array(KvmMpState.size);
     libc.ioctl(this.fd, KVM.GET_MP_STATE, b, 'KVM_GET_MP_STATE');
     return KvmMpState.read(b).mpState;
+  }
+
+  /**
+   * A guest-virtual address through this vCPU's current page tables (KVM_TRANSLATE), or
+   * undefined when it is not mapped. Only while the vCPU is out of KVM_RUN.
+   */
+  translate(gva: bigint): bigint | undefined {
+    const b = KvmTranslation.encode({ linearAddress: gva, physicalAddress: 0n, valid: 0 });
+    libc.ioctl(this.fd, KVM.TRANSLATE, b, 'KVM_TRANSLATE');
+    const t = KvmTranslation.read(b);
+    return t.valid ? t.physicalAddress : undefined;
   }
 
   setLapic(b: Uint8Array): void {

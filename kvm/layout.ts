@@ -113,6 +113,11 @@ export const KvmMpState = struct('kvm_mp_state', 4, { mpState: u32(0, 'mp_state'
 /** KVM_MP_STATE_* by value. */
 export const MP_STATE_NAMES = ['runnable', 'uninitialized (an AP waiting for INIT/SIPI)', 'INIT received', 'halted', 'SIPI received', 'stopped', 'check stop', 'operating', 'load'] as const;
 
+/** struct kvm_translation: a guest-virtual address through the vCPU's current page tables (diagnosis only). */
+export const KvmTranslation = struct('kvm_translation', 24, {
+  linearAddress: u64(0, 'linear_address'), physicalAddress: u64(8, 'physical_address'), valid: u8(16),
+});
+
 /** struct kvm_fpu: only the control words tsvmm sets. */
 export const KvmFpu = struct('kvm_fpu', 416, { fcw: u16(128), mxcsr: u32(408) });
 
@@ -120,5 +125,5 @@ export const KvmFpu = struct('kvm_fpu', 416, { fcw: u16(128), mxcsr: u32(408) })
 export const KVM_STRUCTS: readonly Struct<Fields>[] = [
   KvmRun, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, KvmRunInternal, KvmRunFailEntry, KvmRegs, KvmSegment, KvmDtable,
   KvmSregs, KvmUserspaceMemoryRegion, KvmCpuid2, KvmCpuidEntry2, KvmMsrs, KvmMsrEntry, KvmPitConfig, KvmIrqfd,
-  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu, KvmMpState,
+  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu, KvmMpState, KvmTranslation,
 ];

@@ -27,6 +27,14 @@ export interface VcpuDiagnosis {
   /** RFLAGS.IF: whether the guest took interrupts at that instruction. */
   interruptsEnabled?: boolean;
   lapic?: LapicSummary;
+  /** Every general-purpose register, in hex (read while parked). */
+  registers?: Record<string, string>;
+  /**
+   * The words on its stack, from rsp up, that point into the kernel image or its modules: a
+   * crude backtrace (Linux unwinds with ORC tables the VMM does not read), oldest last.
+   * `node tools/symbolize.mjs System.map` turns these addresses into symbol+offset.
+   */
+  stack?: string[];
   /** Why some of the above is missing. */
   error?: string;
 }
@@ -109,7 +117,22 @@ export function parseTaskStat(line: string): { state: string; ticks: number } | 
   return { state: f[0], ticks: utime + stime };
 }
 
-const hex = (n: number) => `0x${n.toString(16)}`;
+const hex = (n: number | bigint) => `0x${n.toString(16)}`;
+
+/** Where x86-64 Linux maps its image and modules (Documentation/arch/x86/x86_64/mm.rst). */
+const KERNEL_TEXT_START = 0xffffffff80000000n;
+const KERNEL_TEXT_END = 0xffffffffff000000n;
+
+/** The 8-byte little-endian words of `stack` that fall where the kernel maps its code. */
+export function kernelAddresses(stack: Uint8Array, max = 32): string[] {
+  const dv = new DataView(stack.buffer, stack.byteOffset, stack.byteLength);
+  const out: string[] = [];
+  for (let o = 0; o + 8 <= stack.byteLength && out.length < max; o += 8) {
+    const w = dv.getBigUint64(o, true);
+    if (w >= KERNEL_TEXT_START && w < KERNEL_TEXT_END) out.push(hex(w));
+  }
+  return out;
+}
 
 function formatVcpu(v: VcpuDiagnosis): string {
   const parts = [`vCPU ${v.vcpu} (tid ${v.tid}): worker ${v.worker}`];
@@ -126,6 +149,11 @@ function formatVcpu(v: VcpuDiagnosis): string {
   }
   const top = Object.entries(v.exits).sort((a, b) => b[1] - a[1]).slice(0, 6).map(([k, n]) => `${k} ${n}`).join(', ');
   if (top) line += `\n    exits: ${top}`;
+  if (v.registers) {
+    const regs = Object.entries(v.registers).filter(([k]) => k !== 'rip' && k !== 'rflags').map(([k, x]) => `${k}=${x}`);
+    for (let i = 0; i < regs.length; i += 6) line += `\n    ${regs.slice(i, i + 6).join(' ')}`;
+  }
+  if (v.stack?.length) line += `\n    stack: ${v.stack.join(' ')}`;
   if (v.error) line += `\n    (${v.error})`;
   return line;
 }

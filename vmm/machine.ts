@@ -379,7 +379,7 @@ export class Machine {
       const main1 = mainThreadTicks();
       if (main0 !== undefined && main1 !== undefined) mainThreadCpuMsInSample = (main1 - main0) * 10;
     }, sampleMs);
-    const vcpus = this.threads && !this.status ? await this.threads.inspect(sampleMs) : [];
+    const vcpus = this.threads && !this.status ? await this.threads.inspect(sampleMs, undefined, this.ram?.memory) : [];
     clearTimeout(timer);
     return {
       uptimeMs: performance.now() - this.startedAt,

@@ -8,13 +8,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Vcpu } from '../../kvm/kvm';
-import { KvmRun, MP_STATE_NAMES, exitReasonName } from '../../kvm/layout';
+import { KvmRun, MP_STATE_NAMES, REG_NAMES, exitReasonName } from '../../kvm/layout';
 import { tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
+import type { GuestMemory } from '../../devices/memory';
 import {
   MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
-import { decodeLapic, parseTaskStat, type VcpuDiagnosis } from '../diagnosis';
+import { decodeLapic, kernelAddresses, parseTaskStat, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
 import { holdSignal } from '../../lib/process-hooks';
 
@@ -144,8 +145,9 @@ export class VcpuThreads {
    * /proc state over `sampleMs`, then — each vCPU parked for a moment, since a vCPU ioctl
    * waits for KVM_RUN to return — its run state, registers and local APIC. A vCPU that does
    * not leave KVM_RUN within `parkMs` of a kick is reported as such (that is a finding too).
+   * With `memory`, the kernel addresses on each vCPU's stack too.
    */
-  async inspect(sampleMs = 1000, parkMs = 2000): Promise<VcpuDiagnosis[]> {
+  async inspect(sampleMs = 1000, parkMs = 2000, memory?: GuestMemory): Promise<VcpuDiagnosis[]> {
     const before = this.threads.map((t) => ({ exits: totalExits(t.stats), ticks: taskStat(t.tid)?.ticks }));
     await new Promise((r) => setTimeout(r, sampleMs));
     const out: VcpuDiagnosis[] = [];
@@ -163,13 +165,13 @@ export class VcpuThreads {
         const ticks = before[i]!.ticks;
         d.thread = { state: stat.state, wchan: readProc(`/proc/self/task/${t.tid}/wchan`) ?? '', cpuMsInSample: ticks === undefined ? 0 : (stat.ticks - ticks) * 10 };
       }
-      await this.inspectParked(t, i, d, parkMs);
+      await this.inspectParked(t, i, d, parkMs, memory);
       out.push(d);
     }
     return out;
   }
 
-  private async inspectParked(t: Thread, i: number, d: VcpuDiagnosis, parkMs: number): Promise<void> {
+  private async inspectParked(t: Thread, i: number, d: VcpuDiagnosis, parkMs: number, memory?: GuestMemory): Promise<void> {
     if (t.stats[STAT_STATE] === VCPU_STATE.ENDED) return;
     const wasPaused = Atomics.load(t.mailbox, MB.PAUSE) === 1;
     let timer: NodeJS.Timeout | undefined;
@@ -187,6 +189,8 @@ export class VcpuThreads {
       d.rip = `0x${regs.rip.toString(16)}`;
       d.rflags = `0x${regs.rflags.toString(16)}`;
       d.interruptsEnabled = (regs.rflags & 0x200n) !== 0n;
+      d.registers = Object.fromEntries(REG_NAMES.map((n) => [n, `0x${regs[n].toString(16)}`]));
+      if (memory) d.stack = kernelAddresses(readStack(t.vcpu, regs.rsp, memory));
       const mp = t.vcpu.getMpState();
       d.mpState = MP_STATE_NAMES[mp] ?? `state ${mp}`;
       d.lapic = decodeLapic(t.vcpu.getLapic());
@@ -275,4 +279,27 @@ export class VcpuThreads {
     this.server.stop();
     this.releaseKick();
   }
+}
+
+const STACK_BYTES = 4096;
+const PAGE = 4096n;
+
+/**
+ * Up to STACK_BYTES from `rsp` up, page by page through the vCPU's page tables (a kernel stack
+ * is virtually, not physically, contiguous); stops at the first page that is not mapped.
+ */
+function readStack(vcpu: Vcpu, rsp: bigint, memory: GuestMemory): Uint8Array {
+  const out = new Uint8Array(STACK_BYTES);
+  let got = 0;
+  while (got < STACK_BYTES) {
+    const va = rsp + BigInt(got);
+    const gpa = vcpu.translate(va);
+    if (gpa === undefined || gpa > BigInt(Number.MAX_SAFE_INTEGER)) break;
+    const n = Math.min(STACK_BYTES - got, Number(PAGE - (va % PAGE)));
+    const bytes = memory.slice(Number(gpa), n);
+    if (!bytes) break;
+    out.set(bytes, got);
+    got += n;
+  }
+  return out.subarray(0, got);
 }

@@ -7,7 +7,7 @@ import * as assert from 'uvu/assert';
 import { AgentClient } from '../../../vmm/agent/client';
 import { AgentTimeoutError, waitForAgent } from '../../../vmm/agent-vm';
 import { ConsoleTail } from '../../../vmm/console/tail';
-import { decodeLapic, formatDiagnosis, parseTaskStat, type MachineDiagnosis } from '../../../vmm/diagnosis';
+import { decodeLapic, formatDiagnosis, kernelAddresses, parseTaskStat, type MachineDiagnosis } from '../../../vmm/diagnosis';
 import { TsvmmError } from '../../../lib/errors';
 
 function lapicPage(): Uint8Array {
@@ -69,6 +69,25 @@ test('formatDiagnosis names each vCPU state, the devices, and ends with the cons
   assert.is(lines.at(-1), '| [    1.300000] tsc: Refined TSC clocksource calibration', 'the unfinished last line ends it');
   assert.is(lines.at(-2), '| [    1.234567] smpboot: CPU 1 Converting physical 0 to logical die 0');
   assert.match(text, /guest console \(last 64 lines of \d+ bytes\):/);
+});
+
+test('kernelAddresses: only the stack words where the kernel maps its image and modules, in stack order', () => {
+  const words = [0xffffffff81a5a45en, 0x1234n, 0xffff888003c1be00n, 0xffffffffc0a01234n, 0xffffffffff600000n, 0xffffffff80000000n];
+  const stack = new Uint8Array(words.length * 8 + 4);
+  const dv = new DataView(stack.buffer);
+  words.forEach((w, i) => dv.setBigUint64(i * 8, w, true));
+  assert.equal(kernelAddresses(stack), ['0xffffffff81a5a45e', '0xffffffffc0a01234', '0xffffffff80000000'], 'direct-map pointers, the vsyscall page and a trailing partial word are not code');
+  assert.equal(kernelAddresses(stack, 1), ['0xffffffff81a5a45e']);
+});
+
+test('formatDiagnosis lists the registers (rip and rflags once) and the stack addresses', () => {
+  const d = diagnosis(bootLog());
+  d.vcpus[0]!.registers = { rax: '0x0', rbx: '0x1', rcx: '0x2', rdx: '0x3', rsi: '0x4', rdi: '0x5', rsp: '0xffffc90000013e88', rip: '0xffffffff81a0c3e4', rflags: '0x46' };
+  d.vcpus[0]!.stack = ['0xffffffff81a5a45e', '0xffffffff81062d10'];
+  const text = formatDiagnosis(d);
+  assert.match(text, '\n    rax=0x0 rbx=0x1 rcx=0x2 rdx=0x3 rsi=0x4 rdi=0x5\n    rsp=0xffffc90000013e88\n');
+  assert.not.match(text, 'rip=');
+  assert.match(text, '\n    stack: 0xffffffff81a5a45e 0xffffffff81062d10\n');
 });
 
 test('an empty console says so', () => {

@@ -94,7 +94,8 @@ export class Paravirt {
     const p = source === undefined ? undefined : this.loaded.get(source);
     if (p) p.hints++;
     const meta = { type, source, program: p?.name, vcpu, time: performance.timeOrigin + performance.now() };
-    this.stream.publish(this.registry.dispatch(record, meta, this.host, (e, k) => log(`hint handler for ${k.name} failed: ${e.message}`)));
+    const entry = this.registry.dispatch(record, meta, this.host, (e, k) => log(`hint handler for ${k.name} failed: ${e.message}`));
+    if (entry) this.stream.publish(entry); // undefined: refused by a rate limit before decoding (counted)
     return this.registry.kind(type) !== undefined;
   }
 

@@ -18,8 +18,11 @@ export const affinityProgram: HintProgram = {
   kinds: [
     hintKind<AffinityHint>({
       type: HintType.AFFINITY, name: 'AFFINITY', size: AFFINITY.size,
+      // The scheduler's rate limits (100 hints/s VM-wide, 10 per task) before the decode: a
+      // flood's surplus costs reading one u32 each (the tid), and is counted as rate-limited.
+      admit: (r, host) => host.scheduler.admitAffinityHint((r[AFFINITY.tid]! | (r[AFFINITY.tid + 1]! << 8) | (r[AFFINITY.tid + 2]! << 16) | (r[AFFINITY.tid + 3]! << 24)) >>> 0),
       decode: one,
-      handle: (h, host) => host.scheduler.onAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, mask: h.mask }),
+      handle: (h, host) => host.scheduler.takeAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, cpus: h.cpus }),
     }),
     hintKind<UnpinHint>({
       type: HintType.UNPIN, name: 'UNPIN', size: UNPIN.size,

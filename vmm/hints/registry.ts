@@ -6,7 +6,9 @@
 // type is one such file, one line in programs.ts and a test (docs/hint-programs.md).
 //
 // Owns the dispatch rule: every record is decoded (when its type is known and long enough),
-// handed to its kind's handler, and published to the hint stream, whatever the handler does;
+// handed to its kind's handler, and published to the hint stream, whatever the handler does —
+// unless its kind's `admit` refuses it first (a rate limit read off the raw record: then it is
+// counted and dropped, neither decoded nor published, so a flood costs a header read each);
 // a handler that throws is counted and logged, never propagated to the guest's exit path. It
 // must not parse the transport (devices/hypercall does) nor make syscalls (actuators do).
 
@@ -49,6 +51,12 @@ export interface HintKind<T> {
   readonly name: string;
   /** The shortest record (8-byte header included) `decode` can read; shorter ones are not decoded. */
   readonly size: number;
+  /**
+   * A cheap look at the raw record (at least `size` bytes) before anything else: false drops it
+   * undecoded, unhandled and unpublished (a rate limit: the guest is not trusted to send few).
+   * Whoever refuses counts what it refused. Must not throw.
+   */
+  admit?(record: Uint8Array, host: HintHost): boolean;
   /** Decodes one whole record (header included, at least `size` bytes). Must not throw. */
   decode(record: Uint8Array): T;
   /** What the host does. Guest data: validate before acting (the actuators and policies do too). */
@@ -60,6 +68,8 @@ export interface RegisteredKind {
   readonly type: number;
   readonly name: string;
   readonly size: number;
+  /** The kind's `admit` (true when it has none). */
+  admit(record: Uint8Array, host: HintHost): boolean;
   /** Decodes and handles; returns the decoded fields for the stream. */
   run(record: Uint8Array, host: HintHost, meta: HintMeta): unknown;
 }
@@ -67,6 +77,7 @@ export interface RegisteredKind {
 export function hintKind<T>(k: HintKind<T>): RegisteredKind {
   return {
     type: k.type, name: k.name, size: k.size,
+    admit: k.admit ? (record, host) => k.admit!(record, host) : () => true,
     run(record, host, meta) {
       const hint = k.decode(record);
       k.handle?.(hint, host, meta);
@@ -96,6 +107,8 @@ export interface RegistryCounters {
   short: number;
   /** Handlers that threw (the record is still published). */
   handlerErrors: number;
+  /** Records their kind's `admit` refused (rate limits): not decoded, not published. */
+  refused: number;
   /** Decoded records by type name. */
   byName: Record<string, number>;
 }
@@ -105,7 +118,7 @@ const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength)
 export class HintRegistry {
   private readonly kinds = new Map<number, RegisteredKind>();
   readonly programs: ReadonlyMap<string, HintProgram>;
-  private readonly count: RegistryCounters = { records: 0, decoded: 0, unknown: 0, short: 0, handlerErrors: 0, byName: {} };
+  private readonly count: RegistryCounters = { records: 0, decoded: 0, unknown: 0, short: 0, handlerErrors: 0, refused: 0, byName: {} };
 
   constructor(programs: readonly HintProgram[]) {
     const byName = new Map<string, HintProgram>();
@@ -133,9 +146,10 @@ export class HintRegistry {
 
   /**
    * Decodes and handles one record (a private copy, header included); returns its stream
-   * entry. `onError` hears about a throwing handler (a tsvmm bug, or a researcher's).
+   * entry, or undefined when its kind's `admit` refused it (counted; nothing to publish).
+   * `onError` hears about a throwing handler (a tsvmm bug, or a researcher's).
    */
-  dispatch(record: Uint8Array, meta: HintMeta, host: HintHost, onError: (e: Error, k: RegisteredKind) => void): StreamEntry {
+  dispatch(record: Uint8Array, meta: HintMeta, host: HintHost, onError: (e: Error, k: RegisteredKind) => void): StreamEntry | undefined {
     this.count.records++;
     const base = { time: meta.time, vcpu: meta.vcpu, source: meta.source, program: meta.program, type: meta.type };
     const k = this.kinds.get(meta.type);
@@ -149,6 +163,10 @@ export class HintRegistry {
     }
     let fields: unknown;
     try {
+      if (!k.admit(record, host)) {
+        this.count.refused++;
+        return undefined;
+      }
       fields = k.run(record, host, meta);
       this.count.decoded++;
       this.count.byName[k.name] = (this.count.byName[k.name] ?? 0) + 1;

@@ -1,7 +1,8 @@
 // The vCPU scheduler's state: which guest tasks are pinned where (from the guest's affinity
 // hints), the policy and the pool, and what has been applied to each vCPU thread. It validates
 // and rate-limits every hint (the guest is not trusted), asks policy.ts for the desired
-// placement, and calls `apply` only for vCPUs whose CPU set changed. It must not make syscalls
+// placement — once per event-loop turn, however many hints the turn brought — and calls `apply`
+// only for vCPUs whose CPU set changed. It must not make syscalls
 // itself (the caller's `apply` does, normally through affinity.ts) nor read the hint channel.
 
 import { plan, POLICIES, type Placement, type Policy, type PlacementKind } from './policy';
@@ -30,14 +31,19 @@ export const DEFAULT_LIMITS: SchedulerLimits = {
 /** Longest mask accepted, in 64-bit words (8192 CPUs, the kernel's NR_CPUS maximum). */
 const MAX_MASK_WORDS = 128;
 
-export interface AffinityHint {
+interface HintTask {
   readonly tgid: number;
   readonly tid: number;
   /** Guest task name; untrusted, sanitised before it reaches a log line. */
   readonly comm: string;
-  /** Guest cpumask over vCPUs: one bigint, or 64-bit words with word i holding vCPUs 64i..64i+63. */
-  readonly mask: bigint | readonly bigint[];
 }
+
+/**
+ * A guest task's affinity: its cpumask over vCPUs as one bigint or as 64-bit words (word i
+ * holding vCPUs 64i..64i+63), or as the list of its set bits (`cpus`, ascending: what
+ * bpf/hints.ts decodes without BigInt maths).
+ */
+export type AffinityHint = HintTask & ({ readonly mask: bigint | readonly bigint[] } | { readonly cpus: readonly number[] });
 
 export interface UnpinHint {
   readonly tid: number;
@@ -84,6 +90,12 @@ export interface SchedulerCounters {
   rateLimited: number;
   /** Hints dropped by the per-task rate limit. */
   rateLimitedTask: number;
+  /**
+   * Placements computed for task changes. Hints change the tracked tasks at once, but the
+   * placement is recomputed once per event-loop turn (or before anything reads it), however
+   * many hints the turn brought: a guest flooding hints costs one plan per turn, not one each.
+   */
+  replans: number;
   /** Placement changes decided (one per vCPU whose desired CPU set changed). */
   decisions: number;
   /** apply() calls that succeeded, and that threw. */
@@ -101,6 +113,11 @@ export interface SchedulerOptions {
   readonly now?: () => number;
   readonly log: (line: string) => void;
   readonly limits?: Partial<SchedulerLimits>;
+  /**
+   * Runs the re-plan that task changes (hints) ask for, later in this event-loop turn (default
+   * queueMicrotask: after the exit or the slice of records that brought them). Tests step it by hand.
+   */
+  readonly defer?: (fn: () => void) => void;
 }
 
 export class SchedulerError extends TsvmmError {}
@@ -148,8 +165,11 @@ export class VcpuScheduler {
   private readonly applied: (readonly number[] | undefined)[];
   private readonly count: SchedulerCounters = {
     hints: 0, unpinHints: 0, pins: 0, unpins: 0, ignoredVcpuBits: 0, rejectedEmpty: 0, rejectedInvalid: 0,
-    rejectedTaskLimit: 0, rateLimited: 0, rateLimitedTask: 0, decisions: 0, applied: 0, applyErrors: 0,
+    rejectedTaskLimit: 0, rateLimited: 0, rateLimitedTask: 0, replans: 0, decisions: 0, applied: 0, applyErrors: 0,
   };
+  private readonly defer: (fn: () => void) => void;
+  /** Task changes not planned yet: the first one's cause (for the log) and how many. */
+  private pending: { cause: string; n: number } | undefined;
   /** Hints dropped since the last accepted one: logged once when dropping starts and once when it ends. */
   private dropped = 0;
 
@@ -159,6 +179,7 @@ export class VcpuScheduler {
     this.applyFn = opts.apply;
     this.now = opts.now ?? (() => performance.now());
     this.log = opts.log;
+    this.defer = opts.defer ?? queueMicrotask;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.pool = checkPool(opts.pool);
     this.policy = checkPolicy(opts.policy);
@@ -176,18 +197,31 @@ export class VcpuScheduler {
       if (this.threads[vcpu] !== tid) this.applied[vcpu] = undefined; // a new thread's mask is unknown
     });
     this.threads = [...tids];
-    this.applyAll('vCPU threads known');
+    if (this.pending) this.flush(); // re-plans, then applies every vCPU (the new threads too)
+    else this.applyAll('vCPU threads known');
   }
 
   /** A guest task's sched_setaffinity, as reported by the guest. Never throws on guest input. */
   onAffinityHint(hint: AffinityHint): void {
-    this.count.hints++;
-    const { tid } = hint;
-    const validTid = Number.isSafeInteger(tid) && tid > 0;
-    if (!this.admit(validTid ? tid : undefined)) return;
-    if (!validTid) return this.reject('rejectedInvalid', `bad tid ${String(tid)}`);
+    if (this.admitAffinityHint(hint.tid)) this.takeAffinityHint(hint);
+  }
 
-    const decoded = decodeMask(hint.mask, this.vcpuCount);
+  /**
+   * The first half of onAffinityHint, for a hint not decoded yet (the tid read from the raw
+   * record): counts it as received and applies the rate limits. False: dropped (counted), so
+   * the caller need not decode it; true: the caller must hand it to takeAffinityHint.
+   */
+  admitAffinityHint(tid: number): boolean {
+    this.count.hints++;
+    return this.admit(Number.isSafeInteger(tid) && tid > 0 ? tid : undefined);
+  }
+
+  /** The second half of onAffinityHint: a hint admitted by admitAffinityHint. Never throws on guest input. */
+  takeAffinityHint(hint: AffinityHint): void {
+    const { tid } = hint;
+    if (!(Number.isSafeInteger(tid) && tid > 0)) return this.reject('rejectedInvalid', `bad tid ${String(tid)}`);
+
+    const decoded = 'cpus' in hint ? decodeCpus(hint.cpus, this.vcpuCount) : decodeMask(hint.mask, this.vcpuCount);
     if (decoded === undefined) return this.reject('rejectedInvalid', `task ${tid}: malformed mask`);
     if (decoded.extra) this.count.ignoredVcpuBits++;
     const vcpus = decoded.vcpus;
@@ -205,7 +239,17 @@ export class VcpuScheduler {
     if (known && sameList(known.vcpus, vcpus)) return;
     this.tasks.set(tid, { tid, tgid: Number.isSafeInteger(hint.tgid) ? hint.tgid : 0, comm: sanitize(hint.comm), vcpus });
     this.count.pins++;
-    this.update(`${who} pinned to vCPUs ${formatCpuList(vcpus)}`);
+    this.changed(`${who} pinned to vCPUs ${formatCpuList(vcpus)}`);
+  }
+
+  /**
+   * Plans now the task changes waiting for the end of the turn (if any) and applies the result.
+   * Everything that reads or replaces the placement calls it first, so nobody sees a stale plan.
+   */
+  flush(): void {
+    const p = this.pending;
+    if (!p) return;
+    this.update(p.n === 1 ? p.cause : `${p.cause} and ${p.n - 1} more task changes`);
   }
 
   /**
@@ -236,6 +280,7 @@ export class VcpuScheduler {
   }
 
   table(): VcpuRow[] {
+    this.flush();
     return this.placements.map((p) => ({
       vcpu: p.vcpu,
       tid: this.threads[p.vcpu],
@@ -252,6 +297,7 @@ export class VcpuScheduler {
 
   /** A snapshot of the counters. */
   get counters(): Readonly<SchedulerCounters> {
+    this.flush();
     return { ...this.count };
   }
 
@@ -303,7 +349,17 @@ export class VcpuScheduler {
   private release(tid: number, why: string): void {
     this.tasks.delete(tid);
     this.count.unpins++;
-    this.update(why);
+    this.changed(why);
+  }
+
+  /** The tracked tasks changed: re-plan once at the end of this turn, whatever else changes in it. */
+  private changed(cause: string): void {
+    if (this.pending) {
+      this.pending.n++;
+      return;
+    }
+    this.pending = { cause, n: 1 };
+    this.defer(() => this.flush());
   }
 
   private compute(): Placement[] {
@@ -314,6 +370,8 @@ export class VcpuScheduler {
 
   /** Recomputes the plan; logs and applies each vCPU whose CPU set changed. */
   private update(cause: string): void {
+    if (this.pending) this.count.replans++;
+    this.pending = undefined; // this plan covers them
     const before = this.placements;
     this.placements = this.compute();
     for (const p of this.placements) {
@@ -373,6 +431,24 @@ export function decodeMask(mask: bigint | readonly bigint[], vcpus: number): { v
         else extra = true;
       }
     }
+  }
+  return { vcpus: out, extra };
+}
+
+/**
+ * `decodeMask` for a mask given as its set bits: undefined unless they are distinct integers
+ * below 8192 in ascending order (what a mask's bits are).
+ */
+export function decodeCpus(cpus: readonly number[], vcpus: number): { vcpus: number[]; extra: boolean } | undefined {
+  if (!Array.isArray(cpus) || cpus.length > MAX_MASK_WORDS * 64) return undefined;
+  const out: number[] = [];
+  let extra = false;
+  let last = -1;
+  for (const c of cpus) {
+    if (typeof c !== 'number' || !Number.isInteger(c) || c <= last || c >= MAX_MASK_WORDS * 64) return undefined;
+    last = c;
+    if (c < vcpus) out.push(c);
+    else extra = true;
   }
   return { vcpus: out, extra };
 }

@@ -6,7 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { encodeHint, HintType } from '../../../bpf/hints';
 import { HINT_PROGRAMS } from '../../../vmm/hints/programs';
-import { HintRegistry, HintRegistryError, hintKind, type HintMeta } from '../../../vmm/hints/registry';
+import { HintRegistry, HintRegistryError, hintKind, type HintHost, type HintMeta } from '../../../vmm/hints/registry';
 import { HintStream, type StreamSink } from '../../../vmm/hints/stream';
 import { fakeHost } from './fake-host';
 
@@ -16,7 +16,7 @@ test('AFFINITY and UNPIN reach the scheduler, PRIO the priority policy and the v
   const f = fakeHost(4);
   const reg = new HintRegistry(HINT_PROGRAMS);
   const err = (e: Error) => assert.unreachable(e.message);
-  const a = reg.dispatch(encodeHint({ type: 'AFFINITY', tgid: 7, tid: 8, comm: 'spscq', cpus: [2], mask: [] }), meta(HintType.AFFINITY), f.host, err);
+  const a = reg.dispatch(encodeHint({ type: 'AFFINITY', tgid: 7, tid: 8, comm: 'spscq', cpus: [2], mask: [] }), meta(HintType.AFFINITY), f.host, err)!;
   assert.is(a.name, 'AFFINITY');
   assert.equal((a.fields as { cpus: number[] }).cpus, [2]);
   assert.equal(f.host.scheduler.table()[2]!.tasks.map((t) => t.tid), [8]);
@@ -41,15 +41,41 @@ test('unknown types and short records are published raw; a throwing handler is c
     return b;
   };
   const errors: string[] = [];
-  const u = reg.dispatch(rec(777, 16), meta(777, { source: undefined, program: undefined }), f.host, (e) => errors.push(e.message));
+  const u = reg.dispatch(rec(777, 16), meta(777, { source: undefined, program: undefined }), f.host, (e) => errors.push(e.message))!;
   assert.is(u.name, undefined);
   assert.is(u.raw, '0903000010000000' + '00'.repeat(8));
-  const s = reg.dispatch(rec(HintType.AFFINITY, 16), meta(HintType.AFFINITY), f.host, (e) => errors.push(e.message));
+  const s = reg.dispatch(rec(HintType.AFFINITY, 16), meta(HintType.AFFINITY), f.host, (e) => errors.push(e.message))!;
   assert.match(s.error!, /16-byte record, AFFINITY needs 64/);
-  const b = reg.dispatch(rec(900, 8), meta(900), f.host, (e) => errors.push(e.message));
+  const b = reg.dispatch(rec(900, 8), meta(900), f.host, (e) => errors.push(e.message))!;
   assert.match(b.error!, /handler failed: bug/);
   assert.equal(errors, ['bug']);
-  assert.equal({ ...reg.counters, byName: undefined }, { records: 3, decoded: 0, unknown: 1, short: 1, handlerErrors: 1, byName: undefined });
+  assert.equal({ ...reg.counters, byName: undefined }, { records: 3, decoded: 0, unknown: 1, short: 1, handlerErrors: 1, refused: 0, byName: undefined });
+});
+
+test('AFFINITY records over the scheduler\'s rate are refused from their header: not decoded, not published, counted', () => {
+  const f = fakeHost(2, { now: () => 0 }); // a clock that stands still: the burst (200), no refill
+  const reg = new HintRegistry(HINT_PROGRAMS);
+  let decodes = 0;
+  const real = HINT_PROGRAMS[0]!.kinds.find((k) => k.type === HintType.AFFINITY)!;
+  const counting = { ...HINT_PROGRAMS[0]!, kinds: [{ ...real, run: (r: Uint8Array, h: HintHost, m: HintMeta) => (decodes++, real.run(r, h, m)) }] };
+  const reg2 = new HintRegistry([counting]);
+  const entries = [];
+  for (let i = 0; i < 300; i++) {
+    entries.push(reg2.dispatch(encodeHint({ type: 'AFFINITY', tgid: 1, tid: 1000 + i, comm: 'flood', cpus: [i % 2], mask: [] }), meta(HintType.AFFINITY), f.host, (e) => assert.unreachable(e.message)));
+  }
+  assert.is(decodes, 200, 'only the admitted ones are decoded');
+  assert.is(entries.filter((e) => e === undefined).length, 100, 'the refused ones have no stream entry');
+  assert.is(reg2.counters.refused, 100);
+  assert.is(reg2.counters.decoded, 200);
+  const c = f.host.scheduler.counters;
+  assert.equal([c.hints, c.rateLimited, c.pins], [300, 100, 200]);
+  // The tid is read from the raw record: a task over its own limit (10/s, burst 20) is refused too.
+  const g = fakeHost(2, { now: () => 0 });
+  let refused = 0;
+  for (let i = 0; i < 25; i++) if (!reg.dispatch(encodeHint({ type: 'AFFINITY', tgid: 1, tid: 0xfffffff0, comm: 'x', cpus: [i % 2], mask: [] }), meta(HintType.AFFINITY), g.host, () => {})) refused++;
+  assert.is(refused, 5);
+  assert.is(g.host.scheduler.counters.rateLimitedTask, 5);
+  assert.is(reg.counters.refused, 5);
 });
 
 test('two programs cannot claim one hint type, and type 0 is the transport\'s', () => {

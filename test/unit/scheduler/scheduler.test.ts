@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { decodeMask, SchedulerError, VcpuScheduler, type SchedulerLimits } from '../../../vmm/scheduler/scheduler';
+import { decodeCpus, decodeMask, SchedulerError, VcpuScheduler, type SchedulerLimits } from '../../../vmm/scheduler/scheduler';
 import type { Policy } from '../../../vmm/scheduler/policy';
 import type { HostCpu } from '../../../vmm/scheduler/topology';
 
@@ -12,12 +12,15 @@ interface Rig {
   calls: { vcpu: number; cpus: number[]; tid: number }[];
   logs: string[];
   clock: { t: number };
+  /** Ends the event-loop turn: runs the re-plan the turn's hints deferred. */
+  turn(): void;
 }
 
 function rig(opts: { pool?: HostCpu[]; vcpus?: number; policy?: Policy; limits?: Partial<SchedulerLimits>; threads?: boolean; fail?: Set<number> } = {}): Rig {
   const calls: Rig['calls'] = [];
   const logs: string[] = [];
   const clock = { t: 1000 };
+  const deferred: (() => void)[] = [];
   const vcpus = opts.vcpus ?? 4;
   const s = new VcpuScheduler({
     pool: opts.pool ?? flat(4),
@@ -30,11 +33,15 @@ function rig(opts: { pool?: HostCpu[]; vcpus?: number; policy?: Policy; limits?:
     now: () => clock.t,
     log: (l) => logs.push(l),
     limits: opts.limits,
+    defer: (fn) => deferred.push(fn),
   });
   if (opts.threads !== false) s.setVcpuThreads(Array.from({ length: vcpus }, (_, i) => 500 + i));
   calls.length = 0;
   logs.length = 0;
-  return { s, calls, logs, clock };
+  const turn = () => {
+    for (const fn of deferred.splice(0)) fn();
+  };
+  return { s, calls, logs, clock, turn };
 }
 
 const pin = (s: VcpuScheduler, tid: number, mask: bigint | bigint[], comm = 'spscq'): void =>
@@ -62,16 +69,20 @@ test('nothing is applied before the threads are known; then every vCPU once, wit
 test('only changed vCPUs are applied; each change logged with old -> new and the reason', () => {
   const r = rig();
   pin(r.s, 100, 0b0010n);
+  assert.equal(r.calls, [], 'applied at the end of the turn, not per hint');
+  r.turn();
   assert.equal(vcpusApplied(r), [0, 1, 2, 3]);
   r.calls.length = 0;
   r.logs.length = 0;
   pin(r.s, 101, 0b0100n);
+  r.turn();
   assert.equal(vcpusApplied(r), [0, 2, 3]); // vCPU 1 keeps CPU 0 and is not touched
   assert.equal(cpusOf(r.s), [[2, 3], [0], [1], [2, 3]]);
   assert.is(r.logs.length, 3);
   assert.match(r.logs[1]!, /^scheduler: vcpu 2: 1-3 -> 1 \(hinted: tasks 101 pinned here; dedicated CPU 1\) after task 101 \(spscq\) pinned to vCPUs 2$/);
   r.calls.length = 0;
   pin(r.s, 101, 0b0100n); // the same hint again changes nothing
+  r.turn();
   assert.equal(r.calls, []);
   const c = r.s.counters;
   assert.is(c.pins, 2);
@@ -87,6 +98,7 @@ test('two tasks share a vCPU: it stays pinned until the last one goes', () => {
   assert.equal(r.s.table()[3]!.tasks.map((t) => t.tid), [1, 2]);
   r.calls.length = 0;
   r.s.onUnpinHint({ tid: 1 });
+  r.turn();
   assert.equal(r.calls, []);
   assert.equal(r.s.table()[3]!.cpus, [0]);
   assert.equal(r.s.table()[3]!.tasks.map((t) => t.tid), [2]);
@@ -131,11 +143,13 @@ test('mask bits for nonexistent vCPUs are ignored and counted', () => {
 test('empty masks (after dropping nonexistent vCPUs) are rejected and change nothing', () => {
   const r = rig();
   pin(r.s, 5, 0b0001n);
+  r.turn();
   r.calls.length = 0;
   pin(r.s, 5, 0n);
   pin(r.s, 5, 1n << 10n);
   pin(r.s, 5, [0n, 1n]);
   pin(r.s, 5, []);
+  r.turn();
   assert.equal(r.calls, []);
   assert.equal(r.s.table()[0]!.cpus, [0]);
   assert.is(r.s.counters.rejectedEmpty, 4);
@@ -153,7 +167,13 @@ test('malformed hints are rejected, never thrown', () => {
   pin(r.s, 5, new Array<bigint>(129).fill(1n));
   pin(r.s, 5, 1n << 9000n);
   r.s.onAffinityHint({ tgid: 1, tid: 5, comm: 'x', mask: [1 as unknown as bigint] });
-  assert.is(r.s.counters.rejectedInvalid, 9);
+  r.s.onAffinityHint({ tgid: 1, tid: 5, comm: 'x', cpus: [1, 1] });
+  r.s.onAffinityHint({ tgid: 1, tid: 5, comm: 'x', cpus: [2, 1] });
+  r.s.onAffinityHint({ tgid: 1, tid: 5, comm: 'x', cpus: [-1] });
+  r.s.onAffinityHint({ tgid: 1, tid: 5, comm: 'x', cpus: [8192] });
+  r.s.onAffinityHint({ tgid: 1, tid: 5, comm: 'x', cpus: [0.5] });
+  r.turn();
+  assert.is(r.s.counters.rejectedInvalid, 14);
   assert.is(r.s.counters.pins, 0);
   assert.equal(r.calls, []);
   // A mask using many words is fine when it stays in range: vCPU 70 of 72.
@@ -163,6 +183,9 @@ test('malformed hints are rejected, never thrown', () => {
 });
 
 test('decodeMask', () => {
+  assert.equal(decodeCpus([0, 1, 3], 4), { vcpus: [0, 1, 3], extra: false });
+  assert.equal(decodeCpus([0, 1, 3, 70], 2), { vcpus: [0, 1], extra: true });
+  assert.equal(decodeCpus([], 2), { vcpus: [], extra: false });
   assert.equal(decodeMask(0b1011n, 4), { vcpus: [0, 1, 3], extra: false });
   assert.equal(decodeMask(0b1011n, 2), { vcpus: [0, 1], extra: true });
   assert.equal(decodeMask([0n, 0n, 1n], 130), { vcpus: [128], extra: false });
@@ -297,11 +320,50 @@ test('a failing apply is counted, logged, and retried on the next change', () =>
   assert.equal(r.s.table().map((x) => x.applied), [true, false, true, true]);
   fail.clear();
   pin(r.s, 3, 0b1000n);
+  r.turn();
   assert.ok(r.calls.some((c) => c.vcpu === 1));
   assert.equal(r.s.table().map((x) => x.applied), [true, true, true, true]);
   const r2 = rig({ fail: new Set([2]) });
   pin(r2.s, 3, 0b100n);
+  r2.turn();
   assert.ok(r2.logs.some((l) => /vcpu 2 \(tid 502\): applying 0 failed after task 3 \(spscq\) pinned to vCPUs 2: ESRCH/.test(l)));
+});
+
+test('N hints in one turn: one re-plan, one apply per changed vCPU, the same pins as one turn each', () => {
+  // The same 40 hints (20 tasks pinned, some moved, some widened, one unpinned) once all in
+  // one turn and once a turn each: the plans must end the same.
+  const hints: (() => [number, bigint] | number)[] = [];
+  for (let i = 0; i < 20; i++) hints.push(() => [100 + i, 1n << BigInt(i % 4)]);
+  for (let i = 0; i < 10; i++) hints.push(() => [100 + i, 0b11n << BigInt(i % 3)]);
+  for (let i = 10; i < 15; i++) hints.push(() => [100 + i, 0b1111n]); // widened: released
+  for (let i = 15; i < 19; i++) hints.push(() => [200 + i, 0b0100n]);
+  hints.push(() => 119); // unpinned
+  const send = (r: Rig, h: [number, bigint] | number) => (typeof h === 'number' ? r.s.onUnpinHint({ tid: h }) : pin(r.s, h[0], h[1]));
+  const batched = rig({ pool: flat(8) });
+  const stepped = rig({ pool: flat(8) });
+  for (const h of hints) send(batched, h());
+  assert.equal(batched.calls, [], 'nothing planned or applied before the turn ends');
+  batched.turn();
+  for (const h of hints) {
+    send(stepped, h());
+    stepped.turn();
+  }
+  const b = batched.s.counters;
+  const st = stepped.s.counters;
+  assert.is(b.replans, 1);
+  assert.is(st.replans, st.pins + st.unpins, 'one turn each: a plan per change');
+  assert.equal([b.pins, b.unpins], [st.pins, st.unpins]);
+  assert.equal(batched.s.table(), stepped.s.table());
+  assert.ok(batched.calls.length <= 4, `${batched.calls.length} applies for 4 vCPUs`);
+  assert.equal(new Set(batched.calls.map((c) => c.vcpu)).size, batched.calls.length, 'each vCPU applied at most once');
+  const changed = batched.logs.filter((l) => /^scheduler: vcpu /.test(l));
+  assert.ok(changed.length > 0 && changed.every((l) => / after task 100 \(spscq\) pinned to vCPUs 0 and \d+ more task changes$/.test(l)), changed.join('\n'));
+  // Reading the table plans first: nobody sees a stale placement.
+  pin(batched.s, 300, 0b1000n);
+  assert.ok(batched.s.table()[3]!.tasks.some((t) => t.tid === 300));
+  assert.is(batched.s.counters.replans, 2);
+  batched.turn(); // the deferred re-plan finds nothing left to do
+  assert.is(batched.s.counters.replans, 2);
 });
 
 test('counters are a snapshot', () => {

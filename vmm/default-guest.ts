@@ -3,11 +3,12 @@
 // host side of the init's contract (tsvmm.cmd=, marker lines; docs/default-guest.md).
 // It must not boot anything or know about KVM.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, realpathSync, statSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TsvmmError } from '../lib/errors';
-import { cacheDir } from './cache';
+import { cacheDir, fallbackCacheDir } from './cache';
 
 export interface DefaultGuest {
   /** bzImage of the Debian kernel. */
@@ -110,22 +111,112 @@ function runScript(script: string, args: string[], log: (msg: string) => void): 
 }
 
 /**
+ * The name of the manifest tools/guest/build-initramfs.sh leaves beside its image when run from
+ * the checkout `root` with `args`: the script computes the same from its physical root and argv.
+ */
+export function manifestName(root: string, args: readonly string[]): string {
+  const key = createHash('sha256').update([realpathSync(root), ...args].map((s) => `${s}\n`).join('')).digest('hex');
+  return `manifest-${key.slice(0, 16)}`;
+}
+
+export type ManifestCheck = { image: string } | { miss: string };
+
+/** `1796587936.977082350` (stat's %.9Y) in ns; null if it is not that. */
+function parseNs(s: string): bigint | null {
+  const m = /^(\d+)\.(\d{9})$/.exec(s);
+  return m ? BigInt(m[1]!) * 1_000_000_000n + BigInt(m[2]!) : null;
+}
+
+/**
+ * Whether the image a build-initramfs.sh manifest names is still what the script would return:
+ * every recorded input has the same size, mtime and ctime (ns), every recorded absent input is
+ * still absent, TSVMM_BUSYBOX is unchanged and the image is there with its size. A few dozen
+ * stat() calls; anything unexpected is a miss (the script then decides).
+ */
+export function checkManifest(path: string): ManifestCheck {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return { miss: 'no manifest' };
+  }
+  const lines = text.split('\n').filter((l) => l !== '');
+  if (lines[0] !== 'tsvmm-initramfs-manifest 1') return { miss: `${path}: not a version 1 manifest` };
+  let image: string | null = null;
+  let env = false;
+  for (const line of lines.slice(1)) {
+    let m: RegExpExecArray | null;
+    if ((m = /^input (\d+) (\S+) (\S+) (.+)$/.exec(line))) {
+      const st = statSync(m[4]!, { bigint: true, throwIfNoEntry: false });
+      if (!st) return { miss: `${m[4]} is gone` };
+      if (st.size !== BigInt(m[1]!) || st.mtimeNs !== parseNs(m[2]!) || st.ctimeNs !== parseNs(m[3]!)) return { miss: `${m[4]} changed` };
+    } else if ((m = /^absent (.+)$/.exec(line))) {
+      if (existsSync(m[1]!)) return { miss: `${m[1]} appeared` };
+    } else if ((m = /^image (\d+) (.+)$/.exec(line))) {
+      const st = statSync(m[2]!, { throwIfNoEntry: false });
+      if (!st || st.size !== Number(m[1])) return { miss: `the image ${m[2]} is gone or changed` };
+      image = m[2]!;
+    } else if ((m = /^env TSVMM_BUSYBOX=(.*)$/.exec(line))) {
+      if ((process.env.TSVMM_BUSYBOX ?? '') !== m[1]) return { miss: 'TSVMM_BUSYBOX changed' };
+      env = true;
+    } else {
+      return { miss: `${path}: unknown line '${line.slice(0, 80)}'` };
+    }
+  }
+  if (image === null || !env) return { miss: `${path}: incomplete` };
+  return { image };
+}
+
+/** Marks a cached image used (its access time, as the script does on a hit) at most once an hour. */
+function markUsed(image: string): void {
+  try {
+    const st = statSync(image);
+    if (Date.now() - st.atimeMs > 3600_000) utimesSync(image, new Date(), st.mtime);
+  } catch {
+    // A read-only cache (the sandbox): nothing to mark, nothing pruned there either.
+  }
+}
+
+/**
+ * tools/guest/build-initramfs.sh of checkout `root` with `args`, without running it when its
+ * manifest (in the cache, or the fallback where that is read-only) says nothing changed.
+ * `cached`: the manifest answered.
+ */
+export async function buildInitramfs(root: string, args: readonly string[], log: (msg: string) => void): Promise<{ image: string; cached: boolean }> {
+  const name = manifestName(root, args);
+  let stale: string | undefined;
+  for (const dir of [join(cacheDir(), 'initramfs'), fallbackCacheDir('initramfs')]) {
+    const r = checkManifest(join(dir, name));
+    if ('image' in r) {
+      markUsed(r.image);
+      return { image: r.image, cached: true };
+    }
+    if (r.miss !== 'no manifest') stale ??= r.miss;
+  }
+  if (stale) log(`initramfs: ${stale}; checking with build-initramfs.sh`);
+  const script = join(root, 'tools/guest/build-initramfs.sh');
+  const image = await runScript(script, [...args], log);
+  if (!image || !existsSync(image)) throw new DefaultGuestError(`build-initramfs.sh ${args.join(' ')} produced no image (${image})`);
+  return { image, cached: false };
+}
+
+/**
  * Makes sure the default kernel and initramfs exist and are current, and returns them.
  * The kernel is fetched only when none is cached (run tools/guest/fetch-kernel.sh to pick
  * up a newer Debian kernel: resolving the meta package costs ~1 s, too much for every
- * boot). The initramfs script checks its own inputs and is cheap when nothing changed.
+ * boot). The initramfs script checks its own inputs; its manifest spares running it when
+ * nothing changed (buildInitramfs).
  */
 export async function ensureDefaultGuest(log: (msg: string) => void = () => {}): Promise<DefaultGuest> {
-  const tools = join(projectRoot(), 'tools/guest');
+  const root = projectRoot();
   const recordPath = join(cacheDir(), 'kernel/kernel.json');
   let record = readKernelRecord(recordPath);
   if (!record) {
-    await runScript(join(tools, 'fetch-kernel.sh'), [], log);
+    await runScript(join(root, 'tools/guest/fetch-kernel.sh'), [], log);
     record = readKernelRecord(recordPath);
     if (!record) throw new DefaultGuestError(`fetch-kernel.sh left no usable record at ${recordPath}`);
   }
-  const initrd = await runScript(join(tools, 'build-initramfs.sh'), [], log);
-  if (!initrd || !existsSync(initrd)) throw new DefaultGuestError(`build-initramfs.sh produced no image (${initrd})`);
+  const { image: initrd } = await buildInitramfs(root, [], log);
   return { kernel: record.kernel, vmlinux: record.vmlinux, initrd, version: record.version, modulesDir: record.modulesDir };
 }
 
@@ -133,11 +224,9 @@ export async function ensureDefaultGuest(log: (msg: string) => void = () => {}):
  * The agent's initramfs for another kernel (`--kernel` without `--initrd`): the default guest's
  * init, busybox and guest programs, with the modules of tools/guest/modules.txt taken from
  * `modulesDir` (a depmod'ed lib/modules/<release>), or none when the kernel has them built in.
- * Built by tools/guest/build-initramfs.sh and cached by the hash of its inputs.
+ * Built by tools/guest/build-initramfs.sh and cached by the hash of its inputs (and its manifest).
  */
 export async function ensureAgentImage(release: string, modulesDir: string | undefined, log: (msg: string) => void = () => {}): Promise<string> {
   const args = ['--kver', release, ...(modulesDir ? ['--moddir', modulesDir] : [])];
-  const initrd = await runScript(join(projectRoot(), 'tools/guest/build-initramfs.sh'), args, log);
-  if (!initrd || !existsSync(initrd)) throw new DefaultGuestError(`build-initramfs.sh produced no image for ${release} (${initrd})`);
-  return initrd;
+  return (await buildInitramfs(projectRoot(), args, log)).image;
 }

@@ -13,6 +13,12 @@
 # kernel's lib/modules/VERSION tree (depmod'ed); without --moddir the kernel has no modules
 # (what it needs is built in). The nested sandbox reuses this script with its own init and
 # modules.
+# Beside the image (or in the fallback when that cannot be written) it leaves a manifest,
+# manifest-<key> (key: the checkout's physical path and this call's arguments): the image's path
+# and the size, mtime and ctime (ns) of every input — this script, the init, modules.txt,
+# busybox, the kernel record, the module tree's index and files, guest/ and guest/build — taken
+# before they are hashed, and the inputs that must stay absent. vmm/default-guest.ts checks it
+# with stat() and runs this script only on a mismatch.
 # Image layout: /init, /bin/busybox + applet links, /lib/modules/NN-<module>.ko (NN is the
 # load order, dependencies first; compressed modules are stored decompressed, as busybox's
 # insmod needs them), /usr/bin/<guest files>.
@@ -24,6 +30,8 @@ set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# The manifest's name: vmm/default-guest.ts computes the same from its own root and arguments.
+MANIFEST=manifest-$(printf '%s\n' "$(cd "$ROOT" && pwd -P)" "$@" | sha256sum | cut -c1-16)
 CACHE=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}
 FALLBACK=${TMPDIR:-/tmp}/tsvmm-cache-$(id -u)
 # Every module of the feature table, in its order ("-" rows have none).
@@ -52,17 +60,23 @@ log() { echo "build-initramfs: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ -f "$init" ] || die "no init script at $init"
+case $init in /*) ;; *) init=$(pwd)/$init ;; esac
 . "$HERE/need.sh"
 need modprobe kmod
 need cpio cpio
 need gzip gzip
+# TSVMM_BUSYBOX: a static busybox to use instead of the system's (recorded in the manifest).
+BUSYBOX_CANDIDATES=${TSVMM_BUSYBOX:-/bin/busybox /usr/bin/busybox}
 find_busybox() {
-	for b in /bin/busybox /usr/bin/busybox; do
+	for b in $BUSYBOX_CANDIDATES; do
 		# Only a static busybox runs in an image that has no libc.
 		if [ -x "$b" ] && ! ldd "$b" >/dev/null 2>&1; then echo "$b"; return; fi
 	done
 }
 BUSYBOX=$(find_busybox)
+if [ -z "$BUSYBOX" ] && [ -n "${TSVMM_BUSYBOX:-}" ]; then
+	die "TSVMM_BUSYBOX=$TSVMM_BUSYBOX is not an executable static busybox"
+fi
 if [ -z "$BUSYBOX" ]; then
 	need busybox-static-is-missing busybox-static
 	BUSYBOX=$(find_busybox)
@@ -102,6 +116,8 @@ if [ -n "$moddir" ]; then
 			{ log "warning: module $m not found for $kver; skipped"; continue; }
 		feat=$(feature_of "$m")
 		for p in $(printf '%s\n' "$deps" | awk '$1 == "insmod" { print $2 }'); do
+			# Through the link: the path in the tree itself (the link is gone before the copy).
+			p=$moddir${p#"$base/lib/modules/$kver"}
 			case " $mods " in *" $p "*) ;; *) mods="$mods $p"; feats="$feats$p $feat
 " ;; esac
 		done
@@ -132,6 +148,43 @@ if [ -n "$guest_dir" ] && [ -d "$guest_dir" ]; then
 	for f in "$guest_dir"/*; do [ -f "$f" ] && guest_files="$guest_files $f"; done
 fi
 
+# The manifest's inputs, stat'ed before they are hashed: one changed after this point differs
+# from its record next time. Inputs that do not exist are recorded as absent (a busybox that
+# appears where none was, a guest/Makefile added).
+inputs="$HERE/${0##*/} $HERE/need.sh $HERE/modules.txt $init $BUSYBOX_CANDIDATES ${record:-}"
+if [ -n "$moddir" ]; then inputs="$inputs $moddir $(ls -d "$moddir"/modules.* 2>/dev/null | tr '\n' ' ')$mods"; fi
+if [ "$guest" = 1 ]; then
+	inputs="$inputs $ROOT/guest"
+	[ -f "$ROOT/guest/Makefile" ] || inputs="$inputs $ROOT/guest/Makefile"
+	for f in "$ROOT"/guest/*; do [ -f "$f" ] && inputs="$inputs $f"; done
+	inputs="$inputs ${guest_dir:-$ROOT/guest/build}$guest_files"
+fi
+present=
+absent=
+for f in $inputs; do
+	if [ -e "$f" ]; then present="$present $f"; else absent="${absent}absent $f
+"; fi
+done
+snap_at=$(date +%s.%N)
+# shellcheck disable=SC2086 # word-split on purpose: paths have no spaces (as everywhere here)
+snapshot=$(stat -L -c 'input %s %.9Y %.9Z %n' -- $present; printf '%s' "$absent")
+# An input changed in the last 20 ms (file times follow a coarse clock) could change again with
+# the same size and time stamps: no manifest then, the next call checks again (git's racy rule).
+racy=$(printf '%s\n' "$snapshot" | awk -v t="$snap_at" '$1 == "input" && ($3 > t - 0.02 || $4 > t - 0.02) { print $5; exit }')
+# Writes the manifest for image $1 (best effort: a cache nobody can write has none).
+write_manifest() {
+	[ -z "$racy" ] || return 0
+	mdir=${1%/*}
+	[ -w "$mdir" ] || { mdir=$FALLBACK/initramfs; mkdir -p "$mdir" 2>/dev/null || return 0; }
+	{
+		echo "tsvmm-initramfs-manifest 1"
+		echo "env TSVMM_BUSYBOX=${TSVMM_BUSYBOX:-}"
+		stat -c 'image %s %n' -- "$1"
+		printf '%s\n' "$snapshot"
+	} >"$mdir/.$MANIFEST.$$" 2>/dev/null && mv -f "$mdir/.$MANIFEST.$$" "$mdir/$MANIFEST" 2>/dev/null ||
+		rm -f "$mdir/.$MANIFEST.$$" 2>/dev/null || true
+}
+
 # Everything the image is made of, so a change anywhere rebuilds it.
 hash=$( {
 	echo "$kver $modules"
@@ -149,7 +202,12 @@ file=$name-$kver-$(echo "$hash" | cut -c1-16).cpio.gz
 # the script there), so that the
 # pruning below spares it.
 for d in "$CACHE/initramfs" "$FALLBACK/initramfs"; do
-	if [ -f "$d/$file" ]; then touch -a -c "$d/$file" 2>/dev/null || true; echo "$d/$file"; exit 0; fi
+	if [ -f "$d/$file" ]; then
+		touch -a -c "$d/$file" 2>/dev/null || true
+		write_manifest "$d/$file"
+		echo "$d/$file"
+		exit 0
+	fi
 done
 dir=$CACHE/initramfs
 if ! mkdir -p "$dir" 2>/dev/null || [ ! -w "$dir" ]; then
@@ -160,7 +218,7 @@ fi
 out=$dir/$file
 exec 9>"$dir/.lock"
 flock 9
-if [ -f "$out" ]; then echo "$out"; exit 0; fi
+if [ -f "$out" ]; then write_manifest "$out"; echo "$out"; exit 0; fi
 
 stage=$(mktemp -d "$dir/.stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT INT TERM
@@ -197,5 +255,8 @@ mv "$out.new" "$out"
 # guest sources) each have a current image, and one checkout's build deleted another's while
 # it was about to boot it.
 find "$dir" -maxdepth 1 -name "$name-$kver-*.cpio.gz" ! -name "$file" -amin +1440 -exec rm -f {} + 2>/dev/null || true
+# Manifests of checkouts or arguments nobody built with for a month.
+find "$dir" -maxdepth 1 -name 'manifest-*' -mtime +30 -exec rm -f {} + 2>/dev/null || true
+write_manifest "$out"
 log "built $out ($i modules$( [ -n "$guest_files" ] && echo ", guest:$guest_files"))"
 echo "$out"

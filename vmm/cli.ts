@@ -16,7 +16,7 @@ import { ConsoleResizer } from './console/resize';
 import { AgentClient } from './agent/client';
 import { AGENT_VSOCK_PORT } from './agent/connect';
 import { GUEST_CID } from './agent-vm';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, type BigIntStats } from 'node:fs';
 import { probeKernel } from './boot/loader';
 import { unpackKernel } from './boot/unpack';
 import { StartupClock } from './startup';
@@ -205,7 +205,9 @@ function cmdUnpack(args: string[]): number {
   if (positionals.length !== 1) throw new UsageError('unpack needs one IMAGE');
   const path = positionals[0]!;
   let image: Uint8Array;
+  let before: BigIntStats | undefined;
   try {
+    before = statSync(path, { bigint: true });
     image = readFileSync(path);
   } catch (e) {
     throw new UsageError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
@@ -215,7 +217,7 @@ function cmdUnpack(args: string[]): number {
     return 0;
   }
   const log = (m: string) => process.stderr.write(`tsvmm: ${m}\n`);
-  const u = unpackKernel(path, image, log);
+  const u = unpackKernel(path, image, log, before);
   if (!u) return EXIT.ERROR;
   process.stdout.write(`${u.path}\n`);
   return 0;

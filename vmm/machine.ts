@@ -3,7 +3,7 @@
 // into an exit status. Owns the order of setup and teardown; every resource it creates is
 // released by close(), whatever state the machine reached.
 
-import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { Kvm, Vm, Vcpu } from '../kvm/kvm';
 import { Bus } from '../devices/bus';
 import { Serial16550 } from '../devices/serial';
@@ -115,10 +115,12 @@ export class Machine {
   /** Validates, creates and boots the machine; vCPUs are running when this resolves. */
   static async start(config: MachineConfig, io: MachineIo): Promise<Machine> {
     validateConfig(config);
+    // Before the read: unpackKernel finds the image's hash by it when the file is unchanged.
+    const kernelStat = statSync(config.kernel, { bigint: true, throwIfNoEntry: false });
     const kernel = readImage(config.kernel, 'kernel');
     const format = probeKernel(config.kernel, kernel);
     // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
-    const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log) : undefined;
+    const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log, kernelStat) : undefined;
     const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
     io.startup?.end('read images (unpack)');
     const m = new Machine(config, io);
@@ -232,6 +234,8 @@ export class Machine {
     try {
       loaded = loadKernel(ram.memory, ram.ranges, {
         kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline, vmlinux: vmlinux?.bytes,
+        // Fresh mappings (GuestRam): only the ACPI tables below 1 MiB are written so far.
+        ramZeroed: true,
       }, acpi?.rsdpAddr);
     } finally {
       vmlinux?.unmap(); // nothing keeps a view of it: the loader copied what it needed

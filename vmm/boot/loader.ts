@@ -28,6 +28,12 @@ export interface BootImage {
   cmdline: string;
   /** For a bzImage: its payload unpacked (an ELF vmlinux), to be booted instead of the decompressor. */
   vmlinux?: Uint8Array;
+  /**
+   * Guest RAM is still all zeros (freshly mapped): an ELF's pages of zeros and its bss are not
+   * written, which spares touching (allocating) them — almost half of Debian's vmlinux is zeros
+   * (.bss, .brk and .init.scratch are stored in the file).
+   */
+  ramZeroed?: boolean;
 }
 
 export interface LoadedKernel {
@@ -72,8 +78,12 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
     for (const s of elf.segments) {
       if (s.paddr < KERNEL_ADDR) throw new KernelImageError(img.kernelPath, `segment at 0x${s.paddr.toString(16)} is below 1 MiB`);
       fits(s.paddr, s.memsz, 'the kernel');
-      mem.write(s.paddr, s.data);
-      mem.expect(s.paddr + s.data.length, s.memsz - s.data.length).fill(0);
+      if (img.ramZeroed) {
+        for (const [from, to] of nonZeroRuns(s.data)) mem.write(s.paddr + from, s.data.subarray(from, to));
+      } else {
+        mem.write(s.paddr, s.data);
+        mem.expect(s.paddr + s.data.length, s.memsz - s.data.length).fill(0);
+      }
     }
     return elf;
   };
@@ -121,6 +131,32 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
     header, cmdlineAddr: CMDLINE_ADDR, cmdlineSize: cmdline.length, initrd, rsdpAddr, e820: e820Map(ram),
   }));
   return { format: !header ? 'elf' : img.vmlinux ? 'unpacked' : 'bzImage', entry, kernelEnd, initrd };
+}
+
+const ZERO_PAGE = new Uint8Array(PAGE);
+
+/** Whether `b` (at most a page) is all zeros: Buffer's compare is a native memcmp. */
+function isZero(b: Uint8Array): boolean {
+  return Buffer.compare(b, ZERO_PAGE.subarray(0, b.length)) === 0;
+}
+
+/**
+ * [from, to) ranges of `data` that hold a non-zero byte, in page-sized steps from its start
+ * (the ranges cover whole pages but never extend past `data`).
+ */
+export function nonZeroRuns(data: Uint8Array): [number, number][] {
+  const runs: [number, number][] = [];
+  let start = -1;
+  for (let p = 0; p < data.length; p += PAGE) {
+    const zero = isZero(data.subarray(p, Math.min(p + PAGE, data.length)));
+    if (!zero && start < 0) start = p;
+    else if (zero && start >= 0) {
+      runs.push([start, p]);
+      start = -1;
+    }
+  }
+  if (start >= 0) runs.push([start, data.length]);
+  return runs;
 }
 
 const mib = (n: number) => `${(n / 0x100000).toFixed(1)} MiB`;

@@ -4,8 +4,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { GuestMemory } from '../../../devices/memory';
 import { KernelImageError } from '../../../vmm/boot/errors';
-import { loadKernel, probeKernel } from '../../../vmm/boot/loader';
-import { ELF_SEG0, ELF_SEG1, makeBzImage, makeElf } from './images';
+import { readFileSync } from 'node:fs';
+import { loadKernel, nonZeroRuns, probeKernel } from '../../../vmm/boot/loader';
+import { needs } from '../../needs';
+import { cachedKernel, ELF_SEG0, ELF_SEG1, makeBzImage, makeElf, NO_KERNEL } from './images';
 
 const MiB = 0x10_0000;
 
@@ -98,6 +100,43 @@ test('ELF: segments at their physical addresses, bss zeroed, entry from the head
   assert.equal([...m.bytes.subarray(ELF_SEG1.paddr, ELF_SEG1.paddr + 4)], ELF_SEG1.data);
   assert.is(m.bytes[ELF_SEG1.paddr + ELF_SEG1.memsz], 0xaa);
   assert.is(m.dv.getUint32(0x7000 + 0x202, true), 0x53726448, 'minimal header for ELF');
+});
+
+test('nonZeroRuns: page-sized steps, runs merged, a short tail kept, all zeros none', () => {
+  const P = 0x1000;
+  const d = new Uint8Array(5 * P + 10);
+  assert.equal(nonZeroRuns(d), []);
+  d[P + 7] = 1; // page 1
+  d[2 * P] = 1; // page 2: one run with page 1
+  d[4 * P + 3] = 1; // page 4
+  d[5 * P + 9] = 1; // the 10-byte tail: same run as page 4
+  assert.equal(nonZeroRuns(d), [[P, 3 * P], [4 * P, 5 * P + 10]]);
+  assert.equal(nonZeroRuns(new Uint8Array([0, 0, 3])), [[0, 3]]);
+  assert.equal(nonZeroRuns(new Uint8Array(0)), []);
+});
+
+test('ELF into zeroed RAM: zero pages and bss are not written, the rest is', () => {
+  // RAM that is not zero shows what was written: the bss (zeros) is skipped.
+  const m = machine();
+  loadKernel(m.mem, m.ram, { kernelPath: 'vmlinux', kernel: makeElf(), cmdline: 'a', ramZeroed: true });
+  assert.equal([...m.bytes.subarray(ELF_SEG0.paddr, ELF_SEG0.paddr + 8)], ELF_SEG0.data);
+  assert.equal([...m.bytes.subarray(ELF_SEG1.paddr, ELF_SEG1.paddr + 4)], ELF_SEG1.data);
+  assert.is(m.bytes[ELF_SEG0.paddr + 8], 0xaa, 'the bss is left as it is');
+});
+
+needs(NO_KERNEL)('the default kernel\'s vmlinux into zeroed RAM: the same bytes as copied whole', () => {
+  const k = cachedKernel()!;
+  const kernel = new Uint8Array(readFileSync(k.kernel));
+  const vmlinux = new Uint8Array(readFileSync(k.vmlinux));
+  const size = 128 * MiB;
+  const load = (ramZeroed: boolean) => {
+    const bytes = new Uint8Array(size);
+    loadKernel(new GuestMemory([{ gpa: 0, bytes }]), [{ gpa: 0, size }], { kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed });
+    return bytes;
+  };
+  const whole = load(false);
+  const skipped = load(true);
+  assert.ok(Buffer.compare(whole, skipped) === 0, 'identical guest RAM');
 });
 
 test('probeKernel: format of good images; text, empty and broken files refused', () => {

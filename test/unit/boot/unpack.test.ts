@@ -6,7 +6,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../../../devices/memory';
@@ -112,6 +112,46 @@ needs(TOOLS)('a second boot of the same image is a cache hit, silent; a changed 
   assert.is(logs.length, 1);
   assert.is(readdirSync(join(cache, 'vmlinux')).length, 2);
 }));
+
+needs(TOOLS)('an unchanged image file is found by its recorded hash, not hashed again; a changed one (same size) is', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'unpack-index-'));
+  const saved = { cache: process.env.TSVMM_CACHE, tmp: process.env.TMPDIR };
+  process.env.TSVMM_CACHE = join(dir, 'cache');
+  process.env.TMPDIR = dir;
+  try {
+    const path = join(dir, 'bzImage');
+    const image = bzImage(compress('xz', ELF));
+    writeFileSync(path, image);
+    const stat = () => statSync(path, { bigint: true });
+    // Stat'ed right after the write: a file that may change again within the clock's tick is not recorded.
+    assert.ok(unpackKernel(path, image, () => {}, stat())!.fresh);
+    assert.equal(readdirSync(join(dir, 'cache/vmlinux')).filter((f) => f.startsWith('src-')), [], 'racy: no record');
+    await new Promise((r) => setTimeout(r, 50));
+    const first = unpackKernel(path, image, () => {}, stat())!;
+    assert.not.ok(first.fresh);
+    assert.is(readdirSync(join(dir, 'cache/vmlinux')).filter((f) => f.startsWith('src-')).length, 1, 'recorded');
+    // Bytes that hash differently but the same file (stat): the record answers, nothing is hashed.
+    const other = image.slice();
+    other[KERNEL_OFFSET + 1] ^= 0xff;
+    const again = unpackKernel(path, other, () => {}, stat())!;
+    assert.is(again.path, first.path);
+    assert.not.ok(again.fresh);
+    // The file changed on disk (same size): hashed again, a new entry.
+    writeFileSync(path, other);
+    await new Promise((r) => setTimeout(r, 50));
+    const changed = unpackKernel(path, other, () => {}, stat())!;
+    assert.ok(changed.fresh);
+    assert.is.not(changed.path, first.path);
+    // Without a stat (the caller did not take one before reading): hashed, as before.
+    assert.is(unpackKernel(path, image, () => {})!.path, first.path);
+  } finally {
+    for (const [k, v] of [['TSVMM_CACHE', saved.cache], ['TMPDIR', saved.tmp]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 needs(TOOLS)('a damaged cache entry (wrong length) is unpacked again', () => withCache(() => {
   const image = bzImage(compress('zstd', ELF));

@@ -45,17 +45,23 @@ async function main() {
     const order = i % 2 ? [...names].reverse() : names;
     for (const vmm of order) {
       const { cmd, args } = vmms[vmm];
-      const r = await runTimed(cmd, args, { timeoutMs: o.timeout * 1000, markers: [READY_MARKER] });
+      // With TSVMM_BENCH_RUN_ARGS="--log-level debug" tsvmm logs its start in phases (vmm/startup.ts).
+      let startup = null;
+      const onErrLine = (l) => {
+        const m = /first KVM_RUN (\d+) ms after exec: (.*) \(ms\)/.exec(l);
+        if (m) startup = { totalMs: Number(m[1]), phases: Object.fromEntries(m[2].split(', ').map((p) => { const i = p.lastIndexOf(' '); return [p.slice(0, i), Number(p.slice(i + 1))]; })) };
+      };
+      const r = await runTimed(cmd, args, { timeoutMs: o.timeout * 1000, markers: [READY_MARKER], onErrLine });
       const readyMs = r.seen[READY_MARKER] ?? null;
       let error = null;
       if (r.timedOut) error = `timeout after ${o.timeout} s`;
       else if (readyMs === null) error = `no "${READY_MARKER}" line`;
       else if (r.code !== 0) error = `exit status ${r.code ?? r.signal}`;
-      const run = { vmm, round: i, warmup: i < o.warmup, ok: error === null, readyMs, exitMs: r.ms, exitCode: r.code, error };
+      const run = { vmm, round: i, warmup: i < o.warmup, ok: error === null, readyMs, exitMs: r.ms, exitCode: r.code, error, ...(startup ? { startup } : {}) };
       if (error) run.outputTail = r.tail.slice(-1500);
       runs.push(run);
       process.stderr.write(`boot: ${run.warmup ? 'warmup' : `run ${i - o.warmup + 1}/${o.runs}`} ${vmm}: ` +
-        (run.ok ? `ready ${fmt(readyMs, 0)} ms, exit ${fmt(r.ms, 0)} ms\n` : `FAILED (${error})\n${run.outputTail}\n`));
+        (run.ok ? `ready ${fmt(readyMs, 0)} ms, exit ${fmt(r.ms, 0)} ms${startup ? `, first KVM_RUN ${startup.totalMs} ms` : ''}\n` : `FAILED (${error})\n${run.outputTail}\n`));
     }
   }
 
@@ -64,6 +70,11 @@ async function main() {
     const timed = runs.filter((r) => r.vmm === vmm && !r.warmup);
     const ok = timed.filter((r) => r.ok);
     summary[vmm] = { ok: ok.length, failed: timed.length - ok.length, readyMs: stats(ok.map((r) => r.readyMs)), exitMs: stats(ok.map((r) => r.exitMs)) };
+    const st = ok.filter((r) => r.startup);
+    if (st.length) {
+      summary[vmm].startupMs = { total: stats(st.map((r) => r.startup.totalMs)) };
+      for (const p of Object.keys(st[0].startup.phases)) summary[vmm].startupMs[p] = stats(st.map((r) => r.startup.phases[p] ?? 0));
+    }
   }
   const both = summary.tsvmm && summary.qemu;
   const ratios = both ? {
@@ -78,6 +89,8 @@ async function main() {
     console.log(`${vmm.padEnd(7)} ${`${s.ok}/${s.ok + s.failed}`.padStart(7)} ${fmt(s.readyMs.min, 0).padStart(7)} ${fmt(s.readyMs.median, 0).padStart(8)} ${fmt(s.readyMs.max, 0).padStart(8)}`);
   }
   if (ratios) console.log(`tsvmm/qemu: min ${fmt(ratios.readyMin, 2)}, median ${fmt(ratios.readyMedian, 2)}`);
+  const su = summary.tsvmm?.startupMs;
+  if (su) console.log(`tsvmm's start to the first KVM_RUN, median ms: ${Object.entries(su).map(([p, s]) => `${p} ${fmt(s.median, 0)}`).join(', ')}`);
 
   writeJson(o.out, {
     bench: 'boot', env: environment(o.qemu),

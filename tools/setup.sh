@@ -54,6 +54,25 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The sandbox's QEMU must be 9.0 or newer. Older TCG (Debian 12's 7.2) misses interrupts in a
+# `sti; one instruction; cli` window (QEMU commit "target/i386: Give IRQs a chance when resetting
+# HF_INHIBIT_IRQ_MASK", 9.0): KVM's run loop inside the sandbox opens exactly that window to take
+# the interrupt that ended a nested guest's run, so a sandbox CPU could loop VMRUN/#VMEXIT with
+# its timer and IPIs never taken, and the sandbox kernel froze (docs/sandbox.md, "Dying early").
+# Debian 12 gets a new enough QEMU from bookworm-backports; Debian 13 has one.
+qemu_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+if ! dpkg --compare-versions "${qemu_version:-0}" ge 1:9.0; then
+	. /etc/os-release
+	if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+		echo "setup: QEMU ${qemu_version:-none} is older than 9.0; installing qemu-system-x86 from bookworm-backports" >&2
+		echo 'deb http://deb.debian.org/debian bookworm-backports main' >/etc/apt/sources.list.d/tsvmm-bookworm-backports.list
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+	else
+		echo "setup: warning: QEMU ${qemu_version:-none} is older than 9.0 and this is not Debian 12: the nested sandbox may freeze (docs/sandbox.md)" >&2
+	fi
+fi
 if [ ! -d node_modules/koffi ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
 	npm ci --no-audit --no-fund
 fi

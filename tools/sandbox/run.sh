@@ -60,6 +60,10 @@ fi
 log "no hardware KVM: running in QEMU software emulation (TCG with nested SVM); this is slow"
 . "$GUEST/need.sh"
 need qemu-system-x86_64 qemu-system-x86
+qemu_major=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
+if [ "${qemu_major:-0}" -lt 9 ]; then
+	log "warning: QEMU $qemu_major.x is older than 9.0: its TCG can miss interrupts and freeze the sandbox kernel (tools/setup.sh installs a newer one; docs/sandbox.md)"
+fi
 
 # A cached kernel is used as is: resolving the Debian meta package costs a second per run.
 record=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}/kernel/kernel.json

@@ -73,6 +73,19 @@ if ! dpkg --compare-versions "${qemu_version:-0}" ge 1:9.0; then
 		echo "setup: warning: QEMU ${qemu_version:-none} is older than 9.0 and this is not Debian 12: the nested sandbox may freeze (docs/sandbox.md)" >&2
 	fi
 fi
+# virtio-fs needs virtiofsd. QEMU >= 8 no longer ships its C daemon, and Debian 12 has no package
+# of the Rust one (Debian 13's `virtiofsd` needs glibc 2.39): keep Debian 12's, from its QEMU 7.2
+# qemu-system-common, at /usr/local/libexec/virtiofsd (devices/virtio/fs/daemon.ts looks there).
+have_virtiofsd() {
+	command -v virtiofsd >/dev/null || [ -x /usr/libexec/virtiofsd ] || [ -x /usr/lib/qemu/virtiofsd ] || [ -x /usr/local/libexec/virtiofsd ]
+}
+if ! have_virtiofsd && [ "${VERSION_CODENAME:-$(. /etc/os-release && echo "${VERSION_CODENAME:-}")}" = bookworm ]; then
+	echo "setup: installing Debian 12's virtiofsd (QEMU 7.2's) at /usr/local/libexec/virtiofsd" >&2
+	tmp=$(mktemp -d)
+	(cd "$tmp" && apt-get download -qq qemu-system-common/bookworm 2>/dev/null && dpkg-deb -x qemu-system-common_*.deb x)
+	install -D -m 0755 "$tmp/x/usr/lib/qemu/virtiofsd" /usr/local/libexec/virtiofsd
+	rm -rf "$tmp"
+fi
 if [ ! -d node_modules/koffi ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
 	npm ci --no-audit --no-fund
 fi

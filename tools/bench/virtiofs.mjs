@@ -51,7 +51,7 @@ function makeTree(dir) {
 function findDaemon() {
   if (o.virtiofsd) return o.virtiofsd;
   const dirs = (process.env.PATH ?? '').split(':').filter(Boolean).map((d) => join(d, 'virtiofsd'));
-  for (const p of [...dirs, '/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd']) if (existsSync(p)) return p;
+  for (const p of [...dirs, '/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd', '/usr/local/libexec/virtiofsd']) if (existsSync(p)) return p;
   throw new BenchError('virtiofsd not found: --virtiofsd BIN');
 }
 

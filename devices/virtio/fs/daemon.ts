@@ -24,9 +24,9 @@ import { TsvmmError } from '../../../lib/errors';
 export class VirtiofsdError extends TsvmmError {}
 
 /** Where distributions install virtiofsd when it is not on PATH (Debian 13 package; Debian 12's qemu-system-common). */
-export const VIRTIOFSD_LOCATIONS = ['/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd'];
+export const VIRTIOFSD_LOCATIONS = ['/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd', '/usr/local/libexec/virtiofsd'];
 
-export const VIRTIOFSD_HOWTO = "install it (Debian 12: apt-get install qemu-system-common, which puts it at /usr/lib/qemu/virtiofsd; Debian 13+: apt-get install virtiofsd) or set TSVMM_VIRTIOFSD to its path";
+export const VIRTIOFSD_HOWTO = "install it (Debian 13+: apt-get install virtiofsd; Debian 12: tools/setup.sh puts QEMU 7.2's at /usr/local/libexec/virtiofsd, as does apt-get install qemu-system-common of Debian 12's own QEMU at /usr/lib/qemu/virtiofsd) or set TSVMM_VIRTIOFSD to its path";
 
 function isExecutableFile(p: string): boolean {
   try {

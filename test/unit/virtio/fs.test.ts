@@ -139,7 +139,7 @@ test('a transport without backend interrupts still clears the bit on ACK', () =>
 test('findVirtiofsd: TSVMM_VIRTIOFSD, then PATH, then the distribution\'s places; else how to get it', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-vfsd-'));
   try {
-    assert.throws(() => findVirtiofsd({ PATH: dir }, [join(dir, 'nope')]), /^virtiofsd not found \(searched PATH, .*\/nope\): install it \(Debian 12: apt-get install qemu-system-common/);
+    assert.throws(() => findVirtiofsd({ PATH: dir }, [join(dir, 'nope')]), /^virtiofsd not found \(searched PATH, .*\/nope\): install it \(Debian 13\+: apt-get install virtiofsd; Debian 12: tools\/setup.sh/);
     assert.throws(() => findVirtiofsd({ PATH: dir, TSVMM_VIRTIOFSD: join(dir, 'x') }, []), /TSVMM_VIRTIOFSD=.*is not an executable file/);
     assert.is(findVirtiofsd({ PATH: '', TSVMM_VIRTIOFSD: '/bin/sh' }, []), '/bin/sh');
     assert.is(findVirtiofsd({ PATH: dir }, ['/bin/sh']), '/bin/sh');

@@ -143,11 +143,14 @@ async function main() {
   const marks = [{ phase: 'boot', us: nowUs(), times: threadTimes(pid, pid) }];
   let gets = 0;
   let partial = '';
+  const guestLines = [];
   child.stdout.setEncoding('utf8').on('data', (d) => {
     stdout = (stdout + d).slice(-20000);
     const lines = (partial + d).split('\n');
     partial = lines.pop() ?? '';
     for (const l of lines) {
+      // The guest program's own summary (calls made, taken, refused): what the main thread's cost is per.
+      if (/^hostile: /.test(l)) guestLines.push({ phase, line: l.replace(/\r$/, '') });
       const m = /^bench: (\w+)/.exec(l.replace(/\r$/, ''));
       if (!m || m[1] === phase) continue;
       phase = m[1];
@@ -199,6 +202,7 @@ async function main() {
     result.phases[p].p50VsIdle = ratio(result.phases[p].p50, result.phases.idle.p50);
     result.phases[p].p99VsIdle = ratio(result.phases[p].p99, result.phases.idle.p99);
   }
+  result.guest = guestLines;
   result.goal = { what: 'flood p99 <= 100 ms', met: result.phases.flood.p99 !== null && result.phases.flood.p99 <= 100 };
   if (o.cpuProf) {
     try {
@@ -217,6 +221,7 @@ async function main() {
       `  ${m ? fmt(100 * m.cpuShare, 0).padStart(16) : '-'.padStart(16)} ${m ? fmt(100 * m.waitShare, 0).padStart(6) : '-'} ${m ? fmt(m.cpuMsPerGet, 2).padStart(10) : '-'}` +
       (r.failed || r.non200 ? `  (${r.failed} failed, ${r.non200} not 200)` : ''));
   }
+  for (const g of guestLines) lines.push(`guest (${g.phase}): ${g.line}`);
   lines.push(`goal ${result.goal.what}: ${result.goal.met ? 'met' : 'NOT met'} (flood p99 ${fmt(result.phases.flood.p99, 1)} ms)`);
   if (result.profileError) lines.push(`profile: ${result.profileError}`);
   if (result.profile) {

@@ -94,8 +94,7 @@ export class Paravirt {
     const p = source === undefined ? undefined : this.loaded.get(source);
     if (p) p.hints++;
     const meta = { type, source, program: p?.name, vcpu, time: performance.timeOrigin + performance.now() };
-    const entry = this.registry.dispatch(record, meta, this.host, (e, k) => log(`hint handler for ${k.name} failed: ${e.message}`));
-    if (entry) this.stream.publish(entry); // undefined: refused by a rate limit before decoding (counted)
+    this.stream.publish(this.registry.dispatch(record, meta, this.host, (e, k) => log(`hint handler for ${k.name} failed: ${e.message}`)));
     return this.registry.kind(type) !== undefined;
   }
 

@@ -8,7 +8,8 @@
 // Owns the dispatch rule: every record is decoded (when its type is known and long enough),
 // handed to its kind's handler, and published to the hint stream, whatever the handler does —
 // unless its kind's `admit` refuses it first (a rate limit read off the raw record: then it is
-// counted and dropped, neither decoded nor published, so a flood costs a header read each);
+// counted and published undecoded as `refused`, so a flood costs a header read each and a
+// researcher watching the stream still sees every record);
 // a handler that throws is counted and logged, never propagated to the guest's exit path. It
 // must not parse the transport (devices/hypercall does) nor make syscalls (actuators do).
 
@@ -107,7 +108,7 @@ export interface RegistryCounters {
   short: number;
   /** Handlers that threw (the record is still published). */
   handlerErrors: number;
-  /** Records their kind's `admit` refused (rate limits): not decoded, not published. */
+  /** Records their kind's `admit` refused (rate limits): not decoded, published as `refused`. */
   refused: number;
   /** Decoded records by type name. */
   byName: Record<string, number>;
@@ -146,10 +147,10 @@ export class HintRegistry {
 
   /**
    * Decodes and handles one record (a private copy, header included); returns its stream
-   * entry, or undefined when its kind's `admit` refused it (counted; nothing to publish).
+   * entry — for a record its kind's `admit` refused, one without fields marked `refused`.
    * `onError` hears about a throwing handler (a tsvmm bug, or a researcher's).
    */
-  dispatch(record: Uint8Array, meta: HintMeta, host: HintHost, onError: (e: Error, k: RegisteredKind) => void): StreamEntry | undefined {
+  dispatch(record: Uint8Array, meta: HintMeta, host: HintHost, onError: (e: Error, k: RegisteredKind) => void): StreamEntry {
     this.count.records++;
     const base = { time: meta.time, vcpu: meta.vcpu, source: meta.source, program: meta.program, type: meta.type };
     const k = this.kinds.get(meta.type);
@@ -165,7 +166,7 @@ export class HintRegistry {
     try {
       if (!k.admit(record, host)) {
         this.count.refused++;
-        return undefined;
+        return { ...base, name: k.name, refused: true };
       }
       fields = k.run(record, host, meta);
       this.count.decoded++;

@@ -26,6 +26,8 @@ export interface StreamEntry {
   readonly raw?: string;
   /** Why a record of a known type was not decoded. */
   readonly error?: string;
+  /** Its kind's rate limit refused it: counted, neither decoded nor handled (no fields, no bytes). */
+  readonly refused?: true;
 }
 
 /** Where a reader's lines go (an HTTP response, in tsvmm). */

@@ -52,7 +52,7 @@ test('unknown types and short records are published raw; a throwing handler is c
   assert.equal({ ...reg.counters, byName: undefined }, { records: 3, decoded: 0, unknown: 1, short: 1, handlerErrors: 1, refused: 0, byName: undefined });
 });
 
-test('AFFINITY records over the scheduler\'s rate are refused from their header: not decoded, not published, counted', () => {
+test('AFFINITY records over the scheduler\'s rate are refused from their header: not decoded, counted, on the stream marked refused', () => {
   const f = fakeHost(2, { now: () => 0 }); // a clock that stands still: the burst (200), no refill
   const reg = new HintRegistry(HINT_PROGRAMS);
   let decodes = 0;
@@ -64,7 +64,9 @@ test('AFFINITY records over the scheduler\'s rate are refused from their header:
     entries.push(reg2.dispatch(encodeHint({ type: 'AFFINITY', tgid: 1, tid: 1000 + i, comm: 'flood', cpus: [i % 2], mask: [] }), meta(HintType.AFFINITY), f.host, (e) => assert.unreachable(e.message)));
   }
   assert.is(decodes, 200, 'only the admitted ones are decoded');
-  assert.is(entries.filter((e) => e === undefined).length, 100, 'the refused ones have no stream entry');
+  const refusedEntries = entries.filter((e) => e.refused);
+  assert.is(refusedEntries.length, 100, 'the refused ones are on the stream, marked');
+  assert.equal(refusedEntries[0], { time: 1, vcpu: 0, source: 1, program: 'affinity', type: HintType.AFFINITY, name: 'AFFINITY', refused: true }, 'without fields or bytes');
   assert.is(reg2.counters.refused, 100);
   assert.is(reg2.counters.decoded, 200);
   const c = f.host.scheduler.counters;
@@ -72,7 +74,7 @@ test('AFFINITY records over the scheduler\'s rate are refused from their header:
   // The tid is read from the raw record: a task over its own limit (10/s, burst 20) is refused too.
   const g = fakeHost(2, { now: () => 0 });
   let refused = 0;
-  for (let i = 0; i < 25; i++) if (!reg.dispatch(encodeHint({ type: 'AFFINITY', tgid: 1, tid: 0xfffffff0, comm: 'x', cpus: [i % 2], mask: [] }), meta(HintType.AFFINITY), g.host, () => {})) refused++;
+  for (let i = 0; i < 25; i++) if (reg.dispatch(encodeHint({ type: 'AFFINITY', tgid: 1, tid: 0xfffffff0, comm: 'x', cpus: [i % 2], mask: [] }), meta(HintType.AFFINITY), g.host, () => {}).refused) refused++;
   assert.is(refused, 5);
   assert.is(g.host.scheduler.counters.rateLimitedTask, 5);
   assert.is(reg.counters.refused, 5);

@@ -14,20 +14,29 @@
  */
 export interface SharedRegister {
   readonly offset: number;
-  readonly size: 4;
+  /** 4 for 32-bit registers; 1 for a byte register (a UART's), whose `load` answers the cell's low byte. */
+  readonly size: 1 | 4;
   /**
    * `refuse` serves writes of a command register while the device refuses that command (a
    * rate limit): the refusal is answered without the device, as it would answer it (see REFUSE);
-   * every other write reaches the device.
+   * every other write reaches the device. `push` serves byte writes by pushing the byte into
+   * `ring` (devices/tx-ring.ts) while the ring's gate is open; with it shut they reach the device.
    */
-  readonly kind: 'load' | 'clear-bits' | 'refuse';
+  readonly kind: 'load' | 'clear-bits' | 'refuse' | 'push';
   /** `clear-bits` only: bits a write never clears (a device that keeps a status bit set for good). */
   readonly keep?: number;
   /**
+   * `load` only: a read of a value v with (v & mask) === value has a side effect the device must
+   * make (a UART's IIR read acknowledging THRE), so it reaches the device.
+   */
+  readonly sideEffect?: { readonly mask: number; readonly value: number };
+  /**
    * One Int32 (index 0) over a SharedArrayBuffer; the device changes it only with Atomics.
-   * `refuse`: REFUSE_CELLS Int32s laid out as REFUSE says.
+   * `refuse`: REFUSE_CELLS Int32s laid out as REFUSE says. `push`: the ring's control cells (RING).
    */
   readonly cell: Int32Array;
+  /** `push` only: the ring's bytes (a SharedArrayBuffer, a power of two long). */
+  readonly ring?: Uint8Array;
 }
 
 /**

@@ -1,11 +1,21 @@
 // A 16550A UART (COM1), enough of it for Linux's 8250 driver to detect a 16550A with FIFOs,
 // print the console, and read input. Owns the UART registers and its receive FIFO; output and
-// the interrupt line are handed in. Transmit is instantaneous: THR is always empty, so the
-// guest never waits on us, and a THRE interrupt is raised whenever the guest asks for one.
+// the interrupt line are handed in. Transmit never makes the guest wait: LSR always says THR
+// and the transmitter are empty.
+// What a vCPU thread answers itself (SharedRegister, bus.ts; a forwarded access costs ~15x):
+// every register read without a side effect (IER, IIR unless it acknowledges THRE, LCR, MCR,
+// LSR, MSR, SCR) from cells this device rewrites after each change of its state, and THR
+// writes, pushed into a shared ring (tx-ring.ts) that main drains into `output` (start()). Only
+// RBR reads, an IIR read that acknowledges THRE, writes other than THR, and THR writes in DLAB
+// or loopback reach the device. THRE interrupts: a THR write the device sees raises one at once;
+// bytes that went through the ring raise one when main has drained them (a real UART raises it
+// when its FIFO has emptied), so Linux's 8250 driver, which sends tx_loadsz bytes per THRE
+// interrupt, sends its next batch once the last one is out.
 // A break (sendBreak) is received as a 16550 does: a NUL character whose LSR has BI set, with a
 // receiver line status interrupt; Linux's 8250 driver reads it as the SysRq prefix on a console.
 
-import type { BusDevice } from './bus';
+import type { BusDevice, SharedRegister } from './bus';
+import { RING, TxRing } from './tx-ring';
 import type { IrqLine } from './irq';
 
 const DATA = 0; // RBR (read) / THR (write); DLL with DLAB
@@ -49,17 +59,60 @@ export class Serial16550 implements BusDevice {
   private dlm = 0;
   private threPending = false;
   private rx: number[] = [];
+  /** What each register (by offset) reads now, as the vCPU threads serve it: see syncCells(). */
+  private readonly cells = new Int32Array(new SharedArrayBuffer(8 * 4));
+  /** Transmitted bytes the vCPU threads pushed, for main to drain (start()). */
+  readonly tx = new TxRing();
+  private draining?: Promise<void>;
 
   constructor(
     private readonly irq: IrqLine,
     private readonly output: (bytes: Uint8Array) => void,
-  ) {}
+  ) {
+    this.syncCells();
+  }
+
+  sharedRegisters(): readonly SharedRegister[] {
+    const cell = (reg: number) => new Int32Array(this.cells.buffer, reg * 4, 1);
+    return [
+      { offset: DATA, size: 1, kind: 'push', cell: this.tx.ctl, ring: this.tx.data },
+      ...[IER, LCR, MCR, LSR, MSR, SCR].map((reg): SharedRegister => ({ offset: reg, size: 1, kind: 'load', cell: cell(reg) })),
+      { offset: IIR_FCR, size: 1, kind: 'load', cell: cell(IIR_FCR), sideEffect: { mask: 0x0f, value: IIR_THRE } },
+    ];
+  }
+
+  /**
+   * Drains the transmit ring into `output` as vCPU threads fill it, until stop(); a failing
+   * `output` rejects the promise.
+   */
+  start(): Promise<void> {
+    this.draining ??= this.tx.run((b) => this.transmitted(b));
+    return this.draining;
+  }
+
+  /** Stops draining (vCPU threads that find the ring full drop instead of wait) and flushes what is left. */
+  stop(): void {
+    this.tx.stop();
+    this.flush();
+  }
+
+  /** Sends what the ring holds to `output` now (before output of the device's own, and at the end). */
+  flush(): void {
+    const b = this.tx.drain();
+    if (b) this.transmitted(b);
+  }
+
+  private transmitted(bytes: Uint8Array): void {
+    this.output(bytes);
+    this.raiseThre();
+  }
 
   /** Queues input for the guest; returns how many bytes fit (the rest is the caller's to retry). */
   enqueueInput(bytes: Uint8Array): number {
     const n = Math.min(bytes.length, RX_FIFO_SIZE - this.rx.length);
     for (let i = 0; i < n; i++) this.rx.push(bytes[i]!);
-    if (n > 0 && this.ier & IER_RDA) this.irq.trigger();
+    if (n > 0 && this.ier & IER_RDA) this.trigger();
+    else this.syncCells();
     return n;
   }
 
@@ -70,7 +123,8 @@ export class Serial16550 implements BusDevice {
   sendBreak(): boolean {
     if (this.rx.length >= RX_FIFO_SIZE) return false;
     this.rx.push(BREAK);
-    if (this.ier & (IER_RDA | IER_RLS)) this.irq.trigger();
+    if (this.ier & (IER_RDA | IER_RLS)) this.trigger();
+    else this.syncCells();
     return true;
   }
 
@@ -81,30 +135,40 @@ export class Serial16550 implements BusDevice {
   read(offset: number, data: Uint8Array): void {
     data.fill(0);
     data[0] = this.readReg(offset);
+    this.syncCells();
   }
 
   write(offset: number, data: Uint8Array): void {
     this.writeReg(offset, data[0]!);
+    this.syncCells();
   }
 
-  private readReg(reg: number): number {
+  /**
+   * Rewrites what the vCPU threads serve: each register's side-effect-free read, and the ring's
+   * gate (THR writes go to the ring unless DLAB or loopback make them something else). Called
+   * after every change of state, before any interrupt it raises (the guest reads after it).
+   */
+  private syncCells(): void {
+    for (const reg of [IER, LCR, MCR, LSR, MSR, SCR]) Atomics.store(this.cells, reg, this.peek(reg));
+    Atomics.store(this.cells, IIR_FCR, this.iir());
+    Atomics.store(this.tx.ctl, RING.GATE, this.lcr & LCR_DLAB || this.mcr & MCR_LOOP ? 0 : 1);
+  }
+
+  /** IIR as a read would return it now (reading THRE acknowledges it: readReg). */
+  private iir(): number {
+    const fifo = this.fcr & FCR_ENABLE ? IIR_FIFO_ENABLED : 0;
+    if (this.ier & IER_RLS && this.rx[0] === BREAK) return IIR_RLS | fifo;
+    if (this.ier & IER_RDA && this.rx.length > 0) return IIR_RDA | fifo;
+    if (this.ier & IER_THRE && this.threPending) return IIR_THRE | fifo;
+    return IIR_NONE | fifo;
+  }
+
+  /** A register's read without side effects (not RBR, whose read takes a byte, nor IIR). */
+  private peek(reg: number): number {
     const dlab = (this.lcr & LCR_DLAB) !== 0;
     switch (reg) {
-      case DATA:
-        if (dlab) return this.dll;
-        return (this.rx.shift() ?? 0) & 0xff;
       case IER:
         return dlab ? this.dlm : this.ier;
-      case IIR_FCR: {
-        const fifo = this.fcr & FCR_ENABLE ? IIR_FIFO_ENABLED : 0;
-        if (this.ier & IER_RLS && this.rx[0] === BREAK) return IIR_RLS | fifo;
-        if (this.ier & IER_RDA && this.rx.length > 0) return IIR_RDA | fifo;
-        if (this.ier & IER_THRE && this.threPending) {
-          this.threPending = false; // reading IIR acknowledges THRE
-          return IIR_THRE | fifo;
-        }
-        return IIR_NONE | fifo;
-      }
       case LCR:
         return this.lcr;
       case MCR:
@@ -125,6 +189,21 @@ export class Serial16550 implements BusDevice {
     }
   }
 
+  private readReg(reg: number): number {
+    switch (reg) {
+      case DATA:
+        if (this.lcr & LCR_DLAB) return this.dll;
+        return (this.rx.shift() ?? 0) & 0xff;
+      case IIR_FCR: {
+        const v = this.iir();
+        if ((v & 0x0f) === IIR_THRE) this.threPending = false; // reading IIR acknowledges THRE
+        return v;
+      }
+      default:
+        return this.peek(reg);
+    }
+  }
+
   private writeReg(reg: number, v: number): void {
     const dlab = (this.lcr & LCR_DLAB) !== 0;
     switch (reg) {
@@ -133,8 +212,12 @@ export class Serial16550 implements BusDevice {
           this.dll = v;
           return;
         }
-        if (this.mcr & MCR_LOOP) this.enqueueInput(Uint8Array.of(v));
-        else this.output(Uint8Array.of(v));
+        if (this.mcr & MCR_LOOP) {
+          this.enqueueInput(Uint8Array.of(v));
+        } else {
+          this.flush(); // bytes the vCPU threads pushed come first
+          this.output(Uint8Array.of(v));
+        }
         this.raiseThre();
         return;
       case IER:
@@ -147,7 +230,7 @@ export class Serial16550 implements BusDevice {
         else this.threPending = false;
         // As on a real 16550, enabling RDA with data already waiting interrupts at once: Linux
         // turns RDA off to throttle input and back on later, and the data must not sit unseen.
-        if (this.ier & (IER_RDA | IER_RLS) && this.rx.length > 0) this.irq.trigger();
+        if (this.ier & (IER_RDA | IER_RLS) && this.rx.length > 0) this.trigger();
         return;
       case IIR_FCR:
         this.fcr = v & FCR_ENABLE;
@@ -167,6 +250,13 @@ export class Serial16550 implements BusDevice {
 
   private raiseThre(): void {
     this.threPending = true;
-    if (this.ier & IER_THRE) this.irq.trigger();
+    if (this.ier & IER_THRE) this.trigger();
+    else this.syncCells();
+  }
+
+  /** Raises the interrupt once the cells say what the guest's handler will read. */
+  private trigger(): void {
+    this.syncCells();
+    this.irq.trigger();
   }
 }

@@ -270,6 +270,8 @@ export class Machine {
       this.io.console(b);
     });
     this.pio.insert(COM1_PORT, 8, 'com1', this.serial);
+    // What the vCPU threads transmit reaches io.console through this loop (devices/serial.ts).
+    this.serial.start().catch((e: Error) => this.finish({ code: EXIT.ERROR, reason: 'error', detail: `serial output failed: ${e.message}` }));
     const kbdIrq = new IrqfdLine(vm, I8042_IRQ);
     this.irqs.push(kbdIrq);
     this.i8042 = new I8042(kbdIrq, power);
@@ -435,6 +437,7 @@ export class Machine {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.threads?.stop();
+      this.serial?.stop(); // the last bytes the vCPUs transmitted, before `exited` resolves
       for (const c of this.cleanups.splice(0).reverse()) await c();
       for (const v of this.vcpus) v.close();
       for (const i of this.irqs) i.close();

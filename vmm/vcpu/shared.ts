@@ -3,6 +3,7 @@
 // worker.ts (which starts a vCPU on import) so tests run the very code the worker runs.
 
 import { REFUSE, type BusClaim } from '../../devices/bus';
+import { ringPush } from '../../devices/tx-ring';
 
 /** The 4 bytes of a guest access as the signed 32-bit value an Int32 cell holds. */
 const le32 = (d: Uint8Array): number => d[0]! | (d[1]! << 8) | (d[2]! << 16) | (d[3]! << 24);
@@ -11,7 +12,7 @@ const le32 = (d: Uint8Array): number => d[0]! | (d[1]! << 8) | (d[2]! << 16) | (
  * Serves an access from one of the claim's shared registers when it matches one exactly
  * (offset, width, direction); false: the access goes to the device. The guest is
  * hostile, but nothing here can throw: the cell is a valid Int32Array, and `data` has the
- * register's width once it matched.
+ * register's width once it matched. A `push` may wait while its ring is full (tx-ring.ts).
  */
 export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isWrite: boolean): boolean {
   for (const s of claim.shared) {
@@ -25,15 +26,17 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
       Atomics.add(c, REFUSE.COUNT, 1);
       return true;
     }
+    if (s.kind === 'push') {
+      if (!s.ring || !ringPush(s.cell, s.ring, data[0]!)) continue;
+      return true;
+    }
     if (isWrite) {
       Atomics.and(s.cell, 0, ~(le32(data) & ~(s.keep ?? 0)));
-    } else {
-      const v = Atomics.load(s.cell, 0);
-      data[0] = v;
-      data[1] = v >>> 8;
-      data[2] = v >>> 16;
-      data[3] = v >>> 24;
+      return true;
     }
+    const v = Atomics.load(s.cell, 0);
+    if (s.sideEffect && (v & s.sideEffect.mask) === s.sideEffect.value) continue;
+    for (let i = 0; i < data.length; i++) data[i] = v >>> (8 * i);
     return true;
   }
   return false;

@@ -2,6 +2,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { RX_FIFO_SIZE, Serial16550 } from '../../../devices/serial';
+import { Bus } from '../../../devices/bus';
+import { serveShared } from '../../../vmm/vcpu/shared';
 
 const THR = 0, RBR = 0, DLL = 0, IER = 1, DLM = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 
@@ -173,6 +175,126 @@ test('a break does not fit in a full FIFO', () => {
   const u = uart();
   u.s.enqueueInput(new Uint8Array(RX_FIFO_SIZE));
   assert.not.ok(u.s.sendBreak());
+});
+
+/** The UART as a vCPU thread reaches it: shared registers first, the rest through the device (a forwarded access). */
+function vcpuUart() {
+  const u = uart();
+  const bus = new Bus();
+  bus.insert(0x3f8, 8, 'com1', u.s);
+  const claim = bus.claims()[0]!;
+  let forwarded = 0;
+  const access = (reg: number, data: Uint8Array, isWrite: boolean) => {
+    if (serveShared(claim, 0x3f8 + reg, data, isWrite)) return;
+    forwarded++;
+    if (isWrite) u.s.write(reg, data);
+    else u.s.read(reg, data);
+  };
+  const rd = (reg: number) => {
+    const d = new Uint8Array(1);
+    access(reg, d, false);
+    return d[0]!;
+  };
+  const wr = (reg: number, v: number) => access(reg, Uint8Array.of(v), true);
+  /** Every register a vCPU thread serves reads as the device would answer it now. */
+  const check = (what: string) => {
+    for (const reg of [IER, IIR, LCR, MCR, LSR, MSR, SCR]) {
+      const d = new Uint8Array(1);
+      if (!serveShared(claim, 0x3f8 + reg, d, false)) continue;
+      assert.is(d[0], u.rd(reg), `${what}: register ${reg}`);
+    }
+  };
+  return { ...u, claim, rd, wr, check, forwarded: () => forwarded };
+}
+
+test('registers a vCPU thread serves read as the device\'s, through the 8250 probe, input, a break, THRE and a FIFO clear', () => {
+  const v = vcpuUart();
+  v.check('reset');
+  v.wr(LCR, 0x80);
+  v.wr(DLL, 0x01);
+  v.wr(DLM, 0x00);
+  v.check('DLAB: IER reads DLM');
+  assert.is(v.rd(DLM), 0);
+  v.wr(LCR, 0x03);
+  v.wr(FCR, 0x07);
+  v.wr(MCR, 0x10 | 0x0b);
+  v.check('loopback');
+  assert.is(v.rd(MSR), 0xb0);
+  v.wr(MCR, 0x0b);
+  v.wr(SCR, 0x5a);
+  v.check('scratch');
+  assert.is(v.rd(SCR), 0x5a);
+  v.wr(IER, 0x05);
+  v.s.enqueueInput(Uint8Array.of(0x61, 0x62));
+  v.check('data ready');
+  assert.is(v.rd(LSR) & 0x01, 0x01);
+  assert.is(v.rd(IIR), 0xc4);
+  assert.is(v.rd(RBR), 0x61);
+  assert.is(v.rd(RBR), 0x62);
+  v.check('read empty');
+  assert.is(v.rd(IIR), 0xc1);
+  assert.ok(v.s.sendBreak());
+  v.check('a break at the head');
+  assert.is(v.rd(LSR) & 0x11, 0x11);
+  assert.is(v.rd(IIR), 0xc6);
+  v.rd(RBR);
+  v.s.enqueueInput(Uint8Array.of(1, 2, 3));
+  v.wr(FCR, 0x03);
+  v.check('FIFO cleared');
+  assert.is(v.rd(LSR), 0x60);
+  v.wr(IER, 0x07);
+  v.check('THRE pending');
+  assert.is(v.rd(IIR), 0xc2, 'the acknowledging read reaches the device');
+  assert.is(v.rd(IIR), 0xc1, 'and acknowledged');
+  v.check('THRE acknowledged');
+});
+
+test('THR writes from a vCPU thread go to the ring: output in order when main drains it, then a THRE interrupt', () => {
+  const v = vcpuUart();
+  v.wr(FCR, 0x01);
+  v.wr(IER, 0x02);
+  assert.is(v.rd(IIR), 0xc2);
+  const before = v.forwarded();
+  const irqs = v.irq.count;
+  for (const c of 'abc') v.wr(THR, c.charCodeAt(0));
+  assert.is(v.forwarded(), before, 'no THR write reached the device');
+  assert.equal(v.out, [], 'nothing out before main drains');
+  assert.is(v.rd(LSR), 0x60, 'the guest is never made to wait: THR empty');
+  assert.is(v.rd(IIR), 0xc1, 'no THRE until the bytes are out');
+  v.s.flush();
+  assert.equal(String.fromCharCode(...v.out), 'abc');
+  assert.is(v.irq.count, irqs + 1, 'one THRE interrupt for the batch');
+  assert.is(v.rd(IIR), 0xc2);
+  // A THR write the device sees itself (here: a test's) comes after what the ring holds.
+  v.wr(THR, 0x64);
+  v.s.write(THR, Uint8Array.of(0x65));
+  assert.equal(String.fromCharCode(...v.out), 'abcde');
+  // IER without THRE: bytes drained raise no interrupt.
+  v.wr(IER, 0);
+  const quiet = v.irq.count;
+  v.wr(THR, 0x66);
+  v.s.flush();
+  assert.is(v.irq.count, quiet);
+  assert.equal(String.fromCharCode(...v.out), 'abcdef');
+});
+
+test('THR in DLAB or loopback is not the ring\'s: the divisor latch, and the byte comes back through RBR', () => {
+  const v = vcpuUart();
+  v.wr(LCR, 0x83);
+  const before = v.forwarded();
+  v.wr(DLL, 0x0c);
+  assert.is(v.forwarded(), before + 1);
+  assert.is(v.rd(DLL), 0x0c);
+  v.wr(LCR, 0x03);
+  v.wr(MCR, 0x10);
+  v.wr(THR, 0x41);
+  v.s.flush();
+  assert.equal(v.out, []);
+  assert.is(v.rd(RBR), 0x41);
+  v.wr(MCR, 0x08);
+  v.wr(THR, 0x42);
+  v.s.flush();
+  assert.equal(v.out, [0x42]);
 });
 
 test.run();

@@ -7,6 +7,7 @@ import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs'
 import { Kvm, Vm, Vcpu } from '../kvm/kvm';
 import { Bus } from '../devices/bus';
 import { Serial16550 } from '../devices/serial';
+import { FULL_WAIT_MS } from '../devices/tx-ring';
 import { AcpiSleep, PowerEvent, PvPanic } from '../devices/power';
 import { I8042 } from '../devices/i8042';
 import { buildAcpiTables } from './acpi/index';
@@ -367,6 +368,25 @@ export class Machine {
     return this.threads?.exitCounts() ?? [];
   }
 
+  /** Accesses forwarded to the main thread so far, by device (bus range name), and by register. */
+  forwardedExits(): { byDevice: Record<string, number>; byRegister: Record<string, number> } {
+    const f = this.threads?.forwarded;
+    return { byDevice: { ...f?.byDevice }, byRegister: { ...f?.byRegister } };
+  }
+
+  /**
+   * The boot's exit summary for the debug log: accesses forwarded to main (by device, and the
+   * registers that cost most), accesses vCPU threads served themselves, the serial ring's waits.
+   */
+  private exitSummary(): string {
+    const exits = this.vcpuExits();
+    const sum = (k: string) => exits.reduce((n, e) => n + (e[k] ?? 0), 0);
+    const { byDevice, byRegister } = this.forwardedExits();
+    const top = (r: Record<string, number>, n: number) => Object.entries(r).sort((a, b) => b[1] - a[1]).slice(0, n).map(([k, v]) => `${k} ${v}`).join(', ');
+    const ring = this.serial ? `; serial ring: ${this.serial.tx.fullWaits} full waits, ${this.serial.tx.dropped} bytes dropped` : '';
+    return `exits this boot: ${sum('forwarded')} forwarded to main (${top(byDevice, 20) || 'none'}), ${sum('shared')} served in vCPU threads${ring}; most forwarded registers: ${top(byRegister, 12) || 'none'}`;
+  }
+
   /** The kernel tid of each vCPU thread, by vCPU index. */
   get vcpuTids(): number[] {
     return this.threads?.tids ?? [];
@@ -438,6 +458,8 @@ export class Machine {
     this.closing ??= (async () => {
       await this.threads?.stop();
       this.serial?.stop(); // the last bytes the vCPUs transmitted, before `exited` resolves
+      if (this.threads) this.io.debug?.(this.exitSummary());
+      if (this.serial?.tx.dropped) this.io.log(`serial: ${this.serial.tx.dropped} transmitted bytes dropped (the console output stalled for ${FULL_WAIT_MS / 1000} s with its ring full)`);
       for (const c of this.cleanups.splice(0).reverse()) await c();
       for (const v of this.vcpus) v.close();
       for (const i of this.irqs) i.close();

@@ -24,6 +24,8 @@ export interface Metrics {
   vcpus: number;
   /** KVM exits by reason, per vCPU (index = vCPU). */
   vcpu_exits: Record<string, number>[];
+  /** Accesses forwarded from the vCPU threads to the main thread, by device (bus range name). */
+  forwarded_exits?: Record<string, number>;
   scheduler?: CounterGroup;
   /** The hint registry (records decoded, unknown, short, handler errors, by name) and the stream's readers. */
   hints?: CounterGroup;
@@ -58,6 +60,7 @@ function group(src: object): CounterGroup {
 
 export function collectMetrics(m: ApiMachine, vmId: string, now: () => number = Date.now): Metrics {
   const out: Metrics = { utc_timestamp_ms: now(), vm_id: vmId, vcpus: m.config.vcpus, vcpu_exits: m.vcpuExits(), transports: {}, programs: [] };
+  if (m.forwardedExits) out.forwarded_exits = { ...m.forwardedExits().byDevice };
   if (m.scheduler) out.scheduler = group(m.scheduler.counters);
   if (m.actuators) out.actuators = group(m.actuators.counters);
   if (m.prio) out.prio = group(m.prio.counters);
@@ -117,6 +120,7 @@ export function renderPrometheus(m: Metrics): string {
   m.vcpu_exits.forEach((byReason, vcpu) => {
     for (const [reason, n] of Object.entries(byReason)) add('tsvmm_vcpu_exits', 'counter', { vcpu: String(vcpu), reason }, n);
   });
+  for (const [device, n] of Object.entries(m.forwarded_exits ?? {})) add('tsvmm_forwarded_exits', 'counter', { device }, n);
   if (m.scheduler) addGroup('scheduler', m.scheduler, {});
   for (const g of ['hints', 'hint_stream', 'actuators', 'prio'] as const) {
     const c = m[g];

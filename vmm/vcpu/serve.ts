@@ -17,11 +17,22 @@ export interface DeviceFault {
   error: Error;
 }
 
+/** How many registers byRegister names before it counts the rest as `other` (a guest picks the offsets). */
+export const REGISTER_KEYS = 256;
+
 export class MailboxServer {
   private readonly mailboxes: Int32Array[] = [];
   private running = false;
   /** Accesses whose device threw (answered as an unclaimed address would be). */
   faults = 0;
+  /** Forwarded accesses by device (its bus range's name; `unclaimed` for none). */
+  readonly byDevice: Record<string, number> = {};
+  /**
+   * Forwarded accesses by register, `name+0xOFFSET r|w` (what is left to serve in the vCPU
+   * threads); at most REGISTER_KEYS keys, the rest counted under `other`.
+   */
+  readonly byRegister: Record<string, number> = {};
+  private registerKeys = 0;
 
   constructor(
     private readonly doorbell: Int32Array,
@@ -53,6 +64,18 @@ export class MailboxServer {
     Atomics.notify(this.doorbell, 0);
   }
 
+  private count(bus: Bus, addr: number, size: number, isWrite: boolean): void {
+    const hit = bus.find(addr, size);
+    const name = hit?.name ?? 'unclaimed';
+    this.byDevice[name] = (this.byDevice[name] ?? 0) + 1;
+    let key = `${name}+0x${(hit?.offset ?? addr).toString(16)} ${isWrite ? 'w' : 'r'}`;
+    if (this.byRegister[key] === undefined) {
+      if (this.registerKeys >= REGISTER_KEYS) key = 'other';
+      else this.registerKeys++;
+    }
+    this.byRegister[key] = (this.byRegister[key] ?? 0) + 1;
+  }
+
   /** `vcpu`: mailboxes are added in vCPU order, so a mailbox's index is its vCPU. */
   private serve(mb: Int32Array, vcpu: number): void {
     const size = mb[MB.SIZE]!;
@@ -60,6 +83,7 @@ export class MailboxServer {
     const data = mailboxData(mb).subarray(0, Math.min(size, 8));
     const pio = mb[MB.KIND] === KIND_PIO;
     const isWrite = mb[MB.IS_WRITE] !== 0;
+    this.count(pio ? this.pio : this.mmio, addr, data.length, isWrite);
     try {
       if (isWrite) (pio ? this.pio : this.mmio).write(addr, data, vcpu);
       else (pio ? this.pio : this.mmio).read(addr, data);

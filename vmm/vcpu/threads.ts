@@ -128,6 +128,11 @@ export class VcpuThreads {
     return Promise.all(started);
   }
 
+  /** Forwarded accesses by device and by register (vmm/vcpu/serve.ts). */
+  get forwarded(): { byDevice: Readonly<Record<string, number>>; byRegister: Readonly<Record<string, number>> } {
+    return { byDevice: this.server.byDevice, byRegister: this.server.byRegister };
+  }
+
   get tids(): number[] {
     return this.threads.map((t) => t.tid);
   }

@@ -37,7 +37,8 @@ tsvmm exec --api-sock S [exec options] -- CMD ARGS...
   --console-log F  write the guest's serial console (the kernel's messages) to file F
   --json           end with one JSON line on stdout: status, signal, timings (ms: node start,
                    boot, agent, command; startup: the VMM's start to the first KVM_RUN by
-                   phase), console log path
+                   phase), console log path, exits (register accesses forwarded to the
+                   main thread, by device, and served in the vCPU threads)
   stdin is streamed to CMD (unless it is a terminal); CMD's stdout and stderr are ours.
   exit status: CMD's status (128+N if signal N ended it), 124 timeout, 125 the VM or agent
   failed before CMD finished (or a --get failed after CMD succeeded), 126 CMD could not be
@@ -101,6 +102,11 @@ export interface ExecReport {
     startup: Record<string, number> | null;
   };
   consoleLog: string | null;
+  /**
+   * The boot's register accesses (all vCPUs, to the VM's end; null with --api-sock): forwarded to
+   * the main thread, by device, and served in the vCPU threads themselves.
+   */
+  exits: { forwarded: number; shared: number; forwardedByDevice: Record<string, number> } | null;
 }
 
 /** tsvmm's exit status for how CMD ended. */
@@ -141,6 +147,7 @@ export async function cmdExec(args: string[]): Promise<number> {
     status: EXIT_VM_FAILED, exitCode: null, signal: null, timedOut: false, error: null,
     timings: { nodeMs, bootMs: null, agentMs: null, commandMs: null, totalMs: 0, startup: null },
     consoleLog: values['console-log'] === undefined ? null : resolve(values['console-log']),
+    exits: null,
   };
   const abort = new AbortController();
   const timer = timeoutSec > 0 ? setTimeout(() => abort.abort(), timeoutSec * 1000) : undefined;
@@ -238,6 +245,11 @@ export async function cmdExec(args: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     await vm?.close({ code: EXIT.POWEROFF, reason: 'poweroff', detail: 'exec finished' });
     if (consoleLog) await new Promise((r) => consoleLog!.end(r));
+  }
+  if (vm) {
+    const exits = vm.machine.vcpuExits();
+    const sum = (k: string) => exits.reduce((n, e) => n + (e[k] ?? 0), 0);
+    report.exits = { forwarded: sum('forwarded'), shared: sum('shared'), forwardedByDevice: vm.machine.forwardedExits().byDevice };
   }
   report.timings.totalMs = performance.now();
   if (values.json) process.stdout.write(`${wroteNewline ? '' : '\n'}${JSON.stringify(report)}\n`);

@@ -3,7 +3,9 @@
 // the decision to enter NEEDS_RESET; it must not parse rings (queue.ts) or know what the device
 // does. It never throws out of read/write/queueNotify: invalid accesses are ignored and counted.
 // InterruptStatus lives in a shared cell, so vCPU threads can serve InterruptStatus reads and
-// InterruptACK writes themselves (sharedRegisters()): those are two exits per interrupt.
+// InterruptACK writes themselves (sharedRegisters()): those are two exits per interrupt. So
+// do the registers a driver reads while probing and setting up queues (CELL_REGS: magic,
+// version, ids, features, QueueNumMax, ...), from cells the transport rewrites after each change.
 
 import type { BusDevice, SharedRegister } from '../bus';
 import type { IrqLine } from '../irq';
@@ -16,6 +18,17 @@ import {
   type VirtioDeviceContext,
 } from './device';
 import { Queue, QueueError } from './queue';
+
+/**
+ * Registers whose reads vCPU threads serve from cells (what readRegister returns now): none
+ * has a read side effect, and each changes only through a register write, a reset, NEEDS_RESET
+ * or a config change — all of which syncCells() follows.
+ */
+const CELL_REGS = [
+  0x000, 0x004, 0x008, 0x00c, // MagicValue, Version, DeviceID, VendorID
+  0x010, 0x034, 0x038, 0x044, // DeviceFeatures, QueueNumMax, QueueNum, QueueReady
+  0x070, 0x0fc, // Status, ConfigGeneration
+] as const;
 
 // Register offsets (§4.2.2): the only place they live.
 export const REG = {
@@ -132,6 +145,8 @@ export class MmioTransport implements BusDevice {
    */
   private readonly isr = new Int32Array(new SharedArrayBuffer(4));
   private configGeneration = 0;
+  /** One Int32 per CELL_REGS entry: what a read of that register returns now. */
+  private readonly cells = new Int32Array(new SharedArrayBuffer(CELL_REGS.length * 4));
   private activated = false;
   /** InterruptStatus bits no ACK and no reset clears (see TransportOptions.backendInterrupts). */
   private readonly sticky: number;
@@ -146,6 +161,12 @@ export class MmioTransport implements BusDevice {
     this.offered = device.deviceFeatures | TRANSPORT_FEATURES;
     this.sticky = opts.backendInterrupts ? INT_USED_BUFFER : 0;
     Atomics.store(this.isr, 0, this.sticky);
+    this.syncCells();
+  }
+
+  /** Rewrites what vCPU threads serve for CELL_REGS (after every change of those registers). */
+  private syncCells(): void {
+    CELL_REGS.forEach((reg, i) => Atomics.store(this.cells, i, (this.readRegister(reg) ?? 0) | 0));
   }
 
   /** The ioeventfd registration for queue i (QueueNotify, datamatch = queue index). */
@@ -158,6 +179,7 @@ export class MmioTransport implements BusDevice {
     return [
       { offset: REG.InterruptStatus, size: 4, kind: 'load', cell: this.isr },
       { offset: REG.InterruptACK, size: 4, kind: 'clear-bits', cell: this.isr, keep: this.sticky },
+      ...CELL_REGS.map((offset, i): SharedRegister => ({ offset, size: 4, kind: 'load', cell: new Int32Array(this.cells.buffer, i * 4, 1) })),
     ];
   }
 
@@ -188,6 +210,7 @@ export class MmioTransport implements BusDevice {
   /** The device's configuration changed: bump ConfigGeneration and tell the driver. */
   configChanged(): void {
     this.configGeneration = (this.configGeneration + 1) >>> 0;
+    this.syncCells();
     if (this.status & STATUS.DRIVER_OK) this.interrupt(INT_CONFIG_CHANGE);
   }
 
@@ -200,6 +223,7 @@ export class MmioTransport implements BusDevice {
     this.counters.needsReset++;
     this.status |= STATUS.NEEDS_RESET;
     this.activated = false;
+    this.syncCells();
     if (this.status & STATUS.DRIVER_OK) this.interrupt(INT_CONFIG_CHANGE);
   }
 
@@ -238,6 +262,7 @@ export class MmioTransport implements BusDevice {
     }
     const v = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
     if (!this.writeRegister(offset, v)) this.counters.errors++;
+    this.syncCells();
   }
 
   private readRegister(offset: number): number | undefined {

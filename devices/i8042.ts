@@ -28,8 +28,10 @@
 // A real 8042 holds one output byte; this one queues up to OUTPUT_BUFFER_SIZE so that a
 // whole key sequence can be handed over at once. That bound is also Linux's: i8042_flush()
 // gives up ("No controller found") if more than 16 bytes keep coming.
+// The status register, which Linux polls around every command, is a shared register: vCPU
+// threads read it from a cell this device rewrites after each change (bus.ts SharedRegister).
 
-import type { BusDevice } from './bus';
+import type { BusDevice, SharedRegister } from './bus';
 import type { IrqLine } from './irq';
 import type { PowerEvent } from './power';
 
@@ -90,17 +92,30 @@ export class I8042 implements BusDevice {
   /** A controller command waiting for its parameter byte at 0x60. */
   private pending?: number;
   private output: number[] = [];
+  /** The status register as vCPU threads serve it (syncStatus() after every change). */
+  private readonly statusCell = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(
     private readonly irq: IrqLine,
     private readonly onEvent: (e: PowerEvent) => void,
-  ) {}
+  ) {
+    this.syncStatus();
+  }
+
+  sharedRegisters(): readonly SharedRegister[] {
+    return [{ offset: STATUS_COMMAND, size: 1, kind: 'load', cell: this.statusCell }];
+  }
+
+  private syncStatus(): void {
+    Atomics.store(this.statusCell, 0, this.status());
+  }
 
   /** Types Ctrl-Alt-Del; false (nothing queued) when the buffer lacks room: the guest is not reading it. */
   sendCtrlAltDel(): boolean {
     const keys = this.ctr & CTR_XLATE ? CTRL_ALT_DEL_SET1 : CTRL_ALT_DEL_SET2;
     if (OUTPUT_BUFFER_SIZE - this.output.length < keys.length) return false;
     this.queue(keys);
+    this.syncStatus();
     return true;
   }
 
@@ -111,6 +126,7 @@ export class I8042 implements BusDevice {
       data[0] = this.output.shift() ?? 0;
       if (this.output.length > 0) this.interrupt();
     }
+    this.syncStatus();
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -125,6 +141,7 @@ export class I8042 implements BusDevice {
       if (cmd === undefined) this.keyboard(v);
       else this.parameter(cmd, v);
     }
+    this.syncStatus();
   }
 
   private status(): number {
@@ -179,7 +196,9 @@ export class I8042 implements BusDevice {
     if (wasEmpty && this.output.length > 0) this.interrupt();
   }
 
+  /** The guest's handler reads the status after the edge: the cell is rewritten first. */
   private interrupt(): void {
+    this.syncStatus();
     if (this.ctr & CTR_KBDINT) this.irq.trigger();
   }
 }

@@ -5,6 +5,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { CTRL_ALT_DEL_SET1, CTRL_ALT_DEL_SET2, I8042, OUTPUT_BUFFER_SIZE } from '../../../devices/i8042';
 import type { PowerEvent } from '../../../devices/power';
+import { Bus } from '../../../devices/bus';
+import { serveShared } from '../../../vmm/vcpu/shared';
 
 const DATA = 0, STATUS = 4;
 const STR_OBF = 0x01, STR_IBF = 0x02, STR_KEYLOCK = 0x10;
@@ -196,6 +198,34 @@ test('garbage: unknown commands, stray parameters, empty reads and odd widths ne
   }
   r.flush();
   assert.ok(r.events.every((e) => e === 'reboot'));
+});
+
+test('the status register as a vCPU thread serves it equals the device\'s through the probe, keys, reads and commands', () => {
+  const r = rig();
+  const bus = new Bus();
+  bus.insert(0x60, 5, 'i8042', r.k);
+  const claim = bus.claims()[0]!;
+  const check = (what: string) => {
+    const d = new Uint8Array(1);
+    assert.ok(serveShared(claim, 0x60 + STATUS, d, false), `${what}: a 1-byte status read is served`);
+    assert.is(d[0], r.inb(STATUS), what);
+  };
+  check('power-on');
+  probe(r);
+  check('probed');
+  assert.ok(r.k.sendCtrlAltDel());
+  check('keys waiting (OBF)');
+  r.interrupt();
+  check('one key read');
+  r.flush();
+  check('drained');
+  r.outb(STATUS, 0x20);
+  check('a command answered (OBF, CMD)');
+  r.inb(DATA);
+  r.outb(DATA, 0xff);
+  check('a keyboard reset answered');
+  assert.not.ok(serveShared(claim, 0x60 + DATA, new Uint8Array(1), false), 'data reads reach the device');
+  assert.not.ok(serveShared(claim, 0x60 + STATUS, new Uint8Array(1), true), 'commands reach the device');
 });
 
 test.run();

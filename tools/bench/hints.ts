@@ -56,13 +56,16 @@ function waitFor<T>(what: string, subscribe: (take: (v: T) => void) => () => voi
 const applied = new Map<number, number>();
 const appliedWaiters = new Set<(tid: number) => void>();
 function onLog(line: string): void {
-  const m = /^scheduler: vcpu \d+: \S+ -> \S+ \(.*\) after task (\d+) \(.*\) pinned to vCPUs /.exec(line);
+  // One re-plan per event-loop turn: its line names the turn's first task changes ("; ").
+  const m = /^scheduler: vcpu \d+: \S+ -> \S+ \(.*?\) after (.*)$/.exec(line);
   if (!m) return;
-  const tid = Number(m[1]);
-  queueMicrotask(() => {
-    if (!applied.has(tid)) applied.set(tid, performance.now());
-    for (const w of appliedWaiters) w(tid);
-  });
+  for (const [, t] of m[1]!.matchAll(/task (\d+) \(.*?\) pinned to vCPUs /g)) {
+    const tid = Number(t);
+    queueMicrotask(() => {
+      if (!applied.has(tid)) applied.set(tid, performance.now());
+      for (const w of appliedWaiters) w(tid);
+    });
+  }
 }
 
 const guest = await ensureDefaultGuest();

@@ -28,6 +28,9 @@ export const DEFAULT_LIMITS: SchedulerLimits = {
   maxTasks: 4096,
 };
 
+/** Task changes a re-plan's log line names before "and N more task changes". */
+const LOGGED_CAUSES = 3;
+
 /** Longest mask accepted, in 64-bit words (8192 CPUs, the kernel's NR_CPUS maximum). */
 const MAX_MASK_WORDS = 128;
 
@@ -168,8 +171,8 @@ export class VcpuScheduler {
     rejectedTaskLimit: 0, rateLimited: 0, rateLimitedTask: 0, replans: 0, decisions: 0, applied: 0, applyErrors: 0,
   };
   private readonly defer: (fn: () => void) => void;
-  /** Task changes not planned yet: the first one's cause (for the log) and how many. */
-  private pending: { cause: string; n: number } | undefined;
+  /** Task changes not planned yet: the first causes (for the log line) and how many in all. */
+  private pending: { causes: string[]; n: number } | undefined;
   /** Hints dropped since the last accepted one: logged once when dropping starts and once when it ends. */
   private dropped = 0;
 
@@ -249,7 +252,8 @@ export class VcpuScheduler {
   flush(): void {
     const p = this.pending;
     if (!p) return;
-    this.update(p.n === 1 ? p.cause : `${p.cause} and ${p.n - 1} more task changes`);
+    const more = p.n - p.causes.length;
+    this.update(`${p.causes.join('; ')}${more > 0 ? ` and ${more} more task changes` : ''}`);
   }
 
   /**
@@ -356,9 +360,12 @@ export class VcpuScheduler {
   private changed(cause: string): void {
     if (this.pending) {
       this.pending.n++;
+      // Name a few: a turn often brings a release and the next pin, and readers of the log
+      // (tools/bench/hints.ts) look for the pin's task.
+      if (this.pending.causes.length < LOGGED_CAUSES) this.pending.causes.push(cause);
       return;
     }
-    this.pending = { cause, n: 1 };
+    this.pending = { causes: [cause], n: 1 };
     this.defer(() => this.flush());
   }
 

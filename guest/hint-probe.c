@@ -6,9 +6,14 @@
  *   clock        -> "clock <ns>"                  CLOCK_MONOTONIC now (the host maps clocks with it)
  *   pin <cpu>    -> "pinned <tid> <cpu> <ns>"     a new thread pins itself to <cpu> with
  *                                                 sched_setaffinity(2) and reads CLOCK_MONOTONIC as
- *                                                 soon as the call returns; then it exits, which
- *                                                 the affinity program reports as its UNPIN
+ *                                                 soon as the call returns; then it waits
+ *   release      -> "released"                    the pinned thread exits (the affinity program
+ *                                                 reports that as its UNPIN)
  *   anything else, or EOF -> exit
+ *
+ * The pinned thread lives until `release` (or the next command): had it exited at once, its pin
+ * and its exit could reach the host in one batch, which the host's scheduler plans as one turn —
+ * nothing to apply, nothing to time.
  *
  * A thread per sample gives every sample its own task id, so the host can match the pin it
  * made to this very call. Exit status 0, or 1 when a pin failed (the line says why).
@@ -32,9 +37,15 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* The pinned thread reads this pipe until main closes its write end (release). */
+static int hold[2] = { -1, -1 };
+static pthread_t pinned;
+static int have_pinned;
+
 static void *pin_thread(void *arg)
 {
 	int cpu = (int)(intptr_t)arg;
+	char c;
 	cpu_set_t set;
 	CPU_ZERO(&set);
 	CPU_SET(cpu, &set);
@@ -47,7 +58,21 @@ static void *pin_thread(void *arg)
 	}
 	printf("pinned %ld %d %llu\n", (long)syscall(SYS_gettid), cpu, (unsigned long long)t);
 	fflush(stdout);
+	while (read(hold[0], &c, 1) > 0)
+		;
 	return NULL;
+}
+
+/* Ends the pinned thread, if any; 1 when its pin had failed. */
+static int release(void)
+{
+	void *failed = NULL;
+	if (!have_pinned) return 0;
+	close(hold[1]);
+	pthread_join(pinned, &failed);
+	close(hold[0]);
+	have_pinned = 0;
+	return failed != NULL;
 }
 
 int main(void)
@@ -55,18 +80,19 @@ int main(void)
 	char line[64];
 	while (fgets(line, sizeof line, stdin)) {
 		int cpu;
+		if (release()) return 1;
 		if (strcmp(line, "clock\n") == 0) {
 			printf("clock %llu\n", (unsigned long long)now_ns());
 			fflush(stdout);
 		} else if (sscanf(line, "pin %d", &cpu) == 1 && cpu >= 0 && cpu < CPU_SETSIZE) {
-			pthread_t th;
-			void *failed = NULL;
-			if (pthread_create(&th, NULL, pin_thread, (void *)(intptr_t)cpu) != 0) return 1;
-			pthread_join(th, &failed);
-			if (failed) return 1;
+			if (pipe(hold) != 0 || pthread_create(&pinned, NULL, pin_thread, (void *)(intptr_t)cpu) != 0) return 1;
+			have_pinned = 1;
+		} else if (strcmp(line, "release\n") == 0) {
+			printf("released\n");
+			fflush(stdout);
 		} else {
 			break;
 		}
 	}
-	return 0;
+	return release();
 }

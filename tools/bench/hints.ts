@@ -130,7 +130,9 @@ try {
     const tid = Number(tidText);
     const hostMs = await hostApplied(tid);
     perSample.push({ tid, vcpu, latencyMs: hostMs - (Number(BigInt(nsText!)) / 1e6 - exchange.offsetMs) });
-    // The sample's thread has exited: wait for the host to release it before the next one.
+    // The sample's thread waited, pinned, until the host pinned too: end it, and wait for the
+    // host to release it before the next one.
+    await ask('release', 'released');
     const released = performance.now();
     while (s.table().some((r) => r.tasks.length > 0)) {
       if (performance.now() - released > WAIT_MS) throw new Error(`hints: task ${tid} was never released`);

@@ -260,6 +260,7 @@ export class VcpuThreads {
     for (const t of this.threads) {
       Atomics.store(t.mailbox, MB.STOP, 1);
       Atomics.notify(t.mailbox, MB.STATE);
+      Atomics.store(t.mailbox, MB.PAUSE, 0); // a parked worker waits on PAUSE with no timeout
       Atomics.notify(t.mailbox, MB.PAUSE);
       t.run[KvmRun.offsets.immediateExit] = 1;
     }

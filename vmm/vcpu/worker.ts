@@ -108,7 +108,10 @@ function parkWhilePaused(): void {
   stats[STAT_STATE] = VCPU_STATE.PARKED;
   Atomics.store(mb, MB.PAUSED, 1);
   Atomics.notify(mb, MB.PAUSED);
-  while (Atomics.load(mb, MB.PAUSE) && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.PAUSE, 1, 1000);
+  // No timeout: a parked thread must not wake at all (a periodic wake-up costs CPU time the
+  // pause promises not to spend). stop() clears PAUSE before it notifies, so a notify that
+  // lands between the check and the wait still finds PAUSE changed and cannot be lost.
+  while (Atomics.load(mb, MB.PAUSE) && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.PAUSE, 1);
   if (!Atomics.load(mb, MB.STOP)) run[KvmRun.offsets.immediateExit] = 0;
   Atomics.store(mb, MB.PAUSED, 0);
   Atomics.notify(mb, MB.PAUSED);

@@ -22,7 +22,7 @@ import { unpackKernel } from './boot/unpack';
 import { StartupClock } from './startup';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { API_USAGE, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu } from './api/commands';
+import { API_USAGE, CONTROL_COMMANDS, cmdBpf, cmdHaltPoll, cmdHints, cmdMetrics, cmdPs, cmdSched, cmdVcpu, controlUsage } from './api/commands';
 
 const USAGE = `usage: tsvmm <command> [options]
 
@@ -244,9 +244,15 @@ function consoleShell(config: MachineConfig): { config: MachineConfig; cleanup: 
   };
 }
 
+const isControl = (cmd: string | undefined): cmd is (typeof CONTROL_COMMANDS)[number] => (CONTROL_COMMANDS as readonly (string | undefined)[]).includes(cmd);
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
+    if (isControl(cmd) && rest.some((a) => a === '--help' || a === '-h')) {
+      process.stdout.write(controlUsage(cmd));
+      return 0;
+    }
     switch (cmd) {
       case 'run':
         return await cmdRun(rest);

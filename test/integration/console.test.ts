@@ -8,15 +8,21 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDefaultGuest } from '../../vmm/default-guest';
 import { ROOT } from './helpers';
 
 const PROMPT = /\[tsvmm-guest [^\]\r\n]*\]# /;
-const BOOT_MS = 600_000;
+const BOOT_MS = 360_000;
+/** When the sandbox's own watchdog asks the VMM what it is doing, if no prompt came by then. */
+const WATCHDOG_S = 300;
 const STEP_MS = 120_000;
 
 let child: ChildProcessWithoutNullStreams;
+/** The sandbox's --out directory: a heartbeat file and, from a VMM that never gave a prompt, its diagnosis. */
+const outDir = mkdtempSync(join(tmpdir(), 'tsvmm-console-'));
 let out = '';
 let err = '';
 let version = '';
@@ -38,7 +44,7 @@ function waitFor(re: RegExp, what: string, ms = STEP_MS, stream: 'out' | 'err' =
     };
     const timer = setTimeout(() => {
       waiters = waiters.filter((w) => w !== poll);
-      reject(new Error(`no ${what} within ${ms / 1000} s; the terminal showed:\n${out.slice(-3000)}\nstderr:\n${err.slice(-2000)}`));
+      reject(new Error(`no ${what} within ${ms / 1000} s; the terminal showed:\n${out.slice(-3000)}\nstderr:\n${err.slice(-2000)}${watchdogReport()}`));
     }, ms);
     const poll = () => {
       if (check()) waiters = waiters.filter((w) => w !== poll);
@@ -49,11 +55,36 @@ function waitFor(re: RegExp, what: string, ms = STEP_MS, stream: 'out' | 'err' =
 const type = (keys: string) => child.stdin.write(keys);
 const field = (name: string) => new RegExp(`^${name}: (.*)$`, 'm').exec(err)?.[1]?.trim();
 
+/**
+ * What the sandbox left in its --out directory for a boot that hung: whether the sandbox itself
+ * was still alive (its heartbeat's last time) and the VMM's diagnosis (vCPU registers, kernel
+ * stack addresses, devices, the console's last lines) — a frozen sandbox and a hung guest look
+ * the same on the terminal.
+ */
+function watchdogReport(): string {
+  const read = (f: string) => (existsSync(join(outDir, f)) ? readFileSync(join(outDir, f), 'utf8') : `(no ${f})`);
+  const diagnosis = read('diagnosis.json');
+  let text = diagnosis;
+  try {
+    text = (JSON.parse(diagnosis) as { text: string }).text;
+  } catch {
+    // curl's error, or an API error body: shown as it is
+  }
+  return `\nsandbox heartbeat (last): ${read('heartbeat').trim()}\nVMM diagnosis after ${WATCHDOG_S} s (GET /diagnosis):\n${text}`;
+}
+
 test.before(async () => {
   version = (await ensureDefaultGuest()).version;
-  // The inner shell checks the terminal tsvmm itself had (inside the sandbox: script(1)'s).
-  const job = 'g=$(stty -g); node bin/tsvmm.js run; rc=$?; [ "$g" = "$(stty -g)" ] && echo inner-terminal-restored; exit $rc';
-  child = spawn('python3', [join(ROOT, 'test/pty-run.py'), '24', '80', 'bash', join(ROOT, 'tools/sandbox/run.sh'), '--', 'sh', '-c', job], {
+  // The inner shell checks the terminal tsvmm itself had (inside the sandbox: script(1)'s). In
+  // the background (bounded, and killed when tsvmm ends): a heartbeat, and a watchdog that asks
+  // the VMM's API for a diagnosis if the boot still goes on when the test is about to give up.
+  // outDir is writable at the same path inside the sandbox (run.sh --out) and natively; the API
+  // socket goes to /tmp (the sandbox's own tmpfs: a socket cannot be served from its 9p share).
+  const api = join(tmpdir(), `tsvmm-console-${process.pid}.sock`);
+  const hb = `(for i in $(seq ${BOOT_MS / 5000}); do date +%T > ${outDir}/heartbeat; sleep 5; done) & hb=$!; `;
+  const wd = `(sleep ${WATCHDOG_S}; curl -sS --max-time 60 --unix-socket ${api} http://localhost/diagnosis > ${outDir}/diagnosis.json 2>&1) & wd=$!; `;
+  const job = `g=$(stty -g); ${hb}${wd}node bin/tsvmm.js run --api-sock ${api}; rc=$?; kill $hb $wd 2>/dev/null; [ "$g" = "$(stty -g)" ] && echo inner-terminal-restored; exit $rc`;
+  child = spawn('python3', [join(ROOT, 'test/pty-run.py'), '24', '80', 'bash', join(ROOT, 'tools/sandbox/run.sh'), '--out', outDir, '--', 'sh', '-c', job], {
     cwd: ROOT,
     env: { ...process.env, TERM: 'xterm-256color' },
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -71,6 +102,7 @@ test.before(async () => {
 
 test.after(() => {
   if (child.exitCode === null) child.kill('SIGKILL');
+  rmSync(outDir, { recursive: true, force: true });
 });
 
 test('a root shell on the console, after the one-line hint: uname -r is the guest kernel', async () => {

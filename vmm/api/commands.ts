@@ -9,7 +9,7 @@ import { apiCall, apiJson, apiStream, ApiClientError } from './client';
 import { listVms, type VmEntry } from './registry';
 import { UsageError } from '../../lib/errors';
 
-export const API_USAGE = `tsvmm bpf load [--api-sock S] (affinity | prio | --package FILE.json | --elf FILE.o [--hint-map MAP] [--name N])
+const COMMAND_USAGE = `tsvmm bpf load [--api-sock S] (affinity | prio | --package FILE.json | --elf FILE.o [--hint-map MAP] [--name N])
 tsvmm bpf list [--api-sock S] [--json]
 tsvmm bpf unload [--api-sock S] HANDLE
 tsvmm bpf map-set [--api-sock S] HANDLE MAP KEY VALUE [--flags any|noexist|exist]
@@ -26,10 +26,25 @@ tsvmm vcpu pause|resume [--api-sock S] VCPU
 tsvmm halt-poll [--api-sock S] [NANOSECONDS]
 tsvmm metrics [--api-sock S] [--prometheus]
 tsvmm ps [--json]
-  talk to a VM started with 'tsvmm run --api-sock S' (docs/api.md); without --api-sock,
+`;
+const USAGE_NOTE = `  talk to a VM started with 'tsvmm run --api-sock S' (docs/api.md); without --api-sock,
   the only running VM that has an API socket is used.
 `;
+export const API_USAGE = COMMAND_USAGE + USAGE_NOTE;
 
+
+/** The control commands API_USAGE documents (`tsvmm CMD --help` prints CMD's part of it). */
+export const CONTROL_COMMANDS = ['bpf', 'hints', 'sched', 'vcpu', 'halt-poll', 'metrics', 'ps'] as const;
+
+/** API_USAGE's lines for one control command (with their continuation lines) and its note. */
+export function controlUsage(cmd: (typeof CONTROL_COMMANDS)[number]): string {
+  let mine = false;
+  const lines = COMMAND_USAGE.trimEnd().split('\n').filter((l) => {
+    if (l.startsWith('tsvmm ')) mine = l.startsWith(`tsvmm ${cmd} `) || l === `tsvmm ${cmd}`;
+    return mine;
+  });
+  return `${lines.join('\n')}\n${USAGE_NOTE}`;
+}
 
 /** --api-sock, or the one running VM of this user that has a socket. */
 function socketFor(flag: string | undefined): string {

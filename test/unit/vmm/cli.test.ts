@@ -42,6 +42,28 @@ test('other tsvmm errors exit 1 with one line, no stack', async () => {
   }
 });
 
+test('CMD --help on a control command prints its usage lines and exits 0, with no VM around', async () => {
+  const write = process.stdout.write.bind(process.stdout);
+  for (const [argv, want, notWant] of [
+    [['hints', '--help'], /^tsvmm hints watch .*\ntsvmm hints record .*\n +every hint record/, /tsvmm bpf/],
+    [['bpf', 'load', '-h'], /^tsvmm bpf load [^\n]*\n(.*\n)*tsvmm bpf map-set [^\n]*\n +KEY, VALUE/, /tsvmm vcpu/],
+    [['halt-poll', '--help'], /^tsvmm halt-poll \[--api-sock S\] \[NANOSECONDS\]\n +talk to a VM/, /tsvmm metrics/],
+  ] as const) {
+    let out = '';
+    process.stdout.write = ((chunk: string | Uint8Array) => { out += String(chunk); return true; }) as typeof process.stdout.write;
+    let r: { code: number; err: string };
+    try {
+      r = await run([...argv]);
+    } finally {
+      process.stdout.write = write;
+    }
+    assert.is(r.code, 0, `${argv.join(' ')}: ${r.err}`);
+    assert.is(r.err, '');
+    assert.match(out, want, out);
+    assert.not.match(out, notWant, out);
+  }
+});
+
 test('the built CLI maps the same way (process exit status)', () => {
   const cli = join(import.meta.dirname ?? '', '../../../tsvmm.js');
   const env = { ...process.env };

@@ -72,7 +72,7 @@ export class Machine {
   private ram?: GuestRam;
   private vcpus: Vcpu[] = [];
   private irqs: IrqfdLine[] = [];
-  private threads?: VcpuThreads;
+  private readonly threads: VcpuThreads;
   readonly pio = new Bus();
   readonly mmio = new Bus();
   serial?: Serial16550;
@@ -105,6 +105,9 @@ export class Machine {
     this.config = config;
     this.exited = new Promise((r) => (this.ended = r));
     this.deviceFaults = this.guestLog('device errors');
+    this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e), (f) => this.deviceFaults.line(
+      `device error on a guest ${f.kind} ${f.isWrite ? 'write' : 'read'} of ${f.size} bytes at 0x${f.addr.toString(16)} (answered as unclaimed): ${f.error.stack ?? f.error.message}`,
+    ));
   }
 
   private guestLog(what: string, opts?: RateLimitOptions): RateLimitedLog {
@@ -116,16 +119,18 @@ export class Machine {
   /** Validates, creates and boots the machine; vCPUs are running when this resolves. */
   static async start(config: MachineConfig, io: MachineIo): Promise<Machine> {
     validateConfig(config);
-    // Before the read: unpackKernel finds the image's hash by it when the file is unchanged.
-    const kernelStat = statSync(config.kernel, { bigint: true, throwIfNoEntry: false });
-    const kernel = readImage(config.kernel, 'kernel');
-    const format = probeKernel(config.kernel, kernel);
-    // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
-    const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log, kernelStat) : undefined;
-    const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
-    io.startup?.end('read images (unpack)');
     const m = new Machine(config, io);
     try {
+      // First: the workers' own start overlaps everything below (vmm/vcpu/threads.ts).
+      m.threads.spawn(config.vcpus);
+      // Before the read: unpackKernel finds the image's hash by it when the file is unchanged.
+      const kernelStat = statSync(config.kernel, { bigint: true, throwIfNoEntry: false });
+      const kernel = readImage(config.kernel, 'kernel');
+      const format = probeKernel(config.kernel, kernel);
+      // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
+      const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log, kernelStat) : undefined;
+      const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
+      io.startup?.end('read images (unpack)');
       await m.build(kernel, initrd, unpacked);
     } catch (e) {
       await m.close();
@@ -155,14 +160,14 @@ export class Machine {
     const actuatorLog = this.guestLog('actuators', { burst: 300, perSecond: 10 });
     const actuators = (this.actuators = new Actuators({
       vcpus: c.vcpus,
-      tids: () => this.threads?.tids ?? [],
+      tids: () => this.threads.tids,
       setattr: schedSetattr,
       getattr: schedGetattr,
       setHaltPoll: (ns) => vm.setHaltPoll(ns),
       defaultHaltPoll: moduleHaltPoll,
-      pause: (v) => this.threads!.pause(v),
-      resume: (v) => this.threads!.resume(v),
-      isPaused: (v) => this.threads?.isPaused(v) ?? false,
+      pause: (v) => this.threads.pause(v),
+      resume: (v) => this.threads.resume(v),
+      isPaused: (v) => this.threads.started && this.threads.isPaused(v),
       log: (m) => actuatorLog.line(m),
     }));
     const prio = (this.prio = new PrioPolicy({
@@ -237,9 +242,12 @@ export class Machine {
         kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline, vmlinux: vmlinux?.bytes,
         // Fresh mappings (GuestRam): only the ACPI tables below 1 MiB are written so far.
         ramZeroed: true,
+        mapVmlinux: vmlinux && ((gpa, offset, length) => ram.mapFile(gpa, vmlinux.fd, offset, length)),
       }, acpi?.rsdpAddr);
     } finally {
-      vmlinux?.unmap(); // nothing keeps a view of it: the loader copied what it needed
+      // Nothing keeps a view of it: the loader copied what it did not map into RAM (those
+      // mappings hold the file themselves).
+      vmlinux?.unmap();
     }
     phase('image load');
     this.io.log(`loaded ${loaded.format} ${c.kernel}${unpacked ? ` (vmlinux ${unpacked.path})` : ''}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
@@ -251,9 +259,6 @@ export class Machine {
       setupVcpu(vcpu, { supportedCpuid, count: c.vcpus, entry: loaded.entry });
     }
     phase('vcpus');
-    this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e), (f) => this.deviceFaults.line(
-      `device error on a guest ${f.kind} ${f.isWrite ? 'write' : 'read'} of ${f.size} bytes at 0x${f.addr.toString(16)} (answered as unclaimed): ${f.error.stack ?? f.error.message}`,
-    ));
     const tids = await this.threads.start(this.vcpus, kvm.vcpuMmapSize(), { pio: this.pio.claims(), mmio: this.mmio.claims() });
     phase('vcpu threads');
     if (this.io.startup) this.io.debug?.(this.io.startup.summary());
@@ -365,13 +370,13 @@ export class Machine {
 
   /** KVM exits by reason for each vCPU (index = vCPU). */
   vcpuExits(): Record<string, number>[] {
-    return this.threads?.exitCounts() ?? [];
+    return this.threads.exitCounts();
   }
 
   /** Accesses forwarded to the main thread so far, by device (bus range name), and by register. */
   forwardedExits(): { byDevice: Record<string, number>; byRegister: Record<string, number> } {
-    const f = this.threads?.forwarded;
-    return { byDevice: { ...f?.byDevice }, byRegister: { ...f?.byRegister } };
+    const f = this.threads.forwarded;
+    return { byDevice: { ...f.byDevice }, byRegister: { ...f.byRegister } };
   }
 
   /**
@@ -389,7 +394,7 @@ export class Machine {
 
   /** The kernel tid of each vCPU thread, by vCPU index. */
   get vcpuTids(): number[] {
-    return this.threads?.tids ?? [];
+    return this.threads.tids;
   }
 
   /**
@@ -405,7 +410,7 @@ export class Machine {
       const main1 = mainThreadTicks();
       if (main0 !== undefined && main1 !== undefined) mainThreadCpuMsInSample = (main1 - main0) * 10;
     }, sampleMs);
-    const vcpus = this.threads && !this.status ? await this.threads.inspect(sampleMs, undefined, this.ram?.memory) : [];
+    const vcpus = this.threads.started && !this.status ? await this.threads.inspect(sampleMs, undefined, this.ram?.memory) : [];
     clearTimeout(timer);
     return {
       uptimeMs: performance.now() - this.startedAt,
@@ -456,9 +461,9 @@ export class Machine {
   private closing?: Promise<void>;
   close(): Promise<void> {
     this.closing ??= (async () => {
-      await this.threads?.stop();
+      await this.threads.stop();
       this.serial?.stop(); // the last bytes the vCPUs transmitted, before `exited` resolves
-      if (this.threads) this.io.debug?.(this.exitSummary());
+      if (this.threads.started) this.io.debug?.(this.exitSummary());
       if (this.serial?.tx.dropped) this.io.log(`serial: ${this.serial.tx.dropped} transmitted bytes dropped (the console output stalled for ${FULL_WAIT_MS / 1000} s with its ring full)`);
       for (const c of this.cleanups.splice(0).reverse()) await c();
       for (const v of this.vcpus) v.close();
@@ -501,16 +506,23 @@ function readImage(path: string, what: string): Uint8Array {
 }
 
 /**
- * A file mapped read-only: the unpacked vmlinux (~60 MB) goes into guest RAM straight from the
- * page cache, without a copy in a buffer first. `bytes` must not be touched after unmap().
+ * A file mapped read-only, its fd open until unmap(): the unpacked vmlinux (~60 MB) is parsed
+ * and its pages mapped into guest RAM (GuestRam.mapFile) or copied from the page cache, without
+ * being read into a buffer first. `bytes` must not be touched after unmap().
  */
-function mapFile(path: string): { bytes: Uint8Array; unmap(): void } {
+function mapFile(path: string): { bytes: Uint8Array; fd: number; unmap(): void } {
   const fd = openSync(path, 'r');
   try {
     const size = fstatSync(fd).size;
     const addr = mmap(size, PROT_READ, MAP_PRIVATE, fd);
-    return { bytes: new Uint8Array(view(addr, size)), unmap: () => munmap(addr, size) };
-  } finally {
+    return {
+      bytes: new Uint8Array(view(addr, size)), fd, unmap: () => {
+        munmap(addr, size);
+        closeSync(fd);
+      },
+    };
+  } catch (e) {
     closeSync(fd);
+    throw e;
   }
 }

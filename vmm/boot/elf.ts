@@ -13,6 +13,8 @@ const XEN_ELFNOTE_PHYS32_ENTRY = 18;
 
 export interface ElfSegment {
   paddr: number;
+  /** Where `data` starts in the file. */
+  offset: number;
   data: Uint8Array;
   memsz: number;
 }
@@ -58,7 +60,7 @@ export function parseElf(path: string, image: Uint8Array): ElfKernel {
     const paddr = Number(ph.paddr);
     const memsz = Number(ph.memsz);
     if (memsz < filesz || !Number.isSafeInteger(paddr + memsz)) throw new KernelImageError(path, `segment ${i} has bad sizes`);
-    segments.push({ paddr, data: image.subarray(offset, offset + filesz), memsz });
+    segments.push({ paddr, offset, data: image.subarray(offset, offset + filesz), memsz });
     end = Math.max(end, paddr + memsz);
   }
   if (segments.length === 0) throw new KernelImageError(path, 'ELF has no loadable segments');

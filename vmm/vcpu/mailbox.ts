@@ -1,8 +1,8 @@
 // The channel between a vCPU worker and the main thread for port/MMIO accesses that a
 // main-thread device must answer: one SharedArrayBuffer per vCPU plus one shared doorbell.
 // The worker fills a request and Atomics.waits; main handles it and flips the state back.
-// It also defines what a worker gets at start (WorkerInit) and its exit counters. The mailbox
-// layout, in one place (Int32 slots):
+// It also defines what a worker gets when spawned (WorkerInit) and with its vCPU (WorkerRun),
+// and its exit counters. The mailbox layout, in one place (Int32 slots):
 
 import type { BusClaim } from '../../devices/bus';
 
@@ -65,22 +65,31 @@ export function mailboxData(mb: Int32Array): Uint8Array {
   return new Uint8Array(mb.buffer, MB.DATA * 4, 8);
 }
 
-/** What a worker tells main. */
+/** What a worker tells main: `ready` once its code is loaded (it then waits for a WorkerRun). */
 export type WorkerMessage =
-  | { type: 'started'; tid: number }
+  | { type: 'ready'; tid: number }
   | { type: 'exit'; reason: VcpuExitReason; detail: string }
   | { type: 'stopped' };
 
 export type VcpuExitReason = 'triple-fault' | 'system-poweroff' | 'system-reset' | 'system-crash' | 'internal-error' | 'fail-entry' | 'unhandled' | 'hlt';
 
+/**
+ * What a worker gets when it is spawned (workerData): nothing that needs the VM, so its Node
+ * start can overlap the VMM's setup (vmm/vcpu/threads.ts).
+ */
 export interface WorkerInit {
-  fd: number;
   id: number;
-  mmapSize: number;
   mailbox: Int32Array;
   doorbell: Int32Array;
+  stats: Float64Array;
+}
+
+/** What main sends a ready worker once its vCPU exists; the worker then runs it until stopped. */
+export interface WorkerRun {
+  type: 'run';
+  fd: number;
+  mmapSize: number;
   /** What main-thread devices claim: forwarded, except their shared registers; the rest is answered here. */
   pio: readonly BusClaim[];
   mmio: readonly BusClaim[];
-  stats: Float64Array;
 }

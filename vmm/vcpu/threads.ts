@@ -13,7 +13,7 @@ import { tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
 import type { GuestMemory } from '../../devices/memory';
 import {
-  MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, newDoorbell, newExitStats, newMailbox,
+  MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
 import { decodeLapic, kernelAddresses, parseTaskStat, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
@@ -71,17 +71,28 @@ export interface VcpuExit {
   detail: string;
 }
 
-interface Thread {
-  vcpu: Vcpu;
+/** A worker spawned ahead of its vCPU (spawn()); `failure`: it failed before start() handed it one. */
+interface Spawned {
+  id: number;
   worker: Worker;
   mailbox: Int32Array;
-  run: Uint8Array;
   stats: Float64Array;
-  tid: number;
+  /** Resolves with the thread's tid once the worker's code is loaded. */
+  ready: Promise<number>;
   stopped: Promise<void>;
+  failure?: Error;
+  handedOver: boolean;
+}
+
+/** A worker running its vCPU. */
+interface Thread extends Spawned {
+  vcpu: Vcpu;
+  run: Uint8Array;
+  tid: number;
 }
 
 export class VcpuThreads {
+  private readonly spawned: Spawned[] = [];
   private readonly threads: Thread[] = [];
   private readonly doorbell = newDoorbell();
   private readonly server: MailboxServer;
@@ -93,44 +104,74 @@ export class VcpuThreads {
     this.server = new MailboxServer(this.doorbell, pio, mmio, onDeviceFault);
   }
 
-  /** Starts a worker per vCPU; resolves with their tids once every one runs. */
-  async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: readonly BusClaim[]; mmio: readonly BusClaim[] }): Promise<number[]> {
+  /**
+   * Starts `count` workers now, before their vCPUs exist. A worker's own start (a Node
+   * environment, its bundle, koffi: 0.1–0.2 s natively, 1–2.5 s each in the nested sandbox)
+   * then overlaps the machine's setup instead of following it; start() hands each its vCPU.
+   */
+  spawn(count: number): void {
+    if (this.spawned.length) throw new Error('the vCPU workers were already spawned');
     this.releaseKick = holdSignal(KICK_SIGNAL);
     const script = workerScript();
-    const started: Promise<number>[] = [];
-    for (const vcpu of vcpus) {
-      const mailbox = newMailbox();
-      const stats = newExitStats();
-      const init: WorkerInit = { fd: vcpu.fd, id: vcpu.id, mmapSize, mailbox, doorbell: this.doorbell, pio: claims.pio, mmio: claims.mmio, stats };
-      const worker = new Worker(script, { workerData: init, name: `vcpu${vcpu.id}` });
-      this.server.add(mailbox);
-      const t: Thread = { vcpu, worker, mailbox, run: vcpu.mapRun(mmapSize).bytes, stats, tid: 0, stopped: Promise.resolve() };
-      t.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
-      started.push(new Promise((resolve, reject) => {
+    for (let id = 0; id < count; id++) {
+      const init: WorkerInit = { id, mailbox: newMailbox(), doorbell: this.doorbell, stats: newExitStats() };
+      const worker = new Worker(script, { workerData: init, name: `vcpu${id}` });
+      this.server.add(init.mailbox);
+      const s: Spawned = { id, worker, mailbox: init.mailbox, stats: init.stats, ready: Promise.resolve(0), stopped: Promise.resolve(), handedOver: false };
+      s.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
+      s.ready = new Promise((resolve, reject) => {
         worker.on('message', (m: WorkerMessage) => {
-          if (m.type === 'started') {
-            t.tid = m.tid;
-            resolve(m.tid);
-          } else if (m.type === 'exit') {
-            this.onExit({ vcpu: vcpu.id, reason: m.reason, detail: m.detail });
-          }
+          if (m.type === 'ready') resolve(m.tid);
+          else if (m.type === 'exit') this.onExit({ vcpu: id, reason: m.reason, detail: m.detail });
         });
         worker.once('error', (e) => {
+          if (s.handedOver) this.onExit({ vcpu: id, reason: 'internal-error', detail: `vCPU worker failed: ${e.message}` });
+          else s.failure = e;
           reject(e);
-          this.onExit({ vcpu: vcpu.id, reason: 'internal-error', detail: `vCPU worker failed: ${e.message}` });
         });
-      }));
+        worker.once('exit', (code) => {
+          s.failure ??= new Error(`vCPU worker ${id} exited (status ${code}) before it ran its vCPU`);
+          reject(s.failure);
+        });
+      });
+      // Awaited by start(); a machine whose setup fails before that never asks.
+      s.ready.catch(() => {});
+      this.spawned.push(s);
+    }
+  }
+
+  /**
+   * Hands each spawned worker its vCPU (spawning them first if spawn() was not called) and
+   * resolves with their tids; each enters KVM_RUN as soon as it has its message.
+   */
+  async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: readonly BusClaim[]; mmio: readonly BusClaim[] }): Promise<number[]> {
+    if (!this.spawned.length) this.spawn(vcpus.length);
+    if (vcpus.length !== this.spawned.length) throw new Error(`${vcpus.length} vCPUs for ${this.spawned.length} spawned workers`);
+    const tids = await Promise.all(this.spawned.map((s) => s.ready));
+    for (const s of this.spawned) if (s.failure) throw s.failure;
+    for (const [i, s] of this.spawned.entries()) {
+      const vcpu = vcpus[i]!;
+      if (vcpu.id !== s.id) throw new Error(`vCPU ${vcpu.id} given to worker ${s.id}`);
+      const t: Thread = Object.assign(s, { vcpu, run: vcpu.mapRun(mmapSize).bytes, tid: tids[i]! });
       this.threads.push(t);
+      t.handedOver = true;
+      const job: WorkerRun = { type: 'run', fd: vcpu.fd, mmapSize, pio: claims.pio, mmio: claims.mmio };
+      t.worker.postMessage(job);
     }
     // The server answers every request itself; should its loop ever fail, the vCPUs waiting
     // on it could not go on: end the VM rather than leave them stuck.
     this.server.run().catch((e: Error) => this.onExit({ vcpu: 0, reason: 'internal-error', detail: `mailbox server failed: ${e.message}` }));
-    return Promise.all(started);
+    return tids;
   }
 
   /** Forwarded accesses by device and by register (vmm/vcpu/serve.ts). */
   get forwarded(): { byDevice: Readonly<Record<string, number>>; byRegister: Readonly<Record<string, number>> } {
     return { byDevice: this.server.byDevice, byRegister: this.server.byRegister };
+  }
+
+  /** Whether start() handed the workers their vCPUs. */
+  get started(): boolean {
+    return this.threads.length > 0;
   }
 
   get tids(): number[] {
@@ -257,6 +298,8 @@ export class VcpuThreads {
 
   /** Kicks every vCPU out of KVM_RUN and waits for all workers to end. */
   async stop(): Promise<void> {
+    // Workers that never got a vCPU wait for their message (or still start): nothing to kick.
+    await Promise.all(this.spawned.filter((s) => !s.handedOver).map((s) => s.worker.terminate()));
     for (const t of this.threads) {
       Atomics.store(t.mailbox, MB.STOP, 1);
       Atomics.notify(t.mailbox, MB.STATE);

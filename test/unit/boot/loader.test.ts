@@ -4,7 +4,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { GuestMemory } from '../../../devices/memory';
 import { KernelImageError } from '../../../vmm/boot/errors';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import type { Vm } from '../../../kvm/kvm';
+import { GuestRam } from '../../../vmm/memory';
+import { parseElf } from '../../../vmm/boot/elf';
 import { loadKernel, nonZeroRuns, probeKernel } from '../../../vmm/boot/loader';
 import { needs } from '../../needs';
 import { cachedKernel, ELF_SEG0, ELF_SEG1, makeBzImage, makeElf, NO_KERNEL } from './images';
@@ -137,6 +140,33 @@ needs(NO_KERNEL)('the default kernel\'s vmlinux into zeroed RAM: the same bytes 
   const whole = load(false);
   const skipped = load(true);
   assert.ok(Buffer.compare(whole, skipped) === 0, 'identical guest RAM');
+});
+
+needs(NO_KERNEL)('the default kernel\'s vmlinux mapped into RAM (GuestRam.mapFile): the same bytes as copied, most of it mapped', () => {
+  const k = cachedKernel()!;
+  const kernel = new Uint8Array(readFileSync(k.kernel));
+  const vmlinux = new Uint8Array(readFileSync(k.vmlinux));
+  const size = 128 * MiB;
+  const copied = new Uint8Array(size);
+  loadKernel(new GuestMemory([{ gpa: 0, bytes: copied }]), [{ gpa: 0, size }], { kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed: true });
+  const ram = new GuestRam({ setUserMemoryRegion: () => {} } as unknown as Vm, size);
+  const fd = openSync(k.vmlinux, 'r');
+  try {
+    let mapped = 0;
+    loadKernel(ram.memory, ram.ranges, {
+      kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed: true,
+      mapVmlinux: (gpa, offset, length) => {
+        mapped += length;
+        return ram.mapFile(gpa, fd, offset, length);
+      },
+    });
+    assert.ok(Buffer.compare(copied, ram.memory.expect(0, size)) === 0, 'identical guest RAM');
+    const segments = parseElf(k.vmlinux, vmlinux).segments.reduce((n, s) => n + s.data.length, 0);
+    assert.ok(mapped > segments - 4 * 4096 * 2, `${mapped} of ${segments} segment bytes mapped (all but partial pages)`);
+  } finally {
+    closeSync(fd);
+    ram.close();
+  }
 });
 
 test('probeKernel: format of good images; text, empty and broken files refused', () => {

@@ -2,3 +2,5 @@
 export declare function machine(): Record<string, unknown>;
 export interface Spread { n: number; min: number | null; median: number | null; max: number | null }
 export declare function stats(values: readonly number[]): Spread;
+export interface ProcessMemory { rss: number; hwm: number; anon: number; file: number; shmem: number }
+export declare function processMemory(pid: number): ProcessMemory | null;

@@ -87,13 +87,15 @@ export function qemuArgs(c) {
  * Spawns a child and resolves when it exits or the timeout killed it (SIGKILL to its
  * process group, so nothing is left behind). `markers` are line prefixes whose first
  * appearance on stdout is timed from spawn; `onLine` / `onErrLine` see every stdout /
- * stderr line; aborting `signal` kills the child like the timeout (not counted as one).
+ * stderr line; aborting `signal` kills the child like the timeout (not counted as one);
+ * `onSpawn` gets the child's pid.
  */
-export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine, env, signal } = {}) {
+export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine, env, signal, onSpawn } = {}) {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
     const ms = () => Number(process.hrtime.bigint() - t0) / 1e6;
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: env ?? process.env });
+    if (child.pid !== undefined) onSpawn?.(child.pid);
     const seen = {};
     let partial = '';
     let tail = '';
@@ -128,6 +130,22 @@ export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine
       resolve({ code, signal, timedOut, ms: ms(), seen, tail });
     });
   });
+}
+
+/**
+ * A process's memory from /proc/PID/status in MiB: resident now (rss: anon + file + shmem, each
+ * apart) and its peak so far (hwm); null once the process is gone.
+ */
+export function processMemory(pid) {
+  let text;
+  try {
+    text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return null;
+  }
+  const kib = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  const mib = (key) => Math.round(kib(key) / 1024 * 10) / 10;
+  return { rss: mib('VmRSS'), hwm: mib('VmHWM'), anon: mib('RssAnon'), file: mib('RssFile'), shmem: mib('RssShmem') };
 }
 
 export function stats(values) {

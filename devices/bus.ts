@@ -7,7 +7,10 @@
  * A device register whose value lives in shared memory, so that a vCPU thread can answer it
  * without a hop to the device's thread (docs/benchmarks.md, "Exit rate": a forwarded exit
  * costs ~15x one answered in the vCPU thread). `load` serves reads of the register (the
- * cell's value); `clear-bits` serves writes (the cell loses the bits written: write-1-to-clear).
+ * cell's value); `clear-bits` serves writes (the cell loses the bits written: write-1-to-clear);
+ * `store` serves writes of a register whose write does nothing but set its value (a selector,
+ * a queue's address before the queue is enabled): the cell takes the value written, and the
+ * device holds no other copy of it — the cell is the register, read when the device needs it.
  * Only an access of exactly `size` bytes at exactly `offset` in that direction qualifies; every
  * other access still reaches the device, which must give the same answer for those that
  * qualify (tests and callers without vCPU threads use it).
@@ -22,7 +25,7 @@ export interface SharedRegister {
    * every other write reaches the device. `push` serves byte writes by pushing the byte into
    * `ring` (devices/tx-ring.ts) while the ring's gate is open; with it shut they reach the device.
    */
-  readonly kind: 'load' | 'clear-bits' | 'refuse' | 'push';
+  readonly kind: 'load' | 'clear-bits' | 'refuse' | 'push' | 'store';
   /** `clear-bits` only: bits a write never clears (a device that keeps a status bit set for good). */
   readonly keep?: number;
   /**
@@ -37,6 +40,40 @@ export interface SharedRegister {
   readonly cell: Int32Array;
   /** `push` only: the ring's bytes (a SharedArrayBuffer, a power of two long). */
   readonly ring?: Uint8Array;
+  /**
+   * `load` and `store`: the register is one of a bank (one per queue, per feature word) picked
+   * by a selector register whose value is this cell's (index 0). `cell` then holds one Int32
+   * per entry, and an access uses entry `select` (unsigned); a selector beyond the bank sends
+   * the access to the device.
+   */
+  readonly select?: Int32Array;
+  /**
+   * `store` only: one cell per entry of `cell` (GATE): a write is stored while its entry is
+   * OPEN, and reaches the device (which refuses it, or applies what the vCPU cannot) while
+   * CLOSED. The device moves it with openGate and closeGate, the vCPU threads OPEN -> BUSY ->
+   * OPEN around their store, so a device that closed the gate can read the cell knowing no
+   * store lands after it.
+   */
+  readonly gate?: Int32Array;
+}
+
+/** The states of a `store` register's gate entry (SharedRegister.gate). */
+export const GATE = { CLOSED: 0, OPEN: 1, BUSY: 2 } as const;
+
+/** Lets vCPU threads store entry i (device thread). A BUSY entry is open already. */
+export function openGate(gate: Int32Array, i: number): void {
+  Atomics.compareExchange(gate, i, GATE.CLOSED, GATE.OPEN);
+}
+
+/**
+ * Stops vCPU threads storing entry i (device thread): when it returns, no store to the entry
+ * is under way, and none starts until openGate. A vCPU holds BUSY for a load and two stores;
+ * only one descheduled in between makes this wait, and then for a millisecond at a time.
+ */
+export function closeGate(gate: Int32Array, i: number): void {
+  for (let spins = 0; Atomics.compareExchange(gate, i, GATE.OPEN, GATE.CLOSED) === GATE.BUSY; spins++) {
+    if (spins >= 100) Atomics.wait(gate, i, GATE.BUSY, 1);
+  }
 }
 
 /**

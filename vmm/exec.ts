@@ -38,7 +38,7 @@ tsvmm exec --api-sock S [exec options] -- CMD ARGS...
   --json           end with one JSON line on stdout: status, signal, timings (ms: node start,
                    boot, agent, command; startup: the VMM's start to the first KVM_RUN by
                    phase), console log path, exits (register accesses forwarded to the
-                   main thread, by device, and served in the vCPU threads)
+                   main thread, by device and by register, and served in the vCPU threads)
   stdin is streamed to CMD (unless it is a terminal); CMD's stdout and stderr are ours.
   exit status: CMD's status (128+N if signal N ended it), 124 timeout, 125 the VM or agent
   failed before CMD finished (or a --get failed after CMD succeeded), 126 CMD could not be
@@ -104,9 +104,10 @@ export interface ExecReport {
   consoleLog: string | null;
   /**
    * The boot's register accesses (all vCPUs, to the VM's end; null with --api-sock): forwarded to
-   * the main thread, by device, and served in the vCPU threads themselves.
+   * the main thread, by device and by register ("com1+0x1 w"), and served in the vCPU threads
+   * themselves.
    */
-  exits: { forwarded: number; shared: number; forwardedByDevice: Record<string, number> } | null;
+  exits: { forwarded: number; shared: number; forwardedByDevice: Record<string, number>; forwardedByRegister: Record<string, number> } | null;
 }
 
 /** tsvmm's exit status for how CMD ended. */
@@ -249,7 +250,8 @@ export async function cmdExec(args: string[]): Promise<number> {
   if (vm) {
     const exits = vm.machine.vcpuExits();
     const sum = (k: string) => exits.reduce((n, e) => n + (e[k] ?? 0), 0);
-    report.exits = { forwarded: sum('forwarded'), shared: sum('shared'), forwardedByDevice: vm.machine.forwardedExits().byDevice };
+    const { byDevice, byRegister } = vm.machine.forwardedExits();
+    report.exits = { forwarded: sum('forwarded'), shared: sum('shared'), forwardedByDevice: byDevice, forwardedByRegister: byRegister };
   }
   report.timings.totalMs = performance.now();
   if (values.json) process.stdout.write(`${wroteNewline ? '' : '\n'}${JSON.stringify(report)}\n`);

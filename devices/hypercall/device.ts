@@ -227,6 +227,8 @@ const opCode: Record<HypercallRequest['op'], OpCode> = { load: Op.LOAD, unload: 
 const cmdNames = new Map<number, CmdName>(Object.entries(Cmd).map(([k, v]) => [v, k as CmdName]));
 const statusNames = new Map<number, StatusName>(Object.entries(Status).map(([k, v]) => [v, k as StatusName]));
 const U32 = 0x1_0000_0000;
+/** Registers whose value is fixed when the device is made (a copy of it serves the vCPU threads). */
+const CONSTANT_REGS = [Reg.MAGIC, Reg.VERSION, Reg.FEATURES, Reg.DOORBELL_PORT, Reg.SHM_BASE_LO, Reg.SHM_BASE_HI, Reg.SHM_SIZE] as const;
 
 /** `rate` units per second up to `burst`, starting full; fractional units accumulate. */
 class TokenBucket {
@@ -469,10 +471,15 @@ export class HypercallDevice implements BusDevice {
     new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.register(offset), true);
   }
 
-  /** STATUS, RESULT and SEQ (reads), COMMAND (HINTS while the budget is spent): served by the vCPU threads. */
+  /**
+   * Served by the vCPU threads: the registers fixed for the device's lifetime (the agent's probe
+   * reads each once), STATUS, RESULT and SEQ (reads), COMMAND (HINTS while the budget is spent).
+   */
   sharedRegisters(): readonly SharedRegister[] {
     const cell = (i: number) => new Int32Array(this.regs.buffer, 4 * i, 1);
+    const constant = (offset: number): SharedRegister => ({ offset, size: 4, kind: 'load', cell: Int32Array.of(this.register(offset) | 0) });
     return [
+      ...CONSTANT_REGS.map(constant),
       { offset: Reg.STATUS, size: 4, kind: 'load', cell: cell(REFUSE.STATUS) },
       { offset: Reg.RESULT, size: 4, kind: 'load', cell: cell(REFUSE.RESULT) },
       { offset: Reg.SEQ, size: 4, kind: 'load', cell: cell(REFUSE.SEQ) },

@@ -5,9 +5,15 @@
 // InterruptStatus lives in a shared cell, so vCPU threads can serve InterruptStatus reads and
 // InterruptACK writes themselves (sharedRegisters()): those are two exits per interrupt. So
 // do the registers a driver reads while probing and setting up queues (CELL_REGS: magic,
-// version, ids, features, QueueNumMax, ...), from cells the transport rewrites after each change.
+// version, ids, status; the banks of DeviceFeatures, QueueNumMax, QueueNum, QueueReady), from
+// cells the transport rewrites after each change. And the writes that only set a value: the
+// selectors, DriverFeatures while features are negotiated, and a queue's size and ring
+// addresses until it is made ready (QUEUE_CONFIG): a vCPU thread stores them in cells that
+// are those registers — the transport reads them when a Status or QueueReady write (which still
+// reaches it) needs them. A quiet boot sets up three queues of virtio-vsock and one of
+// virtio-rng: ~44 exits that no longer wait for the main thread.
 
-import type { BusDevice, SharedRegister } from '../bus';
+import { closeGate, openGate, type BusDevice, type SharedRegister } from '../bus';
 import type { IrqLine } from '../irq';
 import { u64ToSafe, type GuestMemory } from '../memory';
 import {
@@ -20,15 +26,21 @@ import {
 import { Queue, QueueError } from './queue';
 
 /**
- * Registers whose reads vCPU threads serve from cells (what readRegister returns now): none
- * has a read side effect, and each changes only through a register write, a reset, NEEDS_RESET
- * or a config change — all of which syncCells() follows.
+ * Registers whose reads vCPU threads serve from one cell each (what readRegister returns now):
+ * none has a read side effect, and each changes only through a register write, a reset,
+ * NEEDS_RESET or a config change — all of which syncCells() follows.
  */
 const CELL_REGS = [
   0x000, 0x004, 0x008, 0x00c, // MagicValue, Version, DeviceID, VendorID
-  0x010, 0x034, 0x038, 0x044, // DeviceFeatures, QueueNumMax, QueueNum, QueueReady
   0x070, 0x0fc, // Status, ConfigGeneration
 ] as const;
+
+/**
+ * A queue's registers the driver programs before it sets QueueReady (§4.2.3.2), one cell per
+ * queue each: the transport's only copy of them until QueueReady = 1 copies them into the Queue.
+ */
+const QUEUE_CONFIG = [0x038, 0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4] as const; // QueueNum, Desc, Driver, Device (low, high)
+type QueueConfigReg = (typeof QUEUE_CONFIG)[number];
 
 // Register offsets (§4.2.2): the only place they live.
 export const REG = {
@@ -122,6 +134,9 @@ export interface TransportOptions {
 
 const MAX_FEATURE_WORDS = 2; // bits 0..63: all features virtio defines today
 
+/** n Int32 cells vCPU threads share. */
+const cells = (n: number) => new Int32Array(new SharedArrayBuffer(4 * n));
+
 export class MmioTransport implements BusDevice {
   readonly counters: TransportCounters = { notifications: 0, interrupts: 0, interruptsCoalesced: 0, errors: 0, needsReset: 0, resets: 0 };
   /** Why the device last entered NEEDS_RESET (for logs); undefined until it does. */
@@ -132,11 +147,22 @@ export class MmioTransport implements BusDevice {
   readonly queues: readonly Queue[];
   private readonly offered: bigint;
   private status = 0;
-  private deviceFeaturesSel = 0;
-  private driverFeaturesSel = 0;
-  private driverFeatures = 0n;
+  /** DeviceFeaturesSel, DriverFeaturesSel, QueueSel: one cell each, stored by vCPU threads too. */
+  private readonly deviceFeaturesSel = cells(1);
+  private readonly driverFeaturesSel = cells(1);
+  private readonly queueSel = cells(1);
+  /** DeviceFeatures by DeviceFeaturesSel (constant). */
+  private readonly offeredWords = cells(MAX_FEATURE_WORDS);
+  /** DriverFeatures by DriverFeaturesSel, and their gate: open between DRIVER and FEATURES_OK. */
+  private readonly driverWords = cells(MAX_FEATURE_WORDS);
+  private readonly driverGate = cells(MAX_FEATURE_WORDS);
   private acked = 0n;
-  private queueSel = 0;
+  /** QueueNumMax (constant) and QueueReady by queue. */
+  private readonly queueNumMax: Int32Array;
+  private readonly queueReady: Int32Array;
+  /** QUEUE_CONFIG's cells by queue, and their gate: open while that queue may be configured. */
+  private readonly queueConfig: ReadonlyMap<QueueConfigReg, Int32Array>;
+  private readonly queueGate: Int32Array;
   /**
    * InterruptStatus, shared with the vCPU threads, which read and acknowledge it concurrently:
    * every change is atomic. Bits are set before the irqfd is signalled, so a driver woken by
@@ -159,14 +185,46 @@ export class MmioTransport implements BusDevice {
   ) {
     this.queues = device.queueMaxSizes.map((max) => new Queue(mem, max));
     this.offered = device.deviceFeatures | TRANSPORT_FEATURES;
+    this.offeredWords.forEach((_, i) => (this.offeredWords[i] = Number((this.offered >> BigInt(32 * i)) & 0xffffffffn) | 0));
+    const n = this.queues.length;
+    this.queueNumMax = cells(n);
+    this.queues.forEach((q, i) => (this.queueNumMax[i] = q.maxSize));
+    this.queueReady = cells(n);
+    this.queueConfig = new Map(QUEUE_CONFIG.map((reg) => [reg, cells(n)]));
+    this.queueGate = cells(n);
+    this.resetQueueConfig();
     this.sticky = opts.backendInterrupts ? INT_USED_BUFFER : 0;
     Atomics.store(this.isr, 0, this.sticky);
     this.syncCells();
   }
 
-  /** Rewrites what vCPU threads serve for CELL_REGS (after every change of those registers). */
+  /**
+   * Rewrites what vCPU threads serve (after every change of state): the CELL_REGS, QueueReady,
+   * and which stores they may make — DriverFeatures between DRIVER and FEATURES_OK, a queue's
+   * configuration while it is not ready and the status allows (§4.2.3.2).
+   */
   private syncCells(): void {
     CELL_REGS.forEach((reg, i) => Atomics.store(this.cells, i, (this.readRegister(reg) ?? 0) | 0));
+    this.queues.forEach((q, i) => Atomics.store(this.queueReady, i, q.ready ? 1 : 0));
+    const setGate = (gate: Int32Array, i: number, open: boolean) => (open ? openGate(gate, i) : closeGate(gate, i));
+    const negotiating = (this.status & STATUS.DRIVER) !== 0 && (this.status & STATUS.FEATURES_OK) === 0;
+    for (let i = 0; i < MAX_FEATURE_WORDS; i++) setGate(this.driverGate, i, negotiating);
+    this.queues.forEach((q, i) => setGate(this.queueGate, i, this.queueConfigurable() && !q.ready));
+  }
+
+  /** Closes every gate: while main handles a write, what it reads of the stored cells stays put. */
+  private closeGates(): void {
+    for (let i = 0; i < MAX_FEATURE_WORDS; i++) closeGate(this.driverGate, i);
+    for (let i = 0; i < this.queues.length; i++) closeGate(this.queueGate, i);
+  }
+
+  /** QUEUE_CONFIG's power-on values: QueueNum = QueueNumMax (as Queue.reset), addresses 0. */
+  private resetQueueConfig(): void {
+    for (const [reg, c] of this.queueConfig) this.queues.forEach((q, i) => Atomics.store(c, i, reg === REG.QueueNum ? q.maxSize : 0));
+  }
+
+  private queueConfigCell(reg: QueueConfigReg, i: number): number {
+    return Atomics.load(this.queueConfig.get(reg)!, i) >>> 0;
   }
 
   /** The ioeventfd registration for queue i (QueueNotify, datamatch = queue index). */
@@ -174,12 +232,25 @@ export class MmioTransport implements BusDevice {
     return { offset: REG.QueueNotify, length: 4, datamatch: queueIndex };
   }
 
-  /** InterruptStatus (read) and InterruptACK (write), served from the shared cell. */
+  /**
+   * InterruptStatus (read) and InterruptACK (write), the CELL_REGS and the banks' reads, the
+   * selectors, DriverFeatures and QUEUE_CONFIG writes (behind their gates).
+   */
   sharedRegisters(): readonly SharedRegister[] {
+    const q = this.queueSel;
     return [
       { offset: REG.InterruptStatus, size: 4, kind: 'load', cell: this.isr },
       { offset: REG.InterruptACK, size: 4, kind: 'clear-bits', cell: this.isr, keep: this.sticky },
       ...CELL_REGS.map((offset, i): SharedRegister => ({ offset, size: 4, kind: 'load', cell: new Int32Array(this.cells.buffer, i * 4, 1) })),
+      { offset: REG.DeviceFeatures, size: 4, kind: 'load', cell: this.offeredWords, select: this.deviceFeaturesSel },
+      { offset: REG.QueueNumMax, size: 4, kind: 'load', cell: this.queueNumMax, select: q },
+      { offset: REG.QueueNum, size: 4, kind: 'load', cell: this.queueConfig.get(REG.QueueNum)!, select: q },
+      { offset: REG.QueueReady, size: 4, kind: 'load', cell: this.queueReady, select: q },
+      { offset: REG.DeviceFeaturesSel, size: 4, kind: 'store', cell: this.deviceFeaturesSel },
+      { offset: REG.DriverFeaturesSel, size: 4, kind: 'store', cell: this.driverFeaturesSel },
+      { offset: REG.QueueSel, size: 4, kind: 'store', cell: q },
+      { offset: REG.DriverFeatures, size: 4, kind: 'store', cell: this.driverWords, select: this.driverFeaturesSel, gate: this.driverGate },
+      ...QUEUE_CONFIG.map((offset): SharedRegister => ({ offset, size: 4, kind: 'store', cell: this.queueConfig.get(offset)!, select: q, gate: this.queueGate })),
     ];
   }
 
@@ -261,30 +332,39 @@ export class MmioTransport implements BusDevice {
       return;
     }
     const v = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
+    this.closeGates();
     if (!this.writeRegister(offset, v)) this.counters.errors++;
     this.syncCells();
   }
 
+  /** A selector register's value (unsigned). */
+  private static sel(cell: Int32Array): number {
+    return Atomics.load(cell, 0) >>> 0;
+  }
+
   private readRegister(offset: number): number | undefined {
-    const q = this.queues[this.queueSel];
+    const qi = MmioTransport.sel(this.queueSel);
+    const q = this.queues[qi];
     switch (offset) {
       case REG.MagicValue: return MMIO_MAGIC;
       case REG.Version: return MMIO_VERSION;
       case REG.DeviceID: return this.device.deviceType;
       case REG.VendorID: return VENDOR_ID;
-      case REG.DeviceFeatures:
-        return this.deviceFeaturesSel < MAX_FEATURE_WORDS ? Number((this.offered >> BigInt(32 * this.deviceFeaturesSel)) & 0xffffffffn) : 0;
+      case REG.DeviceFeatures: {
+        const w = MmioTransport.sel(this.deviceFeaturesSel);
+        return w < MAX_FEATURE_WORDS ? this.offeredWords[w]! >>> 0 : 0;
+      }
       case REG.QueueNumMax: return q ? q.maxSize : 0;
-      case REG.QueueNum: return q ? q.size : 0;
       case REG.QueueReady: return q?.ready ? 1 : 0;
       case REG.InterruptStatus: return Atomics.load(this.isr, 0);
       case REG.Status: return this.status;
-      case REG.QueueDescLow: return q ? q.descAddr % 2 ** 32 : 0;
-      case REG.QueueDescHigh: return q ? Math.floor(q.descAddr / 2 ** 32) : 0;
-      case REG.QueueDriverLow: return q ? q.availAddr % 2 ** 32 : 0;
-      case REG.QueueDriverHigh: return q ? Math.floor(q.availAddr / 2 ** 32) : 0;
-      case REG.QueueDeviceLow: return q ? q.usedAddr % 2 ** 32 : 0;
-      case REG.QueueDeviceHigh: return q ? Math.floor(q.usedAddr / 2 ** 32) : 0;
+      case REG.QueueNum:
+      case REG.QueueDescLow:
+      case REG.QueueDescHigh:
+      case REG.QueueDriverLow:
+      case REG.QueueDriverHigh:
+      case REG.QueueDeviceLow:
+      case REG.QueueDeviceHigh: return q ? this.queueConfigCell(offset, qi) : 0;
       // No shared memory regions: length all ones means "absent" (§4.2.2).
       case REG.SHMLenLow:
       case REG.SHMLenHigh:
@@ -299,22 +379,22 @@ export class MmioTransport implements BusDevice {
   private writeRegister(offset: number, v: number): boolean {
     switch (offset) {
       case REG.DeviceFeaturesSel:
-        this.deviceFeaturesSel = v;
+        Atomics.store(this.deviceFeaturesSel, 0, v | 0);
         return true;
       case REG.DriverFeaturesSel:
-        this.driverFeaturesSel = v;
+        Atomics.store(this.driverFeaturesSel, 0, v | 0);
         return true;
       case REG.DriverFeatures: {
         // Only between DRIVER and FEATURES_OK (§3.1.1).
         if (!(this.status & STATUS.DRIVER) || this.status & STATUS.FEATURES_OK) return false;
-        if (this.driverFeaturesSel >= MAX_FEATURE_WORDS) return v === 0;
-        const shift = BigInt(32 * this.driverFeaturesSel);
-        this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v) << shift);
+        const w = MmioTransport.sel(this.driverFeaturesSel);
+        if (w >= MAX_FEATURE_WORDS) return v === 0;
+        Atomics.store(this.driverWords, w, v | 0);
         return true;
       }
       case REG.QueueSel:
         // Selecting a queue that does not exist is legal: QueueNumMax then reads 0.
-        this.queueSel = v;
+        Atomics.store(this.queueSel, 0, v | 0);
         return true;
       case REG.QueueNum:
       case REG.QueueDescLow:
@@ -325,13 +405,15 @@ export class MmioTransport implements BusDevice {
       case REG.QueueDeviceHigh:
         return this.writeQueueConfig(offset, v);
       case REG.QueueReady: {
-        const q = this.queues[this.queueSel];
+        const i = MmioTransport.sel(this.queueSel);
+        const q = this.queues[i];
         if (!q) return false;
         if (v === 0) {
           q.ready = false;
           return true;
         }
         if (!this.queueConfigurable() || v !== 1) return false;
+        if (!q.ready) this.loadQueueConfig(q, i);
         q.ready = true;
         return true;
       }
@@ -356,23 +438,24 @@ export class MmioTransport implements BusDevice {
     return (s & STATUS.FEATURES_OK) !== 0 && (s & (STATUS.DRIVER_OK | STATUS.FAILED | STATUS.NEEDS_RESET)) === 0;
   }
 
-  private writeQueueConfig(offset: number, v: number): boolean {
-    const q = this.queues[this.queueSel];
+  /** A QUEUE_CONFIG write that reached the transport (no vCPU threads, or the gate was closed). */
+  private writeQueueConfig(offset: QueueConfigReg, v: number): boolean {
+    const i = MmioTransport.sel(this.queueSel);
+    const q = this.queues[i];
     if (!q || q.ready || !this.queueConfigurable()) return false;
-    const lo = (a: number) => Math.floor(a / 2 ** 32) * 2 ** 32 + v;
-    const hi = (a: number) => u64ToSafe(a % 2 ** 32, v);
-    // Addresses beyond 2^53 can never be RAM: store an invalid value so activation fails.
-    const setHi = (a: number) => hi(a) ?? Number.MAX_SAFE_INTEGER;
-    switch (offset) {
-      case REG.QueueNum: q.size = v; break;
-      case REG.QueueDescLow: q.descAddr = lo(q.descAddr); break;
-      case REG.QueueDescHigh: q.descAddr = setHi(q.descAddr); break;
-      case REG.QueueDriverLow: q.availAddr = lo(q.availAddr); break;
-      case REG.QueueDriverHigh: q.availAddr = setHi(q.availAddr); break;
-      case REG.QueueDeviceLow: q.usedAddr = lo(q.usedAddr); break;
-      case REG.QueueDeviceHigh: q.usedAddr = setHi(q.usedAddr); break;
-    }
+    Atomics.store(this.queueConfig.get(offset)!, i, v | 0);
     return true;
+  }
+
+  /** QueueReady = 1: the queue takes the size and ring addresses the driver stored (gates closed). */
+  private loadQueueConfig(q: Queue, i: number): void {
+    const cell = (reg: QueueConfigReg) => this.queueConfigCell(reg, i);
+    // Addresses beyond 2^53 can never be RAM: an invalid value makes activation fail.
+    const addr = (lo: QueueConfigReg, hi: QueueConfigReg) => u64ToSafe(cell(lo), cell(hi)) ?? Number.MAX_SAFE_INTEGER;
+    q.size = cell(REG.QueueNum);
+    q.descAddr = addr(REG.QueueDescLow, REG.QueueDescHigh);
+    q.availAddr = addr(REG.QueueDriverLow, REG.QueueDriverHigh);
+    q.usedAddr = addr(REG.QueueDeviceLow, REG.QueueDeviceHigh);
   }
 
   private writeStatus(v: number): boolean {
@@ -401,12 +484,13 @@ export class MmioTransport implements BusDevice {
     if (added & STATUS.FEATURES_OK) {
       // Refuse features we did not offer, and the legacy interface (no VERSION_1): the driver
       // reads FEATURES_OK back and gives up when it is clear (§3.1.1 step 6).
-      const ok = (this.driverFeatures & ~this.offered) === 0n && (this.driverFeatures & VIRTIO_F_VERSION_1) !== 0n;
+      const driverFeatures = this.driverWords.reduce((f, w, i) => f | (BigInt(w >>> 0) << BigInt(32 * i)), 0n);
+      const ok = (driverFeatures & ~this.offered) === 0n && (driverFeatures & VIRTIO_F_VERSION_1) !== 0n;
       if (!ok) {
         this.status = v & ~STATUS.FEATURES_OK;
         return false;
       }
-      this.acked = this.driverFeatures;
+      this.acked = driverFeatures;
       for (const q of this.queues) {
         q.eventIdx = (this.acked & VIRTIO_F_RING_EVENT_IDX) !== 0n;
         q.indirect = (this.acked & VIRTIO_F_INDIRECT_DESC) !== 0n;
@@ -446,10 +530,11 @@ export class MmioTransport implements BusDevice {
     this.counters.resets++;
     this.status = 0;
     this.activated = false;
-    this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
-    this.driverFeatures = this.acked = 0n;
+    for (const c of [this.deviceFeaturesSel, this.driverFeaturesSel, this.queueSel, this.driverWords]) c.forEach((_, i) => Atomics.store(c, i, 0));
+    this.acked = 0n;
     Atomics.store(this.isr, 0, this.sticky);
     for (const q of this.queues) q.reset();
+    this.resetQueueConfig();
     this.guard(() => this.device.reset());
   }
 

@@ -2,11 +2,18 @@
 // without a hop to main. Owns only the match rule and the atomic access; kept apart from
 // worker.ts (which starts a vCPU on import) so tests run the very code the worker runs.
 
-import { REFUSE, type BusClaim } from '../../devices/bus';
+import { GATE, REFUSE, type BusClaim, type SharedRegister } from '../../devices/bus';
 import { ringPush } from '../../devices/tx-ring';
 
 /** The 4 bytes of a guest access as the signed 32-bit value an Int32 cell holds. */
 const le32 = (d: Uint8Array): number => d[0]! | (d[1]! << 8) | (d[2]! << 16) | (d[3]! << 24);
+
+/** The cell entry an access to `s` uses: its selector's value for a bank, else 0; -1 beyond the bank. */
+function entry(s: SharedRegister): number {
+  if (!s.select) return 0;
+  const i = Atomics.load(s.select, 0) >>> 0;
+  return i < s.cell.length ? i : -1;
+}
 
 /**
  * Serves an access from one of the claim's shared registers when it matches one exactly
@@ -30,11 +37,20 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
       if (!s.ring || !ringPush(s.cell, s.ring, data[0]!)) continue;
       return true;
     }
-    if (isWrite) {
-      Atomics.and(s.cell, 0, ~(le32(data) & ~(s.keep ?? 0)));
+    const i = entry(s);
+    if (i < 0) continue;
+    if (s.kind === 'store') {
+      const g = s.gate;
+      if (g && Atomics.compareExchange(g, i, GATE.OPEN, GATE.BUSY) !== GATE.OPEN) continue;
+      Atomics.store(s.cell, i, s.size === 4 ? le32(data) : data[0]!);
+      if (g) Atomics.store(g, i, GATE.OPEN);
       return true;
     }
-    const v = Atomics.load(s.cell, 0);
+    if (isWrite) {
+      Atomics.and(s.cell, i, ~(le32(data) & ~(s.keep ?? 0)));
+      return true;
+    }
+    const v = Atomics.load(s.cell, i);
     if (s.sideEffect && (v & s.sideEffect.mask) === s.sideEffect.value) continue;
     for (let i = 0; i < data.length; i++) data[i] = v >>> (8 * i);
     return true;

@@ -1,5 +1,5 @@
 // STATUS, RESULT and SEQ are shared registers: a vCPU thread answers the agent's reads after a
-// command from shared cells (vmm/vcpu/shared.ts, the very code the worker runs), so a hostile
+// command from shared cells (and the probe's reads of the fixed registers, MAGIC..SHM_SIZE) (vmm/vcpu/shared.ts, the very code the worker runs), so a hostile
 // agent's command loop costs the main thread one forwarded exit per command, not two. The
 // cells must give exactly what the device's read() gives, after every kind of command.
 import { test } from 'uvu';
@@ -13,9 +13,14 @@ test('STATUS, RESULT and SEQ from the shared cells equal the device registers af
   const r = rig({ ratePerSecond: 4, burst: 4, hintRecordsPerTurn: Infinity });
   const a = new SimAgent(r.bus, r.shm);
   const claim = { base: HC_IO_BASE, len: 0x40, shared: r.dev.sharedRegisters() };
-  assert.equal(claim.shared.map((s) => [s.offset, s.kind]), [[Reg.STATUS, 'load'], [Reg.RESULT, 'load'], [Reg.SEQ, 'load'], [Reg.COMMAND, 'refuse']]);
+  const constant = [Reg.MAGIC, Reg.VERSION, Reg.FEATURES, Reg.DOORBELL_PORT, Reg.SHM_BASE_LO, Reg.SHM_BASE_HI, Reg.SHM_SIZE];
+  assert.equal(claim.shared.map((s) => [s.offset, s.kind]), [
+    ...constant.map((reg) => [reg, 'load']),
+    [Reg.STATUS, 'load'], [Reg.RESULT, 'load'], [Reg.SEQ, 'load'], [Reg.COMMAND, 'refuse'],
+  ]);
+  assert.not.ok(serveShared(claim, HC_IO_BASE + Reg.PENDING, new Uint8Array(4), false), 'PENDING changes with the queue: it reaches the device');
   const check = (what: string) => {
-    for (const reg of [Reg.STATUS, Reg.RESULT, Reg.SEQ]) {
+    for (const reg of [...constant, Reg.STATUS, Reg.RESULT, Reg.SEQ]) {
       const fromCell = new Uint8Array(4);
       assert.ok(serveShared(claim, HC_IO_BASE + reg, fromCell, false), `register 0x${reg.toString(16)} is served from its cell`);
       const fromDevice = new Uint8Array(4);

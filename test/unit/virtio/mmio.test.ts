@@ -378,20 +378,26 @@ test('ctx.needsReset from the device (errors found outside notify)', () => {
 
 const BASE = 0xd000_0000;
 
-/** A machine's MMIO bus with one transport, accessed the way the vCPU worker does it. */
-function vcpuRig() {
-  const r = rig();
+/**
+ * A machine's MMIO bus with one transport, accessed the way the vCPU worker does it; the
+ * simulated driver's own accesses go the same way, and each forwarded one is logged.
+ */
+function vcpuRig(fake?: FakeMemory) {
+  const r = rig(fake);
   const bus = new Bus();
   bus.insert(BASE, 0x1000, 'virtio', r.t);
   const claims = bus.claims();
+  const forwarded: string[] = [];
   /** One guest access: served from a shared register, or forwarded to the bus. */
   const access = (offset: number, data: Uint8Array, isWrite: boolean): 'shared' | 'forwarded' => {
     const claim = claims.find((c) => BASE + offset >= c.base && BASE + offset + data.length <= c.base + c.len)!;
     if (serveShared(claim, BASE + offset, data, isWrite)) return 'shared';
+    forwarded.push(`0x${offset.toString(16)} ${isWrite ? 'w' : 'r'}`);
     if (isWrite) bus.write(BASE + offset, data);
     else bus.read(BASE + offset, data);
     return 'forwarded';
   };
+  r.drv.io = (offset, data, isWrite) => void access(offset, data, isWrite);
   const u32 = (v: number) => new Uint8Array(new Uint32Array([v >>> 0]).buffer);
   const isr = () => {
     const d = new Uint8Array(4);
@@ -399,16 +405,26 @@ function vcpuRig() {
     return new DataView(d.buffer).getUint32(0, true);
   };
   const ack = (v: number) => assert.is(access(REG.InterruptACK, u32(v), true), 'shared');
-  return { ...r, bus, claims, access, isr, ack, u32 };
+  return { ...r, bus, claims, access, isr, ack, u32, forwarded };
 }
 
-test('the bus hands vCPU threads the transport\'s shared registers (InterruptStatus/ACK, then the read-only ones); other devices have none', () => {
+test('the bus hands vCPU threads the transport\'s shared registers (InterruptStatus/ACK, reads, value-only writes); other devices have none', () => {
   const v = vcpuRig();
   v.bus.insert(0x3f8, 8, 'plain', { read: (_o, d) => d.fill(0), write: () => {} });
   const [plain, virtio] = v.bus.claims();
   assert.equal(plain!.shared, []);
   assert.equal(virtio!.shared.slice(0, 2).map((s) => [s.offset, s.size, s.kind]), [[REG.InterruptStatus, 4, 'load'], [REG.InterruptACK, 4, 'clear-bits']]);
-  assert.ok(virtio!.shared.slice(2).every((s) => s.kind === 'load' && s.size === 4), 'the rest are reads');
+  const rest = virtio!.shared.slice(2);
+  assert.ok(rest.every((s) => (s.kind === 'load' || s.kind === 'store') && s.size === 4), 'the rest are reads and stores');
+  const stores = rest.filter((s) => s.kind === 'store').map((s) => s.offset).sort((a, b) => a - b);
+  assert.equal(stores, [
+    REG.DeviceFeaturesSel, REG.DriverFeatures, REG.DriverFeaturesSel, REG.QueueSel, REG.QueueNum,
+    REG.QueueDescLow, REG.QueueDescHigh, REG.QueueDriverLow, REG.QueueDriverHigh, REG.QueueDeviceLow, REG.QueueDeviceHigh,
+  ]);
+  for (const s of rest.filter((s) => s.kind === 'store' && s.select)) assert.ok(s.gate, `0x${s.offset.toString(16)}: a banked store is gated`);
+  for (const s of [REG.Status, REG.QueueReady, REG.QueueNotify, REG.InterruptACK + 0x100]) {
+    assert.not.ok(rest.some((r) => r.offset === s && r.kind === 'store'), `0x${s.toString(16)} is never a store: it acts`);
+  }
   assert.ok(virtio!.shared.every((s) => s.cell.buffer instanceof SharedArrayBuffer), 'workers must see the same memory');
 });
 
@@ -534,16 +550,24 @@ test('the registers a driver reads to probe and set up queues are served in the 
       assert.equal([...d], [...direct], `${what}: 0x${reg.toString(16)} as the transport reads it`);
     }
   };
+  /** Reads a bank's register with the selector beyond the bank: it reaches the transport (which answers 0). */
+  const beyond = (reg: number) => {
+    const d = new Uint8Array(4).fill(0xee);
+    assert.is(v.access(reg, d, false), 'forwarded', `0x${reg.toString(16)} beyond its bank`);
+    assert.equal([...d], [0, 0, 0, 0]);
+  };
   check('reset');
   for (const sel of [1, 2, 0]) {
-    assert.is(v.access(REG.DeviceFeaturesSel, v.u32(sel), true), 'forwarded');
-    check(`features word ${sel}`);
+    assert.is(v.access(REG.DeviceFeaturesSel, v.u32(sel), true), 'shared', 'the selector is stored in the vCPU thread');
+    if (sel < 2) check(`features word ${sel}`);
+    else beyond(REG.DeviceFeatures);
   }
   v.drv.bringUp(0x1000, 16);
   check('running');
-  for (const sel of [1, 5, 0]) {
-    assert.is(v.access(REG.QueueSel, v.u32(sel), true), 'forwarded');
-    check(`queue ${sel} selected`);
+  for (const sel of [1, 5, 0xffff_ffff, 0]) {
+    assert.is(v.access(REG.QueueSel, v.u32(sel), true), 'shared');
+    if (sel < 2) check(`queue ${sel} selected`);
+    else for (const reg of [REG.QueueNumMax, REG.QueueNum, REG.QueueReady]) beyond(reg);
   }
   v.t.configChanged();
   check('config changed');
@@ -554,6 +578,105 @@ test('the registers a driver reads to probe and set up queues are served in the 
   // Wider, narrower or misaligned reads of them still reach the transport.
   assert.is(v.access(REG.MagicValue, new Uint8Array(2), false), 'forwarded');
   assert.is(v.access(REG.DeviceID + 1, new Uint8Array(4), false), 'forwarded');
+});
+
+test('a bring-up through the vCPU path forwards only Status and QueueReady writes, and the device works as one set up by main', () => {
+  const v = vcpuRig();
+  v.drv.bringUp(0x1000, 16);
+  assert.equal(v.forwarded, ['0x70 w', '0x70 w', '0x70 w', '0x70 w', '0x44 w', '0x70 w'], 'reset, ACKNOWLEDGE, DRIVER, FEATURES_OK, QueueReady, DRIVER_OK');
+  assert.is(v.t.counters.errors, 0);
+  assert.is(v.t.ackedFeatures, ALL, 'the features the vCPU thread stored were the ones accepted');
+  const q = v.t.queues[0]!;
+  const lay = layoutQueue(0x1000, 16);
+  assert.equal([q.size, q.descAddr, q.availAddr, q.usedAddr], [16, lay.desc, lay.avail, lay.used], 'QueueReady took the stored configuration');
+  for (const [reg, want] of [[REG.QueueNum, 16], [REG.QueueDescLow, lay.desc], [REG.QueueDriverLow, lay.avail], [REG.QueueDeviceLow, lay.used], [REG.QueueDescHigh, 0]] as const) {
+    assert.is(v.drv.r32(reg), want, `0x${reg.toString(16)} reads back what was stored`);
+  }
+  roundTrip(v, DATA);
+  roundTrip(v, DATA + 0x200);
+});
+
+test('stores outside their window reach the transport, which refuses and counts them; the cells stay as they were', () => {
+  const v = vcpuRig();
+  const shared = (reg: number, val: number) => v.access(reg, v.u32(val), true);
+  assert.is(shared(REG.DriverFeatures, 1), 'forwarded', 'DriverFeatures before DRIVER');
+  assert.is(v.t.counters.errors, 1);
+  assert.is(shared(REG.QueueNum, 8), 'forwarded', 'queue registers before FEATURES_OK');
+  assert.is(v.t.counters.errors, 2);
+  assert.ok(v.drv.negotiate());
+  assert.is(shared(REG.DriverFeatures, 0), 'forwarded', 'DriverFeatures after FEATURES_OK');
+  assert.is(v.t.ackedFeatures, ALL, 'the accepted features are unchanged');
+  assert.is(v.t.counters.errors, 3);
+  assert.is(shared(REG.QueueSel, 7), 'shared');
+  assert.is(shared(REG.QueueNum, 8), 'forwarded', 'no queue 7: beyond the bank');
+  assert.is(v.t.counters.errors, 4);
+  v.drv.setupQueue(0, layoutQueue(0x1000, 16));
+  const errors = v.t.counters.errors;
+  for (const reg of [REG.QueueNum, REG.QueueDescLow, REG.QueueDriverHigh, REG.QueueDeviceLow]) {
+    assert.is(shared(reg, 0x40), 'forwarded', `0x${reg.toString(16)} while the queue is ready`);
+  }
+  assert.is(v.t.counters.errors, errors + 4);
+  assert.is(v.drv.r32(REG.QueueNum), 16);
+  assert.is(v.drv.r32(REG.QueueDeviceLow), layoutQueue(0x1000, 16).used);
+  // Queue 1 is still configurable until DRIVER_OK, then no longer.
+  assert.is(shared(REG.QueueSel, 1), 'shared');
+  assert.is(shared(REG.QueueNum, 4), 'shared');
+  v.drv.driverOk();
+  assert.is(shared(REG.QueueNum, 8), 'forwarded', 'after DRIVER_OK');
+  assert.is(v.drv.r32(REG.QueueNum), 4);
+  roundTrip(v, DATA);
+});
+
+test('a driver that changes its mind mid-way: a queue unreadied and moved, features rewritten, a reset in the middle of a setup', () => {
+  const v = vcpuRig();
+  assert.ok(v.drv.negotiate());
+  v.drv.setupQueue(0, layoutQueue(0x3000, 8));
+  v.drv.w32(REG.QueueReady, 0);
+  v.drv.setupQueue(0, layoutQueue(0x1000, 16)); // QueueReady 0, program again through the vCPU path, ready
+  assert.equal([v.t.queues[0]!.size, v.t.queues[0]!.descAddr], [16, layoutQueue(0x1000, 16).desc], 'the second setup is the one in force');
+  v.drv.driverOk();
+  roundTrip(v, DATA);
+  // Reset half-way through a new setup: every stored value goes back to its power-on value.
+  v.drv.w32(REG.Status, 0);
+  v.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  v.drv.w32(REG.QueueSel, 1);
+  v.drv.writeDriverFeatures(VIRTIO_F_VERSION_1 | 1n);
+  v.drv.w32(REG.DriverFeaturesSel, 1);
+  v.drv.w32(REG.Status, 0);
+  assert.is(v.drv.r32(REG.Status), 0);
+  assert.is(v.drv.r32(REG.QueueNumMax), 256, 'QueueSel back to 0');
+  assert.is(v.drv.r32(REG.QueueNum), 256, 'QueueNum back to QueueNumMax');
+  assert.is(v.drv.r32(REG.QueueDescLow), 0);
+  assert.is(v.t.queues[0]!.ready, false);
+  // Features rewritten before FEATURES_OK: the last words written count.
+  v.drv.w32(REG.Status, STATUS.ACKNOWLEDGE);
+  v.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  v.drv.writeDriverFeatures(ALL);
+  v.drv.writeDriverFeatures(VIRTIO_F_VERSION_1);
+  v.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK);
+  assert.is(v.t.ackedFeatures, VIRTIO_F_VERSION_1);
+  // A selector beyond the feature words: a 0 is accepted (by the transport), anything else refused.
+  const errors = v.t.counters.errors;
+  v.drv.w32(REG.Status, 0);
+  v.drv.w32(REG.Status, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+  v.drv.w32(REG.DriverFeaturesSel, 2);
+  assert.is(v.access(REG.DriverFeatures, v.u32(0), true), 'forwarded');
+  assert.is(v.t.counters.errors, errors);
+  v.drv.w32(REG.DriverFeatures, 1);
+  assert.is(v.t.counters.errors, errors + 1);
+});
+
+test('a queue address beyond 2^53 written through the vCPU path fails activation (NEEDS_RESET), as one written to main', () => {
+  const v = vcpuRig();
+  assert.ok(v.drv.negotiate());
+  v.drv.setupQueue(0, layoutQueue(0x1000, 16));
+  v.drv.w32(REG.QueueReady, 0);
+  v.drv.w32(REG.QueueDescHigh, 0x0020_0000); // 2^53
+  v.drv.w32(REG.QueueReady, 1);
+  assert.is(v.drv.r32(REG.QueueDescHigh), 0x0020_0000, 'the register reads what was written');
+  v.drv.driverOk();
+  assert.ok(v.drv.status & STATUS.NEEDS_RESET);
+  assert.match(v.t.lastError ?? '', /queue 0/);
 });
 
 test.run();

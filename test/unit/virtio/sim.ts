@@ -229,6 +229,9 @@ export class Rings {
 /** A driver talking to one transport through its registers, like Linux's virtio_mmio. */
 export class SimDriver extends Rings {
   features = 0n;
+  /** How a register access reaches the transport: directly unless a test routes it (a vCPU thread's path). */
+  io: (offset: number, data: Uint8Array, isWrite: boolean) => void = (offset, data, isWrite) =>
+    isWrite ? this.t.write(offset, data) : this.t.read(offset, data);
 
   constructor(
     readonly t: MmioTransport,
@@ -239,13 +242,13 @@ export class SimDriver extends Rings {
 
   r32(off: number): number {
     const d = new Uint8Array(4);
-    this.t.read(off, d);
+    this.io(off, d, false);
     return new DataView(d.buffer).getUint32(0, true);
   }
   w32(off: number, v: number): void {
     const d = new Uint8Array(4);
     new DataView(d.buffer).setUint32(0, v >>> 0, true);
-    this.t.write(off, d);
+    this.io(off, d, true);
   }
   get status(): number {
     return this.r32(REG.Status);

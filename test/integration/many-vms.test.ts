@@ -1,7 +1,6 @@
 // Many VMs at once: three in one process (the library), booted in parallel, then three
 // `tsvmm exec` processes at once — each VM its own socket, CID space, temp dir and ps entry,
 // every exec's output its own, all of them listed by `tsvmm ps` while they run, none after.
-// stress: six nested guests at once (three library VMs, then three exec processes) crash the nested sandbox's own kernel (L1 KVM 'stack guard page was hit', twice in the final CI run of 2026-12-06)
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';

@@ -87,10 +87,10 @@ export function qemuArgs(c) {
  * Spawns a child and resolves when it exits or the timeout killed it (SIGKILL to its
  * process group, so nothing is left behind). `markers` are line prefixes whose first
  * appearance on stdout is timed from spawn; `onLine` / `onErrLine` see every stdout /
- * stderr line; aborting `signal` kills the child like the timeout (not counted as one);
- * `onSpawn` gets the child's pid.
+ * stderr line, `onData` every stdout chunk as it comes (with its ms from spawn); aborting
+ * `signal` kills the child like the timeout (not counted as one); `onSpawn` gets the child's pid.
  */
-export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine, env, signal, onSpawn } = {}) {
+export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine, onData, env, signal, onSpawn } = {}) {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
     const ms = () => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -104,8 +104,13 @@ export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine
       for (const m of markers) if (seen[m] === undefined && l.startsWith(m)) seen[m] = ms();
       onLine?.(l);
     };
+    // Without markers or onLine nobody needs stdout's lines: a long one (a serial bench's
+    // megabyte without a newline) would otherwise be re-split with every chunk that extends it.
+    const wantLines = markers.length > 0 || onLine !== undefined;
     child.stdout.setEncoding('utf8').on('data', (d) => {
+      onData?.(d, ms());
       tail = (tail + d).slice(-4000);
+      if (!wantLines) return;
       const lines = (partial + d).split('\n');
       partial = lines.pop() ?? '';
       for (const l of lines) line(l.replace(/\r$/, ''));

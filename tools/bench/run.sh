@@ -4,7 +4,7 @@
 # the results; builds tsvmm, the guest programs and the default guest image first because
 # the sandbox sees this machine's files read-only.
 #
-#   tools/bench/run.sh boot|exec|vsock|blk [ARGS...]   one peer benchmark; --out FILE (JSON)
+#   tools/bench/run.sh boot|exec|vsock|blk|serial [ARGS...]   one peer benchmark; --out FILE (JSON)
 #   tools/bench/run.sh paper|report [ARGS...] the paper matrix / the full report; --out DIR
 #
 # (see `node tools/bench/<bench>.mjs --help`). Without --out: /tmp/tsvmm-bench/<bench>-<time>
@@ -15,9 +15,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 bench=${1:-}
 case $bench in
-	boot | exec | vsock | blk | hostile | virtiofs) kind=file ;;
+	boot | exec | vsock | blk | hostile | virtiofs | serial) kind=file ;;
 	paper | report) kind=dir ;;
-	*) echo "usage: $0 boot|exec|vsock|blk|hostile|virtiofs|paper|report [ARGS...]" >&2; exit 2 ;;
+	*) echo "usage: $0 boot|exec|vsock|blk|hostile|virtiofs|serial|paper|report [ARGS...]" >&2; exit 2 ;;
 esac
 shift
 
@@ -48,7 +48,7 @@ node tools/build.mjs >&2 || { echo "bench: node tools/build.mjs failed" >&2; exi
 # name it: the cache is read-only inside the sandbox.
 initrd=$(tools/guest/build-initramfs.sh) || { echo "bench: cannot build the default guest image" >&2; exit 1; }
 case $bench in
-	boot | exec | vsock | blk | hostile | virtiofs | report) case " ${args[*]} " in *" --initrd "*) ;; *) args+=(--initrd "$initrd") ;; esac ;;
+	boot | exec | vsock | blk | hostile | virtiofs | serial | report) case " ${args[*]} " in *" --initrd "*) ;; *) args+=(--initrd "$initrd") ;; esac ;;
 esac
 # The machine this command runs on, for the report (inside the sandbox the VMMs see an emulated one).
 TSVMM_BENCH_HOST=$(node --input-type=module -e "import { machine } from './tools/bench/lib.mjs'; console.log(JSON.stringify(machine()))") || exit 1

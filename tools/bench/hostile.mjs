@@ -52,12 +52,13 @@ function script(sec) {
   ].join('\n');
 }
 
-function getRoot(api) {
+function get(api, path = '/') {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const req = request({ socketPath: api, path: '/', agent: false, timeout: 60_000 }, (res) => {
-      res.resume();
-      res.on('end', () => resolve({ status: res.statusCode, ms: Number(process.hrtime.bigint() - t0) / 1e6 }));
+    const req = request({ socketPath: api, path, agent: false, timeout: 60_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, ms: Number(process.hrtime.bigint() - t0) / 1e6, body }));
     });
     req.on('timeout', () => req.destroy(new Error('no answer within 60 s')));
     req.on('error', reject);
@@ -79,6 +80,28 @@ function threadTimes(pid, tid) {
 
 function pct(sorted, p) {
   return sorted.length ? sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)] : null;
+}
+
+/** The counters of a /metrics document as path -> number (the groups that say what main did). */
+function counters(m) {
+  const out = {};
+  const walk = (o, path) => {
+    for (const [k, v] of Object.entries(o ?? {})) {
+      if (typeof v === 'number') out[`${path}.${k}`] = v;
+      else if (v && typeof v === 'object' && !Array.isArray(v)) walk(v, `${path}.${k}`);
+    }
+  };
+  for (const g of ['forwarded_exits', 'hypercall', 'hints', 'hint_stream', 'scheduler', 'vsock', 'transports']) walk(m?.[g], g);
+  return out;
+}
+
+/** What changed between two /metrics documents (non-zero differences only); null without both. */
+function counterDelta(a, b) {
+  if (!a || !b) return null;
+  const x = counters(a);
+  const out = {};
+  for (const [k, v] of Object.entries(counters(b))) if (v !== (x[k] ?? 0)) out[k] = v - (x[k] ?? 0);
+  return out;
 }
 
 /** Self time by function of the samples taken in [from, to) (µs, CLOCK_MONOTONIC). */
@@ -117,7 +140,7 @@ function profileByPhase(dir, bounds) {
   }
   const top = (m, n) => [...m].sort((a, b) => b[1] - a[1]).slice(0, n).map(([k, ms]) => ({ fn: k, ms: Math.round(ms) }));
   const res = {};
-  for (const [k, v] of Object.entries(out)) res[k] = { file, totalMs: Math.round(v.totalMs), idleMs: Math.round(v.idleMs), self: top(v.self, 20), inclusive: top(v.inclusive, 30) };
+  for (const [k, v] of Object.entries(out)) res[k] = { file, ...bounds.find((b) => b.phase === k), totalMs: Math.round(v.totalMs), idleMs: Math.round(v.idleMs), self: top(v.self, 20), inclusive: top(v.inclusive, 30) };
   return res;
 }
 
@@ -169,7 +192,13 @@ async function main() {
     await new Promise((r) => setTimeout(r, o.interval));
     const p = phase;
     try {
-      const r = await getRoot(api);
+      // A phase began: the VMM's counters once (not a sample), so each phase's forwarded exits and hint records can be read.
+      const mark = marks.at(-1);
+      if ([...PHASES, 'end'].includes(mark.phase) && mark.metrics === undefined) {
+        mark.metrics = null;
+        mark.metrics = await get(api, '/metrics?format=json').then((r) => JSON.parse(r.body), () => null);
+      }
+      const r = await get(api);
       samples.push({ phase: p, ms: r.ms, status: r.status });
       gets++;
     } catch (e) {
@@ -189,6 +218,7 @@ async function main() {
     const a = marks[i];
     const b = marks[i + 1];
     bounds.push({ phase: p, fromUs: a.us, toUs: b.us });
+    const counted = counterDelta(a.metrics, b.metrics);
     const v = samples.filter((s) => s.phase === p).map((s) => s.ms).sort((x, y) => x - y);
     const wallMs = (b.us - a.us) / 1000;
     const t = a.times && b.times ? { cpuMs: b.times.cpuMs - a.times.cpuMs, ranMs: b.times.ranMs - a.times.ranMs, waitedMs: b.times.waitedMs - a.times.waitedMs } : null;
@@ -196,6 +226,8 @@ async function main() {
       n: v.length, p50: pct(v, 0.5), p99: pct(v, 0.99), max: v.at(-1) ?? null, non200: samples.filter((s) => s.phase === p && s.status !== 200).length,
       failed: failures.filter((f) => f.phase === p).length, wallMs,
       mainThread: t && { ...t, cpuShare: t.cpuMs / wallMs, waitShare: t.waitedMs / wallMs, cpuMsPerGet: v.length ? t.cpuMs / v.length : null },
+      // The VMM's own counters over the phase (forwarded exits by device, HINTS calls and records, ...).
+      counters: counted,
     };
   }
   for (const p of PHASES) {
@@ -220,6 +252,14 @@ async function main() {
     lines.push(`${p.padEnd(6)} ${String(r.n).padStart(7)} ${fmt(r.p50, 1).padStart(8)} ${fmt(r.p99, 1).padStart(8)} ${fmt(r.max, 0).padStart(8)} ${fmt(r.p99VsIdle, 2).padStart(9)}` +
       `  ${m ? fmt(100 * m.cpuShare, 0).padStart(16) : '-'.padStart(16)} ${m ? fmt(100 * m.waitShare, 0).padStart(6) : '-'} ${m ? fmt(m.cpuMsPerGet, 2).padStart(10) : '-'}` +
       (r.failed || r.non200 ? `  (${r.failed} failed, ${r.non200} not 200)` : ''));
+  }
+  for (const p of PHASES) {
+    const c = result.phases[p].counters;
+    if (!c) continue;
+    const fwd = Object.entries(c).filter(([k]) => k.startsWith('forwarded_exits.')).map(([k, n]) => `${k.slice(16)} ${n}`).join(', ');
+    const pick = (k) => c[k] ?? 0;
+    lines.push(`counters (${p}): forwarded exits ${fwd || 'none'}; HINTS calls ${pick('hypercall.calls.HINTS')}, records queued ${pick('hypercall.hintRecords')}, ` +
+      `refused by the registry ${pick('hints.refused')}, decoded ${pick('hints.decoded')}; vsock transport resets ${pick('transports.virtio-vsock.resets')}`);
   }
   for (const g of guestLines) lines.push(`guest (${g.phase}): ${g.line}`);
   lines.push(`goal ${result.goal.what}: ${result.goal.met ? 'met' : 'NOT met'} (flood p99 ${fmt(result.phases.flood.p99, 1)} ms)`);

@@ -96,7 +96,7 @@ function labels(l: Record<string, string>): string {
 }
 
 /** The label a nested record's keys get, by the record's name (default `key`). */
-const NESTED_LABEL: Record<string, string> = { dropped: 'reason', rejected: 'reason', calls: 'command', errors: 'status', hintsByType: 'type', byName: 'type' };
+const NESTED_LABEL: Record<string, string> = { dropped: 'reason', rejected: 'reason', calls: 'command', errors: 'status', hintsByType: 'type', hintTypeDropped: 'type', byName: 'type' };
 
 /**
  * Prometheus text exposition (version 0.0.4): `tsvmm_<group>_<name>{labels} value`, one

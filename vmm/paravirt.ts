@@ -62,11 +62,13 @@ export class Paravirt {
     programs: readonly HintProgram[];
     connect: (port: number) => Promise<Duplex>;
     log: (m: string) => void;
+    /** The device's milliseconds clock (its budgets'; tests step it). */
+    now?: () => number;
   }) {
-    this.device = new HypercallDevice({ shm: opts.shm, shmBase: HYPERCALL_SHMEM_ADDR });
+    this.registry = new HintRegistry(opts.programs);
+    this.device = new HypercallDevice({ shm: opts.shm, shmBase: HYPERCALL_SHMEM_ADDR, hintTypeBudgets: this.registry.budgets(opts.host), now: opts.now });
     this.host = opts.host;
     this.scheduler = opts.host.scheduler;
-    this.registry = new HintRegistry(opts.programs);
     this.device.onAnyHint((record, type, source, vcpu) => this.onRecord(record, type, source, vcpu, opts.log));
     this.doorbell = new AgentDoorbell(() => opts.connect(HC_DOORBELL_PORT), {
       maxAttempts: 600,

@@ -124,6 +124,15 @@ export interface HypercallDeviceOptions {
    * left is cut there (the rest dropped unread, counted `hintQueueDropped`).
    */
   readonly hintQueueMax?: number;
+  /**
+   * Records of a type handed on per second, by type (what the host's handler of that type
+   * admits at most: the hint registry's kinds say, vmm/hints). Within the VM's budget a batch's
+   * records of a type whose budget is spent are dropped in the exit that carried them — never
+   * queued, decoded or dispatched — and counted `hintTypeDropped`; a batch that spent a type's
+   * budget has the vCPU threads refuse HINTS until HINT_REOPEN_UNITS of it are back. Types
+   * without an entry have only the VM's budget.
+   */
+  readonly hintTypeBudgets?: ReadonlyMap<number, HintTypeBudget>;
   /** Runs `fn` on a later event-loop turn (default setImmediate; tests step turns by hand). */
   readonly defer?: (fn: () => void) => void;
   /** Milliseconds clock (tests inject one). */
@@ -156,6 +165,12 @@ export const HINT_REOPEN_UNITS = 8;
 /** Records that may wait for their turn: four bursts. */
 export const HINT_QUEUE_MAX = 4 * HINT_UNIT_BURST;
 
+/** A hint type's own budget: `perSecond` records, at most `burst` at once. */
+export interface HintTypeBudget {
+  readonly perSecond: number;
+  readonly burst: number;
+}
+
 export type HypercallErrorCode = 'too-large' | 'bad-digest' | 'bad-map' | 'unknown-handle' | 'closed';
 
 export class HypercallError extends TsvmmError {
@@ -180,6 +195,8 @@ export interface HypercallCounters {
   hintBudgetDropped: number;
   /** Records dropped unread because the queue of records waiting for their turn was full. */
   hintQueueDropped: number;
+  /** Records dropped in the exit because their type's budget was spent (hintTypeBudgets), by type. */
+  hintTypeDropped: Record<number, number>;
   /** Records decoded and waiting for their turn now. */
   hintQueued: number;
   /** Records of a type no handler is registered for. */
@@ -277,6 +294,8 @@ export class HypercallDevice implements BusDevice {
   private readonly calls: TokenBucket;
   private readonly hintBudget: TokenBucket;
   private readonly hintBurst: number;
+  /** Per-type budgets (hintTypeBudgets), with the burst each reopens at. */
+  private readonly typeBudgets = new Map<number, { bucket: TokenBucket; burst: number }>();
 
   private agentInfo: AgentInfo | undefined;
   private sessions = 0;
@@ -319,6 +338,9 @@ export class HypercallDevice implements BusDevice {
     const hintRate = opts.hintUnitsPerSecond ?? HINT_UNITS_PER_SECOND;
     this.hintBurst = opts.hintUnitBurst ?? Math.min(hintRate, HINT_UNIT_BURST);
     this.hintBudget = new TokenBucket('hint budget', hintRate, this.hintBurst, this.now());
+    for (const [type, b] of opts.hintTypeBudgets ?? []) {
+      this.typeBudgets.set(type, { bucket: new TokenBucket(`hint type ${type} budget`, b.perSecond, b.burst, this.now()), burst: b.burst });
+    }
     this.hintsPerTurn = opts.hintRecordsPerTurn ?? HINT_RECORDS_PER_TURN;
     this.hintQueueMax = opts.hintQueueMax ?? HINT_QUEUE_MAX;
     if (!(this.hintsPerTurn >= 1) || !(this.hintQueueMax >= 1)) throw new RangeError(`hint records per turn ${this.hintsPerTurn} and queue ${this.hintQueueMax} must be at least 1`);
@@ -334,6 +356,7 @@ export class HypercallDevice implements BusDevice {
       hintDropped: 0,
       hintBudgetDropped: 0,
       hintQueueDropped: 0,
+      hintTypeDropped: {},
       hintQueued: 0,
       hintUnknown: 0,
       hintUnattributed: 0,
@@ -682,7 +705,7 @@ export class HypercallDevice implements BusDevice {
     if (!this.needSession('HINTS')) return;
     const budget = this.hintBudget.available(this.now());
     if (budget < 1) {
-      this.refuseHints();
+      this.refuseHints(this.hintBudget, this.hintBurst);
       return this.finish(Status.E_RATE, this.hintBudget.msUntil(1), 'hint record budget spent');
     }
     // A record costs at least one unit: no more units than free slots means no more records.
@@ -708,22 +731,36 @@ export class HypercallDevice implements BusDevice {
     if (room < budget) this.stats.hintQueueDropped += count - taken;
     else this.stats.hintBudgetDropped += count - taken;
     this.finish(Status.OK, taken);
+    const now = this.now();
+    let spent: { bucket: TokenBucket; burst: number } | undefined;
     for (const rec of records) {
+      const typed = this.typeBudgets.get(rec.type);
+      if (typed) {
+        if (typed.bucket.available(now) < 1) {
+          this.stats.hintTypeDropped[rec.type] = (this.stats.hintTypeDropped[rec.type] ?? 0) + 1;
+          spent = typed;
+          continue;
+        }
+        typed.bucket.take(1);
+      }
       // The guest names the source: only a handle loaded now is believed.
       const source = rec.source !== undefined && this.live.has(rec.source) ? rec.source : undefined;
       this.hintQueue.push({ record: rec.record, type: rec.type, source, vcpu });
     }
-    if (!this.hintTurnScheduled) this.hintTurn();
+    // A guest sending more of a type than its budget: the next calls are refused before they
+    // cost main an exit, until part of that budget is back (the guest's surplus would be dropped).
+    if (spent) this.refuseHints(spent.bucket, spent.burst);
+    if (this.hintQueue.length > this.hintHead && !this.hintTurnScheduled) this.hintTurn();
   }
 
   /**
-   * The budget is spent: the vCPU threads answer HINTS with E_RATE themselves until it has
-   * refilled by HINT_REOPEN_UNITS (more than the one unit a call needs, so a guest calling in
-   * a loop gets a few records per exit, not one).
+   * A budget is spent (the VM's, or a type's): the vCPU threads answer HINTS with E_RATE
+   * themselves until it has refilled by HINT_REOPEN_UNITS (more than the one unit a call needs,
+   * so a guest calling in a loop gets a few records per exit, not one).
    */
-  private refuseHints(): void {
+  private refuseHints(bucket: TokenBucket, burst: number): void {
     if (this.closed || this.refuseTimer !== undefined) return;
-    const ms = this.hintBudget.msUntil(Math.min(HINT_REOPEN_UNITS, this.hintBurst));
+    const ms = bucket.msUntil(Math.min(HINT_REOPEN_UNITS, burst));
     Atomics.store(this.regs, REFUSE.COMMAND, Cmd.HINTS);
     Atomics.store(this.regs, REFUSE.ANSWER_STATUS, Status.E_RATE);
     Atomics.store(this.regs, REFUSE.ANSWER_RESULT, ms);

@@ -5,6 +5,7 @@ export type {
   AgentInfo,
   AnyHintHandler,
   HintHandler,
+  HintTypeBudget,
   HypercallCounters,
   HypercallDeviceOptions,
   HypercallErrorCode,

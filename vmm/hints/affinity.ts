@@ -20,6 +20,9 @@ export const affinityProgram: HintProgram = {
       type: HintType.AFFINITY, name: 'AFFINITY', size: AFFINITY.size,
       // The scheduler's rate limits (100 hints/s VM-wide, 10 per task) before the decode: a
       // flood's surplus costs reading one u32 each (the tid), and is counted as rate-limited.
+      // What the scheduler's VM-wide limit lets through: the device drops the rest before they
+      // reach the main thread's queue (a flood's surplus then costs a header read in the exit).
+      budget: (host) => ({ perSecond: host.scheduler.hintLimits.hintsPerSecond, burst: host.scheduler.hintLimits.hintBurst }),
       admit: (r, host) => host.scheduler.admitAffinityHint((r[AFFINITY.tid]! | (r[AFFINITY.tid + 1]! << 8) | (r[AFFINITY.tid + 2]! << 16) | (r[AFFINITY.tid + 3]! << 24)) >>> 0),
       decode: one,
       handle: (h, host) => host.scheduler.takeAffinityHint({ tgid: h.tgid, tid: h.tid, comm: h.comm, cpus: h.cpus }),

@@ -14,6 +14,7 @@
 // must not parse the transport (devices/hypercall does) nor make syscalls (actuators do).
 
 import type { Package } from '../../bpf/package';
+import type { HintTypeBudget } from '../../devices/hypercall/index';
 import type { Actuators } from '../actuators';
 import type { PrioPolicy } from '../scheduler/prio';
 import type { VcpuScheduler } from '../scheduler/scheduler';
@@ -58,6 +59,14 @@ export interface HintKind<T> {
    * Whoever refuses counts what it refused. Must not throw.
    */
   admit?(record: Uint8Array, host: HintHost): boolean;
+  /**
+   * The most records of this type the host's handler can use per second (and at once): the
+   * hypercall device drops the rest in the exit that carried them, before they are queued for
+   * the main thread, let alone decoded (devices/hypercall hintTypeBudgets). Only for a type
+   * whose handler drops what is over that rate anyway, and where no record must get through
+   * whatever the rate (a release, an exit: those are a type of their own, without a budget).
+   */
+  budget?(host: HintHost): HintTypeBudget;
   /** Decodes one whole record (header included, at least `size` bytes). Must not throw. */
   decode(record: Uint8Array): T;
   /** What the host does. Guest data: validate before acting (the actuators and policies do too). */
@@ -71,6 +80,8 @@ export interface RegisteredKind {
   readonly size: number;
   /** The kind's `admit` (true when it has none). */
   admit(record: Uint8Array, host: HintHost): boolean;
+  /** The kind's `budget` (undefined: only the VM's hint budget applies). */
+  budget(host: HintHost): HintTypeBudget | undefined;
   /** Decodes and handles; returns the decoded fields for the stream. */
   run(record: Uint8Array, host: HintHost, meta: HintMeta): unknown;
 }
@@ -79,6 +90,7 @@ export function hintKind<T>(k: HintKind<T>): RegisteredKind {
   return {
     type: k.type, name: k.name, size: k.size,
     admit: k.admit ? (record, host) => k.admit!(record, host) : () => true,
+    budget: (host) => k.budget?.(host),
     run(record, host, meta) {
       const hint = k.decode(record);
       k.handle?.(hint, host, meta);
@@ -139,6 +151,16 @@ export class HintRegistry {
 
   kind(type: number): RegisteredKind | undefined {
     return this.kinds.get(type);
+  }
+
+  /** The per-type budgets the kinds ask of the hypercall device, for this host's handlers. */
+  budgets(host: HintHost): Map<number, HintTypeBudget> {
+    const out = new Map<number, HintTypeBudget>();
+    for (const [type, k] of this.kinds) {
+      const b = k.budget(host);
+      if (b) out.set(type, b);
+    }
+    return out;
   }
 
   get counters(): Readonly<RegistryCounters> {

@@ -279,6 +279,11 @@ export class VcpuScheduler {
     this.update(`pool -> ${formatCpuList(this.pool.map((c) => c.cpu))}`);
   }
 
+  /** The rate limits in force (the hypercall device drops AFFINITY records beyond them early). */
+  get hintLimits(): Readonly<SchedulerLimits> {
+    return this.limits;
+  }
+
   get currentPolicy(): Policy {
     return this.policy;
   }

@@ -35,7 +35,7 @@ import type { VcpuScheduler } from './scheduler/scheduler';
 import { Actuators } from './actuators';
 import { PrioPolicy } from './scheduler/prio';
 import { HINT_PROGRAMS } from './hints/programs';
-import { schedGetattr, schedSetattr } from '../kvm/libc';
+import { SCHED, schedGetattr, schedSetattr } from '../kvm/libc';
 import { EXIT } from '../lib/errors';
 import { Channel } from '../devices/virtio/vhost-user/channel';
 import { VhostUserFrontend } from '../devices/virtio/vhost-user/frontend';
@@ -64,6 +64,19 @@ export interface MachineIo {
   startup?: StartupClock;
   debug?: (msg: string) => void;
 }
+
+/**
+ * How much nicer than the main thread the vCPU threads run. The main thread answers every
+ * forwarded exit, the API, vsock and the console: when it and a vCPU thread want the same CPU,
+ * it should win (CFS weights 1024 : 335, three times in four) — at equal weight a guest spinning
+ * on every vCPU kept the main thread waiting for a CPU a third of the time and delayed GET / by
+ * whole time slices (docs/benchmarks.md, "The API under a hostile guest"). A nice value weighs
+ * only against the threads of the same scheduling group (the session's autogroup, Linux's
+ * default, or a cgroup of its own), so other processes see the VM as before. Raising a nice
+ * value needs no privilege; lowering it again (PUT /vcpus/{n}/sched) needs CAP_SYS_NICE or
+ * RLIMIT_NICE.
+ */
+export const VCPU_NICE_ABOVE_MAIN = 5;
 
 export class Machine {
   readonly config: MachineConfig;
@@ -263,7 +276,24 @@ export class Machine {
     phase('vcpu threads');
     if (this.io.startup) this.io.debug?.(this.io.startup.summary());
     scheduler.setVcpuThreads(tids);
-    this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}`);
+    this.io.log(`started ${c.vcpus} vCPU thread(s), tids ${tids.join(' ')}${this.niceVcpuThreads(tids)}`);
+  }
+
+  /**
+   * Puts the vCPU threads VCPU_NICE_ABOVE_MAIN nicer than this (the main) thread; says what it
+   * did for the log line. A main thread that is not SCHED_OTHER/BATCH (run under chrt) is left
+   * as the operator made it, and so are its vCPU threads; a failure costs only the preference.
+   */
+  private niceVcpuThreads(tids: readonly number[]): string {
+    try {
+      const main = schedGetattr(0);
+      if (main.policy !== SCHED.NORMAL && main.policy !== SCHED.BATCH) return '';
+      const nice = Math.min(19, main.nice + VCPU_NICE_ABOVE_MAIN);
+      for (const tid of tids) schedSetattr(tid, { policy: SCHED.NORMAL, priority: 0, nice });
+      return ` at nice ${nice} (main thread ${main.nice})`;
+    } catch (e) {
+      return ` (their nice value is unchanged: ${(e as Error).message})`;
+    }
   }
 
   private addLegacyDevices(vm: Vm): void {

@@ -12,7 +12,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync }
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Machine } from '../../vmm/machine';
+import { Machine, VCPU_NICE_ABOVE_MAIN } from '../../vmm/machine';
 import { DEFAULT_CMDLINE } from '../../vmm/config';
 import { MiB } from '../../vmm/layout';
 import { ensureDefaultGuest } from '../../vmm/default-guest';
@@ -28,6 +28,11 @@ function threadClass(tid: number): { policy: number; rtprio: number } {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
   return { policy: Number(f[41 - 3]), rtprio: Number(f[40 - 3]) };
 }
+/** The nice value of a host thread (/proc/self/task/TID/stat field 19). */
+const threadNice = (tid: number) => {
+  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19 - 3]);
+};
 const threadState = (tid: number) => readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ')[0]!;
 const OTHER = { policy: 0, rtprio: 0 };
 const fifo = (rtprio: number) => ({ policy: 1, rtprio });
@@ -124,6 +129,9 @@ test('a child inherits its parent\'s pin; the vCPU is released only when no pinn
 
 test('prio: a guest SCHED_FIFO task raises its vCPU thread to SCHED_FIFO until no such task remains', async () => {
   for (const t of tids) assert.equal(threadClass(t), OTHER, 'every vCPU thread is SCHED_OTHER');
+  // ... and nicer than the main thread, which serves their exits (vmm/machine.ts).
+  const vcpuNice = Math.min(19, threadNice(process.pid) + VCPU_NICE_ABOVE_MAIN);
+  for (const t of tids) assert.is(threadNice(t), vcpuNice, 'vCPU threads below the main thread');
   const r = { handle: [...m.paravirt!.loaded.values()].find((p) => p.name === 'prio')!.handle };
   let out = '';
   const task = agent.start({
@@ -153,6 +161,7 @@ test('prio: a guest SCHED_FIFO task raises its vCPU thread to SCHED_FIFO until n
   await cue('p5');
   await task.result;
   for (const t of tids) assert.equal(threadClass(t), OTHER);
+  for (const t of tids) assert.is(threadNice(t), vcpuNice, 'a boost ended gives back the nice value the thread had');
   // The stream saw every step, attributed to the prio program, with the delivering vCPU.
   const prio = entries.filter((e) => e.name === 'PRIO');
   const events = prio.map((e) => (e.fields as { event: string; rtprio: number; cpu: number }));
@@ -244,7 +253,10 @@ test('pause: the vCPU thread sleeps and runs no guest code until resumed', async
   const t0 = cpuTicks(tids[2]!);
   await until('vCPU 2 to burn CPU', () => cpuTicks(tids[2]!) > t0 + 10, 30_000);
   await a.pause(2, 'test');
-  assert.is(threadState(tids[2]!), 'S');
+  // pause() resolves once the worker has parked; its last steps into the futex wait may still
+  // be ahead of it, and main — which the kernel now prefers (vCPU threads run nicer) — can read
+  // /proc before it takes them.
+  await until("vCPU 2's thread to sleep", () => threadState(tids[2]!) === 'S', 5_000);
   const frozen = cpuTicks(tids[2]!);
   await new Promise((r) => setTimeout(r, 1500));
   assert.is(cpuTicks(tids[2]!), frozen, 'no CPU time while paused, whatever the guest wants');

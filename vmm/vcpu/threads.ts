@@ -252,7 +252,8 @@ export class VcpuThreads {
 
   /**
    * Parks vCPU `vcpu` out of KVM_RUN (immediate_exit + a kick) and resolves once its worker
-   * sleeps; `resume` lets it run again. While parked its thread is blocked in a futex wait.
+   * has parked (it sleeps, or is a few instructions from it); `resume` lets it run again. While
+   * parked its thread is blocked in a futex wait.
    */
   async pause(vcpu: number): Promise<void> {
     const t = this.thread(vcpu);

@@ -404,9 +404,9 @@ export class Machine {
   }
 
   /** Accesses forwarded to the main thread so far, by device (bus range name), and by register. */
-  forwardedExits(): { byDevice: Record<string, number>; byRegister: Record<string, number> } {
+  forwardedExits(): { byDevice: Record<string, number>; byRegister: Record<string, number>; deferred: number[] } {
     const f = this.threads.forwarded;
-    return { byDevice: { ...f.byDevice }, byRegister: { ...f.byRegister } };
+    return { byDevice: { ...f.byDevice }, byRegister: { ...f.byRegister }, deferred: [...f.deferred] };
   }
 
   /**
@@ -416,10 +416,12 @@ export class Machine {
   private exitSummary(): string {
     const exits = this.vcpuExits();
     const sum = (k: string) => exits.reduce((n, e) => n + (e[k] ?? 0), 0);
-    const { byDevice, byRegister } = this.forwardedExits();
+    const { byDevice, byRegister, deferred } = this.forwardedExits();
     const top = (r: Record<string, number>, n: number) => Object.entries(r).sort((a, b) => b[1] - a[1]).slice(0, n).map(([k, v]) => `${k} ${v}`).join(', ');
     const ring = this.serial ? `; serial ring: ${this.serial.tx.fullWaits} full waits, ${this.serial.tx.dropped} bytes dropped` : '';
-    return `exits this boot: ${sum('forwarded')} forwarded to main (${top(byDevice, 20) || 'none'}), ${sum('shared')} served in vCPU threads${ring}; most forwarded registers: ${top(byRegister, 12) || 'none'}`;
+    const waited = deferred.reduce((a, b) => a + b, 0);
+    const share = waited ? ` (${waited} waited for their vCPU's share of main: ${deferred.join('/')} by vCPU)` : '';
+    return `exits this boot: ${sum('forwarded')} forwarded to main (${top(byDevice, 20) || 'none'})${share}, ${sum('shared')} served in vCPU threads${ring}; most forwarded registers: ${top(byRegister, 12) || 'none'}`;
   }
 
   /** The kernel tid of each vCPU thread, by vCPU index. */

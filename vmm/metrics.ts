@@ -26,6 +26,8 @@ export interface Metrics {
   vcpu_exits: Record<string, number>[];
   /** Accesses forwarded from the vCPU threads to the main thread, by device (bus range name). */
   forwarded_exits?: Record<string, number>;
+  /** Forwarded accesses that waited because their vCPU had used its share of the main thread, per vCPU (vmm/vcpu/serve.ts). */
+  forwarded_deferred?: number[];
   scheduler?: CounterGroup;
   /** The hint registry (records decoded, unknown, short, handler errors, by name) and the stream's readers. */
   hints?: CounterGroup;
@@ -60,7 +62,11 @@ function group(src: object): CounterGroup {
 
 export function collectMetrics(m: ApiMachine, vmId: string, now: () => number = Date.now): Metrics {
   const out: Metrics = { utc_timestamp_ms: now(), vm_id: vmId, vcpus: m.config.vcpus, vcpu_exits: m.vcpuExits(), transports: {}, programs: [] };
-  if (m.forwardedExits) out.forwarded_exits = { ...m.forwardedExits().byDevice };
+  if (m.forwardedExits) {
+    const f = m.forwardedExits();
+    out.forwarded_exits = { ...f.byDevice };
+    out.forwarded_deferred = [...f.deferred];
+  }
   if (m.scheduler) out.scheduler = group(m.scheduler.counters);
   if (m.actuators) out.actuators = group(m.actuators.counters);
   if (m.prio) out.prio = group(m.prio.counters);
@@ -121,6 +127,7 @@ export function renderPrometheus(m: Metrics): string {
     for (const [reason, n] of Object.entries(byReason)) add('tsvmm_vcpu_exits', 'counter', { vcpu: String(vcpu), reason }, n);
   });
   for (const [device, n] of Object.entries(m.forwarded_exits ?? {})) add('tsvmm_forwarded_exits', 'counter', { device }, n);
+  m.forwarded_deferred?.forEach((n, vcpu) => add('tsvmm_forwarded_deferred', 'counter', { vcpu: String(vcpu) }, n));
   if (m.scheduler) addGroup('scheduler', m.scheduler, {});
   for (const g of ['hints', 'hint_stream', 'actuators', 'prio'] as const) {
     const c = m[g];

@@ -59,7 +59,7 @@ export interface ApiMachine {
   readonly vcpuTids: readonly number[];
   vcpuExits(): Record<string, number>[];
   /** Accesses forwarded to the main thread, by device (and by register). */
-  forwardedExits?(): { byDevice: Record<string, number> };
+  forwardedExits?(): { byDevice: Record<string, number>; deferred: readonly number[] };
   /** What the vCPUs and devices are doing and the console's last lines (GET /diagnosis; vmm/diagnosis.ts). */
   diagnose?(sampleMs?: number): Promise<MachineDiagnosis>;
   /** Types Ctrl-Alt-Del on the i8042 keyboard; false when its buffer has no room. */

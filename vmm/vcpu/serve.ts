@@ -3,7 +3,10 @@
 // gets a response, whatever the device does. A device that throws is a bug in tsvmm, not in
 // the guest, but the guest can reach it: it must neither take the VMM down (an unhandled
 // rejection ends the process) nor leave the vCPU waiting for an answer that never comes.
-// It must not start or stop workers (threads.ts does).
+// It also owns the fairness rule between vCPUs: one vCPU's accesses may take at most a share
+// of the main thread's time (FORWARD_SHARE), so a guest writing a register in a loop slows
+// that vCPU, not the API, vsock or the other vCPUs. It must not start or stop workers
+// (threads.ts does).
 
 import type { Bus } from '../../devices/bus';
 import { KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, mailboxData } from './mailbox';
@@ -20,9 +23,60 @@ export interface DeviceFault {
 /** How many registers byRegister names before it counts the rest as `other` (a guest picks the offsets). */
 export const REGISTER_KEYS = 256;
 
+/**
+ * The share of the main thread's time one vCPU's forwarded accesses may take (measured: the
+ * time main spends answering them), and how much of it may be used at once (ms). Past it, the
+ * vCPU's next access waits — the vCPU stalls in its mailbox, as on a slow device — until its
+ * share has refilled. A boot forwards a few hundred accesses in all (docs/benchmarks.md,
+ * "Forwarded exits per boot"), far below; a guest looping on a register that is not served in
+ * the vCPU thread (virtio-mmio's QueueSel, a device reset) would otherwise keep main busy at the
+ * mailbox's round-trip rate with every vCPU it has.
+ */
+export const FORWARD_SHARE = 0.25;
+export const FORWARD_BURST_MS = 50;
+
+/** Per vCPU: milliseconds of main-thread time its accesses may still take, refilled at FORWARD_SHARE. */
+class TimeBudget {
+  private ms: number;
+  constructor(private readonly share: number, private readonly burst: number, private last: number) {
+    this.ms = burst;
+  }
+  /** Whether the vCPU may be served now (some of its share is left). */
+  ready(now: number): boolean {
+    this.ms = Math.min(this.burst, this.ms + Math.max(0, now - this.last) * this.share);
+    this.last = Math.max(this.last, now);
+    return this.ms > 0;
+  }
+  spend(ms: number): void {
+    this.ms -= ms;
+  }
+  /** Milliseconds until ready() is true again (at least 1). */
+  msUntilReady(): number {
+    return Math.max(1, Math.ceil(-this.ms / this.share));
+  }
+}
+
+export interface MailboxServerOptions {
+  /** Main-thread share per vCPU (default FORWARD_SHARE) and its burst in ms (default FORWARD_BURST_MS). */
+  readonly share?: number;
+  readonly burstMs?: number;
+  /** Milliseconds clock (default performance.now; tests inject one). */
+  readonly now?: () => number;
+}
+
 export class MailboxServer {
   private readonly mailboxes: Int32Array[] = [];
+  private readonly budgets: TimeBudget[] = [];
   private running = false;
+  private readonly share: number;
+  private readonly burstMs: number;
+  private readonly now: () => number;
+  /** Rings the doorbell once the first deferred vCPU's share is back. */
+  private retry: NodeJS.Timeout | undefined;
+  /** Accesses left waiting because their vCPU had used its share, by vCPU (each counted once). */
+  readonly deferred: number[] = [];
+  /** Per vCPU: its current access was counted in `deferred` already. */
+  private readonly waiting: boolean[] = [];
   /** Accesses whose device threw (answered as an unclaimed address would be). */
   faults = 0;
   /** Forwarded accesses by device (its bus range's name; `unclaimed` for none). */
@@ -39,10 +93,19 @@ export class MailboxServer {
     private readonly pio: Bus,
     private readonly mmio: Bus,
     private readonly onFault: (f: DeviceFault) => void,
-  ) {}
+    opts: MailboxServerOptions = {},
+  ) {
+    this.share = opts.share ?? FORWARD_SHARE;
+    this.burstMs = opts.burstMs ?? FORWARD_BURST_MS;
+    this.now = opts.now ?? (() => performance.now());
+    if (!(this.share > 0 && this.share <= 1) || !(this.burstMs > 0)) throw new RangeError(`forwarded-access share ${this.share} must be in (0, 1] and its burst ${this.burstMs} ms positive`);
+  }
 
   add(mailbox: Int32Array): void {
     this.mailboxes.push(mailbox);
+    this.budgets.push(new TimeBudget(this.share, this.burstMs, this.now()));
+    this.deferred.push(0);
+    this.waiting.push(false);
   }
 
   /** Answers requests until stop(); resolves when it has stopped. */
@@ -51,15 +114,34 @@ export class MailboxServer {
     while (this.running) {
       const seen = Atomics.load(this.doorbell, 0);
       this.mailboxes.forEach((mb, vcpu) => {
-        if (Atomics.load(mb, MB.STATE) === STATE_REQUEST) this.serve(mb, vcpu);
+        if (Atomics.load(mb, MB.STATE) !== STATE_REQUEST) return;
+        const budget = this.budgets[vcpu]!;
+        const t0 = this.now();
+        if (!budget.ready(t0)) return this.later(vcpu, budget);
+        this.waiting[vcpu] = false;
+        this.serve(mb, vcpu);
+        budget.spend(this.now() - t0);
       });
       const w = Atomics.waitAsync(this.doorbell, 0, seen);
       if (w.async) await w.value;
     }
   }
 
+  /** The vCPU has used its share: its access waits, and the doorbell rings when the share is back. */
+  private later(vcpu: number, budget: TimeBudget): void {
+    if (!this.waiting[vcpu]) this.deferred[vcpu]!++;
+    this.waiting[vcpu] = true;
+    if (this.retry !== undefined) return; // an earlier retry comes first; this vCPU is looked at then too
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      Atomics.add(this.doorbell, 0, 1);
+      Atomics.notify(this.doorbell, 0);
+    }, budget.msUntilReady());
+  }
+
   stop(): void {
     this.running = false;
+    clearTimeout(this.retry);
     Atomics.add(this.doorbell, 0, 1);
     Atomics.notify(this.doorbell, 0);
   }

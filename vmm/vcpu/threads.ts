@@ -164,9 +164,9 @@ export class VcpuThreads {
     return tids;
   }
 
-  /** Forwarded accesses by device and by register (vmm/vcpu/serve.ts). */
-  get forwarded(): { byDevice: Readonly<Record<string, number>>; byRegister: Readonly<Record<string, number>> } {
-    return { byDevice: this.server.byDevice, byRegister: this.server.byRegister };
+  /** Forwarded accesses by device and by register, and those that waited for their vCPU's share of main, by vCPU (vmm/vcpu/serve.ts). */
+  get forwarded(): { byDevice: Readonly<Record<string, number>>; byRegister: Readonly<Record<string, number>>; deferred: readonly number[] } {
+    return { byDevice: this.server.byDevice, byRegister: this.server.byRegister, deferred: this.server.deferred };
   }
 
   /** Whether start() handed the workers their vCPUs. */

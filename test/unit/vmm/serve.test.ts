@@ -2,6 +2,8 @@
 // worker's side of the mailbox (request, doorbell, wait for the answer). A device that throws
 // on a forwarded access must neither end the process (an unhandled rejection did) nor leave
 // the vCPU waiting: the access is answered as an unclaimed one, reported, and serving goes on.
+// And one vCPU's accesses may take only its share of the main thread's time: past it, that
+// vCPU waits while the others are still served.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Bus, type BusDevice } from '../../../devices/bus';
@@ -82,6 +84,39 @@ test('a fault reporter that throws does not stop the answer either', async () =>
   assert.equal([...(await access(doorbell, mb, KIND_PIO, 0x10, new Uint8Array(1), false))], [0xff]);
   server.stop();
   await running;
+});
+
+test("a vCPU past its share of main's time waits for it to refill; another vCPU is served meanwhile", async () => {
+  // A clock of the test's own: each write to the slow device takes 30 ms of it.
+  let clock = 0;
+  const pio = new Bus();
+  let writes = 0;
+  pio.insert(0x10, 4, 'slow', { read: (_o, d) => d.fill(7), write: () => { writes++; clock += 30; } });
+  const doorbell = newDoorbell();
+  const [mb0, mb1] = [newMailbox(), newMailbox()];
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock });
+  server.add(mb0);
+  server.add(mb1);
+  const running = server.run();
+  try {
+    // vCPU 0: 20 ms of share, the write takes 30 (a serve is never cut short): -10 left.
+    await access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true);
+    // 30 ms later by the clock it has 7.5 back: still -2.5, so its next write waits.
+    const waiting = access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(writes, 1, 'the second write has not reached the device');
+    assert.equal(server.deferred, [1, 0], 'counted once, however often it was looked at');
+    // vCPU 1 has its own share.
+    assert.equal([...(await access(doorbell, mb1, KIND_PIO, 0x10, new Uint8Array(4), false))], [7, 7, 7, 7]);
+    assert.is(Atomics.load(mb0, MB.STATE), STATE_REQUEST, 'vCPU 0 still waits');
+    clock += 20; // +5 ms of share: 2.5 left
+    await waiting;
+    assert.is(writes, 2);
+    assert.equal(server.deferred, [1, 0]);
+  } finally {
+    server.stop();
+    await running;
+  }
 });
 
 test.run();

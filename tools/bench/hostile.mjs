@@ -88,10 +88,10 @@ function counters(m) {
   const walk = (o, path) => {
     for (const [k, v] of Object.entries(o ?? {})) {
       if (typeof v === 'number') out[`${path}.${k}`] = v;
-      else if (v && typeof v === 'object' && !Array.isArray(v)) walk(v, `${path}.${k}`);
+      else if (v && typeof v === 'object') walk(v, `${path}.${k}`); // arrays by index (forwarded_deferred: per vCPU)
     }
   };
-  for (const g of ['forwarded_exits', 'hypercall', 'hints', 'hint_stream', 'scheduler', 'vsock', 'transports']) walk(m?.[g], g);
+  for (const g of ['forwarded_exits', 'forwarded_deferred', 'hypercall', 'hints', 'hint_stream', 'scheduler', 'vsock', 'transports']) walk(m?.[g], g);
   return out;
 }
 
@@ -258,7 +258,8 @@ async function main() {
     if (!c) continue;
     const fwd = Object.entries(c).filter(([k]) => k.startsWith('forwarded_exits.')).map(([k, n]) => `${k.slice(16)} ${n}`).join(', ');
     const pick = (k) => c[k] ?? 0;
-    lines.push(`counters (${p}): forwarded exits ${fwd || 'none'}; HINTS calls ${pick('hypercall.calls.HINTS')}, records queued ${pick('hypercall.hintRecords')}, ` +
+    const waited = Object.entries(c).filter(([k]) => k.startsWith('forwarded_deferred.')).map(([k, n]) => `vCPU ${k.slice(19)} ${n}`).join(', ');
+    lines.push(`counters (${p}): forwarded exits ${fwd || 'none'}${waited ? ` (waited for their vCPU's share of main: ${waited})` : ''}; HINTS calls ${pick('hypercall.calls.HINTS')}, records queued ${pick('hypercall.hintRecords')}, ` +
       `refused by the registry ${pick('hints.refused')}, decoded ${pick('hints.decoded')}; vsock transport resets ${pick('transports.virtio-vsock.resets')}`);
   }
   for (const g of guestLines) lines.push(`guest (${g.phase}): ${g.line}`);

@@ -136,15 +136,22 @@ export class Machine {
     try {
       // First: the workers' own start overlaps everything below (vmm/vcpu/threads.ts).
       m.threads.spawn(config.vcpus);
-      // Before the read: unpackKernel finds the image's hash by it when the file is unchanged.
+      // Before the mapping: unpackKernel finds the image's hash by it when the file is unchanged.
       const kernelStat = statSync(config.kernel, { bigint: true, throwIfNoEntry: false });
-      const kernel = readImage(config.kernel, 'kernel');
-      const format = probeKernel(config.kernel, kernel);
-      // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
-      const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel, io.progress ?? io.log, kernelStat) : undefined;
-      const initrd = config.initrd ? readImage(config.initrd, 'initrd') : undefined;
-      io.startup?.end('read images (unpack)');
-      await m.build(kernel, initrd, unpacked);
+      // Mapped, not read: with its vmlinux cached, only the bzImage's header pages are touched
+      // (not its ~11 MiB), and neither image stays in a buffer after the boot.
+      const kernel = mapFile(config.kernel, 'kernel');
+      const initrd = config.initrd ? mapFile(config.initrd, 'initrd') : undefined;
+      try {
+        const format = probeKernel(config.kernel, kernel.bytes);
+        // Default on: the guest skips its own decompression (vmm/boot/unpack.ts). Before any KVM object.
+        const unpacked = format === 'bzImage' && config.unpack !== false ? unpackKernel(config.kernel, kernel.bytes, io.progress ?? io.log, kernelStat) : undefined;
+        io.startup?.end('read images (unpack)');
+        await m.build(kernel.bytes, initrd?.bytes, unpacked);
+      } finally {
+        kernel.unmap(); // the loader copied what it needed
+        initrd?.unmap();
+      }
     } catch (e) {
       await m.close();
       throw e;
@@ -248,7 +255,7 @@ export class Machine {
     const cmdline = c.acpi
       ? c.cmdline + extraCmdline
       : [c.cmdline + extraCmdline, 'acpi=off', ...slots.map((s) => `virtio_mmio.device=${s.size / 1024}K@0x${s.base.toString(16)}:${s.gsi}`)].join(' ');
-    const vmlinux = unpacked ? mapFile(unpacked.path) : undefined;
+    const vmlinux = unpacked ? mapFile(unpacked.path, 'unpacked kernel') : undefined;
     let loaded: LoadedKernel;
     try {
       loaded = loadKernel(ram.memory, ram.ranges, {
@@ -528,28 +535,28 @@ function moduleHaltPoll(): number | undefined {
   }
 }
 
-function readImage(path: string, what: string): Uint8Array {
-  try {
-    return new Uint8Array(readFileSync(path));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(`${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : (e as Error).message}`);
-  }
-}
-
 /**
- * A file mapped read-only, its fd open until unmap(): the unpacked vmlinux (~60 MB) is parsed
- * and its pages mapped into guest RAM (GuestRam.mapFile) or copied from the page cache, without
- * being read into a buffer first. `bytes` must not be touched after unmap().
+ * A file mapped read-only, its fd open until unmap(): the images are parsed and copied into
+ * guest RAM straight from the page cache, and only the pages touched are read (the unpacked
+ * vmlinux's whole pages are mapped into RAM from the fd: GuestRam.mapFile). `bytes` must not be
+ * touched after unmap(). A file truncated while mapped would fault (SIGBUS) on the pages past
+ * its new end: the mappings live only while the machine is built, not while it runs.
  */
-function mapFile(path: string): { bytes: Uint8Array; fd: number; unmap(): void } {
-  const fd = openSync(path, 'r');
+function mapFile(path: string, what: string): { bytes: Uint8Array; fd: number; unmap(): void } {
+  let fd: number;
   try {
-    const size = fstatSync(fd).size;
-    const addr = mmap(size, PROT_READ, MAP_PRIVATE, fd);
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new ConfigError(`${what} ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw new ConfigError(`${what} ${path}: is a directory`);
+    // mmap refuses a length of 0: an empty file is an empty image (the loader says so).
+    const addr = st.size ? mmap(st.size, PROT_READ, MAP_PRIVATE, fd) : undefined;
     return {
-      bytes: new Uint8Array(view(addr, size)), fd, unmap: () => {
-        munmap(addr, size);
+      bytes: addr === undefined ? new Uint8Array(0) : new Uint8Array(view(addr, st.size)), fd, unmap: () => {
+        if (addr !== undefined) munmap(addr, st.size);
         closeSync(fd);
       },
     };

@@ -95,8 +95,16 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
       // page in a vmlinux), the partial pages at either end copied.
       const head = (PAGE - (s.paddr % PAGE)) % PAGE;
       const tail = Math.max(head, Math.floor((s.paddr + s.data.length) / PAGE) * PAGE - s.paddr);
-      if (map && s.offset % PAGE === s.paddr % PAGE && tail > head && map(s.paddr + head, s.offset + head, tail - head)) {
+      if (map && s.offset % PAGE === s.paddr % PAGE && tail > head) {
         copy(s, 0, head);
+        for (const [a, b, zero] of pieces(head, tail, s, elf.nobits)) {
+          // NOBITS (.bss, .brk: zeros in the file) stays what fresh RAM is, not mapped from the file.
+          if (zero) {
+            if (!img.ramZeroed) mem.expect(s.paddr + a, b - a).fill(0);
+          } else if (!map(s.paddr + a, s.offset + a, b - a)) {
+            copy(s, a, b);
+          }
+        }
         copy(s, tail, s.data.length);
       } else {
         copy(s, 0, s.data.length);
@@ -149,6 +157,28 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
     header, cmdlineAddr: CMDLINE_ADDR, cmdlineSize: cmdline.length, initrd, rsdpAddr, e820: e820Map(ram),
   }));
   return { format: !header ? 'elf' : img.vmlinux ? 'unpacked' : 'bzImage', entry, kernelEnd, initrd };
+}
+
+/**
+ * [head, tail) of a segment (page-aligned offsets) cut at the whole pages of its NOBITS ranges:
+ * [from, to, isNobits] in order, covering it exactly.
+ */
+function pieces(head: number, tail: number, s: ElfSegment, nobits: readonly { paddr: number; size: number }[]): [number, number, boolean][] {
+  const holes = nobits
+    .map((n) => [Math.ceil((n.paddr - s.paddr) / PAGE) * PAGE, Math.floor((n.paddr + n.size - s.paddr) / PAGE) * PAGE] as const)
+    .map(([a, b]) => [Math.max(a, head), Math.min(b, tail)] as const)
+    .filter(([a, b]) => b > a)
+    .sort((x, y) => x[0] - y[0]);
+  const out: [number, number, boolean][] = [];
+  let at = head;
+  for (const [a, b] of holes) {
+    if (a < at) continue; // overlapping sections: the first one covers it
+    if (a > at) out.push([at, a, false]);
+    out.push([a, b, true]);
+    at = b;
+  }
+  if (at < tail) out.push([at, tail, false]);
+  return out;
 }
 
 const ZERO_PAGE = new Uint8Array(PAGE);

@@ -25,7 +25,7 @@ import { AgentClient } from '../../vmm/agent/client';
 import { prioPackage } from '../../bpf/programs/prio';
 import { checkKvm, machineConfig } from '../../vmm/cli-options';
 import { AGENT_PORT, waitForAgent } from '../../vmm/exec';
-import { Machine } from '../../vmm/machine';
+import { Machine, VCPU_NICE_ABOVE_MAIN } from '../../vmm/machine';
 import { lateBy, parseRtlat } from './rtlat/output';
 
 const log = (m: string) => process.stderr.write(`prio-bench: ${m}\n`);
@@ -66,8 +66,13 @@ const since = (a: ThreadSched, b: ThreadSched): ThreadSched => ({
   cpuMs: b.cpuMs - a.cpuMs, runDelayMs: b.runDelayMs - a.runDelayMs, slices: b.slices - a.slices, voluntary: b.voluntary - a.voluntary, involuntary: b.involuntary - a.involuntary,
 });
 
+/**
+ * The busy processes, at the vCPU threads' own nice value (tsvmm runs them VCPU_NICE_ABOVE_MAIN
+ * nicer than its main thread, and these share our autogroup): with `--prio none` the vCPU 1
+ * thread competes with them at equal weight, as a guest's vCPU would with host work of its rank.
+ */
 function startLoad(n: number): ChildProcess[] {
-  return Array.from({ length: n }, () => spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' }));
+  return Array.from({ length: n }, () => spawn('nice', ['-n', String(VCPU_NICE_ABOVE_MAIN), 'sh', '-c', 'while :; do :; done'], { stdio: 'ignore' }));
 }
 
 async function stopLoad(procs: ChildProcess[]): Promise<void> {

@@ -67,6 +67,11 @@ export interface MachineDiagnosis {
   devices: DeviceDiagnosis[];
   /** Interrupts the serial port raised (THRE and receive). */
   serialInterrupts: number;
+  /**
+   * The serial transmit ring (devices/tx-ring.ts): bytes the vCPUs pushed that main has not
+   * drained yet — output that stopped while this grows means main stopped draining, not the guest.
+   */
+  serialRing?: { pending: number; fullWaits: number; dropped: number };
   console: { lines: string[]; totalBytes: number };
   /** Why the VM is ending, if it is. */
   ending?: string;
@@ -163,7 +168,8 @@ export function formatDiagnosis(d: MachineDiagnosis): string {
   const out = [`machine up ${(d.uptimeMs / 1000).toFixed(1)} s${d.ending ? `, ending: ${d.ending}` : ''}; vCPUs sampled over ${(d.sampleMs / 1000).toFixed(1)} s:`];
   for (const v of d.vcpus) out.push(formatVcpu(v));
   const devs = d.devices.map((x) => `${x.name} status ${hex(x.status)} isr ${hex(x.interruptStatus)} notifies ${x.notifications} irqs ${x.interrupts}`);
-  out.push(`devices: ${[...devs, `com1 irqs ${d.serialInterrupts}`].join('; ')}`);
+  const ring = d.serialRing ? `, tx ring ${d.serialRing.pending} bytes pending, ${d.serialRing.fullWaits} full waits, ${d.serialRing.dropped} dropped` : '';
+  out.push(`devices: ${[...devs, `com1 irqs ${d.serialInterrupts}${ring}`].join('; ')}`);
   if (d.host) {
     const main = d.host.mainThreadCpuMsInSample === undefined ? '' : `; tsvmm's main thread ${d.host.mainThreadCpuMsInSample.toFixed(0)} ms CPU in the sample`;
     out.push(`host: load average ${d.host.loadavg.map((x) => x.toFixed(2)).join(' ')}${main}`);

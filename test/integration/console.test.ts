@@ -70,7 +70,7 @@ function watchdogReport(): string {
   } catch {
     // curl's error, or an API error body: shown as it is
   }
-  return `\nsandbox heartbeat (last): ${read('heartbeat').trim()}\nVMM diagnosis after ${WATCHDOG_S} s (GET /diagnosis):\n${text}`;
+  return `\nsandbox heartbeat (last): ${read('heartbeat').trim()}\ntsvmm's threads after ${WATCHDOG_S} s:\n${read('threads.txt')}\nVMM diagnosis after ${WATCHDOG_S} s (GET /diagnosis):\n${text}`;
 }
 
 test.before(async () => {
@@ -82,7 +82,12 @@ test.before(async () => {
   // socket goes to /tmp (the sandbox's own tmpfs: a socket cannot be served from its 9p share).
   const api = join(tmpdir(), `tsvmm-console-${process.pid}.sock`);
   const hb = `(for i in $(seq ${BOOT_MS / 5000}); do date +%T > ${outDir}/heartbeat; sleep 5; done) & hb=$!; `;
-  const wd = `(sleep ${WATCHDOG_S}; curl -sS --max-time 60 --unix-socket ${api} http://localhost/diagnosis > ${outDir}/diagnosis.json 2>&1) & wd=$!; `;
+  // First what each of tsvmm's threads is blocked in (a main thread stuck in a write would not
+  // answer the API), then the API's diagnosis.
+  const threads =
+    `p=$(pgrep -o -f '^node bin/tsvmm.js run --api-sock ${api}'); for t in /proc/$p/task/*; do ` +
+    `echo "tid $(basename $t) $(cat $t/comm) $(sed -n 's/^State:[[:space:]]*//p' $t/status) wchan $(cat $t/wchan)"; head -8 $t/stack; done > ${outDir}/threads.txt 2>&1; `;
+  const wd = `(sleep ${WATCHDOG_S}; ${threads}curl -sS --max-time 60 --unix-socket ${api} http://localhost/diagnosis > ${outDir}/diagnosis.json 2>&1) & wd=$!; `;
   const job = `g=$(stty -g); ${hb}${wd}node bin/tsvmm.js run --api-sock ${api}; rc=$?; kill $hb $wd 2>/dev/null; [ "$g" = "$(stty -g)" ] && echo inner-terminal-restored; exit $rc`;
   child = spawn('python3', [join(ROOT, 'test/pty-run.py'), '24', '80', 'bash', join(ROOT, 'tools/sandbox/run.sh'), '--out', outDir, '--', 'sh', '-c', job], {
     cwd: ROOT,

@@ -73,6 +73,7 @@ export class MailboxServer {
   private readonly now: () => number;
   /** Rings the doorbell once the first deferred vCPU's share is back. */
   private retry: NodeJS.Timeout | undefined;
+  private retryAt = 0;
   /** Accesses left waiting because their vCPU had used its share, by vCPU (each counted once). */
   readonly deferred: number[] = [];
   /** Per vCPU: its current access was counted in `deferred` already. */
@@ -131,12 +132,17 @@ export class MailboxServer {
   private later(vcpu: number, budget: TimeBudget): void {
     if (!this.waiting[vcpu]) this.deferred[vcpu]!++;
     this.waiting[vcpu] = true;
-    if (this.retry !== undefined) return; // an earlier retry comes first; this vCPU is looked at then too
+    // One timer, for the earliest vCPU whose share comes back: every waiting vCPU is looked at again then.
+    const ms = budget.msUntilReady();
+    const at = this.now() + ms;
+    if (this.retry !== undefined && this.retryAt <= at) return;
+    clearTimeout(this.retry);
+    this.retryAt = at;
     this.retry = setTimeout(() => {
       this.retry = undefined;
       Atomics.add(this.doorbell, 0, 1);
       Atomics.notify(this.doorbell, 0);
-    }, budget.msUntilReady());
+    }, ms);
   }
 
   stop(): void {

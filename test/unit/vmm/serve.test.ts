@@ -119,4 +119,35 @@ test("a vCPU past its share of main's time waits for it to refill; another vCPU 
   }
 });
 
+test('the retry is timed for the vCPU whose share comes back first, not the first one that ran out', async () => {
+  let clock = 0;
+  const pio = new Bus();
+  // A write at 0x10 takes 1000 ms of the test's clock, one at 0x14 30 ms.
+  pio.insert(0x10, 8, 'slow', { read: (_o, d) => d.fill(0), write: (o) => { clock += o === 0 ? 1000 : 30; } });
+  const doorbell = newDoorbell();
+  const [mb0, mb1] = [newMailbox(), newMailbox()];
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock });
+  server.add(mb0);
+  server.add(mb1);
+  const running = server.run();
+  try {
+    await access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true); // vCPU 0: ~1000 ms in debt, ~4 s to repay
+    const slow = access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true);
+    await access(doorbell, mb1, KIND_PIO, 0x14, new Uint8Array(4), true); // vCPU 1: 10 ms in debt
+    const quick = access(doorbell, mb1, KIND_PIO, 0x14, new Uint8Array(4), true);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.deferred, [1, 1]);
+    clock += 20; // enough for vCPU 1's share, not vCPU 0's
+    await quick; // within access()'s 2 s: the retry did not wait for vCPU 0's ~4 s
+    assert.is(Atomics.load(mb0, MB.STATE), STATE_REQUEST, 'vCPU 0 still waits');
+    clock += 5000;
+    Atomics.add(doorbell, 0, 1);
+    Atomics.notify(doorbell, 0);
+    await slow;
+  } finally {
+    server.stop();
+    await running;
+  }
+});
+
 test.run();

@@ -28,25 +28,34 @@ test('rxq: RSTs first and bounded, then ready connections round robin', () => {
 });
 
 test('killq: one timer for the earliest deadline; expired ones handed back in one sweep, rescheduled ones not', async () => {
-  const t0 = performance.now();
+  // The queue's clock is the test's, so which deadlines have passed never depends on how late a
+  // loaded machine runs the timers; real time only has to pass for them to fire at all (a timer
+  // awaited here is due after the queue's, so it runs after it).
+  let now = 0;
+  const after = async (fakeMs: number, realMs: number) => {
+    now += fakeMs;
+    await new Promise((r) => setTimeout(r, realMs));
+  };
   const expired: string[] = [];
-  const q = new MuxerKillQueue<string>((c) => expired.push(c));
-  q.schedule('late', t0 + 200);
-  q.schedule('a', t0 + 20);
-  q.schedule('b', t0 + 20);
-  q.schedule('moved', t0 + 20);
-  q.schedule('moved', t0 + 150); // its deadline moved out
-  q.schedule('gone', t0 + 20);
+  const q = new MuxerKillQueue<string>((c) => expired.push(c), () => now);
+  q.schedule('late', 200);
+  q.schedule('a', 20);
+  q.schedule('b', 20);
+  q.schedule('moved', 20);
+  q.schedule('moved', 150); // its deadline moved out
+  q.schedule('gone', 20);
   q.schedule('gone', undefined); // and this one's was cleared
   assert.is(q.size, 4);
-  await new Promise((r) => setTimeout(r, 80));
+  await after(100, 60); // the timer armed for 20 (21 ms) fires at 100: a and b, in one sweep
   assert.equal(expired.sort(), ['a', 'b']);
-  await new Promise((r) => setTimeout(r, 200));
+  await after(60, 80); // re-armed for 150 (51 ms): fires at 160
+  assert.equal(expired, ['a', 'b', 'moved']);
+  await after(140, 80); // re-armed for 200 (41 ms): fires at 300
   assert.equal(expired, ['a', 'b', 'moved', 'late']);
   assert.is(q.size, 0);
-  q.schedule('x', performance.now() + 10);
+  q.schedule('x', now + 10);
   q.clear();
-  await new Promise((r) => setTimeout(r, 40));
+  await after(100, 40);
   assert.is(expired.length, 4, 'cleared: nothing fires');
 });
 

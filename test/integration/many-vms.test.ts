@@ -1,6 +1,7 @@
 // Many VMs at once: three in one process (the library), booted in parallel, then three
 // `tsvmm exec` processes at once — each VM its own socket, CID space, temp dir and ps entry,
 // every exec's output its own, all of them listed by `tsvmm ps` while they run, none after.
+// stress: six nested guests at once crash the nested sandbox's own kernel — on QEMU 7.2 (L1 KVM 'stack guard page was hit', CI 2026-12-06) and on QEMU 10.0.2 too (kernel stack overflow in a vCPU thread's exception entry, 'corrupted stack end detected inside scheduler', twice in the CI rehearsal of 2026-12-07) after passing by name twice
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';

@@ -56,6 +56,16 @@ class TimeBudget {
   }
 }
 
+/** What the server keeps per vCPU. */
+interface VcpuLine {
+  readonly mailbox: Int32Array;
+  readonly budget: TimeBudget;
+  /** Accesses that waited for this vCPU's share (each counted once). */
+  deferred: number;
+  /** Its current access was counted in `deferred` already. */
+  waiting: boolean;
+}
+
 export interface MailboxServerOptions {
   /** Main-thread share per vCPU (default FORWARD_SHARE) and its burst in ms (default FORWARD_BURST_MS). */
   readonly share?: number;
@@ -65,8 +75,8 @@ export interface MailboxServerOptions {
 }
 
 export class MailboxServer {
-  private readonly mailboxes: Int32Array[] = [];
-  private readonly budgets: TimeBudget[] = [];
+  /** Index = vCPU: mailboxes are added in vCPU order. */
+  private readonly vcpus: VcpuLine[] = [];
   private running = false;
   private readonly share: number;
   private readonly burstMs: number;
@@ -74,10 +84,6 @@ export class MailboxServer {
   /** Rings the doorbell once the first deferred vCPU's share is back. */
   private retry: NodeJS.Timeout | undefined;
   private retryAt = 0;
-  /** Accesses left waiting because their vCPU had used its share, by vCPU (each counted once). */
-  readonly deferred: number[] = [];
-  /** Per vCPU: its current access was counted in `deferred` already. */
-  private readonly waiting: boolean[] = [];
   /** Accesses whose device threw (answered as an unclaimed address would be). */
   faults = 0;
   /** Forwarded accesses by device (its bus range's name; `unclaimed` for none). */
@@ -103,10 +109,12 @@ export class MailboxServer {
   }
 
   add(mailbox: Int32Array): void {
-    this.mailboxes.push(mailbox);
-    this.budgets.push(new TimeBudget(this.share, this.burstMs, this.now()));
-    this.deferred.push(0);
-    this.waiting.push(false);
+    this.vcpus.push({ mailbox, budget: new TimeBudget(this.share, this.burstMs, this.now()), deferred: 0, waiting: false });
+  }
+
+  /** Accesses left waiting because their vCPU had used its share, by vCPU (each counted once). */
+  get deferred(): number[] {
+    return this.vcpus.map((v) => v.deferred);
   }
 
   /** Answers requests until stop(); resolves when it has stopped. */
@@ -114,14 +122,13 @@ export class MailboxServer {
     this.running = true;
     while (this.running) {
       const seen = Atomics.load(this.doorbell, 0);
-      this.mailboxes.forEach((mb, vcpu) => {
-        if (Atomics.load(mb, MB.STATE) !== STATE_REQUEST) return;
-        const budget = this.budgets[vcpu]!;
+      this.vcpus.forEach((line, vcpu) => {
+        if (Atomics.load(line.mailbox, MB.STATE) !== STATE_REQUEST) return;
         const t0 = this.now();
-        if (!budget.ready(t0)) return this.later(vcpu, budget);
-        this.waiting[vcpu] = false;
-        this.serve(mb, vcpu);
-        budget.spend(this.now() - t0);
+        if (!line.budget.ready(t0)) return this.later(line);
+        line.waiting = false;
+        this.serve(line.mailbox, vcpu);
+        line.budget.spend(this.now() - t0);
       });
       const w = Atomics.waitAsync(this.doorbell, 0, seen);
       if (w.async) await w.value;
@@ -129,11 +136,11 @@ export class MailboxServer {
   }
 
   /** The vCPU has used its share: its access waits, and the doorbell rings when the share is back. */
-  private later(vcpu: number, budget: TimeBudget): void {
-    if (!this.waiting[vcpu]) this.deferred[vcpu]!++;
-    this.waiting[vcpu] = true;
+  private later(line: VcpuLine): void {
+    if (!line.waiting) line.deferred++;
+    line.waiting = true;
     // One timer, for the earliest vCPU whose share comes back: every waiting vCPU is looked at again then.
-    const ms = budget.msUntilReady();
+    const ms = line.budget.msUntilReady();
     const at = this.now() + ms;
     if (this.retry !== undefined && this.retryAt <= at) return;
     clearTimeout(this.retry);
@@ -164,7 +171,6 @@ export class MailboxServer {
     this.byRegister[key] = (this.byRegister[key] ?? 0) + 1;
   }
 
-  /** `vcpu`: mailboxes are added in vCPU order, so a mailbox's index is its vCPU. */
   private serve(mb: Int32Array, vcpu: number): void {
     const size = mb[MB.SIZE]!;
     const addr = (mb[MB.ADDR_LO]! >>> 0) + mb[MB.ADDR_HI]! * 0x1_0000_0000;

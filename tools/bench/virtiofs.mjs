@@ -68,7 +68,9 @@ async function qemuRun(base, dir, daemon, cmdline) {
     const q = qemuArgs({ kernel: o.kernel, initrd: o.initrd, cmdline, vcpus: 1, memory: o.memory, qemu: o.qemu, qemuCpu: o.qemuCpu });
     const m = q.args.indexOf('-M');
     q.args[m + 1] += ',memory-backend=mem';
-    q.args.push('-object', `memory-backend-memfd,id=mem,size=${o.memory},share=on`,
+    // microvm's virtio-mmio transports are legacy (version 1) unless told otherwise, and
+    // libvhost-user (virtiofsd) refuses legacy devices at SET_FEATURES.
+    q.args.push('-global', 'virtio-mmio.force-legacy=false', '-object', `memory-backend-memfd,id=mem,size=${o.memory},share=on`,
       '-chardev', `socket,id=vfs,path=${sock}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench');
     const r = await runGuest(q.cmd, q.args);
     if (!r.ok) r.tail += `\n${daemonExit || 'virtiofsd still running'}; its stderr: ${daemonErr || '(nothing)'}`;

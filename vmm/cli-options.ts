@@ -2,7 +2,7 @@
 // MachineConfig, and the checks that come before any KVM object exists.
 
 import { existsSync } from 'node:fs';
-import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, validateConfig } from './config';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, QUIET_CONSOLE, validateConfig } from './config';
 import { ensureDefaultGuest } from './default-guest';
 import { prepareKernel, type KernelUse } from './kernel/index';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
@@ -43,10 +43,11 @@ function parseIntStrict(flag: string, v: string): number {
 /**
  * The machine the flags describe. `use` says what the guest is for: `exec` and `demo` need the
  * guest agent, so a `--kernel` without `--initrd` gets the agent's initramfs built for it (as
- * `run` does when given `--modules`), and its configuration must have what they need.
+ * `run` does when given `--modules`), and its configuration must have what they need; an
+ * `exec` guest's console is quiet unless `verbose-console` (QUIET_CONSOLE).
  */
 export async function machineConfig(values: Record<string, unknown>, log: (m: string) => void, use: KernelUse = 'run'): Promise<MachineConfig> {
-  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; 'no-unpack'?: boolean; drive?: string[]; 'no-rng'?: boolean; share?: string[]; rootfs?: string };
+  const v = values as { kernel?: string; modules?: string; initrd?: string; cmdline?: string; append?: string[]; vcpus?: string; memory?: string; vsock?: string; pin?: string; 'host-cpus'?: string; prio?: string; 'prio-max'?: string; 'no-acpi'?: boolean; 'no-unpack'?: boolean; drive?: string[]; 'no-rng'?: boolean; share?: string[]; rootfs?: string; 'verbose-console'?: boolean };
   const pin = v.pin ?? 'none';
   if (pin !== 'none' && pin !== 'static' && pin !== 'hinted') throw new UsageError(`--pin '${pin}' must be none, static or hinted`);
   const prio = v.prio ?? 'none';
@@ -73,7 +74,10 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     kernel = k.image;
     initrd ??= k.initrd;
   }
-  const cmdline = [v.cmdline ?? DEFAULT_CMDLINE, ...(v.append ?? [])].join(' ');
+  // exec's console is quiet unless asked (QUIET_CONSOLE); `run` and `demo` show the boot. A
+  // --cmdline is the user's own, taken as it is; --append comes last, so it can override.
+  const quiet = use === 'exec' && v.cmdline === undefined && !v['verbose-console'];
+  const cmdline = [v.cmdline ?? DEFAULT_CMDLINE, ...(quiet ? [QUIET_CONSOLE] : []), ...(v.append ?? [])].join(' ');
   const config: MachineConfig = {
     kernel,
     initrd,

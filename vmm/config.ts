@@ -48,6 +48,16 @@ export interface MachineConfig {
 export const DEFAULT_MEMORY = 256 * MiB;
 export const MIN_MEMORY = 32 * MiB;
 export const DEFAULT_CMDLINE = 'console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd';
+/**
+ * What `exec` and the library add after DEFAULT_CMDLINE unless asked for a verbose console
+ * (`--verbose-console`, `verboseConsole`) or given a `--cmdline` of their own: the console
+ * prints warnings and worse (levels 0-4; the agent logs its warnings at 4), not the ~265
+ * routine lines of a boot. Their users want the command's output and a fast boot, as vng's
+ * (quiet unless --verbose); every line of the log costs port exits in the UART, a cost the
+ * nested sandbox's emulated SVM does not always survive (docs/testing.md). `dmesg` in the
+ * guest still has them all, and an `--append loglevel=7` (after this) brings them back.
+ */
+export const QUIET_CONSOLE = 'loglevel=5';
 
 /** "512M", "2G", "1024K", "268435456" (bytes) → bytes. */
 export function parseSize(text: string): number {

@@ -35,6 +35,9 @@ tsvmm exec --api-sock S [exec options] -- CMD ARGS...
   --timeout SEC    kill CMD and stop the VM after SEC seconds (exit 124)
   --console        show the guest's serial console on stderr
   --console-log F  write the guest's serial console (the kernel's messages) to file F
+  --verbose-console  the kernel's whole boot log on the console (default: warnings and
+                   errors only, loglevel=5, as vng without --verbose; a --cmdline of your
+                   own is taken as it is; --append loglevel=N also overrides)
   --json           end with one JSON line on stdout: status, signal, timings (ms: node start,
                    boot, agent, command; startup: the VMM's start to the first KVM_RUN by
                    phase), console log path, exits (register accesses forwarded to the
@@ -60,6 +63,7 @@ const execOptions = {
   timeout: { type: 'string' },
   console: { type: 'boolean' },
   'console-log': { type: 'string' },
+  'verbose-console': { type: 'boolean' },
   json: { type: 'boolean' },
   'api-sock': { type: 'string' },
 } as const;
@@ -141,7 +145,7 @@ export async function cmdExec(args: string[]): Promise<number> {
   if (remote !== undefined) {
     const bootFlags = MACHINE_FLAGS.filter((f) => values[f] !== undefined);
     if (bootFlags.length) throw new UsageError(`--api-sock runs CMD in a VM that is already running; --${bootFlags[0]} is for booting one`);
-    if (values.console || values['console-log'] !== undefined) throw new UsageError('--console and --console-log need a VM booted by this exec (the running VM has its own console)');
+    if (values.console || values['console-log'] !== undefined || values['verbose-console']) throw new UsageError('--console, --console-log and --verbose-console need a VM booted by this exec (the running VM has its own console)');
   }
   const log = values.quiet ? () => {} : stderrLine;
   const report: ExecReport = {

@@ -45,6 +45,11 @@ export interface VmOptions {
   cmdline?: string;
   /** Appended to the command line. */
   append?: string[];
+  /**
+   * The kernel's whole boot log on the console (default false: warnings and errors only,
+   * `loglevel=5`, as `tsvmm exec` without `--verbose-console`; ignored with `cmdline`).
+   */
+  verboseConsole?: boolean;
   /** vCPU thread pinning (default 'none'). */
   pin?: 'none' | 'static' | 'hinted';
   /** Host CPUs the vCPU threads may use (CPU list, e.g. '0-3'). */
@@ -124,7 +129,7 @@ export class Vm extends EventEmitter<VmEvents> {
       kernel: o.kernel, modules: o.modules, initrd: o.initrd,
       vcpus: o.vcpus === undefined ? undefined : String(o.vcpus),
       memory: o.memory === undefined ? undefined : String(o.memory),
-      cmdline: o.cmdline, append: o.append, pin: o.pin, 'host-cpus': o.hostCpus, 'no-unpack': o.unpack === false,
+      cmdline: o.cmdline, append: o.append, 'verbose-console': o.verboseConsole, pin: o.pin, 'host-cpus': o.hostCpus, 'no-unpack': o.unpack === false,
     }, log, 'exec');
     checkKvm();
     let self: Vm | undefined;

@@ -4,4 +4,9 @@
 export interface IrqLine {
   /** Delivers one edge on the device's GSI. Safe to call from the device's thread at any time. */
   trigger(): void;
+  /**
+   * The eventfd whose write is that edge (a KVM irqfd), when the line has one: another thread
+   * of this process (a drive's I/O thread) writes it directly.
+   */
+  readonly fd?: number;
 }

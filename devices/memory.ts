@@ -6,6 +6,16 @@
 // the whole range lies inside one RAM region. Anything else (MMIO hole, past the end, overflow,
 // negative, non-integer) yields undefined: callers treat that as a malformed request.
 
+/**
+ * A region of guest RAM by its host address: how RAM reaches another thread of this process (a
+ * view cannot cross threads, the address can; the thread makes its own view of the same pages).
+ */
+export interface HostRegion {
+  readonly gpa: number;
+  readonly size: number;
+  readonly addr: bigint;
+}
+
 export interface MemoryRegion {
   /** Guest physical address of the first byte. */
   readonly gpa: number;

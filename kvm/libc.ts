@@ -170,6 +170,18 @@ export function eventfdDrain(fd: number): bigint {
   fail('read(eventfd)');
 }
 
+/**
+ * Waits until a blocking eventfd (made without EFD_NONBLOCK) is signalled, then reads and
+ * clears its counter: for a thread of its own that sleeps on the fd (a drive's I/O thread).
+ */
+export function eventfdWait(fd: number): bigint {
+  for (;;) {
+    const r = c.read(fd, counter, 8) as number;
+    if (r === 8) return counter[0]!;
+    if (koffi.errno() !== EINTR) fail('read(eventfd)');
+  }
+}
+
 /** Names the calling thread (shows in /proc/<pid>/task/<tid>/comm; 15 chars max). */
 export function setThreadName(name: string): void {
   if ((c.prctl(PR_SET_NAME, name.slice(0, 15), 0, 0, 0) as number) < 0) fail('prctl(PR_SET_NAME)');

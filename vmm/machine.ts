@@ -206,7 +206,7 @@ export class Machine {
     // slot order, so the drives get vda, vdb, … as configured.
     for (const spec of c.drives ?? []) {
       const ioLog = this.guestLog(`virtio-blk ${spec.id}`);
-      const dev = await openDrive(spec, (m) => ioLog.line(m));
+      const dev = await openDrive(spec, ram.hostRegions, (m) => ioLog.line(m));
       this.cleanups.push(() => dev.close());
       this.drives.push(dev);
       this.addVirtio(vm, `virtio-blk-${spec.id}`, dev);
@@ -326,7 +326,8 @@ export class Machine {
   /**
    * Puts a virtio device on the next virtio-mmio slot. Queue notifications are ioeventfds
    * (a guest write to QueueNotify never exits to userspace; main drains the eventfd from its
-   * event loop), interrupts an irqfd: the vCPU never waits for the device.
+   * event loop, or the device's own thread does: VirtioDevice.kickFds), interrupts an irqfd:
+   * the vCPU never waits for the device.
    */
   private addVirtio(vm: Vm, name: string, device: VirtioDevice): void {
     if (this.transports.length >= VIRTIO_MMIO_SLOTS) throw new ConfigError(`${name}: no virtio-mmio slot left (at most ${VIRTIO_MMIO_SLOTS} virtio devices: vsock, drives, rng, shares)`);
@@ -339,6 +340,12 @@ export class Machine {
     this.mmio.insert(slot.base, slot.size, name, transport);
     for (let q = 0; q < device.queueMaxSizes.length; q++) {
       const n = transport.notifyAddress(q);
+      const own = device.kickFds?.[q];
+      if (own !== undefined) {
+        // The device's own thread reads it (a drive's I/O thread): main never sees the kick.
+        vm.registerIoeventfd(own, slot.base + n.offset, n.length, { datamatch: n.datamatch });
+        continue;
+      }
       const fd = eventfd();
       vm.registerIoeventfd(fd, slot.base + n.offset, n.length, { datamatch: n.datamatch });
       const watch = watchReadable(fd, () => {

@@ -10,7 +10,7 @@
 
 import * as libc from '../kvm/libc';
 import type { Vm } from '../kvm/kvm';
-import { GuestMemory, MemoryRegion } from '../devices/memory';
+import { GuestMemory, type HostRegion, type MemoryRegion } from '../devices/memory';
 import { FOUR_GIB, GiB, MMIO_HOLE_START } from './layout';
 
 const PAGE = 4096;
@@ -30,11 +30,6 @@ export function ramLayout(size: number): RamRange[] {
   return ranges;
 }
 
-export interface HostMapping {
-  gpa: number;
-  size: number;
-  addr: bigint;
-}
 
 /** A RAM chunk another process can map: its memfd (owned by GuestRam) and where it lives. */
 export interface SharedRamRegion {
@@ -48,7 +43,9 @@ export interface SharedRamRegion {
 export class GuestRam {
   readonly memory: GuestMemory;
   readonly ranges: readonly RamRange[];
-  private readonly mappings: (HostMapping & { fd?: number })[] = [];
+  private readonly mappings: (HostRegion & { fd?: number })[] = [];
+  /** The RAM chunks by host address, for threads of this process that make their own views (a drive's I/O thread). */
+  readonly hostRegions: HostRegion[] = [];
   private nextSlot = 0;
   /** The RAM chunks as memfds, when RAM is shared (else empty). */
   readonly shared: SharedRamRegion[] = [];
@@ -61,6 +58,8 @@ export class GuestRam {
         for (let off = 0; off < r.size; off += MAX_CHUNK) {
           const chunk = Math.min(MAX_CHUNK, r.size - off);
           regions.push(this.mapSlot(vm, r.gpa + off, chunk, opts.shared));
+          const { addr } = this.mappings.at(-1)!;
+          this.hostRegions.push({ gpa: r.gpa + off, size: chunk, addr });
         }
       }
     } catch (e) {

@@ -3,6 +3,7 @@
 // not know register layouts (mmio.ts) or ring layouts (queue.ts).
 
 import type { GuestMemory } from '../memory';
+import type { IrqLine } from '../irq';
 import type { Queue } from './queue';
 
 /** Device-independent feature bits (virtio 1.x §6). */
@@ -19,6 +20,14 @@ export interface VirtioDeviceContext {
   readonly mem: GuestMemory;
   readonly queues: readonly Queue[];
   readonly ackedFeatures: bigint;
+  /**
+   * The device's interrupt line and the InterruptStatus cell vCPU threads serve (shared
+   * memory). A device that answers requests on a thread of its own raises its interrupt there:
+   * raiseInterrupt(interruptStatus, INT_USED_BUFFER, …) through the line's eventfd (`irq.fd`),
+   * never by calling the line's trigger() from another thread.
+   */
+  readonly irq: IrqLine;
+  readonly interruptStatus: Int32Array;
   /** Signal used buffers on queue i: raises the interrupt if queues[i].needsNotification(). */
   signalUsed(queueIndex: number): void;
   /** The device found the driver broken: transport sets DEVICE_NEEDS_RESET and raises a config interrupt. */
@@ -43,6 +52,16 @@ export interface VirtioDevice {
    * ctx.needsReset() for errors found outside notify (e.g. when host data arrives).
    */
   notify(queueIndex: number): void;
-  /** The driver wrote 0 to Status; drop all device state. Also called before any activate(). */
+  /**
+   * The driver wrote 0 to Status; drop all device state. Also called before any activate().
+   * Called before the transport clears InterruptStatus and the queues: when it returns, the
+   * device must no longer touch either.
+   */
   reset(): void;
+  /**
+   * Eventfds the device reads its queues' notifications from itself (one per queue, on a
+   * thread of its own): the VMM registers them as the queues' ioeventfds and does not watch
+   * them. Absent: the VMM watches its own and calls notify().
+   */
+  readonly kickFds?: readonly number[];
 }

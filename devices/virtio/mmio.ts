@@ -132,6 +132,19 @@ export interface TransportOptions {
   backendInterrupts?: boolean;
 }
 
+/**
+ * Sets `bit` in a shared InterruptStatus cell and fires the line unless the bit was already set
+ * (the driver has not read and acked it yet: see MmioTransport.interrupt). The bit is set
+ * before the edge, so a driver woken by it sees the bit. True when the line fired. The one
+ * place this rule lives: the transport and any thread that raises a device's interrupt itself
+ * (a drive's I/O thread) use it.
+ */
+export function raiseInterrupt(isr: Int32Array, bit: number, fire: () => void): boolean {
+  if (Atomics.or(isr, 0, bit) & bit) return false;
+  fire();
+  return true;
+}
+
 const MAX_FEATURE_WORDS = 2; // bits 0..63: all features virtio defines today
 
 /** n Int32 cells vCPU threads share. */
@@ -516,6 +529,8 @@ export class MmioTransport implements BusDevice {
       mem: this.mem,
       queues: this.queues,
       ackedFeatures: this.acked,
+      irq: this.irq,
+      interruptStatus: this.isr,
       signalUsed: (i) => {
         const q = this.queues[i];
         if (q && this.activated && q.needsNotification()) this.interrupt(INT_USED_BUFFER);
@@ -527,6 +542,9 @@ export class MmioTransport implements BusDevice {
   }
 
   private reset(): void {
+    // The device first: one whose data path runs on a thread of its own stops it here, so
+    // nothing sets InterruptStatus or touches a ring after they are cleared below.
+    this.guard(() => this.device.reset());
     this.counters.resets++;
     this.status = 0;
     this.activated = false;
@@ -535,7 +553,6 @@ export class MmioTransport implements BusDevice {
     Atomics.store(this.isr, 0, this.sticky);
     for (const q of this.queues) q.reset();
     this.resetQueueConfig();
-    this.guard(() => this.device.reset());
   }
 
   // The irqfd is edge-triggered, so the line behaves like QEMU's level model (high while
@@ -545,12 +562,8 @@ export class MmioTransport implements BusDevice {
   // and a guest interrupt there (an exit, an EOI, the ISR read and ACK); under load the guest
   // takes its interrupt slower than the device produces used buffers.
   private interrupt(bit: number): void {
-    if (Atomics.or(this.isr, 0, bit) & bit) {
-      this.counters.interruptsCoalesced++;
-      return;
-    }
-    this.counters.interrupts++;
-    this.irq.trigger();
+    if (raiseInterrupt(this.isr, bit, () => this.irq.trigger())) this.counters.interrupts++;
+    else this.counters.interruptsCoalesced++;
   }
 
   /** Runs device code; any error it throws means the device cannot go on: NEEDS_RESET. */

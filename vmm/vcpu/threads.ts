@@ -4,9 +4,7 @@
 // handler), or a worker never returns and the process cannot exit.
 
 import { Worker } from 'node:worker_threads';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../kvm/kvm';
 import { KvmRun, MP_STATE_NAMES, REG_NAMES, exitReasonName } from '../../kvm/layout';
 import { tgkill } from '../../kvm/libc';
@@ -18,6 +16,7 @@ import {
 import { decodeLapic, kernelAddresses, parseTaskStat, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
 import { holdSignal } from '../../lib/process-hooks';
+import { workerScript } from '../../lib/worker-script';
 
 /** Exits by reason name (plus forwarded, shared) from a worker's counters. */
 function exitsOf(stats: Float64Array): Record<string, number> {
@@ -52,18 +51,6 @@ function taskStat(tid: number): { state: string; ticks: number } | undefined {
 /** SIGUSR2: SIGUSR1 belongs to Node's inspector. Any signal with a handler interrupts KVM_RUN. */
 const KICK_SIGNAL = 'SIGUSR2';
 const KICK_SIGNAL_NUMBER = 12;
-
-/** dist/vcpu-worker.js, next to the bundle that is running (dist/tsvmm.js or a test bundle). */
-function workerScript(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 4; i++) {
-    for (const candidate of [join(dir, 'vcpu-worker.js'), join(dir, 'dist', 'vcpu-worker.js')]) {
-      if (existsSync(candidate)) return candidate;
-    }
-    dir = dirname(dir);
-  }
-  throw new Error('dist/vcpu-worker.js not found; run `npm run build`');
-}
 
 export interface VcpuExit {
   vcpu: number;
@@ -112,7 +99,7 @@ export class VcpuThreads {
   spawn(count: number): void {
     if (this.spawned.length) throw new Error('the vCPU workers were already spawned');
     this.releaseKick = holdSignal(KICK_SIGNAL);
-    const script = workerScript();
+    const script = workerScript('vcpu-worker');
     for (let id = 0; id < count; id++) {
       const init: WorkerInit = { id, mailbox: newMailbox(), doorbell: this.doorbell, stats: newExitStats() };
       const worker = new Worker(script, { workerData: init, name: `vcpu${id}` });

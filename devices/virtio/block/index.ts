@@ -1,15 +1,22 @@
 // The virtio-blk device's public face: what vmm/ and the tests import.
-export { VirtioBlock, QUEUE_SIZE, MAX_IN_FLIGHT, SEG_MAX, SIZE_MAX, newBlockCounters, type BlockCounters, type BlockOptions } from './device';
-export { FileBackend, DriveOpenError, type BlockBackend } from './backend';
+export { VirtioBlock, QUEUE_SIZE, SEG_MAX, SIZE_MAX, type BlockOptions } from './device';
+export { DriveImage, DriveOpenError, FileIo, type BlockIo } from './backend';
+export { BlockRequestServer, BATCH, newCounterCells, readCounters, type BlockCounters } from './serve';
 export { parseBlkRequest, REJECT_REASONS, type BlkRequest, type DriveGeometry, type RejectReason } from './request';
 export * from './spec';
 
-import { FileBackend } from './backend';
+import type { HostRegion } from '../../memory';
+import { DriveImage } from './backend';
 import { VirtioBlock } from './device';
 import type { DriveSpec } from './spec';
 
-/** Opens the drive's image and makes its device. */
-export async function openDrive(spec: DriveSpec, log?: (m: string) => void): Promise<VirtioBlock> {
-  const backend = await FileBackend.open(spec.path, spec.readOnly);
-  return new VirtioBlock(backend, { id: spec.id, readOnly: spec.readOnly, log });
+/** Opens the drive's image and makes its device (whose I/O thread maps `ram`). */
+export async function openDrive(spec: DriveSpec, ram: readonly HostRegion[], log?: (m: string) => void): Promise<VirtioBlock> {
+  const image = await DriveImage.open(spec.path, spec.readOnly);
+  try {
+    return new VirtioBlock(image, { id: spec.id, readOnly: spec.readOnly, ram, log });
+  } catch (e) {
+    await image.close();
+    throw e;
+  }
 }

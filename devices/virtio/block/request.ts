@@ -52,7 +52,7 @@ export type BlkRequest =
   | { kind: 'no-status' };
 
 // The header is copied out of guest memory once (the guest may change it meanwhile): into one
-// scratch buffer, since the main thread parses one request at a time.
+// scratch buffer: a thread (each has its own copy of this module) parses one request at a time.
 const scratch = new Uint8Array(BlkReqHeader.size);
 const scratchView = new DataView(scratch.buffer);
 const TYPE_AT = BlkReqHeader.offsets.type;

@@ -1,20 +1,22 @@
 // virtio-blk driven in-process by a simulated Linux driver (virtio-mmio registers, split ring)
-// against a real image file: round trips through several segments, the answers to hostile or
-// impossible requests (past the end, read-only, bad types, no status byte), several requests
-// in flight with the in-flight budget holding against a driver that reposts descriptors, and
-// reset/close while transfers run.
+// against a real image file, through the drive's real I/O thread (dist/blk-worker.js: a
+// worker thread over an mmap'd fake guest RAM, its own eventfds; no KVM): round trips through
+// several segments, the answers to hostile or impossible requests (past the end, read-only,
+// bad types, no status byte), a ring served in one wake-up, a kick that never reaches the main
+// thread, reset and close while the thread serves, a host I/O error.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MmioTransport, STATUS } from '../../../devices/virtio/mmio';
+import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, close as closeFd, eventfd, eventfdDrain, eventfdSignal, mmap, munmap, view } from '../../../kvm/libc';
+import type { IrqLine } from '../../../devices/irq';
+import { INT_USED_BUFFER, MmioTransport, REG, STATUS } from '../../../devices/virtio/mmio';
 import {
-  BlkConfig, FileBackend, MAX_IN_FLIGHT, SEG_MAX, SIZE_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+  BlkConfig, DriveImage, SEG_MAX, SIZE_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
   VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VirtioBlock,
-  type BlockBackend,
 } from '../../../devices/virtio/block/index';
-import { CountingIrq, HOLE_START, SimDriver, fakeMemory, type Buf, type FakeMemory } from './sim';
+import { HIGH_RAM_END, HOLE_END, HOLE_START, LOW_RAM_END, SimDriver, fakeMemory, type Buf, type FakeMemory } from './sim';
 
 const ALL_FEATURES = (1n << 64n) - 1n;
 const SECTORS = 64; // 32 KiB image
@@ -23,32 +25,53 @@ const HDR = 0x4000; // request headers, 16 bytes apart
 const STATUS_AT = 0x5000; // status bytes, one per request slot
 const DATA = 0x10000;
 
+/** An interrupt line that is an eventfd, as the VMM's irqfds are: the I/O thread writes it. */
+class EventfdIrq implements IrqLine {
+  readonly fd = eventfd();
+  private seen = 0;
+  trigger(): void {
+    eventfdSignal(this.fd);
+  }
+  /** Edges so far. */
+  get count(): number {
+    this.seen += Number(eventfdDrain(this.fd));
+    return this.seen;
+  }
+}
+
 interface Rig {
   fake: FakeMemory;
   dev: VirtioBlock;
   drv: SimDriver;
-  irq: CountingIrq;
+  irq: EventfdIrq;
   path: string;
   dir: string;
+  logs: string[];
+  ramAddr: bigint;
 }
 
-async function rig(opts: { readOnly?: boolean; queue?: number; backend?: (b: BlockBackend) => BlockBackend } = {}): Promise<Rig> {
+async function rig(opts: { readOnly?: boolean; queue?: number } = {}): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-blk-'));
   const path = join(dir, 'disk.img');
   const img = new Uint8Array(SECTORS * 512);
   for (let i = 0; i < img.length; i++) img[i] = (i * 13 + (i >> 9)) & 0xff;
   writeFileSync(path, img);
-  const file = await FileBackend.open(path, opts.readOnly ?? false);
-  const dev = new VirtioBlock(opts.backend ? opts.backend(file) : file, { id: 'test-disk', readOnly: opts.readOnly ?? false });
-  const fake = fakeMemory();
-  const irq = new CountingIrq();
+  // Guest RAM the I/O thread can map: host memory by address, as GuestRam's.
+  const ramAddr = mmap(HIGH_RAM_END, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+  const fake = fakeMemory(new Uint8Array(view(ramAddr, HIGH_RAM_END)));
+  const ram = [{ gpa: 0, size: LOW_RAM_END, addr: ramAddr }, { gpa: HOLE_END, size: HIGH_RAM_END - HOLE_END, addr: ramAddr + BigInt(HOLE_END) }];
+  const logs: string[] = [];
+  const dev = new VirtioBlock(await DriveImage.open(path, opts.readOnly ?? false), { id: 'test-disk', readOnly: opts.readOnly ?? false, ram, log: (m) => logs.push(m) });
+  const irq = new EventfdIrq();
   const drv = new SimDriver(new MmioTransport(dev, fake.mem, irq), fake);
   drv.bringUp(RING, opts.queue ?? 256, ALL_FEATURES);
-  return { fake, dev, drv, irq, path, dir };
+  return { fake, dev, drv, irq, path, dir, logs, ramAddr };
 }
 
 async function done(r: Rig): Promise<void> {
   await r.dev.close();
+  closeFd(r.irq.fd);
+  munmap(r.ramAddr, HIGH_RAM_END);
   rmSync(r.dir, { recursive: true, force: true });
 }
 
@@ -68,7 +91,7 @@ function request(r: Rig, type: number, sector: number | bigint, data: Buf[], opt
   return { head: r.drv.submit(bufs), status };
 }
 
-/** Lets the event loop run (fs completions, setImmediate) until `n` used entries came back. */
+/** Waits (the I/O thread answers meanwhile) until `n` used entries came back. */
 async function used(r: Rig, n: number): Promise<{ id: number; len: number }[]> {
   const out: { id: number; len: number }[] = [];
   for (let i = 0; i < 5000 && out.length < n; i++) {
@@ -207,68 +230,53 @@ test('GET_ID, FLUSH, an unknown type (UNSUPP), an unaligned length, a short head
   await done(r);
 });
 
-test('several requests in flight at once; answers as they complete, in one interrupt per turn', async () => {
+test('a ring of 32 requests and one kick: answered in one wake-up, in ring order, with one interrupt', async () => {
   const r = await rig();
-  const reqs = Array.from({ length: 32 }, (_, i) => request(r, VIRTIO_BLK_T_IN, i, [{ addr: DATA + i * 512, len: 512, write: true }]));
-  // The notifies started every read; none can have completed before the event loop ran.
-  assert.is(r.dev.requestsInFlight, 32);
-  const u = await used(r, 32);
-  assert.is(u.length, 32);
-  assert.equal(new Set(u.map((e) => e.id)), new Set(reqs.map((q) => q.head)));
-  assert.equal(r.fake.backing.slice(DATA, DATA + 32 * 512), new Uint8Array(readFileSync(r.path)).slice(0, 32 * 512));
-  assert.is(r.dev.counters.maxInFlight, 32);
-  assert.ok(r.irq.count < 32, `${r.irq.count} interrupts for 32 completions`);
-  await done(r);
-});
-
-test('in-flight budget: a driver that reposts one descriptor without waiting cannot start more than MAX_IN_FLIGHT transfers', async () => {
-  // A backend that holds every transfer until released shows what the device started.
-  const held: (() => void)[] = [];
-  const r = await rig({
-    backend: (b) => ({
-      size: b.size,
-      readv: (bufs, pos) => new Promise<void>((res) => held.push(() => void b.readv(bufs, pos).then(res)))
-      ,
-      writev: (bufs, pos) => b.writev(bufs, pos),
-      flush: () => b.flush(),
-      close: () => b.close(),
-    }),
-  });
-  const v = new DataView(r.fake.backing.buffer);
-  v.setUint32(HDR, VIRTIO_BLK_T_IN, true);
-  v.setBigUint64(HDR + 8, 0n, true);
-  const head = r.drv.addChain([{ addr: HDR, len: 16 }, { addr: DATA, len: 512, write: true }, { addr: STATUS_AT, len: 1, write: true }]);
-  const settle = async () => {
-    for (let k = 0; k < 10; k++) await new Promise((res) => setImmediate(res));
-  };
-  // The ring's worth, then (as soon as the device took them) another: 512 requests posted
-  // while none came back.
-  for (let i = 0; i < 256; i++) r.drv.pushAvail(head);
-  r.drv.notify();
-  await settle();
-  assert.is(r.dev.requestsInFlight, MAX_IN_FLIGHT);
-  for (let i = 0; i < 256; i++) r.drv.pushAvail(head);
-  r.drv.notify();
-  await settle();
-  assert.is(r.dev.requestsInFlight, MAX_IN_FLIGHT, 'the second lap waits in the ring');
-  // Completions let the device take more, never beyond the budget.
-  for (const f of held.splice(0, 100)) f();
-  for (let k = 0; k < 50 && r.dev.requestsInFlight < MAX_IN_FLIGHT; k++) await new Promise((res) => setTimeout(res, 2));
-  assert.is(r.dev.requestsInFlight, MAX_IN_FLIGHT, 'refilled up to the budget');
-  for (let k = 0; k < 5000 && r.drv.usedIdx !== 512; k++) {
-    for (const f of held.splice(0)) f();
-    await new Promise((res) => setTimeout(res, 1));
+  const irqs = r.irq.count;
+  const heads: number[] = [];
+  for (let i = 0; i < 32; i++) {
+    const s = slot++ % 256;
+    const v = new DataView(r.fake.backing.buffer, r.fake.backing.byteOffset);
+    v.setUint32(HDR + 16 * (s % 64), VIRTIO_BLK_T_IN, true);
+    v.setBigUint64(HDR + 16 * (s % 64) + 8, BigInt(i), true);
+    const head = r.drv.addChain([{ addr: HDR + 16 * (s % 64), len: 16 }, { addr: DATA + i * 512, len: 512, write: true }, { addr: STATUS_AT + s, len: 1, write: true }]);
+    r.drv.pushAvail(head, false);
+    heads.push(head);
   }
-  const u = r.drv.takeUsed();
-  assert.is(u.length, 512);
-  assert.ok(r.dev.counters.maxInFlight <= MAX_IN_FLIGHT);
-  assert.is(r.drv.status & STATUS.NEEDS_RESET, 0);
+  // All 32 at once: a thread awake meanwhile must not see half of them.
+  r.drv.setAvailIdx(r.drv.published);
+  r.drv.notify();
+  const u = await used(r, 32);
+  assert.equal(u.map((e) => e.id), heads);
+  assert.equal(r.fake.backing.slice(DATA, DATA + 32 * 512), new Uint8Array(readFileSync(r.path)).slice(0, 32 * 512));
+  assert.is(r.dev.counters.maxBatch, 32);
+  assert.is(r.irq.count - irqs, 1, 'one interrupt for the batch');
+  assert.is(r.drv.r32(REG.InterruptStatus) & INT_USED_BUFFER, INT_USED_BUFFER, 'InterruptStatus set with the interrupt');
   await done(r);
 });
 
-test('a malformed chain puts the device into NEEDS_RESET without throwing; reset and a new bring-up work again', async () => {
+test('a kick through the queue\'s eventfd reaches the I/O thread alone: the transport never hears of it', async () => {
+  const r = await rig();
+  const before = r.drv.t.counters.notifications;
+  const s = slot++ % 256;
+  const v = new DataView(r.fake.backing.buffer, r.fake.backing.byteOffset);
+  v.setUint32(HDR, VIRTIO_BLK_T_IN, true);
+  v.setBigUint64(HDR + 8, 2n, true);
+  const head = r.drv.addChain([{ addr: HDR, len: 16 }, { addr: DATA, len: 512, write: true }, { addr: STATUS_AT + s, len: 1, write: true }]);
+  r.drv.pushAvail(head);
+  // What KVM does with a QueueNotify write that matches the ioeventfd.
+  eventfdSignal(r.dev.kickFds[0]!);
+  assert.equal(await used(r, 1), [{ id: head, len: 513 }]);
+  assert.equal(r.fake.backing.slice(DATA, DATA + 512), new Uint8Array(readFileSync(r.path)).slice(1024, 1536));
+  assert.is(r.drv.t.counters.notifications, before);
+  assert.ok(r.dev.counters.wakeups >= 1);
+  await done(r);
+});
+
+test('a malformed chain puts the device into NEEDS_RESET; reset and a new bring-up work again', async () => {
   const r = await rig();
   r.drv.submit([{ addr: HOLE_START + 0x10, len: 16 }, { addr: STATUS_AT, len: 1, write: true }]);
+  for (let i = 0; i < 2000 && !(r.drv.status & STATUS.NEEDS_RESET); i++) await new Promise((res) => setTimeout(res, 1));
   assert.ok(r.drv.status & STATUS.NEEDS_RESET);
   assert.is(r.dev.counters.queueErrors, 1);
   r.drv.bringUp(RING, 256, ALL_FEATURES);
@@ -277,43 +285,65 @@ test('a malformed chain puts the device into NEEDS_RESET without throwing; reset
   await done(r);
 });
 
-test('a reset while reads are in flight drops their answers; close waits for them', async () => {
+test('a reset while the thread serves returns only once it stopped: no answer and no InterruptStatus bit after it', async () => {
   const r = await rig();
-  for (let i = 0; i < 8; i++) request(r, VIRTIO_BLK_T_IN, i, [{ addr: DATA + i * 512, len: 512, write: true }]);
-  assert.is(r.dev.requestsInFlight, 8);
-  r.drv.w32(0x070, 0); // Status = 0: reset
-  const usedBefore = r.drv.usedIdx;
-  await r.dev.close();
-  assert.is(r.dev.requestsInFlight, 0);
-  assert.is(r.drv.usedIdx, usedBefore, 'no answer after the reset');
-  rmSync(r.dir, { recursive: true, force: true });
+  for (let lap = 0; lap < 3; lap++) {
+    // 200 reads in the ring, one kick, and the reset at once (the thread is in the middle).
+    for (let i = 0; i < 200; i++) {
+      const s = slot++ % 256;
+      const v = new DataView(r.fake.backing.buffer, r.fake.backing.byteOffset);
+      v.setUint32(HDR + 16 * (s % 64), VIRTIO_BLK_T_IN, true);
+      v.setBigUint64(HDR + 16 * (s % 64) + 8, BigInt(i % SECTORS), true);
+      r.drv.pushAvail(r.drv.addChain([{ addr: HDR + 16 * (s % 64), len: 16 }, { addr: DATA + (i % 16) * 512, len: 512, write: true }, { addr: STATUS_AT + s, len: 1, write: true }]));
+    }
+    r.drv.notify();
+    await new Promise((res) => setTimeout(res, lap));
+    r.drv.w32(REG.Status, 0);
+    const usedAt = r.drv.usedIdx;
+    const irqs = r.irq.count;
+    assert.is(r.drv.r32(REG.InterruptStatus), 0);
+    await new Promise((res) => setTimeout(res, 30));
+    assert.is(r.drv.usedIdx, usedAt, 'no answer after the reset');
+    assert.is(r.irq.count, irqs, 'no interrupt after the reset');
+    assert.is(r.drv.r32(REG.InterruptStatus), 0, 'InterruptStatus stays clear');
+    r.drv.bringUp(RING, 256, ALL_FEATURES);
+    r.drv.takeUsed();
+    const q = request(r, VIRTIO_BLK_T_IN, 1, [{ addr: DATA, len: 512, write: true }]);
+    assert.equal(await used(r, 1), [{ id: q.head, len: 513 }], `lap ${lap}: served again after the reset`);
+  }
+  await done(r);
 });
 
-test('host I/O failure: IOERR for that request, the device keeps working', async () => {
-  let fail = true;
-  const r = await rig({
-    backend: (b) => ({
-      size: b.size,
-      readv: (bufs, pos) => (fail ? Promise.reject(new Error('EIO (simulated)')) : b.readv(bufs, pos)),
-      writev: (bufs, pos) => b.writev(bufs, pos),
-      flush: () => b.flush(),
-      close: () => b.close(),
-    }),
-  });
+test('host I/O failure (the image shrank under the drive): IOERR for that request, logged; the device keeps working', async () => {
+  const r = await rig();
+  const img = readFileSync(r.path);
+  truncateSync(r.path, 0);
   const bad = request(r, VIRTIO_BLK_T_IN, 0, [{ addr: DATA, len: 512, write: true }]);
   assert.equal(await used(r, 1), [{ id: bad.head, len: 1 }]);
   assert.is(r.fake.backing[bad.status], VIRTIO_BLK_S_IOERR);
   assert.is(r.dev.counters.ioErrors, 1);
-  fail = false;
+  for (let i = 0; i < 1000 && !r.logs.length; i++) await new Promise((res) => setTimeout(res, 1));
+  assert.match(r.logs[0] ?? '', /virtio-blk test-disk: host I\/O failed: .*end of file at byte 0/);
+  writeFileSync(r.path, img);
   const good = request(r, VIRTIO_BLK_T_IN, 0, [{ addr: DATA, len: 512, write: true }]);
   assert.equal(await used(r, 1), [{ id: good.head, len: 513 }]);
   assert.is(r.fake.backing[good.status], VIRTIO_BLK_S_OK);
   await done(r);
 });
 
-test('FileBackend: a missing image is a one-line DriveOpenError naming it', async () => {
+test('close ends the I/O thread: a second close is harmless, a kick afterwards does nothing', async () => {
+  const r = await rig();
+  const q = request(r, VIRTIO_BLK_T_IN, 0, [{ addr: DATA, len: 512, write: true }]);
+  assert.equal(await used(r, 1), [{ id: q.head, len: 513 }]);
+  await r.dev.close();
+  await r.dev.close();
+  r.dev.notify(0);
+  await done(r);
+});
+
+test('DriveImage: a missing image is a one-line DriveOpenError naming it', async () => {
   try {
-    await FileBackend.open('/no/such/disk.img', false);
+    await DriveImage.open('/no/such/disk.img', false);
     assert.unreachable();
   } catch (e) {
     assert.is((e as Error).name, 'DriveOpenError');

@@ -25,8 +25,8 @@ export interface FakeMemory {
   inRam(v: Uint8Array): boolean;
 }
 
-export function fakeMemory(): FakeMemory {
-  const backing = new Uint8Array(HIGH_RAM_END);
+/** `backing` (HIGH_RAM_END bytes) lets a test choose where the bytes live, e.g. mmap'd for another thread. */
+export function fakeMemory(backing = new Uint8Array(HIGH_RAM_END)): FakeMemory {
   backing.fill(CANARY, HOLE_START, HOLE_END);
   const mem = new GuestMemory([
     { gpa: 0, bytes: backing.subarray(0, LOW_RAM_END) },
@@ -159,12 +159,15 @@ export class Rings {
     this.view.setUint16(at + 12, flags, true);
     this.view.setUint16(at + 14, next, true);
   }
-  /** Puts `head` in the next avail slot and publishes it (without notifying). */
-  pushAvail(head: number): void {
+  /**
+   * Puts `head` in the next avail slot and publishes it (without notifying); `publish` false
+   * leaves avail idx alone (setAvailIdx(published) publishes many at once).
+   */
+  pushAvail(head: number, publish = true): void {
     const lay = this.lay;
     this.view.setUint16(lay.avail + 4 + 2 * (this.availIdx % lay.size), head, true);
     this.availIdx = (this.availIdx + 1) & 0xffff;
-    this.view.setUint16(lay.avail + 2, this.availIdx, true);
+    if (publish) this.view.setUint16(lay.avail + 2, this.availIdx, true);
   }
   /** The avail idx the driver last published. */
   get published(): number {

@@ -197,6 +197,8 @@ export class SimGuest {
       mem: this.mem,
       queues: this.queues,
       ackedFeatures: (1n << 32n) | (opts.eventIdx ? 1n << 29n : 0n),
+      irq: { trigger: () => {} },
+      interruptStatus: new Int32Array(new SharedArrayBuffer(4)),
       signalUsed: (i) => {
         if (!this.queues[i]!.needsNotification()) return;
         this.irqs[i]!++;

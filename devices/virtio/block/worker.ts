@@ -1,0 +1,83 @@
+// A drive's I/O thread (vhost-style): sleeps in read() on the queue's ioeventfd, and on each
+// wake-up serves the ring itself — pop, parse, preadv/pwritev/fdatasync, used ring, irqfd — over
+// its own view of guest RAM, so a request costs one thread wake-up and no main-thread work.
+// The main thread (thread.ts) keeps the control plane and tells this thread what to do through
+// a MessagePort this thread reads synchronously after every wake-up: `run` a queue, `stop`
+// (acknowledged through shared memory, so a reset can wait for it), `exit`.
+
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { GuestMemory } from '../../memory';
+import { eventfdSignal, eventfdWait, setThreadName, view } from '../../../kvm/libc';
+import { INT_USED_BUFFER, raiseInterrupt } from '../mmio';
+import { Queue, QueueError } from '../queue';
+import { FileIo } from './backend';
+import { BlockRequestServer, count } from './serve';
+import { CTL, THREAD_DEAD, type ThreadCommand, type ThreadInit, type ThreadReport } from './thread';
+
+const init = workerData as ThreadInit;
+const report = (m: ThreadReport) => parentPort!.postMessage(m);
+const { ctl, counters } = init;
+
+/** Tells main that `gen`'s stop (or the thread's end) happened: a waiting reset goes on. */
+function acknowledge(gen: number): void {
+  Atomics.store(ctl, CTL.ACK, gen);
+  Atomics.notify(ctl, CTL.ACK);
+}
+
+function main(): void {
+  setThreadName(`tsvmm-blk-${init.id}`);
+  const mem = new GuestMemory(init.ram.map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(view(r.addr, r.size)) })));
+  const io = new FileIo(init.fd, init.size, init.path);
+  let active: { gen: number; server: BlockRequestServer } | undefined;
+  const stopAsked = () => Atomics.load(ctl, CTL.GEN) !== active!.gen;
+  report({ type: 'ready' });
+  for (;;) {
+    eventfdWait(init.kickFd);
+    count(counters, 'wakeups');
+    for (let m = receiveMessageOnPort(init.port); m; m = receiveMessageOnPort(init.port)) {
+      const cmd = m.message as ThreadCommand;
+      if (cmd.type === 'run') {
+        const s = cmd.queue;
+        const q = new Queue(mem, s.maxSize);
+        q.size = s.size;
+        q.descAddr = s.descAddr;
+        q.availAddr = s.availAddr;
+        q.usedAddr = s.usedAddr;
+        q.eventIdx = s.eventIdx;
+        q.indirect = s.indirect;
+        q.ready = true;
+        const { isr, irqFd } = cmd;
+        const server = new BlockRequestServer(q, {
+          geometry: init.geometry, idBytes: init.idBytes, io, counters,
+          interrupt: () => count(counters, raiseInterrupt(isr, INT_USED_BUFFER, () => eventfdSignal(irqFd)) ? 'interrupts' : 'interruptsCoalesced'),
+          log: (message) => report({ type: 'log', message }),
+        });
+        active = { gen: cmd.gen, server };
+      } else {
+        active = undefined;
+        acknowledge(cmd.gen);
+        if (cmd.type === 'exit') return;
+      }
+    }
+    if (!active) continue;
+    try {
+      active.server.serve(stopAsked);
+    } catch (e) {
+      if (!(e instanceof QueueError)) throw e;
+      // The driver broke its ring: main puts the device into NEEDS_RESET; nothing more is
+      // served until a reset and a new DRIVER_OK send `run` again.
+      count(counters, 'queueErrors');
+      report({ type: 'needs-reset', gen: active.gen, reason: e.message });
+      active = undefined;
+    }
+  }
+}
+
+try {
+  main();
+} catch (e) {
+  // A bug, not the guest: say so, and never leave a reset waiting for an ack that cannot come.
+  report({ type: 'failed', message: e instanceof Error ? (e.stack ?? e.message) : String(e) });
+  acknowledge(THREAD_DEAD);
+  throw e;
+}

@@ -24,18 +24,16 @@ export interface SharedRegister {
    * rate limit): the refusal is answered without the device, as it would answer it (see REFUSE);
    * every other write reaches the device. `push` serves byte writes by pushing the byte into
    * `ring` (devices/tx-ring.ts) while the ring's gate is open; with it shut they reach the device.
+   * `uart-ier` (writes) and `uart-iir` (reads) are a 16550's IER and IIR, served by the rules in
+   * devices/serial.ts (ierStore, iirRead) over the UART's cells.
    */
-  readonly kind: 'load' | 'clear-bits' | 'refuse' | 'push' | 'store';
+  readonly kind: 'load' | 'clear-bits' | 'refuse' | 'push' | 'store' | 'uart-ier' | 'uart-iir';
   /** `clear-bits` only: bits a write never clears (a device that keeps a status bit set for good). */
   readonly keep?: number;
   /**
-   * `load` only: a read of a value v with (v & mask) === value has a side effect the device must
-   * make (a UART's IIR read acknowledging THRE), so it reaches the device.
-   */
-  readonly sideEffect?: { readonly mask: number; readonly value: number };
-  /**
    * One Int32 (index 0) over a SharedArrayBuffer; the device changes it only with Atomics.
    * `refuse`: REFUSE_CELLS Int32s laid out as REFUSE says. `push`: the ring's control cells (RING).
+   * `uart-ier`, `uart-iir`: all of the UART's cells (devices/serial.ts).
    */
   readonly cell: Int32Array;
   /** `push` only: the ring's bytes (a SharedArrayBuffer, a power of two long). */

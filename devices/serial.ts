@@ -3,11 +3,16 @@
 // the interrupt line are handed in. Transmit never makes the guest wait: LSR always says THR
 // and the transmitter are empty.
 // What a vCPU thread answers itself (SharedRegister, bus.ts; a forwarded access costs ~15x):
-// every register read without a side effect (IER, IIR unless it acknowledges THRE, LCR, MCR,
-// LSR, MSR, SCR) from cells this device rewrites after each change of its state, and THR
-// writes, pushed into a shared ring (tx-ring.ts) that main drains into `output` (start()). Only
-// RBR reads, an IIR read that acknowledges THRE, writes other than THR, and THR writes in DLAB
-// or loopback reach the device. THRE interrupts: a THR write the device sees raises one at once;
+// every register read without a side effect (IER, LCR, MCR, LSR, MSR, SCR) from cells this
+// device rewrites after each change of its state; IIR reads, acknowledging THRE in the cells
+// (iirRead); IER writes that raise no interrupt (ierStore: Linux's console clears IER and
+// restores it around every line, its transmitter turns THRE off whenever it runs dry); and THR
+// writes, pushed into a shared ring (tx-ring.ts) that main drains into `output` (start()). The
+// interrupt state those two change (IER, a pending THRE, IIR) lives in the cells, guarded by a
+// lock (CELL.LOCK) the device takes for every change of its own, so neither side ever acts on
+// a state the other has half changed. Only RBR reads, IER writes that enable THRE (or RDA with
+// data waiting), the other writes, and THR writes in DLAB or loopback reach the device.
+// THRE interrupts: a THR write the device sees raises one at once;
 // bytes that went through the ring raise one when main has drained them (a real UART raises it
 // when its FIFO has emptied), so Linux's 8250 driver, which sends tx_loadsz bytes per THRE
 // interrupt, sends its next batch once the last one is out.
@@ -26,6 +31,14 @@ const MCR = 4;
 const LSR = 5;
 const MSR = 6;
 const SCR = 7;
+
+/**
+ * The cells beyond the registers' read values (indexes 0..7, by offset): LOCK (1 while the
+ * device or a vCPU thread changes the interrupt state), the interrupt enables as written (IER
+ * reads DLM in DLAB), whether a THRE interrupt is pending (until IIR reports it or IER drops it).
+ */
+const CELL = { LOCK: 8, IER: 9, THRE: 10 } as const;
+const CELLS = 11;
 
 const IER_RDA = 0x01;
 const IER_THRE = 0x02;
@@ -49,18 +62,69 @@ export const RX_FIFO_SIZE = 64;
 /** A FIFO entry that is a break: read as NUL, with LSR.BI while it is at the head. */
 const BREAK = 0x100;
 
+function lock(c: Int32Array): void {
+  // Held for a few loads and stores; only a holder descheduled meanwhile makes this wait.
+  for (let spins = 0; Atomics.compareExchange(c, CELL.LOCK, 0, 1) !== 0; spins++) {
+    if (spins >= 100) Atomics.wait(c, CELL.LOCK, 1, 1);
+  }
+}
+
+function unlock(c: Int32Array): void {
+  Atomics.store(c, CELL.LOCK, 0);
+  Atomics.notify(c, CELL.LOCK, 1);
+}
+
+/**
+ * An IER write in a vCPU thread (SharedRegister kind 'uart-ier'): taken when it raises no
+ * interrupt — not in DLAB (it would be DLM), THRE not enabled (enabling it raises one at once),
+ * RDA/RLS not enabled while data waits. Then no interrupt can be pending afterwards: IIR reads
+ * "none", and a pending THRE is dropped as the device drops it. False: the device must do it.
+ */
+export function ierStore(c: Int32Array, v: number): boolean {
+  const ier = v & 0x0f;
+  if (ier & IER_THRE) return false;
+  lock(c);
+  const ok = !(Atomics.load(c, LCR) & LCR_DLAB) && !(ier & (IER_RDA | IER_RLS) && Atomics.load(c, LSR) & LSR_DR);
+  if (ok) {
+    Atomics.store(c, CELL.IER, ier);
+    Atomics.store(c, IER, ier);
+    Atomics.store(c, CELL.THRE, 0);
+    Atomics.store(c, IIR_FCR, IIR_NONE | (Atomics.load(c, IIR_FCR) & IIR_FIFO_ENABLED));
+  }
+  unlock(c);
+  return ok;
+}
+
+/**
+ * An IIR read in a vCPU thread (kind 'uart-iir'): what IIR says now; reading THRE acknowledges
+ * it, as on the device (THRE is the lowest priority, so once it is read nothing is pending).
+ */
+export function iirRead(c: Int32Array): number {
+  lock(c);
+  const v = Atomics.load(c, IIR_FCR);
+  if ((v & 0x0f) === IIR_THRE) {
+    Atomics.store(c, CELL.THRE, 0);
+    Atomics.store(c, IIR_FCR, IIR_NONE | (v & IIR_FIFO_ENABLED));
+  }
+  unlock(c);
+  return v;
+}
+
 export class Serial16550 implements BusDevice {
-  private ier = 0;
   private lcr = 0x03; // 8N1
   private mcr = 0x08; // OUT2
   private scr = 0;
   private fcr = 0;
   private dll = 0x0c; // 9600 baud
   private dlm = 0;
-  private threPending = false;
   private rx: number[] = [];
-  /** What each register (by offset) reads now, as the vCPU threads serve it: see syncCells(). */
-  private readonly cells = new Int32Array(new SharedArrayBuffer(8 * 4));
+  /**
+   * What each register (by offset) reads now, as the vCPU threads serve it (syncCells()), and
+   * the interrupt state they share with the device (CELL): changed only under CELL.LOCK.
+   */
+  private readonly cells = new Int32Array(new SharedArrayBuffer(CELLS * 4));
+  /** Set while the lock is held when the interrupt must be raised once it is released. */
+  private raise = false;
   /** Transmitted bytes the vCPU threads pushed, for main to drain (start()). */
   readonly tx = new TxRing();
   private draining?: Promise<void>;
@@ -69,7 +133,7 @@ export class Serial16550 implements BusDevice {
     private readonly irq: IrqLine,
     private readonly output: (bytes: Uint8Array) => void,
   ) {
-    this.syncCells();
+    this.locked(() => {});
   }
 
   sharedRegisters(): readonly SharedRegister[] {
@@ -77,8 +141,42 @@ export class Serial16550 implements BusDevice {
     return [
       { offset: DATA, size: 1, kind: 'push', cell: this.tx.ctl, ring: this.tx.data },
       ...[IER, LCR, MCR, LSR, MSR, SCR].map((reg): SharedRegister => ({ offset: reg, size: 1, kind: 'load', cell: cell(reg) })),
-      { offset: IIR_FCR, size: 1, kind: 'load', cell: cell(IIR_FCR), sideEffect: { mask: 0x0f, value: IIR_THRE } },
+      { offset: IIR_FCR, size: 1, kind: 'uart-iir', cell: this.cells },
+      { offset: IER, size: 1, kind: 'uart-ier', cell: this.cells },
     ];
+  }
+
+  private get ier(): number {
+    return Atomics.load(this.cells, CELL.IER);
+  }
+  private set ier(v: number) {
+    Atomics.store(this.cells, CELL.IER, v);
+  }
+  private get threPending(): boolean {
+    return Atomics.load(this.cells, CELL.THRE) !== 0;
+  }
+  private set threPending(v: boolean) {
+    Atomics.store(this.cells, CELL.THRE, v ? 1 : 0);
+  }
+
+  /**
+   * Runs a change of state under the lock, rewrites the cells before releasing it, and raises
+   * the interrupt (if the change asked for it) after: the guest's handler reads the new state.
+   */
+  private locked<T>(change: () => T): T {
+    lock(this.cells);
+    let r: T;
+    try {
+      r = change();
+    } finally {
+      this.syncCells();
+      unlock(this.cells);
+    }
+    if (this.raise) {
+      this.raise = false;
+      this.irq.trigger();
+    }
+    return r;
   }
 
   /**
@@ -104,15 +202,18 @@ export class Serial16550 implements BusDevice {
 
   private transmitted(bytes: Uint8Array): void {
     this.output(bytes);
-    this.raiseThre();
+    this.locked(() => this.raiseThre());
   }
 
   /** Queues input for the guest; returns how many bytes fit (the rest is the caller's to retry). */
   enqueueInput(bytes: Uint8Array): number {
+    return this.locked(() => this.receive(bytes));
+  }
+
+  private receive(bytes: Uint8Array): number {
     const n = Math.min(bytes.length, RX_FIFO_SIZE - this.rx.length);
     for (let i = 0; i < n; i++) this.rx.push(bytes[i]!);
-    if (n > 0 && this.ier & IER_RDA) this.trigger();
-    else this.syncCells();
+    if (n > 0 && this.ier & IER_RDA) this.raise = true;
     return n;
   }
 
@@ -121,11 +222,12 @@ export class Serial16550 implements BusDevice {
    * after the pending input; false when the FIFO is full.
    */
   sendBreak(): boolean {
-    if (this.rx.length >= RX_FIFO_SIZE) return false;
-    this.rx.push(BREAK);
-    if (this.ier & (IER_RDA | IER_RLS)) this.trigger();
-    else this.syncCells();
-    return true;
+    return this.locked(() => {
+      if (this.rx.length >= RX_FIFO_SIZE) return false;
+      this.rx.push(BREAK);
+      if (this.ier & (IER_RDA | IER_RLS)) this.raise = true;
+      return true;
+    });
   }
 
   get rxSpace(): number {
@@ -134,19 +236,17 @@ export class Serial16550 implements BusDevice {
 
   read(offset: number, data: Uint8Array): void {
     data.fill(0);
-    data[0] = this.readReg(offset);
-    this.syncCells();
+    data[0] = this.locked(() => this.readReg(offset));
   }
 
   write(offset: number, data: Uint8Array): void {
-    this.writeReg(offset, data[0]!);
-    this.syncCells();
+    this.locked(() => this.writeReg(offset, data[0]!));
   }
 
   /**
    * Rewrites what the vCPU threads serve: each register's side-effect-free read, and the ring's
    * gate (THR writes go to the ring unless DLAB or loopback make them something else). Called
-   * after every change of state, before any interrupt it raises (the guest reads after it).
+   * under the lock after every change of state, before any interrupt it raises (locked()).
    */
   private syncCells(): void {
     for (const reg of [IER, LCR, MCR, LSR, MSR, SCR]) Atomics.store(this.cells, reg, this.peek(reg));
@@ -213,9 +313,11 @@ export class Serial16550 implements BusDevice {
           return;
         }
         if (this.mcr & MCR_LOOP) {
-          this.enqueueInput(Uint8Array.of(v));
+          this.receive(Uint8Array.of(v));
         } else {
-          this.flush(); // bytes the vCPU threads pushed come first
+          // Bytes the vCPU threads pushed come first (the THRE they raise is this write's).
+          const pushed = this.tx.drain();
+          if (pushed) this.output(pushed);
           this.output(Uint8Array.of(v));
         }
         this.raiseThre();
@@ -230,7 +332,7 @@ export class Serial16550 implements BusDevice {
         else this.threPending = false;
         // As on a real 16550, enabling RDA with data already waiting interrupts at once: Linux
         // turns RDA off to throttle input and back on later, and the data must not sit unseen.
-        if (this.ier & (IER_RDA | IER_RLS) && this.rx.length > 0) this.trigger();
+        if (this.ier & (IER_RDA | IER_RLS) && this.rx.length > 0) this.raise = true;
         return;
       case IIR_FCR:
         this.fcr = v & FCR_ENABLE;
@@ -248,15 +350,9 @@ export class Serial16550 implements BusDevice {
     }
   }
 
+  /** Under the lock: THR is empty again; the interrupt is raised when the lock is released. */
   private raiseThre(): void {
     this.threPending = true;
-    if (this.ier & IER_THRE) this.trigger();
-    else this.syncCells();
-  }
-
-  /** Raises the interrupt once the cells say what the guest's handler will read. */
-  private trigger(): void {
-    this.syncCells();
-    this.irq.trigger();
+    if (this.ier & IER_THRE) this.raise = true;
   }
 }

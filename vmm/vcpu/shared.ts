@@ -3,6 +3,7 @@
 // worker.ts (which starts a vCPU on import) so tests run the very code the worker runs.
 
 import { GATE, REFUSE, type BusClaim, type SharedRegister } from '../../devices/bus';
+import { ierStore, iirRead } from '../../devices/serial';
 import { ringPush } from '../../devices/tx-ring';
 
 /** The 4 bytes of a guest access as the signed 32-bit value an Int32 cell holds. */
@@ -23,7 +24,8 @@ function entry(s: SharedRegister): number {
  */
 export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isWrite: boolean): boolean {
   for (const s of claim.shared) {
-    if (addr - claim.base !== s.offset || data.length !== s.size || isWrite !== (s.kind !== 'load')) continue;
+    const reads = s.kind === 'load' || s.kind === 'uart-iir';
+    if (addr - claim.base !== s.offset || data.length !== s.size || isWrite === reads) continue;
     if (s.kind === 'refuse') {
       const c = s.cell;
       if (!Atomics.load(c, REFUSE.ON) || le32(data) !== Atomics.load(c, REFUSE.COMMAND)) continue;
@@ -35,6 +37,14 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
     }
     if (s.kind === 'push') {
       if (!s.ring || !ringPush(s.cell, s.ring, data[0]!)) continue;
+      return true;
+    }
+    if (s.kind === 'uart-ier') {
+      if (!ierStore(s.cell, data[0]!)) continue;
+      return true;
+    }
+    if (s.kind === 'uart-iir') {
+      data[0] = iirRead(s.cell);
       return true;
     }
     const i = entry(s);
@@ -51,7 +61,6 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
       return true;
     }
     const v = Atomics.load(s.cell, i);
-    if (s.sideEffect && (v & s.sideEffect.mask) === s.sideEffect.value) continue;
     for (let i = 0; i < data.length; i++) data[i] = v >>> (8 * i);
     return true;
   }

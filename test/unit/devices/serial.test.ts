@@ -196,15 +196,18 @@ function vcpuUart() {
     return d[0]!;
   };
   const wr = (reg: number, v: number) => access(reg, Uint8Array.of(v), true);
-  /** Every register a vCPU thread serves reads as the device would answer it now. */
+  /**
+   * Every register a vCPU thread serves reads as the device would answer it now (IIR, whose
+   * read acknowledges THRE, is left to the tests that read it).
+   */
   const check = (what: string) => {
-    for (const reg of [IER, IIR, LCR, MCR, LSR, MSR, SCR]) {
+    for (const reg of [IER, LCR, MCR, LSR, MSR, SCR]) {
       const d = new Uint8Array(1);
       if (!serveShared(claim, 0x3f8 + reg, d, false)) continue;
       assert.is(d[0], u.rd(reg), `${what}: register ${reg}`);
     }
   };
-  return { ...u, claim, rd, wr, check, forwarded: () => forwarded };
+  return { ...u, devRd: u.rd, claim, rd, wr, check, forwarded: () => forwarded };
 }
 
 test('registers a vCPU thread serves read as the device\'s, through the 8250 probe, input, a break, THRE and a FIFO clear', () => {
@@ -244,10 +247,72 @@ test('registers a vCPU thread serves read as the device\'s, through the 8250 pro
   assert.is(v.rd(LSR), 0x60);
   v.wr(IER, 0x07);
   v.check('THRE pending');
-  assert.is(v.rd(IIR), 0xc2, 'the acknowledging read reaches the device');
-  assert.is(v.rd(IIR), 0xc1, 'and acknowledged');
+  const before = v.forwarded();
+  assert.is(v.rd(IIR), 0xc2, 'THRE, read in the vCPU thread');
+  assert.is(v.rd(IIR), 0xc1, 'and acknowledged by that read');
+  assert.is(v.forwarded(), before, 'neither read reached the device');
+  assert.is(v.devRd(IIR), 0xc1, 'the device agrees: THRE is no longer pending');
   v.check('THRE acknowledged');
 });
+
+test('IER writes that raise no interrupt are stored by the vCPU thread; enabling THRE, or RDA with data waiting, and DLM reach the device', () => {
+  const v = vcpuUart();
+  v.wr(FCR, 0x01);
+  const served = (reg: number, val: number) => {
+    const f = v.forwarded();
+    v.wr(reg, val);
+    return v.forwarded() === f;
+  };
+  // Linux's console write with the port idle (IER = RDA | RLS): clear, the line, restore.
+  v.wr(IER, 0x05);
+  for (const line of ['one\n', 'two\n']) {
+    assert.is(v.rd(IER), 0x05);
+    assert.ok(served(IER, 0), 'IER cleared in the vCPU thread');
+    for (const c of line) v.wr(THR, c.charCodeAt(0));
+    assert.ok(served(IER, 0x05), 'IER restored in the vCPU thread');
+  }
+  v.s.flush();
+  assert.equal(String.fromCharCode(...v.out), 'one\ntwo\n');
+  assert.is(v.irq.count, 0, 'no THRE interrupt: THRE was never enabled');
+  assert.is(v.devRd(IER), 0x05, 'the device reads the IER the vCPU stored');
+  // Enabling THRE raises an interrupt at once: the device's.
+  const irqs = v.irq.count;
+  assert.not.ok(served(IER, 0x07), 'IER with THRE reaches the device');
+  assert.is(v.irq.count, irqs + 1);
+  assert.is(v.rd(IIR), 0xc2);
+  // Turning THRE off in the vCPU thread drops a pending THRE, as the device does.
+  v.wr(IER, 0x07);
+  assert.ok(served(IER, 0x05));
+  assert.is(v.rd(IIR), 0xc1, 'nothing pending');
+  assert.is(v.devRd(IIR), 0xc1, 'the device agrees');
+  v.wr(THR, 0x41);
+  v.s.flush();
+  assert.is(v.irq.count, irqs + 2, 'drained bytes raise no THRE interrupt with THRE off (the one more is the 0x07 write)');
+  // RDA enabled while data waits: the device raises the interrupt.
+  assert.ok(served(IER, 0));
+  v.s.enqueueInput(Uint8Array.of(0x61));
+  assert.is(v.irq.count, irqs + 2, 'no RDA interrupt while RDA is off');
+  assert.not.ok(served(IER, 0x01), 'enabling RDA with data waiting reaches the device');
+  assert.is(v.irq.count, irqs + 3);
+  assert.is(v.rd(IIR), 0xc4);
+  assert.ok(served(IER, 0), 'disabling it is the vCPU thread\'s');
+  assert.is(v.rd(IIR), 0xc1);
+  assert.is(v.rd(RBR), 0x61);
+  assert.ok(served(IER, 0x01), 'enabling RDA with nothing waiting is the vCPU thread\'s');
+  v.s.enqueueInput(Uint8Array.of(0x62));
+  assert.is(v.irq.count, irqs + 4, 'input then interrupts: the device read the IER the vCPU stored');
+  assert.is(v.rd(IIR), 0xc4);
+  assert.is(v.rd(RBR), 0x62);
+  // In DLAB, offset 1 is DLM: the device's.
+  v.wr(LCR, 0x83);
+  assert.not.ok(served(DLM, 0x00));
+  assert.not.ok(served(DLM, 0x01));
+  assert.is(v.rd(DLM), 0x01);
+  v.wr(LCR, 0x03);
+  assert.is(v.rd(IER), 0x01, 'IER kept across DLAB');
+  v.check('end');
+});
+
 
 test('THR writes from a vCPU thread go to the ring: output in order when main drains it, then a THRE interrupt', () => {
   const v = vcpuUart();

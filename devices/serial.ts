@@ -230,6 +230,16 @@ export class Serial16550 implements BusDevice {
     });
   }
 
+  /**
+   * The interrupt state the vCPU threads and the device share, read as is (for a diagnosis of
+   * a console that stopped: THRE enabled and pending with IIR saying so, but no interrupt
+   * taken, is a lost edge; THRE enabled and not pending with bytes to send, a THRE never raised).
+   */
+  get interruptState(): { ier: number; iir: number; threPending: boolean; locked: boolean; rxBytes: number } {
+    const c = this.cells;
+    return { ier: Atomics.load(c, CELL.IER), iir: Atomics.load(c, IIR_FCR), threPending: this.threPending, locked: Atomics.load(c, CELL.LOCK) !== 0, rxBytes: this.rx.length };
+  }
+
   get rxSpace(): number {
     return RX_FIFO_SIZE - this.rx.length;
   }

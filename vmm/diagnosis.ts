@@ -72,6 +72,11 @@ export interface MachineDiagnosis {
    * drained yet — output that stopped while this grows means main stopped draining, not the guest.
    */
   serialRing?: { pending: number; fullWaits: number; dropped: number };
+  /**
+   * The UART's interrupt state (devices/serial.ts): IER as written, IIR as the next read returns
+   * it, whether a THRE interrupt is pending, whether its lock is held, bytes waiting for the guest.
+   */
+  serialUart?: { ier: number; iir: number; threPending: boolean; locked: boolean; rxBytes: number };
   console: { lines: string[]; totalBytes: number };
   /** Why the VM is ending, if it is. */
   ending?: string;
@@ -169,7 +174,9 @@ export function formatDiagnosis(d: MachineDiagnosis): string {
   for (const v of d.vcpus) out.push(formatVcpu(v));
   const devs = d.devices.map((x) => `${x.name} status ${hex(x.status)} isr ${hex(x.interruptStatus)} notifies ${x.notifications} irqs ${x.interrupts}`);
   const ring = d.serialRing ? `, tx ring ${d.serialRing.pending} bytes pending, ${d.serialRing.fullWaits} full waits, ${d.serialRing.dropped} dropped` : '';
-  out.push(`devices: ${[...devs, `com1 irqs ${d.serialInterrupts}${ring}`].join('; ')}`);
+  const u = d.serialUart;
+  const uart = u ? `, IER ${hex(u.ier)} IIR ${hex(u.iir)}${u.threPending ? ' THRE pending' : ''}${u.locked ? ' locked' : ''}, ${u.rxBytes} bytes received` : '';
+  out.push(`devices: ${[...devs, `com1 irqs ${d.serialInterrupts}${uart}${ring}`].join('; ')}`);
   if (d.host) {
     const main = d.host.mainThreadCpuMsInSample === undefined ? '' : `; tsvmm's main thread ${d.host.mainThreadCpuMsInSample.toFixed(0)} ms CPU in the sample`;
     out.push(`host: load average ${d.host.loadavg.map((x) => x.toFixed(2)).join(' ')}${main}`);

@@ -466,6 +466,7 @@ export class Machine {
         name, status: t.deviceStatus, interruptStatus: t.interruptStatus, notifications: t.counters.notifications, interrupts: t.counters.interrupts,
       })),
       serialInterrupts: this.serialIrq?.triggered ?? 0,
+      serialUart: this.serial?.interruptState,
       serialRing: this.serial && { pending: this.serial.tx.pending, fullWaits: this.serial.tx.fullWaits, dropped: this.serial.tx.dropped },
       console: { lines: this.consoleTail.snapshot(), totalBytes: this.consoleTail.total },
       ending: this.status?.detail,

@@ -32,6 +32,7 @@ function diagnosis(console: ConsoleTail): MachineDiagnosis {
     ],
     devices: [{ name: 'virtio-vsock', status: 0xf, interruptStatus: 0, notifications: 3, interrupts: 2 }],
     serialInterrupts: 17,
+    serialUart: { ier: 0x07, iir: 0xc2, threPending: true, locked: false, rxBytes: 0 },
     serialRing: { pending: 4096, fullWaits: 2, dropped: 0 },
     console: { lines: console.snapshot(), totalBytes: console.total },
     host: { loadavg: [5.47, 6.78, 6.91], mainThreadCpuMsInSample: 620 },
@@ -64,7 +65,7 @@ test('formatDiagnosis names each vCPU state, the devices, and ends with the cons
   assert.match(text, 'LAPIC on, TPR 0x10, IRR 0xec, ISR 0x21, timer LVT 0x400ec count 1234/5000');
   assert.match(text, 'vCPU 1 (tid 102): worker in KVM_RUN; 0 exits in the sample (0 in all, last none)');
   assert.match(text, '(the vCPU did not leave KVM_RUN within 2000 ms of a kick: registers not read)');
-  assert.match(text, 'devices: virtio-vsock status 0xf isr 0x0 notifies 3 irqs 2; com1 irqs 17, tx ring 4096 bytes pending, 2 full waits, 0 dropped');
+  assert.match(text, 'devices: virtio-vsock status 0xf isr 0x0 notifies 3 irqs 2; com1 irqs 17, IER 0x7 IIR 0xc2 THRE pending, 0 bytes received, tx ring 4096 bytes pending, 2 full waits, 0 dropped');
   assert.match(text, "\nhost: load average 5.47 6.78 6.91; tsvmm's main thread 620 ms CPU in the sample\n");
   const lines = text.split('\n');
   assert.is(lines.at(-1), '| [    1.300000] tsc: Refined TSC clocksource calibration', 'the unfinished last line ends it');

@@ -1,0 +1,214 @@
+// The UART's transmit handshake across threads, as a guest drives it: a worker thread plays
+// Linux's 8250 driver on a vCPU (serveShared for what the vCPU thread serves, the real mailbox
+// to main for the rest, as vmm/vcpu/worker.ts does), main runs the device, its transmit ring's
+// drain and the mailbox server (vmm/vcpu/serve.ts). The driver sends 16 bytes per THRE
+// interrupt, enables THRE (start_tx) and turns it off when it runs dry (stop_tx), and its
+// console clears IER around a line of its own, all while main drains the ring and raises THRE
+// for what it drained. A THRE interrupt lost on the way (a state the two threads both changed,
+// an enable that raises nothing) leaves the driver with bytes to send and nothing to wake it:
+// in a guest the tty layer stalls for good, here the driver's wait for the interrupt times out.
+import { fileURLToPath } from 'node:url';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Bus, type BusClaim } from '../../../devices/bus';
+import { Serial16550 } from '../../../devices/serial';
+import { KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox } from '../../../vmm/vcpu/mailbox';
+import { MailboxServer } from '../../../vmm/vcpu/serve';
+import { serveShared } from '../../../vmm/vcpu/shared';
+
+const COM1 = 0x3f8;
+const THR = 0;
+const IER = 1;
+const IIR = 2;
+const LSR = 5;
+const IER_RDA = 0x01;
+const IER_THRI = 0x02;
+const IER_RLS = 0x04;
+const LSR_THRE = 0x20;
+/** The 8250's tx_loadsz with FIFOs: bytes written per THRE interrupt. */
+const TX_LOADSZ = 16;
+/** How long the driver waits for an interrupt while it has bytes to send before it calls it lost. */
+const LOST_MS = 3000;
+
+interface GuestData {
+  claim: BusClaim;
+  mailbox: Int32Array;
+  doorbell: Int32Array;
+  /** Index 0: THRE/RDA interrupts raised by the device (main increments it, the guest waits on it). */
+  irq: Int32Array;
+  ms: number;
+  seed: number;
+}
+
+interface GuestResult {
+  /** Every byte the guest wrote to THR, in its order. */
+  sent: Uint8Array;
+  forwarded: number;
+  served: number;
+  interrupts: number;
+  /** Set when the driver had bytes to send and no interrupt came for LOST_MS. */
+  stalled?: string;
+}
+
+function guestSide(): void {
+  const { claim, mailbox: mb, doorbell, irq, ms, seed } = workerData as GuestData;
+  const mbData = mailboxData(mb);
+  let forwarded = 0;
+  let served = 0;
+  const access = (reg: number, data: Uint8Array, isWrite: boolean): void => {
+    if (serveShared(claim, COM1 + reg, data, isWrite)) {
+      served++;
+      return;
+    }
+    forwarded++;
+    mb[MB.KIND] = KIND_PIO;
+    mb[MB.IS_WRITE] = isWrite ? 1 : 0;
+    mb[MB.SIZE] = data.length;
+    mb[MB.ADDR_LO] = COM1 + reg;
+    mb[MB.ADDR_HI] = 0;
+    if (isWrite) mbData.set(data);
+    Atomics.store(mb, MB.STATE, STATE_REQUEST);
+    Atomics.add(doorbell, 0, 1);
+    Atomics.notify(doorbell, 0);
+    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST) Atomics.wait(mb, MB.STATE, STATE_REQUEST, 100);
+    if (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) throw new Error('the mailbox answered nothing');
+    if (!isWrite) data.set(mbData.subarray(0, data.length));
+    Atomics.store(mb, MB.STATE, STATE_IDLE);
+  };
+  const inb = (reg: number): number => {
+    const d = new Uint8Array(1);
+    access(reg, d, false);
+    return d[0]!;
+  };
+  const outb = (reg: number, v: number): void => access(reg, Uint8Array.of(v), true);
+
+  // A small deterministic generator: the test's schedule is the same every run.
+  let x = seed >>> 0 || 1;
+  const rand = (n: number): number => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) % n;
+  };
+
+  const sent: number[] = [];
+  const circ: number[] = []; // the tty layer's transmit buffer
+  let head = 0;
+  let ier = IER_RDA | IER_RLS; // the driver's copy (up->ier); it never reads IER for itself
+  let next = 0;
+  let interrupts = 0;
+  let seen = 0;
+
+  const thr = (b: number): void => {
+    outb(THR, b);
+    sent.push(b);
+  };
+  // serial8250_start_tx: THRE enabled if it is not (the device raises THRE at once).
+  const startTx = (): void => {
+    if (ier & IER_THRI) return;
+    ier |= IER_THRI;
+    outb(IER, ier);
+  };
+  // serial8250_tx_chars: up to tx_loadsz bytes; stop_tx (THRE off) once the buffer is empty.
+  const txChars = (): void => {
+    for (let n = TX_LOADSZ; n > 0 && head < circ.length; n--) thr(circ[head++]!);
+    if (head === circ.length) {
+      ier &= ~IER_THRI;
+      outb(IER, ier);
+    }
+  };
+  // serial8250_handle_irq, looped until IIR reads "none" (serial8250_interrupt).
+  const isr = (): void => {
+    interrupts++;
+    for (let pass = 0; pass < 256; pass++) {
+      if (inb(IIR) & 0x01) return;
+      if (inb(LSR) & LSR_THRE && ier & IER_THRI) txChars();
+    }
+  };
+  // serial8250_console_write: IER saved and cleared, the line polled out, IER restored.
+  const consoleWrite = (len: number): void => {
+    const saved = inb(IER);
+    outb(IER, 0);
+    for (let i = 0; i < len; i++) {
+      while (!(inb(LSR) & LSR_THRE));
+      thr(i === len - 1 ? 0x0a : 0x21 + (i % 90));
+    }
+    outb(IER, saved);
+  };
+
+  let stalled: string | undefined;
+  const until = Date.now() + ms;
+  while (Date.now() < until && !stalled) {
+    // A tty write of up to a page, now and then with a console line in the middle of it.
+    const len = 1 + rand(1024);
+    for (let i = 0; i < len; i++) circ.push(0x30 + (next++ % 64));
+    startTx();
+    if (rand(4) === 0) consoleWrite(1 + rand(80));
+    while (head < circ.length) {
+      const now = Atomics.load(irq, 0);
+      if (now !== seen) {
+        seen = now;
+        isr();
+        continue;
+      }
+      if (Atomics.wait(irq, 0, seen, LOST_MS) === 'timed-out' && Atomics.load(irq, 0) === seen) {
+        stalled = `no interrupt for ${LOST_MS} ms with ${circ.length - head} bytes to send (IER ${ier.toString(16)}, IIR ${inb(IIR).toString(16)})`;
+        break;
+      }
+    }
+  }
+  parentPort!.postMessage({ sent: Uint8Array.from(sent), forwarded, served, interrupts, stalled } satisfies GuestResult);
+}
+
+if (!isMainThread) {
+  guestSide();
+} else {
+  test('a guest thread transmitting through THRE interrupts while main drains: no interrupt lost, every byte out in order', async () => {
+    const irq = new Int32Array(new SharedArrayBuffer(4));
+    const out: Uint8Array[] = [];
+    const s = new Serial16550(
+      {
+        trigger() {
+          Atomics.add(irq, 0, 1);
+          Atomics.notify(irq, 0);
+        },
+      },
+      (b) => out.push(b.slice()),
+    );
+    const pio = new Bus();
+    pio.insert(COM1, 8, 'com1', s);
+    s.write(2, Uint8Array.of(0x01)); // FIFOs on, as the 8250 driver sets them
+    const doorbell = newDoorbell();
+    const mailbox = newMailbox();
+    const server = new MailboxServer(doorbell, pio, new Bus(), (f) => { throw f.error; }, { share: 1 });
+    server.add(mailbox);
+    const serving = server.run();
+    const draining = s.start();
+    const w = new Worker(fileURLToPath(import.meta.url), {
+      workerData: { claim: pio.claims()[0]!, mailbox, doorbell, irq, ms: 2500, seed: 0x5e71a1 } satisfies GuestData,
+    });
+    try {
+      const r = await new Promise<GuestResult>((resolve, reject) => {
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      s.stop();
+      assert.is(r.stalled, undefined, 'the driver always got the next THRE interrupt');
+      const got = Buffer.concat(out);
+      assert.ok(r.sent.length > 10_000, `a real stream went through (${r.sent.length} bytes)`);
+      assert.is(got.length, r.sent.length, 'no byte lost or added');
+      assert.ok(got.equals(r.sent), 'bytes out in the order the guest wrote them');
+      assert.ok(r.interrupts > r.sent.length / (4 * TX_LOADSZ), `THRE interrupts paced the transmitter (${r.interrupts})`);
+      assert.ok(r.served > r.forwarded, `most accesses served in the vCPU thread (${r.served} served, ${r.forwarded} forwarded)`);
+    } finally {
+      s.stop();
+      server.stop();
+      await serving;
+      await draining;
+      await w.terminate();
+    }
+  });
+
+  test.run();
+}

@@ -1,23 +1,33 @@
 // exit-loop: the C twin of tsvmm's vCPU run loop, for tools/bench/exits.ts. It sets up a VM
 // exactly as that benchmark's tsvmm side does (one RAM slot at guest physical 0, one vCPU in
-// real mode with CS base 0) and runs KVM_RUN on this one thread, counting port I/O exits until
-// the guest halts. The guest code and the memory layout come from the command line, so they are
-// defined once, in tools/bench/exits/lib.ts. Only libc and <linux/kvm.h>; builds with -static.
+// real mode with CS base 0) and runs KVM_RUN, counting port I/O exits until the guest halts.
+// The guest code and the memory layout come from the command line, so they are defined once,
+// in tools/bench/exits/lib.ts. Only libc and <linux/kvm.h>; builds with -static.
 //
-//   exit-loop MEM_BYTES LOAD_ADDR HEX_CODE
+//   exit-loop [--forward] MEM_BYTES LOAD_ADDR HEX_CODE
+//
+// --forward: the peer of tsvmm's forwarded exits. The KVM_RUN thread does not answer a port
+// exit itself: it hands it to a second thread (the "device thread") through a shared word and a
+// futex, as tsvmm's vCPU worker hands it to the main thread through its mailbox (Atomics.wait
+// and Atomics.notify are futexes too), and waits for the answer before the next KVM_RUN. What
+// is measured is the cost of that hand-off in C: two thread wake-ups per exit, no event loop.
 //
 // Prints one JSON line {"exits":..,"seconds":..,"exits_per_sec":..}: the clock (CLOCK_MONOTONIC)
 // runs from the first KVM_RUN to the HLT exit. Exit status 2 for usage errors, 1 for a failed
 // call (named, with errno) or an exit the loop does not expect.
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,7 +38,7 @@ static void die(const char *call) {
 }
 
 static void usage(const char *why) {
-	fprintf(stderr, "exit-loop: %s\nusage: exit-loop MEM_BYTES LOAD_ADDR HEX_CODE\n", why);
+	fprintf(stderr, "exit-loop: %s\nusage: exit-loop [--forward] MEM_BYTES LOAD_ADDR HEX_CODE\n", why);
 	exit(2);
 }
 
@@ -68,7 +78,55 @@ static double now(void) {
 	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+/*
+ * The hand-off of --forward. `request` counts accesses posted by the KVM_RUN thread, `answered`
+ * those the device thread has served; each side sleeps on the other's word. `data` is the access
+ * (kvm_run's I/O data), read and written by the device thread only between the two counts.
+ */
+static struct {
+	_Atomic uint32_t request, answered;
+	uint8_t *data;
+	uint32_t size;
+	uint8_t sink;
+} handoff;
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t seen) {
+	if (syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0) < 0 && errno != EAGAIN && errno != EINTR) die("futex(FUTEX_WAIT)");
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+	if (syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0) < 0) die("futex(FUTEX_WAKE)");
+}
+
+/* The device thread: serves each posted access (a do-nothing port, as the benchmark's bus device). */
+static void *device_thread(void *unused) {
+	(void)unused;
+	for (uint32_t served = 0;;) {
+		uint32_t posted;
+		while ((posted = atomic_load(&handoff.request)) == served) futex_wait(&handoff.request, served);
+		for (uint32_t i = 0; i < handoff.size; i++) handoff.sink ^= handoff.data[i];
+		served = posted;
+		atomic_store(&handoff.answered, served);
+		futex_wake(&handoff.answered);
+	}
+	return NULL;
+}
+
+/* Posts one access to the device thread and sleeps until it is answered. */
+static void forward(uint8_t *data, uint32_t size) {
+	handoff.data = data;
+	handoff.size = size;
+	uint32_t n = atomic_load(&handoff.request) + 1;
+	atomic_store(&handoff.request, n);
+	futex_wake(&handoff.request);
+	uint32_t seen;
+	while ((seen = atomic_load(&handoff.answered)) != n) futex_wait(&handoff.answered, seen);
+}
+
 int main(int argc, char **argv) {
+	int forwarding = argc > 1 && strcmp(argv[1], "--forward") == 0;
+	argv += forwarding;
+	argc -= forwarding;
 	if (argc != 4) usage("expected 3 arguments");
 	uint64_t mem_size = number(argv[1], "MEM_BYTES");
 	uint64_t load = number(argv[2], "LOAD_ADDR");
@@ -113,6 +171,14 @@ int main(int argc, char **argv) {
 	struct kvm_regs regs = { .rip = load, .rflags = 2 };
 	if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
 
+	if (forwarding) {
+		pthread_t device;
+		int e = pthread_create(&device, NULL, device_thread, NULL);
+		if (e) {
+			errno = e;
+			die("pthread_create(device thread)");
+		}
+	}
 	uint64_t exits = 0;
 	double t0 = now();
 	for (;;) {
@@ -122,6 +188,7 @@ int main(int argc, char **argv) {
 		}
 		if (run->exit_reason == KVM_EXIT_IO) {
 			exits++;
+			if (forwarding) forward((uint8_t *)run + run->io.data_offset, (uint32_t)run->io.size * run->io.count);
 			continue;
 		}
 		if (run->exit_reason == KVM_EXIT_HLT) break;

@@ -3,8 +3,11 @@
 // tools/bench/exit-loop.c). The guest executes N port writes, then HLT. tsvmm runs it with the
 // kvm/ layer and the real dist/vcpu-worker.js started through VcpuThreads, in two modes:
 // `local` (the port is unclaimed, the worker answers each exit itself) and `forwarded` (a bus
-// device claims the port, so every exit crosses the mailbox to this thread and back). Rounds
-// alternate the order; prints medians and the ratio tsvmm/C of exits per second.
+// device claims the port, so every exit crosses the mailbox to this thread and back). Each
+// tsvmm mode has its own C peer: `c` answers every exit on the KVM_RUN thread, `c-forwarded`
+// hands every exit to a second thread through a futex and waits for the answer (the hand-off
+// tsvmm's forwarded mode makes, without an event loop). Rounds alternate the order; prints
+// medians and the ratio tsvmm/peer of exits per second.
 //
 //   node dist/bench/exits.js [--exits N] [--runs N] [--local-only] [--out FILE]
 //   (inside tools/sandbox/run.sh without hardware KVM)
@@ -20,7 +23,10 @@ import { machine, stats } from './lib.mjs';
 import { GUEST, USAGE, exitLoopCode, parseExitsArgs, toHex, twinBinary } from './exits/lib';
 import { UsageError } from '../../lib/errors';
 
-type Impl = 'c' | 'local' | 'forwarded';
+type Impl = 'c' | 'c-forwarded' | 'local' | 'forwarded';
+
+/** The C run each tsvmm mode is measured against. */
+const PEER = { local: 'c', forwarded: 'c-forwarded' } as const;
 
 interface Run {
   round: number;
@@ -36,9 +42,9 @@ interface Run {
 /** Generous: 10 ms per exit is ~4x a forwarded exit in the nested sandbox. */
 const timeoutMs = (n: number) => 60_000 + 10 * n;
 
-function runTwin(bin: string, n: number): Omit<Run, 'round' | 'impl' | 'n'> {
+function runTwin(bin: string, n: number, forwarding: boolean): Omit<Run, 'round' | 'impl' | 'n'> {
   const code = toHex(exitLoopCode(n));
-  const r = spawnSync(bin, [String(GUEST.memBytes), String(GUEST.loadAddr), code], { encoding: 'utf8', timeout: timeoutMs(n) });
+  const r = spawnSync(bin, [...(forwarding ? ['--forward'] : []), String(GUEST.memBytes), String(GUEST.loadAddr), code], { encoding: 'utf8', timeout: timeoutMs(n) });
   if (r.error || r.status !== 0) throw new Error(`C twin failed (status ${r.status}): ${r.error?.message ?? r.stderr.trim()}`);
   const j = JSON.parse(r.stdout.trim()) as { exits: number; seconds: number; exits_per_sec: number };
   if (j.exits !== n) throw new Error(`C twin counted ${j.exits} port exits, expected ${n}`);
@@ -104,13 +110,13 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const twin = twinBinary(projectRoot());
-  const impls: Impl[] = opts.localOnly ? ['c', 'local'] : ['c', 'local', 'forwarded'];
+  const impls: Impl[] = opts.localOnly ? ['c', 'local'] : ['c', 'local', 'c-forwarded', 'forwarded'];
   const runs: Run[] = [];
-  const count = (impl: Impl) => (impl === 'forwarded' ? opts.forwardedExits : opts.exits);
+  const count = (impl: Impl) => (impl === 'forwarded' || impl === 'c-forwarded' ? opts.forwardedExits : opts.exits);
   for (let round = 0; round < opts.runs; round++) {
     for (const impl of round % 2 ? [...impls].reverse() : impls) {
       const n = count(impl);
-      const r = impl === 'c' ? runTwin(twin, n) : await runTsvmm(n, impl === 'forwarded');
+      const r = impl === 'c' || impl === 'c-forwarded' ? runTwin(twin, n, impl === 'c-forwarded') : await runTsvmm(n, impl === 'forwarded');
       runs.push({ round, impl, n, ...r });
       console.error(`round ${round + 1}/${opts.runs} ${impl}: ${Math.round(r.exitsPerSec)} exits/s (${r.exits} exits in ${r.seconds.toFixed(3)} s)`);
     }
@@ -118,12 +124,18 @@ async function main(argv: string[]): Promise<number> {
   const spread = Object.fromEntries(impls.map((impl) => [impl, stats(runs.filter((r) => r.impl === impl).map((r) => r.exitsPerSec))]));
   // Every mode ran --runs (>= 1) times, or the loop above threw: the medians exist.
   const med = (impl: Impl) => spread[impl]!.median!;
-  const c = med('c');
-  const summary = Object.fromEntries(impls.map((impl) => [impl, { exits: count(impl), exitsPerSec: spread[impl], ratioToC: med(impl) / c }]));
-  const label: Record<Impl, string> = { c: 'C twin (KVM_RUN loop)', local: 'tsvmm, answered in worker', forwarded: 'tsvmm, forwarded to main' };
+  const peerOf = (impl: Impl): Impl | undefined => (impl === 'local' || impl === 'forwarded' ? PEER[impl] : undefined);
+  const summary = Object.fromEntries(impls.map((impl) => {
+    const peer = peerOf(impl);
+    return [impl, { exits: count(impl), exitsPerSec: spread[impl], ...(peer ? { peer, ratioToPeer: med(impl) / med(peer) } : {}) }];
+  }));
+  const label: Record<Impl, string> = {
+    c: 'C twin (KVM_RUN loop)', 'c-forwarded': 'C twin, to a 2nd thread', local: 'tsvmm, answered in worker', forwarded: 'tsvmm, forwarded to main',
+  };
   console.log(`exits/s, median of ${opts.runs} run(s); the guest loops N times over \`out 0x${GUEST.port.toString(16)}, al\`, then halts:`);
   for (const impl of impls) {
-    const ratio = impl === 'c' ? '' : `  tsvmm/C ${(med(impl) / c).toFixed(2)}`;
+    const peer = peerOf(impl);
+    const ratio = peer ? `  tsvmm/${peer} ${(med(impl) / med(peer)).toFixed(2)}` : '';
     console.log(`  ${label[impl].padEnd(27)} N=${String(count(impl)).padEnd(8)} ${Math.round(med(impl)).toString().padStart(9)}${ratio}`);
   }
   if (opts.out) {

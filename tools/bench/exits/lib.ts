@@ -54,7 +54,7 @@ export const USAGE = `usage: node dist/bench/exits.js [--exits N] [--forwarded-e
   --exits N            port-I/O exits per run of the C twin and of tsvmm's worker (default 100000)
   --forwarded-exits N  exits per run of the mode that forwards them to main (default: --exits / 10)
   --runs N             rounds; each runs every mode, the order flipping every round (default 3)
-  --local-only         skip the forwarded mode
+  --local-only         skip the forwarded modes (tsvmm's and the C twin's)
   --out FILE           write every run, the summary and host info as JSON`;
 
 function integer(v: string | undefined, name: string, dflt: number, max: number): number {

@@ -4,7 +4,11 @@ export interface Spread { median: number; min: number; max: number; n: number }
 export interface Metric {
   bench: string; metric: string; unit: string; better: 'lower' | 'higher';
   tsvmm: Spread | null; peerName: string | null; peer: Spread | null; reference: boolean; relative: number | null;
+  goal: MetricGoal | null;
 }
+/** `time`: tsvmm/peer time ≤ threshold; `speed`: relative ≥ threshold; `excess`: tsvmm − peer ≤ threshold. */
+export interface MetricGoal { kind: 'time' | 'speed' | 'excess'; threshold: number; text: string }
+export declare function goalValue(m: Metric): { value: number | null; met: boolean };
 export interface BenchRun { command: string[]; status: string; error: string | null; seconds: number; result: unknown }
 export interface ReportRecord {
   started: string; finished?: string; config: { short: boolean } & Record<string, unknown>;

@@ -1,13 +1,14 @@
 // The benchmark report's content: turns the JSON files of the benchmarks (boot.mjs, exec.mjs,
-// vsock.mjs, dist/bench/exits.js, dist/bench/hints.js, dist/bench/prio.js) into one list of metrics — tsvmm's
-// value, its peer's, and tsvmm's relative performance — and renders that as Markdown and
+// vsock.mjs, blk.mjs, virtiofs.mjs, serial.mjs, dist/bench/exits.js, dist/bench/hints.js,
+// dist/bench/prio.js) into one list of metrics — tsvmm's value, its peer's, tsvmm's relative
+// performance and, where an issue set one, the goal for it — and renders that as Markdown and
 // two charts. Pure functions plus renderCharts; report.mjs runs the benchmarks and writes the
 // files. The relative performance is oriented so that 1 is parity and above 1 means tsvmm did
 // better: peer/tsvmm for times, tsvmm/peer for rates.
 import { renderVegaLite } from './chart.mjs';
 import { stats } from './lib.mjs';
 
-export const BENCHES = ['boot', 'exec', 'vsock', 'exits', 'hints', 'prio'];
+export const BENCHES = ['boot', 'exec', 'vsock', 'blk', 'virtiofs', 'serial', 'exits', 'hints', 'prio'];
 
 // prio.js compares tsvmm with itself: the same guest and load, the host's priority policy off.
 const PRIO_PEER = 'tsvmm --prio none (policy off)';
@@ -22,11 +23,28 @@ const one = (v) => (v == null ? null : { median: v, min: v, max: v, n: 1 });
 /** A percentile of hints.js's per-sample latencies, with their range and count. */
 const latency = (l, p) => (l?.[p] == null ? null : { median: l[p], min: l.min, max: l.max, n: l.n });
 
+/**
+ * A goal set by an issue, in the issue's own terms: `time` bounds tsvmm's time over the peer's
+ * (≤ x), `speed` the relative column (≥ x), `excess` tsvmm's value minus the peer's (≤ x, in the
+ * metric's unit).
+ */
+const goal = (kind, threshold, text) => ({ kind, threshold, text });
+
 /** One row; a `reference` peer (not measured the same way, or not at all) is shown but gives no ratio. */
-function metric(bench, name, unit, better, tsvmm, peerName, peer, reference = false) {
+function metric(bench, name, unit, better, tsvmm, peerName, peer, reference = false, target = null) {
   let relative = null;
   if (!reference && tsvmm?.median && peer?.median) relative = better === 'lower' ? peer.median / tsvmm.median : tsvmm.median / peer.median;
-  return { bench, metric: name, unit, better, tsvmm, peerName, peer, reference, relative };
+  return { bench, metric: name, unit, better, tsvmm, peerName, peer, reference, relative, goal: target };
+}
+
+/** A metric's value in its goal's terms, and whether the goal is met (null, false without a peer). */
+export function goalValue(m) {
+  const g = m.goal;
+  if (!g) return { value: null, met: false };
+  let value = null;
+  if (g.kind === 'excess') value = m.tsvmm?.median != null && m.peer?.median != null ? m.tsvmm.median - m.peer.median : null;
+  else if (m.relative != null) value = g.kind === 'time' ? 1 / m.relative : m.relative;
+  return { value, met: value != null && (g.kind === 'speed' ? value >= g.threshold : value <= g.threshold) };
 }
 
 /** The metrics of one benchmark's JSON (as that benchmark writes it); [] if it has none. */
@@ -35,7 +53,12 @@ export function metricsOf(bench, j) {
   const sm = j.summary ?? {};
   switch (bench) {
     case 'boot':
-      return [metric('boot', 'boot to init ready', 's', 'lower', scale(s(sm.tsvmm?.readyMs), 1e-3), 'QEMU microvm', scale(s(sm.qemu?.readyMs), 1e-3))];
+      return [
+        metric('boot', 'boot to init ready', 's', 'lower', scale(s(sm.tsvmm?.readyMs), 1e-3), 'QEMU microvm', scale(s(sm.qemu?.readyMs), 1e-3), false,
+          goal('time', 0.7, 'tsvmm/QEMU time ≤ 0.7 (issue 16)')),
+        metric('boot', 'VMM RSS at init ready', 'MiB', 'lower', s(sm.tsvmm?.rssMiB), 'QEMU microvm', s(sm.qemu?.rssMiB), false,
+          goal('excess', 20, 'tsvmm − QEMU ≤ 20 MiB (issue 16)')),
+      ].filter((m) => m.tsvmm);
     case 'exec':
       // The round trip against QEMU running `true` from its init; its parts have no peer.
       return [
@@ -45,14 +68,28 @@ export function metricsOf(bench, j) {
       ].filter((m) => m.tsvmm);
     case 'vsock':
       return [
-        metric('vsock', 'host→guest stream', 'MiB/s', 'higher', s(sm.tsvmm?.h2gMibS), 'QEMU vhost-vsock', s(sm.qemu?.h2gMibS)),
-        metric('vsock', 'guest→host stream', 'MiB/s', 'higher', s(sm.tsvmm?.g2hMibS), 'QEMU vhost-vsock', s(sm.qemu?.g2hMibS)),
+        metric('vsock', 'host→guest stream', 'MiB/s', 'higher', s(sm.tsvmm?.h2gMibS), 'QEMU vhost-vsock', s(sm.qemu?.h2gMibS), false, goal('speed', 0.8, '≥ 0.8× vhost-vsock (issue 16)')),
+        metric('vsock', 'guest→host stream', 'MiB/s', 'higher', s(sm.tsvmm?.g2hMibS), 'QEMU vhost-vsock', s(sm.qemu?.g2hMibS), false, goal('speed', 0.8, '≥ 0.8× vhost-vsock (issue 16)')),
       ];
+    case 'blk':
+      // O_DIRECT in the guest, the same raw image for both (blk.mjs's keys: op-blocksize).
+      return [['read-4k', 'read, 4 KiB blocks'], ['read-1m', 'read, 1 MiB blocks'], ['write-4k', 'write, 4 KiB blocks'], ['write-1m', 'write, 1 MiB blocks']]
+        .map(([k, name]) => metric('blk', `virtio-blk ${name}`, 'MiB/s', 'higher', s(sm.tsvmm?.[k]), 'QEMU virtio-blk-device', s(sm.qemu?.[k]), false, goal('speed', 0.8, '≥ 0.8× QEMU (issue 14)')))
+        .filter((m) => m.tsvmm);
+    case 'virtiofs':
+      // The same virtiofsd serving the same directory to both.
+      return [
+        metric('virtiofs', 'virtio-fs sequential read', 's', 'lower', scale(s(sm.tsvmm?.readMs), 1e-3), 'QEMU vhost-user-fs-device', scale(s(sm.qemu?.readMs), 1e-3), false, goal('speed', 0.9, 'speed ≥ 0.9× QEMU (issue 14)')),
+        metric('virtiofs', 'virtio-fs metadata walk (ls -lR)', 's', 'lower', scale(s(sm.tsvmm?.statMs), 1e-3), 'QEMU vhost-user-fs-device', scale(s(sm.qemu?.statMs), 1e-3), false, goal('speed', 0.9, 'speed ≥ 0.9× QEMU (issue 14)')),
+      ].filter((m) => m.tsvmm);
+    case 'serial':
+      return [metric('serial', 'guest writing to ttyS0', 'KiB/s', 'higher', s(sm.tsvmm?.guestKiBps), 'QEMU microvm', s(sm.qemu?.guestKiBps), false, goal('speed', 1, '≥ 1.0× QEMU (issue 16)'))].filter((m) => m.tsvmm);
     case 'exits':
       return [
         metric('exits', 'port exits handled on the vCPU thread', 'exits/s', 'higher', s(sm.local?.exitsPerSec), 'C twin', s(sm.c?.exitsPerSec)),
-        // The twin answers every exit in its own loop: a reference for the forwarded path, not its peer.
-        metric('exits', 'port exits forwarded to the device thread', 'exits/s', 'higher', s(sm.forwarded?.exitsPerSec), 'C twin, not forwarding (reference)', s(sm.c?.exitsPerSec), true),
+        // Its peer hands every exit to a second C thread through a futex (exit-loop --forward).
+        metric('exits', 'port exits forwarded to the main thread', 'exits/s', 'higher', s(sm.forwarded?.exitsPerSec), 'C twin forwarding to a 2nd thread', s(sm['c-forwarded']?.exitsPerSec), false,
+          goal('speed', 0.5, '≥ 0.5× the C twin (issue 16)')),
       ].filter((m) => m.tsvmm);
     case 'hints':
       return [
@@ -86,12 +123,18 @@ export function metricsOf(bench, j) {
 }
 
 /**
- * The benchmarks' own pass/fail goals, each measured against a threshold: today the priority
- * policy's "hinted lowers p99" (prio.js: median p99 of the hinted runs over the median p99 of the
- * none runs, below 1), with the vCPU thread's class as the host applied it in the hinted runs
- * (a hinted run whose vCPU thread never became real time cannot show the policy's effect).
+ * Every goal of the report's metrics (issues 14 and 16: ratios against the peer), then the
+ * priority policy's "hinted lowers p99" (prio.js: median p99 of the hinted runs over the median
+ * p99 of the none runs, below 1), with the vCPU thread's class as the host applied it in the
+ * hinted runs (a hinted run whose vCPU thread never became real time cannot show the policy's
+ * effect).
  */
 export function goals(record) {
+  const ratios = reportMetrics(record).filter((m) => m.goal).map((m) => ({ bench: m.bench, goal: `${m.metric}: ${m.goal.text}`, ...goalValue(m), note: m.peer ? '' : 'no peer value' }));
+  return [...ratios, ...prioGoal(record)];
+}
+
+function prioGoal(record) {
   const j = record.benches.prio?.result;
   if (!j) return [];
   const p99 = metricsOf('prio', j).find((m) => m.metric.includes(', p99,'));
@@ -128,6 +171,13 @@ function machineRows(m) {
   ];
 }
 
+/** The goal column: the goal, the value in its terms, met or not. */
+function goalCell(m) {
+  if (!m.goal) return '';
+  const { value, met } = goalValue(m);
+  return `${m.goal.text}: ${value == null ? '–' : num(value)} ${met ? 'met' : '**not met**'}`;
+}
+
 /** The Markdown report. */
 export function markdown(record, metrics) {
   const out = [`# tsvmm benchmark report`, '', `${record.started} → ${record.finished ?? 'unfinished'}${record.config.short ? ' · **short mode** (pipeline check, 1 run)' : ''}`, ''];
@@ -140,10 +190,10 @@ export function markdown(record, metrics) {
   const hostRows = new Map(machineRows(record.host));
   for (const [k, v] of machineRows(inner)) out.push(`| ${k} | ${v} |` + (record.host ? ` ${hostRows.get(k) ?? '–'} |` : ''));
   out.push('', '## Results', '', 'Relative performance: 1 = parity with the peer, above 1 = tsvmm better (peer/tsvmm for times, tsvmm/peer for rates). Values are medians (min..max) over the runs.', '');
-  out.push('| benchmark | metric | tsvmm | peer | peer value | relative |', '|---|---|---:|---|---:|---:|');
+  out.push('| benchmark | metric | tsvmm | peer | peer value | relative | goal |', '|---|---|---:|---|---:|---:|---|');
   for (const m of metrics) {
     const rel = m.relative == null ? '–' : `${m.relative.toFixed(2)}×`;
-    out.push(`| ${m.bench} | ${m.metric} (${m.unit}) | ${range(m.tsvmm)} | ${m.peerName ?? '–'} | ${range(m.peer)} | ${rel} |`);
+    out.push(`| ${m.bench} | ${m.metric} (${m.unit}) | ${range(m.tsvmm)} | ${m.peerName ?? '–'} | ${range(m.peer)} | ${rel} | ${goalCell(m)} |`);
   }
   const g = goals(record);
   if (g.length) {
@@ -156,8 +206,8 @@ export function markdown(record, metrics) {
     if (!r) continue;
     out.push(`| ${b} | ${r.status === 'ok' ? 'ok' : `**${r.status}**: ${r.error ?? ''}`} | ${r.seconds?.toFixed(0) ?? '–'} | \`${r.command.join(' ')}\` |`);
   }
-  out.push('', 'Peers: boot and vsock against QEMU `-M microvm -accel kvm` on the same kernel, initramfs, vCPUs and memory (vsock through', '`vhost-vsock-device`); exits against a C program running the same guest code with the same KVM_RUN loop (which forwards nothing,',
-    `so it is only a reference for the forwarded path); the hint latency next to the ${PROTOTYPE_POLL_MS} ms polling period of the paper's prototype (a reference value, not measured); the guest real-time latency`,
+  out.push('', 'Peers: boot, vsock, virtio-blk, virtio-fs and the serial port against QEMU `-M microvm -accel kvm` on the same kernel, initramfs, vCPUs and memory (vsock through', '`vhost-vsock-device`, virtio-fs through the same virtiofsd, virtio-blk on the same image); exits against a C program running the same guest code with the same KVM_RUN loop,',
+    `answering each exit itself or handing it to a second thread; the hint latency next to the ${PROTOTYPE_POLL_MS} ms polling period of the paper's prototype (a reference value, not measured); the guest real-time latency`,
     'with `--prio hinted` against the same guest and host load with `--prio none`. References give no ratio. Method: docs/benchmarks.md.', '',
     '![relative performance](relative.svg)', '', '![values](values.svg)', '');
   return out.join('\n');

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// One report of tsvmm against its peers: runs the boot, exec, vsock, exit-rate, hint and guest
-// real-time latency (prio) benchmarks
+// One report of tsvmm against its peers: runs the boot, exec, vsock, virtio-blk, virtio-fs,
+// serial, exit-rate, hint and guest real-time latency (prio) benchmarks
 // one after the other (each as its own process, its JSON and log kept in --out), then writes
 // report.json (the machine, every benchmark's full JSON, the metrics), report.md and the
 // charts relative.svg/png and values.svg/png (report-render.mjs). A benchmark that fails is
@@ -18,10 +18,14 @@ const USAGE = `usage: node tools/bench/report.mjs [options]   (tools/bench/repor
   --runs N         boot, exec, vsock and exit-rate runs per VMM (default 5)
   --warmup N       untimed boot runs per VMM (default 1)
   --mib N          vsock stream size each way (default 64)
+  --blk-small-mib N, --blk-large-mib N   virtio-blk: MiB moved in 4 KiB and in 1 MiB blocks (default 16, 128)
+  --fs-files N, --fs-mib N               virtio-fs: files walked, MiB read (default 10000, 128)
+  --serial-bytes N bytes the guest writes to ttyS0 (default 1048576)
   --samples N      hint latency samples (default 20)   --flood N  taskset calls in the flood (default 2000)
   --rt-samples N   guest real-time wake-ups per prio run (default 2000), one every --rt-interval US (default 1000);
                    prio boots 2 × --runs guests (--prio none and hinted alternating)
-  --short          the pipeline check: 1 run, no warm-up, 8 MiB, 3 samples, a flood of 100, 200 wake-ups
+  --short          the pipeline check: 1 run, no warm-up, 8 MiB, 3 samples, a flood of 100, 200 wake-ups,
+                   small disks, shares and serial writes
   --timeout SEC    give up on one benchmark after SEC seconds (default 7200)
   --initrd PATH    the default guest image (default: built or checked by tools/guest/build-initramfs.sh)
   --render DIR     only rewrite report.md and the charts from DIR/report.json
@@ -31,6 +35,7 @@ Exit status: 0 every benchmark ran and the charts were drawn, 1 otherwise, 2 usa
 
 const o = parseArgs(process.argv.slice(2), {
   out: '', only: '', skip: '', runs: 5, warmup: 1, mib: 64, samples: 20, flood: 2000, rtSamples: 2000, rtInterval: 1000, short: false, timeout: 7200, initrd: '', render: '', force: false,
+  blkSmallMib: 16, blkLargeMib: 128, fsFiles: 10000, fsMib: 128, serialBytes: 1048576,
 }, USAGE);
 const log = (m) => process.stderr.write(`report: ${m}\n`);
 
@@ -43,6 +48,9 @@ function command(bench, json) {
     case 'boot': return [node, join(ROOT, 'tools/bench/boot.mjs'), '--runs', String(o.runs), '--warmup', String(o.warmup), ...guest, ...force, '--out', json];
     case 'exec': return [node, join(ROOT, 'tools/bench/exec.mjs'), '--runs', String(o.runs), '--warmup', String(o.warmup), ...guest, ...force, '--out', json];
     case 'vsock': return [node, join(ROOT, 'tools/bench/vsock.mjs'), '--runs', String(o.runs), '--mib', String(o.mib), ...guest, ...force, '--out', json];
+    case 'blk': return [node, join(ROOT, 'tools/bench/blk.mjs'), '--runs', String(o.runs), '--small-mib', String(o.blkSmallMib), '--large-mib', String(o.blkLargeMib), ...guest, ...force, '--out', json];
+    case 'virtiofs': return [node, join(ROOT, 'tools/bench/virtiofs.mjs'), '--runs', String(o.runs), '--files', String(o.fsFiles), '--big-mib', String(o.fsMib), ...guest, ...force, '--out', json];
+    case 'serial': return [node, join(ROOT, 'tools/bench/serial.mjs'), '--runs', String(o.runs), '--bytes', String(o.serialBytes), ...guest, ...force, '--out', json];
     case 'exits': return [node, join(ROOT, 'dist/bench/exits.js'), '--runs', String(o.runs), '--out', json];
     case 'hints': return [node, join(ROOT, 'dist/bench/hints.js'), '--samples', String(o.samples), '--flood', String(o.flood), '--out', json];
     case 'prio': return [node, join(ROOT, 'dist/bench/prio.js'), '--runs', String(o.runs), '--samples', String(o.rtSamples), '--interval', String(o.rtInterval), ...guest, '--out', json];
@@ -86,7 +94,7 @@ async function main() {
     const record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8'));
     return (await render(record, dir)) ? 0 : 1;
   }
-  if (o.short) Object.assign(o, { runs: 1, warmup: 0, mib: 8, samples: 3, flood: 100, rtSamples: 200 });
+  if (o.short) Object.assign(o, { runs: 1, warmup: 0, mib: 8, samples: 3, flood: 100, rtSamples: 200, blkSmallMib: 1, blkLargeMib: 8, fsFiles: 100, fsMib: 4, serialBytes: 4096 });
   const skip = o.skip ? o.skip.split(',') : [];
   for (const b of skip) if (!BENCHES.includes(b)) throw new BenchError(`--skip: '${b}' is not one of ${BENCHES.join(',')}`);
   const benches = (o.only ? o.only.split(',') : BENCHES).filter((b) => !skip.includes(b));
@@ -100,7 +108,10 @@ async function main() {
   const machine = environment('qemu-system-x86_64');
   const record = {
     started: new Date().toISOString(),
-    config: { benches, runs: o.runs, warmup: o.warmup, mib: o.mib, samples: o.samples, flood: o.flood, rtSamples: o.rtSamples, rtInterval: o.rtInterval, short: o.short },
+    config: {
+      benches, runs: o.runs, warmup: o.warmup, mib: o.mib, samples: o.samples, flood: o.flood, rtSamples: o.rtSamples, rtInterval: o.rtInterval,
+      blkSmallMib: o.blkSmallMib, blkLargeMib: o.blkLargeMib, fsFiles: o.fsFiles, fsMib: o.fsMib, serialBytes: o.serialBytes, short: o.short,
+    },
     machine,
     // Inside the sandbox the VMMs see an emulated machine; tools/bench/run.sh names the real one.
     host: machine.nestedSandbox && process.env.TSVMM_BENCH_HOST ? JSON.parse(process.env.TSVMM_BENCH_HOST) : null,

@@ -61,7 +61,6 @@ export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
-export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MADV_MERGEABLE = 12;
@@ -128,11 +127,6 @@ export function mmap(length: number, prot: number, flags: number, fd: number, of
   const p = c.mmap(null, length, prot, flags, fd, offset) as bigint;
   if (p === MAP_FAILED || p === 0n) fail('mmap', `${length} bytes`);
   return p;
-}
-
-/** mmap with MAP_FIXED at `addr`: replaces whatever was mapped there (callers own that range). */
-export function mmapFixed(addr: bigint, length: number, prot: number, flags: number, fd: number, offset = 0): void {
-  if ((c.mmap(addr, length, prot, flags | MAP_FIXED, fd, offset) as bigint) === MAP_FAILED) fail('mmap', `${length} bytes at 0x${addr.toString(16)}`);
 }
 
 export function munmap(addr: bigint, length: number): void {

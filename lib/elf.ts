@@ -33,7 +33,6 @@ export const Elf64Phdr = struct('Elf64_Phdr', 56, {
 export const SHT_SYMTAB = 2;
 export const SHT_NOBITS = 8;
 export const SHT_REL = 9;
-export const SHF_ALLOC = 0x2;
 export const SHF_EXECINSTR = 0x4;
 export const SHN_UNDEF = 0;
 export const Elf64Shdr = struct('Elf64_Shdr', 64, {

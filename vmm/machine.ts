@@ -261,13 +261,14 @@ export class Machine {
       loaded = loadKernel(ram.memory, ram.ranges, {
         kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline, vmlinux: vmlinux?.bytes,
         // Fresh mappings (GuestRam): only the ACPI tables below 1 MiB are written so far.
+        // Copied, not mapped into RAM from the file: a mapped kernel page costs the guest a
+        // page-cache fault on first touch and a copy-on-write fault when written, each a
+        // nested-paging exit under nested virtualization, which gave back all the ~0.9 s the
+        // mapping saved here (docs/benchmarks.md, "Mapped against copied").
         ramZeroed: true,
-        mapVmlinux: vmlinux && ((gpa, offset, length) => ram.mapFile(gpa, vmlinux.fd, offset, length)),
       }, acpi?.rsdpAddr);
     } finally {
-      // Nothing keeps a view of it: the loader copied what it did not map into RAM (those
-      // mappings hold the file themselves).
-      vmlinux?.unmap();
+      vmlinux?.unmap(); // the loader copied what it needed
     }
     phase('image load');
     this.io.log(`loaded ${loaded.format} ${c.kernel}${unpacked ? ` (vmlinux ${unpacked.path})` : ''}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
@@ -545,13 +546,12 @@ function moduleHaltPoll(): number | undefined {
 }
 
 /**
- * A file mapped read-only, its fd open until unmap(): the images are parsed and copied into
- * guest RAM straight from the page cache, and only the pages touched are read (the unpacked
- * vmlinux's whole pages are mapped into RAM from the fd: GuestRam.mapFile). `bytes` must not be
+ * A file mapped read-only until unmap(): the images are parsed and copied into guest RAM
+ * straight from the page cache, and only the pages touched are read. `bytes` must not be
  * touched after unmap(). A file truncated while mapped would fault (SIGBUS) on the pages past
  * its new end: the mappings live only while the machine is built, not while it runs.
  */
-function mapFile(path: string, what: string): { bytes: Uint8Array; fd: number; unmap(): void } {
+function mapFile(path: string, what: string): { bytes: Uint8Array; unmap(): void } {
   let fd: number;
   try {
     fd = openSync(path, 'r');
@@ -564,7 +564,7 @@ function mapFile(path: string, what: string): { bytes: Uint8Array; fd: number; u
     // mmap refuses a length of 0: an empty file is an empty image (the loader says so).
     const addr = st.size ? mmap(st.size, PROT_READ, MAP_PRIVATE, fd) : undefined;
     return {
-      bytes: addr === undefined ? new Uint8Array(0) : new Uint8Array(view(addr, st.size)), fd, unmap: () => {
+      bytes: addr === undefined ? new Uint8Array(0) : new Uint8Array(view(addr, st.size)), unmap: () => {
         if (addr !== undefined) munmap(addr, st.size);
         closeSync(fd);
       },

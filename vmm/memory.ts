@@ -13,7 +13,6 @@ import type { Vm } from '../kvm/kvm';
 import { GuestMemory, type HostRegion, type MemoryRegion } from '../devices/memory';
 import { FOUR_GIB, GiB, MMIO_HOLE_START } from './layout';
 
-const PAGE = 4096;
 /** One koffi view must stay ≤ 4 GiB; 2 GiB chunks keep every region well inside that. */
 const MAX_CHUNK = 2 * GiB;
 
@@ -109,28 +108,6 @@ export class GuestRam {
     }
     vm.setUserMemoryRegion(this.nextSlot++, gpa, size, addr);
     return { gpa, bytes: new Uint8Array(libc.view(addr, size)) };
-  }
-
-  /**
-   * Maps `length` bytes of the file `fd` from `offset` over guest RAM at `gpa`, private and
-   * copy-on-write: the guest reads the file's page-cache pages and gets its own copy of a page
-   * only when it writes one, so nothing is copied up front (the unpacked kernel: ~30 MiB that
-   * took 0.6–0.9 s to copy in the nested sandbox). The file must never change in place while
-   * the VM runs (unwritten pages would change with it). False, and nothing mapped, where this
-   * cannot be done: shared RAM (a vhost-user back-end maps the memfd, not this process's
-   * private pages), a range outside one RAM chunk, or an offset, address or length that is not
-   * page-aligned.
-   */
-  mapFile(gpa: number, fd: number, offset: number, length: number): boolean {
-    if (this.shared.length || length <= 0 || gpa % PAGE || offset % PAGE || length % PAGE) return false;
-    if (!this.ranges.some((r) => gpa >= r.gpa && gpa + length <= r.gpa + r.size)) return false;
-    const m = this.mappings.find((r) => gpa >= r.gpa && gpa + length <= r.gpa + r.size);
-    if (!m) return false;
-    const addr = m.addr + BigInt(gpa - m.gpa);
-    libc.mmapFixed(addr, length, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_NORESERVE, fd, offset);
-    // A new mapping does not inherit the RAM's advice (mapSlot: not inherited by children).
-    libc.madvise(addr, length, libc.MADV_DONTFORK);
-    return true;
   }
 
   close(): void {

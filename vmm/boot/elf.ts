@@ -5,7 +5,7 @@
 // 32-bit trampoline and works for every kernel that has one.
 
 import {
-  EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_EXEC, Elf64Ehdr, Elf64Nhdr, Elf64Phdr, Elf64Shdr, PT_LOAD, PT_NOTE, SHF_ALLOC, SHT_NOBITS, hasElfMagic,
+  EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_EXEC, Elf64Ehdr, Elf64Nhdr, Elf64Phdr, PT_LOAD, PT_NOTE, hasElfMagic,
 } from '../../lib/elf';
 import { KernelImageError } from './errors';
 
@@ -13,9 +13,6 @@ const XEN_ELFNOTE_PHYS32_ENTRY = 18;
 
 export interface ElfSegment {
   paddr: number;
-  vaddr: bigint;
-  /** Where `data` starts in the file. */
-  offset: number;
   data: Uint8Array;
   memsz: number;
 }
@@ -27,11 +24,6 @@ export interface ElfKernel {
   pvhEntry?: number;
   /** Highest physical address used by the segments. */
   end: number;
-  /**
-   * Where allocated NOBITS sections (.bss, .brk) lie inside segments' file bytes, as physical
-   * ranges: a vmlinux stores them as zeros, and the kernel needs them zero, not read from the file.
-   */
-  nobits: { paddr: number; size: number }[];
 }
 
 export function isElf(image: Uint8Array): boolean {
@@ -66,7 +58,7 @@ export function parseElf(path: string, image: Uint8Array): ElfKernel {
     const paddr = Number(ph.paddr);
     const memsz = Number(ph.memsz);
     if (memsz < filesz || !Number.isSafeInteger(paddr + memsz)) throw new KernelImageError(path, `segment ${i} has bad sizes`);
-    segments.push({ paddr, vaddr: ph.vaddr, offset, data: image.subarray(offset, offset + filesz), memsz });
+    segments.push({ paddr, data: image.subarray(offset, offset + filesz), memsz });
     end = Math.max(end, paddr + memsz);
   }
   if (segments.length === 0) throw new KernelImageError(path, 'ELF has no loadable segments');
@@ -74,22 +66,7 @@ export function parseElf(path: string, image: Uint8Array): ElfKernel {
   if (!segments.some((s) => entry >= s.paddr && entry < s.paddr + s.memsz)) {
     throw new KernelImageError(path, `entry point 0x${entry.toString(16)} is not a physical address inside a segment (not a vmlinux?)`);
   }
-  const nobits = nobitsRanges(image, eh, segments);
-  return pvhEntry === undefined ? { entry, segments, end, nobits } : { entry, segments, end, nobits, pvhEntry };
-}
-
-/** Allocated NOBITS sections inside a segment's file bytes, at their physical addresses (none without section headers). */
-function nobitsRanges(image: Uint8Array, eh: ReturnType<typeof Elf64Ehdr.read>, segments: readonly ElfSegment[]): { paddr: number; size: number }[] {
-  const out: { paddr: number; size: number }[] = [];
-  const shoff = Number(eh.shoff);
-  if (!shoff || eh.shentsize < Elf64Shdr.size || shoff + eh.shnum * eh.shentsize > image.length) return out;
-  for (let i = 0; i < eh.shnum; i++) {
-    const sh = Elf64Shdr.read(image, shoff + i * eh.shentsize);
-    if (sh.type !== SHT_NOBITS || !(sh.flags & BigInt(SHF_ALLOC)) || sh.size === 0n) continue;
-    const seg = segments.find((s) => sh.addr >= s.vaddr && sh.addr + sh.size <= s.vaddr + BigInt(s.data.length));
-    if (seg) out.push({ paddr: seg.paddr + Number(sh.addr - seg.vaddr), size: Number(sh.size) });
-  }
-  return out;
+  return pvhEntry === undefined ? { entry, segments, end } : { entry, segments, end, pvhEntry };
 }
 
 /** Walks Elf64_Nhdr records (header, name, desc; 4-byte aligned). */

@@ -8,7 +8,7 @@ import type { GuestMemory } from '../../devices/memory';
 import { CMDLINE_ADDR, CMDLINE_MAX, GDT_ADDR, KERNEL_ADDR, MMIO_HOLE_START, ZERO_PAGE_ADDR } from '../layout';
 import type { RamRange } from '../memory';
 import { isBzImage, parseBzImage } from './bzimage';
-import { isElf, parseElf, type ElfSegment } from './elf';
+import { isElf, parseElf } from './elf';
 import { KernelImageError } from './errors';
 import { bootGdt } from './gdt';
 import { identityPageTables } from './page-tables';
@@ -34,12 +34,6 @@ export interface BootImage {
    * (.bss, .brk and .init.scratch are stored in the file).
    */
   ramZeroed?: boolean;
-  /**
-   * Maps `length` bytes of the vmlinux file from `offset` at guest address `gpa` (page-aligned,
-   * copy-on-write; GuestRam.mapFile) instead of copying them; false when it cannot. Only for
-   * `vmlinux`, tsvmm's cached unpacked kernel, which is replaced by rename, never rewritten.
-   */
-  mapVmlinux?: (gpa: number, offset: number, length: number) => boolean;
 }
 
 export interface LoadedKernel {
@@ -79,37 +73,17 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
     }
   };
 
-  /** Copies [from, to) of a segment's file bytes into RAM (zero pages skipped when RAM is zeroed). */
-  const copy = (s: ElfSegment, from: number, to: number) => {
-    const data = s.data.subarray(from, to);
-    if (!img.ramZeroed) mem.write(s.paddr + from, data);
-    else for (const [a, b] of nonZeroRuns(data)) mem.write(s.paddr + from + a, data.subarray(a, b));
-  };
-
-  const loadElf = (image: Uint8Array, map?: BootImage['mapVmlinux']): { entry: number; end: number } => {
+  const loadElf = (image: Uint8Array): { entry: number; end: number } => {
     const elf = parseElf(img.kernelPath, image);
     for (const s of elf.segments) {
       if (s.paddr < KERNEL_ADDR) throw new KernelImageError(img.kernelPath, `segment at 0x${s.paddr.toString(16)} is below 1 MiB`);
       fits(s.paddr, s.memsz, 'the kernel');
-      // The segment's whole pages mapped from the file (its offset and address agree within a
-      // page in a vmlinux), the partial pages at either end copied.
-      const head = (PAGE - (s.paddr % PAGE)) % PAGE;
-      const tail = Math.max(head, Math.floor((s.paddr + s.data.length) / PAGE) * PAGE - s.paddr);
-      if (map && s.offset % PAGE === s.paddr % PAGE && tail > head) {
-        copy(s, 0, head);
-        for (const [a, b, zero] of pieces(head, tail, s, elf.nobits)) {
-          // NOBITS (.bss, .brk: zeros in the file) stays what fresh RAM is, not mapped from the file.
-          if (zero) {
-            if (!img.ramZeroed) mem.expect(s.paddr + a, b - a).fill(0);
-          } else if (!map(s.paddr + a, s.offset + a, b - a)) {
-            copy(s, a, b);
-          }
-        }
-        copy(s, tail, s.data.length);
+      if (img.ramZeroed) {
+        for (const [from, to] of nonZeroRuns(s.data)) mem.write(s.paddr + from, s.data.subarray(from, to));
       } else {
-        copy(s, 0, s.data.length);
+        mem.write(s.paddr, s.data);
+        mem.expect(s.paddr + s.data.length, s.memsz - s.data.length).fill(0);
       }
-      if (!img.ramZeroed) mem.expect(s.paddr + s.data.length, s.memsz - s.data.length).fill(0);
     }
     return elf;
   };
@@ -117,7 +91,7 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
   if (isBzImage(img.kernel)) {
     const bz = parseBzImage(img.kernelPath, img.kernel);
     if (img.vmlinux) {
-      ({ entry, end: kernelEnd } = loadElf(img.vmlinux, img.mapVmlinux));
+      ({ entry, end: kernelEnd } = loadElf(img.vmlinux));
     } else {
       fits(KERNEL_ADDR, Math.max(bz.kernel.length, bz.initSize), 'the kernel');
       mem.write(KERNEL_ADDR, bz.kernel);
@@ -157,28 +131,6 @@ export function loadKernel(mem: GuestMemory, ram: readonly RamRange[], img: Boot
     header, cmdlineAddr: CMDLINE_ADDR, cmdlineSize: cmdline.length, initrd, rsdpAddr, e820: e820Map(ram),
   }));
   return { format: !header ? 'elf' : img.vmlinux ? 'unpacked' : 'bzImage', entry, kernelEnd, initrd };
-}
-
-/**
- * [head, tail) of a segment (page-aligned offsets) cut at the whole pages of its NOBITS ranges:
- * [from, to, isNobits] in order, covering it exactly.
- */
-function pieces(head: number, tail: number, s: ElfSegment, nobits: readonly { paddr: number; size: number }[]): [number, number, boolean][] {
-  const holes = nobits
-    .map((n) => [Math.ceil((n.paddr - s.paddr) / PAGE) * PAGE, Math.floor((n.paddr + n.size - s.paddr) / PAGE) * PAGE] as const)
-    .map(([a, b]) => [Math.max(a, head), Math.min(b, tail)] as const)
-    .filter(([a, b]) => b > a)
-    .sort((x, y) => x[0] - y[0]);
-  const out: [number, number, boolean][] = [];
-  let at = head;
-  for (const [a, b] of holes) {
-    if (a < at) continue; // overlapping sections: the first one covers it
-    if (a > at) out.push([at, a, false]);
-    out.push([a, b, true]);
-    at = b;
-  }
-  if (at < tail) out.push([at, tail, false]);
-  return out;
 }
 
 const ZERO_PAGE = new Uint8Array(PAGE);

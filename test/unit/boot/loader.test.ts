@@ -4,10 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { GuestMemory } from '../../../devices/memory';
 import { KernelImageError } from '../../../vmm/boot/errors';
-import { closeSync, openSync, readFileSync } from 'node:fs';
-import type { Vm } from '../../../kvm/kvm';
-import { GuestRam } from '../../../vmm/memory';
-import { parseElf } from '../../../vmm/boot/elf';
+import { readFileSync } from 'node:fs';
 import { loadKernel, nonZeroRuns, probeKernel } from '../../../vmm/boot/loader';
 import { needs } from '../../needs';
 import { cachedKernel, ELF_SEG0, ELF_SEG1, makeBzImage, makeElf, NO_KERNEL } from './images';
@@ -140,38 +137,6 @@ needs(NO_KERNEL)('the default kernel\'s vmlinux into zeroed RAM: the same bytes 
   const whole = load(false);
   const skipped = load(true);
   assert.ok(Buffer.compare(whole, skipped) === 0, 'identical guest RAM');
-});
-
-needs(NO_KERNEL)('the default kernel\'s vmlinux mapped into RAM (GuestRam.mapFile): the same bytes as copied, all mapped but .bss and .brk', () => {
-  const k = cachedKernel()!;
-  const kernel = new Uint8Array(readFileSync(k.kernel));
-  const vmlinux = new Uint8Array(readFileSync(k.vmlinux));
-  const size = 128 * MiB;
-  const copied = new Uint8Array(size);
-  loadKernel(new GuestMemory([{ gpa: 0, bytes: copied }]), [{ gpa: 0, size }], { kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed: true });
-  const ram = new GuestRam({ setUserMemoryRegion: () => {} } as unknown as Vm, size);
-  const fd = openSync(k.vmlinux, 'r');
-  try {
-    let mapped = 0;
-    loadKernel(ram.memory, ram.ranges, {
-      kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed: true,
-      mapVmlinux: (gpa, offset, length) => {
-        mapped += length;
-        return ram.mapFile(gpa, fd, offset, length);
-      },
-    });
-    assert.ok(Buffer.compare(copied, ram.memory.expect(0, size)) === 0, 'identical guest RAM');
-    const elf = parseElf(k.vmlinux, vmlinux);
-    const segments = elf.segments.reduce((n, s) => n + s.data.length, 0);
-    const nobits = elf.nobits.reduce((n, r) => n + r.size, 0);
-    assert.ok(elf.nobits.length >= 2 && nobits > 16 * MiB, `.bss and .brk found: ${JSON.stringify(elf.nobits)}`);
-    // All but the partial pages at the segments' and the NOBITS ranges' ends.
-    const slack = 4 * 2 * 4096 + elf.nobits.length * 2 * 4096;
-    assert.ok(mapped <= segments - nobits + slack && mapped >= segments - nobits - slack, `${mapped} of ${segments} segment bytes mapped, ${nobits} NOBITS`);
-  } finally {
-    closeSync(fd);
-    ram.close();
-  }
 });
 
 test('probeKernel: format of good images; text, empty and broken files refused', () => {

@@ -2,7 +2,7 @@
 // MachineConfig, and the checks that come before any KVM object exists.
 
 import { existsSync } from 'node:fs';
-import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, QUIET_CONSOLE, validateConfig } from './config';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEMORY, MachineConfig, parseSize, QUIET_CONSOLE, validateConfig, validateVcpus } from './config';
 import { ensureDefaultGuest } from './default-guest';
 import { prepareKernel, type KernelUse } from './kernel/index';
 import { parseVsockSpec } from '../devices/virtio/vsock/index';
@@ -10,6 +10,7 @@ import { orderDrives, parseDriveSpec } from '../devices/virtio/block/spec';
 import { UsageError } from '../lib/errors';
 import { sharesFromFlags } from './shares';
 import { findVirtiofsd } from '../devices/virtio/fs/daemon';
+import { VcpuWorkers } from './vcpu/threads';
 
 
 export const runOptions = {
@@ -38,6 +39,28 @@ export const runOptions = {
 function parseIntStrict(flag: string, v: string): number {
   if (!/^\d+$/.test(v)) throw new UsageError(`${flag} '${v}' is not a number`);
   return Number(v);
+}
+
+const vcpusFlag = (v: string | undefined): number => (v === undefined ? 1 : parseIntStrict('--vcpus', v));
+
+/**
+ * The vCPU workers of the machine the flags describe, spawned now, before its configuration
+ * (the kernel's checks, the default guest's image), so that their own start overlaps that too
+ * (vmm/vcpu/threads.ts). None where the flags do not say the machine (--config-file, --wait),
+ * without KVM, or for a --vcpus the configuration refuses (it says why, in flag order).
+ */
+export function spawnWorkersEarly(values: { vcpus?: string; wait?: boolean; 'config-file'?: string }): VcpuWorkers | undefined {
+  if (values.wait || values['config-file'] !== undefined || !existsSync('/dev/kvm')) return undefined;
+  let n: number;
+  try {
+    n = vcpusFlag(values.vcpus);
+    validateVcpus(n, Infinity);
+  } catch {
+    return undefined;
+  }
+  const workers = new VcpuWorkers();
+  workers.spawn(n);
+  return workers;
 }
 
 /**
@@ -83,7 +106,7 @@ export async function machineConfig(values: Record<string, unknown>, log: (m: st
     initrd,
     ...(v['no-unpack'] ? { unpack: false } : {}),
     cmdline,
-    vcpus: v.vcpus === undefined ? 1 : parseIntStrict('--vcpus', v.vcpus),
+    vcpus: vcpusFlag(v.vcpus),
     memory: v.memory === undefined ? DEFAULT_MEMORY : parseSize(v.memory),
     acpi: !v['no-acpi'],
     vsock: v.vsock === undefined ? undefined : parseVsockSpec(v.vsock),

@@ -8,7 +8,7 @@ import { Machine } from './machine';
 import { EXIT, TsvmmError, UsageError } from '../lib/errors';
 import { cmdExec, EXEC_USAGE, EXIT_TIMEOUT, parseTimeout } from './exec';
 import { cmdDemo } from './demo';
-import { MACHINE_FLAGS, checkKvm, controlOptions, machineConfig, runOptions } from './cli-options';
+import { MACHINE_FLAGS, checkKvm, controlOptions, machineConfig, runOptions, spawnWorkersEarly } from './cli-options';
 import type { MachineConfig } from './config';
 import { Control } from './api/control';
 import { attachConsole, terminalSize } from './console/index';
@@ -124,10 +124,11 @@ async function cmdRun(args: string[]): Promise<number> {
   const given = MACHINE_FLAGS.filter((f) => values[f] !== undefined);
   if (values['config-file'] !== undefined && given.length) throw new UsageError(`--config-file replaces --${given[0]}`);
   if (values.wait && values.kernel === undefined && given.length) throw new UsageError(`--wait without --kernel takes the machine from the API; --${given[0]} is not allowed`);
+  let workers: ReturnType<typeof spawnWorkersEarly>;
   const start = (config: MachineConfig) => {
     checkKvm();
     startup.end('config');
-    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log, startup, debug: control.debug });
+    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log, startup, debug: control.debug, workers });
   };
   const defaults = values.wait && values.kernel !== undefined ? await machineConfig(values, () => {}) : { acpi: !values['no-acpi'] };
   const control: Control<Machine> = await Control.open<Machine>(values, start, defaults);
@@ -135,6 +136,7 @@ async function cmdRun(args: string[]): Promise<number> {
   let machine: Machine;
   let shell: ReturnType<typeof consoleShell> | undefined;
   try {
+    workers = spawnWorkersEarly(values);
     if (values.wait) {
       const r = await control.waitForStart();
       if (typeof r === 'string') {
@@ -154,6 +156,7 @@ async function cmdRun(args: string[]): Promise<number> {
       control.attach(machine);
     }
   } catch (e) {
+    await workers?.close(); // those no machine took (a failed configuration)
     await control.close();
     shell?.cleanup();
     throw e;

@@ -22,7 +22,7 @@ import {
   VIRTIO_MMIO_SLOTS, virtioMmioSlot,
 } from './layout';
 import { GuestRam } from './memory';
-import { VcpuExit, VcpuThreads } from './vcpu/threads';
+import { VcpuExit, VcpuThreads, type VcpuWorkers } from './vcpu/threads';
 import { MmioTransport } from '../devices/virtio/mmio';
 import type { VirtioDevice } from '../devices/virtio/device';
 import { VirtioVsock } from '../devices/virtio/vsock/index';
@@ -63,6 +63,8 @@ export interface MachineIo {
   /** The VMM's start in phases (vmm/startup.ts): the machine ends its own; logged to `debug` at the first KVM_RUN. */
   startup?: StartupClock;
   debug?: (msg: string) => void;
+  /** vCPU workers spawned ahead, config.vcpus of them (`tsvmm run`: before its configuration); the machine's from now on. */
+  workers?: VcpuWorkers;
 }
 
 /**
@@ -120,7 +122,7 @@ export class Machine {
     this.deviceFaults = this.guestLog('device errors');
     this.threads = new VcpuThreads(this.pio, this.mmio, (e) => this.onVcpuExit(e), (f) => this.deviceFaults.line(
       `device error on a guest ${f.kind} ${f.isWrite ? 'write' : 'read'} of ${f.size} bytes at 0x${f.addr.toString(16)} (answered as unclaimed): ${f.error.stack ?? f.error.message}`,
-    ));
+    ), io.workers);
   }
 
   private guestLog(what: string, opts?: RateLimitOptions): RateLimitedLog {
@@ -134,7 +136,8 @@ export class Machine {
     validateConfig(config);
     const m = new Machine(config, io);
     try {
-      // First: the workers' own start overlaps everything below (vmm/vcpu/threads.ts).
+      // First (unless io.workers were spawned even earlier): the workers' own start overlaps
+      // everything below (vmm/vcpu/threads.ts).
       m.threads.spawn(config.vcpus);
       // Before the mapping: unpackKernel finds the image's hash by it when the file is unchanged.
       const kernelStat = statSync(config.kernel, { bigint: true, throwIfNoEntry: false });

@@ -58,7 +58,7 @@ export interface VcpuExit {
   detail: string;
 }
 
-/** A worker spawned ahead of its vCPU (spawn()); `failure`: it failed before start() handed it one. */
+/** A worker spawned ahead of its vCPU (VcpuWorkers); `failure`: it failed before start() handed it one. */
 interface Spawned {
   id: number;
   worker: Worker;
@@ -69,33 +69,23 @@ interface Spawned {
   stopped: Promise<void>;
   failure?: Error;
   handedOver: boolean;
+  /** Where its vCPU's exits go: the machine's, once a VcpuThreads took the worker. */
+  onExit: (e: VcpuExit) => void;
 }
 
-/** A worker running its vCPU. */
-interface Thread extends Spawned {
-  vcpu: Vcpu;
-  run: Uint8Array;
-  tid: number;
-}
-
-export class VcpuThreads {
-  private readonly spawned: Spawned[] = [];
-  private readonly threads: Thread[] = [];
-  private readonly doorbell = newDoorbell();
-  private readonly server: MailboxServer;
+/**
+ * The vCPU workers, spawned before their vCPUs exist — and, from \`tsvmm run\`, before their
+ * machine: a worker's own start (a Node environment, its bundle, koffi: 0.1–0.2 s natively,
+ * 1–2.5 s each in the nested sandbox) then overlaps the VMM's configuration and setup instead
+ * of following them. A VcpuThreads takes them over and hands each its vCPU.
+ */
+export class VcpuWorkers {
+  /** Rung by the workers when they post a request for main (vmm/vcpu/serve.ts). */
+  readonly doorbell = newDoorbell();
+  readonly spawned: Spawned[] = [];
   /** Releases this machine's hold on the kick signal's handler (one handler for all VMs of the process). */
   private releaseKick: () => void = () => {};
 
-  /** `onDeviceFault`: a device threw on a forwarded access (answered as unclaimed; the vCPU goes on). */
-  constructor(pio: Bus, mmio: Bus, private readonly onExit: (e: VcpuExit) => void, onDeviceFault: (f: DeviceFault) => void) {
-    this.server = new MailboxServer(this.doorbell, pio, mmio, onDeviceFault);
-  }
-
-  /**
-   * Starts `count` workers now, before their vCPUs exist. A worker's own start (a Node
-   * environment, its bundle, koffi: 0.1–0.2 s natively, 1–2.5 s each in the nested sandbox)
-   * then overlaps the machine's setup instead of following it; start() hands each its vCPU.
-   */
   spawn(count: number): void {
     if (this.spawned.length) throw new Error('the vCPU workers were already spawned');
     this.releaseKick = holdSignal(KICK_SIGNAL);
@@ -103,16 +93,17 @@ export class VcpuThreads {
     for (let id = 0; id < count; id++) {
       const init: WorkerInit = { id, mailbox: newMailbox(), doorbell: this.doorbell, stats: newExitStats() };
       const worker = new Worker(script, { workerData: init, name: `vcpu${id}` });
-      this.server.add(init.mailbox);
-      const s: Spawned = { id, worker, mailbox: init.mailbox, stats: init.stats, ready: Promise.resolve(0), stopped: Promise.resolve(), handedOver: false };
+      const s: Spawned = {
+        id, worker, mailbox: init.mailbox, stats: init.stats, ready: Promise.resolve(0), stopped: Promise.resolve(), handedOver: false, onExit: () => {},
+      };
       s.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
       s.ready = new Promise((resolve, reject) => {
         worker.on('message', (m: WorkerMessage) => {
           if (m.type === 'ready') resolve(m.tid);
-          else if (m.type === 'exit') this.onExit({ vcpu: id, reason: m.reason, detail: m.detail });
+          else if (m.type === 'exit') s.onExit({ vcpu: id, reason: m.reason, detail: m.detail });
         });
         worker.once('error', (e) => {
-          if (s.handedOver) this.onExit({ vcpu: id, reason: 'internal-error', detail: `vCPU worker failed: ${e.message}` });
+          if (s.handedOver) s.onExit({ vcpu: id, reason: 'internal-error', detail: `vCPU worker failed: ${e.message}` });
           else s.failure = e;
           reject(e);
         });
@@ -128,20 +119,61 @@ export class VcpuThreads {
   }
 
   /**
+   * Ends the workers that never got a vCPU (they wait for their message, or still start: a
+   * setup that failed, or no machine took them) and releases the kick signal; the running
+   * ones are VcpuThreads.stop()'s.
+   */
+  async close(): Promise<void> {
+    await Promise.all(this.spawned.filter((s) => !s.handedOver).map((s) => s.worker.terminate()));
+    this.releaseKick();
+  }
+}
+
+/** A worker running its vCPU. */
+interface Thread extends Spawned {
+  vcpu: Vcpu;
+  run: Uint8Array;
+  tid: number;
+}
+
+export class VcpuThreads {
+  private readonly threads: Thread[] = [];
+  private readonly server: MailboxServer;
+  private readonly workers: VcpuWorkers;
+
+  /**
+   * `onDeviceFault`: a device threw on a forwarded access (answered as unclaimed; the vCPU goes
+   * on). `workers`: spawned ahead by the caller (they are this machine's from now on, stopped
+   * with it), else spawn() spawns them.
+   */
+  constructor(pio: Bus, mmio: Bus, private readonly onExit: (e: VcpuExit) => void, onDeviceFault: (f: DeviceFault) => void, workers?: VcpuWorkers) {
+    this.workers = workers ?? new VcpuWorkers();
+    this.server = new MailboxServer(this.workers.doorbell, pio, mmio, onDeviceFault);
+  }
+
+  /** Starts \`count\` workers now, unless they were spawned ahead (the constructor's \`workers\`). */
+  spawn(count: number): void {
+    if (!this.workers.spawned.length) this.workers.spawn(count);
+    if (count !== this.workers.spawned.length) throw new Error(`${count} vCPUs for ${this.workers.spawned.length} spawned workers`);
+  }
+
+  /**
    * Hands each spawned worker its vCPU (spawning them first if spawn() was not called) and
    * resolves with their tids; each enters KVM_RUN as soon as it has its message.
    */
   async start(vcpus: readonly Vcpu[], mmapSize: number, claims: { pio: readonly BusClaim[]; mmio: readonly BusClaim[] }): Promise<number[]> {
-    if (!this.spawned.length) this.spawn(vcpus.length);
-    if (vcpus.length !== this.spawned.length) throw new Error(`${vcpus.length} vCPUs for ${this.spawned.length} spawned workers`);
-    const tids = await Promise.all(this.spawned.map((s) => s.ready));
-    for (const s of this.spawned) if (s.failure) throw s.failure;
-    for (const [i, s] of this.spawned.entries()) {
+    this.spawn(vcpus.length);
+    const spawned = this.workers.spawned;
+    const tids = await Promise.all(spawned.map((s) => s.ready));
+    for (const s of spawned) if (s.failure) throw s.failure;
+    for (const [i, s] of spawned.entries()) {
       const vcpu = vcpus[i]!;
       if (vcpu.id !== s.id) throw new Error(`vCPU ${vcpu.id} given to worker ${s.id}`);
       const t: Thread = Object.assign(s, { vcpu, run: vcpu.mapRun(mmapSize).bytes, tid: tids[i]! });
       this.threads.push(t);
+      t.onExit = this.onExit;
       t.handedOver = true;
+      this.server.add(t.mailbox);
       const job: WorkerRun = { type: 'run', fd: vcpu.fd, mmapSize, pio: claims.pio, mmio: claims.mmio };
       t.worker.postMessage(job);
     }
@@ -286,8 +318,6 @@ export class VcpuThreads {
 
   /** Kicks every vCPU out of KVM_RUN and waits for all workers to end. */
   async stop(): Promise<void> {
-    // Workers that never got a vCPU wait for their message (or still start): nothing to kick.
-    await Promise.all(this.spawned.filter((s) => !s.handedOver).map((s) => s.worker.terminate()));
     for (const t of this.threads) {
       Atomics.store(t.mailbox, MB.STOP, 1);
       Atomics.notify(t.mailbox, MB.STATE);
@@ -314,7 +344,8 @@ export class VcpuThreads {
     }
     if (!done) for (const t of this.threads) await t.worker.terminate();
     this.server.stop();
-    this.releaseKick();
+    // Workers that never got a vCPU (nothing to kick), and the kick signal's hold.
+    await this.workers.close();
   }
 }
 

@@ -8,12 +8,12 @@
 
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readFileSync, readSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { TsvmmError } from '../../lib/errors';
 import { ELFMAG } from '../../lib/elf';
-import { cacheDir, fallbackCacheDir, writableCacheDir } from '../cache';
+import { cacheDir, fallbackCacheDir, record, recorded, writableCacheDir } from '../cache';
 import { parseBzImage } from './bzimage';
 
 export type PayloadFormat = 'gzip' | 'xz' | 'lzma' | 'bzip2' | 'zstd' | 'lz4' | 'lzo' | 'unknown';
@@ -82,44 +82,17 @@ function cachePaths(sha: string): string[] {
 }
 
 /**
- * The SHA-256 of a bzImage is recorded beside the cache, keyed by its real path, with the size,
- * mtime and ctime (ns) it had when it was stat'ed before being read: a boot of an unchanged image
- * finds its vmlinux without hashing it (~25 ms natively, far more under emulation). A file
- * changed in the 20 ms before that stat is not recorded (file times follow a coarse clock).
+ * The SHA-256 of a bzImage is recorded beside the cache, keyed by its real path, with its size,
+ * mtime and ctime (cache.ts, recorded()): a boot of an unchanged image finds its vmlinux without
+ * hashing it (~25 ms natively, far more under emulation).
  */
 function indexName(path: string): string {
   return `src-${createHash('sha256').update(realpathSync(path)).digest('hex').slice(0, 16)}`;
 }
 
-const statLine = (st: BigIntStats) => `${st.size} ${st.mtimeNs} ${st.ctimeNs}`;
-
 function recordedSha(path: string, st: BigIntStats): string | undefined {
-  const want = statLine(st);
-  for (const dir of [join(cacheDir(), 'vmlinux'), fallbackCacheDir('vmlinux')]) {
-    let text: string;
-    try {
-      text = readFileSync(join(dir, indexName(path)), 'utf8');
-    } catch {
-      continue;
-    }
-    const m = /^(\d+ \d+ \d+) ([0-9a-f]{64})\n$/.exec(text);
-    if (m && m[1] === want) return m[2];
-  }
-  return undefined;
-}
-
-/** `since`: when the caller began (Date.now()), just after it took `st`. */
-function recordSha(path: string, st: BigIntStats, sha: string, since: number): void {
-  const racyNs = BigInt(since - 20) * 1_000_000n;
-  if (st.mtimeNs >= racyNs || st.ctimeNs >= racyNs) return;
-  try {
-    const dir = writableCacheDir('vmlinux');
-    const tmp = join(dir, `.${indexName(path)}.${process.pid}.tmp`);
-    writeFileSync(tmp, `${statLine(st)} ${sha}\n`);
-    renameSync(tmp, join(dir, indexName(path)));
-  } catch {
-    // Only a shortcut: the next boot hashes the image again.
-  }
+  const sha = recorded('vmlinux', indexName(path), [st]);
+  return sha !== undefined && /^[0-9a-f]{64}$/.test(sha) ? sha : undefined;
 }
 
 /** The file is there, as long as the build said and starting like an ELF (not parsed: the loader does that). */
@@ -156,7 +129,7 @@ export function unpackKernel(path: string, image: Uint8Array, log: (m: string) =
   const sha = known ?? createHash('sha256').update(image).digest('hex');
   const hit = cachePaths(sha).find((c) => isVmlinux(c, p.expectedSize));
   if (hit) {
-    if (before && !known) recordSha(path, before, sha, since);
+    if (before && !known) record('vmlinux', indexName(path), [before], sha, since);
     return { path: hit, format: p.format, fresh: false };
   }
   const dir = writableCacheDir('vmlinux');
@@ -166,7 +139,7 @@ export function unpackKernel(path: string, image: Uint8Array, log: (m: string) =
   try {
     decode(path, p, tmp);
     renameSync(tmp, dest);
-    if (before) recordSha(path, before, sha, since);
+    if (before) record('vmlinux', indexName(path), [before], sha, since);
     return { path: dest, format: p.format, fresh: true };
   } finally {
     rmSync(tmp, { force: true });

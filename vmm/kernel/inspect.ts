@@ -140,6 +140,15 @@ export interface KernelConfig {
   options: Map<string, string>;
 }
 
+/** The kernel's configuration as a file, the first of its build tree's .config and config-<release> beside the image that exists. */
+export function kernelConfigFile(k: KernelSource, release: string | undefined): string | undefined {
+  const files = [
+    ...(k.tree ? [join(k.tree, '.config')] : []),
+    ...(release ? [join(dirname(k.image), `config-${release}`)] : []),
+  ];
+  return files.find((f) => existsSync(f));
+}
+
 /**
  * The kernel's configuration: the build tree's .config, `config-<release>` beside the image
  * (Debian's /boot layout), or IKCONFIG in an ELF image or in the modules' configs.ko.
@@ -147,13 +156,8 @@ export interface KernelConfig {
  * decompressed first; it is not read.
  */
 export function findKernelConfig(k: KernelSource, release: string | undefined, modulesDir?: string): KernelConfig | undefined {
-  const files = [
-    ...(k.tree ? [join(k.tree, '.config')] : []),
-    ...(release ? [join(dirname(k.image), `config-${release}`)] : []),
-  ];
-  for (const f of files) {
-    if (existsSync(f)) return { source: f, options: parseKernelConfig(readFileSync(f, 'utf8')) };
-  }
+  const file = kernelConfigFile(k, release);
+  if (file) return { source: file, options: parseKernelConfig(readFileSync(file, 'utf8')) };
   const fromImage = readFileSync(k.image);
   if (fromImage.subarray(0, 4).toString('latin1') === '\x7fELF') {
     const text = extractIkconfig(fromImage);

@@ -74,8 +74,12 @@ export class Struct<F extends Fields> {
   /** Field name → byte offset from the start of the struct. */
   readonly offsets: { readonly [K in keyof F]: number };
   private readonly list: readonly (readonly [keyof F & string, Field])[];
-  private readonly reader: (dv: DataView, base: number) => StructValue<F>;
-  private readonly writer: (dv: DataView, value: StructInput<F>, base: number) => void;
+  /**
+   * read's and write's compiled code, made on first use: compiling them for every struct when
+   * the modules load took ~9 ms of a ~150 ms start natively (a CPU profile of \`tsvmm run\`),
+   * mostly for structs a given command never touches.
+   */
+  private codec?: [reader: (dv: DataView, base: number) => StructValue<F>, writer: (dv: DataView, value: StructInput<F>, base: number) => void];
 
   /** Checks that every field lies inside `size` and that no two fields overlap. */
   constructor(
@@ -90,6 +94,8 @@ export class Struct<F extends Fields> {
     let end = 0;
     let prev = '';
     for (const [k, f] of taken) {
+      // compile() puts field names into code: checked here, not only when it first runs.
+      if (!/^[A-Za-z_$][\w$]*$/.test(k)) throw new RangeError(`struct ${name}: field name ${k} is not an identifier`);
       const w = widthOf(f);
       if (!Number.isInteger(f.offset) || f.offset < 0 || f.offset + w > size) throw new RangeError(`struct ${name}: field ${k} (${f.offset}+${w}) does not fit in ${size} bytes`);
       if (f.offset < end) throw new RangeError(`struct ${name}: field ${k} at ${f.offset} overlaps ${prev}`);
@@ -98,7 +104,6 @@ export class Struct<F extends Fields> {
       offsets[k] = f.offset;
     }
     this.offsets = offsets;
-    [this.reader, this.writer] = compile(this);
   }
 
   /** Field name → [C field name, offset, width], in declaration order (ABI tests iterate this). */
@@ -110,7 +115,7 @@ export class Struct<F extends Fields> {
   read(src: Uint8Array | DataView, base = 0): StructValue<F> {
     const dv = viewOf(src);
     if (!(base >= 0 && base + this.size <= dv.byteLength)) throw new RangeError(`struct ${this.name}: ${this.size} bytes at ${base} run past ${dv.byteLength}`);
-    return this.reader(dv, base);
+    return (this.codec ??= compile(this))[0](dv, base);
   }
 
   /**
@@ -121,7 +126,7 @@ export class Struct<F extends Fields> {
   write(dst: Uint8Array | DataView, value: StructInput<F>, base = 0): void {
     const dv = viewOf(dst);
     if (!(base >= 0 && base + this.size <= dv.byteLength)) throw new RangeError(`struct ${this.name}: ${this.size} bytes at ${base} run past ${dv.byteLength}`);
-    this.writer(dv, value, base);
+    (this.codec ??= compile(this))[1](dv, value, base);
   }
 
   /** A new zeroed `size`-byte buffer holding `value`. */
@@ -132,7 +137,7 @@ export class Struct<F extends Fields> {
   }
 }
 
-// read and write are compiled once per struct into straight-line DataView code (as a hand-written
+// read and write are compiled once per struct (on first use) into straight-line DataView code (as a hand-written
 // codec would be): a generic loop over the fields with dynamic property names measured 5-16x
 // slower per call (docs/architecture.md), too slow for a per-packet header. The generated source
 // contains only field names (checked to be identifiers) and integer offsets from the struct's
@@ -145,7 +150,6 @@ function compile<F extends Fields>(s: Struct<F>): [Reader, Writer] {
   const reads: string[] = [];
   const writes: string[] = [];
   for (const [k, , offset] of s.layout()) {
-    if (!/^[A-Za-z_$][\w$]*$/.test(k)) throw new RangeError(`struct ${s.name}: field name ${k} is not an identifier`);
     const f = s.fields[k]!;
     const at = `b + ${offset}`;
     const check = (cond: string) => `if (!(${cond})) bad(${JSON.stringify(k)}, x);`;

@@ -12,7 +12,7 @@ import { AcpiSleep, PowerEvent, PvPanic } from '../devices/power';
 import { I8042 } from '../devices/i8042';
 import { buildAcpiTables } from './acpi/index';
 import { loadKernel, probeKernel, type LoadedKernel } from './boot/loader';
-import { unpackKernel, type UnpackedKernel } from './boot/unpack';
+import { recordedRuns, recordRuns, unpackKernel, type UnpackedKernel } from './boot/unpack';
 import { setupVcpu } from './boot/cpu';
 import { ConfigError, MachineConfig, validateConfig, validateVcpus } from './config';
 import { IrqfdLine } from './irq';
@@ -258,11 +258,15 @@ export class Machine {
     const cmdline = c.acpi
       ? c.cmdline + extraCmdline
       : [c.cmdline + extraCmdline, 'acpi=off', ...slots.map((s) => `virtio_mmio.device=${s.size / 1024}K@0x${s.base.toString(16)}:${s.gsi}`)].join(' ');
+    const since = Date.now();
+    // Before the mapping, as for the bzImage: the runs recorded for this very file, if any.
+    const vmlinuxStat = unpacked && statSync(unpacked.path, { bigint: true });
+    const vmlinuxRuns = vmlinuxStat && recordedRuns(unpacked.path, vmlinuxStat);
     const vmlinux = unpacked ? mapFile(unpacked.path, 'unpacked kernel') : undefined;
     let loaded: LoadedKernel;
     try {
       loaded = loadKernel(ram.memory, ram.ranges, {
-        kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline, vmlinux: vmlinux?.bytes,
+        kernelPath: c.kernel, kernel, initrdPath: c.initrd, initrd, cmdline, vmlinux: vmlinux?.bytes, vmlinuxRuns,
         // Fresh mappings (GuestRam): only the ACPI tables below 1 MiB are written so far.
         // Copied, not mapped into RAM from the file: a mapped kernel page costs the guest a
         // page-cache fault on first touch and a copy-on-write fault when written, each a
@@ -273,6 +277,7 @@ export class Machine {
     } finally {
       vmlinux?.unmap(); // the loader copied what it needed
     }
+    if (unpacked && vmlinuxStat && loaded.runs) recordRuns(unpacked.path, vmlinuxStat, loaded.runs, since);
     phase('image load');
     this.io.log(`loaded ${loaded.format} ${c.kernel}${unpacked ? ` (vmlinux ${unpacked.path})` : ''}, entry 0x${loaded.entry.toString(16)}${loaded.initrd ? `, initrd at 0x${loaded.initrd.addr.toString(16)}` : ''}`);
 

@@ -9,12 +9,13 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { TsvmmError } from '../../lib/errors';
 import { ELFMAG } from '../../lib/elf';
 import { cacheDir, fallbackCacheDir, record, recorded, writableCacheDir } from '../cache';
 import { parseBzImage } from './bzimage';
+import type { PageRuns } from './loader';
 
 export type PayloadFormat = 'gzip' | 'xz' | 'lzma' | 'bzip2' | 'zstd' | 'lz4' | 'lzo' | 'unknown';
 
@@ -94,6 +95,27 @@ function recordedSha(path: string, st: BigIntStats): string | undefined {
   const sha = recorded('vmlinux', indexName(path), [st]);
   return sha !== undefined && /^[0-9a-f]{64}$/.test(sha) ? sha : undefined;
 }
+
+/**
+ * The cached vmlinux's non-zero page runs per segment (vmm/boot/loader.ts, BootImage.vmlinuxRuns),
+ * recorded by the boot that first scanned it, keyed by the file's stat (`st`, taken before it
+ * was read): a later boot copies them without scanning the whole vmlinux for zero pages.
+ */
+export function recordedRuns(vmlinux: string, st: BigIntStats): PageRuns | undefined {
+  const text = recorded('vmlinux', runsName(vmlinux), [st]);
+  try {
+    return text === undefined ? undefined : (JSON.parse(text) as PageRuns);
+  } catch {
+    return undefined; // the loader checks what parses; this did not
+  }
+}
+
+/** Records `runs` for recordedRuns(); `since` as for record() in cache.ts. */
+export function recordRuns(vmlinux: string, st: BigIntStats, runs: PageRuns, since: number): void {
+  record('vmlinux', runsName(vmlinux), [st], JSON.stringify(runs), since);
+}
+
+const runsName = (vmlinux: string) => `runs-${basename(vmlinux)}`;
 
 /** The file is there, as long as the build said and starting like an ELF (not parsed: the loader does that). */
 function isVmlinux(path: string, size: number): boolean {

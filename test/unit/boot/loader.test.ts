@@ -137,6 +137,33 @@ needs(NO_KERNEL)('the default kernel\'s vmlinux into zeroed RAM: the same bytes 
   const whole = load(false);
   const skipped = load(true);
   assert.ok(Buffer.compare(whole, skipped) === 0, 'identical guest RAM');
+  // With the runs a scan found (what a boot records), the same RAM again without a scan.
+  const scannedRam = new Uint8Array(size);
+  const scan = loadKernel(new GuestMemory([{ gpa: 0, bytes: scannedRam }]), [{ gpa: 0, size }], { kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed: true });
+  assert.ok(scan.runs && scan.runs.length >= 2, 'the scan reports its runs');
+  const known = new Uint8Array(size);
+  const again = loadKernel(new GuestMemory([{ gpa: 0, bytes: known }]), [{ gpa: 0, size }], { kernelPath: k.kernel, kernel, vmlinux, cmdline: 'quiet', ramZeroed: true, vmlinuxRuns: scan.runs });
+  assert.is(again.runs, undefined, 'not scanned');
+  assert.ok(Buffer.compare(whole, known) === 0, 'identical guest RAM from the recorded runs');
+});
+
+test('a bzImage\'s vmlinux into zeroed RAM with recorded runs: only those written; runs that do not fit the segments are not used', () => {
+  const bz = makeBzImage();
+  const elf = makeElf();
+  // A run that leaves out the segment's last 4 bytes: the RAM shows it was used as given.
+  const partial = [[[0, 4]], [[0, ELF_SEG1.data.length]]] as const;
+  const m = machine();
+  const r = loadKernel(m.mem, m.ram, { kernelPath: 'bz', kernel: bz, vmlinux: elf, cmdline: 'a', ramZeroed: true, vmlinuxRuns: partial });
+  assert.is(r.runs, undefined);
+  assert.equal([...m.bytes.subarray(ELF_SEG0.paddr, ELF_SEG0.paddr + 8)], [...ELF_SEG0.data.slice(0, 4), 0xaa, 0xaa, 0xaa, 0xaa]);
+  // Wrong segment count, a run past its segment, overlapping or non-integer runs, not arrays: scanned instead.
+  const bad: unknown[] = [[[[0, 8]]], [[[0, 9]], [[0, 4]]], [[[0, 4], [2, 8]], [[0, 4]]], [[[0, 1.5]], [[0, 4]]], [[5], [[0, 4]]], 'x'];
+  for (const runs of bad) {
+    const b = machine();
+    const loaded = loadKernel(b.mem, b.ram, { kernelPath: 'bz', kernel: bz, vmlinux: elf, cmdline: 'a', ramZeroed: true, vmlinuxRuns: runs as never });
+    assert.ok(loaded.runs, `scanned for ${JSON.stringify(runs)}`);
+    assert.equal([...b.bytes.subarray(ELF_SEG0.paddr, ELF_SEG0.paddr + 8)], ELF_SEG0.data, JSON.stringify(runs));
+  }
 });
 
 test('probeKernel: format of good images; text, empty and broken files refused', () => {

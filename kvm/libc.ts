@@ -53,6 +53,7 @@ const c = {
   sendmsg: lib.func('sendmsg', 'intptr_t', ['int', 'void *', 'int']),
   recvmsg: lib.func('recvmsg', 'intptr_t', ['int', 'void *', 'int']),
   fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
+  poll: lib.func('poll', 'int', ['void *', 'unsigned long', 'int']),
 };
 
 export const O_RDWR = 0o2;
@@ -164,12 +165,26 @@ export function eventfdDrain(fd: number): bigint {
   fail('read(eventfd)');
 }
 
+const POLLIN = 1;
+const PollFd = struct('pollfd', 8, { fd: i32(0), events: u16(4), revents: u16(6) });
+
+const pollFd = new Uint8Array(PollFd.size);
 /**
- * Waits until a blocking eventfd (made without EFD_NONBLOCK) is signalled, then reads and
- * clears its counter: for a thread of its own that sleeps on the fd (a drive's I/O thread).
+ * Waits until an eventfd is signalled, at most `timeoutMs`, then reads and clears its counter
+ * (0n: the time ran out): for a thread of its own that sleeps on the fd (a drive's I/O thread).
+ * Never a read() without a limit: a worker blocked in a system call cannot be terminated, and
+ * Node joins every worker before the process exits, so one thread that nobody signals any more
+ * would keep the VMM from ever exiting.
  */
-export function eventfdWait(fd: number): bigint {
+export function eventfdWait(fd: number, timeoutMs: number): bigint {
+  PollFd.write(pollFd, { fd, events: POLLIN, revents: 0 });
   for (;;) {
+    const n = c.poll(pollFd, 1, timeoutMs) as number;
+    if (n === 0) return 0n;
+    if (n < 0) {
+      if (koffi.errno() === EINTR) continue;
+      fail('poll(eventfd)');
+    }
     const r = c.read(fd, counter, 8) as number;
     if (r === 8) return counter[0]!;
     if (koffi.errno() !== EINTR) fail('read(eventfd)');

@@ -101,9 +101,10 @@ export class BlockRequestServer {
         }
       }
     } finally {
-      if (unsignalled) this.signal();
+      // Counted before the interrupt: whoever it wakes reads counters that include this batch.
       const c = this.o.counters;
       if (n > c[AT.maxBatch]!) c[AT.maxBatch] = n;
+      if (unsignalled) this.signal();
     }
   }
 

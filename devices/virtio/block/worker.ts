@@ -14,6 +14,9 @@ import { FileIo } from './backend';
 import { BlockRequestServer, count } from './serve';
 import { CTL, THREAD_DEAD, type ThreadCommand, type ThreadInit, type ThreadReport } from './thread';
 
+/** The longest the thread sleeps without looking up (ms). */
+const WAKE_MS = 1000;
+
 const init = workerData as ThreadInit;
 const report = (m: ThreadReport) => parentPort!.postMessage(m);
 const { ctl, counters } = init;
@@ -32,7 +35,8 @@ function main(): void {
   const stopAsked = () => Atomics.load(ctl, CTL.GEN) !== active!.gen;
   report({ type: 'ready' });
   for (;;) {
-    eventfdWait(init.kickFd);
+    // A wake-up at least every WAKE_MS returns to JavaScript, where a terminate() takes effect.
+    if (eventfdWait(init.kickFd, WAKE_MS) === 0n) continue;
     count(counters, 'wakeups');
     for (let m = receiveMessageOnPort(init.port); m; m = receiveMessageOnPort(init.port)) {
       const cmd = m.message as ThreadCommand;

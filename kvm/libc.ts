@@ -54,6 +54,7 @@ const c = {
   recvmsg: lib.func('recvmsg', 'intptr_t', ['int', 'void *', 'int']),
   fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
   poll: lib.func('poll', 'int', ['void *', 'unsigned long', 'int']),
+  futex: lib.func('syscall', 'long', ['long', 'void *', 'int', 'int', 'void *']),
 };
 
 export const O_RDWR = 0o2;
@@ -80,7 +81,7 @@ const SYS_TGKILL = 234;
 const SYS_SCHED_SETATTR = 314;
 const SYS_SCHED_GETATTR = 315;
 const SC_NPROCESSORS_ONLN = 84;
-const { EINTR, EAGAIN } = constants.errno;
+const { EINTR, EAGAIN, ETIMEDOUT } = constants.errno;
 
 function fail(call: string, detail?: string): never {
   // koffi.errno() is live: read it before anything else can make a call.
@@ -189,6 +190,33 @@ export function eventfdWait(fd: number, timeoutMs: number): bigint {
     if (r === 8) return counter[0]!;
     if (koffi.errno() !== EINTR) fail('read(eventfd)');
   }
+}
+
+const SYS_FUTEX = 202;
+const FUTEX_WAIT_PRIVATE = 0 | 128;
+const FUTEX_WAKE_PRIVATE = 1 | 128;
+const futexTimeout = new BigInt64Array(2); // struct timespec
+/**
+ * Sleeps while `word[index]` holds `expected`, at most `timeoutMs`: the raw futex, for a word of
+ * shared memory the threads of this process hand work through. Atomics.wait does the same at
+ * about three times the cost (V8 parks each waiter on a condition variable behind a process-wide
+ * list); a raw waiter is woken only by futexWake, never by Atomics.notify. 'ok' also covers a
+ * spurious wake-up: callers re-check the word.
+ */
+export function futexWait(word: Int32Array, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out' {
+  futexTimeout[0] = BigInt(Math.floor(timeoutMs / 1000));
+  futexTimeout[1] = BigInt(Math.round((timeoutMs % 1000) * 1e6));
+  if (Number(c.futex(SYS_FUTEX, word.subarray(index, index + 1), FUTEX_WAIT_PRIVATE, expected, futexTimeout)) === 0) return 'ok';
+  const e = koffi.errno();
+  if (e === EAGAIN) return 'not-equal';
+  if (e === ETIMEDOUT) return 'timed-out';
+  if (e === EINTR) return 'ok';
+  fail('futex(FUTEX_WAIT)');
+}
+
+/** Wakes up to `count` threads sleeping in futexWait on `word[index]`. */
+export function futexWake(word: Int32Array, index: number, count = 1): void {
+  if (Number(c.futex(SYS_FUTEX, word.subarray(index, index + 1), FUTEX_WAKE_PRIVATE, count, null)) < 0) fail('futex(FUTEX_WAKE)');
 }
 
 /** Names the calling thread (shows in /proc/<pid>/task/<tid>/comm; 15 chars max). */

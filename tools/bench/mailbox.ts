@@ -1,7 +1,8 @@
-// Thread-model numbers behind docs/architecture.md: the cost of one forwarded register access
-// (vCPU worker → main thread → worker, the mailbox protocol of vmm/vcpu/mailbox.ts with
-// Atomics.wait in the worker and Atomics.waitAsync on main), and of one irqfd-style eventfd
-// signal from main. Needs no KVM.
+// Thread-model numbers behind docs/architecture.md: the cost of one register access forwarded
+// through V8's own primitives (vCPU worker → main thread → worker, Atomics.wait in the worker and
+// Atomics.waitAsync on main: the event-loop path main takes between bursts; the real mailbox
+// now hands off through a raw futex, measured with a KVM exit by tools/bench/exits.ts), and of
+// one irqfd-style eventfd signal from main. Needs no KVM.
 //
 //   node dist/bench/mailbox.js [--n 20000]
 

@@ -1,10 +1,12 @@
 // The channel between a vCPU worker and the main thread for port/MMIO accesses that a
 // main-thread device must answer: one SharedArrayBuffer per vCPU plus one shared doorbell.
-// The worker fills a request and Atomics.waits; main handles it and flips the state back.
+// The worker fills a request, rings the doorbell and sleeps on its STATE word (a raw futex);
+// main handles it, flips the state and wakes it.
 // It also defines what a worker gets when spawned (WorkerInit) and with its vCPU (WorkerRun),
 // and its exit counters. The mailbox layout, in one place (Int32 slots):
 
 import type { BusClaim } from '../../devices/bus';
+import { futexWake } from '../../kvm/libc';
 
 export const MB = {
   STATE: 0, // IDLE | REQUEST | RESPONSE
@@ -56,8 +58,28 @@ export function newMailbox(): Int32Array {
   return new Int32Array(new SharedArrayBuffer(MB.SLOTS * 4));
 }
 
+/**
+ * The doorbell every worker rings after posting a request: COUNT goes up by one per ring and is
+ * the word main sleeps on; MAIN_ASYNC is 1 while main waits for it through the event loop
+ * (Atomics.waitAsync) rather than in the futex (within a burst, vmm/vcpu/serve.ts).
+ */
+export const DOORBELL = { COUNT: 0, MAIN_ASYNC: 1 } as const;
+
 export function newDoorbell(): Int32Array {
-  return new Int32Array(new SharedArrayBuffer(4));
+  return new Int32Array(new SharedArrayBuffer(8));
+}
+
+/**
+ * Rings the doorbell: wakes main whichever way it waits. A raw futex waiter needs futexWake, an
+ * Atomics.waitAsync waiter needs Atomics.notify (V8 keeps its own waiter list), and each call
+ * costs microseconds on the vCPU's path, so the second is made only while main waits that way.
+ * No ring is lost: main sets MAIN_ASYNC before waitAsync compares COUNT, and a ring adds to COUNT
+ * before it reads MAIN_ASYNC (all sequentially consistent).
+ */
+export function ringDoorbell(doorbell: Int32Array): void {
+  Atomics.add(doorbell, DOORBELL.COUNT, 1);
+  futexWake(doorbell, DOORBELL.COUNT);
+  if (Atomics.load(doorbell, DOORBELL.MAIN_ASYNC)) Atomics.notify(doorbell, DOORBELL.COUNT);
 }
 
 /** The 8 data bytes of a mailbox as bytes (a view, not a copy). */

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../kvm/kvm';
 import { KvmRun, MP_STATE_NAMES, REG_NAMES, exitReasonName } from '../../kvm/layout';
-import { tgkill } from '../../kvm/libc';
+import { futexWake, tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
 import type { GuestMemory } from '../../devices/memory';
 import {
@@ -320,7 +320,7 @@ export class VcpuThreads {
   async stop(): Promise<void> {
     for (const t of this.threads) {
       Atomics.store(t.mailbox, MB.STOP, 1);
-      Atomics.notify(t.mailbox, MB.STATE);
+      futexWake(t.mailbox, MB.STATE);
       Atomics.store(t.mailbox, MB.PAUSE, 0); // a parked worker waits on PAUSE with no timeout
       Atomics.notify(t.mailbox, MB.PAUSE);
       t.run[KvmRun.offsets.immediateExit] = 1;

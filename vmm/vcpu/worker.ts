@@ -13,13 +13,13 @@ import {
   ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, KvmRunFailEntry,
   KvmRunInternal, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, exitReasonName,
 } from '../../kvm/layout';
-import { gettid, installSeccompFilter, setThreadName } from '../../kvm/libc';
+import { futexWait, gettid, installSeccompFilter, setThreadName } from '../../kvm/libc';
 import { KVM } from '../../kvm/ioctl';
 import { seccompMode, vcpuFilter } from './seccomp';
 import type { BusClaim } from '../../devices/bus';
 import {
   KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
-  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData,
+  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData, ringDoorbell,
 } from './mailbox';
 import { serveShared } from './shared';
 
@@ -68,10 +68,9 @@ function runVcpu(job: WorkerRun): void {
     mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
     if (isWrite) mbData.set(data);
     Atomics.store(mb, MB.STATE, STATE_REQUEST);
-    Atomics.add(init.doorbell, 0, 1);
-    Atomics.notify(init.doorbell, 0);
+    ringDoorbell(init.doorbell);
     stats[STAT_STATE] = VCPU_STATE.WAITING_FOR_MAIN;
-    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST && !Atomics.load(mb, MB.STOP)) Atomics.wait(mb, MB.STATE, STATE_REQUEST, 100);
+    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST && !Atomics.load(mb, MB.STOP)) futexWait(mb, MB.STATE, STATE_REQUEST, 100);
     if (!isWrite && Atomics.load(mb, MB.STATE) === STATE_RESPONSE) data.set(mbData.subarray(0, data.length));
     Atomics.store(mb, MB.STATE, STATE_IDLE);
     stats[STAT_STATE] = VCPU_STATE.HANDLING_EXIT;

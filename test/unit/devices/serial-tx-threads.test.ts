@@ -14,7 +14,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Bus, type BusClaim } from '../../../devices/bus';
 import { Serial16550 } from '../../../devices/serial';
-import { KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox } from '../../../vmm/vcpu/mailbox';
+import { futexWait } from '../../../kvm/libc';
+import { KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, ringDoorbell } from '../../../vmm/vcpu/mailbox';
 import { MailboxServer } from '../../../vmm/vcpu/serve';
 import { serveShared } from '../../../vmm/vcpu/shared';
 
@@ -79,9 +80,8 @@ function guestSide(): void {
     mb[MB.ADDR_HI] = 0;
     if (isWrite) mbData.set(data);
     Atomics.store(mb, MB.STATE, STATE_REQUEST);
-    Atomics.add(doorbell, 0, 1);
-    Atomics.notify(doorbell, 0);
-    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST) Atomics.wait(mb, MB.STATE, STATE_REQUEST, 100);
+    ringDoorbell(doorbell);
+    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST) futexWait(mb, MB.STATE, STATE_REQUEST, 100);
     if (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) throw new Error('the mailbox answered nothing');
     if (!isWrite) data.set(mbData.subarray(0, data.length));
     Atomics.store(mb, MB.STATE, STATE_IDLE);

@@ -7,7 +7,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Bus, type BusDevice } from '../../../devices/bus';
-import { KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox } from '../../../vmm/vcpu/mailbox';
+import { KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, ringDoorbell } from '../../../vmm/vcpu/mailbox';
 import { MailboxServer, type DeviceFault } from '../../../vmm/vcpu/serve';
 
 /** What a worker's forward() does, then waits (asynchronously: this is the main thread) for the answer. */
@@ -19,8 +19,7 @@ async function access(doorbell: Int32Array, mb: Int32Array, kind: number, addr: 
   mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
   if (isWrite) mailboxData(mb).set(data);
   Atomics.store(mb, MB.STATE, STATE_REQUEST);
-  Atomics.add(doorbell, 0, 1);
-  Atomics.notify(doorbell, 0);
+  ringDoorbell(doorbell);
   const deadline = Date.now() + 2000;
   while (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) {
     if (Date.now() > deadline) throw new Error('no answer from the mailbox server');
@@ -141,8 +140,7 @@ test('the retry is timed for the vCPU whose share comes back first, not the firs
     await quick; // within access()'s 2 s: the retry did not wait for vCPU 0's ~4 s
     assert.is(Atomics.load(mb0, MB.STATE), STATE_REQUEST, 'vCPU 0 still waits');
     clock += 5000;
-    Atomics.add(doorbell, 0, 1);
-    Atomics.notify(doorbell, 0);
+    ringDoorbell(doorbell);
     await slow;
   } finally {
     server.stop();

@@ -3,7 +3,8 @@
 # (system-wide: cpu-clock samples with call graphs, every KVM exit and userspace exit, context
 # switches), reported as text per VMM: exits by reason, userspace exits by reason, context
 # switches per thread, the hottest symbols. tsvmm's node runs with --perf-basic-prof (JIT
-# symbols) and --cpu-prof (DIR/prof); --metrics-path gives the device's own counters. Needs
+# symbols; not --cpu-prof: its SIGPROF kicked the vCPU threads out of KVM_RUN 50,000 times a
+# run); --metrics-path gives the device's own counters. Needs
 # KVM and perf; run it in the sandbox (the blk bench's arguments after the first --):
 #
 # BLK_DIAG_VMMS="tsvmm" looks at one only.
@@ -14,7 +15,7 @@ set -u
 out=$1
 shift
 cd "$(dirname "$0")/../.." || exit 1
-mkdir -p "$out/prof"
+mkdir -p "$out"
 # Does this kernel do non-blocking buffered reads/writes (RWF_NOWAIT) on tmpfs (where blk.mjs puts the image)?
 python3 - > "$out/nowait.txt" 2>&1 <<'PY'
 import os, tempfile
@@ -30,7 +31,7 @@ print(open('/proc/mounts').read())
 PY
 for vmm in ${BLK_DIAG_VMMS:-tsvmm qemu}; do
 	data=/tmp/perf-$vmm.data
-	TSVMM_BENCH_NODE_FLAGS="--perf-basic-prof --cpu-prof --cpu-prof-dir=$out/prof" \
+	TSVMM_BENCH_NODE_FLAGS="--perf-basic-prof" \
 		TSVMM_BENCH_RUN_ARGS="--metrics-path $out/metrics-$vmm.jsonl --metrics-interval 1" \
 		perf record -a -g -F 499 -e cpu-clock -e kvm:kvm_exit -e kvm:kvm_userspace_exit -e sched:sched_switch -o "$data" -- \
 		node tools/bench/blk.mjs --only "$vmm" --runs 1 --out "$out/blk-$vmm.json" "$@" 2>&1 | tail -4

@@ -82,6 +82,22 @@ export function ringDoorbell(doorbell: Int32Array): void {
   if (Atomics.load(doorbell, DOORBELL.MAIN_ASYNC)) Atomics.notify(doorbell, DOORBELL.COUNT);
 }
 
+/**
+ * Posts one access to main: fills the request (a write's bytes from `data`), marks it
+ * REQUEST and rings the doorbell. The caller then waits for STATE to become RESPONSE, in
+ * futexWait (a worker) or by polling (a test on main), reads a read's bytes, and sets IDLE.
+ */
+export function postRequest(mb: Int32Array, doorbell: Int32Array, kind: number, addr: number, data: Uint8Array, isWrite: boolean): void {
+  mb[MB.KIND] = kind;
+  mb[MB.IS_WRITE] = isWrite ? 1 : 0;
+  mb[MB.SIZE] = data.length;
+  mb[MB.ADDR_LO] = addr | 0;
+  mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
+  if (isWrite) mailboxData(mb).set(data);
+  Atomics.store(mb, MB.STATE, STATE_REQUEST);
+  ringDoorbell(doorbell);
+}
+
 /** The 8 data bytes of a mailbox as bytes (a view, not a copy). */
 export function mailboxData(mb: Int32Array): Uint8Array {
   return new Uint8Array(mb.buffer, MB.DATA * 4, 8);

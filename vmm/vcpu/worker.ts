@@ -19,7 +19,7 @@ import { seccompMode, vcpuFilter } from './seccomp';
 import type { BusClaim } from '../../devices/bus';
 import {
   KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
-  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData, ringDoorbell,
+  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData, postRequest,
 } from './mailbox';
 import { serveShared } from './shared';
 
@@ -61,14 +61,7 @@ function runVcpu(job: WorkerRun): void {
   /** Forwards one access to main and waits for its answer (reads fill `data`). */
   function forward(kind: number, addr: number, data: Uint8Array, isWrite: boolean): void {
     stats[STAT_FORWARDED]!++;
-    mb[MB.KIND] = kind;
-    mb[MB.IS_WRITE] = isWrite ? 1 : 0;
-    mb[MB.SIZE] = data.length;
-    mb[MB.ADDR_LO] = addr | 0;
-    mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
-    if (isWrite) mbData.set(data);
-    Atomics.store(mb, MB.STATE, STATE_REQUEST);
-    ringDoorbell(init.doorbell);
+    postRequest(mb, init.doorbell, kind, addr, data, isWrite);
     stats[STAT_STATE] = VCPU_STATE.WAITING_FOR_MAIN;
     while (Atomics.load(mb, MB.STATE) === STATE_REQUEST && !Atomics.load(mb, MB.STOP)) futexWait(mb, MB.STATE, STATE_REQUEST, 100);
     if (!isWrite && Atomics.load(mb, MB.STATE) === STATE_RESPONSE) data.set(mbData.subarray(0, data.length));

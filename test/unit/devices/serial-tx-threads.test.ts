@@ -15,7 +15,7 @@ import * as assert from 'uvu/assert';
 import { Bus, type BusClaim } from '../../../devices/bus';
 import { Serial16550 } from '../../../devices/serial';
 import { futexWait } from '../../../kvm/libc';
-import { KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, ringDoorbell } from '../../../vmm/vcpu/mailbox';
+import { KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, postRequest } from '../../../vmm/vcpu/mailbox';
 import { MailboxServer } from '../../../vmm/vcpu/serve';
 import { serveShared } from '../../../vmm/vcpu/shared';
 
@@ -73,14 +73,7 @@ function guestSide(): void {
       return;
     }
     forwarded++;
-    mb[MB.KIND] = KIND_PIO;
-    mb[MB.IS_WRITE] = isWrite ? 1 : 0;
-    mb[MB.SIZE] = data.length;
-    mb[MB.ADDR_LO] = COM1 + reg;
-    mb[MB.ADDR_HI] = 0;
-    if (isWrite) mbData.set(data);
-    Atomics.store(mb, MB.STATE, STATE_REQUEST);
-    ringDoorbell(doorbell);
+    postRequest(mb, doorbell, KIND_PIO, COM1 + reg, data, isWrite);
     while (Atomics.load(mb, MB.STATE) === STATE_REQUEST) futexWait(mb, MB.STATE, STATE_REQUEST, 100);
     if (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) throw new Error('the mailbox answered nothing');
     if (!isWrite) data.set(mbData.subarray(0, data.length));

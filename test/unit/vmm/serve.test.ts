@@ -7,19 +7,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Bus, type BusDevice } from '../../../devices/bus';
-import { KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, ringDoorbell } from '../../../vmm/vcpu/mailbox';
+import { KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, postRequest, ringDoorbell } from '../../../vmm/vcpu/mailbox';
 import { MailboxServer, type DeviceFault } from '../../../vmm/vcpu/serve';
 
 /** What a worker's forward() does, then waits (asynchronously: this is the main thread) for the answer. */
 async function access(doorbell: Int32Array, mb: Int32Array, kind: number, addr: number, data: Uint8Array, isWrite: boolean): Promise<Uint8Array> {
-  mb[MB.KIND] = kind;
-  mb[MB.IS_WRITE] = isWrite ? 1 : 0;
-  mb[MB.SIZE] = data.length;
-  mb[MB.ADDR_LO] = addr | 0;
-  mb[MB.ADDR_HI] = Math.floor(addr / 0x1_0000_0000);
-  if (isWrite) mailboxData(mb).set(data);
-  Atomics.store(mb, MB.STATE, STATE_REQUEST);
-  ringDoorbell(doorbell);
+  postRequest(mb, doorbell, kind, addr, data, isWrite);
   const deadline = Date.now() + 2000;
   while (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) {
     if (Date.now() > deadline) throw new Error('no answer from the mailbox server');

@@ -9,8 +9,13 @@
 // the runs, ratio tsvmm/qemu (goal >= 0.8). Owns nothing but its output and a temp dir; needs
 // hardware KVM, i.e. run it through tools/bench/run.sh blk.
 //
+// The JSON (--out) is rewritten after every finished boot, so a job the sandbox's time limit
+// cuts short keeps what it measured; --pool reads the runs of several such files (jobs short
+// enough for a shared sandbox) and reports them as one.
+//
 //   node tools/bench/blk.mjs [--small-mib 16] [--large-mib 128] [--runs 3] [--out FILE] [--only tsvmm|qemu]
-import { mkdtempSync, rmSync, openSync, writeSync, closeSync } from 'node:fs';
+//   node tools/bench/blk.mjs --pool A.json,B.json [--out FILE]
+import { mkdtempSync, rmSync, openSync, writeSync, closeSync, readFileSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,10 +34,11 @@ const USAGE = `usage: node tools/bench/blk.mjs [options]
   --kernel PATH   --initrd PATH   --qemu BIN   --qemu-cpu MODEL (default host)
   --only VMM      tsvmm or qemu
   --force         run even without a hardware KVM module
+  --pool A,B,...  run nothing: report the runs of these JSON files (earlier --out) together
 `;
 const o = parseArgs(process.argv.slice(2), {
   smallMib: 16, largeMib: 128, runs: 3, vcpus: 2, memory: '512M', timeout: 600, out: '', kernel: '', initrd: '',
-  qemu: 'qemu-system-x86_64', qemuCpu: 'host', only: '', force: false,
+  qemu: 'qemu-system-x86_64', qemuCpu: 'host', only: '', force: false, pool: '',
 }, USAGE);
 
 
@@ -75,7 +81,51 @@ async function oneRun(vmm, conf) {
   return run;
 }
 
+const KEYS = CASES.map((c) => `${c.op}-${c.bs === 4096 ? '4k' : '1m'}`);
+// Two decimals below 10 MiB/s: 4 KiB transfers in the nested sandbox run at tenths of a MiB/s.
+const f = (x) => fmt(x, x != null && x < 10 ? 2 : 1);
+
+/** Medians (min..max) per VMM and case over the successful runs, and tsvmm/qemu. */
+function summarize(runs, names) {
+  const summary = {};
+  for (const vmm of names) {
+    const ok = runs.filter((r) => r.vmm === vmm && r.ok);
+    summary[vmm] = { ok: ok.length, failed: runs.filter((r) => r.vmm === vmm).length - ok.length };
+    for (const k of KEYS) summary[vmm][k] = stats(ok.map((r) => r.mibS[k]).filter((x) => x != null));
+  }
+  const ratios = summary.tsvmm && summary.qemu ? Object.fromEntries(KEYS.map((k) => [k, ratio(summary.tsvmm[k].median, summary.qemu[k].median)])) : null;
+  return { summary, ratios };
+}
+
+function print(title, names, { summary, ratios }) {
+  console.log(title);
+  console.log(`vmm     ok/runs   ${KEYS.map((k) => `${k} median (min..max)`.padEnd(30)).join('')}`);
+  for (const vmm of names) {
+    const s = summary[vmm];
+    console.log(`${vmm.padEnd(7)} ${`${s.ok}/${s.ok + s.failed}`.padStart(7)}   ${KEYS.map((k) => `${f(s[k].median)} (${f(s[k].min)}..${f(s[k].max)})`.padEnd(30)).join('')}`);
+  }
+  if (ratios) console.log(`tsvmm/qemu (median): ${KEYS.map((k) => `${k} ${fmt(ratios[k], 2)}`).join(', ')} (goal >= 0.8)`);
+}
+
+/** --pool: the runs of earlier JSON files as one set (each keeps its file's name and config). */
+function pool() {
+  const files = o.pool.split(',').filter(Boolean);
+  const runs = [];
+  const sources = [];
+  for (const file of files) {
+    const d = JSON.parse(readFileSync(file, 'utf8'));
+    if (d.bench !== 'blk') throw new BenchError(`${file}: not a blk bench result (bench: ${d.bench})`);
+    sources.push({ file, date: d.env?.date ?? null, config: d.config, runs: d.runs.length });
+    for (const r of d.runs) runs.push({ ...r, source: file });
+  }
+  const names = ['tsvmm', 'qemu'].filter((n) => runs.some((r) => r.vmm === n));
+  const s = summarize(runs, names);
+  print(`virtio-blk sequential, O_DIRECT in the guest (MiB/s), pooled from ${files.length} files: ${names.map((n) => `${n} ${s.summary[n].ok} ok`).join(', ')}`, names, s);
+  writeJson(o.out, { bench: 'blk', pooled: sources, summary: s.summary, ratio: s.ratios, runs });
+}
+
 async function main() {
+  if (o.pool) return pool();
   requireKvm(o.force);
   const { kernel, initrd } = guestFiles(o);
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-blk-bench-'));
@@ -89,40 +139,24 @@ async function main() {
     const conf = { kernel, initrd, vcpus: o.vcpus, memory: o.memory, qemu: o.qemu, qemuCpu: o.qemuCpu, drive: image };
     const names = o.only ? [o.only] : ['tsvmm', 'qemu'];
     for (const n of names) if (n !== 'tsvmm' && n !== 'qemu') throw new BenchError(`--only: unknown VMM ${n}`);
+    const env = environment(o.qemu);
+    const config = { smallMib: o.smallMib, largeMib: o.largeMib, runs: o.runs, vcpus: o.vcpus, memory: o.memory, timeoutSec: o.timeout, kernel, initrd, qemuDrive: 'cache=writeback,aio=threads' };
     const runs = [];
     for (let i = 0; i < o.runs; i++) {
       for (const vmm of i % 2 ? [...names].reverse() : names) {
-        const run = { round: i, ...(await oneRun(vmm, conf)) };
+        const run = { round: i, at: new Date().toISOString(), ...(await oneRun(vmm, conf)) };
         runs.push(run);
         process.stderr.write(`blk: run ${i + 1}/${o.runs} ${vmm}: ` + (run.ok
-          ? `${Object.entries(run.mibS).map(([k, x]) => `${k} ${fmt(x, x != null && x < 10 ? 2 : 1)}`).join(', ')} MiB/s\n`
+          ? `${Object.entries(run.mibS).map(([k, x]) => `${k} ${f(x)}`).join(', ')} MiB/s\n`
           : `FAILED (${run.error})\n${run.outputTail}\n`));
+        // Every finished boot is on disk at once: a job cut short keeps what it measured.
+        const s = summarize(runs, names);
+        writeJson(o.out, { bench: 'blk', env, config, complete: runs.length === o.runs * names.length, summary: s.summary, ratio: s.ratios, runs });
       }
     }
-    const keys = CASES.map((c) => `${c.op}-${c.bs === 4096 ? '4k' : '1m'}`);
-    const summary = {};
-    for (const vmm of names) {
-      const ok = runs.filter((r) => r.vmm === vmm && r.ok);
-      summary[vmm] = { ok: ok.length, failed: runs.filter((r) => r.vmm === vmm).length - ok.length };
-      for (const k of keys) summary[vmm][k] = stats(ok.map((r) => r.mibS[k]).filter((x) => x != null));
-    }
-    const ratios = summary.tsvmm && summary.qemu ? Object.fromEntries(keys.map((k) => [k, ratio(summary.tsvmm[k].median, summary.qemu[k].median)])) : null;
-
-    console.log(`virtio-blk sequential, O_DIRECT in the guest (MiB/s; 4 KiB: ${o.smallMib} MiB, 1 MiB: ${o.largeMib} MiB each way), ${o.runs} runs each, vcpus=${o.vcpus} memory=${o.memory}`);
-    // Two decimals below 10 MiB/s: 4 KiB transfers in the nested sandbox run at tenths of a MiB/s.
-    const f = (x) => fmt(x, x != null && x < 10 ? 2 : 1);
-    console.log(`vmm     ok/runs   ${keys.map((k) => `${k} median (min..max)`.padEnd(30)).join('')}`);
-    for (const vmm of names) {
-      const s = summary[vmm];
-      console.log(`${vmm.padEnd(7)} ${`${s.ok}/${s.ok + s.failed}`.padStart(7)}   ${keys.map((k) => `${f(s[k].median)} (${f(s[k].min)}..${f(s[k].max)})`.padEnd(30)).join('')}`);
-    }
-    if (ratios) console.log(`tsvmm/qemu (median): ${keys.map((k) => `${k} ${fmt(ratios[k], 2)}`).join(', ')} (goal >= 0.8)`);
-    writeJson(o.out, {
-      bench: 'blk', env: environment(o.qemu),
-      config: { smallMib: o.smallMib, largeMib: o.largeMib, runs: o.runs, vcpus: o.vcpus, memory: o.memory, timeoutSec: o.timeout, kernel, initrd, qemuDrive: 'cache=writeback,aio=threads' },
-      summary, ratio: ratios, runs,
-    });
-    process.exitCode = names.every((n) => summary[n].ok > 0) ? 0 : 1;
+    const s = summarize(runs, names);
+    print(`virtio-blk sequential, O_DIRECT in the guest (MiB/s; 4 KiB: ${o.smallMib} MiB, 1 MiB: ${o.largeMib} MiB each way), ${o.runs} runs each, vcpus=${o.vcpus} memory=${o.memory}`, names, s);
+    process.exitCode = names.every((n) => s.summary[n].ok > 0) ? 0 : 1;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,9 +6,13 @@
 // (cold guest cache; the host's page cache is warm for both). Ratios are QEMU's time over
 // tsvmm's (≥ 1: tsvmm as fast). Needs hardware KVM: run it through tools/bench/run.sh.
 //
+// The JSON (--out) is rewritten after every finished boot, so a job cut short keeps what it
+// measured; --pool reports the runs of several such files as one.
+//
 //   node tools/bench/virtiofs.mjs [--runs 3] [--files 10000] [--big-mib 128] [--out FILE]
+//   node tools/bench/virtiofs.mjs --pool A.json,B.json [--out FILE]
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -21,11 +25,12 @@ const USAGE = `usage: node tools/bench/virtiofs.mjs [options]
   --big-mib N     size of the sequentially read file (default 128)
   --memory SIZE   (default 512M)   --timeout SEC (default 600)   --out FILE
   --virtiofsd BIN (default: what tsvmm finds)   --qemu BIN   --qemu-cpu MODEL (default host)
-  --force         run even without a hardware KVM module`;
+  --force         run even without a hardware KVM module
+  --pool A,B,...  run nothing: report the runs of these JSON files (earlier --out) together`;
 
 const o = parseArgs(process.argv.slice(2), {
   runs: 3, files: 10000, bigMib: 128, memory: '512M', timeout: 600, out: '', virtiofsd: '', qemu: 'qemu-system-x86_64', qemuCpu: 'host', force: false,
-  kernel: '', initrd: '',
+  kernel: '', initrd: '', pool: '',
 }, USAGE);
 
 const LINE = 'bench-vfs:';
@@ -94,7 +99,48 @@ async function runGuest(cmd, args, env) {
   return { ok: true, ...result, wallMs: r.ms };
 }
 
+/** Medians per VMM over the successful runs, and QEMU's time over tsvmm's (tsvmm's relative speed, goal >= 0.9). */
+function summarize(runs) {
+  const summary = {};
+  for (const vmm of ['tsvmm', 'qemu']) {
+    const ok = runs.filter((r) => r.vmm === vmm && r.ok);
+    summary[vmm] = { ok: ok.length, runs: runs.filter((r) => r.vmm === vmm).length, readMs: stats(ok.map((r) => r.readMs)), statMs: stats(ok.map((r) => r.statMs)) };
+  }
+  const ratios = {
+    read: ratio(summary.qemu.readMs.median, summary.tsvmm.readMs.median),
+    stat: ratio(summary.qemu.statMs.median, summary.tsvmm.statMs.median),
+  };
+  return { summary, ratios };
+}
+
+function print(title, { summary, ratios }) {
+  console.log(title);
+  const mm = (s) => `${fmt(s.median, 0).padStart(7)} (${fmt(s.min, 0)}..${fmt(s.max, 0)})`;
+  for (const vmm of ['tsvmm', 'qemu']) console.log(`${vmm.padEnd(6)} ok ${summary[vmm].ok}/${summary[vmm].runs}  read ${mm(summary[vmm].readMs)}  stat ${mm(summary[vmm].statMs)}`);
+  console.log(`tsvmm speed vs qemu (qemu ms / tsvmm ms): read ${fmt(ratios.read, 2)}, stat ${fmt(ratios.stat, 2)} (goal >= 0.9)`);
+}
+
+/** --pool: the runs of earlier JSON files as one set (each keeps its file's name). */
+function pool() {
+  const files = o.pool.split(',').filter(Boolean);
+  const runs = [];
+  const sources = [];
+  for (const file of files) {
+    const d = JSON.parse(readFileSync(file, 'utf8'));
+    if (d.bench !== 'virtiofs') throw new BenchError(`${file}: not a virtiofs bench result (bench: ${d.bench})`);
+    const { files: n, bigMib, memory } = d.config;
+    sources.push({ file, date: d.env?.date ?? null, files: n, bigMib, memory, runs: d.runs.length });
+    for (const r of d.runs) runs.push({ ...r, source: file });
+  }
+  const sizes = new Set(sources.map((s) => `${s.files} files, ${s.bigMib} MiB`));
+  if (sizes.size > 1) throw new BenchError(`--pool: the files measured different sizes (${[...sizes].join('; ')})`);
+  const s = summarize(runs);
+  print(`virtio-fs, pooled from ${files.length} files (${[...sizes][0]}; ms, median (min..max))`, s);
+  writeJson(o.out, { bench: 'virtiofs', pooled: sources, summary: s.summary, ratio: s.ratios, runs });
+}
+
 async function main() {
+  if (o.pool) return pool();
   requireKvm(o.force);
   Object.assign(o, guestFiles(o));
   const daemon = findDaemon();
@@ -109,29 +155,21 @@ async function main() {
         '--memory', o.memory, '--share', `${dir}:/mnt/b,ro`, '--cmdline', cmdline], { ...process.env, TSVMM_VIRTIOFSD: daemon }),
       qemu: () => qemuRun(base, dir, daemon, `${cmdline} tsvmm.share=bench:/mnt/b:ro`),
     };
+    const env = environment(o.qemu);
     const runs = [];
     for (let i = 0; i < o.runs; i++) {
       for (const vmm of i % 2 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu']) {
-        const r = { vmm, round: i, ...(await vmms[vmm]()) };
+        const r = { vmm, round: i, at: new Date().toISOString(), ...(await vmms[vmm]()) };
         runs.push(r);
         process.stderr.write(`virtiofs: run ${i + 1}/${o.runs} ${vmm}: ${r.ok ? `read ${r.readMs} ms, stat ${r.statMs} ms` : `FAILED (${r.error})\n${r.tail}`}\n`);
+        // Every finished boot is on disk at once: a job cut short keeps what it measured.
+        const s = summarize(runs);
+        writeJson(o.out, { bench: 'virtiofs', env, config: { ...o, daemon }, complete: runs.length === 2 * o.runs, summary: s.summary, ratio: s.ratios, runs });
       }
     }
-    const summary = {};
-    for (const vmm of ['tsvmm', 'qemu']) {
-      const ok = runs.filter((r) => r.vmm === vmm && r.ok);
-      summary[vmm] = { ok: ok.length, readMs: stats(ok.map((r) => r.readMs)), statMs: stats(ok.map((r) => r.statMs)) };
-    }
-    // QEMU's time over tsvmm's: tsvmm's speed relative to QEMU's (goal >= 0.9).
-    const ratios = {
-      read: ratio(summary.qemu.readMs.median, summary.tsvmm.readMs.median),
-      stat: ratio(summary.qemu.statMs.median, summary.tsvmm.statMs.median),
-    };
-    console.log(`virtio-fs, same virtiofsd (${daemon}), ${o.runs} boots each: sequential read of ${o.bigMib} MiB, ls -lR of ${o.files} files (ms, median)`);
-    for (const vmm of ['tsvmm', 'qemu']) console.log(`${vmm.padEnd(6)} ok ${summary[vmm].ok}/${o.runs}  read ${fmt(summary[vmm].readMs.median, 0).padStart(7)}  stat ${fmt(summary[vmm].statMs.median, 0).padStart(7)}`);
-    console.log(`tsvmm speed vs qemu (qemu ms / tsvmm ms): read ${fmt(ratios.read, 2)}, stat ${fmt(ratios.stat, 2)} (goal >= 0.9)`);
-    writeJson(o.out, { bench: 'virtiofs', env: environment(o.qemu), config: { ...o, daemon }, summary, ratio: ratios, runs });
-    process.exitCode = summary.tsvmm.ok && summary.qemu.ok ? 0 : 1;
+    const s = summarize(runs);
+    print(`virtio-fs, same virtiofsd (${daemon}), ${o.runs} boots each: sequential read of ${o.bigMib} MiB, ls -lR of ${o.files} files (ms, median (min..max))`, s);
+    process.exitCode = s.summary.tsvmm.ok && s.summary.qemu.ok ? 0 : 1;
   } finally {
     rmSync(base, { recursive: true, force: true });
   }

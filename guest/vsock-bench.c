@@ -5,6 +5,7 @@
  * vsock handshake (CONNECT <port>\n -> OK <port>\n).
  *
  *   vsock-bench send BYTES ENDPOINT     vsock-bench recv ENDPOINT
+ *   vsock-bench echo-send BYTES ENDPOINT     vsock-bench echo ENDPOINT
  *   ENDPOINT: listen:PORT | connect:CID:PORT | uds-connect:PATH:PORT | uds-listen:PATH
  *
  * Wire: sender -> u64 LE length, its SHA-256 of the data (64 hex digits), LENGTH bytes;
@@ -15,10 +16,18 @@
  * Each side prints one line:
  *   vsock-bench: role=send|recv bytes=N secs=S mib_s=M sha256=H peer_sha256=H ok=0|1
  * sender: secs = first byte written .. ack read; receiver: first byte read .. last byte read.
+ *
+ * Echo (the concurrent case): echo-send writes the same header and data while it reads
+ * everything back at the same time (one poll loop, so both directions are in flight at once);
+ * echo returns every byte it reads, header included, as it reads it, keeps a copy and hashes it
+ * once the last byte went back. echo-send's check is byte-exact (what came back against what it
+ * sent) and by digest; its secs = first byte written .. last echoed byte read. The echo end's
+ * secs = first data byte read .. last byte written back.
  * Exit status: 0 when both digests match, 1 on a mismatch or an I/O error, 2 usage.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +42,7 @@
 
 #define CHUNK (256 * 1024)
 #define RETRY_SECS 600.0
+#define HDR (8 + 64) /* u64 LE length + SHA-256 as hex */
 
 /* The data's SHA-256 as 64 hex digits (guest/sha256.c, shared with the agent). */
 static void sha256_hex(const uint8_t *data, size_t n, char out[65])
@@ -57,7 +67,7 @@ static void die(const char *what)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: vsock-bench send BYTES ENDPOINT | recv ENDPOINT\n"
+	fprintf(stderr, "usage: vsock-bench send BYTES ENDPOINT | recv ENDPOINT | echo-send BYTES ENDPOINT | echo ENDPOINT\n"
 			"  ENDPOINT: listen:PORT | connect:CID:PORT | uds-connect:PATH:PORT | uds-listen:PATH\n");
 	exit(2);
 }
@@ -186,7 +196,9 @@ static void report(const char *role, uint64_t bytes, double secs, const char *sh
 	exit(ok ? 0 : 1);
 }
 
-static void do_send(uint64_t bytes, int fd)
+/* The sender's data (xorshift64 words, little endian), its header (u64 LE length + SHA-256
+ * hex) and digest, all made before the clock starts. */
+static uint8_t *make_data(uint64_t bytes, uint8_t hdr[HDR], char sha[65])
 {
 	uint8_t *data = malloc(bytes ? bytes : 1);
 	if (!data) die("malloc");
@@ -195,11 +207,26 @@ static void do_send(uint64_t bytes, int fd)
 		if ((i & 7) == 0) x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		data[i] = (uint8_t)(x >> (8 * (i & 7)));
 	}
-	char mine[65], peer[65] = "";
-	sha256_hex(data, bytes, mine);
-	uint8_t hdr[8 + 64];
+	sha256_hex(data, bytes, sha);
 	for (int i = 0; i < 8; i++) hdr[i] = (uint8_t)(bytes >> (8 * i));
-	memcpy(hdr + 8, mine, 64);
+	memcpy(hdr + 8, sha, 64);
+	return data;
+}
+
+/* The header's length, refused above 4 GiB (a corrupt header must not make us allocate it). */
+static uint64_t header_bytes(const uint8_t hdr[HDR])
+{
+	uint64_t bytes = 0;
+	for (int i = 0; i < 8; i++) bytes |= (uint64_t)hdr[i] << (8 * i);
+	if (bytes > (1ull << 32)) { fprintf(stderr, "vsock-bench: refusing %llu bytes\n", (unsigned long long)bytes); exit(1); }
+	return bytes;
+}
+
+static void do_send(uint64_t bytes, int fd)
+{
+	uint8_t hdr[HDR];
+	char mine[65], peer[65] = "";
+	uint8_t *data = make_data(bytes, hdr, mine);
 	double t0 = now();
 	write_all(fd, hdr, sizeof hdr);
 	for (uint64_t off = 0; off < bytes; off += CHUNK)
@@ -215,14 +242,12 @@ static void do_send(uint64_t bytes, int fd)
 
 static void do_recv(int fd)
 {
-	uint8_t hdr[8 + 64];
+	uint8_t hdr[HDR];
 	char peer[65];
 	if (read_full(fd, hdr, sizeof hdr) != sizeof hdr) { fprintf(stderr, "vsock-bench: short header\n"); exit(1); }
 	double t0 = now();
-	uint64_t bytes = 0;
-	for (int i = 0; i < 8; i++) bytes |= (uint64_t)hdr[i] << (8 * i);
+	uint64_t bytes = header_bytes(hdr);
 	memcpy(peer, hdr + 8, 64), peer[64] = 0;
-	if (bytes > (1ull << 32)) { fprintf(stderr, "vsock-bench: refusing %llu bytes\n", (unsigned long long)bytes); exit(1); }
 	uint8_t *data = malloc(bytes ? bytes : 1);
 	if (!data) die("malloc");
 	size_t got = read_full(fd, data, bytes);
@@ -241,6 +266,75 @@ static void do_recv(int fd)
 	report("recv", bytes, secs, mine, peer);
 }
 
+/* Host end of the echo: writes header + data and reads the echo back in one poll loop. */
+static void do_echo_send(uint64_t bytes, int fd)
+{
+	uint8_t hdr[HDR];
+	char mine[65], peer[65];
+	uint8_t *data = make_data(bytes, hdr, mine);
+	uint64_t total = HDR + bytes;
+	uint8_t *back = malloc(total);
+	if (!back) die("malloc");
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) die("fcntl");
+	uint64_t sent = 0, got = 0;
+	double t0 = now();
+	while (got < total) {
+		struct pollfd p = { .fd = fd, .events = POLLIN | (sent < total ? POLLOUT : 0) };
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR) continue;
+			die("poll");
+		}
+		if (sent < total && (p.revents & (POLLOUT | POLLERR | POLLHUP))) {
+			const uint8_t *src = sent < HDR ? hdr + sent : data + (sent - HDR);
+			uint64_t left = sent < HDR ? HDR - sent : total - sent;
+			ssize_t r = write(fd, src, left < CHUNK ? left : CHUNK);
+			if (r < 0 && errno != EAGAIN && errno != EINTR) die("write");
+			if (r > 0) sent += (uint64_t)r;
+		}
+		if (p.revents & (POLLIN | POLLERR | POLLHUP)) {
+			ssize_t r = read(fd, back + got, total - got < CHUNK ? total - got : CHUNK);
+			if (r < 0 && errno != EAGAIN && errno != EINTR) die("read");
+			if (r == 0) { fprintf(stderr, "vsock-bench: EOF after %llu of %llu echoed bytes\n", (unsigned long long)got, (unsigned long long)total); exit(1); }
+			if (r > 0) got += (uint64_t)r;
+		}
+	}
+	double secs = now() - t0;
+	sha256_hex(back + HDR, bytes, peer);
+	int same = memcmp(back, hdr, HDR) == 0 && memcmp(back + HDR, data, bytes) == 0;
+	close(fd);
+	/* A byte-exact mismatch with a matching digest cannot happen; report it as a mismatch anyway. */
+	report("echo-send", bytes, secs, mine, same ? peer : "mismatch");
+}
+
+/* Guest end of the echo: returns every byte as it comes, then checks the digest it was sent. */
+static void do_echo(int fd)
+{
+	uint8_t hdr[HDR];
+	char peer[65], mine[65];
+	if (read_full(fd, hdr, sizeof hdr) != sizeof hdr) { fprintf(stderr, "vsock-bench: short header\n"); exit(1); }
+	uint64_t bytes = header_bytes(hdr);
+	memcpy(peer, hdr + 8, 64), peer[64] = 0;
+	uint8_t *data = malloc(bytes ? bytes : 1);
+	if (!data) die("malloc");
+	double t0 = now();
+	write_all(fd, hdr, sizeof hdr);
+	for (uint64_t off = 0; off < bytes;) {
+		ssize_t r = read(fd, data + off, bytes - off < CHUNK ? bytes - off : CHUNK);
+		if (r < 0 && errno == EINTR) continue;
+		if (r < 0) die("read");
+		if (r == 0) { fprintf(stderr, "vsock-bench: EOF after %llu of %llu bytes\n", (unsigned long long)off, (unsigned long long)bytes); exit(1); }
+		write_all(fd, data + off, (size_t)r);
+		off += (uint64_t)r;
+	}
+	double secs = now() - t0;
+	sha256_hex(data, bytes, mine);
+	/* The peer closes once it has everything back, so our close loses nothing. */
+	char c;
+	(void)read(fd, &c, 1);
+	close(fd);
+	report("echo", bytes, secs, mine, peer);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && strcmp(argv[1], "send") == 0) {
@@ -250,6 +344,13 @@ int main(int argc, char **argv)
 		do_send(bytes, open_endpoint(argv[3]));
 	} else if (argc == 3 && strcmp(argv[1], "recv") == 0) {
 		do_recv(open_endpoint(argv[2]));
+	} else if (argc == 4 && strcmp(argv[1], "echo-send") == 0) {
+		char *end;
+		uint64_t bytes = strtoull(argv[2], &end, 10);
+		if (*end) usage();
+		do_echo_send(bytes, open_endpoint(argv[3]));
+	} else if (argc == 3 && strcmp(argv[1], "echo") == 0) {
+		do_echo(open_endpoint(argv[2]));
 	}
 	usage();
 }

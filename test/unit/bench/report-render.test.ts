@@ -11,7 +11,7 @@ import { goals, markdown, metricsOf, renderCharts, reportMetrics, type ReportRec
 
 const spread = (median: number, min = median, max = median, n = 3) => ({ n, min, median, max });
 const boot = { summary: { tsvmm: { readyMs: spread(2000, 1800, 2600), rssMiB: spread(180) }, qemu: { readyMs: spread(1000, 900, 1200), rssMiB: spread(170) } } };
-const vsock = { summary: { tsvmm: { h2gMibS: spread(300), g2hMibS: spread(100) }, qemu: { h2gMibS: spread(600), g2hMibS: spread(50) } } };
+const vsock = { summary: { tsvmm: { h2gMibS: spread(300), g2hMibS: spread(100), echoMibS: spread(30) }, qemu: { h2gMibS: spread(600), g2hMibS: spread(50), echoMibS: spread(40) } } };
 const exits = { summary: { c: { exitsPerSec: spread(20000) }, local: { exitsPerSec: spread(15000, 14000, 16000) }, 'c-forwarded': { exitsPerSec: spread(4000) }, forwarded: { exitsPerSec: spread(1000) } } };
 const blk = { summary: { tsvmm: { 'read-4k': spread(0.8), 'read-1m': spread(40), 'write-4k': spread(0.5), 'write-1m': spread(30) }, qemu: { 'read-4k': spread(1), 'read-1m': spread(40), 'write-4k': spread(1), 'write-1m': spread(60) } } };
 const virtiofs = { summary: { tsvmm: { readMs: spread(1800), statMs: spread(800) }, qemu: { readMs: spread(2000), statMs: spread(700) } } };
@@ -41,9 +41,13 @@ test('relative performance: 1 is parity, above 1 tsvmm better, for times and for
   assert.is(b!.unit, 's');
   assert.equal(b!.tsvmm, spread(2, 1.8, 2.6));
   assert.is(b!.relative, 0.5);                                   // twice QEMU's boot time
-  const [h2g, g2h] = metricsOf('vsock', vsock);
+  const [h2g, g2h, echo] = metricsOf('vsock', vsock);
   assert.is(h2g!.relative, 0.5);
   assert.is(g2h!.relative, 2);
+  assert.is(echo!.relative, 0.75);
+  assert.match(echo!.metric, /concurrent echo/);
+  // A JSON from before the echo row: the two streams, no empty echo row.
+  assert.equal(metricsOf('vsock', { summary: { tsvmm: { h2gMibS: spread(3), g2hMibS: spread(2) } } }).map((m) => m.metric), ['host→guest stream', 'guest→host stream']);
   const [local, forwarded] = metricsOf('exits', exits);
   assert.is(local!.relative, 0.75);
   assert.is(forwarded!.relative, 0.25);                          // against the twin that forwards too
@@ -96,6 +100,8 @@ test('goals: each in the terms of its issue, met or not, beside the ratio', () =
   assert.equal([fs.value, fs.met], [2000 / 1800, true]);
   const blk4k = byGoal.get('virtio-blk read, 4 KiB blocks: ≥ 0.8× QEMU (issue 14)')!;
   assert.equal([blk4k.value, blk4k.met], [0.8, true]);            // the threshold itself is met
+  const echo = byGoal.get('concurrent echo (host streams, reads the echo back): ≥ 0.8× vhost-vsock (issue 16)')!;
+  assert.equal([echo.value, echo.met], [0.75, false]);
   const fwd = byGoal.get('port exits forwarded to the main thread: ≥ 0.5× the C twin (issue 16)')!;
   assert.equal([fwd.value, fwd.met], [0.25, false]);
   // No peer: no value, not met, and said.
@@ -135,7 +141,7 @@ needs(NO_CHARTS)('charts: one bar per measured ratio (references left out), SVG 
     const files = await renderCharts(rec, reportMetrics(rec), dir);
     const relative = readFileSync(files[0]!.svg, 'utf8');
     const bars = relative.match(/aria-label="tsvmm relative to its peer [^"]*: [\d.]+; what: [^"]*"/g) ?? [];
-    assert.is(bars.length, 14, bars.join('\n'));                 // boot ×2, blk ×4, virtio-fs ×2, exits ×2, prio p50 and p99 (vsock failed); no reference
+    assert.is(bars.length, 15, bars.join('\n'));                 // boot ×2, vsock ×3, blk ×4, virtio-fs ×2, exits ×2, prio p50 and p99; no reference
     assert.ok(bars.some((b) => /: 2; what: vsock: guest→host stream"/.test(b)), bars.join('\n'));
     const values = readFileSync(files[1]!.svg, 'utf8');
     assert.match(values, /boot: boot to init ready \(s\)/);

@@ -1,6 +1,6 @@
 // The vsock benchmark's helper (guest/vsock-bench.c) against a Node peer over Unix sockets:
 // its wire format, its SHA-256 (checked against node:crypto), the hybrid CONNECT handshake
-// with a retry, and that a wrong digest fails. No KVM needed.
+// with a retry, that a wrong digest fails, and both ends of the concurrent echo. No KVM needed.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFileSync, spawn } from 'node:child_process';
@@ -14,9 +14,9 @@ import { projectRoot } from '../../../vmm/default-guest';
 const root = projectRoot();
 const helper = execFileSync(join(root, 'tools/bench/guest-build.sh'), { encoding: 'utf8' }).trim();
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-bench-test-'));
-const LINE = /^vsock-bench: role=(send|recv) bytes=(\d+) secs=([\d.]+) mib_s=([\d.]+) sha256=([0-9a-f]{64}) peer_sha256=([0-9a-f]*) ok=([01])$/m;
+const LINE = /^vsock-bench: role=(send|recv|echo-send|echo) bytes=(\d+) secs=([\d.]+) mib_s=([\d.]+) sha256=([0-9a-f]{64}) peer_sha256=([0-9a-f]*) ok=([01])$/m;
 
-function runHelper(args: string[]): { done: Promise<{ code: number | null; out: string; err: string }>; listening: Promise<void> } {
+function runHelper(args: string[]): { done: Promise<{ code: number | null; out: string; err: string }>; listening: Promise<void>; kill: () => void } {
   const child = spawn(helper, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -28,7 +28,7 @@ function runHelper(args: string[]): { done: Promise<{ code: number | null; out: 
     if (err.includes('listening')) onListen();
   });
   const done = new Promise<{ code: number | null; out: string; err: string }>((resolve) => child.on('close', (code) => resolve({ code, out, err })));
-  return { done, listening };
+  return { done, listening, kill: () => child.kill() };
 }
 
 /** Reads exactly n bytes (or up to EOF) from a socket. */
@@ -143,8 +143,98 @@ test('receiver: a wrong claimed digest is ok=0 and exit status 1', async () => {
   assert.match(r.out, /ok=0/);
 });
 
+test('echo-send: streams while reading the echo back (hybrid CONNECT), byte-exact and digest checked', async () => {
+  const bytes = 2 * 1048576 + 5;
+  const path = join(dir, 'e.sock');
+  const server = createServer((sock) => {
+    let line = '';
+    let echoing = false;
+    // Echo with backpressure: while the helper does not read, we stop reading too. A helper
+    // that wrote everything before reading would deadlock against this (2 MiB is far more
+    // than both socket buffers) and never print its line.
+    const echo = (d: Buffer) => {
+      if (d.length && !sock.write(d)) {
+        sock.pause();
+        sock.once('drain', () => sock.resume());
+      }
+    };
+    sock.on('data', (d: Buffer) => {
+      if (echoing) return echo(d);
+      line += d.toString('latin1');
+      const nl = line.indexOf('\n');
+      if (nl < 0) return;
+      assert.is(line.slice(0, nl), 'CONNECT 5003');
+      echoing = true;
+      sock.write('OK 1073741824\n');
+      echo(Buffer.from(line.slice(nl + 1), 'latin1'));
+    });
+    sock.on('end', () => sock.end());
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  const h = runHelper(['echo-send', String(bytes), `uds-connect:${path}:5003`]);
+  const deadlock = setTimeout(h.kill, 30_000);
+  const r = await h.done;
+  clearTimeout(deadlock);
+  server.close();
+  assert.is(r.code, 0, r.err);
+  const m = LINE.exec(r.out);
+  assert.ok(m, r.out);
+  const sha = createHash('sha256').update(expectedData(bytes)).digest('hex');
+  assert.equal([m![1], Number(m![2]), m![5], m![6], m![7]], ['echo-send', bytes, sha, sha, '1']);
+});
+
+test('echo-send: a corrupted echo is ok=0 and exit status 1', async () => {
+  const path = join(dir, 'ebad.sock');
+  const server = createServer((sock) => {
+    let ok = false;
+    sock.on('data', (d: Buffer) => {
+      if (!ok) {
+        ok = true;
+        sock.write('OK 1\n');
+        d = d.subarray(d.indexOf(10) + 1);
+      }
+      const copy = Buffer.from(d);
+      if (copy.length > 100) copy[100]! ^= 1;
+      sock.write(copy);
+    });
+    sock.on('end', () => sock.end());
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  const r = await runHelper(['echo-send', '100000', `uds-connect:${path}:5003`]).done;
+  server.close();
+  assert.is(r.code, 1, r.out + r.err);
+  assert.match(r.out, /ok=0/);
+});
+
+test('echo: returns header and data while they arrive, checks the digest', async () => {
+  const path = join(dir, 'echo.sock_5003');
+  const data = randomBytes(3 * 65536 + 11);
+  const sha = createHash('sha256').update(data).digest('hex');
+  const h = runHelper(['echo', `uds-listen:${path}`]);
+  await h.listening;
+  const sock = createConnection(path);
+  await new Promise<void>((r) => sock.on('connect', r));
+  const read = reader(sock);
+  const hdr = Buffer.alloc(72);
+  hdr.writeBigUInt64LE(BigInt(data.length), 0);
+  hdr.write(sha, 8);
+  sock.write(hdr);
+  // The first half must come back before the second half is sent: an echo, not a store and forward.
+  const half = data.length >> 1;
+  sock.write(data.subarray(0, half));
+  assert.equal(await read(72 + half), Buffer.concat([hdr, data.subarray(0, half)]));
+  sock.write(data.subarray(half));
+  assert.equal(await read(data.length - half), data.subarray(half));
+  sock.end();
+  const r = await h.done;
+  assert.is(r.code, 0, r.err);
+  const m = LINE.exec(r.out);
+  assert.ok(m, r.out);
+  assert.equal([m![1], Number(m![2]), m![5], m![6], m![7]], ['echo', data.length, sha, sha, '1']);
+});
+
 test('usage errors exit 2', async () => {
-  for (const args of [[], ['send', '12x', 'listen:1'], ['recv', 'bogus:1']]) {
+  for (const args of [[], ['send', '12x', 'listen:1'], ['recv', 'bogus:1'], ['echo-send', '1y', 'listen:1'], ['echo']]) {
     const r = await runHelper(args).done;
     assert.is(r.code, 2, args.join(' '));
   }

@@ -3,14 +3,14 @@
 #   flock /tmp/tsvmm-sandbox.lock tools/sandbox/run.sh --timeout 580 --out OUT -- \
 #       docs/results/vsock-2026-12-07/job.sh OUT TAG INITRD [vsock.mjs args]
 # (the tree built first: node tools/build.mjs; INITRD from tools/guest/build-initramfs.sh).
-# With PROFILE=1, one more tsvmm-only run under --cpu-prof (its .cpuprofile in OUT/TAG-prof/)
+# With TSVMM_VSOCK_PROFILE=1 (a TSVMM_ variable: the sandbox passes those through), one more tsvmm-only run under --cpu-prof (its .cpuprofile in OUT/TAG-prof/)
 # and per-second device counters (OUT/TAG-metrics.jsonl); its MiB/s are not comparable.
 out=$1 tag=$2 initrd=$3
 shift 3
 cd "$(dirname "$0")/../../.." || exit 1
 date -u
 node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag.json" "$@" 2>&1 | tail -n 12
-if [ "${PROFILE:-}" = 1 ]; then
+if [ "${TSVMM_VSOCK_PROFILE:-}" = 1 ]; then
 	mkdir -p "$out/$tag-prof"
 	TSVMM_BENCH_NODE_FLAGS="--cpu-prof --cpu-prof-dir=$out/$tag-prof" \
 		TSVMM_BENCH_RUN_ARGS="--metrics-path $out/$tag-metrics.jsonl --metrics-interval 1" \

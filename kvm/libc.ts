@@ -55,6 +55,11 @@ const c = {
   fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
   poll: lib.func('poll', 'int', ['void *', 'unsigned long', 'int']),
   futex: lib.func('syscall', 'long', ['long', 'void *', 'int', 'int', 'void *']),
+  // io_uring_setup(entries, params) / io_uring_enter(fd, to_submit, min_complete, flags, sig, sigsz) /
+  // io_uring_register(fd, opcode, arg, nr_args): glibc has no wrappers.
+  uringSetup: lib.func('syscall', 'long', ['long', 'unsigned int', 'void *']),
+  uringEnter: lib.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'unsigned int', 'unsigned int', 'void *', 'size_t']),
+  uringRegister: lib.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *', 'unsigned int']),
 };
 
 export const O_RDWR = 0o2;
@@ -65,6 +70,7 @@ export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000;
 export const MADV_MERGEABLE = 12;
 export const MADV_DONTFORK = 10;
 export const MADV_HUGEPAGE = 14;
@@ -506,4 +512,32 @@ export function recvWithFds(fd: number, max = MAX_MESSAGE): Received | undefined
 /** True while fd is an open descriptor of this process (fcntl F_GETFD). */
 export function fdIsOpen(fd: number): boolean {
   return (c.fcntl(fd, F_GETFD, 0) as number) >= 0;
+}
+
+// ---- io_uring (kvm/uring.ts owns the rings and their layouts) ----
+
+const SYS_IO_URING_SETUP = 425;
+const SYS_IO_URING_ENTER = 426;
+const SYS_IO_URING_REGISTER = 427;
+
+/** io_uring_setup: a new ring of `entries` submission slots; `params` (struct io_uring_params) in and out. */
+export function ioUringSetup(entries: number, params: Uint8Array): number {
+  const fd = c.uringSetup(SYS_IO_URING_SETUP, entries, params) as number;
+  if (fd < 0) fail('io_uring_setup');
+  return fd;
+}
+
+/**
+ * io_uring_enter: submits `toSubmit` entries and, with `flags` GETEVENTS, waits for `minComplete`
+ * completions. Returns how many entries were consumed, or -errno (EINTR and EBUSY are the
+ * caller's to retry).
+ */
+export function ioUringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number {
+  const r = c.uringEnter(SYS_IO_URING_ENTER, fd, toSubmit, minComplete, flags, null, 0) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** io_uring_register with a pointer argument. */
+export function ioUringRegister(fd: number, opcode: number, arg: Pointer, nrArgs: number): void {
+  if ((c.uringRegister(SYS_IO_URING_REGISTER, fd, opcode, arg, nrArgs) as number) < 0) fail('io_uring_register');
 }

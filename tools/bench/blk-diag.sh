@@ -1,8 +1,8 @@
 #!/bin/bash
 # Where virtio-blk time goes, tsvmm against QEMU: one blk.mjs run per VMM under `perf record`
 # (system-wide: cpu-clock samples with call graphs, every KVM exit and userspace exit, context
-# switches), reported as text per VMM: exits by reason, userspace exits by reason, context
-# switches per thread, the hottest symbols. tsvmm's node runs with --perf-basic-prof (JIT
+# switches), reported as text per VMM by perf-report.sh: exits by reason, userspace exits by
+# reason, context switches per thread, the hottest symbols. tsvmm's node runs with --perf-basic-prof (JIT
 # symbols; not --cpu-prof: its SIGPROF kicked the vCPU threads out of KVM_RUN 50,000 times a
 # run); --metrics-path gives the device's own counters. Needs
 # KVM and perf; run it in the sandbox (the blk bench's arguments after the first --):
@@ -35,20 +35,7 @@ for vmm in ${BLK_DIAG_VMMS:-tsvmm qemu}; do
 		TSVMM_BENCH_RUN_ARGS="--metrics-path $out/metrics-$vmm.jsonl --metrics-interval 1" \
 		perf record -a -g -F 499 -e cpu-clock -e kvm:kvm_exit -e kvm:kvm_userspace_exit -e sched:sched_switch -o "$data" -- \
 		node tools/bench/blk.mjs --only "$vmm" --runs 1 --out "$out/blk-$vmm.json" "$@" 2>&1 | tail -4
-	{
-		echo "== $vmm: events"
-		perf report -i "$data" --stdio --stats 2>/dev/null | grep -E 'SAMPLE|cpu-clock|kvm|sched' | head
-		echo "== $vmm: kvm_exit by reason"
-		perf script -i "$data" -F event,trace 2>/dev/null | awk '$1 ~ /kvm_exit/ { for (i = 2; i <= NF; i++) if ($i == "reason") { r = $(i + 1); c[r]++ } } END { for (r in c) print c[r], r }' | sort -rn | head -20
-		echo "== $vmm: kvm_userspace_exit by reason"
-		perf script -i "$data" -F event,trace 2>/dev/null | awk '$1 ~ /kvm_userspace_exit/ { $1 = ""; c[$0]++ } END { for (r in c) print c[r], r }' | sort -rn | head
-		echo "== $vmm: context switches away from, by thread name"
-		perf script -i "$data" -F comm,event 2>/dev/null | awk '$2 ~ /sched_switch/ { c[$1]++ } END { for (r in c) print c[r], r }' | sort -rn | head -15
-		echo "== $vmm: cpu-clock samples by thread name"
-		perf report -i "$data" --stdio --no-children -e cpu-clock --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
-		echo "== $vmm: cpu-clock by symbol"
-		perf report -i "$data" --stdio --no-children -e cpu-clock --sort comm,dso,sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
-	} > "$out/diag-$vmm.txt" 2>&1
+	tools/bench/perf-report.sh "$data" "$vmm" > "$out/diag-$vmm.txt" 2>&1
 	rm -f "$data"
 done
 ls -la "$out"

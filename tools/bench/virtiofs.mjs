@@ -12,7 +12,7 @@
 //   node tools/bench/virtiofs.mjs [--runs 3] [--files 10000] [--big-mib 128] [--out FILE]
 //   node tools/bench/virtiofs.mjs --pool A.json,B.json [--out FILE]
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -26,21 +26,27 @@ const USAGE = `usage: node tools/bench/virtiofs.mjs [options]
   --memory SIZE   (default 512M)   --timeout SEC (default 600)   --out FILE
   --virtiofsd BIN (default: what tsvmm finds)   --qemu BIN   --qemu-cpu MODEL (default host)
   --force         run even without a hardware KVM module
+  --only VMM      tsvmm or qemu
   --pool A,B,...  run nothing: report the runs of these JSON files (earlier --out) together`;
 
 const o = parseArgs(process.argv.slice(2), {
   runs: 3, files: 10000, bigMib: 128, memory: '512M', timeout: 600, out: '', virtiofsd: '', qemu: 'qemu-system-x86_64', qemuCpu: 'host', force: false,
-  kernel: '', initrd: '', pool: '',
+  kernel: '', initrd: '', pool: '', only: '',
 }, USAGE);
 
 const LINE = 'bench-vfs:';
-// Times in 10 ms ticks of /proc/uptime, printed as ms.
+const MARK = 'bench-vfs-mark:';
+const DIAG = 'bench-vfs-diag:';
+// Times in 10 ms ticks of /proc/uptime, printed as ms. The marks around the read let a profiler
+// outside look at the read alone (TSVMM_BENCH_PERF_CTL); the diag line says what the guest saw
+// (its virtio interrupts, the share's readahead, the page cache afterwards), outside the timing.
 const SCRIPT = `
 t() { read u _ < /proc/uptime; echo \${u%.*}\${u#*.}0; }
-a=$(t); cat /mnt/b/big > /dev/null; b=$(t)
+echo "${MARK} read-start"; a=$(t); cat /mnt/b/big > /dev/null; b=$(t); echo "${MARK} read-end"
 ls -lR /mnt/b/many > /dev/null; c=$(t)
 n=$(ls /mnt/b/many | wc -l)
-echo "${LINE} read_ms=$((b - a)) stat_ms=$((c - b)) files=$n"`;
+echo "${LINE} read_ms=$((b - a)) stat_ms=$((c - b)) files=$n"
+echo "${DIAG} irqs=[$(grep -h virtio /proc/interrupts | tr -s ' ' | tr '\\n' '|')] ra_kb=[$(cat /sys/class/bdi/0:*/read_ahead_kb 2>/dev/null | tr '\\n' ' ')] $(grep -E '^(Cached|MemFree):' /proc/meminfo | tr -s ' ' | tr '\\n' ' ')"`;
 
 function makeTree(dir) {
   mkdirSync(join(dir, 'many'), { recursive: true });
@@ -86,17 +92,24 @@ async function qemuRun(base, dir, daemon, cmdline) {
   }
 }
 
+// A `perf record --control fifo:PATH -D -1` around the bench (virtiofs-diag.sh): enabled for the
+// guest's read only.
+const perfCtl = process.env.TSVMM_BENCH_PERF_CTL;
+
 async function runGuest(cmd, args, env) {
   let result = null;
+  let diag = null;
   const r = await runTimed(cmd, args, {
     timeoutMs: o.timeout * 1000, env,
     onLine: (l) => {
       const m = new RegExp(`${LINE} read_ms=(\\d+) stat_ms=(\\d+) files=(\\d+)`).exec(l);
       if (m) result = { readMs: Number(m[1]), statMs: Number(m[2]), files: Number(m[3]) };
+      if (l.startsWith(DIAG)) diag = l.slice(DIAG.length).trim();
+      if (perfCtl && l.startsWith(MARK)) appendFileSync(perfCtl, l.includes('read-start') ? 'enable\n' : 'disable\n');
     },
   });
   if (!result || result.files !== o.files) return { ok: false, error: r.timedOut ? 'timeout' : `exit ${r.code}, no result line`, tail: r.tail.slice(-1500) };
-  return { ok: true, ...result, wallMs: r.ms };
+  return { ok: true, ...result, wallMs: r.ms, guest: diag };
 }
 
 /** Medians per VMM over the successful runs, and QEMU's time over tsvmm's (tsvmm's relative speed, goal >= 0.9). */
@@ -156,20 +169,22 @@ async function main() {
       qemu: () => qemuRun(base, dir, daemon, `${cmdline} tsvmm.share=bench:/mnt/b:ro`),
     };
     const env = environment(o.qemu);
+    if (o.only && !(o.only in vmms)) throw new BenchError(`--only: unknown VMM ${o.only}`);
+    const names = o.only ? [o.only] : ['tsvmm', 'qemu'];
     const runs = [];
     for (let i = 0; i < o.runs; i++) {
-      for (const vmm of i % 2 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu']) {
+      for (const vmm of i % 2 ? [...names].reverse() : names) {
         const r = { vmm, round: i, at: new Date().toISOString(), ...(await vmms[vmm]()) };
         runs.push(r);
         process.stderr.write(`virtiofs: run ${i + 1}/${o.runs} ${vmm}: ${r.ok ? `read ${r.readMs} ms, stat ${r.statMs} ms` : `FAILED (${r.error})\n${r.tail}`}\n`);
         // Every finished boot is on disk at once: a job cut short keeps what it measured.
         const s = summarize(runs);
-        writeJson(o.out, { bench: 'virtiofs', env, config: { ...o, daemon }, complete: runs.length === 2 * o.runs, summary: s.summary, ratio: s.ratios, runs });
+        writeJson(o.out, { bench: 'virtiofs', env, config: { ...o, daemon }, complete: runs.length === names.length * o.runs, summary: s.summary, ratio: s.ratios, runs });
       }
     }
     const s = summarize(runs);
     print(`virtio-fs, same virtiofsd (${daemon}), ${o.runs} boots each: sequential read of ${o.bigMib} MiB, ls -lR of ${o.files} files (ms, median (min..max))`, s);
-    process.exitCode = s.summary.tsvmm.ok && s.summary.qemu.ok ? 0 : 1;
+    process.exitCode = names.every((n) => s.summary[n].ok) ? 0 : 1;
   } finally {
     rmSync(base, { recursive: true, force: true });
   }

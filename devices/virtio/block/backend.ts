@@ -1,23 +1,58 @@
 // Where a drive's bytes live: a raw image file. The main thread opens it (asynchronously, with
 // the checks that give a user a one-line error) and owns the descriptor; the drive's I/O thread
-// (worker.ts) reads and writes it with plain synchronous preadv/pwritev/fdatasync — blocking
-// that thread, never the main one — straight between the file and guest memory. This module
-// owns the open file and the loop over short transfers; it must not know requests, rings or
-// guest addresses.
+// (worker.ts) reads and writes it straight between the file and guest memory, with several
+// operations in flight: this module owns the open file, the two ways of doing I/O on it and the
+// loop over short transfers; it must not know requests, rings or guest addresses beyond the
+// host address of a buffer.
+//
+// Why io_uring (UringIo), through raw system calls (kvm/uring.ts): it is the one interface that
+// gives a single thread many file operations in flight on the host page cache — Linux AIO is
+// only asynchronous with O_DIRECT, and a pool of I/O threads would be Node workers (megabytes
+// and seconds to start each in a nested guest) handing completions back through more thread
+// wake-ups, the cost that dominated this path before (docs/benchmarks.md, virtio-blk). Its
+// completions signal the I/O thread's own eventfd (the queue's kick fd), so the thread still
+// sleeps in one place; a read the page cache holds is done inside io_uring_enter, where the
+// file system allows it. A lone operation with nothing in flight is done synchronously
+// (preadv/pwritev/fdatasync): a queue-depth-1 guest (dd) then costs one system call and no
+// kernel worker hand-off — which io_uring takes for files without non-blocking buffered I/O
+// (tmpfs before Linux 6.6, buffered writes on most file systems). Where io_uring is missing or
+// forbidden (old kernels, seccomp profiles of container runtimes: io_uring_setup fails), SyncIo
+// does every operation synchronously, one at a time: correct, without overlap.
 
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, fdatasyncSync, readvSync, writevSync } from 'node:fs';
 import { TsvmmError } from '../../../lib/errors';
+import { errnoName } from '../../../kvm/errors';
+import { MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap, view } from '../../../kvm/libc';
+import { IORING_FSYNC_DATASYNC, IORING_OP_FSYNC, IORING_OP_READV, IORING_OP_WRITEV, IOVEC_SIZE, IoUring } from '../../../kvm/uring';
 
-/** A drive's storage as the request path uses it: synchronous, on the I/O thread. */
+export type IoOp = 'read' | 'write' | 'flush';
+
+/**
+ * A drive's storage as the request path (serve.ts) uses it, on the I/O thread: operations start,
+ * and finish then or later, in any order. The caller keeps at most `capacity` in flight and
+ * orders what needs ordering (a flush starts only once earlier writes finished).
+ */
 export interface BlockIo {
   /** Bytes in the image. */
   readonly size: number;
-  /** Reads exactly the views' total length at `position`; throws on an I/O error or a short file. */
-  readv(bufs: Uint8Array[], position: number): void;
-  writev(bufs: Uint8Array[], position: number): void;
-  /** Makes every completed write durable (fdatasync). */
-  flush(): void;
+  /** Most operations in flight at once. */
+  readonly capacity: number;
+  /**
+   * Starts reading (writing) exactly the views' total length at byte `position`, or a flush
+   * (fdatasync: every finished write durable; `bufs` empty). Its end comes from reap() with `tag`.
+   */
+  start(tag: number, op: IoOp, bufs: Uint8Array[], position: number): void;
+  /** Hands what start() queued to the host; some operations may finish during the call. */
+  submit(): void;
+  /** Calls `done` for every operation that finished: `error` says why one failed (answered IOERR). */
+  reap(done: (tag: number, error: string | undefined) => void): void;
+  /** Sleeps until at least one operation finished; only while some are in flight. */
+  wait(): void;
+  /** Operations started and not reaped yet. */
+  readonly inFlight: number;
+  /** Releases what the I/O needs (nothing may be in flight). */
+  close(): void;
 }
 
 /** The image cannot be opened (or is no regular file): one line naming it. */
@@ -76,11 +111,11 @@ export class DriveImage {
 }
 
 /** Synchronous I/O on an image's descriptor (which another thread owns and closes). */
-export class FileIo implements BlockIo {
+export class FileIo {
   constructor(
     private readonly fd: number,
     readonly size: number,
-    private readonly path: string,
+    readonly path: string,
   ) {}
 
   readv(bufs: Uint8Array[], position: number): void {
@@ -107,6 +142,183 @@ export class FileIo implements BlockIo {
 
   flush(): void {
     fdatasyncSync(this.fd);
+  }
+}
+
+const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+/** Runs one operation synchronously; the error's message when it failed. */
+function runSync(file: FileIo, op: IoOp, bufs: Uint8Array[], position: number): string | undefined {
+  try {
+    if (op === 'read') file.readv(bufs, position);
+    else if (op === 'write') file.writev(bufs, position);
+    else file.flush();
+    return undefined;
+  } catch (e) {
+    return message(e);
+  }
+}
+
+/** Every operation done at once, synchronously (where io_uring is not available). */
+export class SyncIo implements BlockIo {
+  readonly capacity: number;
+  private readonly finished: [tag: number, error: string | undefined][] = [];
+
+  constructor(
+    private readonly file: FileIo,
+    capacity: number,
+  ) {
+    this.capacity = capacity;
+  }
+
+  get size(): number {
+    return this.file.size;
+  }
+
+  get inFlight(): number {
+    return this.finished.length;
+  }
+
+  start(tag: number, op: IoOp, bufs: Uint8Array[], position: number): void {
+    this.finished.push([tag, runSync(this.file, op, bufs, position)]);
+  }
+
+  submit(): void {}
+
+  reap(done: (tag: number, error: string | undefined) => void): void {
+    for (const [tag, error] of this.finished.splice(0)) done(tag, error);
+  }
+
+  wait(): void {}
+
+  close(): void {}
+}
+
+interface Pending {
+  op: IoOp;
+  bufs: Uint8Array[];
+  position: number;
+  /** Bytes the operation must move (0 for a flush). */
+  want: number;
+}
+
+/**
+ * Operations through io_uring (module comment): READV/WRITEV straight between the file and the
+ * buffers' host memory, FSYNC(DATASYNC) for a flush. Buffers must be views of memory at a known
+ * host address (`addressOf`: guest RAM mapped by the VMM), never of V8's heap, which moves.
+ */
+export class UringIo implements BlockIo {
+  readonly capacity: number;
+  private readonly ring: IoUring;
+  /** One iovec array per tag, `maxSegments` long, at a host address the kernel reads at submission. */
+  private readonly iovAddr: bigint;
+  private readonly iovBytes: number;
+  private readonly iovs: DataView;
+  private readonly pending = new Map<number, Pending>();
+  /** Started, not yet handed to the kernel. */
+  private readonly queued: number[] = [];
+  /** Finished synchronously (a lone operation, a short transfer's rest), not yet reaped. */
+  private readonly finished: [tag: number, error: string | undefined][] = [];
+  private inKernel = 0;
+
+  /**
+   * `capacity` tags (0 .. capacity-1), each with up to `maxSegments` buffers. `eventfd`: signalled
+   * at every completion the kernel posts (the thread's wake-up fd). Throws SysError when io_uring
+   * cannot be set up here.
+   */
+  constructor(
+    private readonly file: FileIo,
+    private readonly fd: number,
+    capacity: number,
+    private readonly maxSegments: number,
+    eventfd: number,
+    private readonly addressOf: (b: Uint8Array) => bigint,
+  ) {
+    this.ring = new IoUring(capacity);
+    try {
+      this.ring.registerEventfd(eventfd);
+      this.capacity = Math.min(capacity, this.ring.entries);
+      this.iovBytes = this.capacity * maxSegments * IOVEC_SIZE;
+      this.iovAddr = mmap(this.iovBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+      this.iovs = new DataView(view(this.iovAddr, this.iovBytes));
+    } catch (e) {
+      this.ring.close();
+      throw e;
+    }
+  }
+
+  get size(): number {
+    return this.file.size;
+  }
+
+  get inFlight(): number {
+    return this.pending.size + this.finished.length;
+  }
+
+  start(tag: number, op: IoOp, bufs: Uint8Array[], position: number): void {
+    if (tag < 0 || tag >= this.capacity || this.pending.has(tag)) throw new RangeError(`UringIo: tag ${tag} not free`);
+    if (bufs.length > this.maxSegments) throw new RangeError(`UringIo: ${bufs.length} buffers, at most ${this.maxSegments}`);
+    this.pending.set(tag, { op, bufs, position, want: total(bufs) });
+    this.queued.push(tag);
+  }
+
+  submit(): void {
+    if (this.queued.length === 0) return;
+    // Alone with nothing in flight: synchronously (module comment).
+    if (this.queued.length === 1 && this.inKernel === 0) {
+      const tag = this.queued.pop()!;
+      const p = this.pending.get(tag)!;
+      this.pending.delete(tag);
+      this.finished.push([tag, runSync(this.file, p.op, p.bufs, p.position)]);
+      return;
+    }
+    for (const tag of this.queued.splice(0)) this.prepare(tag);
+    this.ring.enter();
+  }
+
+  private prepare(tag: number): void {
+    const p = this.pending.get(tag)!;
+    if (p.op === 'flush') {
+      this.ring.prepare({ opcode: IORING_OP_FSYNC, fd: this.fd, off: 0, addr: 0n, len: 0, rwFlags: IORING_FSYNC_DATASYNC, flags: 0, userData: tag });
+    } else {
+      const base = tag * this.maxSegments * IOVEC_SIZE;
+      for (const [i, b] of p.bufs.entries()) {
+        this.iovs.setBigUint64(base + i * IOVEC_SIZE, this.addressOf(b), true);
+        this.iovs.setBigUint64(base + i * IOVEC_SIZE + 8, BigInt(b.length), true);
+      }
+      const opcode = p.op === 'read' ? IORING_OP_READV : IORING_OP_WRITEV;
+      this.ring.prepare({ opcode, fd: this.fd, off: p.position, addr: this.iovAddr + BigInt(base), len: p.bufs.length, rwFlags: 0, flags: 0, userData: tag });
+    }
+    this.inKernel++;
+  }
+
+  reap(done: (tag: number, error: string | undefined) => void): void {
+    this.ring.reap((tag, res) => {
+      this.inKernel--;
+      const p = this.pending.get(tag);
+      if (!p) throw new Error(`UringIo: completion for unknown tag ${tag}`);
+      this.pending.delete(tag);
+      this.finished.push([tag, this.outcome(p, res)]);
+    });
+    for (const [tag, error] of this.finished.splice(0)) done(tag, error);
+  }
+
+  /** A completion's result as an error message (undefined: done). A short transfer's rest is done synchronously. */
+  private outcome(p: Pending, res: number): string | undefined {
+    if (res < 0) return `drive ${this.file.path}: ${p.op} at byte ${p.position} failed: ${errnoName(-res)}`;
+    if (p.op === 'flush' || res >= p.want) return undefined;
+    // Short (a signal, the end of the file): the rest the plain way, which says why if it cannot.
+    return runSync(this.file, p.op, advance(p.bufs, res), p.position + res);
+  }
+
+  wait(): void {
+    if (this.finished.length > 0 || this.inKernel === 0) return;
+    this.ring.enter(true);
+  }
+
+  close(): void {
+    this.ring.close();
+    munmap(this.iovAddr, this.iovBytes);
   }
 }
 

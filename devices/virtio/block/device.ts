@@ -60,7 +60,7 @@ export class VirtioBlock implements VirtioDevice {
     // Spawned now, not at DRIVER_OK: a worker's start takes seconds in a nested guest, and the
     // guest's first read (the partition table) follows DRIVER_OK at once.
     this.thread = new BlockIoThread({
-      id: opts.id, image, geometry: this.geometry, idBytes: BlkId.encode({ id: new TextEncoder().encode(opts.id) }), ram: opts.ram,
+      id: opts.id, image, geometry: this.geometry, idBytes: BlkId.encode({ id: new TextEncoder().encode(opts.id) }), queueSize: QUEUE_SIZE, ram: opts.ram,
       log: (m) => opts.log?.(m),
       needsReset: (reason) => this.ctx?.needsReset(reason),
     });

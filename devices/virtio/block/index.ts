@@ -1,6 +1,6 @@
 // The virtio-blk device's public face: what vmm/ and the tests import.
 export { VirtioBlock, QUEUE_SIZE, SEG_MAX, SIZE_MAX, type BlockOptions } from './device';
-export { DriveImage, DriveOpenError, FileIo, type BlockIo } from './backend';
+export { DriveImage, DriveOpenError, FileIo, SyncIo, UringIo, type BlockIo, type IoOp } from './backend';
 export { BlockRequestServer, BATCH, newCounterCells, readCounters, type BlockCounters } from './serve';
 export { parseBlkRequest, REJECT_REASONS, type BlkRequest, type DriveGeometry, type RejectReason } from './request';
 export * from './spec';

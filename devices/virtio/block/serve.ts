@@ -1,13 +1,20 @@
 // The virtio-blk data path: taking requests off the queue, running them against the image and
-// answering them, synchronously, on whichever thread owns the queue — the drive's I/O thread
-// (worker.ts), or a test. It owns what a request does and the counters that say so; it must
-// not parse requests (request.ts), know files (backend.ts) or know threads and registers.
+// answering them, on whichever thread owns the queue — the drive's I/O thread (worker.ts), or a
+// test. It owns what a request does, the order rules between requests and the counters that say
+// so; it must not parse requests (request.ts), know files or system calls (backend.ts) or know
+// threads and registers.
 //
-// One request at a time, in ring order: pop, parse into a verdict, preadv/pwritev/fdatasync
-// straight between the image and the guest's buffers, status byte, used ring. The interrupt
-// goes out when the ring is empty (and after every BATCH answers while the driver keeps it
-// full), so a driver with one request in flight gets its answer the moment it is ready, and
-// one with many shares interrupts.
+// Several requests in flight: each pass takes every request the ring holds (up to the backend's
+// capacity), answers at once what needs no host I/O (GET_ID, refusals), starts the reads and
+// writes (preadv/pwritev-like transfers straight between the image and the guest's buffers,
+// finishing in any order: virtio's used ring carries each request's id), and answers whatever
+// finished. A FLUSH is a barrier: it starts only once every request taken before it finished,
+// and nothing after it is taken until it started — so it covers every write the driver saw
+// complete and the writes still in flight when it came (later requests may overlap it: virtio
+// orders nothing else; a driver waits for what it needs ordered). The interrupt goes out when a pass ends (and
+// after every BATCH answers while the driver keeps the ring full), so a driver with one request
+// in flight gets its answer the moment it is ready, and one with many shares interrupts. A pass
+// returns with requests still in flight; their completions wake the thread for the next one.
 
 import type { DescriptorChain, Queue } from '../queue';
 import type { BlockIo } from './backend';
@@ -27,8 +34,10 @@ const SCALARS = [
   'wakeups',
   /** Used-buffer interrupts the I/O thread raised, and those it skipped because InterruptStatus still had the bit. */
   'interrupts', 'interruptsCoalesced',
-  /** The most requests answered in one wake-up. */
+  /** The most requests answered in one pass. */
   'maxBatch',
+  /** The most requests started and not yet answered at once (their host I/O overlaps only with io_uring; 1: the guest never had more than one out). */
+  'maxInFlight',
 ] as const;
 type Scalar = (typeof SCALARS)[number];
 const REJECTED = [...REJECT_REASONS, 'no-status'] as const;
@@ -74,37 +83,108 @@ export interface ServerOptions {
   log(m: string): void;
 }
 
+/** A request whose host I/O is running: where its answer goes. */
+interface InFlight {
+  head: number;
+  status: Uint8Array;
+  /** used.len when it succeeds (the bytes written into the driver's buffers, plus the status byte). */
+  len: number;
+  kind: 'in' | 'out' | 'flush';
+  bytes: number;
+}
+
 export class BlockRequestServer {
+  /** By backend tag (0 .. capacity-1); undefined: the tag is free. */
+  private readonly slots: (InFlight | undefined)[];
+  private readonly free: number[];
+  /** A FLUSH taken off the ring, waiting for the requests before it to finish. */
+  private barrier: { chain: DescriptorChain; status: Uint8Array } | undefined;
+  private inFlight = 0;
+  /** Answers ready for the used ring: [head, used.len]. */
+  private readonly answers: [head: number, len: number][] = [];
+
   constructor(
     private readonly q: Queue,
     private readonly o: ServerOptions,
-  ) {}
+  ) {
+    const n = Math.max(1, Math.min(o.io.capacity, q.size || q.maxSize));
+    this.slots = new Array<InFlight | undefined>(n).fill(undefined);
+    this.free = Array.from({ length: n }, (_, i) => n - 1 - i);
+  }
+
+  /** Requests whose host I/O has not finished (a stop waits for them: drain()). */
+  get pending(): number {
+    return this.inFlight + (this.barrier ? 1 : 0);
+  }
 
   /**
-   * Answers every request in the ring, or stops early (the ring's rest stays there) once
-   * `stop()` says so — checked before each request, so a stop waits for one request at most.
-   * Throws QueueError when the driver broke the ring.
+   * One pass: takes requests until the ring is empty, the backend is full, a FLUSH waits or
+   * `stop()` says so (checked before each request), starts their I/O and answers what finished.
+   * Returns with requests possibly still in flight. Throws QueueError when the driver broke the
+   * ring (requests in flight stay in flight: drain(false) them before dropping the server).
    */
   serve(stop: () => boolean): void {
     const q = this.q;
     let n = 0;
     let unsignalled = 0;
     try {
-      while (!stop()) {
-        const chain = q.pop();
-        if (!chain) break;
-        q.addUsed(chain.head, this.answer(chain));
-        n++;
-        if (++unsignalled === BATCH) {
-          unsignalled = 0;
-          this.signal();
+      for (;;) {
+        let took = 0;
+        while (!this.barrier && this.free.length > 0 && !stop()) {
+          const chain = q.pop();
+          if (!chain) break;
+          this.begin(chain);
+          took++;
         }
+        this.o.io.submit();
+        this.collect();
+        const answered = this.answers.length;
+        for (const [head, len] of this.answers.splice(0)) {
+          q.addUsed(head, len);
+          n++;
+          if (++unsignalled === BATCH) {
+            unsignalled = 0;
+            this.signal();
+          }
+        }
+        // Nothing new taken and nothing left to answer: the ring is empty (or the backend full,
+        // or a stop asked); what is in flight comes back through the next wake-up.
+        if (took === 0 && answered === 0) break;
       }
     } finally {
-      // Counted before the interrupt: whoever it wakes reads counters that include this batch.
+      // Counted before the interrupt: whoever it wakes reads counters that include this pass.
       const c = this.o.counters;
       if (n > c[AT.maxBatch]!) c[AT.maxBatch] = n;
       if (unsignalled) this.signal();
+    }
+  }
+
+  /**
+   * Waits until no request is in flight (a waiting FLUSH included), then answers them into the
+   * ring (`answer`) or drops the answers (the driver broke the ring): after it, the backend
+   * touches no guest buffer. For a stop or a reset.
+   */
+  drain(answer: boolean): void {
+    for (;;) {
+      this.collect();
+      if (this.pending === 0) break;
+      this.o.io.wait();
+    }
+    const answers = this.answers.splice(0);
+    if (!answer || answers.length === 0) return;
+    for (const [head, len] of answers) this.q.addUsed(head, len);
+    this.signal();
+  }
+
+  /** Reaps finished I/O into answers; starts a waiting FLUSH once nothing is in flight before it. */
+  private collect(): void {
+    for (;;) {
+      this.o.io.reap((tag, error) => this.finish(tag, error));
+      if (!this.barrier || this.inFlight > 0) return;
+      const { chain, status } = this.barrier;
+      this.barrier = undefined;
+      this.startIo(chain.head, status, 'flush', [], 0, 1, 0);
+      this.o.io.submit();
     }
   }
 
@@ -112,18 +192,20 @@ export class BlockRequestServer {
     if (this.q.needsNotification()) this.o.interrupt();
   }
 
-  /** Runs one request; returns the bytes written into its writable buffers (used.len). */
-  private answer(chain: DescriptorChain): number {
+  /** Parses one request: answers it at once, starts its I/O, or holds it (a FLUSH behind I/O). */
+  private begin(chain: DescriptorChain): void {
     const c = this.o.counters;
     const r = parseBlkRequest(chain, this.o.geometry);
     switch (r.kind) {
       case 'no-status':
         c[AT['rejected:no-status']]!++;
-        return 0;
+        this.answers.push([chain.head, 0]);
+        return;
       case 'reject':
         c[AT[`rejected:${r.reason}`]]!++;
         r.status[0] = r.code;
-        return 1;
+        this.answers.push([chain.head, 1]);
+        return;
       case 'get-id': {
         c[AT.getIds]!++;
         let at = 0;
@@ -132,37 +214,59 @@ export class BlockRequestServer {
           at += d.length;
         }
         r.status[0] = VIRTIO_BLK_S_OK;
-        return r.len + 1;
+        this.answers.push([chain.head, r.len + 1]);
+        return;
       }
       case 'in':
         c[AT.reads]!++;
-        if (!this.io(r.status, () => r.len && this.o.io.readv(r.data, r.offset))) return 1;
-        c[AT.bytesRead]! += r.len;
-        return r.len + 1;
+        this.startIo(chain.head, r.status, 'in', r.data, r.offset, r.len + 1, r.len);
+        return;
       case 'out':
         c[AT.writes]!++;
-        if (!this.io(r.status, () => r.len && this.o.io.writev(r.data, r.offset))) return 1;
-        c[AT.bytesWritten]! += r.len;
-        return 1;
+        this.startIo(chain.head, r.status, 'out', r.data, r.offset, 1, r.len);
+        return;
       case 'flush':
         c[AT.flushes]!++;
-        // Writes the driver saw complete are in the file: fdatasync makes them durable.
-        this.io(r.status, () => this.o.io.flush());
-        return 1;
+        // A barrier (module comment): alone, it starts now; behind I/O, it waits for it.
+        if (this.inFlight > 0) this.barrier = { chain, status: r.status };
+        else this.startIo(chain.head, r.status, 'flush', [], 0, 1, 0);
+        return;
     }
   }
 
-  /** Runs host I/O and writes the status byte: OK, or IOERR when it failed (false). */
-  private io(status: Uint8Array, run: () => unknown): boolean {
-    try {
-      run();
+  private startIo(head: number, status: Uint8Array, kind: InFlight['kind'], data: Uint8Array[], offset: number, len: number, bytes: number): void {
+    // A zero-length read or write has nothing to move: OK at once.
+    if (kind !== 'flush' && bytes === 0) {
       status[0] = VIRTIO_BLK_S_OK;
-      return true;
-    } catch (e) {
-      this.o.counters[AT.ioErrors]!++;
-      this.o.log(`host I/O failed: ${e instanceof Error ? e.message : String(e)}`);
-      status[0] = VIRTIO_BLK_S_IOERR;
-      return false;
+      this.answers.push([head, len]);
+      return;
+    }
+    const tag = this.free.pop()!;
+    this.slots[tag] = { head, status, len, kind, bytes };
+    this.inFlight++;
+    const c = this.o.counters;
+    if (this.inFlight > c[AT.maxInFlight]!) c[AT.maxInFlight] = this.inFlight;
+    this.o.io.start(tag, kind === 'in' ? 'read' : kind === 'out' ? 'write' : 'flush', data, offset);
+  }
+
+  /** A transfer finished: its status byte, its answer. */
+  private finish(tag: number, error: string | undefined): void {
+    const f = this.slots[tag];
+    if (!f) throw new Error(`virtio-blk: the backend finished tag ${tag}, which is not in flight`);
+    this.slots[tag] = undefined;
+    this.free.push(tag);
+    this.inFlight--;
+    const c = this.o.counters;
+    if (error === undefined) {
+      f.status[0] = VIRTIO_BLK_S_OK;
+      if (f.kind === 'in') c[AT.bytesRead]! += f.bytes;
+      else if (f.kind === 'out') c[AT.bytesWritten]! += f.bytes;
+      this.answers.push([f.head, f.len]);
+    } else {
+      c[AT.ioErrors]!++;
+      this.o.log(`host I/O failed: ${error}`);
+      f.status[0] = VIRTIO_BLK_S_IOERR;
+      this.answers.push([f.head, 1]);
     }
   }
 }

@@ -6,7 +6,7 @@
 // Commands go through a MessagePort the thread reads synchronously after each wake-up, and
 // every command is followed by a write to the thread's eventfd (the same one the guest's kicks
 // arrive on), so a sleeping thread wakes for it. A command's generation is also stored in a
-// shared cell the thread checks between requests: a stop waits for one request at most.
+// shared cell the thread checks between requests: a stop waits for the requests in flight.
 
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { EFD_CLOEXEC, close as closeFd, eventfd, eventfdSignal } from '../../../kvm/libc';
@@ -57,6 +57,8 @@ export interface ThreadInit {
   geometry: DriveGeometry;
   idBytes: Uint8Array;
   kickFd: number;
+  /** Most requests the queue can hold (the device's queue size): the host I/O's capacity. */
+  queueSize: number;
   ram: readonly HostRegion[];
   ctl: Int32Array;
   counters: Float64Array;
@@ -68,6 +70,7 @@ export interface ThreadOptions {
   image: { fd: number; size: number; path: string };
   geometry: DriveGeometry;
   idBytes: Uint8Array;
+  queueSize: number;
   /** Guest RAM by host address: the thread maps its own views of it. */
   ram: readonly HostRegion[];
   log(m: string): void;
@@ -75,7 +78,7 @@ export interface ThreadOptions {
   needsReset(reason: string): void;
 }
 
-/** How long a reset waits for the thread to finish the request it is in. */
+/** How long a reset waits for the thread to finish the requests in flight. */
 const STOP_TIMEOUT_MS = 30_000;
 /** How long close waits for the thread to end before it terminates it. */
 const EXIT_TIMEOUT_MS = 5_000;
@@ -99,7 +102,7 @@ export class BlockIoThread {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     const init: ThreadInit = {
-      id: o.id, fd: o.image.fd, size: o.image.size, path: o.image.path, geometry: o.geometry, idBytes: o.idBytes, kickFd: this.kickFd,
+      id: o.id, fd: o.image.fd, size: o.image.size, path: o.image.path, geometry: o.geometry, idBytes: o.idBytes, kickFd: this.kickFd, queueSize: o.queueSize,
       ram: o.ram, ctl: this.ctl, counters: this.counters, port: port2,
     };
     try {
@@ -148,9 +151,9 @@ export class BlockIoThread {
   }
 
   /**
-   * Stops serving and returns once the thread has: it finishes the request it is in (its
-   * answer may still reach the ring), then touches neither the rings nor InterruptStatus. The
-   * main thread blocks meanwhile — one host transfer at most, and only when a queue was running.
+   * Stops serving and returns once the thread has: it finishes the requests in flight (their
+   * answers may still reach the ring), then touches neither the rings nor InterruptStatus. The
+   * main thread blocks meanwhile — as long as those transfers take, and only when a queue was running.
    */
   stop(): void {
     if (!this.running) return;

@@ -1,6 +1,8 @@
-// A drive's I/O thread (vhost-style): sleeps in read() on the queue's ioeventfd, and on each
-// wake-up serves the ring itself — pop, parse, preadv/pwritev/fdatasync, used ring, irqfd — over
-// its own view of guest RAM, so a request costs one thread wake-up and no main-thread work.
+// A drive's I/O thread (vhost-style): sleeps on the queue's ioeventfd, and on each wake-up
+// serves the ring itself — pop, parse, start the host I/O, used ring, irqfd — over its own view
+// of guest RAM, so a request costs one thread wake-up and no main-thread work. The host I/O goes
+// through io_uring (backend.ts: several requests in flight), whose completions signal the same
+// eventfd: a wake-up is a kick, a completion or a command, and each runs one serving pass.
 // The main thread (thread.ts) keeps the control plane and tells this thread what to do through
 // a MessagePort this thread reads synchronously after every wake-up: `run` a queue, `stop`
 // (acknowledged through shared memory, so a reset can wait for it), `exit`.
@@ -8,9 +10,10 @@
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { GuestMemory } from '../../memory';
 import { eventfdSignal, eventfdWait, setThreadName, view } from '../../../kvm/libc';
+import { SysError } from '../../../kvm/errors';
 import { INT_USED_BUFFER, raiseInterrupt } from '../mmio';
 import { Queue, QueueError } from '../queue';
-import { FileIo } from './backend';
+import { FileIo, SyncIo, UringIo, type BlockIo } from './backend';
 import { BlockRequestServer, count } from './serve';
 import { CTL, THREAD_DEAD, type ThreadCommand, type ThreadInit, type ThreadReport } from './thread';
 
@@ -29,9 +32,15 @@ function acknowledge(gen: number): void {
 
 function main(): void {
   setThreadName(`tsvmm-blk-${init.id}`);
-  const mem = new GuestMemory(init.ram.map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(view(r.addr, r.size)) })));
-  const io = new FileIo(init.fd, init.size, init.path);
+  const regions = init.ram.map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(view(r.addr, r.size)), addr: r.addr }));
+  const mem = new GuestMemory(regions);
+  const io = openIo(regions);
   let active: { gen: number; server: BlockRequestServer } | undefined;
+  /** Stops serving: every transfer in flight finishes first (answered, unless the ring is broken). */
+  const drop = (answer: boolean) => {
+    active?.server.drain(answer);
+    active = undefined;
+  };
   const stopAsked = () => Atomics.load(ctl, CTL.GEN) !== active!.gen;
   report({ type: 'ready' });
   for (;;) {
@@ -56,11 +65,15 @@ function main(): void {
           interrupt: () => count(counters, raiseInterrupt(isr, INT_USED_BUFFER, () => eventfdSignal(irqFd)) ? 'interrupts' : 'interruptsCoalesced'),
           log: (message) => report({ type: 'log', message }),
         });
+        drop(true);
         active = { gen: cmd.gen, server };
       } else {
-        active = undefined;
+        drop(true);
         acknowledge(cmd.gen);
-        if (cmd.type === 'exit') return;
+        if (cmd.type === 'exit') {
+          io.close();
+          return;
+        }
       }
     }
     if (!active) continue;
@@ -72,8 +85,34 @@ function main(): void {
       // served until a reset and a new DRIVER_OK send `run` again.
       count(counters, 'queueErrors');
       report({ type: 'needs-reset', gen: active.gen, reason: e.message });
-      active = undefined;
+      drop(false);
     }
+  }
+}
+
+/**
+ * io_uring over the image (backend.ts), or — where it cannot be set up, or TSVMM_BLK_IO=sync asks
+ * (to compare) — synchronous I/O, one request at a time; said once in the log.
+ */
+function openIo(regions: { bytes: Uint8Array; addr: bigint }[]): BlockIo {
+  const file = new FileIo(init.fd, init.size, init.path);
+  if (process.env.TSVMM_BLK_IO === 'sync') {
+    report({ type: 'log', message: 'TSVMM_BLK_IO=sync: one request at a time, synchronous I/O' });
+    return new SyncIo(file, init.queueSize);
+  }
+  // A request's buffers are views of these regions: their host address is the region's plus the offset.
+  const base = new Map(regions.map((r) => [r.bytes.buffer, r.addr]));
+  const addressOf = (b: Uint8Array) => {
+    const at = base.get(b.buffer as ArrayBuffer);
+    if (at === undefined) throw new Error('virtio-blk: a buffer outside guest RAM');
+    return at + BigInt(b.byteOffset);
+  };
+  try {
+    return new UringIo(file, init.fd, init.queueSize, init.geometry.segMax, init.kickFd, addressOf);
+  } catch (e) {
+    if (!(e instanceof SysError)) throw e;
+    report({ type: 'log', message: `io_uring unavailable (${e.message}): one request at a time, synchronous I/O` });
+    return new SyncIo(file, init.queueSize);
   }
 }
 

@@ -16,7 +16,7 @@ import { MmioTransport, STATUS } from '../../../devices/virtio/mmio';
 import type { VirtioDevice, VirtioDeviceContext } from '../../../devices/virtio/device';
 import {
   BlkId, BlkReqHeader, BlockRequestServer, QUEUE_SIZE, SEG_MAX, SIZE_MAX, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-  VIRTIO_ID_BLOCK, newCounterCells, parseBlkRequest, readCounters, type BlockIo, type DriveGeometry,
+  VIRTIO_ID_BLOCK, newCounterCells, parseBlkRequest, readCounters, type BlockIo, type DriveGeometry, type IoOp,
 } from '../../../devices/virtio/block/index';
 import { CountingIrq, HIGH_RAM_END, HOLE_END, HOLE_START, LOW_RAM_END, SimDriver, fakeMemory, type Buf } from '../virtio/sim';
 import { edgeU32, fuzz, mutate, type Rng } from './lib';
@@ -82,28 +82,42 @@ test('block request parser: verdicts stay inside the image, RAM and the budgets'
   });
 });
 
-/** An image in memory; every transfer is checked against its bounds. */
+/**
+ * An image in memory; every transfer is checked against its bounds. Transfers finish at the next
+ * reap in the reverse of their start order: out of order, as io_uring's may.
+ */
 function memBackend(img: Uint8Array): BlockIo & { outside: number } {
+  let started: { tag: number; run: () => void }[] = [];
+  const copy = (bufs: Uint8Array[], pos: number, write: boolean) => () => {
+    let at = pos;
+    for (const x of bufs) {
+      if (at + x.length > img.length) b.outside++;
+      else if (write) img.set(x, at);
+      else x.set(img.subarray(at, at + x.length));
+      at += x.length;
+    }
+  };
   const b = {
     size: img.length,
+    capacity: 32,
     outside: 0,
-    readv: (bufs: Uint8Array[], pos: number) => {
-      let at = pos;
-      for (const x of bufs) {
-        if (at + x.length > img.length) b.outside++;
-        x.set(img.subarray(at, at + x.length));
-        at += x.length;
+    get inFlight() {
+      return started.length;
+    },
+    start: (tag: number, op: IoOp, bufs: Uint8Array[], pos: number) => {
+      started.push({ tag, run: op === 'flush' ? () => {} : copy(bufs, pos, op === 'write') });
+    },
+    submit: () => {},
+    reap: (done: (tag: number, error: string | undefined) => void) => {
+      const now = started.reverse();
+      started = [];
+      for (const s of now) {
+        s.run();
+        done(s.tag, undefined);
       }
     },
-    writev: (bufs: Uint8Array[], pos: number) => {
-      let at = pos;
-      for (const x of bufs) {
-        if (at + x.length > img.length) b.outside++;
-        else img.set(x, at);
-        at += x.length;
-      }
-    },
-    flush: () => {},
+    wait: () => {},
+    close: () => {},
   };
   return b;
 }

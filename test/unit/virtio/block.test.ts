@@ -2,7 +2,7 @@
 // against a real image file, through the drive's real I/O thread (dist/blk-worker.js: a
 // worker thread over an mmap'd fake guest RAM, its own eventfds; no KVM): round trips through
 // several segments, the answers to hostile or impossible requests (past the end, read-only,
-// bad types, no status byte), a ring served in one wake-up, a kick that never reaches the main
+// bad types, no status byte), a ring served with all its requests in flight, a kick that never reaches the main
 // thread, reset and close while the thread serves, a host I/O error.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -239,7 +239,7 @@ test('GET_ID, FLUSH, an unknown type (UNSUPP), an unaligned length, a short head
   await done(r);
 });
 
-test('a ring of 32 requests and one kick: answered in one wake-up, in ring order, with one interrupt', async () => {
+test('a ring of 32 requests and one kick: all in flight at once (io_uring), each answered with its data', async () => {
   const r = await rig();
   const irqs = r.irq.count;
   const heads: number[] = [];
@@ -259,10 +259,13 @@ test('a ring of 32 requests and one kick: answered in one wake-up, in ring order
   // The used entries are visible before the batch's interrupt (the device publishes each entry,
   // then interrupts once): a driver waits for the interrupt, and so does this test.
   for (let i = 0; i < 5000 && r.irq.count === irqs; i++) await new Promise((res) => setTimeout(res, 1));
-  assert.equal(u.map((e) => e.id), heads);
+  // Completions come in any order (inline ones in ring order, those the kernel hands to its
+  // workers as they finish), each pass signalling once.
+  assert.equal(u.map((e) => e.id).sort((a, b) => a - b), [...heads].sort((a, b) => a - b));
+  assert.ok(u.every((e) => e.len === 513));
   assert.equal(r.fake.backing.slice(DATA, DATA + 32 * 512), new Uint8Array(readFileSync(r.path)).slice(0, 32 * 512));
-  assert.is(r.dev.counters.maxBatch, 32);
-  assert.is(r.irq.count - irqs, 1, 'one interrupt for the batch');
+  assert.is(r.dev.counters.maxInFlight, 32, 'all 32 taken in one pass and started together');
+  assert.ok(r.irq.count - irqs >= 1 && r.irq.count - irqs <= 32);
   assert.is(r.drv.r32(REG.InterruptStatus) & INT_USED_BUFFER, INT_USED_BUFFER, 'InterruptStatus set with the interrupt');
   await done(r);
 });
@@ -340,6 +343,24 @@ test('host I/O failure (the image shrank under the drive): IOERR for that reques
   const good = request(r, VIRTIO_BLK_T_IN, 0, [{ addr: DATA, len: 512, write: true }]);
   assert.equal(await used(r, 1), [{ id: good.head, len: 513 }]);
   assert.is(r.fake.backing[good.status], VIRTIO_BLK_S_OK);
+  await done(r);
+});
+
+test('TSVMM_BLK_IO=sync (as where io_uring is missing): synchronous I/O, the same answers, said in the log', async () => {
+  process.env.TSVMM_BLK_IO = 'sync';
+  let r: Rig;
+  try {
+    r = await rig();
+  } finally {
+    delete process.env.TSVMM_BLK_IO;
+  }
+  const w = request(r, VIRTIO_BLK_T_OUT, 5, [{ addr: DATA, len: 512 }]);
+  const rd = request(r, VIRTIO_BLK_T_IN, 6, [{ addr: DATA + 0x1000, len: 1024, write: true }]);
+  const fl = request(r, VIRTIO_BLK_T_FLUSH, 0, []);
+  const u = await used(r, 3);
+  assert.equal(u.map((e) => e.id).sort((a, b) => a - b), [w.head, rd.head, fl.head].sort((a, b) => a - b));
+  assert.equal(r.fake.backing.slice(DATA + 0x1000, DATA + 0x1400), new Uint8Array(readFileSync(r.path)).slice(6 * 512, 8 * 512));
+  assert.ok(r.logs.some((l) => l.includes('TSVMM_BLK_IO=sync')));
   await done(r);
 });
 

@@ -15,7 +15,9 @@ echo "== $label: kvm_userspace_exit by reason"
 perf script -i "$data" -F event,trace 2>/dev/null | awk '$1 ~ /kvm_userspace_exit/ { $1 = ""; c[$0]++ } END { for (r in c) print c[r], r }' | sort -rn | head
 echo "== $label: context switches away from, by thread name"
 perf script -i "$data" -F comm,event 2>/dev/null | awk '$2 ~ /sched_switch/ { c[$1]++ } END { for (r in c) print c[r], r }' | sort -rn | head -15
+# perf report has no event filter: print every event's section and keep cpu-clock's.
+cpu() { awk '/^# Samples: .* of event / { keep = ($0 ~ /cpu-clock/) } keep && !/^#/ && !/^$/'; }
 echo "== $label: cpu-clock samples by thread name"
-perf report -i "$data" --stdio --no-children -e cpu-clock --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+perf report -i "$data" --stdio --no-children --sort comm -g none 2>/dev/null | cpu | head -15
 echo "== $label: cpu-clock by symbol"
-perf report -i "$data" --stdio --no-children -e cpu-clock --sort comm,dso,sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+perf report -i "$data" --stdio --no-children --sort comm,dso,sym -g none 2>/dev/null | cpu | head -60

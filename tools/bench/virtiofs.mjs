@@ -129,7 +129,7 @@ function summarize(runs) {
 function print(title, { summary, ratios }) {
   console.log(title);
   const mm = (s) => `${fmt(s.median, 0).padStart(7)} (${fmt(s.min, 0)}..${fmt(s.max, 0)})`;
-  for (const vmm of ['tsvmm', 'qemu']) console.log(`${vmm.padEnd(6)} ok ${summary[vmm].ok}/${summary[vmm].runs}  read ${mm(summary[vmm].readMs)}  stat ${mm(summary[vmm].statMs)}`);
+  for (const vmm of ['tsvmm', 'qemu'].filter((n) => summary[n].runs > 0)) console.log(`${vmm.padEnd(6)} ok ${summary[vmm].ok}/${summary[vmm].runs}  read ${mm(summary[vmm].readMs)}  stat ${mm(summary[vmm].statMs)}`);
   console.log(`tsvmm speed vs qemu (qemu ms / tsvmm ms): read ${fmt(ratios.read, 2)}, stat ${fmt(ratios.stat, 2)} (goal >= 0.9)`);
 }
 

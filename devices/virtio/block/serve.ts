@@ -165,6 +165,8 @@ export class BlockRequestServer {
    * touches no guest buffer. For a stop or a reset.
    */
   drain(answer: boolean): void {
+    // A QueueError may have cut a pass between start() and submit().
+    this.o.io.submit();
     for (;;) {
       this.collect();
       if (this.pending === 0) break;

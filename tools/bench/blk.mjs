@@ -20,7 +20,7 @@ import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BASE_CMDLINE, BenchError, READY_MARKER, environment, fmt, guestCmd, guestFiles, parseArgs, qemuArgs, ratio, requireKvm, runTimed, stats,
+  BASE_CMDLINE, BenchError, READY_MARKER, environment, fmt, guestCmd, guestFiles, parseArgs, qemuArgs, pairedRatios, ratio, requireKvm, runTimed, stats,
   tsvmmArgs, writeJson,
 } from './lib.mjs';
 
@@ -94,10 +94,11 @@ function summarize(runs, names) {
     for (const k of KEYS) summary[vmm][k] = stats(ok.map((r) => r.mibS[k]).filter((x) => x != null));
   }
   const ratios = summary.tsvmm && summary.qemu ? Object.fromEntries(KEYS.map((k) => [k, ratio(summary.tsvmm[k].median, summary.qemu[k].median)])) : null;
-  return { summary, ratios };
+  const paired = ratios ? Object.fromEntries(KEYS.map((k) => [k, pairedRatios(runs, (r) => r.mibS[k])])) : null;
+  return { summary, ratios, paired };
 }
 
-function print(title, names, { summary, ratios }) {
+function print(title, names, { summary, ratios, paired }) {
   console.log(title);
   console.log(`vmm     ok/runs   ${KEYS.map((k) => `${k} median (min..max)`.padEnd(30)).join('')}`);
   for (const vmm of names) {
@@ -105,6 +106,7 @@ function print(title, names, { summary, ratios }) {
     console.log(`${vmm.padEnd(7)} ${`${s.ok}/${s.ok + s.failed}`.padStart(7)}   ${KEYS.map((k) => `${f(s[k].median)} (${f(s[k].min)}..${f(s[k].max)})`.padEnd(30)).join('')}`);
   }
   if (ratios) console.log(`tsvmm/qemu (median): ${KEYS.map((k) => `${k} ${fmt(ratios[k], 2)}`).join(', ')} (goal >= 0.8)`);
+  if (paired) console.log(`tsvmm/qemu within rounds, median (min..max) of ${paired[KEYS[0]].n}: ${KEYS.map((k) => `${k} ${fmt(paired[k].median, 2)} (${fmt(paired[k].min, 2)}..${fmt(paired[k].max, 2)})`).join(', ')}`);
 }
 
 /** --pool: the runs of earlier JSON files as one set (each keeps its file's name and config). */
@@ -121,7 +123,7 @@ function pool() {
   const names = ['tsvmm', 'qemu'].filter((n) => runs.some((r) => r.vmm === n));
   const s = summarize(runs, names);
   print(`virtio-blk sequential, O_DIRECT in the guest (MiB/s), pooled from ${files.length} files: ${names.map((n) => `${n} ${s.summary[n].ok} ok`).join(', ')}`, names, s);
-  writeJson(o.out, { bench: 'blk', pooled: sources, summary: s.summary, ratio: s.ratios, runs });
+  writeJson(o.out, { bench: 'blk', pooled: sources, summary: s.summary, ratio: s.ratios, pairedRatio: s.paired, runs });
 }
 
 async function main() {
@@ -151,7 +153,7 @@ async function main() {
           : `FAILED (${run.error})\n${run.outputTail}\n`));
         // Every finished boot is on disk at once: a job cut short keeps what it measured.
         const s = summarize(runs, names);
-        writeJson(o.out, { bench: 'blk', env, config, complete: runs.length === o.runs * names.length, summary: s.summary, ratio: s.ratios, runs });
+        writeJson(o.out, { bench: 'blk', env, config, complete: runs.length === o.runs * names.length, summary: s.summary, ratio: s.ratios, pairedRatio: s.paired, runs });
       }
     }
     const s = summarize(runs, names);

@@ -165,6 +165,28 @@ export function ratio(a, b) {
   return a == null || b == null || b === 0 ? null : a / b;
 }
 
+/**
+ * Ratios within rounds: for every round (a run of each VMM back to back; pooled runs keep their
+ * `source` file apart) with both VMMs' runs ok, `ratio(value(tsvmm), value(qemu))`; their stats.
+ * Where the machine's speed drifts between rounds (the shared sandbox), this compares runs taken
+ * minutes apart, not the medians of runs taken an hour apart.
+ */
+export function pairedRatios(runs, value) {
+  const rounds = new Map();
+  for (const r of runs) {
+    if (!r.ok) continue;
+    const key = `${r.source ?? ''}#${r.round}`;
+    rounds.set(key, { ...rounds.get(key), [r.vmm]: r });
+  }
+  const ratios = [];
+  for (const p of rounds.values()) {
+    if (!p.tsvmm || !p.qemu) continue;
+    const x = ratio(value(p.tsvmm), value(p.qemu));
+    if (x != null && Number.isFinite(x)) ratios.push(x);
+  }
+  return stats(ratios);
+}
+
 /** The machine this process runs on: what a reader needs to judge numbers taken here. */
 export function machine() {
   const read = (p) => { try { return readFileSync(p, 'utf8'); } catch { return ''; } };

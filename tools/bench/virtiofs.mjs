@@ -16,7 +16,7 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BASE_CMDLINE, BenchError, ROOT, environment, fmt, guestCmd, guestFiles, parseArgs, qemuArgs, ratio, requireKvm, runTimed, stats, writeJson,
+  BASE_CMDLINE, BenchError, ROOT, environment, fmt, guestCmd, guestFiles, pairedRatios, parseArgs, qemuArgs, ratio, requireKvm, runTimed, stats, writeJson,
 } from './lib.mjs';
 
 const USAGE = `usage: node tools/bench/virtiofs.mjs [options]
@@ -27,11 +27,12 @@ const USAGE = `usage: node tools/bench/virtiofs.mjs [options]
   --virtiofsd BIN (default: what tsvmm finds)   --qemu BIN   --qemu-cpu MODEL (default host)
   --force         run even without a hardware KVM module
   --only VMM      tsvmm or qemu
+  --qemu-queue-size N  QEMU's request queue size (default 0: QEMU's own, 128; tsvmm's is 1024)
   --pool A,B,...  run nothing: report the runs of these JSON files (earlier --out) together`;
 
 const o = parseArgs(process.argv.slice(2), {
   runs: 3, files: 10000, bigMib: 128, memory: '512M', timeout: 600, out: '', virtiofsd: '', qemu: 'qemu-system-x86_64', qemuCpu: 'host', force: false,
-  kernel: '', initrd: '', pool: '', only: '',
+  kernel: '', initrd: '', pool: '', only: '', qemuQueueSize: 0,
 }, USAGE);
 
 const LINE = 'bench-vfs:';
@@ -82,7 +83,7 @@ async function qemuRun(base, dir, daemon, cmdline) {
     // microvm's virtio-mmio transports are legacy (version 1) unless told otherwise, and
     // libvhost-user (virtiofsd) refuses legacy devices at SET_FEATURES.
     q.args.push('-global', 'virtio-mmio.force-legacy=false', '-object', `memory-backend-memfd,id=mem,size=${o.memory},share=on`,
-      '-chardev', `socket,id=vfs,path=${sock}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench');
+      '-chardev', `socket,id=vfs,path=${sock}`, '-device', `vhost-user-fs-device,chardev=vfs,tag=bench${o.qemuQueueSize ? `,queue-size=${o.qemuQueueSize}` : ''}`);
     const r = await runGuest(q.cmd, q.args);
     if (!r.ok) r.tail += `\n${daemonExit || 'virtiofsd still running'}; its stderr: ${daemonErr || '(nothing)'}`;
     return r;
@@ -123,14 +124,18 @@ function summarize(runs) {
     read: ratio(summary.qemu.readMs.median, summary.tsvmm.readMs.median),
     stat: ratio(summary.qemu.statMs.median, summary.tsvmm.statMs.median),
   };
-  return { summary, ratios };
+  // Within each round, QEMU's time over tsvmm's (pairedRatios divides tsvmm's value by QEMU's: give it speeds).
+  const paired = { read: pairedRatios(runs, (r) => 1 / r.readMs), stat: pairedRatios(runs, (r) => 1 / r.statMs) };
+  return { summary, ratios, paired };
 }
 
-function print(title, { summary, ratios }) {
+function print(title, { summary, ratios, paired }) {
   console.log(title);
   const mm = (s) => `${fmt(s.median, 0).padStart(7)} (${fmt(s.min, 0)}..${fmt(s.max, 0)})`;
   for (const vmm of ['tsvmm', 'qemu'].filter((n) => summary[n].runs > 0)) console.log(`${vmm.padEnd(6)} ok ${summary[vmm].ok}/${summary[vmm].runs}  read ${mm(summary[vmm].readMs)}  stat ${mm(summary[vmm].statMs)}`);
   console.log(`tsvmm speed vs qemu (qemu ms / tsvmm ms): read ${fmt(ratios.read, 2)}, stat ${fmt(ratios.stat, 2)} (goal >= 0.9)`);
+  const pr = (p) => `${fmt(p.median, 2)} (${fmt(p.min, 2)}..${fmt(p.max, 2)})`;
+  if (paired.read.n) console.log(`within rounds, median (min..max) of ${paired.read.n}: read ${pr(paired.read)}, stat ${pr(paired.stat)}`);
 }
 
 /** --pool: the runs of earlier JSON files as one set (each keeps its file's name). */
@@ -149,7 +154,7 @@ function pool() {
   if (sizes.size > 1) throw new BenchError(`--pool: the files measured different sizes (${[...sizes].join('; ')})`);
   const s = summarize(runs);
   print(`virtio-fs, pooled from ${files.length} files (${[...sizes][0]}; ms, median (min..max))`, s);
-  writeJson(o.out, { bench: 'virtiofs', pooled: sources, summary: s.summary, ratio: s.ratios, runs });
+  writeJson(o.out, { bench: 'virtiofs', pooled: sources, summary: s.summary, ratio: s.ratios, pairedRatio: s.paired, runs });
 }
 
 async function main() {
@@ -179,7 +184,7 @@ async function main() {
         process.stderr.write(`virtiofs: run ${i + 1}/${o.runs} ${vmm}: ${r.ok ? `read ${r.readMs} ms, stat ${r.statMs} ms` : `FAILED (${r.error})\n${r.tail}`}\n`);
         // Every finished boot is on disk at once: a job cut short keeps what it measured.
         const s = summarize(runs);
-        writeJson(o.out, { bench: 'virtiofs', env, config: { ...o, daemon }, complete: runs.length === names.length * o.runs, summary: s.summary, ratio: s.ratios, runs });
+        writeJson(o.out, { bench: 'virtiofs', env, config: { ...o, daemon }, complete: runs.length === names.length * o.runs, summary: s.summary, ratio: s.ratios, pairedRatio: s.paired, runs });
       }
     }
     const s = summarize(runs);

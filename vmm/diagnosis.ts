@@ -6,6 +6,10 @@
 // times out or is interrupted, so the next hang explains itself. This module holds the
 // types and their decoding and formatting, free of KVM; Machine.diagnose() gathers them.
 
+import type { Regs } from '../kvm/kvm';
+import { ExitReason, REG_NAMES, exitReasonName, type SpecialRegs } from '../kvm/layout';
+import { RECENT_COUNT, RECENT_WRITE, type RecentExit } from './vcpu/recent';
+
 /** One vCPU, as VcpuThreads.inspect() found it. */
 export interface VcpuDiagnosis {
   vcpu: number;
@@ -184,5 +188,59 @@ export function formatDiagnosis(d: MachineDiagnosis): string {
   const n = d.console.lines.length;
   out.push(n ? `guest console (last ${n} line${n === 1 ? '' : 's'} of ${d.console.totalBytes} bytes):` : `guest console: ${d.console.totalBytes ? `${d.console.totalBytes} bytes, no complete line` : 'nothing printed'}`);
   for (const l of d.console.lines) out.push(`| ${l}`);
+  return out.join('\n');
+}
+
+/** A vCPU whose exit ended the VM, as VcpuThreads.crashState() read it. */
+export interface CrashState {
+  vcpu: number;
+  regs?: Regs;
+  sregs?: SpecialRegs;
+  /** Its last exits, oldest first. */
+  recent: RecentExit[];
+  /** The other vCPUs: what their workers were doing and their last exit. */
+  others: { vcpu: number; worker: string; lastExit: string | null }[];
+  /** Why the registers are missing. */
+  error?: string;
+}
+
+/**
+ * The registers of a vCPU just after KVM's INIT: on an AMD host KVM INITs a vCPU when the guest
+ * shuts down (arch/x86/kvm/svm/svm.c shutdown_interception, "the VMCB is undefined after a
+ * SHUTDOWN intercept"), so there the registers read after a triple fault are these, not the
+ * guest's; on Intel they are the guest's at the fault.
+ */
+function isInitState(regs: Regs, sregs: SpecialRegs): boolean {
+  return regs.rip === 0xfff0n && sregs.cs.selector === 0xf000 && sregs.cs.base === 0xffff0000n;
+}
+
+function formatRecentExit(e: RecentExit): string {
+  const name = exitReasonName(e.reason).toLowerCase();
+  if (e.reason !== ExitReason.IO && e.reason !== ExitReason.MMIO) return name;
+  const size = e.info % RECENT_WRITE;
+  const write = Math.floor(e.info / RECENT_WRITE) % 2 === 1;
+  const count = Math.floor(e.info / RECENT_COUNT);
+  const where = e.reason === ExitReason.IO ? `port ${hex(e.addr)}` : hex(e.addr);
+  return `${name} ${write ? 'write' : 'read'} ${where} ${size}B${count > 1 ? ` ×${count}` : ''} = ${hex(e.data)}`;
+}
+
+/** The crash report, as lines for the log: what a triple fault leaves to explain it. */
+export function formatCrash(c: CrashState): string {
+  const out = [`vCPU ${c.vcpu} at the crash:`];
+  const { regs, sregs } = c;
+  if (regs && sregs) {
+    if (isInitState(regs, sregs)) {
+      out.push('  (these are the INIT state: KVM re-initialises a vCPU that shut down on an AMD host, so the guest\'s registers at the fault are lost; its last exits below still say what it did)');
+    }
+    out.push(`  rip ${hex(regs.rip)} rflags ${hex(regs.rflags)} rsp ${hex(regs.rsp)} cs ${hex(sregs.cs.selector)} (base ${hex(sregs.cs.base)}) ss ${hex(sregs.ss.selector)}`);
+    out.push(`  cr0 ${hex(sregs.cr0)} cr2 ${hex(sregs.cr2)} cr3 ${hex(sregs.cr3)} cr4 ${hex(sregs.cr4)} efer ${hex(sregs.efer)}`);
+    out.push(`  idt ${hex(sregs.idt.base)}/${hex(sregs.idt.limit)} gdt ${hex(sregs.gdt.base)}/${hex(sregs.gdt.limit)} tr ${hex(sregs.tr.selector)} (base ${hex(sregs.tr.base)})`);
+    const gprs = REG_NAMES.filter((n) => n !== 'rip' && n !== 'rflags' && n !== 'rsp').map((n) => `${n}=${hex(regs[n])}`);
+    for (let i = 0; i < gprs.length; i += 8) out.push(`  ${gprs.slice(i, i + 8).join(' ')}`);
+  } else {
+    out.push(`  (${c.error ?? 'registers not read'})`);
+  }
+  out.push(c.recent.length ? `  last ${c.recent.length} exits, oldest first: ${c.recent.map(formatRecentExit).join('; ')}` : '  no exit before this one');
+  for (const o of c.others) out.push(`  vCPU ${o.vcpu}: worker ${o.worker}, last exit ${o.lastExit ?? 'none'}`);
   return out.join('\n');
 }

@@ -44,7 +44,7 @@ import { findVirtiofsd, Virtiofsd } from '../devices/virtio/fs/daemon';
 import { sharesCmdline, type ShareConfig } from './shares';
 import type { StartupClock } from './startup';
 import { ConsoleTail } from './console/tail';
-import { parseTaskStat, type MachineDiagnosis } from './diagnosis';
+import { formatCrash, parseTaskStat, type MachineDiagnosis } from './diagnosis';
 import { loadavg } from 'node:os';
 
 /** How a VM ended; `code` is tsvmm's process exit status (docs/architecture.md). */
@@ -499,6 +499,9 @@ export class Machine {
       case 'system-crash':
         return this.finish({ code: EXIT.PANIC, reason: 'panic', detail: where });
       default:
+        // What the vCPU looked like, before the VM is torn down: otherwise a crash says no more
+        // than its reason. Once per VM (a second vCPU may fault while the first is reported).
+        if (!this.status) this.io.log(`${where}\n${formatCrash(this.threads.crashState(e.vcpu))}`);
         return this.finish({ code: EXIT.CRASH, reason: 'crash', detail: where });
     }
   }

@@ -63,6 +63,10 @@ test('a guest triple fault exits with 5', async () => {
   const r = await runGuestCommand('reboot -f', ['--append', 'reboot=t']);
   assert.is(r.code, 5, r.stderr);
   assert.match(r.stderr, 'triple fault');
+  // The crash explains itself: registers (or, on AMD, that KVM's INIT replaced them) and the
+  // vCPU's last exits, the shutdown last.
+  assert.match(r.stderr, /vCPU \d+ at the crash:\n  (\(these are the INIT state|rip 0x)/);
+  assert.match(r.stderr, /last \d+ exits, oldest first: .*shutdown\n/);
 });
 
 test('guest kernel panic exits with 4 (pvpanic)', async () => {

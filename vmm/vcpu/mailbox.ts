@@ -120,6 +120,8 @@ export interface WorkerInit {
   mailbox: Int32Array;
   doorbell: Int32Array;
   stats: Float64Array;
+  /** Its last exits (vmm/vcpu/recent.ts). */
+  recent: Float64Array;
 }
 
 /** What main sends a ready worker once its vCPU exists; the worker then runs it until stopped. */

@@ -13,7 +13,8 @@ import type { GuestMemory } from '../../devices/memory';
 import {
   MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
-import { decodeLapic, kernelAddresses, parseTaskStat, type VcpuDiagnosis } from '../diagnosis';
+import { newRecentExits, recentExits } from './recent';
+import { decodeLapic, kernelAddresses, parseTaskStat, type CrashState, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
 import { holdSignal } from '../../lib/process-hooks';
 import { workerScript } from '../../lib/worker-script';
@@ -64,6 +65,7 @@ interface Spawned {
   worker: Worker;
   mailbox: Int32Array;
   stats: Float64Array;
+  recent: Float64Array;
   /** Resolves with the thread's tid once the worker's code is loaded. */
   ready: Promise<number>;
   stopped: Promise<void>;
@@ -91,10 +93,10 @@ export class VcpuWorkers {
     this.releaseKick = holdSignal(KICK_SIGNAL);
     const script = workerScript('vcpu-worker');
     for (let id = 0; id < count; id++) {
-      const init: WorkerInit = { id, mailbox: newMailbox(), doorbell: this.doorbell, stats: newExitStats() };
+      const init: WorkerInit = { id, mailbox: newMailbox(), doorbell: this.doorbell, stats: newExitStats(), recent: newRecentExits() };
       const worker = new Worker(script, { workerData: init, name: `vcpu${id}` });
       const s: Spawned = {
-        id, worker, mailbox: init.mailbox, stats: init.stats, ready: Promise.resolve(0), stopped: Promise.resolve(), handedOver: false, onExit: () => {},
+        id, worker, mailbox: init.mailbox, stats: init.stats, recent: init.recent, ready: Promise.resolve(0), stopped: Promise.resolve(), handedOver: false, onExit: () => {},
       };
       s.stopped = new Promise((resolve) => worker.once('exit', () => resolve()));
       s.ready = new Promise((resolve, reject) => {
@@ -234,6 +236,36 @@ export class VcpuThreads {
       out.push(d);
     }
     return out;
+  }
+
+  /**
+   * What vCPU `vcpu` looked like when its exit ended the VM (a triple fault, a KVM internal
+   * error, a failed entry): registers, special registers and its last exits, read here while its
+   * worker, having reported the exit, no longer runs it; and what each other vCPU's worker was
+   * doing and its last exit (from their counters: they are not stopped for it).
+   */
+  crashState(vcpu: number): CrashState {
+    const t = this.thread(vcpu);
+    const state: CrashState = {
+      vcpu, recent: recentExits(t.recent),
+      others: this.threads.filter((o) => o !== t).map((o) => ({
+        vcpu: o.id, worker: VCPU_STATE_NAMES[o.stats[STAT_STATE]!] ?? `state ${o.stats[STAT_STATE]}`,
+        lastExit: o.stats[STAT_LAST_EXIT]! < 0 ? null : exitReasonName(o.stats[STAT_LAST_EXIT]!).toLowerCase(),
+      })),
+    };
+    // A vCPU ioctl waits for KVM_RUN to return: only a worker that ended its loop is safe to ask
+    // (not one whose mailbox server failed under it, which is still in the guest).
+    if (t.stats[STAT_STATE] !== VCPU_STATE.ENDED) {
+      state.error = `its worker is ${VCPU_STATE_NAMES[t.stats[STAT_STATE]!] ?? 'busy'}: registers not read`;
+      return state;
+    }
+    try {
+      state.regs = t.vcpu.getRegs();
+      state.sregs = t.vcpu.getSregs();
+    } catch (e) {
+      state.error = `reading its registers failed: ${(e as Error).message}`;
+    }
+    return state;
   }
 
   private async inspectParked(t: Thread, i: number, d: VcpuDiagnosis, parkMs: number, memory?: GuestMemory): Promise<void> {

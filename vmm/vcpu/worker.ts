@@ -22,6 +22,7 @@ import {
   VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData, postRequest,
 } from './mailbox';
 import { serveShared } from './shared';
+import { RECENT_COUNT, RECENT_WRITE, noteAccess, noteExit } from './recent';
 
 const { EINTR, EAGAIN } = constants.errno;
 
@@ -30,6 +31,7 @@ const post = (m: WorkerMessage) => parentPort!.postMessage(m);
 const mb = init.mailbox;
 const mbData = mailboxData(mb);
 const stats = init.stats;
+const recent = init.recent;
 
 setThreadName(`tsvmm-vcpu${init.id}`);
 // Spawned before the VM exists (vmm/vcpu/threads.ts): say so, then wait for the vCPU.
@@ -82,6 +84,7 @@ function runVcpu(job: WorkerRun): void {
       if (claim) claimedAccess(claim, KIND_PIO, port, data, isWrite);
       else if (!isWrite) data.fill(0xff);
     }
+    noteAccess(recent, port, size + (isWrite ? RECENT_WRITE : 0) + count * RECENT_COUNT, run.subarray(off, off + size));
   }
 
   function handleMmio(): void {
@@ -92,6 +95,7 @@ function runVcpu(job: WorkerRun): void {
     const claim = claimed(job.mmio, addr, len);
     if (claim) claimedAccess(claim, KIND_MMIO, addr, data, isWrite);
     else if (!isWrite) data.fill(0xff);
+    noteAccess(recent, addr, len + (isWrite ? RECENT_WRITE : 0), data);
   }
 
   /**
@@ -128,6 +132,7 @@ function runVcpu(job: WorkerRun): void {
       const reason = rv.getUint32(EXIT_REASON, true);
       stats[Math.min(reason, STAT_LAST_REASON)]!++;
       stats[STAT_LAST_EXIT] = reason;
+      noteExit(recent, reason);
       switch (reason) {
         case ExitReason.IO:
           handleIo();

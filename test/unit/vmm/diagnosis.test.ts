@@ -7,7 +7,10 @@ import * as assert from 'uvu/assert';
 import { AgentClient } from '../../../vmm/agent/client';
 import { AgentTimeoutError, waitForAgent } from '../../../vmm/agent-vm';
 import { ConsoleTail } from '../../../vmm/console/tail';
-import { decodeLapic, formatDiagnosis, kernelAddresses, parseTaskStat, type MachineDiagnosis } from '../../../vmm/diagnosis';
+import { decodeLapic, formatCrash, formatDiagnosis, kernelAddresses, parseTaskStat, type CrashState, type MachineDiagnosis } from '../../../vmm/diagnosis';
+import { RECENT_EXITS, newRecentExits, noteAccess, noteExit, recentExits } from '../../../vmm/vcpu/recent';
+import { ExitReason, KvmSregs, REG_NAMES } from '../../../kvm/layout';
+import type { Regs } from '../../../kvm/kvm';
 import { TsvmmError } from '../../../lib/errors';
 
 function lapicPage(): Uint8Array {
@@ -95,6 +98,63 @@ test('formatDiagnosis lists the registers (rip and rflags once) and the stack ad
 test('an empty console says so', () => {
   const text = formatDiagnosis({ ...diagnosis(new ConsoleTail()), vcpus: [] });
   assert.match(text, 'guest console: nothing printed');
+});
+
+test('the recent-exits ring keeps the last RECENT_EXITS exits, oldest first, with the access each made', () => {
+  const ring = newRecentExits();
+  assert.equal(recentExits(ring), []);
+  for (let i = 0; i < RECENT_EXITS + 3; i++) {
+    noteExit(ring, ExitReason.IO);
+    noteAccess(ring, 0x3f8 + i, 1, new Uint8Array([i, 0xaa, 0xbb, 0xcc, 0xdd]));
+  }
+  noteExit(ring, ExitReason.SHUTDOWN);
+  const got = recentExits(ring);
+  assert.is(got.length, RECENT_EXITS);
+  assert.equal(got[0], { reason: ExitReason.IO, addr: 0x3f8 + 4, info: 1, data: 0xccbbaa04 }, 'the oldest kept, its first four bytes little-endian');
+  assert.equal(got.at(-1), { reason: ExitReason.SHUTDOWN, addr: 0, info: 0, data: 0 }, 'an exit without an access');
+});
+
+function crash(init: boolean): CrashState {
+  const regs = Object.fromEntries(REG_NAMES.map((n, i) => [n, BigInt(i)])) as Regs;
+  const sregs = KvmSregs.read(new Uint8Array(KvmSregs.size));
+  if (init) {
+    regs.rip = 0xfff0n;
+    sregs.cs.selector = 0xf000;
+    sregs.cs.base = 0xffff0000n;
+  } else {
+    regs.rip = 0xffffffff81234567n;
+    sregs.cs.selector = 0x10;
+    sregs.cr0 = 0x80050033n;
+    sregs.cr3 = 0x1234000n;
+    sregs.efer = 0xd01n;
+    sregs.idt = { base: 0xfffffe0000000000n, limit: 0xfff };
+  }
+  const ring = newRecentExits();
+  noteExit(ring, ExitReason.MMIO);
+  noteAccess(ring, 0xd0000070, 4 + 0x100, new Uint8Array([0, 0, 0, 0]));
+  noteExit(ring, ExitReason.IO);
+  noteAccess(ring, 0x3f8, 1 + 0x100 + 3 * 0x10000, new Uint8Array([0x41]));
+  noteExit(ring, ExitReason.SHUTDOWN);
+  return { vcpu: 1, regs, sregs, recent: recentExits(ring), others: [{ vcpu: 0, worker: 'in KVM_RUN', lastExit: 'mmio' }] };
+}
+
+test("formatCrash: the fault's registers, control registers and tables, the last exits decoded, the other vCPUs", () => {
+  const text = formatCrash(crash(false));
+  assert.match(text, /^vCPU 1 at the crash:/);
+  assert.match(text, 'rip 0xffffffff81234567');
+  assert.match(text, 'cr0 0x80050033 cr2 0x0 cr3 0x1234000 cr4 0x0 efer 0xd01');
+  assert.match(text, 'idt 0xfffffe0000000000/0xfff');
+  assert.match(text, 'rax=0x0 rbx=0x1');
+  assert.match(text, 'last 3 exits, oldest first: mmio write 0xd0000070 4B = 0x0; io write port 0x3f8 1B ×3 = 0x41; shutdown');
+  assert.match(text, 'vCPU 0: worker in KVM_RUN, last exit mmio');
+  assert.not.match(text, 'INIT state');
+});
+
+test('formatCrash says when the registers are the INIT state KVM leaves on AMD, or why there are none', () => {
+  assert.match(formatCrash(crash(true)), /these are the INIT state/);
+  const none = formatCrash({ vcpu: 0, recent: [], others: [], error: 'its worker is in KVM_RUN: registers not read' });
+  assert.match(none, '(its worker is in KVM_RUN: registers not read)');
+  assert.match(none, 'no exit before this one');
 });
 
 test('waitForAgent past its deadline: an AgentTimeoutError carrying the diagnosis and the console tail', async () => {

@@ -224,8 +224,8 @@ function formatRecentExit(e: RecentExit): string {
   return `${name} ${write ? 'write' : 'read'} ${where} ${size}B${count > 1 ? ` ×${count}` : ''} = ${hex(e.data)}`;
 }
 
-/** The crash report, as lines for the log: what a triple fault leaves to explain it. */
-export function formatCrash(c: CrashState): string {
+/** The crash report, one log line each (a log line holds no newline): what a triple fault leaves to explain it. */
+export function formatCrash(c: CrashState): string[] {
   const out = [`vCPU ${c.vcpu} at the crash:`];
   const { regs, sregs } = c;
   if (regs && sregs) {
@@ -242,5 +242,5 @@ export function formatCrash(c: CrashState): string {
   }
   out.push(c.recent.length ? `  last ${c.recent.length} exits, oldest first: ${c.recent.map(formatRecentExit).join('; ')}` : '  no exit before this one');
   for (const o of c.others) out.push(`  vCPU ${o.vcpu}: worker ${o.worker}, last exit ${o.lastExit ?? 'none'}`);
-  return out.join('\n');
+  return out;
 }

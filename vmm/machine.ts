@@ -501,7 +501,7 @@ export class Machine {
       default:
         // What the vCPU looked like, before the VM is torn down: otherwise a crash says no more
         // than its reason. Once per VM (a second vCPU may fault while the first is reported).
-        if (!this.status) this.io.log(`${where}\n${formatCrash(this.threads.crashState(e.vcpu))}`);
+        if (!this.status) for (const line of [where, ...formatCrash(this.threads.crashState(e.vcpu))]) this.io.log(line);
         return this.finish({ code: EXIT.CRASH, reason: 'crash', detail: where });
     }
   }

@@ -65,8 +65,8 @@ test('a guest triple fault exits with 5', async () => {
   assert.match(r.stderr, 'triple fault');
   // The crash explains itself: registers (or, on AMD, that KVM's INIT replaced them) and the
   // vCPU's last exits, the shutdown last.
-  assert.match(r.stderr, /vCPU \d+ at the crash:\n  (\(these are the INIT state|rip 0x)/);
-  assert.match(r.stderr, /last \d+ exits, oldest first: .*shutdown\n/);
+  assert.match(r.stderr, /vCPU \d+ at the crash:\n.*(\(these are the INIT state|  rip 0x)/);
+  assert.match(r.stderr, /last \d+ exits, oldest first: .*shutdown$/m);
 });
 
 test('guest kernel panic exits with 4 (pvpanic)', async () => {

@@ -139,7 +139,7 @@ function crash(init: boolean): CrashState {
 }
 
 test("formatCrash: the fault's registers, control registers and tables, the last exits decoded, the other vCPUs", () => {
-  const text = formatCrash(crash(false));
+  const text = formatCrash(crash(false)).join('\n');
   assert.match(text, /^vCPU 1 at the crash:/);
   assert.match(text, 'rip 0xffffffff81234567');
   assert.match(text, 'cr0 0x80050033 cr2 0x0 cr3 0x1234000 cr4 0x0 efer 0xd01');
@@ -151,8 +151,8 @@ test("formatCrash: the fault's registers, control registers and tables, the last
 });
 
 test('formatCrash says when the registers are the INIT state KVM leaves on AMD, or why there are none', () => {
-  assert.match(formatCrash(crash(true)), /these are the INIT state/);
-  const none = formatCrash({ vcpu: 0, recent: [], others: [], error: 'its worker is in KVM_RUN: registers not read' });
+  assert.match(formatCrash(crash(true)).join('\n'), /these are the INIT state/);
+  const none = formatCrash({ vcpu: 0, recent: [], others: [], error: 'its worker is in KVM_RUN: registers not read' }).join('\n');
   assert.match(none, '(its worker is in KVM_RUN: registers not read)');
   assert.match(none, 'no exit before this one');
 });

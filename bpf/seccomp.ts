@@ -1,7 +1,8 @@
 // Classic BPF seccomp filters (seccomp(2), SECCOMP_SET_MODE_FILTER), built from a policy: the
 // sock_filter encoding, the seccomp_data layout, the x86-64 syscall numbers a policy may name,
 // and the program shape. It owns those bytes only; installing a filter is kvm/libc.ts's job
-// and which syscalls a thread may make is its caller's (vmm/vcpu/seccomp.ts).
+// and which syscalls a thread may make is its caller's (bpf/seccomp-worker.ts: what every
+// worker thread needs; vmm/vcpu/seccomp.ts, devices/virtio/block/seccomp.ts: each thread's own).
 //
 // The program, as Firecracker's seccompiler emits it:
 //   arch != AUDIT_ARCH_X86_64            -> KILL_PROCESS (another ABI would renumber everything)
@@ -69,6 +70,7 @@ export const SYSCALLS_X86_64 = {
   process_vm_readv: 310, process_vm_writev: 311, seccomp: 317, getrandom: 318, memfd_create: 319, bpf: 321,
   execveat: 322, userfaultfd: 323, membarrier: 324, pkey_mprotect: 329, io_uring_setup: 425, openat2: 437, clone3: 435,
   pidfd_open: 434, rseq: 334, creat: 85, unshare: 272, setns: 308, chroot: 161, pivot_root: 155,
+  poll: 7, ppoll: 271, preadv: 295, pwritev: 296, fdatasync: 75, io_uring_enter: 426, io_uring_register: 427,
 } as const;
 export type SyscallName = keyof typeof SYSCALLS_X86_64;
 

@@ -12,6 +12,14 @@
 // plain stores; Atomics keeps V8 from reordering them with the entry's own writes). A registered
 // eventfd is signalled on every completion, so a thread that sleeps on that eventfd (for other
 // reasons too) wakes for completions as well.
+//
+// A ring can be locked down before its first use (`restrict`, as Firecracker's block engine
+// does): io_uring operations never pass through seccomp, so a thread taken over could otherwise
+// submit an OPENAT or a CONNECT through its ring whatever its filter says. A restricted ring is
+// created disabled, gets its files and eventfd registered, then the opcodes, entry flags and
+// (none of the) register operations it will ever accept, and only then is enabled; from there an
+// entry must name a registered file by index (IOSQE_FIXED_FILE), and anything else completes
+// with EACCES.
 
 import { ioUringEnter, ioUringRegister, ioUringSetup, close as closeFd, mmap, munmap, view, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE } from './libc';
 import { SysError } from './errors';
@@ -33,13 +41,24 @@ export const IoUringSqe = struct('io_uring_sqe', 64, {
   userData: u64(32), bufIndex: u16(40), personality: u16(42), spliceFdIn: i32(44, 'splice_fd_in'), addr3: u64(48),
 });
 export const IoUringCqe = struct('io_uring_cqe', 16, { userData: u64(0), res: i32(8), flags: u32(12) });
+/** One rule of IORING_REGISTER_RESTRICTIONS: `opcode` says which union member `op` is (a register op, an SQE opcode or SQE flags). */
+export const IoUringRestriction = struct('io_uring_restriction', 16, { opcode: u16(0), op: u8(2, 'sqe_op'), resv: u8(3), resv2: bytes(4, 12) });
 
 export const IORING_OP_READV = 1;
 export const IORING_OP_WRITEV = 2;
 export const IORING_OP_FSYNC = 3;
 export const IORING_FSYNC_DATASYNC = 1;
+/** The entry's fd is an index into the ring's registered files. */
+export const IOSQE_FIXED_FILE = 1 << 0;
 /** The entry starts only after every earlier one completed, and later ones after it. */
 export const IOSQE_IO_DRAIN = 1 << 1;
+export const IORING_SETUP_R_DISABLED = 1 << 6;
+export const IORING_REGISTER_FILES = 2;
+export const IORING_REGISTER_RESTRICTIONS = 11;
+export const IORING_REGISTER_ENABLE_RINGS = 12;
+export const IORING_RESTRICTION_SQE_OP = 1;
+export const IORING_RESTRICTION_SQE_FLAGS_ALLOWED = 2;
+export const IORING_RESTRICTION_SQE_FLAGS_REQUIRED = 3;
 export const IORING_ENTER_GETEVENTS = 1;
 export const IORING_FEAT_SINGLE_MMAP = 1;
 export const IORING_REGISTER_EVENTFD = 4;
@@ -70,6 +89,18 @@ export interface UringOp {
   userData: number;
 }
 
+/** How a ring is set up (IoUring's constructor). */
+export interface RingSetup {
+  /** Signalled for every completion the kernel posts. */
+  eventfd?: number;
+  /**
+   * Lock the ring down (module comment): entries may only be these opcodes, on these files
+   * (an entry's fd is then an index into `files`, with IOSQE_FIXED_FILE), with no IOSQE flags
+   * but `flags`; io_uring_register is refused once the ring runs.
+   */
+  restrict?: { files: readonly number[]; ops: readonly number[]; flags: number };
+}
+
 const SQE = IoUringSqe.offsets;
 const CQE = IoUringCqe.offsets;
 
@@ -90,11 +121,16 @@ export class IoUring {
   private unsubmitted = 0;
   private closed = false;
 
-  /** A ring of `entries` slots (a power of two). Throws SysError where io_uring is missing or forbidden (ENOSYS, EPERM). */
-  constructor(entries: number) {
-    const p = new Uint8Array(IoUringParams.size);
+  /**
+   * A ring of `entries` slots (a power of two). Throws SysError where io_uring is missing or
+   * forbidden (ENOSYS, EPERM), or cannot be restricted (EINVAL before Linux 5.10).
+   */
+  constructor(entries: number, setup: RingSetup = {}) {
+    const p = IoUringParams.encode({ flags: setup.restrict ? IORING_SETUP_R_DISABLED : 0 });
     this.fd = ioUringSetup(entries, p);
     try {
+      if (setup.eventfd !== undefined) ioUringRegister(this.fd, IORING_REGISTER_EVENTFD, Int32Array.of(setup.eventfd), 1);
+      if (setup.restrict) this.lockDown(setup.restrict);
       const params = IoUringParams.read(p);
       const { sqOff, cqOff } = params;
       this.entries = params.sqEntries;
@@ -127,9 +163,18 @@ export class IoUring {
     }
   }
 
-  /** Signals `eventfd` for every completion the kernel posts. */
-  registerEventfd(eventfd: number): void {
-    ioUringRegister(this.fd, IORING_REGISTER_EVENTFD, Int32Array.of(eventfd), 1);
+  /** Registers the files, then the restrictions, then enables the (disabled) ring: the order the kernel requires. */
+  private lockDown(r: NonNullable<RingSetup['restrict']>): void {
+    ioUringRegister(this.fd, IORING_REGISTER_FILES, Int32Array.from(r.files), r.files.length);
+    const rules = [
+      ...r.ops.map((op) => ({ opcode: IORING_RESTRICTION_SQE_OP, op })),
+      { opcode: IORING_RESTRICTION_SQE_FLAGS_ALLOWED, op: r.flags },
+      { opcode: IORING_RESTRICTION_SQE_FLAGS_REQUIRED, op: IOSQE_FIXED_FILE },
+    ];
+    const b = new Uint8Array(rules.length * IoUringRestriction.size);
+    rules.forEach((rule, i) => IoUringRestriction.write(b, rule, i * IoUringRestriction.size));
+    ioUringRegister(this.fd, IORING_REGISTER_RESTRICTIONS, b, rules.length);
+    ioUringRegister(this.fd, IORING_REGISTER_ENABLE_RINGS, null, 0);
   }
 
   /** Free submission slots (the caller keeps in-flight operations ≤ entries, so the CQ never overflows). */

@@ -15,7 +15,8 @@ import {
 } from '../../kvm/layout';
 import { futexWait, gettid, installSeccompFilter, setThreadName } from '../../kvm/libc';
 import { KVM } from '../../kvm/ioctl';
-import { seccompMode, vcpuFilter } from './seccomp';
+import { vcpuFilter } from './seccomp';
+import { seccompMode } from '../../bpf/seccomp-worker';
 import type { BusClaim } from '../../devices/bus';
 import {
   KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
@@ -164,7 +165,7 @@ function runVcpu(job: WorkerRun): void {
   }
 
   // Setup is over: from here the thread only runs its vCPU (vmm/vcpu/seccomp.ts).
-  const seccomp = seccompMode(process.env.TSVMM_VCPU_SECCOMP);
+  const seccomp = seccompMode();
   if (seccomp !== 'off') installSeccompFilter(vcpuFilter(job.fd, KVM.RUN, seccomp));
 
   const end = loop();

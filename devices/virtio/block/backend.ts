@@ -24,7 +24,10 @@ import { constants, fdatasyncSync, readvSync, writevSync } from 'node:fs';
 import { TsvmmError } from '../../../lib/errors';
 import { errnoName } from '../../../kvm/errors';
 import { MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap, view } from '../../../kvm/libc';
-import { IORING_FSYNC_DATASYNC, IORING_OP_FSYNC, IORING_OP_READV, IORING_OP_WRITEV, IOVEC_SIZE, IoUring } from '../../../kvm/uring';
+import { IORING_FSYNC_DATASYNC, IORING_OP_FSYNC, IORING_OP_READV, IORING_OP_WRITEV, IOSQE_FIXED_FILE, IOVEC_SIZE, IoUring } from '../../../kvm/uring';
+
+/** The image's index among the ring's registered files. */
+const IMAGE_FILE = 0;
 
 export type IoOp = 'read' | 'write' | 'flush';
 
@@ -228,15 +231,16 @@ export class UringIo implements BlockIo {
    */
   constructor(
     private readonly file: FileIo,
-    private readonly fd: number,
+    fd: number,
     capacity: number,
     private readonly maxSegments: number,
     eventfd: number,
     private readonly addressOf: (b: Uint8Array) => bigint,
   ) {
-    this.ring = new IoUring(capacity);
+    // Locked to vectored reads, writes and fsyncs of this one file (kvm/uring.ts): what the
+    // ring can do is no more than what the I/O thread's seccomp filter allows it to call.
+    this.ring = new IoUring(capacity, { eventfd, restrict: { files: [fd], ops: [IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_FSYNC], flags: 0 } });
     try {
-      this.ring.registerEventfd(eventfd);
       this.capacity = Math.min(capacity, this.ring.entries);
       this.iovBytes = this.capacity * maxSegments * IOVEC_SIZE;
       this.iovAddr = mmap(this.iovBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
@@ -253,6 +257,11 @@ export class UringIo implements BlockIo {
 
   get inFlight(): number {
     return this.pending.size + this.finished.length;
+  }
+
+  /** The ring's own fd: the one io_uring_enter the I/O thread's seccomp filter allows. */
+  get ringFd(): number {
+    return this.ring.fd;
   }
 
   start(tag: number, op: IoOp, bufs: Uint8Array[], position: number): void {
@@ -279,7 +288,7 @@ export class UringIo implements BlockIo {
   private prepare(tag: number): void {
     const p = this.pending.get(tag)!;
     if (p.op === 'flush') {
-      this.ring.prepare({ opcode: IORING_OP_FSYNC, fd: this.fd, off: 0, addr: 0n, len: 0, rwFlags: IORING_FSYNC_DATASYNC, flags: 0, userData: tag });
+      this.ring.prepare({ opcode: IORING_OP_FSYNC, fd: IMAGE_FILE, off: 0, addr: 0n, len: 0, rwFlags: IORING_FSYNC_DATASYNC, flags: IOSQE_FIXED_FILE, userData: tag });
     } else {
       const base = tag * this.maxSegments * IOVEC_SIZE;
       for (const [i, b] of p.bufs.entries()) {
@@ -287,7 +296,7 @@ export class UringIo implements BlockIo {
         this.iovs.setBigUint64(base + i * IOVEC_SIZE + 8, BigInt(b.length), true);
       }
       const opcode = p.op === 'read' ? IORING_OP_READV : IORING_OP_WRITEV;
-      this.ring.prepare({ opcode, fd: this.fd, off: p.position, addr: this.iovAddr + BigInt(base), len: p.bufs.length, rwFlags: 0, flags: 0, userData: tag });
+      this.ring.prepare({ opcode, fd: IMAGE_FILE, off: p.position, addr: this.iovAddr + BigInt(base), len: p.bufs.length, rwFlags: 0, flags: IOSQE_FIXED_FILE, userData: tag });
     }
     this.inKernel++;
   }

@@ -9,11 +9,13 @@
 
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { GuestMemory } from '../../memory';
-import { eventfdSignal, eventfdWait, setThreadName, view } from '../../../kvm/libc';
+import { eventfdSignal, eventfdWait, installSeccompFilter, setThreadName, view } from '../../../kvm/libc';
+import { seccompMode } from '../../../bpf/seccomp-worker';
 import { SysError } from '../../../kvm/errors';
 import { INT_USED_BUFFER, raiseInterrupt } from '../mmio';
 import { Queue, QueueError } from '../queue';
 import { FileIo, SyncIo, UringIo, type BlockIo } from './backend';
+import { blockThreadFilter } from './seccomp';
 import { BlockRequestServer, count } from './serve';
 import { CTL, THREAD_DEAD, type ThreadCommand, type ThreadInit, type ThreadReport } from './thread';
 
@@ -35,6 +37,9 @@ function main(): void {
   const regions = init.ram.map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(view(r.addr, r.size)), addr: r.addr }));
   const mem = new GuestMemory(regions);
   const io = openIo(regions);
+  // Setup is over: from here the thread only serves its image (seccomp.ts).
+  const seccomp = seccompMode();
+  if (seccomp !== 'off') installSeccompFilter(blockThreadFilter(init.fd, io instanceof UringIo ? io.ringFd : undefined, seccomp));
   let active: { gen: number; server: BlockRequestServer } | undefined;
   /** Stops serving: every transfer in flight finishes first (answered, unless the ring is broken). */
   const drop = (answer: boolean) => {

@@ -11,7 +11,9 @@ import {
   SeccompError, SYSCALLS_X86_64, X32_SYSCALL_BIT,
 } from '../../../bpf/seccomp';
 import { KVM } from '../../../kvm/ioctl';
-import { VCPU_ALLOWED, VCPU_DENIED, vcpuFilter } from '../../../vmm/vcpu/seccomp';
+import { vcpuFilter } from '../../../vmm/vcpu/seccomp';
+import { blockThreadFilter } from '../../../devices/virtio/block/seccomp';
+import { TAKEOVER_CALLS, WORKER_ALLOWED } from '../../../bpf/seccomp-worker';
 
 test('syscall numbers match <sys/syscall.h>', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-sys-'));
@@ -45,8 +47,8 @@ test('program bytes: arch check first, x32 refused, one block per syscall, defau
 test('the vCPU policy: verdicts for allowed, argument-checked, denied, unknown, foreign-ABI calls', () => {
   const f = vcpuFilter(17, KVM.RUN);
   const nr = (n: keyof typeof SYSCALLS_X86_64) => SYSCALLS_X86_64[n];
-  for (const a of VCPU_ALLOWED) assert.is(runFilter(f, { nr: nr(a.name) }), SECCOMP_RET_ALLOW, a.name);
-  for (const d of VCPU_DENIED) assert.is(runFilter(f, { nr: nr(d) }), SECCOMP_RET_KILL_PROCESS, d);
+  for (const a of WORKER_ALLOWED) assert.is(runFilter(f, { nr: nr(a.name) }), SECCOMP_RET_ALLOW, a.name);
+  for (const d of TAKEOVER_CALLS) assert.is(runFilter(f, { nr: nr(d) }), SECCOMP_RET_KILL_PROCESS, d);
   assert.is(runFilter(f, { nr: nr('ioctl'), args: [17n, BigInt(KVM.RUN)] }), SECCOMP_RET_ALLOW);
   assert.is(runFilter(f, { nr: nr('ioctl'), args: [18n, BigInt(KVM.RUN)] }), SECCOMP_RET_ERRNO | 1);
   assert.is(runFilter(f, { nr: nr('ioctl'), args: [17n, BigInt(KVM.RUN) | (1n << 32n)] }), SECCOMP_RET_ERRNO | 1, 'high half checked');
@@ -60,6 +62,23 @@ test('the vCPU policy: verdicts for allowed, argument-checked, denied, unknown, 
   assert.is(runFilter(log, { nr: 102 }), SECCOMP_RET_LOG);
   assert.is(runFilter(log, { nr: nr('execve') }), SECCOMP_RET_LOG);
   assert.is(runFilter(log, { nr: nr('futex') }), SECCOMP_RET_ALLOW);
+});
+
+test('the block I/O thread\'s policy: its image and its ring only, no open, no KVM', () => {
+  const nr = (n: keyof typeof SYSCALLS_X86_64) => SYSCALLS_X86_64[n];
+  const f = blockThreadFilter(21, 22);
+  for (const a of WORKER_ALLOWED) assert.is(runFilter(f, { nr: nr(a.name) }), SECCOMP_RET_ALLOW, a.name);
+  for (const d of TAKEOVER_CALLS) assert.is(runFilter(f, { nr: nr(d) }), SECCOMP_RET_KILL_PROCESS, d);
+  for (const c of ['pread64', 'preadv', 'pwrite64', 'pwritev', 'fdatasync'] as const) {
+    assert.is(runFilter(f, { nr: nr(c), args: [21n] }), SECCOMP_RET_ALLOW, `${c} on the image`);
+    assert.is(runFilter(f, { nr: nr(c), args: [22n] }), SECCOMP_RET_ERRNO | 1, `${c} on another fd`);
+  }
+  assert.is(runFilter(f, { nr: nr('io_uring_enter'), args: [22n] }), SECCOMP_RET_ALLOW);
+  assert.is(runFilter(f, { nr: nr('io_uring_enter'), args: [21n] }), SECCOMP_RET_ERRNO | 1, 'another ring');
+  assert.is(runFilter(f, { nr: nr('io_uring_register'), args: [22n] }), SECCOMP_RET_KILL_PROCESS, 'the lockdown is not undone');
+  assert.is(runFilter(f, { nr: nr('ioctl'), args: [17n, BigInt(KVM.RUN)] }), SECCOMP_RET_ERRNO | 1);
+  // Synchronous I/O (no ring): io_uring_enter is refused outright.
+  assert.is(runFilter(blockThreadFilter(21, undefined), { nr: nr('io_uring_enter'), args: [22n] }), SECCOMP_RET_ERRNO | 1);
 });
 
 test('bad policies are refused', () => {

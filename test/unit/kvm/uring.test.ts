@@ -12,19 +12,26 @@ import { AbiExpectations } from '../abi';
 import {
   IORING_ENTER_GETEVENTS, IORING_FEAT_SINGLE_MMAP, IORING_FSYNC_DATASYNC, IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING, IORING_OP_FSYNC,
   IORING_OP_READV, IORING_OP_WRITEV, IORING_REGISTER_EVENTFD, IOSQE_IO_DRAIN, IOVEC_SIZE, IoCqringOffsets, IoSqringOffsets, IoUring, IoUringCqe,
-  IoUringParams, IoUringSqe,
+  IoUringParams, IoUringSqe, IoUringRestriction, IOSQE_FIXED_FILE, IORING_SETUP_R_DISABLED, IORING_REGISTER_FILES, IORING_REGISTER_RESTRICTIONS,
+  IORING_REGISTER_ENABLE_RINGS, IORING_RESTRICTION_SQE_OP, IORING_RESTRICTION_SQE_FLAGS_ALLOWED, IORING_RESTRICTION_SQE_FLAGS_REQUIRED,
 } from '../../../kvm/uring';
+import { SysError } from '../../../kvm/errors';
+import { ioUringRegister } from '../../../kvm/libc';
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, close as closeFd, eventfd, eventfdDrain, mmap, munmap, view } from '../../../kvm/libc';
 import { FileIo, UringIo } from '../../../devices/virtio/block/backend';
 
 test('io_uring layouts and constants match <linux/io_uring.h>', () => {
   const abi = new AbiExpectations();
-  for (const s of [IoSqringOffsets, IoCqringOffsets, IoUringParams, IoUringSqe, IoUringCqe]) abi.struct(s);
+  for (const s of [IoSqringOffsets, IoCqringOffsets, IoUringParams, IoUringSqe, IoUringCqe, IoUringRestriction]) abi.struct(s);
   const consts: [string, number][] = [
     ['IORING_OP_READV', IORING_OP_READV], ['IORING_OP_WRITEV', IORING_OP_WRITEV], ['IORING_OP_FSYNC', IORING_OP_FSYNC],
     ['IORING_FSYNC_DATASYNC', IORING_FSYNC_DATASYNC], ['IOSQE_IO_DRAIN', IOSQE_IO_DRAIN], ['IORING_ENTER_GETEVENTS', IORING_ENTER_GETEVENTS],
     ['IORING_FEAT_SINGLE_MMAP', IORING_FEAT_SINGLE_MMAP], ['IORING_REGISTER_EVENTFD', IORING_REGISTER_EVENTFD], ['IORING_OFF_SQ_RING', IORING_OFF_SQ_RING],
     ['IORING_OFF_CQ_RING', IORING_OFF_CQ_RING], ['IORING_OFF_SQES', IORING_OFF_SQES], ['sizeof(struct iovec)', IOVEC_SIZE],
+    ['IOSQE_FIXED_FILE', IOSQE_FIXED_FILE], ['IORING_SETUP_R_DISABLED', IORING_SETUP_R_DISABLED], ['IORING_REGISTER_FILES', IORING_REGISTER_FILES],
+    ['IORING_REGISTER_RESTRICTIONS', IORING_REGISTER_RESTRICTIONS], ['IORING_REGISTER_ENABLE_RINGS', IORING_REGISTER_ENABLE_RINGS],
+    ['IORING_RESTRICTION_SQE_OP', IORING_RESTRICTION_SQE_OP], ['IORING_RESTRICTION_SQE_FLAGS_ALLOWED', IORING_RESTRICTION_SQE_FLAGS_ALLOWED],
+    ['IORING_RESTRICTION_SQE_FLAGS_REQUIRED', IORING_RESTRICTION_SQE_FLAGS_REQUIRED],
     ['__NR_io_uring_setup', 425], ['__NR_io_uring_enter', 426], ['__NR_io_uring_register', 427],
   ];
   for (const [c, v] of consts) abi.want(c, v);
@@ -50,9 +57,8 @@ test('a ring: 16 writes in flight, an fsync drained behind them, 16 reads back; 
   const f = tempFile(new Uint8Array(16 * 4096));
   const m = hostMemory(64 * 1024);
   const efd = eventfd();
-  const ring = new IoUring(32);
+  const ring = new IoUring(32, { eventfd: efd });
   try {
-    ring.registerEventfd(efd);
     const iov = new DataView(m.bytes.buffer, 60 * 1024);
     const iovAt = (i: number) => m.addr + BigInt(60 * 1024 + i * IOVEC_SIZE);
     for (let i = 0; i < 16; i++) {
@@ -86,6 +92,44 @@ test('a ring: 16 writes in flight, an fsync drained behind them, 16 reads back; 
   } finally {
     ring.close();
     closeFd(efd);
+    m.free();
+    f.done();
+  }
+});
+
+test('a restricted ring: only the allowed opcodes, only on its registered file by index, no register call once it runs', () => {
+  const f = tempFile(Uint8Array.from({ length: 4096 }, (_, i) => i & 0xff));
+  const m = hostMemory(8192);
+  const ring = new IoUring(8, { restrict: { files: [f.fd], ops: [IORING_OP_READV], flags: 0 } });
+  try {
+    const iov = new DataView(m.bytes.buffer, 4096);
+    iov.setBigUint64(0, m.addr, true);
+    iov.setBigUint64(8, 512n, true);
+    const iovAddr = m.addr + 4096n;
+    const IORING_OP_OPENAT = 18;
+    const IORING_OP_NOP = 0;
+    // Index 0 of the registered files, as a restricted ring needs: allowed.
+    ring.prepare({ opcode: IORING_OP_READV, fd: 0, off: 512, addr: iovAddr, len: 1, rwFlags: 0, flags: IOSQE_FIXED_FILE, userData: 1 });
+    // The same read by raw fd (no IOSQE_FIXED_FILE): refused.
+    ring.prepare({ opcode: IORING_OP_READV, fd: f.fd, off: 0, addr: iovAddr, len: 1, rwFlags: 0, flags: 0, userData: 2 });
+    // Opcodes not on the list, even with the fixed file: refused.
+    ring.prepare({ opcode: IORING_OP_WRITEV, fd: 0, off: 0, addr: iovAddr, len: 1, rwFlags: 0, flags: IOSQE_FIXED_FILE, userData: 3 });
+    ring.prepare({ opcode: IORING_OP_OPENAT, fd: 0, off: 0, addr: 0n, len: 0, rwFlags: 0, flags: IOSQE_FIXED_FILE, userData: 4 });
+    ring.prepare({ opcode: IORING_OP_NOP, fd: 0, off: 0, addr: 0n, len: 0, rwFlags: 0, flags: IOSQE_FIXED_FILE | IOSQE_IO_DRAIN, userData: 5 });
+    const res = new Map<number, number>();
+    while (res.size < 5) {
+      ring.enter(true);
+      ring.reap((u, r) => res.set(u, r));
+    }
+    const EACCES = 13;
+    assert.equal([...res.entries()].sort((a, b) => a[0] - b[0]), [[1, 512], [2, -EACCES], [3, -EACCES], [4, -EACCES], [5, -EACCES]]);
+    assert.equal(m.bytes.subarray(0, 512), Uint8Array.from({ length: 512 }, (_, i) => (512 + i) & 0xff), 'the allowed read landed');
+    assert.ok(m.bytes.subarray(512, 4096).every((b) => b === 0), 'nothing else was written');
+    // No io_uring_register once the ring runs: not another eventfd, not more files.
+    assert.throws(() => ioUringRegister(ring.fd, IORING_REGISTER_EVENTFD, Int32Array.of(f.fd), 1), (e: unknown) => e instanceof SysError && e.errno === EACCES);
+    assert.throws(() => ioUringRegister(ring.fd, IORING_REGISTER_FILES, Int32Array.of(f.fd), 1), (e: unknown) => e instanceof SysError);
+  } finally {
+    ring.close();
     m.free();
     f.done();
   }

@@ -39,6 +39,14 @@ export class IoVecBuffer {
     return this.segs[Symbol.iterator]();
   }
 
+  /** Empties the list, for reuse by the next chain (a device's per-packet path allocates no list). */
+  clear(): void {
+    this.segs.length = 0;
+    this.total = 0;
+    this.cursorSeg = 0;
+    this.cursorStart = 0;
+  }
+
   /** Appends guest memory [gpa, gpa + len); false, and nothing appended, unless all of it is RAM. */
   append(mem: GuestMemory, gpa: number, len: number): boolean {
     const v = mem.slice(gpa, len);

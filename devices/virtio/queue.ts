@@ -43,8 +43,16 @@ export class DescriptorChain {
 
   constructor(
     /** Index of the head descriptor (goes back in the used ring). */
-    readonly head: number,
+    public head: number,
   ) {}
+
+  /** Empties the chain for reuse as head `head` (Queue.pop's `into`). */
+  reuse(head: number): this {
+    this.head = head;
+    this.readable.clear();
+    this.writable.clear();
+    return this;
+  }
 }
 
 interface Rings {
@@ -68,6 +76,11 @@ function view(mem: GuestMemory, gpa: number, len: number, what: string, align: n
 const fenceCell = new Int32Array(new SharedArrayBuffer(4));
 function storeLoadFence(): void {
   Atomics.add(fenceCell, 0, 0);
+}
+
+/** An error naming the descriptor being parsed at the time of the throw (no closure per chain). */
+function badDescriptor(inIndirect: boolean, index: number, head: number, what: string): QueueError {
+  return new QueueError(`${inIndirect ? `indirect descriptor ${index} (chain ${head})` : `descriptor ${index}`}: ${what}`);
 }
 
 export class Queue {
@@ -149,8 +162,12 @@ export class Queue {
     return (this.rings ??= this.map());
   }
 
-  /** Next available chain, undefined when the ring is empty. Throws QueueError on a malformed chain or ring. */
-  pop(): DescriptorChain | undefined {
+  /**
+   * Next available chain, undefined when the ring is empty. Throws QueueError on a malformed
+   * chain or ring. With `into`, that chain object is emptied and filled instead of a new one:
+   * for a device that is done with each chain before it pops the next (no per-packet allocation).
+   */
+  pop(into?: DescriptorChain): DescriptorChain | undefined {
     this.canUndo = false;
     const r = this.mapped();
     if (!r) return undefined;
@@ -175,7 +192,7 @@ export class Queue {
     const head = r.avail.getUint16(4 + 2 * (this.nextAvail & (n - 1)), true);
     // Consume the slot before parsing: a device that catches the error must not spin on it.
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
-    const chain = this.parse(r.desc, head);
+    const chain = this.parse(r.desc, head, into);
     this.canUndo = true;
     return chain;
   }
@@ -187,18 +204,16 @@ export class Queue {
     this.nextAvail = (this.nextAvail - 1) & 0xffff;
   }
 
-  private parse(table: DataView, head: number): DescriptorChain {
+  private parse(table: DataView, head: number, into: DescriptorChain | undefined): DescriptorChain {
     const n = this.size;
     if (head >= n) throw new QueueError(`head descriptor ${head} is out of range (queue size ${n})`);
-    const chain = new DescriptorChain(head);
+    const chain = into ? into.reuse(head) : new DescriptorChain(head);
     let count = 0; // descriptors visited, direct and indirect: bounded by the queue size
 
     let desc = table;
     let entries = n;
     let index = head;
     let inIndirect = false;
-    // Errors name the descriptor being parsed at the time of the throw.
-    const bad = (what: string) => new QueueError(`${inIndirect ? `indirect descriptor ${index} (chain ${head})` : `descriptor ${index}`}: ${what}`);
     for (;;) {
       if (++count > n) throw new QueueError(`descriptor chain from ${head} is longer than the queue size ${n} (loop?)`);
       const at = index * DESC_SIZE;
@@ -206,16 +221,16 @@ export class Queue {
       const len = desc.getUint32(at + 8, true);
       const flags = desc.getUint16(at + 12, true);
       const next = desc.getUint16(at + 14, true);
-      if (addr === undefined) throw bad(`address beyond 2^53`);
+      if (addr === undefined) throw badDescriptor(inIndirect, index, head, `address beyond 2^53`);
 
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirect) throw bad(`INDIRECT without VIRTIO_F_INDIRECT_DESC`);
-        if (inIndirect) throw bad(`nested indirect table`);
-        if (flags & VIRTQ_DESC_F_NEXT) throw bad(`INDIRECT together with NEXT`);
-        if (len === 0 || len % DESC_SIZE !== 0) throw bad(`indirect table length ${len} is not a non-zero multiple of ${DESC_SIZE}`);
-        if (len / DESC_SIZE > n - count + 1) throw bad(`indirect table of ${len / DESC_SIZE} entries makes the chain longer than the queue size ${n}`);
+        if (!this.indirect) throw badDescriptor(inIndirect, index, head, `INDIRECT without VIRTIO_F_INDIRECT_DESC`);
+        if (inIndirect) throw badDescriptor(inIndirect, index, head, `nested indirect table`);
+        if (flags & VIRTQ_DESC_F_NEXT) throw badDescriptor(inIndirect, index, head, `INDIRECT together with NEXT`);
+        if (len === 0 || len % DESC_SIZE !== 0) throw badDescriptor(inIndirect, index, head, `indirect table length ${len} is not a non-zero multiple of ${DESC_SIZE}`);
+        if (len / DESC_SIZE > n - count + 1) throw badDescriptor(inIndirect, index, head, `indirect table of ${len / DESC_SIZE} entries makes the chain longer than the queue size ${n}`);
         const t = this.mem.slice(addr, len);
-        if (!t) throw bad(`indirect table ${hex(addr)}+${hex(len)} is not in guest RAM`);
+        if (!t) throw badDescriptor(inIndirect, index, head, `indirect table ${hex(addr)}+${hex(len)} is not in guest RAM`);
         desc = new DataView(t.buffer, t.byteOffset, t.byteLength);
         entries = len / DESC_SIZE;
         index = 0;
@@ -225,10 +240,10 @@ export class Queue {
       }
 
       const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (!writable && chain.writable.segmentCount > 0) throw bad(`readable buffer after a writable one`);
-      if (!(writable ? chain.writable : chain.readable).append(this.mem, addr, len)) throw bad(`buffer ${hex(addr)}+${hex(len)} is not in guest RAM`);
+      if (!writable && chain.writable.segmentCount > 0) throw badDescriptor(inIndirect, index, head, `readable buffer after a writable one`);
+      if (!(writable ? chain.writable : chain.readable).append(this.mem, addr, len)) throw badDescriptor(inIndirect, index, head, `buffer ${hex(addr)}+${hex(len)} is not in guest RAM`);
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
-      if (next >= entries) throw bad(`next ${next} is out of range (${entries} entries)`);
+      if (next >= entries) throw badDescriptor(inIndirect, index, head, `next ${next} is out of range (${entries} entries)`);
       index = next;
     }
     // used.len is a u32: a chain whose writable part exceeds it cannot be reported back.

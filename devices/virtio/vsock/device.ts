@@ -8,7 +8,8 @@
 import type { Duplex } from 'node:stream';
 import { struct, u32, u64 } from '../../../lib/struct';
 import { VIRTIO_ID_VSOCK, type VirtioDevice, type VirtioDeviceContext } from '../device';
-import { QueueError } from '../queue';
+import { IoVecBuffer } from '../iovec';
+import { DescriptorChain, QueueError } from '../queue';
 import { countDrop, type VsockCounters } from './counters';
 import { VsockMuxer, type MuxerOptions } from './muxer';
 import { parseTxChain, RxPacketWriter } from './packet';
@@ -39,6 +40,11 @@ export class VirtioVsock implements VirtioDevice {
   private rxScheduled = false;
   private txScheduled = false;
   private transportResetPending = false;
+  // Reused for every packet (each chain is done with before the next pop): the per-packet path
+  // allocates no chain, buffer list or writer.
+  private readonly rxChain = new DescriptorChain(0);
+  private readonly txChain = new DescriptorChain(0);
+  private readonly rxWriter = new RxPacketWriter(new IoVecBuffer());
 
   constructor(opts: VsockDeviceOptions) {
     this.muxer = new VsockMuxer(opts);
@@ -136,7 +142,7 @@ export class VirtioVsock implements VirtioDevice {
     const q = ctx.queues[TXQ]!;
     let n = 0;
     for (; n < BATCH && !this.muxer.txBlocked; n++) {
-      const chain = q.pop();
+      const chain = q.pop(this.txChain);
       if (!chain) break;
       this.counters.txPackets++;
       const p = parseTxChain(chain.readable, this.guestCid);
@@ -164,9 +170,9 @@ export class VirtioVsock implements VirtioDevice {
     const q = ctx.queues[RXQ]!;
     let n = 0;
     for (; n < BATCH && this.muxer.hasPendingRx(); n++) {
-      const chain = q.pop();
+      const chain = q.pop(this.rxChain);
       if (!chain) break; // no buffers: the driver's next RX notify brings us back
-      const w = new RxPacketWriter(chain.writable);
+      const w = this.rxWriter.reset(chain.writable);
       if (!w.usable) {
         countDrop(this.counters, 'rx-too-small');
       } else if (!this.muxer.fillRx(w)) {

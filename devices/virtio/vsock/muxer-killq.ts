@@ -1,6 +1,6 @@
 // When connections time out (the role of Firecracker's unix/muxer_killq.rs): each connection
-// with a deadline (a REQUEST the guest has not answered, a SHUTDOWN the peer has not finished)
-// is here once, and one timer, armed for the earliest deadline, hands the expired ones back.
+// with a deadline (a REQUEST the guest has not answered, a SHUTDOWN the peer has not finished,
+// a CREDIT_REQUEST that becomes due) is here once, and one timer, armed for the earliest deadline, hands the expired ones back.
 // It owns the timer; what expiring means is the connection's business (csm.ts checkExpiry).
 
 export class MuxerKillQueue<C> {

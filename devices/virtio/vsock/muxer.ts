@@ -15,7 +15,7 @@
 
 import type { Duplex } from 'node:stream';
 import * as net from 'node:net';
-import { type CloseReason, type ConnLimits, Connection, type ByteBudget, type HostStream } from './csm';
+import { type CloseReason, type ConnLimits, type ConnState, Connection, type ByteBudget, type HostStream } from './csm';
 import { countDrop, newCounters, type VsockCounters } from './counters';
 import { VsockConnectError, VsockSetupError } from './errors';
 import { HostListener } from './host-listener';
@@ -55,7 +55,7 @@ interface Entry {
   readonly conn: Connection;
   /** Host-initiated: its host port came from allocLocalPort and goes back on close. */
   readonly ownsPort: boolean;
-  /** The deadline last handed to the kill queue. */
+  /** The deadline (Connection.deadline) last handed to the kill queue. */
   deadline?: number;
   onEstablished?: () => void;
   onClosed?: (why: CloseReason) => void;
@@ -286,8 +286,11 @@ export class VsockMuxer {
       return true;
     }
     for (const e of this.rxq.turns()) {
-      let filled = false;
-      this.mutate(e, () => { filled = e.conn.fillRx(w); });
+      // mutate() without its closure: this runs once per RX packet.
+      if (this.conns.get(e.key) !== e) continue;
+      const before = e.conn.state;
+      const filled = e.conn.fillRx(w);
+      this.settle(e, before);
       if (filled) {
         // Round robin: a connection with more to say goes to the back of the line.
         this.rxq.sent(e, e.conn.hasPendingRx());
@@ -340,14 +343,20 @@ export class VsockMuxer {
     if (this.conns.get(e.key) !== e) return; // a late socket event for a forgotten connection
     const before = e.conn.state;
     fn();
+    this.settle(e, before);
+  }
+
+  /** What follows a change of connection `e` (that was in state `before`): its OK line, removal, RX turn, deadline, budgets. */
+  private settle(e: Entry, before: ConnState): void {
     const c = e.conn;
     if (before === 'local-init' && c.state === 'established') e.onEstablished?.();
     if (c.state === 'closed') {
       this.retire(e);
     } else {
       this.reschedule(e);
-      this.rxq.set(e, c.hasPendingRx());
-      if (c.hasPendingRx()) this.onRxReady();
+      const more = c.hasPendingRx();
+      this.rxq.set(e, more);
+      if (more) this.onRxReady();
     }
     this.budgetsChanged();
   }
@@ -363,7 +372,7 @@ export class VsockMuxer {
 
   /** Hands a changed deadline to the kill queue. */
   private reschedule(e: Entry): void {
-    const at = e.conn.expiry;
+    const at = e.conn.deadline;
     if (at === e.deadline) return;
     e.deadline = at;
     this.killq.schedule(e, at);

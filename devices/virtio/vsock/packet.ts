@@ -81,19 +81,30 @@ export function parseTxChain(readable: IoVecBuffer, guestCid: bigint): TxParse {
 
 /**
  * Writes one RX packet into the writable buffers of a guest RX chain: payload first (appended in
- * pieces, possibly across descriptors), then the header with the final `len`.
+ * pieces, possibly across descriptors), then the header with the final `len`. The device reuses
+ * one writer for every chain (reset).
  */
 export class RxPacketWriter {
   /** Bytes of payload this chain can take (0 when it cannot even hold a header). */
-  readonly payloadCapacity: number;
+  payloadCapacity = 0;
   /** Whether the chain can hold a header at all (a chain that cannot is returned unused). */
-  readonly usable: boolean;
+  usable = false;
+  private writable!: IoVecBuffer;
   private filled = 0;
   private hdrWritten = false;
 
-  constructor(private readonly writable: IoVecBuffer) {
+  constructor(writable: IoVecBuffer) {
+    this.reset(writable);
+  }
+
+  /** Starts a new packet in `writable` (the next chain's buffers). */
+  reset(writable: IoVecBuffer): this {
+    this.writable = writable;
     this.usable = writable.length >= HDR_SIZE;
     this.payloadCapacity = this.usable ? Math.min(writable.length - HDR_SIZE, MAX_PKT_PAYLOAD) : 0;
+    this.filled = 0;
+    this.hdrWritten = false;
+    return this;
   }
 
   get payloadLength(): number {

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type ByteBudget, Connection, type HostStream } from '../../../devices/virtio/vsock/csm';
+import { type ByteBudget, Connection, DEFAULT_CONN_LIMITS, type HostStream } from '../../../devices/virtio/vsock/csm';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import {
   VsockHdr, HDR_SIZE, HOST_CID, MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
@@ -272,7 +272,7 @@ test('a guest that keeps at most its own buf_alloc in flight (current Linux) is 
   }
 });
 
-test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out of credit', () => {
+test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out of credit and the guest stays silent', () => {
   const s = established(); // guest advertised buf_alloc 8192, fwd_cnt 0
   s.conn.hostData(new Uint8Array(10000).fill(7));
   const a = rx(s.conn, HDR_SIZE + 6000)!;
@@ -281,6 +281,18 @@ test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out 
   const b = rx(s.conn)!;
   assert.is(b.hdr.len, 2192); // only the remaining credit
   assert.is(s.conn.peerCredit, 0);
+  // Not at once: a Linux guest sends its own CREDIT_UPDATE as its reader catches up.
+  assert.is(rx(s.conn), undefined);
+  assert.is(s.conn.hasPendingRx(), false);
+  const due = s.conn.deadline!;
+  assert.is(due, s.advance(0) + DEFAULT_CONN_LIMITS.creditRequestDelayMs);
+  s.advance(DEFAULT_CONN_LIMITS.creditRequestDelayMs - 1);
+  assert.is(s.conn.checkExpiry(), false);
+  assert.is(rx(s.conn), undefined);
+  s.advance(1);
+  assert.is(s.conn.checkExpiry(), false); // a request became due; nothing was killed
+  assert.is(s.conn.state, 'established');
+  assert.is(s.conn.deadline, undefined);
   assert.is(rx(s.conn)!.hdr.op, OP_CREDIT_REQUEST);
   assert.is(rx(s.conn), undefined); // asked once; the guest's reader may be asleep
   // The same zero credit again does not re-arm the request (no ping-pong).
@@ -292,6 +304,23 @@ test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out 
   assert.is(c.hdr.op, OP_RW);
   assert.is(c.hdr.len, 10000 - 8192);
   assert.is(s.counters.bytesToGuest, 10000);
+});
+
+test('host -> guest data: the guest\'s own CREDIT_UPDATE within the delay means no CREDIT_REQUEST at all', () => {
+  const s = established();
+  s.conn.hostData(new Uint8Array(20000).fill(1));
+  while (rx(s.conn, HDR_SIZE + 8192)) { /* send what the credit allows */ }
+  assert.is(s.conn.peerCredit, 0);
+  assert.ok(s.conn.deadline !== undefined);
+  s.advance(DEFAULT_CONN_LIMITS.creditRequestDelayMs / 2);
+  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 8192 }), pkt());
+  const d = rx(s.conn, HDR_SIZE + 8192)!;
+  assert.equal([d.hdr.op, d.hdr.len], [OP_RW, 8192]);
+  // Out of credit again: a new delay from now, and still no request before it ends.
+  assert.is(s.conn.deadline, s.advance(0) + DEFAULT_CONN_LIMITS.creditRequestDelayMs);
+  s.advance(DEFAULT_CONN_LIMITS.creditRequestDelayMs / 2);
+  s.conn.checkExpiry();
+  assert.is(rx(s.conn), undefined);
 });
 
 test('host data waits for the RESPONSE; a zero-room RX buffer never carries an empty RW', () => {

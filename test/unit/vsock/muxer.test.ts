@@ -11,7 +11,7 @@ import { BATCH, VirtioVsock } from '../../../devices/virtio/vsock/device';
 import { LOCAL_PORT_MIN, type MuxerOptions } from '../../../devices/virtio/vsock/muxer';
 import { VsockConnectError, VsockSetupError } from '../../../devices/virtio/vsock/errors';
 import { DEFAULT_CONN_LIMITS } from '../../../devices/virtio/vsock/csm';
-import { MAX_PKT_PAYLOAD, OP_RST, SHUTDOWN_RCV, SHUTDOWN_SEND } from '../../../devices/virtio/vsock/packet';
+import { MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_RST, SHUTDOWN_RCV, SHUTDOWN_SEND } from '../../../devices/virtio/vsock/packet';
 import { readAll, SimGuest, sleep, until, type GuestConn, type SimOptions } from './sim';
 
 const CID = 7;
@@ -470,7 +470,13 @@ test('a guest that stops reading pauses the host socket (backpressure), no overr
   const big = Buffer.alloc(8 * 1024 * 1024, 1);
   let drained = false;
   s.write(big, () => { drained = true; });
+  const requests = () => g.rxLog.filter((h) => h.op === OP_CREDIT_REQUEST).length;
+  // Out of credit: no CREDIT_REQUEST before the guest had creditRequestDelayMs to update by itself...
+  await sleep(DEFAULT_CONN_LIMITS.creditRequestDelayMs / 2);
+  assert.is(requests(), 0);
   await sleep(300);
+  // ...then one, through the muxer's timer (the stalled guest's answer moves nothing: no second).
+  assert.is(requests(), 1);
   assert.is(gc!.receivedBytes, 32 * 1024); // exactly the guest's credit
   // Bound: the connection's limit plus the one socket read that crossed it.
   assert.ok(dev.muxer.rxBufferedBytes <= RX_BOUND, `buffered ${dev.muxer.rxBufferedBytes}`);

@@ -39,6 +39,8 @@ export class MuxerRxQueue<C> {
 
   /** After `c` sent a packet: to the back of the line if it has more, else out. */
   sent(c: C, hasMore: boolean): void {
+    // Alone in the line and more to say: it already is at the back (a bulk stream, per packet).
+    if (hasMore && this.ready.size === 1 && this.ready.has(c)) return;
     if (!this.ready.delete(c)) return;
     if (hasMore) this.ready.add(c);
   }

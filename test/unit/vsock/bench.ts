@@ -2,7 +2,7 @@
 // the simulated guest of sim.ts (Linux 6.1 buffer shapes: 4 KiB RX buffers with the header in
 // its own descriptor, 64 KiB TX packets) against real Unix sockets. It measures what tsvmm's main
 // thread costs per byte and per packet, not what a real guest does; the sim's own work (ring
-// writes, copies) is included. Not a test (no *.test.ts): build and run it by hand:
+// writes, copies) is included. Three phases: host->guest, guest->host, and the concurrent echo. Not a test (no *.test.ts): build and run it by hand:
 //
 //   npx esbuild test/unit/vsock/bench.ts --bundle --platform=node --format=esm --outfile=dist/vsock-bench.mjs
 //   node dist/vsock-bench.mjs [MiB per direction, default 32]   (add --cpu-prof to profile)
@@ -70,6 +70,36 @@ async function guestToHost(): Promise<void> {
   await w.dev.close();
 }
 
+// The concurrent echo of tools/bench/vsock.mjs: the guest connects to host port 5003 and writes
+// back each packet as it arrives; the host streams ECHO_MIB while reading the echo back.
+async function echo(): Promise<void> {
+  const w = await world();
+  const size = Math.min(SIZE, 8 * 1024 * 1024);
+  const data = randomBytes(size);
+  let back = 0;
+  let t0 = 0;
+  let cpu0 = process.cpuUsage();
+  const srv = net.createServer((s) => {
+    s.on('data', (d: Buffer) => { back += d.length; });
+    t0 = performance.now();
+    cpu0 = process.cpuUsage();
+    s.write(data);
+  });
+  await new Promise<void>((r) => srv.listen(`${w.uds}_5003`, r));
+  const c = await w.g.connect(5003);
+  // One writer at a time, in arrival order (the sim's write awaits credit and ring slots).
+  let chain = Promise.resolve();
+  c.onData = (d) => { chain = chain.then(() => w.g.write(c, d, 64 * 1024)); };
+  await until(() => back === size, 'echo', 600_000);
+  const secs = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  console.log(`echo (${size / 1048576} MiB): ${(size / 1048576 / secs).toFixed(1)} MiB/s (CPU ${((cpu.user + cpu.system) / 1e6).toFixed(2)} s), ` +
+    `rx packets ${w.dev.counters.rxPackets}, tx packets ${w.dev.counters.txPackets}, interrupts rx/tx ${w.g.irqs[0]}/${w.g.irqs[1]}, guest notifies ${w.notifies()}`);
+  srv.close();
+  await w.dev.close();
+}
+
 await hostToGuest();
 await guestToHost();
+await echo();
 rmSync(dir, { recursive: true, force: true });

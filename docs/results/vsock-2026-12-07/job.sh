@@ -9,7 +9,9 @@ out=$1 tag=$2 initrd=$3
 shift 3
 cd "$(dirname "$0")/../../.." || exit 1
 date -u
-node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag.json" "$@" 2>&1 | tail -n 12
+# Every tsvmm run appends its device counters once a second (cheap: one JSON line).
+TSVMM_BENCH_RUN_ARGS="--metrics-path $out/$tag-runs-metrics.jsonl --metrics-interval 1" \
+	node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag.json" "$@" 2>&1 | tail -n 30
 if [ "${TSVMM_VSOCK_PROFILE:-}" = 1 ]; then
 	mkdir -p "$out/$tag-prof"
 	TSVMM_BENCH_NODE_FLAGS="--cpu-prof --cpu-prof-dir=$out/$tag-prof" \

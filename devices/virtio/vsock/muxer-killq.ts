@@ -30,10 +30,11 @@ export class MuxerKillQueue<C> {
   private arm(): void {
     let next = Infinity;
     for (const at of this.deadlines.values()) next = Math.min(next, at);
-    // A timer armed for an earlier time stays: it fires, finds nothing due and re-arms. Deadlines
-    // that come and go (a credit request armed on every exhausted window, cancelled by the
-    // guest's update) then cost no timer churn.
-    if (next >= this.timerAt && this.timer !== undefined) return;
+    // A timer armed for an earlier time stays while anything is due at all: it fires, finds
+    // nothing due and re-arms. Deadlines that move later (a connection's credit request cancelled
+    // by the guest's update while another's runs) then cost no timer churn. With no deadline left
+    // the timer goes: a closed connection or a reset device leaves none behind.
+    if (next !== Infinity && next >= this.timerAt && this.timer !== undefined) return;
     if (next === this.timerAt) return;
     clearTimeout(this.timer);
     this.timer = undefined;

@@ -323,6 +323,22 @@ test('host -> guest data: the guest\'s own CREDIT_UPDATE within the delay means 
   assert.is(rx(s.conn), undefined);
 });
 
+test('a pending credit request leaves no deadline behind when the connection ends (guest RST, device reset)', () => {
+  for (const end of ['rst', 'reset'] as const) {
+    const s = established();
+    s.conn.hostData(new Uint8Array(9000));
+    while (rx(s.conn, HDR_SIZE + 8192)) { /* use up the guest's credit */ }
+    assert.ok(s.conn.deadline !== undefined, 'the request is armed');
+    if (end === 'rst') s.conn.handleTx(gh({ op: OP_RST }), pkt());
+    else s.conn.finish('reset', false); // what the muxer's reset does to every connection
+    assert.is(s.conn.state, 'closed');
+    assert.is(s.conn.deadline, undefined, end);
+    s.advance(DEFAULT_CONN_LIMITS.creditRequestDelayMs);
+    assert.is(s.conn.checkExpiry(), false);
+    assert.is(rx(s.conn), undefined, `${end}: nothing more for the guest`);
+  }
+});
+
 test('host data waits for the RESPONSE; a zero-room RX buffer never carries an empty RW', () => {
   const s = setup('local');
   s.conn.hostData(new Uint8Array([1, 2, 3]));

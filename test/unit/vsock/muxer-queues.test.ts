@@ -25,6 +25,11 @@ test('rxq: RSTs first and bounded, then ready connections round robin', () => {
   assert.is(q.pending, false);
   q.sent('c', true); // never queued: stays out
   assert.equal([...q.turns()], []);
+  q.set('bulk', true);
+  q.sent('bulk', true); // alone with more to say: keeps its (only) place
+  assert.equal([...q.turns()], ['bulk']);
+  q.sent('bulk', false);
+  assert.is(q.pending, false);
 });
 
 test('killq: one timer for the earliest deadline; expired ones handed back in one sweep, rescheduled ones not', async () => {
@@ -57,6 +62,45 @@ test('killq: one timer for the earliest deadline; expired ones handed back in on
   q.clear();
   await after(100, 40);
   assert.is(expired.length, 4, 'cleared: nothing fires');
+});
+
+test('killq: an earlier timer is kept while deadlines come and go; none is left once no deadline is', () => {
+  // The queue's timers, seen through the globals it calls (an unref'd timer is invisible to
+  // process.getActiveResourcesInfo).
+  const live = new Set<unknown>();
+  let created = 0;
+  const realSet = globalThis.setTimeout;
+  const realClear = globalThis.clearTimeout;
+  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+    created++;
+    const t = realSet(() => { live.delete(t); fn(); }, ms);
+    live.add(t);
+    return t;
+  }) as typeof setTimeout;
+  globalThis.clearTimeout = ((t?: NodeJS.Timeout) => {
+    live.delete(t);
+    realClear(t);
+  }) as typeof clearTimeout;
+  try {
+    const now = 0;
+    const q = new MuxerKillQueue<string>(() => {}, () => now);
+    q.schedule('a', 50);
+    q.schedule('b', 1000);
+    q.schedule('a', undefined); // a's credit request answered: b's later deadline rides on a's timer
+    q.schedule('a', 60);
+    assert.is(created, 1);
+    assert.is(live.size, 1);
+    q.schedule('b', undefined);
+    q.schedule('a', undefined); // the connections' deadlines are gone: so is the timer
+    assert.is(live.size, 0);
+    q.schedule('c', 2000);
+    assert.is(live.size, 1);
+    q.clear(); // device reset
+    assert.is(live.size, 0);
+  } finally {
+    globalThis.setTimeout = realSet;
+    globalThis.clearTimeout = realClear;
+  }
 });
 
 test.run();

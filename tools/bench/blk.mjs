@@ -15,12 +15,13 @@
 //
 //   node tools/bench/blk.mjs [--small-mib 16] [--large-mib 128] [--runs 3] [--out FILE] [--only tsvmm|qemu]
 //   node tools/bench/blk.mjs --pool A.json,B.json [--out FILE]
-import { mkdtempSync, rmSync, openSync, writeSync, closeSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, openSync, writeSync, closeSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BASE_CMDLINE, BenchError, READY_MARKER, environment, fmt, guestCmd, guestFiles, parseArgs, qemuArgs, pairedRatios, ratio, requireKvm, runTimed, stats,
+  BASE_CMDLINE, BenchError, READY_MARKER, environment, fmt, guestCmd, guestFiles, parseArgs, pooledRuns, qemuArgs, pairedRatios, ratio, requireKvm, runTimed,
+  stats,
   tsvmmArgs, writeJson,
 } from './lib.mjs';
 
@@ -111,18 +112,10 @@ function print(title, names, { summary, ratios, paired }) {
 
 /** --pool: the runs of earlier JSON files as one set (each keeps its file's name and config). */
 function pool() {
-  const files = o.pool.split(',').filter(Boolean);
-  const runs = [];
-  const sources = [];
-  for (const file of files) {
-    const d = JSON.parse(readFileSync(file, 'utf8'));
-    if (d.bench !== 'blk') throw new BenchError(`${file}: not a blk bench result (bench: ${d.bench})`);
-    sources.push({ file, date: d.env?.date ?? null, config: d.config, runs: d.runs.length });
-    for (const r of d.runs) runs.push({ ...r, source: file });
-  }
+  const { runs, sources } = pooledRuns(o.pool, 'blk', (d) => ({ config: d.config }));
   const names = ['tsvmm', 'qemu'].filter((n) => runs.some((r) => r.vmm === n));
   const s = summarize(runs, names);
-  print(`virtio-blk sequential, O_DIRECT in the guest (MiB/s), pooled from ${files.length} files: ${names.map((n) => `${n} ${s.summary[n].ok} ok`).join(', ')}`, names, s);
+  print(`virtio-blk sequential, O_DIRECT in the guest (MiB/s), pooled from ${sources.length} files: ${names.map((n) => `${n} ${s.summary[n].ok} ok`).join(', ')}`, names, s);
   writeJson(o.out, { bench: 'blk', pooled: sources, summary: s.summary, ratio: s.ratios, pairedRatio: s.paired, runs });
 }
 

@@ -187,6 +187,23 @@ export function pairedRatios(runs, value) {
   return stats(ratios);
 }
 
+/**
+ * `--pool A.json,B.json`: the runs of earlier result files of `bench` as one set, each run
+ * tagged with its file (`source`: pairedRatios keeps their rounds apart), and per file what
+ * `describe(data)` says of it beside its name, date and run count.
+ */
+export function pooledRuns(list, bench, describe = () => ({})) {
+  const runs = [];
+  const sources = [];
+  for (const file of list.split(',').filter(Boolean)) {
+    const d = JSON.parse(readFileSync(file, 'utf8'));
+    if (d.bench !== bench) throw new BenchError(`${file}: not a ${bench} bench result (bench: ${d.bench})`);
+    sources.push({ file, date: d.env?.date ?? null, ...describe(d), runs: d.runs.length });
+    for (const r of d.runs) runs.push({ ...r, source: file });
+  }
+  return { runs, sources };
+}
+
 /** The machine this process runs on: what a reader needs to judge numbers taken here. */
 export function machine() {
   const read = (p) => { try { return readFileSync(p, 'utf8'); } catch { return ''; } };

@@ -12,11 +12,12 @@
 //   node tools/bench/virtiofs.mjs [--runs 3] [--files 10000] [--big-mib 128] [--out FILE]
 //   node tools/bench/virtiofs.mjs --pool A.json,B.json [--out FILE]
 import { spawn } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BASE_CMDLINE, BenchError, ROOT, environment, fmt, guestCmd, guestFiles, pairedRatios, parseArgs, qemuArgs, ratio, requireKvm, runTimed, stats, writeJson,
+  BASE_CMDLINE, BenchError, ROOT, environment, fmt, guestCmd, guestFiles, pairedRatios, parseArgs, pooledRuns, qemuArgs, ratio, requireKvm, runTimed, stats,
+  writeJson,
 } from './lib.mjs';
 
 const USAGE = `usage: node tools/bench/virtiofs.mjs [options]
@@ -140,20 +141,11 @@ function print(title, { summary, ratios, paired }) {
 
 /** --pool: the runs of earlier JSON files as one set (each keeps its file's name). */
 function pool() {
-  const files = o.pool.split(',').filter(Boolean);
-  const runs = [];
-  const sources = [];
-  for (const file of files) {
-    const d = JSON.parse(readFileSync(file, 'utf8'));
-    if (d.bench !== 'virtiofs') throw new BenchError(`${file}: not a virtiofs bench result (bench: ${d.bench})`);
-    const { files: n, bigMib, memory } = d.config;
-    sources.push({ file, date: d.env?.date ?? null, files: n, bigMib, memory, runs: d.runs.length });
-    for (const r of d.runs) runs.push({ ...r, source: file });
-  }
+  const { runs, sources } = pooledRuns(o.pool, 'virtiofs', ({ config: { files, bigMib, memory } }) => ({ files, bigMib, memory }));
   const sizes = new Set(sources.map((s) => `${s.files} files, ${s.bigMib} MiB`));
   if (sizes.size > 1) throw new BenchError(`--pool: the files measured different sizes (${[...sizes].join('; ')})`);
   const s = summarize(runs);
-  print(`virtio-fs, pooled from ${files.length} files (${[...sizes][0]}; ms, median (min..max))`, s);
+  print(`virtio-fs, pooled from ${sources.length} files (${[...sizes][0]}; ms, median (min..max))`, s);
   writeJson(o.out, { bench: 'virtiofs', pooled: sources, summary: s.summary, ratio: s.ratios, pairedRatio: s.paired, runs });
 }
 

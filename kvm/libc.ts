@@ -60,6 +60,12 @@ const c = {
   uringSetup: lib.func('syscall', 'long', ['long', 'unsigned int', 'void *']),
   uringEnter: lib.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'unsigned int', 'unsigned int', 'void *', 'size_t']),
   uringRegister: lib.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *', 'unsigned int']),
+  epollCreate1: lib.func('epoll_create1', 'int', ['int']),
+  epollCtl: lib.func('epoll_ctl', 'int', ['int', 'int', 'int', 'void *']),
+  epollWait: lib.func('epoll_wait', 'int', ['int', 'void *', 'int', 'int']),
+  timerfdCreate: lib.func('timerfd_create', 'int', ['int', 'int']),
+  timerfdSettime: lib.func('timerfd_settime', 'int', ['int', 'int', 'void *', 'void *']),
+  clockGettime: lib.func('clock_gettime', 'int', ['int', 'void *']),
 };
 
 export const O_RDWR = 0o2;
@@ -198,10 +204,94 @@ export function eventfdWait(fd: number, timeoutMs: number): bigint {
   }
 }
 
+const EPOLL_CLOEXEC = 0o2000000;
+const EPOLL_CTL_ADD = 1;
+const EPOLLIN = 1;
+const EPOLLET = 1 << 31;
+/** struct epoll_event, packed on x86-64: u32 events, u64 data (here a caller's token in its low half). */
+const EPOLL_EVENT_BYTES = 12;
+const EPOLL_MAX_EVENTS = 4;
+const epollEvents = new DataView(new ArrayBuffer(EPOLL_EVENT_BYTES * EPOLL_MAX_EVENTS));
+
+export function epollCreate(): number {
+  const fd = c.epollCreate1(EPOLL_CLOEXEC) as number;
+  if (fd < 0) fail('epoll_create1');
+  return fd;
+}
+
+/**
+ * Watches `fd` edge-triggered: epollWait reports it once per event on the fd (an eventfd's
+ * write, a timerfd's expiry), whether or not anyone reads the fd meanwhile, so the hot path
+ * needs no read to re-arm it. `token` (a power of two below 2^31) is what epollWait reports.
+ */
+export function epollAdd(ep: number, fd: number, token: number): void {
+  const ev = new DataView(new ArrayBuffer(EPOLL_EVENT_BYTES));
+  ev.setUint32(0, (EPOLLIN | EPOLLET) >>> 0, true);
+  ev.setUint32(4, token, true);
+  if ((c.epollCtl(ep, EPOLL_CTL_ADD, fd, ev.buffer) as number) < 0) fail('epoll_ctl(EPOLL_CTL_ADD)', `fd ${fd}`);
+}
+
+/**
+ * Sleeps in epoll_wait with no timeout (so no timer of its own to program) until a watched fd
+ * has an event; returns the OR of their tokens, 0 when a signal interrupted the wait.
+ */
+export function epollWait(ep: number): number {
+  const n = c.epollWait(ep, epollEvents.buffer, EPOLL_MAX_EVENTS, -1) as number;
+  if (n < 0) {
+    if (koffi.errno() === EINTR) return 0;
+    fail('epoll_wait');
+  }
+  let tokens = 0;
+  for (let i = 0; i < n; i++) tokens |= epollEvents.getUint32(i * EPOLL_EVENT_BYTES + 4, true);
+  return tokens;
+}
+
+const CLOCK_MONOTONIC = 1;
+const TFD_CLOEXEC = 0o2000000;
+const TFD_NONBLOCK = 0o4000;
+const itimerspec = new BigInt64Array(4); // it_interval {sec, nsec}, it_value {sec, nsec}
+
+export function timerfdCreate(): number {
+  const fd = c.timerfdCreate(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK) as number;
+  if (fd < 0) fail('timerfd_create');
+  return fd;
+}
+
+/**
+ * Reads (and clears) a timerfd's count of expiries, 0 if none (non-blocking fd). A periodic
+ * timerfd is re-armed by this read: unread, it expires once and then stays quiet.
+ */
+export function timerfdExpirations(fd: number): number {
+  const r = c.read(fd, counter, 8) as number;
+  if (r === 8) return Number(counter[0]!);
+  if (koffi.errno() === EAGAIN) return 0;
+  fail('read(timerfd)');
+}
+
+/** Arms a timerfd to expire every `periodMs` from now on (0 disarms it, and clears expiries not read). */
+export function timerfdPeriodic(fd: number, periodMs: number): void {
+  const ns = BigInt(Math.round(periodMs * 1e6));
+  itimerspec[0] = itimerspec[2] = ns / 1_000_000_000n;
+  itimerspec[1] = itimerspec[3] = ns % 1_000_000_000n;
+  if ((c.timerfdSettime(fd, 0, itimerspec, null) as number) < 0) fail('timerfd_settime', `${periodMs} ms`);
+}
+
+const CLOCK_THREAD_CPUTIME_ID = 3;
+const cpuTimespec = new BigInt64Array(2);
+/**
+ * The calling thread's CPU time in ms (user + system), not the process's (process.cpuUsage adds
+ * every worker's). No vDSO serves this clock: it is a system call each time.
+ */
+export function threadCpuMs(): number {
+  if ((c.clockGettime(CLOCK_THREAD_CPUTIME_ID, cpuTimespec) as number) < 0) fail('clock_gettime(CLOCK_THREAD_CPUTIME_ID)');
+  return Number(cpuTimespec[0]!) * 1e3 + Number(cpuTimespec[1]!) / 1e6;
+}
+
 const SYS_FUTEX = 202;
 const FUTEX_WAIT_PRIVATE = 0 | 128;
 const FUTEX_WAKE_PRIVATE = 1 | 128;
 const futexTimeout = new BigInt64Array(2); // struct timespec
+let futexTimeoutMs = NaN; // what futexTimeout holds
 /**
  * Sleeps while `word[index]` holds `expected`, at most `timeoutMs`: the raw futex, for a word of
  * shared memory the threads of this process hand work through. Atomics.wait does the same at
@@ -210,8 +300,12 @@ const futexTimeout = new BigInt64Array(2); // struct timespec
  * spurious wake-up: callers re-check the word.
  */
 export function futexWait(word: Int32Array, index: number, expected: number, timeoutMs: number): 'ok' | 'not-equal' | 'timed-out' {
-  futexTimeout[0] = BigInt(Math.floor(timeoutMs / 1000));
-  futexTimeout[1] = BigInt(Math.round((timeoutMs % 1000) * 1e6));
+  // A hot path (a vCPU's every forwarded access) with the same timeout each time: no BigInts to make then.
+  if (timeoutMs !== futexTimeoutMs) {
+    futexTimeout[0] = BigInt(Math.floor(timeoutMs / 1000));
+    futexTimeout[1] = BigInt(Math.round((timeoutMs % 1000) * 1e6));
+    futexTimeoutMs = timeoutMs;
+  }
   if (Number(c.futex(SYS_FUTEX, word.subarray(index, index + 1), FUTEX_WAIT_PRIVATE, expected, futexTimeout)) === 0) return 'ok';
   const e = koffi.errno();
   if (e === EAGAIN) return 'not-equal';

@@ -1,20 +1,21 @@
 // Thread-model numbers behind docs/architecture.md: the cost of one register access forwarded
 // through V8's own primitives (vCPU worker → main thread → worker, Atomics.wait in the worker and
 // Atomics.waitAsync on main: the event-loop path main takes between bursts; the real mailbox
-// now hands off through a raw futex, measured with a KVM exit by tools/bench/exits.ts), and of
-// one irqfd-style eventfd signal from main. Needs no KVM.
+// hands off through a raw futex and, within a burst, epoll on an eventfd — measured with a KVM
+// exit by tools/bench/exits.ts), and of one irqfd-style eventfd signal from main. Needs no KVM.
 //
 //   node dist/bench/mailbox.js [--n 20000]
 
 import { Worker } from 'node:worker_threads';
 import { parseArgs } from 'node:util';
-import { MB, STATE_REQUEST, STATE_RESPONSE, newDoorbell, newMailbox } from '../../vmm/vcpu/mailbox';
+import { MB, STATE_REQUEST, STATE_RESPONSE, newMailbox } from '../../vmm/vcpu/mailbox';
 import { close, eventfd, eventfdDrain, eventfdSignal } from '../../kvm/libc';
 
 const { values } = parseArgs({ options: { n: { type: 'string' } } });
 const n = Number(values.n ?? 20000);
 const mb = newMailbox();
-const doorbell = newDoorbell();
+// The doorbell's counter word alone: this path rings it with Atomics.notify only.
+const doorbell = new Int32Array(new SharedArrayBuffer(8));
 
 // The worker side, inlined: the same steps as forward() in vmm/vcpu/worker.ts.
 const worker = new Worker(`

@@ -10,8 +10,8 @@
 
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Bus } from '../../devices/bus';
-import { futexWait, futexWake } from '../../kvm/libc';
-import { DOORBELL, KIND_PIO, MB, STATE_REQUEST, STATE_RESPONSE, mailboxData, ringDoorbell } from './mailbox';
+import { close, epollAdd, epollCreate, epollWait, threadCpuMs, timerfdCreate, timerfdExpirations, timerfdPeriodic } from '../../kvm/libc';
+import { DOORBELL, type Doorbell, KIND_PIO, MB, STATE_REQUEST, answer, mailboxData, ringDoorbell } from './mailbox';
 
 /** One access a device failed to handle. */
 export interface DeviceFault {
@@ -26,8 +26,8 @@ export interface DeviceFault {
 export const REGISTER_KEYS = 256;
 
 /**
- * The share of the main thread's time one vCPU's forwarded accesses may take (measured: the
- * time main spends answering them), and how much of it may be used at once (ms). Past it, the
+ * The share of the main thread's time one vCPU's forwarded accesses may take (measured: main's
+ * CPU time in the bursts that answered them, split by their number of accesses), and how much of it may be used at once (ms). Past it, the
  * vCPU's next access waits — the vCPU stalls in its mailbox, as on a slow device — until its
  * share has refilled. A boot forwards a few hundred accesses in all (docs/benchmarks.md,
  * "Forwarded exits per boot"), far below; a guest looping on a register that is not served in
@@ -38,13 +38,27 @@ export const FORWARD_SHARE = 0.25;
 export const FORWARD_BURST_MS = 50;
 
 /**
- * Within a burst of forwarded accesses: how long main waits synchronously for the next one (ms),
- * and for how long in all before it returns to the event loop. The wait sleeps in the kernel (no
- * CPU spent); what it costs is the event loop's latency, at most BURST_SLICE_MS plus the
- * serving. POLL_MS covers an exit's round trip in the nested sandbox (~0.3 ms; natively ~20 µs).
+ * Within a burst of forwarded accesses main waits for the next one synchronously, blocked in the
+ * kernel (no CPU spent), until a whole POLL_MS passes without one (so 1–2 POLL_MS after the last)
+ * or BURST_SLICE_MS have passed in all; then the event loop gets its turn. What it costs is the
+ * event loop's latency, at most BURST_SLICE_MS plus the serving. POLL_MS covers an exit's round
+ * trip in the nested sandbox (~0.3 ms; natively ~20 µs).
+ *
+ * The POLL_MS clock is a periodic timerfd armed once per burst, watched by the same epoll_wait as
+ * the doorbell's eventfd, and the slice is counted in its ticks — not a timeout per wait: a timed
+ * wait arms a timer for each access, and one sooner than the next scheduler tick is programmed
+ * into the timer hardware and back, a trap to the hypervisor each when the host is itself a VM
+ * (on kvm_pvm the forwarding C twin given a 0.5 ms futex timeout loses a third of its rate,
+ * docs/benchmarks.md "Exit rate").
  */
 export const POLL_MS = 0.5;
 export const BURST_SLICE_MS = 2;
+/** The slice counted in the timer's ticks: no clock is read within a burst. */
+const SLICE_TICKS = BURST_SLICE_MS / POLL_MS;
+
+/** What epollWait reports for the doorbell's eventfd and for the POLL_MS timer. */
+const RUNG = 1;
+const TICK = 2;
 
 /** Per vCPU: milliseconds of main-thread time its accesses may still take, refilled at FORWARD_SHARE. */
 class TimeBudget {
@@ -70,19 +84,27 @@ class TimeBudget {
 /** What the server keeps per vCPU. */
 interface VcpuLine {
   readonly mailbox: Int32Array;
+  /** Its data bytes (mailboxData), made once. */
+  readonly data: Uint8Array;
   readonly budget: TimeBudget;
   /** Accesses that waited for this vCPU's share (each counted once). */
   deferred: number;
   /** Its current access was counted in `deferred` already. */
   waiting: boolean;
+  /** Accesses answered in the current burst (what its share of the burst's CPU time is charged by). */
+  inBurst: number;
 }
 
 export interface MailboxServerOptions {
   /** Main-thread share per vCPU (default FORWARD_SHARE) and its burst in ms (default FORWARD_BURST_MS). */
   readonly share?: number;
   readonly burstMs?: number;
-  /** Milliseconds clock (default performance.now; tests inject one). */
+  /**
+   * Milliseconds clocks: `now` what the shares refill by (default performance.now), `cpuNow`
+   * what a burst costs main (default this thread's CPU time). Tests inject theirs.
+   */
   readonly now?: () => number;
+  readonly cpuNow?: () => number;
 }
 
 export class MailboxServer {
@@ -92,6 +114,7 @@ export class MailboxServer {
   private readonly share: number;
   private readonly burstMs: number;
   private readonly now: () => number;
+  private readonly cpuNow: () => number;
   /** Rings the doorbell once the first deferred vCPU's share is back. */
   private retry: NodeJS.Timeout | undefined;
   private retryAt = 0;
@@ -107,7 +130,7 @@ export class MailboxServer {
   private registerKeys = 0;
 
   constructor(
-    private readonly doorbell: Int32Array,
+    private readonly doorbell: Doorbell,
     private readonly pio: Bus,
     private readonly mmio: Bus,
     private readonly onFault: (f: DeviceFault) => void,
@@ -116,11 +139,12 @@ export class MailboxServer {
     this.share = opts.share ?? FORWARD_SHARE;
     this.burstMs = opts.burstMs ?? FORWARD_BURST_MS;
     this.now = opts.now ?? (() => performance.now());
+    this.cpuNow = opts.cpuNow ?? threadCpuMs;
     if (!(this.share > 0 && this.share <= 1) || !(this.burstMs > 0)) throw new RangeError(`forwarded-access share ${this.share} must be in (0, 1] and its burst ${this.burstMs} ms positive`);
   }
 
   add(mailbox: Int32Array): void {
-    this.vcpus.push({ mailbox, budget: new TimeBudget(this.share, this.burstMs, this.now()), deferred: 0, waiting: false });
+    this.vcpus.push({ mailbox, data: mailboxData(mailbox), budget: new TimeBudget(this.share, this.burstMs, this.now()), deferred: 0, waiting: false, inBurst: 0 });
   }
 
   /** Accesses left waiting because their vCPU had used its share, by vCPU (each counted once). */
@@ -133,49 +157,96 @@ export class MailboxServer {
    * doorbell through the event loop (Atomics.waitAsync), which costs a trip through libuv per
    * wake-up. Within a burst — an access answered, the vCPU's next one a few microseconds of
    * guest code away (a console line, a queue's setup) — it waits for the next one synchronously
-   * instead, blocked in the futex as a C device thread would be, for at most POLL_MS each time
-   * and BURST_SLICE_MS in all before the event loop gets its turn.
+   * instead, blocked in epoll as a C device thread would be in its futex, for as long as accesses
+   * keep coming within POLL_MS of each other and BURST_SLICE_MS in all.
+   *
+   * The clocks are read per burst, not per access (in the nested sandbox each read is a system
+   * call): the wall clock once as it starts, for the shares' refill, and main's CPU time at both
+   * ends, charged to the vCPUs it answered. Within the burst the shares are those at its start,
+   * so a vCPU may overdraw its share by up to one slice; it then waits that much longer.
    */
   async run(): Promise<void> {
     this.running = true;
-    while (this.running) {
-      let seen = Atomics.load(this.doorbell, DOORBELL.COUNT);
-      const sliceEnd = this.now() + BURST_SLICE_MS;
-      while (this.serveReady() && this.running && this.now() < sliceEnd) {
-        if (futexWait(this.doorbell, DOORBELL.COUNT, seen, POLL_MS) === 'timed-out') break;
-        seen = Atomics.load(this.doorbell, DOORBELL.COUNT);
+    const word = this.doorbell.word;
+    const ep = epollCreate();
+    const timer = timerfdCreate();
+    try {
+      epollAdd(ep, this.doorbell.fd, RUNG);
+      epollAdd(ep, timer, TICK);
+      while (this.running) {
+        let seen = Atomics.load(word, DOORBELL.COUNT);
+        const start = this.now();
+        const cpu0 = this.cpuNow();
+        if (this.serveReady(start)) {
+          timerfdPeriodic(timer, POLL_MS);
+          let ticks = 0;
+          let seenAtTick = seen;
+          while (this.running && ticks < SLICE_TICKS) {
+            const events = epollWait(ep);
+            const count = Atomics.load(word, DOORBELL.COUNT);
+            if (events & TICK) {
+              if (count === seenAtTick) break; // a whole POLL_MS without a ring: the burst is over
+              seenAtTick = count;
+              ticks += timerfdExpirations(timer); // also re-arms it (one read per tick, not per access)
+            }
+            if (count === seen) continue; // a ring from before the burst, reported late
+            seen = count;
+            this.serveReady(start);
+          }
+          timerfdPeriodic(timer, 0);
+          this.charge(this.cpuNow() - cpu0);
+        }
+        Atomics.store(word, DOORBELL.MAIN_ASYNC, 1);
+        const w = Atomics.waitAsync(word, DOORBELL.COUNT, seen);
+        // Rung meanwhile: still one turn of the event loop first, so a guest that keeps its
+        // vCPUs forwarding cannot keep the API and vsock waiting longer than a slice.
+        await (w.async ? w.value : nextTurn());
+        Atomics.store(word, DOORBELL.MAIN_ASYNC, 0);
       }
-      Atomics.store(this.doorbell, DOORBELL.MAIN_ASYNC, 1);
-      const w = Atomics.waitAsync(this.doorbell, DOORBELL.COUNT, seen);
-      // Rung meanwhile: still one turn of the event loop first, so a guest that keeps its
-      // vCPUs forwarding cannot keep the API and vsock waiting longer than a slice.
-      await (w.async ? w.value : nextTurn());
-      Atomics.store(this.doorbell, DOORBELL.MAIN_ASYNC, 0);
+    } finally {
+      close(timer);
+      close(ep);
     }
   }
 
-  /** Answers every vCPU whose request is waiting and whose share allows; whether any was answered. */
-  private serveReady(): boolean {
+  /**
+   * Answers every vCPU whose request is waiting and whose share, as of `now` (the burst's
+   * start), allows; whether any was answered.
+   */
+  private serveReady(now: number): boolean {
     let served = false;
-    this.vcpus.forEach((line, vcpu) => {
-      if (Atomics.load(line.mailbox, MB.STATE) !== STATE_REQUEST) return;
-      const t0 = this.now();
-      if (!line.budget.ready(t0)) return this.later(line);
+    for (let vcpu = 0; vcpu < this.vcpus.length; vcpu++) {
+      const line = this.vcpus[vcpu]!;
+      if (Atomics.load(line.mailbox, MB.STATE) !== STATE_REQUEST) continue;
+      if (!line.budget.ready(now)) {
+        this.later(line, now);
+        continue;
+      }
       line.waiting = false;
-      this.serve(line.mailbox, vcpu);
-      line.budget.spend(this.now() - t0);
+      this.serve(line, vcpu);
+      line.inBurst++;
       served = true;
-    });
+    }
     return served;
   }
 
+  /** Splits a burst's CPU time between the vCPUs it answered, by their number of accesses. */
+  private charge(ms: number): void {
+    let total = 0;
+    for (const line of this.vcpus) total += line.inBurst;
+    for (const line of this.vcpus) {
+      if (line.inBurst) line.budget.spend((ms * line.inBurst) / total);
+      line.inBurst = 0;
+    }
+  }
+
   /** The vCPU has used its share: its access waits, and the doorbell rings when the share is back. */
-  private later(line: VcpuLine): void {
+  private later(line: VcpuLine, now: number): void {
     if (!line.waiting) line.deferred++;
     line.waiting = true;
     // One timer, for the earliest vCPU whose share comes back: every waiting vCPU is looked at again then.
     const ms = line.budget.msUntilReady();
-    const at = this.now() + ms;
+    const at = now + ms;
     if (this.retry !== undefined && this.retryAt <= at) return;
     clearTimeout(this.retry);
     this.retryAt = at;
@@ -203,10 +274,11 @@ export class MailboxServer {
     this.byRegister[key] = (this.byRegister[key] ?? 0) + 1;
   }
 
-  private serve(mb: Int32Array, vcpu: number): void {
+  private serve(line: VcpuLine, vcpu: number): void {
+    const mb = line.mailbox;
     const size = mb[MB.SIZE]!;
     const addr = (mb[MB.ADDR_LO]! >>> 0) + mb[MB.ADDR_HI]! * 0x1_0000_0000;
-    const data = mailboxData(mb).subarray(0, Math.min(size, 8));
+    const data = line.data.subarray(0, Math.min(size, 8));
     const pio = mb[MB.KIND] === KIND_PIO;
     const isWrite = mb[MB.IS_WRITE] !== 0;
     this.count(pio ? this.pio : this.mmio, addr, data.length, isWrite);
@@ -223,8 +295,7 @@ export class MailboxServer {
         // Reporting is best effort; the answer below is not.
       }
     } finally {
-      Atomics.store(mb, MB.STATE, STATE_RESPONSE);
-      futexWake(mb, MB.STATE);
+      answer(mb);
     }
   }
 }

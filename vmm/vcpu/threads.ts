@@ -11,7 +11,7 @@ import { futexWake, tgkill } from '../../kvm/libc';
 import type { Bus, BusClaim } from '../../devices/bus';
 import type { GuestMemory } from '../../devices/memory';
 import {
-  MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, newDoorbell, newExitStats, newMailbox,
+  MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, closeDoorbell, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
 import { newRecentExits, recentExits } from './recent';
 import { decodeLapic, kernelAddresses, parseTaskStat, type CrashState, type VcpuDiagnosis } from '../diagnosis';
@@ -87,6 +87,8 @@ export class VcpuWorkers {
   readonly spawned: Spawned[] = [];
   /** Releases this machine's hold on the kick signal's handler (one handler for all VMs of the process). */
   private releaseKick: () => void = () => {};
+  /** The doorbell's eventfd is closed (a second close could close another owner's fd). */
+  private closed = false;
 
   spawn(count: number): void {
     if (this.spawned.length) throw new Error('the vCPU workers were already spawned');
@@ -128,6 +130,9 @@ export class VcpuWorkers {
   async close(): Promise<void> {
     await Promise.all(this.spawned.filter((s) => !s.handedOver).map((s) => s.worker.terminate()));
     this.releaseKick();
+    // VcpuThreads.stop() ended the others before it called this: no thread can ring any more.
+    if (!this.closed) closeDoorbell(this.doorbell);
+    this.closed = true;
   }
 }
 

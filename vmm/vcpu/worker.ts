@@ -13,14 +13,14 @@ import {
   ExitReason, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KvmRun, KvmRunFailEntry,
   KvmRunInternal, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, exitReasonName,
 } from '../../kvm/layout';
-import { futexWait, gettid, installSeccompFilter, setThreadName } from '../../kvm/libc';
+import { gettid, installSeccompFilter, setThreadName } from '../../kvm/libc';
 import { KVM } from '../../kvm/ioctl';
 import { vcpuFilter } from './seccomp';
 import { seccompMode } from '../../bpf/seccomp-worker';
 import type { BusClaim } from '../../devices/bus';
 import {
-  KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, STATE_REQUEST, STATE_RESPONSE, STATE_IDLE,
-  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData, postRequest,
+  KIND_MMIO, KIND_PIO, MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, STATE_IDLE,
+  VCPU_STATE, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, mailboxData, postRequest, waitForAnswer,
 } from './mailbox';
 import { serveShared } from './shared';
 import { RECENT_COUNT, RECENT_WRITE, noteAccess, noteExit } from './recent';
@@ -66,8 +66,7 @@ function runVcpu(job: WorkerRun): void {
     stats[STAT_FORWARDED]!++;
     postRequest(mb, init.doorbell, kind, addr, data, isWrite);
     stats[STAT_STATE] = VCPU_STATE.WAITING_FOR_MAIN;
-    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST && !Atomics.load(mb, MB.STOP)) futexWait(mb, MB.STATE, STATE_REQUEST, 100);
-    if (!isWrite && Atomics.load(mb, MB.STATE) === STATE_RESPONSE) data.set(mbData.subarray(0, data.length));
+    if (waitForAnswer(mb) && !isWrite) data.set(mbData.subarray(0, data.length));
     Atomics.store(mb, MB.STATE, STATE_IDLE);
     stats[STAT_STATE] = VCPU_STATE.HANDLING_EXIT;
   }

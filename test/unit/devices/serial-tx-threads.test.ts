@@ -14,8 +14,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Bus, type BusClaim } from '../../../devices/bus';
 import { Serial16550 } from '../../../devices/serial';
-import { futexWait } from '../../../kvm/libc';
-import { KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, postRequest } from '../../../vmm/vcpu/mailbox';
+import {
+  type Doorbell, KIND_PIO, MB, STATE_IDLE, closeDoorbell, mailboxData, newDoorbell, newMailbox, postRequest, waitForAnswer,
+} from '../../../vmm/vcpu/mailbox';
 import { MailboxServer } from '../../../vmm/vcpu/serve';
 import { serveShared } from '../../../vmm/vcpu/shared';
 
@@ -43,7 +44,7 @@ const RING_TAIL = 1;
 interface GuestData {
   claim: BusClaim;
   mailbox: Int32Array;
-  doorbell: Int32Array;
+  doorbell: Doorbell;
   /** Index 0: THRE/RDA interrupts raised by the device (main increments it, the guest waits on it). */
   irq: Int32Array;
   ms: number;
@@ -74,8 +75,7 @@ function guestSide(): void {
     }
     forwarded++;
     postRequest(mb, doorbell, KIND_PIO, COM1 + reg, data, isWrite);
-    while (Atomics.load(mb, MB.STATE) === STATE_REQUEST) futexWait(mb, MB.STATE, STATE_REQUEST, 100);
-    if (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) throw new Error('the mailbox answered nothing');
+    if (!waitForAnswer(mb)) throw new Error('the mailbox answered nothing');
     if (!isWrite) data.set(mbData.subarray(0, data.length));
     Atomics.store(mb, MB.STATE, STATE_IDLE);
   };
@@ -214,6 +214,7 @@ if (!isMainThread) {
       await serving;
       await draining;
       await w.terminate();
+      closeDoorbell(doorbell);
     }
   });
 

@@ -7,11 +7,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Bus, type BusDevice } from '../../../devices/bus';
-import { KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, mailboxData, newDoorbell, newMailbox, postRequest, ringDoorbell } from '../../../vmm/vcpu/mailbox';
+import {
+  type Doorbell, KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, closeDoorbell, mailboxData, newDoorbell, newMailbox, postRequest, ringDoorbell,
+} from '../../../vmm/vcpu/mailbox';
 import { MailboxServer, type DeviceFault } from '../../../vmm/vcpu/serve';
 
 /** What a worker's forward() does, then waits (asynchronously: this is the main thread) for the answer. */
-async function access(doorbell: Int32Array, mb: Int32Array, kind: number, addr: number, data: Uint8Array, isWrite: boolean): Promise<Uint8Array> {
+async function access(doorbell: Doorbell, mb: Int32Array, kind: number, addr: number, data: Uint8Array, isWrite: boolean): Promise<Uint8Array> {
   postRequest(mb, doorbell, kind, addr, data, isWrite);
   const deadline = Date.now() + 2000;
   while (Atomics.load(mb, MB.STATE) !== STATE_RESPONSE) {
@@ -60,6 +62,7 @@ test('a device that throws: the access is answered (reads all ones), reported, a
   } finally {
     server.stop();
     await running;
+    closeDoorbell(doorbell);
     process.off('unhandledRejection', onRejection);
   }
 });
@@ -76,6 +79,7 @@ test('a fault reporter that throws does not stop the answer either', async () =>
   assert.equal([...(await access(doorbell, mb, KIND_PIO, 0x10, new Uint8Array(1), false))], [0xff]);
   server.stop();
   await running;
+  closeDoorbell(doorbell);
 });
 
 test("a vCPU past its share of main's time waits for it to refill; another vCPU is served meanwhile", async () => {
@@ -86,7 +90,7 @@ test("a vCPU past its share of main's time waits for it to refill; another vCPU 
   pio.insert(0x10, 4, 'slow', { read: (_o, d) => d.fill(7), write: () => { writes++; clock += 30; } });
   const doorbell = newDoorbell();
   const [mb0, mb1] = [newMailbox(), newMailbox()];
-  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock });
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock, cpuNow: () => clock });
   server.add(mb0);
   server.add(mb1);
   const running = server.run();
@@ -108,6 +112,35 @@ test("a vCPU past its share of main's time waits for it to refill; another vCPU 
   } finally {
     server.stop();
     await running;
+    closeDoorbell(doorbell);
+  }
+});
+
+test("a burst's CPU time is split between the vCPUs it answered, not charged whole to each", async () => {
+  let clock = 0;
+  const pio = new Bus();
+  pio.insert(0x10, 4, 'slow', { read: (_o, d) => d.fill(0), write: () => { clock += 60; } });
+  const doorbell = newDoorbell();
+  const [mb0, mb1] = [newMailbox(), newMailbox()];
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock, cpuNow: () => clock });
+  server.add(mb0);
+  server.add(mb1);
+  // Both posted before the server runs: one burst answers both, 120 ms of the clock, 60 each
+  // (-40 left); the next wake-up, at 120, gives 30 back: -10 (charged whole, -70).
+  const first = [access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true), access(doorbell, mb1, KIND_PIO, 0x10, new Uint8Array(4), true)];
+  const running = server.run();
+  try {
+    await Promise.all(first);
+    const second = [access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true), access(doorbell, mb1, KIND_PIO, 0x10, new Uint8Array(4), true)];
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.deferred, [1, 1], 'both in debt');
+    clock += 41; // +10.25 ms of share each: enough for -10, not for -70
+    ringDoorbell(doorbell);
+    await Promise.all(second);
+  } finally {
+    server.stop();
+    await running;
+    closeDoorbell(doorbell);
   }
 });
 
@@ -118,7 +151,7 @@ test('the retry is timed for the vCPU whose share comes back first, not the firs
   pio.insert(0x10, 8, 'slow', { read: (_o, d) => d.fill(0), write: (o) => { clock += o === 0 ? 1000 : 30; } });
   const doorbell = newDoorbell();
   const [mb0, mb1] = [newMailbox(), newMailbox()];
-  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock });
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock, cpuNow: () => clock });
   server.add(mb0);
   server.add(mb1);
   const running = server.run();
@@ -138,6 +171,7 @@ test('the retry is timed for the vCPU whose share comes back first, not the firs
   } finally {
     server.stop();
     await running;
+    closeDoorbell(doorbell);
   }
 });
 

@@ -7,7 +7,14 @@
 // Correctness and bounds only: how fast GET / is answered under the flood is measured by
 // tools/bench/hostile.mjs against the idle VMM of the same run (timing goals belong there),
 // here every GET / must be answered 200 (the API never stopped serving).
-// stress: in the final CI run of 2026-12-06 (19:05 UTC) the guest triple-faulted (vCPU 1 KVM_EXIT_SHUTDOWN) during phase two, the unbind/rebind loop beside the hints flood, after passing in the sandbox before; not understood yet (the 6.1 guest's vsock teardown with open sockets, or a device write after reset), so it runs by name until it is
+// In CI again since 2026-12-07. It was a stress file (run by name only) after the final CI run of
+// 2026-12-06, where the guest triple-faulted (vCPU 1 KVM_EXIT_SHUTDOWN) in phase two, the
+// unbind/rebind loop beside the hints flood. That sandbox ran QEMU 7.2, whose TCG missed
+// interrupts in nested SVM (docs/sandbox.md). On QEMU 10.0.2 it passed every run by name, the
+// last three on 2026-12-07 (132.1 s, 86.3 s, 54.4 s; docs/testing.md). Not explained, only not
+// seen again: a recurrence fails with the vCPU's crash report in full in the failure message
+// (tail() below): its last 16 exits, and its registers and CR2 — on the sandbox's AMD CPU model
+// those are the INIT state KVM puts a shut-down vCPU in, so there the exits say where to look.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -228,7 +235,17 @@ test.after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const tail = () => `\n--- VMM stderr (last 2000) ---\n${out.stderr.slice(-2000)}\n--- console (last 2000) ---\n${out.stdout.slice(-2000)}`;
+/**
+ * What a failure shows of the run: the end of the VMM's log and of the console, and a vCPU crash
+ * report (vmm/diagnosis.ts formatCrash: its exit, registers, last exits) whole, wherever it is in
+ * the log — the lines after it (teardown) could push it out of the last 2000 characters.
+ */
+const tail = () => {
+  const at = out.stderr.indexOf(' at the crash:');
+  const from = at < 0 ? -1 : out.stderr.lastIndexOf('\n', out.stderr.lastIndexOf('\n', at) - 1) + 1;
+  const crash = at < 0 ? '' : `\n--- vCPU crash report ---\n${out.stderr.slice(from, from + 6000)}`;
+  return `${crash}\n--- VMM stderr (last 2000) ---\n${out.stderr.slice(-2000)}\n--- console (last 2000) ---\n${out.stdout.slice(-2000)}`;
+};
 
 test('the VMM survives the attack: the guest ran every phase and powered off (exit 0), GET / answered after it', () => {
   assert.ok(out.attackStart !== undefined && out.attackEnd !== undefined, `the guest never finished its attack${tail()}`);
@@ -278,6 +295,15 @@ test("the guest cannot write the operator's log: its agent name escaped, no esca
   const seconds = ((out.attackEnd as number) - (out.attackStart as number)) / 1000;
   // A burst of 10, then one a second (vmm/log.ts RateLimitedLog), whatever the guest does.
   assert.ok(resets <= 10 + Math.ceil(seconds) + 1, `${resets} needs-reset lines in ${seconds.toFixed(0)} s`);
+  // And the bound is the limiter's doing, not a quiet device: each bad DRIVER_OK the guest made
+  // was refused (NEEDS_RESET) and is either a line or counted in a "suppressed" summary (flushed
+  // at teardown). A cycle makes 20 in a row, more than the burst, so some are always suppressed.
+  const pokes = Number(/(\d+) bad DRIVER_OKs/.exec(out.stdout)?.[1]);
+  const vsockLines = out.stderr.split('\n').filter((l) => /virtio-vsock: device needs reset/.test(l)).length;
+  const suppressed = [...out.stderr.matchAll(/virtio-vsock: (\d+) similar lines? suppressed/g)].reduce((n, m) => n + Number(m[1]), 0);
+  console.log(`hostile: ${pokes} bad DRIVER_OKs; virtio-vsock needs-reset lines ${vsockLines}, suppressed ${suppressed}`);
+  assert.ok(suppressed > 0, `no needs-reset line suppressed after ${pokes} bad DRIVER_OKs`);
+  assert.ok(vsockLines + suppressed >= pokes, `${pokes} bad DRIVER_OKs, but ${vsockLines} needs-reset lines + ${suppressed} suppressed: a poke was not refused`);
 });
 
 test.run();

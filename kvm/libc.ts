@@ -65,7 +65,6 @@ const c = {
   epollWait: lib.func('epoll_wait', 'int', ['int', 'void *', 'int', 'int']),
   timerfdCreate: lib.func('timerfd_create', 'int', ['int', 'int']),
   timerfdSettime: lib.func('timerfd_settime', 'int', ['int', 'int', 'void *', 'void *']),
-  clockGettime: lib.func('clock_gettime', 'int', ['int', 'void *']),
 };
 
 export const O_RDWR = 0o2;
@@ -274,17 +273,6 @@ export function timerfdPeriodic(fd: number, periodMs: number): void {
   itimerspec[0] = itimerspec[2] = ns / 1_000_000_000n;
   itimerspec[1] = itimerspec[3] = ns % 1_000_000_000n;
   if ((c.timerfdSettime(fd, 0, itimerspec, null) as number) < 0) fail('timerfd_settime', `${periodMs} ms`);
-}
-
-const CLOCK_THREAD_CPUTIME_ID = 3;
-const cpuTimespec = new BigInt64Array(2);
-/**
- * The calling thread's CPU time in ms (user + system), not the process's (process.cpuUsage adds
- * every worker's). No vDSO serves this clock: it is a system call each time.
- */
-export function threadCpuMs(): number {
-  if ((c.clockGettime(CLOCK_THREAD_CPUTIME_ID, cpuTimespec) as number) < 0) fail('clock_gettime(CLOCK_THREAD_CPUTIME_ID)');
-  return Number(cpuTimespec[0]!) * 1e3 + Number(cpuTimespec[1]!) / 1e6;
 }
 
 const SYS_FUTEX = 202;

@@ -10,7 +10,7 @@
 
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Bus } from '../../devices/bus';
-import { close, epollAdd, epollCreate, epollWait, threadCpuMs, timerfdCreate, timerfdExpirations, timerfdPeriodic } from '../../kvm/libc';
+import { close, epollAdd, epollCreate, epollWait, timerfdCreate, timerfdExpirations, timerfdPeriodic } from '../../kvm/libc';
 import { DOORBELL, type Doorbell, KIND_PIO, MB, STATE_REQUEST, answer, mailboxData, ringDoorbell } from './mailbox';
 
 /** One access a device failed to handle. */
@@ -26,8 +26,8 @@ export interface DeviceFault {
 export const REGISTER_KEYS = 256;
 
 /**
- * The share of the main thread's time one vCPU's forwarded accesses may take (measured: main's
- * CPU time in the bursts that answered them, split by their number of accesses), and how much of it may be used at once (ms). Past it, the
+ * The share of the main thread's time one vCPU's forwarded accesses may take (measured: the
+ * time main spends answering them), and how much of it may be used at once (ms). Past it, the
  * vCPU's next access waits — the vCPU stalls in its mailbox, as on a slow device — until its
  * share has refilled. A boot forwards a few hundred accesses in all (docs/benchmarks.md,
  * "Forwarded exits per boot"), far below; a guest looping on a register that is not served in
@@ -45,16 +45,13 @@ export const FORWARD_BURST_MS = 50;
  * trip in the nested sandbox (~0.3 ms; natively ~20 µs).
  *
  * The POLL_MS clock is a periodic timerfd armed once per burst, watched by the same epoll_wait as
- * the doorbell's eventfd, and the slice is counted in its ticks — not a timeout per wait: a timed
- * wait arms a timer for each access, and one sooner than the next scheduler tick is programmed
- * into the timer hardware and back, a trap to the hypervisor each when the host is itself a VM
- * (on kvm_pvm the forwarding C twin given a 0.5 ms futex timeout loses a third of its rate,
- * docs/benchmarks.md "Exit rate").
+ * the doorbell's eventfd, not a timeout per wait: a timed wait arms a timer for each access, and
+ * one sooner than the next scheduler tick is programmed into the timer hardware and back, a trap
+ * to the hypervisor each when the host is itself a VM (on kvm_pvm the forwarding C twin given a
+ * 0.5 ms futex timeout loses a third of its rate, docs/benchmarks.md "Exit rate").
  */
 export const POLL_MS = 0.5;
 export const BURST_SLICE_MS = 2;
-/** The slice counted in the timer's ticks: no clock is read within a burst. */
-const SLICE_TICKS = BURST_SLICE_MS / POLL_MS;
 
 /** What epollWait reports for the doorbell's eventfd and for the POLL_MS timer. */
 const RUNG = 1;
@@ -91,20 +88,14 @@ interface VcpuLine {
   deferred: number;
   /** Its current access was counted in `deferred` already. */
   waiting: boolean;
-  /** Accesses answered in the current burst (what its share of the burst's CPU time is charged by). */
-  inBurst: number;
 }
 
 export interface MailboxServerOptions {
   /** Main-thread share per vCPU (default FORWARD_SHARE) and its burst in ms (default FORWARD_BURST_MS). */
   readonly share?: number;
   readonly burstMs?: number;
-  /**
-   * Milliseconds clocks: `now` what the shares refill by (default performance.now), `cpuNow`
-   * what a burst costs main (default this thread's CPU time). Tests inject theirs.
-   */
+  /** Milliseconds clock (default performance.now; tests inject one). */
   readonly now?: () => number;
-  readonly cpuNow?: () => number;
 }
 
 export class MailboxServer {
@@ -114,7 +105,6 @@ export class MailboxServer {
   private readonly share: number;
   private readonly burstMs: number;
   private readonly now: () => number;
-  private readonly cpuNow: () => number;
   /** Rings the doorbell once the first deferred vCPU's share is back. */
   private retry: NodeJS.Timeout | undefined;
   private retryAt = 0;
@@ -139,12 +129,11 @@ export class MailboxServer {
     this.share = opts.share ?? FORWARD_SHARE;
     this.burstMs = opts.burstMs ?? FORWARD_BURST_MS;
     this.now = opts.now ?? (() => performance.now());
-    this.cpuNow = opts.cpuNow ?? threadCpuMs;
     if (!(this.share > 0 && this.share <= 1) || !(this.burstMs > 0)) throw new RangeError(`forwarded-access share ${this.share} must be in (0, 1] and its burst ${this.burstMs} ms positive`);
   }
 
   add(mailbox: Int32Array): void {
-    this.vcpus.push({ mailbox, data: mailboxData(mailbox), budget: new TimeBudget(this.share, this.burstMs, this.now()), deferred: 0, waiting: false, inBurst: 0 });
+    this.vcpus.push({ mailbox, data: mailboxData(mailbox), budget: new TimeBudget(this.share, this.burstMs, this.now()), deferred: 0, waiting: false });
   }
 
   /** Accesses left waiting because their vCPU had used its share, by vCPU (each counted once). */
@@ -159,11 +148,6 @@ export class MailboxServer {
    * guest code away (a console line, a queue's setup) — it waits for the next one synchronously
    * instead, blocked in epoll as a C device thread would be in its futex, for as long as accesses
    * keep coming within POLL_MS of each other and BURST_SLICE_MS in all.
-   *
-   * The clocks are read per burst, not per access (in the nested sandbox each read is a system
-   * call): the wall clock once as it starts, for the shares' refill, and main's CPU time at both
-   * ends, charged to the vCPUs it answered. Within the burst the shares are those at its start,
-   * so a vCPU may overdraw its share by up to one slice; it then waits that much longer.
    */
   async run(): Promise<void> {
     this.running = true;
@@ -175,26 +159,26 @@ export class MailboxServer {
       epollAdd(ep, timer, TICK);
       while (this.running) {
         let seen = Atomics.load(word, DOORBELL.COUNT);
-        const start = this.now();
-        const cpu0 = this.cpuNow();
-        if (this.serveReady(start)) {
+        // One clock read per wake-up and one per answer (in serveReady): in the nested sandbox
+        // each is a system call.
+        let answered = this.serveReady(this.now());
+        if (answered !== undefined) {
+          const sliceEnd = answered + BURST_SLICE_MS;
           timerfdPeriodic(timer, POLL_MS);
-          let ticks = 0;
           let seenAtTick = seen;
-          while (this.running && ticks < SLICE_TICKS) {
+          while (this.running && answered < sliceEnd) {
             const events = epollWait(ep);
             const count = Atomics.load(word, DOORBELL.COUNT);
             if (events & TICK) {
               if (count === seenAtTick) break; // a whole POLL_MS without a ring: the burst is over
               seenAtTick = count;
-              ticks += timerfdExpirations(timer); // also re-arms it (one read per tick, not per access)
+              timerfdExpirations(timer); // re-arms it (one read per tick, not per access)
             }
             if (count === seen) continue; // a ring from before the burst, reported late
             seen = count;
-            this.serveReady(start);
+            answered = this.serveReady(this.now()) ?? answered;
           }
           timerfdPeriodic(timer, 0);
-          this.charge(this.cpuNow() - cpu0);
         }
         Atomics.store(word, DOORBELL.MAIN_ASYNC, 1);
         const w = Atomics.waitAsync(word, DOORBELL.COUNT, seen);
@@ -210,34 +194,26 @@ export class MailboxServer {
   }
 
   /**
-   * Answers every vCPU whose request is waiting and whose share, as of `now` (the burst's
-   * start), allows; whether any was answered.
+   * Answers every vCPU whose request is waiting and whose share allows, starting at clock time
+   * `t` (just read); returns the clock after the last answer, undefined if none was answered.
    */
-  private serveReady(now: number): boolean {
+  private serveReady(t: number): number | undefined {
     let served = false;
     for (let vcpu = 0; vcpu < this.vcpus.length; vcpu++) {
       const line = this.vcpus[vcpu]!;
       if (Atomics.load(line.mailbox, MB.STATE) !== STATE_REQUEST) continue;
-      if (!line.budget.ready(now)) {
-        this.later(line, now);
+      if (!line.budget.ready(t)) {
+        this.later(line, t);
         continue;
       }
       line.waiting = false;
       this.serve(line, vcpu);
-      line.inBurst++;
+      const done = this.now();
+      line.budget.spend(done - t);
+      t = done;
       served = true;
     }
-    return served;
-  }
-
-  /** Splits a burst's CPU time between the vCPUs it answered, by their number of accesses. */
-  private charge(ms: number): void {
-    let total = 0;
-    for (const line of this.vcpus) total += line.inBurst;
-    for (const line of this.vcpus) {
-      if (line.inBurst) line.budget.spend((ms * line.inBurst) / total);
-      line.inBurst = 0;
-    }
+    return served ? t : undefined;
   }
 
   /** The vCPU has used its share: its access waits, and the doorbell rings when the share is back. */

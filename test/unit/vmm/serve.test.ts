@@ -90,7 +90,7 @@ test("a vCPU past its share of main's time waits for it to refill; another vCPU 
   pio.insert(0x10, 4, 'slow', { read: (_o, d) => d.fill(7), write: () => { writes++; clock += 30; } });
   const doorbell = newDoorbell();
   const [mb0, mb1] = [newMailbox(), newMailbox()];
-  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock, cpuNow: () => clock });
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock });
   server.add(mb0);
   server.add(mb1);
   const running = server.run();
@@ -116,34 +116,6 @@ test("a vCPU past its share of main's time waits for it to refill; another vCPU 
   }
 });
 
-test("a burst's CPU time is split between the vCPUs it answered, not charged whole to each", async () => {
-  let clock = 0;
-  const pio = new Bus();
-  pio.insert(0x10, 4, 'slow', { read: (_o, d) => d.fill(0), write: () => { clock += 60; } });
-  const doorbell = newDoorbell();
-  const [mb0, mb1] = [newMailbox(), newMailbox()];
-  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock, cpuNow: () => clock });
-  server.add(mb0);
-  server.add(mb1);
-  // Both posted before the server runs: one burst answers both, 120 ms of the clock, 60 each
-  // (-40 left); the next wake-up, at 120, gives 30 back: -10 (charged whole, -70).
-  const first = [access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true), access(doorbell, mb1, KIND_PIO, 0x10, new Uint8Array(4), true)];
-  const running = server.run();
-  try {
-    await Promise.all(first);
-    const second = [access(doorbell, mb0, KIND_PIO, 0x10, new Uint8Array(4), true), access(doorbell, mb1, KIND_PIO, 0x10, new Uint8Array(4), true)];
-    await new Promise((r) => setTimeout(r, 20));
-    assert.equal(server.deferred, [1, 1], 'both in debt');
-    clock += 41; // +10.25 ms of share each: enough for -10, not for -70
-    ringDoorbell(doorbell);
-    await Promise.all(second);
-  } finally {
-    server.stop();
-    await running;
-    closeDoorbell(doorbell);
-  }
-});
-
 test('the retry is timed for the vCPU whose share comes back first, not the first one that ran out', async () => {
   let clock = 0;
   const pio = new Bus();
@@ -151,7 +123,7 @@ test('the retry is timed for the vCPU whose share comes back first, not the firs
   pio.insert(0x10, 8, 'slow', { read: (_o, d) => d.fill(0), write: (o) => { clock += o === 0 ? 1000 : 30; } });
   const doorbell = newDoorbell();
   const [mb0, mb1] = [newMailbox(), newMailbox()];
-  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock, cpuNow: () => clock });
+  const server = new MailboxServer(doorbell, pio, new Bus(), () => {}, { share: 0.25, burstMs: 20, now: () => clock });
   server.add(mb0);
   server.add(mb1);
   const running = server.run();

@@ -13,9 +13,10 @@ date -u
 TSVMM_BENCH_RUN_ARGS="--metrics-path $out/$tag-runs-metrics.jsonl --metrics-interval 1" \
 	node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag.json" "$@" 2>&1 | tail -n 30
 if [ "${TSVMM_VSOCK_PROFILE:-}" = 1 ]; then
+	# After "$@": an option's last value wins, and the profile is one tsvmm run whatever --runs the job has.
 	mkdir -p "$out/$tag-prof"
 	TSVMM_BENCH_NODE_FLAGS="--cpu-prof --cpu-prof-dir=$out/$tag-prof" \
 		TSVMM_BENCH_RUN_ARGS="--metrics-path $out/$tag-metrics.jsonl --metrics-interval 1" \
-		node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag-prof.json" --only tsvmm --runs 1 "$@" 2>&1 | tail -n 4
+		node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag-prof.json" "$@" --only tsvmm --runs 1 2>&1 | tail -n 4
 fi
 date -u

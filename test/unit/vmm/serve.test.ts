@@ -10,7 +10,7 @@ import { Bus, type BusDevice } from '../../../devices/bus';
 import {
   type Doorbell, KIND_MMIO, KIND_PIO, MB, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, closeDoorbell, mailboxData, newDoorbell, newMailbox, postRequest, ringDoorbell,
 } from '../../../vmm/vcpu/mailbox';
-import { MailboxServer, type DeviceFault } from '../../../vmm/vcpu/serve';
+import { MailboxServer, REGISTER_KEYS, type DeviceFault } from '../../../vmm/vcpu/serve';
 
 /** What a worker's forward() does, then waits (asynchronously: this is the main thread) for the answer. */
 async function access(doorbell: Doorbell, mb: Int32Array, kind: number, addr: number, data: Uint8Array, isWrite: boolean): Promise<Uint8Array> {
@@ -64,6 +64,41 @@ test('a device that throws: the access is answered (reads all ones), reported, a
     await running;
     closeDoorbell(doorbell);
     process.off('unhandledRejection', onRejection);
+  }
+});
+
+test('forwarded accesses are counted by device and by register; a guest picking new addresses names at most REGISTER_KEYS registers', async () => {
+  const pio = new Bus();
+  const mmio = new Bus();
+  const dev: BusDevice = { read: (_o, d) => d.fill(0), write: () => {} };
+  pio.insert(0x3f8, 8, 'serial', dev);
+  mmio.insert(0xd000_0000, 0x1000, 'vsock', dev);
+  const doorbell = newDoorbell();
+  const mb = newMailbox();
+  const server = new MailboxServer(doorbell, pio, mmio, () => {});
+  server.add(mb);
+  const running = server.run();
+  try {
+    await access(doorbell, mb, KIND_PIO, 0x3fd, new Uint8Array(1), false);
+    await access(doorbell, mb, KIND_PIO, 0x3fd, new Uint8Array(1), false);
+    await access(doorbell, mb, KIND_PIO, 0x3f8, new Uint8Array(1), true);
+    await access(doorbell, mb, KIND_MMIO, 0xd000_0064, new Uint8Array(4), true);
+    // A PIO port and an MMIO address with the same number are different registers.
+    await access(doorbell, mb, KIND_MMIO, 0x3fd, new Uint8Array(1), false);
+    assert.equal(server.byDevice, { serial: 3, vsock: 1, unclaimed: 1 });
+    assert.equal(server.byRegister, { 'serial+0x5 r': 2, 'serial+0x0 w': 1, 'vsock+0x64 w': 1, 'unclaimed+0x3fd r': 1 });
+    // Past REGISTER_KEYS distinct registers, further new ones count by device only.
+    for (let i = 0; i < REGISTER_KEYS; i++) await access(doorbell, mb, KIND_MMIO, 0xe000_0000 + i * 4, new Uint8Array(4), false);
+    await access(doorbell, mb, KIND_PIO, 0x3fd, new Uint8Array(1), false);
+    const byRegister = server.byRegister;
+    assert.is(Object.keys(byRegister).length, REGISTER_KEYS + 1);
+    assert.is(byRegister.other, 4, 'four were named before');
+    assert.is(byRegister['serial+0x5 r'], 3, 'a register named before the cap is still counted');
+    assert.equal(server.byDevice, { serial: 4, vsock: 1, unclaimed: 1 + REGISTER_KEYS });
+  } finally {
+    server.stop();
+    await running;
+    closeDoorbell(doorbell);
   }
 });
 

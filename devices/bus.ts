@@ -39,6 +39,15 @@ export interface SharedRegister {
   /** `push` only: the ring's bytes (a SharedArrayBuffer, a power of two long). */
   readonly ring?: Uint8Array;
   /**
+   * `push` only, a UART's THR: the transmitter is empty again as soon as a byte is pushed (the
+   * ring is the FIFO; main drains it), so the pushing vCPU thread marks THRE pending in the
+   * UART's cells (`uart`, devices/serial.ts threAfterPush) and, when THRE interrupts are
+   * enabled, raises one itself by writing the line's eventfd (`irqFd`, a KVM irqfd): the
+   * interrupt is set while that vCPU is out of the guest, from its own CPU, as QEMU's UART
+   * raises it in the vCPU thread that wrote THR — never from another thread while the vCPU runs.
+   */
+  readonly thre?: { readonly uart: Int32Array; readonly irqFd: number };
+  /**
    * `load` and `store`: the register is one of a bank (one per queue, per feature word) picked
    * by a selector register whose value is this cell's (index 0). `cell` then holds one Int32
    * per entry, and an access uses entry `select` (unsigned); a selector beyond the bank sends

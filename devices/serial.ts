@@ -12,15 +12,19 @@
 // lock (CELL.LOCK) the device takes for every change of its own, so neither side ever acts on
 // a state the other has half changed. Only RBR reads, IER writes that enable THRE (or RDA with
 // data waiting), the other writes, and THR writes in DLAB or loopback reach the device.
-// THRE interrupts: a THR write the device sees raises one at once;
-// bytes that went through the ring raise one when main has drained them (a real UART raises it
-// when its FIFO has emptied), so Linux's 8250 driver, which sends tx_loadsz bytes per THRE
-// interrupt, sends its next batch once the last one is out.
+// THRE interrupts: a THR write the device sees raises one at once. Bytes that went through the
+// ring: with an irqfd line (a VM's), the vCPU thread that pushed them marks THRE pending and
+// raises it itself, one edge per acknowledged THRE (threAfterPush), as QEMU's UART raises it in
+// the vCPU thread that wrote THR: never an interrupt from main's CPU into a running vCPU (in the
+// nested sandbox ~900 of those a second preceded guest triple faults), and main drains the ring
+// in batches (DRAIN_INTERVAL_MS); without one (unit tests' lines), main raises THRE once it has
+// drained them (a real UART raises it when its FIFO has emptied), so Linux's 8250 driver, which
+// sends tx_loadsz bytes per THRE interrupt, sends its next batch once the last one is out.
 // A break (sendBreak) is received as a 16550 does: a NUL character whose LSR has BI set, with a
 // receiver line status interrupt; Linux's 8250 driver reads it as the SysRq prefix on a console.
 
 import type { BusDevice, SharedRegister } from './bus';
-import { RING, TxRing } from './tx-ring';
+import { DRAIN_INTERVAL_MS, RING, TxRing } from './tx-ring';
 import type { IrqLine } from './irq';
 
 const DATA = 0; // RBR (read) / THR (write); DLL with DLAB
@@ -110,6 +114,26 @@ export function iirRead(c: Int32Array): number {
   return v;
 }
 
+/**
+ * A THR byte a vCPU thread pushed into the transmit ring (SharedRegister kind 'push' with
+ * `thre`): the transmitter is empty again, so THRE is pending; IIR says so unless an interrupt
+ * of higher priority (receive, line status) is showing. True when that makes THRE interrupts
+ * start to pend — enabled, and not pending already: the caller raises the interrupt (after the
+ * lock is released, as the device does). As a level line into the IOAPIC's edge-triggered ISA
+ * pin: one edge when THRE becomes pending (after the guest's IIR read acknowledged the last),
+ * not one per byte — the driver's interrupt loop sees the rest in IIR.
+ */
+export function threAfterPush(c: Int32Array): boolean {
+  lock(c);
+  const was = Atomics.load(c, CELL.THRE) !== 0;
+  Atomics.store(c, CELL.THRE, 1);
+  const enabled = (Atomics.load(c, CELL.IER) & IER_THRE) !== 0;
+  const iir = Atomics.load(c, IIR_FCR);
+  if (enabled && (iir & 0x0f) === IIR_NONE) Atomics.store(c, IIR_FCR, IIR_THRE | (iir & IIR_FIFO_ENABLED));
+  unlock(c);
+  return enabled && !was;
+}
+
 export class Serial16550 implements BusDevice {
   private lcr = 0x03; // 8N1
   private mcr = 0x08; // OUT2
@@ -138,8 +162,9 @@ export class Serial16550 implements BusDevice {
 
   sharedRegisters(): readonly SharedRegister[] {
     const cell = (reg: number) => new Int32Array(this.cells.buffer, reg * 4, 1);
+    const fd = this.irq.fd;
     return [
-      { offset: DATA, size: 1, kind: 'push', cell: this.tx.ctl, ring: this.tx.data },
+      { offset: DATA, size: 1, kind: 'push', cell: this.tx.ctl, ring: this.tx.data, ...(fd === undefined ? {} : { thre: { uart: this.cells, irqFd: fd } }) },
       ...[IER, LCR, MCR, LSR, MSR, SCR].map((reg): SharedRegister => ({ offset: reg, size: 1, kind: 'load', cell: cell(reg) })),
       { offset: IIR_FCR, size: 1, kind: 'uart-iir', cell: this.cells },
       { offset: IER, size: 1, kind: 'uart-ier', cell: this.cells },
@@ -184,7 +209,9 @@ export class Serial16550 implements BusDevice {
    * `output` rejects the promise.
    */
   start(): Promise<void> {
-    this.draining ??= this.tx.run((b) => this.transmitted(b));
+    // Batched only when the vCPU threads raise THRE themselves (an irqfd line): when THRE
+    // waits for the drain, a batching delay would pace the guest's transmitter.
+    this.draining ??= this.tx.run((b) => this.transmitted(b), this.irq.fd === undefined ? 0 : DRAIN_INTERVAL_MS);
     return this.draining;
   }
 
@@ -202,7 +229,8 @@ export class Serial16550 implements BusDevice {
 
   private transmitted(bytes: Uint8Array): void {
     this.output(bytes);
-    this.locked(() => this.raiseThre());
+    // With an irqfd the vCPU thread that pushed the bytes raised THRE already (threAfterPush).
+    if (this.irq.fd === undefined) this.locked(() => this.raiseThre());
   }
 
   /** Queues input for the guest; returns how many bytes fit (the rest is the caller's to retry). */

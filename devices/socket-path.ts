@@ -142,11 +142,19 @@ export class OwnSocket {
   private readonly dev: number;
   private readonly ino: number;
 
-  /** Records the socket just bound at `path`; `dirFd` is released by release(). */
-  constructor(readonly path: string, private dirFd?: number) {
-    const st = lstatSync(path);
+  /**
+   * Records the socket just bound at `path`; `dirFd` is released by release(). `known`: the
+   * device and inode it was bound as (the thread that bound it told us), not looked up again.
+   */
+  constructor(readonly path: string, private dirFd?: number, known?: { dev: number; ino: number }) {
+    const st = known ?? lstatSync(path);
     this.dev = st.dev;
     this.ino = st.ino;
+  }
+
+  /** The device and inode of the socket we bound. */
+  identity(): { dev: number; ino: number } {
+    return { dev: this.dev, ino: this.ino };
   }
 
   /** After the server closed: lets go of the temporary directory's fd. */

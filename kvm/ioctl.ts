@@ -4,7 +4,7 @@
 
 import {
   KvmCpuid2, KvmEnableCap, KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMpState, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
-  KvmTranslation, KvmUserspaceMemoryRegion,
+  KvmNestedState, KvmTranslation, KvmUserspaceMemoryRegion, KvmVcpuEvents,
 } from './layout';
 
 const NONE = 0;
@@ -50,6 +50,9 @@ export const KVM = {
   SET_LAPIC: iow(0x8f, KvmLapicState.size),
   SET_CPUID2: iow(0x90, KvmCpuid2.size),
   GET_MP_STATE: ior(0x98, KvmMpState.size),
+  GET_VCPU_EVENTS: ior(0x9f, KvmVcpuEvents.size),
+  GET_NESTED_STATE: iowr(0xbe, KvmNestedState.size),
+  GET_STATS_FD: io(0xce),
 } as const;
 
 /** KVM_CHECK_EXTENSION capability numbers. */

@@ -7,7 +7,7 @@ import { KVM, KVM_CAP } from './ioctl';
 import {
   type CpuidEntry, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO, KVM_PIT_SPEAKER_DUMMY, KvmCpuid2, KvmCpuidEntry2, KvmEnableCap,
   KvmFpu, KvmIoeventfd, KvmIrqfd, KvmIrqLevel, KvmLapicState, KvmMpState, KvmMsrEntry, KvmMsrs, KvmPitConfig, KvmRegs, KvmSregs,
-  KvmTranslation, KvmUserspaceMemoryRegion, REG_NAMES, type RegName, type SpecialRegs,
+  KvmNestedState, KvmTranslation, KvmUserspaceMemoryRegion, KvmVcpuEvents, REG_NAMES, type RegName, type SpecialRegs, type ValueOfVcpuEvents,
 } from './layout';
 import { SysError } from './errors';
 
@@ -128,6 +128,7 @@ export class Vm {
 
 export type Regs = Record<RegName, bigint>;
 export type { SpecialRegs };
+export type VcpuEvents = ValueOfVcpuEvents;
 
 /**
  * A vCPU fd. Setup calls (registers, CPUID, MSRs) happen on the main thread before the vCPU
@@ -205,6 +206,33 @@ export class Vcpu {
     libc.ioctl(this.fd, KVM.TRANSLATE, b, 'KVM_TRANSLATE');
     const t = KvmTranslation.read(b);
     return t.valid ? t.physicalAddress : undefined;
+  }
+
+  /** KVM_GET_VCPU_EVENTS: pending/injected exception, interrupt and NMI, the interrupt shadow, SMM. */
+  getVcpuEvents(): VcpuEvents {
+    const b = new Uint8Array(KvmVcpuEvents.size);
+    libc.ioctl(this.fd, KVM.GET_VCPU_EVENTS, b, 'KVM_GET_VCPU_EVENTS');
+    return KvmVcpuEvents.read(b);
+  }
+
+  /**
+   * The header of KVM_GET_NESTED_STATE (format and flags: on AMD whether GIF is set), for a
+   * vCPU that runs no nested guest of its own; undefined when KVM has no nested state to give.
+   */
+  getNestedStateHeader(): { format: number; flags: number } | undefined {
+    const b = KvmNestedState.encode({ size: KvmNestedState.size });
+    try {
+      libc.ioctl(this.fd, KVM.GET_NESTED_STATE, b, 'KVM_GET_NESTED_STATE');
+    } catch {
+      return undefined; // EINVAL (nested off), E2BIG (the vCPU is in guest mode: more than the header)
+    }
+    const h = KvmNestedState.read(b);
+    return { format: h.format, flags: h.flags };
+  }
+
+  /** KVM_GET_STATS_FD: a file of this vCPU's KVM counters (kvm/stats.ts reads it). Not while the vCPU is in KVM_RUN. */
+  openStatsFd(): number {
+    return libc.ioctlInt(this.fd, KVM.GET_STATS_FD, 0, 'KVM_GET_STATS_FD');
   }
 
   setLapic(b: Uint8Array): void {

@@ -121,9 +121,46 @@ export const KvmTranslation = struct('kvm_translation', 24, {
 /** struct kvm_fpu: only the control words tsvmm sets. */
 export const KvmFpu = struct('kvm_fpu', 416, { fcw: u16(128), mxcsr: u32(408) });
 
+/**
+ * struct kvm_vcpu_events: what KVM has pending or in flight for a vCPU besides its LAPIC — an
+ * exception, an interrupt being injected, the interrupt shadow (STI / MOV SS: no interrupt
+ * before the next instruction), NMI and SMM state. Read when diagnosing a vCPU that takes no
+ * interrupts.
+ */
+export const KvmVcpuEvents = struct('kvm_vcpu_events', 64, {
+  exceptionInjected: u8(0, 'exception.injected'), exceptionNr: u8(1, 'exception.nr'), exceptionHasErrorCode: u8(2, 'exception.has_error_code'),
+  exceptionPending: u8(3, 'exception.pending'), exceptionErrorCode: u32(4, 'exception.error_code'),
+  interruptInjected: u8(8, 'interrupt.injected'), interruptNr: u8(9, 'interrupt.nr'), interruptSoft: u8(10, 'interrupt.soft'), interruptShadow: u8(11, 'interrupt.shadow'),
+  nmiInjected: u8(12, 'nmi.injected'), nmiPending: u8(13, 'nmi.pending'), nmiMasked: u8(14, 'nmi.masked'),
+  sipiVector: u32(16), flags: u32(20),
+  smiSmm: u8(24, 'smi.smm'), smiPending: u8(25, 'smi.pending'), smiInsideNmi: u8(26, 'smi.smm_inside_nmi'), smiLatchedInit: u8(27, 'smi.latched_init'),
+});
+export type ValueOfVcpuEvents = ValueOf<typeof KvmVcpuEvents>;
+export const KVM_X86_SHADOW_INT_MOV_SS = 0x01;
+export const KVM_X86_SHADOW_INT_STI = 0x02;
+
+/**
+ * struct kvm_nested_state, its header only: for a vCPU not running a nested guest of its own,
+ * that is all KVM_GET_NESTED_STATE returns. On AMD its flags say whether the vCPU's global
+ * interrupt flag (GIF) is set: with GIF clear KVM injects no interrupt at all.
+ */
+export const KvmNestedState = struct('kvm_nested_state', 128, { flags: u16(0), format: u16(2), size: u32(4) });
+export const KVM_STATE_NESTED_FORMAT_SVM = 1;
+export const KVM_STATE_NESTED_GUEST_MODE = 0x1;
+export const KVM_STATE_NESTED_GIF_SET = 0x100;
+
+/** KVM's binary statistics (KVM_GET_STATS_FD, Documentation/virt/kvm/api.rst 4.133): the file's header and each descriptor's fixed part (its name follows it). */
+export const KvmStatsHeader = struct('kvm_stats_header', 24, {
+  flags: u32(0), nameSize: u32(4), numDesc: u32(8), idOffset: u32(12), descOffset: u32(16), dataOffset: u32(20),
+});
+export const KvmStatsDesc = struct('kvm_stats_desc', 16, { flags: u32(0), exponent: u16(4), size: u16(6), offset: u32(8), bucketSize: u32(12) });
+export const KVM_STATS_TYPE_MASK = 0xf;
+export const KVM_STATS_TYPE_CUMULATIVE = 0;
+
 /** Every struct above, for the ABI test. */
 export const KVM_STRUCTS: readonly Struct<Fields>[] = [
   KvmRun, KvmRunIo, KvmRunMmio, KvmRunSystemEvent, KvmRunInternal, KvmRunFailEntry, KvmRegs, KvmSegment, KvmDtable,
   KvmSregs, KvmUserspaceMemoryRegion, KvmCpuid2, KvmCpuidEntry2, KvmMsrs, KvmMsrEntry, KvmPitConfig, KvmIrqfd,
-  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu, KvmMpState, KvmTranslation,
+  KvmIrqLevel, KvmEnableCap, KvmIoeventfd, KvmLapicState, KvmFpu, KvmMpState, KvmTranslation, KvmVcpuEvents, KvmNestedState,
+  KvmStatsHeader, KvmStatsDesc,
 ];

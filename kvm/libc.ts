@@ -33,6 +33,7 @@ const c = {
   madvise: lib.func('madvise', 'int', ['void *', 'size_t', 'int']),
   eventfd: lib.func('eventfd', 'int', ['unsigned int', 'int']),
   read: lib.func('read', 'intptr_t', ['int', 'void *', 'size_t']),
+  pread: lib.func('pread', 'intptr_t', ['int', 'void *', 'size_t', 'int64_t']),
   write: lib.func('write', 'intptr_t', ['int', 'void *', 'size_t']),
   prctl: lib.func('prctl', 'int', ['int', 'str', 'unsigned long', 'unsigned long', 'unsigned long']),
   prctlInt: lib.func('prctl', 'int', ['int', 'unsigned long', 'unsigned long', 'unsigned long', 'unsigned long']),
@@ -160,6 +161,15 @@ export function eventfd(flags = EFD_CLOEXEC | EFD_NONBLOCK): number {
   const fd = c.eventfd(0, flags) as number;
   if (fd < 0) fail('eventfd');
   return fd;
+}
+
+/** Reads up to buf.byteLength bytes at `offset` of `fd` into `buf`; returns how many it read. */
+export function pread(fd: number, buf: Uint8Array, offset: number): number {
+  for (;;) {
+    const n = c.pread(fd, buf, buf.byteLength, offset) as number;
+    if (n >= 0) return n;
+    if (koffi.errno() !== EINTR) fail('pread');
+  }
 }
 
 const counter = new BigUint64Array(1);
@@ -589,6 +599,14 @@ export function recvWithFds(fd: number, max = MAX_MESSAGE): Received | undefined
     throw new SysError('recvmsg', constants.errno.EMSGSIZE, 'more descriptors than one message may carry');
   }
   return { data: buf.slice(DATA_OFF, DATA_OFF + r), fds };
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+/** A second descriptor for fd's open file (close-on-exec), the lowest free number. */
+export function dupCloexec(fd: number): number {
+  const r = c.fcntl(fd, F_DUPFD_CLOEXEC, 0) as number;
+  if (r < 0) fail('fcntl(F_DUPFD_CLOEXEC)');
+  return r;
 }
 
 /** True while fd is an open descriptor of this process (fcntl F_GETFD). */

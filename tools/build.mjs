@@ -24,7 +24,7 @@ const common = {
 
 /** Entry points: the CLI plus every worker script (a worker is its own bundle). */
 const entries = { tsvmm: 'vmm/cli.ts', index: 'vmm/lib/index.ts' };
-for (const [name, src] of [['vcpu-worker', 'vmm/vcpu/worker.ts'], ['blk-worker', 'devices/virtio/block/worker.ts']]) {
+for (const [name, src] of [['vcpu-worker', 'vmm/vcpu/worker.ts'], ['blk-worker', 'devices/virtio/block/worker.ts'], ['api-worker', 'vmm/api/worker.ts']]) {
   if (existsSync(join(root, src))) entries[name] = src;
 }
 

@@ -128,15 +128,22 @@ async function cmdRun(args: string[]): Promise<number> {
   const start = (config: MachineConfig) => {
     checkKvm();
     startup.end('config');
-    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log, startup, debug: control.debug, workers });
+    return Machine.start(config, { console: (b) => process.stdout.write(b), log: control.log, error: control.error, startup, debug: control.debug, workers });
   };
   const defaults = values.wait && values.kernel !== undefined ? await machineConfig(values, () => {}) : { acpi: !values['no-acpi'] };
-  const control: Control<Machine> = await Control.open<Machine>(values, start, defaults);
+  // Spawned before the API thread (Control.open waits for it to listen): their starts overlap.
+  workers = spawnWorkersEarly(values);
+  let control: Control<Machine>;
+  try {
+    control = await Control.open<Machine>(values, start, defaults);
+  } catch (e) {
+    await workers?.close();
+    throw e;
+  }
   const log = control.log;
   let machine: Machine;
   let shell: ReturnType<typeof consoleShell> | undefined;
   try {
-    workers = spawnWorkersEarly(values);
     if (values.wait) {
       const r = await control.waitForStart();
       if (typeof r === 'string') {
@@ -193,7 +200,9 @@ async function cmdRun(args: string[]): Promise<number> {
     for (const s of Object.keys(codes) as NodeJS.Signals[]) process.off(s, onSignal);
     shell?.cleanup();
   }
-  log(`${status.detail} (exit ${status.code})`);
+  // A VM that failed says so whatever --quiet says: its exit status alone does not tell why.
+  const failed = status.reason === 'crash' || status.reason === 'panic' || status.reason === 'error';
+  (failed ? control.error : log)(`${status.detail} (exit ${status.code})`);
   await control.close();
   return status.code;
 }

@@ -6,8 +6,12 @@
 // times out or is interrupted, so the next hang explains itself. This module holds the
 // types and their decoding and formatting, free of KVM; Machine.diagnose() gathers them.
 
-import type { Regs } from '../kvm/kvm';
-import { ExitReason, REG_NAMES, exitReasonName, type SpecialRegs } from '../kvm/layout';
+import type { Regs, VcpuEvents } from '../kvm/kvm';
+import {
+  ExitReason, KVM_STATE_NESTED_FORMAT_SVM, KVM_STATE_NESTED_GIF_SET, KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI, REG_NAMES,
+  exitReasonName, type SpecialRegs,
+} from '../kvm/layout';
+import type { QueueState } from '../devices/virtio/queue';
 import { RECENT_COUNT, RECENT_WRITE, type RecentExit } from './vcpu/recent';
 
 /** One vCPU, as VcpuThreads.inspect() found it. */
@@ -31,6 +35,22 @@ export interface VcpuDiagnosis {
   /** RFLAGS.IF: whether the guest took interrupts at that instruction. */
   interruptsEnabled?: boolean;
   lapic?: LapicSummary;
+  /** What KVM holds for the vCPU besides the LAPIC (KVM_GET_VCPU_EVENTS): the interrupt shadow, an event being injected, NMI, SMM. */
+  events?: EventsSummary;
+  /** AMD only: whether the vCPU's global interrupt flag is set (KVM_GET_NESTED_STATE); with it clear KVM injects nothing. */
+  gif?: boolean;
+  /** Control registers and EFER (KVM_GET_SREGS), in hex: the paging state KVM walks the guest's tables with. */
+  control?: { cr0: string; cr2: string; cr3: string; cr4: string; efer: string };
+  /** The instruction bytes at rip (16, hex), to tell a loop, a HLT or a faulting instruction apart. */
+  code?: string;
+  /**
+   * KVM's own counters over the sample (KVM_GET_STATS_FD), those that grew: exits to KVM of
+   * every kind, interrupts injected, interrupt-window exits, ... — what the vCPU does inside
+   * KVM_RUN when it makes no exit to userspace.
+   */
+  kvmInSample?: Record<string, number>;
+  /** The vCPU thread's host kernel stack at the end of the sample (/proc/self/task/TID/stack; root only). */
+  hostStack?: string[];
   /** Every general-purpose register, in hex (read while parked). */
   registers?: Record<string, string>;
   /**
@@ -47,6 +67,10 @@ export interface LapicSummary {
   /** APIC software-enabled (SVR bit 8). */
   enabled: boolean;
   tpr: number;
+  /** Processor priority: a pending vector is delivered only if its class (vector >> 4) is above PPR's. */
+  ppr: number;
+  /** The vector being serviced (the highest in ISR: the guest has not yet written EOI for it), or null. */
+  inService: number | null;
   /** Vectors requested (IRR) and in service (ISR). */
   irr: number[];
   isr: number[];
@@ -61,6 +85,8 @@ export interface DeviceDiagnosis {
   interruptStatus: number;
   notifications: number;
   interrupts: number;
+  /** Each ready queue's ring indices (Queue.inspect()), null for one not ready. */
+  queues: (QueueState | null)[];
 }
 
 export interface MachineDiagnosis {
@@ -91,7 +117,7 @@ export interface MachineDiagnosis {
   host?: { loadavg: number[]; mainThreadCpuMsInSample?: number };
 }
 
-const LAPIC = { TPR: 0x80, SVR: 0xf0, ISR: 0x100, IRR: 0x200, LVT_TIMER: 0x320, TIMER_INITIAL: 0x380, TIMER_CURRENT: 0x390 } as const;
+const LAPIC = { TPR: 0x80, PPR: 0xa0, SVR: 0xf0, ISR: 0x100, IRR: 0x200, LVT_TIMER: 0x320, TIMER_INITIAL: 0x380, TIMER_CURRENT: 0x390 } as const;
 
 /** The vectors of a 256-bit LAPIC register set (eight 32-bit words, 16 bytes apart). */
 function vectors(page: Uint8Array, base: number): number[] {
@@ -109,13 +135,51 @@ export function decodeLapic(page: Uint8Array): LapicSummary {
   if (page.length < 0x400) throw new RangeError(`a LAPIC page is 1024 bytes, not ${page.length}`);
   const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
   const r = (off: number) => dv.getUint32(off, true);
+  const isr = vectors(page, LAPIC.ISR);
   return {
     enabled: (r(LAPIC.SVR) & 0x100) !== 0,
     tpr: r(LAPIC.TPR) & 0xff,
+    ppr: r(LAPIC.PPR) & 0xff,
+    inService: isr.length ? isr[isr.length - 1]! : null,
     irr: vectors(page, LAPIC.IRR),
-    isr: vectors(page, LAPIC.ISR),
+    isr,
     timer: { lvt: r(LAPIC.LVT_TIMER), initial: r(LAPIC.TIMER_INITIAL), current: r(LAPIC.TIMER_CURRENT) },
   };
+}
+
+export interface EventsSummary {
+  /** The interrupt shadow (no interrupt before the next instruction): 'sti', 'mov ss', both, or null. */
+  shadow: string | null;
+  /** An interrupt KVM is injecting (its vector), or null. */
+  injecting: number | null;
+  /** An exception KVM has pending or is injecting, or null. */
+  exception: { vector: number; injected: boolean; pending: boolean; errorCode?: number } | null;
+  nmi: { injected: boolean; pending: boolean; masked: boolean };
+  smm: boolean;
+}
+
+/** The parts of KVM_GET_VCPU_EVENTS that say why KVM would not deliver a pending interrupt. */
+export function summarizeEvents(e: VcpuEvents): EventsSummary {
+  const sh = [e.interruptShadow & KVM_X86_SHADOW_INT_STI ? 'sti' : '', e.interruptShadow & KVM_X86_SHADOW_INT_MOV_SS ? 'mov ss' : ''].filter(Boolean);
+  return {
+    shadow: sh.length ? sh.join('+') : null,
+    injecting: e.interruptInjected ? e.interruptNr : null,
+    exception: e.exceptionInjected || e.exceptionPending
+      ? { vector: e.exceptionNr, injected: e.exceptionInjected !== 0, pending: e.exceptionPending !== 0, ...(e.exceptionHasErrorCode ? { errorCode: e.exceptionErrorCode } : {}) }
+      : null,
+    nmi: { injected: e.nmiInjected !== 0, pending: e.nmiPending !== 0, masked: e.nmiMasked !== 0 },
+    smm: e.smiSmm !== 0,
+  };
+}
+
+/** GIF from a KVM_GET_NESTED_STATE header: a boolean on AMD (SVM format), undefined elsewhere. */
+export function gifOf(h: { format: number; flags: number } | undefined): boolean | undefined {
+  return h && h.format === KVM_STATE_NESTED_FORMAT_SVM ? (h.flags & KVM_STATE_NESTED_GIF_SET) !== 0 : undefined;
+}
+
+/** /proc/…/stack lines ("[<0>] kvm_arch_vcpu_ioctl_run+0x2b3/0x1ae0 [kvm]") as "kvm_arch_vcpu_ioctl_run+0x2b3/0x1ae0 [kvm]". */
+export function parseKernelStack(text: string, max = 16): string[] {
+  return text.split('\n').map((l) => l.replace(/^\[<[0-9a-fx]+>\]\s*/, '').trim()).filter(Boolean).slice(0, max);
 }
 
 /** State and CPU ticks (utime + stime) from a /proc/<pid>/task/<tid>/stat line; undefined if it does not parse. */
@@ -159,8 +223,30 @@ function formatVcpu(v: VcpuDiagnosis): string {
   if (v.lapic) {
     const l = v.lapic;
     const list = (xs: number[]) => (xs.length ? xs.map(hex).join(',') : '-');
-    line += `\n    LAPIC ${l.enabled ? 'on' : 'OFF'}, TPR ${hex(l.tpr)}, IRR ${list(l.irr)}, ISR ${list(l.isr)}, timer LVT ${hex(l.timer.lvt)}${l.timer.lvt & 0x10000 ? ' (masked)' : ''} count ${l.timer.current}/${l.timer.initial}`;
+    line += `\n    LAPIC ${l.enabled ? 'on' : 'OFF'}, TPR ${hex(l.tpr)}, PPR ${hex(l.ppr)}, IRR ${list(l.irr)}, ISR ${list(l.isr)} (in service: ${l.inService === null ? 'none' : hex(l.inService)}), timer LVT ${hex(l.timer.lvt)}${l.timer.lvt & 0x10000 ? ' (masked)' : ''} count ${l.timer.current}/${l.timer.initial}`;
   }
+  if (v.events || v.gif !== undefined) {
+    const e = v.events;
+    const parts: string[] = [];
+    if (e) {
+      parts.push(`interrupt shadow ${e.shadow ?? 'none'}`);
+      parts.push(e.injecting === null ? 'injecting no interrupt' : `injecting interrupt ${hex(e.injecting)}`);
+      if (e.exception) parts.push(`exception ${e.exception.vector}${e.exception.injected ? ' injected' : ''}${e.exception.pending ? ' pending' : ''}${e.exception.errorCode === undefined ? '' : ` (error code ${hex(e.exception.errorCode)})`}`);
+      const nmi = [e.nmi.injected && 'injected', e.nmi.pending && 'pending', e.nmi.masked && 'masked'].filter(Boolean);
+      parts.push(`NMI ${nmi.length ? nmi.join('/') : '-'}`);
+      if (e.smm) parts.push('in SMM');
+    }
+    if (v.gif !== undefined) parts.push(`GIF ${v.gif ? 1 : 0}`);
+    line += `\n    KVM: ${parts.join(', ')}`;
+  }
+  if (v.kvmInSample) {
+    const k = Object.entries(v.kvmInSample).sort((a, b) => b[1] - a[1]).slice(0, 16).map(([n, x]) => `${n} ${x}`).join(', ');
+    line += `\n    KVM counters in the sample: ${k || 'none grew'}`;
+  }
+  if (v.control) line += `\n    cr0 ${v.control.cr0} cr2 ${v.control.cr2} cr3 ${v.control.cr3} cr4 ${v.control.cr4} efer ${v.control.efer}`;
+  if (v.code) line += `\n    code at rip: ${v.code}`;
+  else if (v.rip && v.control) line += `\n    code at rip: not mapped (KVM_TRANSLATE)`;
+  if (v.hostStack?.length) line += `\n    host stack: ${v.hostStack.join(' < ')}`;
   const top = Object.entries(v.exits).sort((a, b) => b[1] - a[1]).slice(0, 6).map(([k, n]) => `${k} ${n}`).join(', ');
   if (top) line += `\n    exits: ${top}`;
   if (v.registers) {
@@ -176,7 +262,8 @@ function formatVcpu(v: VcpuDiagnosis): string {
 export function formatDiagnosis(d: MachineDiagnosis): string {
   const out = [`machine up ${(d.uptimeMs / 1000).toFixed(1)} s${d.ending ? `, ending: ${d.ending}` : ''}; vCPUs sampled over ${(d.sampleMs / 1000).toFixed(1)} s:`];
   for (const v of d.vcpus) out.push(formatVcpu(v));
-  const devs = d.devices.map((x) => `${x.name} status ${hex(x.status)} isr ${hex(x.interruptStatus)} notifies ${x.notifications} irqs ${x.interrupts}`);
+  const queue = (q: QueueState | null, i: number) => q ? ` q${i} avail ${q.avail} seen ${q.seen} used ${q.used} used_event ${q.usedEvent}` : '';
+  const devs = d.devices.map((x) => `${x.name} status ${hex(x.status)} isr ${hex(x.interruptStatus)} notifies ${x.notifications} irqs ${x.interrupts}${x.queues.map(queue).join('')}`);
   const ring = d.serialRing ? `, tx ring ${d.serialRing.pending} bytes pending, ${d.serialRing.fullWaits} full waits, ${d.serialRing.dropped} dropped` : '';
   const u = d.serialUart;
   const uart = u ? `, IER ${hex(u.ier)} IIR ${hex(u.iir)}${u.threPending ? ' THRE pending' : ''}${u.locked ? ' locked' : ''}, ${u.rxBytes} bytes received` : '';

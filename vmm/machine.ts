@@ -58,6 +58,8 @@ export interface MachineIo {
   /** Guest serial output. */
   console: (bytes: Uint8Array) => void;
   log: (msg: string) => void;
+  /** How the VM failed (a vCPU's crash report), which the user must hear even when `log` is quiet; default `log`. */
+  error?: (msg: string) => void;
   /** Slow one-time steps the user should hear of even when `log` is quiet (unpacking a new kernel); default `log`. */
   progress?: (msg: string) => void;
   /** The VMM's start in phases (vmm/startup.ts): the machine ends its own; logged to `debug` at the first KVM_RUN. */
@@ -473,6 +475,7 @@ export class Machine {
       vcpus,
       devices: this.transports.map(({ name, transport: t }) => ({
         name, status: t.deviceStatus, interruptStatus: t.interruptStatus, notifications: t.counters.notifications, interrupts: t.counters.interrupts,
+        queues: t.queues.map((q) => q.inspect() ?? null),
       })),
       serialInterrupts: this.serialIrq?.triggered ?? 0,
       serialUart: this.serial?.interruptState,
@@ -501,7 +504,7 @@ export class Machine {
       default:
         // What the vCPU looked like, before the VM is torn down: otherwise a crash says no more
         // than its reason. Once per VM (a second vCPU may fault while the first is reported).
-        if (!this.status) for (const line of [where, ...formatCrash(this.threads.crashState(e.vcpu))]) this.io.log(line);
+        if (!this.status) for (const line of [where, ...formatCrash(this.threads.crashState(e.vcpu))]) (this.io.error ?? this.io.log)(line);
         return this.finish({ code: EXIT.CRASH, reason: 'crash', detail: where });
     }
   }

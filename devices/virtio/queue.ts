@@ -295,4 +295,34 @@ export class Queue {
   get availIndex(): number {
     return this.nextAvail;
   }
+
+  /**
+   * Both sides of the rings as they stand, for a diagnosis: the driver's avail idx and
+   * used_event beside our own positions. Avail ahead of `seen` is work the device has not
+   * taken; `used` past `usedEvent` with the interrupt raised is work the driver has not
+   * collected. Undefined for a queue that is not ready or whose rings do not map.
+   */
+  inspect(): QueueState | undefined {
+    let r: Rings | undefined;
+    try {
+      r = this.mapped();
+    } catch {
+      return undefined;
+    }
+    if (!r) return undefined;
+    return { size: this.size, avail: r.avail.getUint16(2, true), seen: this.nextAvail, used: this.nextUsed, usedEvent: r.avail.getUint16(4 + 2 * this.size, true) };
+  }
+}
+
+/** Queue.inspect(): u16 ring indices (they wrap). */
+export interface QueueState {
+  size: number;
+  /** The driver's avail idx. */
+  avail: number;
+  /** How far the device has taken from the avail ring. */
+  seen: number;
+  /** The used idx the device has published. */
+  used: number;
+  /** The driver's used_event (meaningful with VIRTIO_F_RING_EVENT_IDX). */
+  usedEvent: number;
 }

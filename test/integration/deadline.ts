@@ -25,7 +25,8 @@ class Expired extends Error {}
 
 /** How long a timed-out body gets to unwind (its finally blocks) before the test fails anyway. */
 const UNWIND_MS = 15_000;
-const DIAGNOSE_MS = 5_000;
+/** How long the diagnosis may take: GET /diagnosis samples the vCPUs for 1 s, several in a loaded sandbox. */
+const DIAGNOSE_MS = 30_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());

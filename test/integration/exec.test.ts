@@ -77,7 +77,7 @@ test('SIGTERM during the boot: each vCPU\'s state and the console tail, which ma
     // Both vCPUs were parked and read (an AP may still wait for its SIPI this early).
     assert.match(text, /vCPU 0 \(tid \d+\): worker [^;]+; mp_state [a-zA-Z ()/]+; rip 0x[0-9a-f]+ IF=[01]; thread [A-Z]/, text);
     assert.match(text, /vCPU 1 \(tid \d+\): worker [^;]+; mp_state /, text);
-    assert.match(text, /\n {4}LAPIC (on|OFF), TPR 0x[0-9a-f]+, IRR /);
+    assert.match(text, /\n {4}LAPIC (on|OFF), TPR 0x[0-9a-f]+, PPR 0x[0-9a-f]+, IRR /);
     assert.match(text, /devices: virtio-vsock status 0x[0-9a-f]+ /);
   }
   const tail = r.stderr.split('\n').filter((l) => l.startsWith('| ')).map((l) => l.slice(2));

@@ -135,11 +135,27 @@ export async function startVm(args: string[]): Promise<{ uds: string; stop(): Pr
   child.stdout.on('data', (b) => (stdout += b));
   child.stderr.on('data', (b) => (stderr += b));
   const closed = new Promise<number | null>((r) => child.on('close', r));
+  let stopping = false;
+  // A VMM that ends before stop() leaves its tests failing on a vanished socket: say why, once,
+  // at 'exit' (not 'close', which waits for the pipes: a test that then crashes on the missing
+  // socket would end this process first), and again at 'close' with the output that came later.
+  let exited = '';
+  let told = 0;
+  child.on('exit', (code, signal) => {
+    if (stopping) return;
+    exited = `exit ${code ?? signal}`;
+    told = (stdout + stderr).length;
+    console.error(`[helpers.startVm: tsvmm run ended on its own (${exited}) while its tests ran; its last output:]\n${(stdout + stderr).slice(-4000)}`);
+  });
+  void closed.then(() => {
+    if (!stopping && exited !== '') console.error(`[helpers.startVm: what tsvmm run printed after its exit:]\n${(stdout + stderr).slice(told)}`);
+  });
   const t0 = Date.now();
   return {
     uds,
     out: () => stdout + stderr,
     async stop() {
+      stopping = true;
       child.kill('SIGTERM');
       // Bounded: a tsvmm that ignores SIGTERM is killed, and says so in its stderr.
       const t = setTimeout(() => {

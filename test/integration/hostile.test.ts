@@ -7,14 +7,16 @@
 // Correctness and bounds only: how fast GET / is answered under the flood is measured by
 // tools/bench/hostile.mjs against the idle VMM of the same run (timing goals belong there),
 // here every GET / must be answered 200 (the API never stopped serving).
-// In CI again since 2026-12-07. It was a stress file (run by name only) after the final CI run of
-// 2026-12-06, where the guest triple-faulted (vCPU 1 KVM_EXIT_SHUTDOWN) in phase two, the
-// unbind/rebind loop beside the hints flood. That sandbox ran QEMU 7.2, whose TCG missed
-// interrupts in nested SVM (docs/sandbox.md). On QEMU 10.0.2 it passed every run by name, the
-// last three on 2026-12-07 (132.1 s, 86.3 s, 54.4 s; docs/testing.md). Not explained, only not
-// seen again: a recurrence fails with the vCPU's crash report in full in the failure message
-// (tail() below): its last 16 exits, and its registers and CR2 — on the sandbox's AMD CPU model
-// those are the INIT state KVM puts a shut-down vCPU in, so there the exits say where to look.
+// stress: in the nested sandbox its phase two (the hints flood beside the vsock unbind/rebind loop) met QEMU's nested-SVM fault in 3 of its 13 recorded runs on QEMU 10.0.2 (docs/testing.md)
+// A stress file again since 2026-12-07 20:30 (run by name: npm test -- test/integration/hostile.test.ts).
+// It was one after the final CI run of 2026-12-06 (guest triple fault in phase two, QEMU 7.2) and
+// back in CI from 2026-12-07 on QEMU 10.0.2; since then, of its recorded runs in the sandbox, the
+// guest triple-faulted in phase two in the first CI rehearsal of session 11 and in a helper's run
+// of session 12 (vCPU 0 in a HINTS loop: its last 16 exits are ports 0x720/0x724), and in another
+// the sandbox's own kernel died twice in a row (a kernel stack overflow in tsvmm-vcpu0's exception
+// entry, which no user process can cause). A failure then fails with the vCPU's crash report in
+// full in the failure message (tail() below): its last 16 exits, and its registers and CR2 — on
+// the sandbox's AMD CPU model those are the INIT state KVM puts a shut-down vCPU in.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';

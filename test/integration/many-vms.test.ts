@@ -4,6 +4,7 @@
 // It ran as a stress file (by name only) from 2026-12-06 to 2026-12-07: its six verbose boots
 // crashed the nested sandbox's own kernel in CI (docs/testing.md). Its boots are quiet now, as
 // every exec and library boot is by default (~1,500 register exits each instead of ~37,000).
+// stress: back to it on 2026-12-08: with quiet boots it still met the nested sandbox emulator's fault in 3 of its last 5 CI runs (a library guest's triple fault at stop 25, a sandbox kernel death at stop 26, a library guest that never booted in session 13's second rehearsal; docs/testing.md)
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';

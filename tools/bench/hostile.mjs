@@ -4,7 +4,8 @@
 // one boot — idle (the peer every other phase is divided by), busy (both vCPUs spinning: CPU
 // contention only), hints (guest/hostile.c's HINTS flood on top of the spinning), flood (hints
 // + vsock churn + the vsock device reset loop, as test/integration/hostile.test.ts does) — and
-// per phase the main thread's CPU time and its wait for a CPU (/proc schedstat). The goal
+// per phase the main thread's CPU time and its wait for a CPU (/proc schedstat), and the API's
+// HTTP thread's (`tsvmm-api`, where there is one: vmm/api/worker.ts). The goal
 // (issue 12): flood p99 ≤ 100 ms in the nested sandbox. With --cpu-prof DIR tsvmm runs under
 // V8's profiler and the report adds where the main thread's time went in each phase.
 // Owns nothing but its output; needs KVM, i.e. run it through tools/bench/run.sh on hosts
@@ -76,6 +77,22 @@ function threadTimes(pid, tid) {
   } catch {
     return undefined;
   }
+}
+
+/** The tid of tsvmm's API thread (named tsvmm-api), or undefined (a tsvmm that serves HTTP on main). */
+function apiThread(pid) {
+  try {
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        if (readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() === 'tsvmm-api') return Number(t);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // the process ended
+  }
+  return undefined;
 }
 
 function pct(sorted, p) {
@@ -164,6 +181,7 @@ async function main() {
   let stderr = '';
   let phase = 'boot';
   const marks = [{ phase: 'boot', us: nowUs(), times: threadTimes(pid, pid) }];
+  let apiTid;
   let gets = 0;
   let partial = '';
   const guestLines = [];
@@ -178,7 +196,8 @@ async function main() {
       if (!m || m[1] === phase) continue;
       phase = m[1];
       if (phase === 'idle' && o.mainNice !== '') setPriority(pid, Number(o.mainNice)); // the main thread's tid is the pid
-      marks.push({ phase, us: nowUs(), times: threadTimes(pid, pid), gets });
+      apiTid ??= apiThread(pid);
+      marks.push({ phase, us: nowUs(), times: threadTimes(pid, pid), api: apiTid === undefined ? undefined : threadTimes(pid, apiTid), gets });
       process.stderr.write(`hostile bench: ${phase}\n`);
     }
   });
@@ -221,11 +240,14 @@ async function main() {
     const counted = counterDelta(a.metrics, b.metrics);
     const v = samples.filter((s) => s.phase === p).map((s) => s.ms).sort((x, y) => x - y);
     const wallMs = (b.us - a.us) / 1000;
-    const t = a.times && b.times ? { cpuMs: b.times.cpuMs - a.times.cpuMs, ranMs: b.times.ranMs - a.times.ranMs, waitedMs: b.times.waitedMs - a.times.waitedMs } : null;
+    const delta = (x, y) => (x && y ? { cpuMs: y.cpuMs - x.cpuMs, ranMs: y.ranMs - x.ranMs, waitedMs: y.waitedMs - x.waitedMs } : null);
+    const t = delta(a.times, b.times);
+    const h = delta(a.api, b.api);
     result.phases[p] = {
       n: v.length, p50: pct(v, 0.5), p99: pct(v, 0.99), max: v.at(-1) ?? null, non200: samples.filter((s) => s.phase === p && s.status !== 200).length,
       failed: failures.filter((f) => f.phase === p).length, wallMs,
       mainThread: t && { ...t, cpuShare: t.cpuMs / wallMs, waitShare: t.waitedMs / wallMs, cpuMsPerGet: v.length ? t.cpuMs / v.length : null },
+      apiThread: h && { ...h, cpuShare: h.cpuMs / wallMs, waitShare: h.waitedMs / wallMs, cpuMsPerGet: v.length ? h.cpuMs / v.length : null },
       // The VMM's own counters over the phase (forwarded exits by device, HINTS calls and records, ...).
       counters: counted,
     };
@@ -245,12 +267,13 @@ async function main() {
   }
   writeJson(o.out, result);
 
-  const lines = ['phase  GET / n   p50 ms   p99 ms   max ms  p99/idle  main thread: cpu%  wait%  cpu ms/GET'];
+  const lines = ['phase  GET / n   p50 ms   p99 ms   max ms  p99/idle  main thread: cpu%  wait%  cpu ms/GET   API thread: cpu%  wait%  cpu ms/GET'];
   for (const p of PHASES) {
     const r = result.phases[p];
     const m = r.mainThread;
     lines.push(`${p.padEnd(6)} ${String(r.n).padStart(7)} ${fmt(r.p50, 1).padStart(8)} ${fmt(r.p99, 1).padStart(8)} ${fmt(r.max, 0).padStart(8)} ${fmt(r.p99VsIdle, 2).padStart(9)}` +
       `  ${m ? fmt(100 * m.cpuShare, 0).padStart(16) : '-'.padStart(16)} ${m ? fmt(100 * m.waitShare, 0).padStart(6) : '-'} ${m ? fmt(m.cpuMsPerGet, 2).padStart(10) : '-'}` +
+      (r.apiThread ? `  ${fmt(100 * r.apiThread.cpuShare, 0).padStart(16)} ${fmt(100 * r.apiThread.waitShare, 0).padStart(6)} ${fmt(r.apiThread.cpuMsPerGet, 2).padStart(10)}` : '') +
       (r.failed || r.non200 ? `  (${r.failed} failed, ${r.non200} not 200)` : ''));
   }
   for (const p of PHASES) {

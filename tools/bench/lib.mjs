@@ -3,7 +3,7 @@
 // the JSON record. Plain Node ESM so the benchmarks run without a build step; reads
 // tsvmm's cache and tools/guest/ but never writes outside the files the caller names.
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -94,7 +94,12 @@ export function runTimed(cmd, args, { timeoutMs, markers = [], onLine, onErrLine
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
     const ms = () => Number(process.hrtime.bigint() - t0) / 1e6;
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: env ?? process.env });
+    // TSVMM_BENCH_STDIN=PATH (a fifo): the child's stdin, for a diagnosis that types into the
+    // guest's console (a byte the guest receives is an interrupt: bench-diag.sh). Else none.
+    const stdinPath = process.env.TSVMM_BENCH_STDIN;
+    const stdin = stdinPath ? openSync(stdinPath, 'r+') : 'ignore';
+    const child = spawn(cmd, args, { stdio: [stdin, 'pipe', 'pipe'], detached: true, env: env ?? process.env });
+    if (typeof stdin === 'number') closeSync(stdin);
     if (child.pid !== undefined) onSpawn?.(child.pid);
     const seen = {};
     let partial = '';

@@ -11,6 +11,9 @@
 # --attempts boots have died, default 2), 2 for usage.
 # Environment: TSVMM_SANDBOX=auto|always|never, TSVMM_SANDBOX_TIMEOUT (default 900 s),
 # TSVMM_SANDBOX_CPU (QEMU -cpu, default EPYC,+svm,+npt), TSVMM_CACHE (kernel + images),
+# TSVMM_SANDBOX_TCG_THREAD=multi|single and TSVMM_SANDBOX_KERNEL_RECORD (another kernel.json
+# from tools/guest/fetch-kernel.sh --package: the sandbox's own kernel) — both only to study
+# the emulator's faults (docs/testing.md),
 # TSVMM_SANDBOX_VERBOSE=1 (copy the sandbox console, with init's timed steps, to stderr).
 # Inside: cwd and PATH/HOME/CI/TSVMM_* are kept, / is read-only, /tmp and /run are tmpfs,
 # and --out DIR (default: a fresh temp dir, exported as TSVMM_SANDBOX_OUT, removed after)
@@ -66,14 +69,20 @@ if [ "${qemu_major:-0}" -lt 9 ]; then
 fi
 
 # A cached kernel is used as is: resolving the Debian meta package costs a second per run.
-record=${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}/kernel/kernel.json
+record=${TSVMM_SANDBOX_KERNEL_RECORD:-${TSVMM_CACHE:-${HOME:-/root}/.cache/tsvmm}/kernel/kernel.json}
 if ! grep -q '"vmlinux"' "$record" 2>/dev/null; then
 	record=$("$GUEST/fetch-kernel.sh") || { log "cannot fetch the sandbox kernel"; exit 125; }
 fi
 # The unpacked ELF kernel boots through PVH, skipping ~5 s of emulated decompression.
 kernel=$(sed -n 's/.*"vmlinux": *"\([^"]*\)".*/\1/p' "$record")
 [ -n "$kernel" ] || kernel=$(sed -n 's/.*"kernel": *"\([^"]*\)".*/\1/p' "$record")
-initrd=$("$GUEST/build-initramfs.sh" --name sandbox --init "$HERE/init.sh" --no-guest \
+# Another sandbox kernel (TSVMM_SANDBOX_KERNEL_RECORD) needs its own modules in the initramfs.
+kver_args=()
+if [ -n "${TSVMM_SANDBOX_KERNEL_RECORD:-}" ]; then
+	kver_args=(--kver "$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' "$record")"
+		--moddir "$(sed -n 's/.*"modulesDir": *"\([^"]*\)".*/\1/p' "$record")")
+fi
+initrd=$("$GUEST/build-initramfs.sh" --name sandbox --init "$HERE/init.sh" --no-guest "${kver_args[@]}" \
 	--modules "irqbypass kvm ccp kvm_amd netfs fscache 9pnet 9p 9pnet_virtio virtio_pci virtio_console") ||
 	{ log "cannot build the sandbox initramfs"; exit 125; }
 # Tests inside boot the default guest from a read-only cache: have it ready first.
@@ -167,7 +176,7 @@ run_once() {
 	# The pc machine, not microvm: under TCG microvm's kernel finds no timer to calibrate
 	# against and stalls for minutes.
 	timeout "${fg[@]}" -k 10 "$TIMEOUT" qemu-system-x86_64 \
-		-M pc -accel tcg,thread=multi -cpu "$CPU" -m "$MEM" -smp "$SMP" \
+		-M pc -accel "tcg,thread=${TSVMM_SANDBOX_TCG_THREAD:-multi}" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
 		-nodefaults -no-user-config -display none -no-reboot \
 		-kernel "$kernel" -initrd "$initrd" \
 		-append "console=ttyS0 quiet panic=-1 transparent_hugepage=never" \

@@ -5,7 +5,7 @@ import { request } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { TsvmmError } from '../../lib/errors';
 import type { Connector } from '../agent/client';
-import { AGENT_UPGRADE } from './http';
+import { AGENT_UPGRADE } from './wire';
 
 export class ApiClientError extends TsvmmError {
   constructor(message: string, readonly status?: number) {

@@ -8,11 +8,11 @@ import { resolve } from 'node:path';
 import type { MachineConfig } from '../config';
 import { Logger, newVmId, parseLevel, stderrLine } from '../log';
 import { collectMetrics, MetricsWriter } from '../metrics';
-import { ApiServer } from './http';
+import { ApiServer, ApiSocketError } from './http';
 import type { ApiMachine } from './machine';
 import { readConfigFile, VmController } from './resources';
 import { register } from './registry';
-import { UsageError } from '../../lib/errors';
+import { EXIT, UsageError } from '../../lib/errors';
 
 export interface ControlFlags {
   'api-sock'?: string;
@@ -32,6 +32,8 @@ export class Control<M extends ApiMachine> {
   readonly log: (m: string) => void;
   /** Debug lines: only with --log-level debug. */
   readonly debug: (m: string) => void = () => {};
+  /** Why a VM failed (a crash report, a failed end): said even under --quiet, as QEMU's errors are. */
+  readonly error: (m: string) => void;
   private logger?: Logger;
   private api?: ApiServer;
   private metrics?: MetricsWriter;
@@ -43,8 +45,10 @@ export class Control<M extends ApiMachine> {
       this.logger = new Logger({ id: this.id, level: flags['log-level'] === undefined ? 'info' : parseLevel(flags['log-level']), path: flags['log-path'] });
       this.log = this.logger.fn('vmm');
       this.debug = this.logger.fn('vmm', 'debug');
+      this.error = this.logger.fn('vmm', 'error');
     } else {
       this.log = flags.quiet ? () => {} : stderrLine;
+      this.error = stderrLine;
     }
     this.controller = new VmController<M>({
       id: this.id, defaults, log: this.log,
@@ -64,7 +68,9 @@ export class Control<M extends ApiMachine> {
     const c = new Control<M>(flags, start, defaults);
     if (flags['api-sock'] !== undefined) {
       const path = resolve(flags['api-sock']);
-      c.api = await ApiServer.listen({ path, handle: (r) => c.controller.handle(r), agent: () => c.controller.agentStream(), log: c.log });
+      c.api = await ApiServer.listen({ path, handle: (r) => c.controller.handle(r), agent: () => c.controller.agentStream(), describe: () => c.controller.describe(), log: c.log,
+        onDeath: (why) => c.apiDied(why),
+      });
       c.log(`API listening on ${path} (VM id ${c.id})`);
     }
     c.register(defaults);
@@ -77,7 +83,29 @@ export class Control<M extends ApiMachine> {
     return f === undefined ? undefined : readConfigFile(f, base);
   }
 
-  /** --wait: resolves with the machine after InstanceStart, or with the signal that came first. */
+  /**
+   * The API thread died on its own. Fatal, as in Firecracker (whose API server thread's end
+   * ends the process): nobody can control, inspect or stop this VM through its socket any more,
+   * and a VMM its orchestrator cannot reach must not run on unseen. A running machine is
+   * finished with exit status 1 (the normal way out: the terminal given back, the socket file
+   * removed at close); under --wait, waitForStart() throws.
+   */
+  private apiDied(why: string): void {
+    const detail = `the API thread died (${why}): the VM cannot be controlled through ${this.api?.path} any more; stopping it`;
+    this.log(detail);
+    const err = new ApiSocketError(detail);
+    this.apiDeath.reject(err);
+    this.controller.machine?.finish({ code: EXIT.ERROR, reason: 'error', detail });
+  }
+
+  private readonly apiDeath = (() => {
+    let reject!: (e: Error) => void;
+    const p = new Promise<never>((_, r) => (reject = r));
+    p.catch(() => {}); // observed by waitForStart only
+    return { promise: p, reject };
+  })();
+
+  /** --wait: resolves with the machine after InstanceStart, or with the signal that came first; throws if the API thread died first. */
   async waitForStart(): Promise<M | NodeJS.Signals> {
     let onSig: ((s: NodeJS.Signals) => void) | undefined;
     const signalled = new Promise<NodeJS.Signals>((r) => (onSig = r));
@@ -85,7 +113,7 @@ export class Control<M extends ApiMachine> {
     process.on('SIGTERM', onSig!);
     this.log('waiting for PUT /actions {"action_type": "InstanceStart"}');
     try {
-      const r = await Promise.race([this.controller.started, signalled]);
+      const r = await Promise.race([this.controller.started, signalled, this.apiDeath.promise]);
       if (typeof r !== 'string') this.machineStarted(r);
       return r;
     } finally {
@@ -97,6 +125,8 @@ export class Control<M extends ApiMachine> {
   /** A machine started from flags or the config file. */
   attach(m: M): void {
     this.controller.attach(m);
+    // Running, with this config: the API thread's describe answers say so from now on.
+    this.api?.publish();
     this.machineStarted(m);
   }
 

@@ -1,22 +1,48 @@
-// The control API's HTTP/1.1 server over a Unix socket (node:http): the socket file (mode 0600,
-// a stale one of ours replaced, removed at close and at process exit while it is still ours:
-// devices/socket-path.ts),
-// JSON bodies with a size limit, Firecracker-style errors ({"fault_message": …}), and limits
-// against slow, many or malformed clients: no request can end the process.
-// It owns framing only; what a path means is the handler's business (resources.ts). One
-// request is not HTTP after its headers: POST /agent with `Upgrade: tsvmm-agent` (as Docker
+// The control API's HTTP/1.1 server over a Unix socket, main thread's side. HTTP itself runs
+// on a thread of its own (worker.ts, as Firecracker's api_server thread): the socket file
+// (mode 0600, a stale one of ours replaced: devices/socket-path.ts), node:http's parsing, the
+// limits against slow, many or malformed clients and JSON bodies with a size limit are all
+// there, so no client costs the main thread — where the devices and the vCPUs' forwarded exits
+// are served — more than one message per request and one per answer. Here: each request the
+// thread has read whole goes to the handler (resources.ts: what a path means), its answer or
+// Firecracker-style error ({"fault_message": …}) goes back; the socket file is removed at close
+// and at process exit while it is still ours (exit hooks run on this thread).
+// One request is not HTTP after its headers: POST /agent with `Upgrade: tsvmm-agent` (as Docker
 // attaches to exec) turns the connection into a byte pipe to the guest agent, for the peer
-// whose uid is this process's only (SO_PEERCRED), whatever the socket's mode.
+// whose uid is this process's only (SO_PEERCRED, checked by the thread), whatever the socket's
+// mode. The thread hands such a connection over as a duplicate descriptor: the pipe runs here.
+//
+// The describe GETs (GET /, /machine-config, /vm/config, /version: `describe`, the controller's
+// documents made of its own state) are answered by the thread itself, from a snapshot of their
+// answers main publishes, so a main thread busy with the guest does not delay them either.
+// Consistency rule: an answer from the thread is never older than the last publication main
+// made before the thread took the request (read it whole), and main publishes every change of
+// those documents before anything of the change is visible: the request that made the change
+// is answered only after its publication (publish() runs after each request main handles and
+// before its answer is posted), and attach() (a machine started from the command line) is
+// published before Control.attach returns. So a client that saw a change done (its PUT's 204,
+// another client's) and asks afterwards sees that change or a later one; a GET racing a
+// change in flight (an InstanceStart whose machine is still starting) may see the state before
+// it, as it could from main. How: main posts each new snapshot (version n+1) on a port of its
+// own, then stores n+1 in a shared cell (STAT_SNAPSHOT); the thread, before answering, reads
+// the cell and takes snapshots off the port synchronously (receiveMessageOnPort) until it has
+// that version — the post is in the port's queue before the store, so it is always there. A
+// snapshot is posted only when an answer changed; one that cannot be made (describe() threw)
+// is published empty, and the thread then sends those GETs to main.
 
 import type { Duplex } from 'node:stream';
-import type { Socket } from 'node:net';
-import { peerCredentials } from '../../kvm/libc';
-
-import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { listenOwned, type OwnSocket } from '../../devices/socket-path';
-import { ApiError, bodyLimit, type ApiRequest, type ApiResponse } from './resources';
+import { Socket } from 'node:net';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import { OwnSocket } from '../../devices/socket-path';
+import { ApiError, BODY_LIMITS, type ApiRequest, type ApiResponse } from './resources';
+import { AGENT_UPGRADE, jsonAnswer, rawFaultText, STAT_CELLS, STAT_CONNECTIONS, STAT_SNAPSHOT, STREAM_CREDIT, type ApiThreadInit, type BodyLimits, type MainMessage, type Snapshot, type ThreadMessage, type WireAnswer, type WireRequest } from './wire';
+import { STATUS_CODES } from 'node:http';
 import { TsvmmError } from '../../lib/errors';
 import { atExit } from '../../lib/process-hooks';
+import { workerScript } from '../../lib/worker-script';
+import type { StreamSink } from '../hints/stream';
+
+export { AGENT_UPGRADE };
 
 export class ApiSocketError extends TsvmmError {}
 
@@ -29,224 +55,287 @@ export interface ApiServerOptions {
   requestTimeoutMs?: number;
   /** Concurrent connections; more are closed at once (default 64). */
   maxConnections?: number;
-  /** Body size limit by path (default resources.bodyLimit). */
-  bodyLimit?: (path: string) => number;
+  /** Body size limits by path (default resources.BODY_LIMITS). */
+  bodyLimits?: BodyLimits;
   log?: (message: string) => void;
   /** The other end of an upgraded POST /agent: a fresh connection to the guest agent. */
   agent?: () => Promise<Duplex>;
+  /**
+   * The describe documents by path (VmController.describe): their GETs are answered by the HTTP
+   * thread from the last publication. Absent: every request goes to `handle`.
+   */
+  describe?: () => Record<string, unknown>;
+  /**
+   * The HTTP thread ended after it listened without close() asking it to (an uncaught error
+   * there, or it was terminated): `why` in words. The socket is then not served any more; close()
+   * still removes it.
+   */
+  onDeath?: (why: string) => void;
 }
 
-/** The Upgrade protocol name of POST /agent. */
-export const AGENT_UPGRADE = 'tsvmm-agent';
+function faultAnswer(status: number, message: string, extra: Record<string, string> = {}): WireAnswer {
+  return jsonAnswer({ fault_message: message }, status, extra);
+}
+
+/** The describe documents as the thread sends them; none (every GET to main) if they cannot be made. */
+function describeAnswers(describe: (() => Record<string, unknown>) | undefined, log?: (m: string) => void): Record<string, WireAnswer> {
+  if (!describe) return {};
+  try {
+    return Object.fromEntries(Object.entries(describe()).map(([path, doc]) => [path, jsonAnswer(doc)]));
+  } catch (e) {
+    log?.(`api: the describe answers could not be made (their GETs go to the main thread): ${(e as Error).stack ?? (e as Error).message}`);
+    return {};
+  }
+}
+
+/** How long close() waits for the HTTP thread to end before it terminates it. */
+const EXIT_TIMEOUT_MS = 5_000;
+
+/** A streamed answer's writer on this side: the thread gives credit back as the bytes leave. */
+class WireSink implements StreamSink {
+  private outstanding = 0;
+  private blocked = false;
+  closed = false;
+  private readonly drains: (() => void)[] = [];
+  private readonly closes: (() => void)[] = [];
+
+  constructor(private readonly id: number, private readonly post: (m: MainMessage) => void) {}
+
+  write(line: string): boolean {
+    if (this.closed) return true;
+    this.outstanding += line.length;
+    this.post({ type: 'chunk', id: this.id, data: line });
+    if (this.outstanding >= STREAM_CREDIT) this.blocked = true;
+    return !this.blocked;
+  }
+  onDrain(cb: () => void): void {
+    this.drains.push(cb);
+  }
+  onClose(cb: () => void): void {
+    this.closes.push(cb);
+  }
+  credit(bytes: number): void {
+    this.outstanding -= bytes;
+    if (this.blocked && this.outstanding < STREAM_CREDIT && !this.closed) {
+      this.blocked = false;
+      for (const cb of this.drains) cb();
+    }
+  }
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const cb of this.closes) cb();
+  }
+}
 
 export class ApiServer {
-  private readonly sockets = new Set<import('node:net').Socket>();
-  private readonly forgetAtExit: () => void;
-  private closed = false;
+  private readonly agentSockets = new Set<Socket>();
+  private readonly sinks = new Map<number, WireSink>();
+  private own?: OwnSocket;
+  private forgetAtExit?: () => void;
+  private closing?: Promise<void>;
+  private readonly exited: Promise<void>;
+  private dead = false;
+  private listening = false;
+  private readonly started: Promise<void>;
+  private start!: { resolve: () => void; reject: (e: Error) => void };
 
-  private constructor(private readonly server: Server, readonly path: string, private readonly own: OwnSocket) {
-    server.on('connection', (s) => {
-      this.sockets.add(s);
-      s.on('close', () => this.sockets.delete(s));
+  /** The last published snapshot's answers (as posted) and version. */
+  private snapshot: Snapshot;
+
+  private constructor(
+    private readonly worker: Worker, readonly path: string, private readonly opts: ApiServerOptions,
+    private readonly stats: Int32Array, private readonly snapshotPort: MessagePort, first: Snapshot,
+  ) {
+    this.snapshot = first;
+    this.started = new Promise((resolve, reject) => (this.start = { resolve, reject }));
+    this.worker.on('message', (m: ThreadMessage) => this.onThread(m));
+    let failure: string | undefined;
+    this.worker.on('error', (e) => {
+      opts.log?.(`api: the HTTP thread failed: ${e.stack ?? e.message}`);
+      failure = e.message;
+      this.start.reject(e);
     });
-    this.forgetAtExit = atExit(() => this.own.remove());
+    this.exited = new Promise((resolve) => this.worker.once('exit', (code) => {
+      this.dead = true;
+      // Not asked to end (close() was not called) after it listened: the API is gone.
+      if (this.listening && !this.closing) opts.onDeath?.(failure ?? `it exited with code ${code}`);
+      this.start.reject(new Error('the HTTP thread ended before it listened'));
+      for (const s of this.sinks.values()) s.close();
+      this.sinks.clear();
+      this.snapshotPort.close();
+      resolve();
+    }));
   }
 
   static async listen(opts: ApiServerOptions): Promise<ApiServer> {
-    const headersTimeout = opts.headersTimeoutMs ?? 10_000;
-    const server = createServer({
-      headersTimeout,
-      requestTimeout: Math.max(opts.requestTimeoutMs ?? 30_000, headersTimeout),
-      // How often node looks for connections past those timeouts.
-      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
-      keepAliveTimeout: 5_000,
-    }, (req, res) => {
-      serve(req, res, opts).catch((e: Error) => {
-        // serve() answers every failure itself; this is the last line against a bug there.
-        opts.log?.(`api: request failed: ${e.stack ?? e.message}`);
-        if (!res.headersSent) fault(res, 500, 'internal error');
-        else res.destroy();
-      });
-    });
-    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      upgradeAgent(req, socket, head, opts).catch((e: Error) => {
-        opts.log?.(`api: agent upgrade failed: ${e.stack ?? e.message}`);
-        socket.destroy();
-      });
-    });
-    server.maxConnections = opts.maxConnections ?? 64;
-    server.maxHeadersCount = 64;
-    let own: OwnSocket;
+    const headersTimeoutMs = opts.headersTimeoutMs ?? 10_000;
+    const stats = new Int32Array(new SharedArrayBuffer(4 * STAT_CELLS));
+    const channel = new MessageChannel();
+    const snapshot: Snapshot = { version: 0, answers: describeAnswers(opts.describe, opts.log) };
+    const init: ApiThreadInit = {
+      path: opts.path, headersTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs ?? 30_000, maxConnections: opts.maxConnections ?? 64,
+      bodyLimits: opts.bodyLimits ?? BODY_LIMITS, agent: opts.agent !== undefined, uid: process.getuid?.(), stats,
+      snapshot, snapshotPort: channel.port2,
+    };
+    const worker = new Worker(workerScript('api-worker'), { workerData: init, transferList: [channel.port2], name: 'tsvmm-api' });
+    const server = new ApiServer(worker, opts.path, opts, stats, channel.port1, snapshot);
     try {
-      own = await listenOwned(server, opts.path);
+      await server.started;
     } catch (e) {
+      await server.close();
       throw new ApiSocketError(`--api-sock ${opts.path}: ${(e as Error).message}`);
     }
-    server.on('error', (e) => opts.log?.(`api: server error: ${e.message}`));
-    return new ApiServer(server, opts.path, own);
+    return server;
   }
 
-  /** Stops listening, drops open connections and removes the socket file. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    const done = new Promise<void>((r) => this.server.close(() => r()));
-    for (const s of this.sockets) s.destroy();
-    await done;
-    this.own.remove();
-    this.own.release();
-    this.forgetAtExit();
+  /** Connections the HTTP thread holds open now (upgraded agent pipes are counted apart). */
+  get connections(): number {
+    return Atomics.load(this.stats, STAT_CONNECTIONS);
   }
-}
 
-function send(res: ServerResponse, status: number, body?: unknown, extra: Record<string, string> = {}): void {
-  if (res.headersSent) return;
-  if (body === undefined) {
-    res.writeHead(status, extra);
-    res.end();
-    return;
+  /** The version of the last snapshot published (0: the one the thread started with). */
+  get snapshotVersion(): number {
+    return this.snapshot.version;
   }
-  const text = JSON.stringify(body) + '\n';
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...extra });
-  res.end(text);
-}
 
-function fault(res: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void {
-  send(res, status, { fault_message: message }, extra);
-}
-
-/** Reads the body up to `limit` bytes; undefined if it was larger. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let over = false;
-    req.on('data', (c: Buffer) => {
-      if (over) return;
-      size += c.length;
-      if (size > limit) {
-        over = true;
-        chunks.length = 0;
-        resolve(undefined);
-      } else chunks.push(c);
-    });
-    req.on('end', () => {
-      if (!over) resolve(Buffer.concat(chunks));
-    });
-    req.on('error', reject);
-  });
-}
-
-/** The request target as a URL; only a path (origin-form, RFC 9112 §3.2.1) is accepted. */
-function requestUrl(target: string | undefined): URL | undefined {
-  if (target === undefined || !target.startsWith('/') || target.startsWith('//')) return undefined;
-  try {
-    return new URL(target, 'http://localhost');
-  } catch {
-    return undefined;
+  /**
+   * Publishes the describe answers if one changed since the last publication (the consistency
+   * rule in the module comment): runs after every request main handles, before its answer, and
+   * must be called by whoever changes the described state outside a request (Control.attach).
+   */
+  publish(): void {
+    if (!this.opts.describe || this.dead) return;
+    const answers = describeAnswers(this.opts.describe, this.opts.log);
+    const last = this.snapshot.answers;
+    const same = Object.keys(answers).length === Object.keys(last).length
+      && Object.entries(answers).every(([p, a]) => last[p] !== undefined && last[p].body === a.body);
+    if (same) return;
+    this.snapshot = { version: this.snapshot.version + 1, answers };
+    // The post first: once the thread reads the version, the snapshot is in its port's queue.
+    this.snapshotPort.postMessage(this.snapshot);
+    Atomics.store(this.stats, STAT_SNAPSHOT, this.snapshot.version);
   }
-}
 
-async function serve(req: IncomingMessage, res: ServerResponse, opts: ApiServerOptions): Promise<void> {
-  const url = requestUrl(req.url);
-  const method = req.method ?? 'GET';
-  if (!url) {
-    // Unread bytes would be parsed as the next request: close after answering.
-    fault(res, 400, `request target ${JSON.stringify(String(req.url).slice(0, 64))} is not a path`, { Connection: 'close' });
-    res.on('finish', () => req.socket.destroy());
-    return;
+  private post(m: MainMessage): void {
+    if (!this.dead) this.worker.postMessage(m);
   }
-  const limit = (opts.bodyLimit ?? bodyLimit)(url.pathname);
-  const tooLarge = () => {
-    // Unread bytes would be parsed as the next request: close the connection after answering.
-    fault(res, 413, `request body larger than ${limit} bytes`, { Connection: 'close' });
-    res.on('finish', () => req.socket.destroy());
-  };
-  try {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > limit) return tooLarge();
-    const raw = await readBody(req, limit);
-    if (raw === undefined) return tooLarge();
-    let body: unknown;
-    if (raw.length > 0) {
-      const type = (req.headers['content-type'] ?? 'application/json').split(';')[0]!.trim().toLowerCase();
-      if (type !== 'application/json') return fault(res, 415, `Content-Type '${type}' is not supported: send application/json`);
-      try {
-        body = JSON.parse(raw.toString('utf8'));
-      } catch (e) {
-        return fault(res, 400, `request body is not valid JSON: ${(e as Error).message}`);
+
+  private onThread(m: ThreadMessage): void {
+    switch (m.type) {
+      case 'request':
+        void this.onRequest(m);
+        return;
+      case 'agent':
+        void this.onAgent(m.fd, m.head);
+        return;
+      case 'ack':
+        this.sinks.get(m.id)?.credit(m.bytes);
+        return;
+      case 'stream-closed': {
+        const s = this.sinks.get(m.id);
+        this.sinks.delete(m.id);
+        s?.close();
+        return;
       }
-    } else if (method === 'PUT' || method === 'PATCH') {
-      return fault(res, 400, `${method} ${url.pathname}: the request needs a JSON body`);
+      case 'log':
+        this.opts.log?.(m.message);
+        return;
+      case 'listening':
+        this.listening = true;
+        this.own = new OwnSocket(this.path, undefined, { dev: m.dev, ino: m.ino });
+        this.forgetAtExit = atExit(() => this.own?.remove());
+        this.start.resolve();
+        return;
+      case 'listen-failed':
+        this.start.reject(new Error(m.message));
+        return;
+      case 'closed':
+        return;
     }
-    const r = await opts.handle({ method, path: url.pathname, query: url.searchParams, body, accept: String(req.headers.accept ?? '') });
-    if (r.status === 204) return send(res, 204);
+  }
+
+  private async onRequest(m: WireRequest): Promise<void> {
+    const { id } = m;
+    const r = await this.answer(m);
+    // Whatever the request changed is published before its answer leaves (the consistency rule).
+    this.publish();
     if ('stream' in r) {
-      // No Content-Length: the body is chunked and ends when the client hangs up.
-      res.writeHead(200, { 'Content-Type': r.contentType, 'Cache-Control': 'no-cache' });
-      res.flushHeaders();
-      r.stream({ write: (line) => res.write(line), onDrain: (cb) => res.on('drain', cb), onClose: (cb) => res.on('close', cb) });
+      const sink = new WireSink(id, (x) => this.post(x));
+      this.sinks.set(id, sink);
+      this.post({ type: 'stream', id, contentType: r.contentType });
+      r.stream(sink);
       return;
     }
-    if ('text' in r) {
-      res.writeHead(200, { 'Content-Type': r.contentType, 'Content-Length': Buffer.byteLength(r.text) });
-      res.end(r.text);
+    this.post({ type: 'response', id, ...r });
+  }
+
+  /** The handler's answer to a request, or the fault it ended with. */
+  private async answer(m: WireRequest): Promise<WireAnswer | Extract<ApiResponse, { stream: unknown }>> {
+    const { method, path } = m;
+    try {
+      const r = await this.opts.handle({ method, path, query: new URLSearchParams(m.search), body: m.body, accept: m.accept });
+      if (r.status === 204) return { status: 204, headers: {} };
+      if ('stream' in r) return r;
+      if ('text' in r) return { status: 200, headers: { 'Content-Type': r.contentType }, body: r.text };
+      return jsonAnswer(r.json);
+    } catch (e) {
+      const err = e as Error;
+      if (e instanceof ApiError) return faultAnswer(e.status, e.message, e.allow ? { Allow: e.allow } : {});
+      // tsvmm's own errors say in words what failed (bad input, a refused check, a failed step):
+      // 400 with that message, as Firecracker answers a failed request; anything else is a bug.
+      if (e instanceof TsvmmError) return faultAnswer(400, err.message);
+      this.opts.log?.(`api: ${method} ${path}: internal error: ${err.stack ?? err.message}`);
+      return faultAnswer(500, `internal error: ${err.message}`);
+    }
+  }
+
+  /**
+   * POST /agent from the owner (the thread checked it) → 101, then the bytes flow both ways
+   * between the client and a new agent connection (the agent protocol, docs/agent-protocol.md,
+   * one request per connection); a JSON fault when the VM's agent cannot be reached.
+   */
+  private async onAgent(fd: number, head: Uint8Array): Promise<void> {
+    const socket = new Socket({ fd, readable: true, writable: true });
+    socket.on('error', () => socket.destroy());
+    if (this.closing) return void socket.destroy();
+    this.agentSockets.add(socket);
+    socket.on('close', () => this.agentSockets.delete(socket));
+    let agent: Duplex;
+    try {
+      agent = await this.opts.agent!();
+    } catch (e) {
+      const status = e instanceof ApiError ? e.status : 502;
+      socket.end(rawFaultText(status, STATUS_CODES[status] ?? 'Error', (e as Error).message));
       return;
     }
-    send(res, 200, r.json);
-  } catch (e) {
-    const err = e as Error;
-    if (e instanceof ApiError) return fault(res, e.status, e.message, e.allow ? { Allow: e.allow } : {});
-    // tsvmm's own errors say in words what failed (bad input, a refused check, a failed step):
-    // 400 with that message, as Firecracker answers a failed request; anything else is a bug.
-    if (e instanceof TsvmmError) return fault(res, 400, err.message);
-    opts.log?.(`api: ${method} ${url.pathname}: internal error: ${err.stack ?? err.message}`);
-    fault(res, 500, `internal error: ${err.message}`);
+    if (socket.destroyed) return void agent.destroy();
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${AGENT_UPGRADE}\r\n\r\n`);
+    if (head.length) agent.write(head);
+    // Either end going away ends the other: the agent kills a command whose host left.
+    socket.on('error', () => agent.destroy());
+    agent.on('error', () => socket.destroy());
+    socket.on('close', () => agent.destroy());
+    agent.on('close', () => socket.destroy());
+    socket.pipe(agent);
+    agent.pipe(socket);
   }
-}
 
-/** An HTTP error answer on a socket the HTTP layer has handed over, then the end of it. */
-function rawFault(socket: Socket, status: number, message: string): void {
-  const body = JSON.stringify({ fault_message: message }) + '\n';
-  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-}
-
-/** The uid of the process at the other end of `socket` (a Unix socket), or undefined. */
-function peerUid(socket: Socket): number | undefined {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (fd === undefined || fd < 0) return undefined;
-  return peerCredentials(fd).uid;
-}
-
-/**
- * POST /agent, Upgrade: tsvmm-agent → 101, then the bytes flow both ways between the client and
- * a new agent connection (the agent protocol, docs/agent-protocol.md, one request per
- * connection). Refused with a JSON fault for another path or protocol, a peer that is not this
- * process's user, or a VM whose agent cannot be reached.
- */
-async function upgradeAgent(req: IncomingMessage, socket: Socket, head: Buffer, opts: ApiServerOptions): Promise<void> {
-  const url = requestUrl(req.url);
-  if (!url || url.pathname !== '/agent' || req.method !== 'POST' || String(req.headers.upgrade ?? '').toLowerCase() !== AGENT_UPGRADE || !opts.agent) {
-    return rawFault(socket, 400, `only POST /agent may upgrade, to '${AGENT_UPGRADE}'`);
+  /** Stops listening, drops open connections, ends the HTTP thread and removes the socket file. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const s of this.agentSockets) s.destroy();
+      this.post({ type: 'close' });
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), EXIT_TIMEOUT_MS)));
+      if (await Promise.race([this.exited.then(() => false), late])) {
+        this.opts.log?.(`api: the HTTP thread did not end within ${EXIT_TIMEOUT_MS / 1000} s; terminating it`);
+        await this.worker.terminate();
+      }
+      clearTimeout(timer);
+      this.own?.remove();
+      this.forgetAtExit?.();
+    })();
+    return this.closing;
   }
-  const uid = peerUid(socket);
-  if (uid === undefined || uid !== process.getuid?.()) {
-    opts.log?.(`api: refused the agent route to uid ${uid ?? 'unknown'} (only uid ${process.getuid?.()}, the VM's owner, may run commands in it)`);
-    return rawFault(socket, 403, "the agent route is for the VM's owner only");
-  }
-  let agent: Duplex;
-  try {
-    agent = await opts.agent();
-  } catch (e) {
-    return rawFault(socket, e instanceof ApiError ? e.status : 502, (e as Error).message);
-  }
-  socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${AGENT_UPGRADE}\r\n\r\n`);
-  if (head.length) agent.write(head);
-  // Either end going away ends the other: the agent kills a command whose host left.
-  socket.on('error', () => agent.destroy());
-  agent.on('error', () => socket.destroy());
-  socket.on('close', () => agent.destroy());
-  agent.on('close', () => socket.destroy());
-  socket.pipe(agent);
-  agent.pipe(socket);
 }

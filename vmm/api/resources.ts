@@ -20,6 +20,7 @@ import { loadElf } from '../../bpf/elf';
 import { collectMetrics, renderPrometheus } from '../metrics';
 import { formatDiagnosis } from '../diagnosis';
 import type { ApiMachine } from './machine';
+import type { BodyLimits } from './wire';
 import { check, describe, isPlainObject, ValidationError, type Spec } from './schema';
 import { MAP_UPDATE_FLAGS } from '../../devices/hypercall/shmem';
 import { CID_MAX, CID_MIN, validateVsockSpec, VsockSpecError } from '../../devices/virtio/vsock/spec';
@@ -373,8 +374,10 @@ export function vmConfigDocument(p: Preboot): Record<string, unknown> {
 /** Request body size limits: packages can be large, everything else is small. */
 export const BODY_LIMIT = 64 * 1024;
 export const BPF_BODY_LIMIT = 4 * 1024 * 1024;
+/** The same as the API thread takes them (vmm/api/wire.ts). */
+export const BODY_LIMITS: BodyLimits = { default: BODY_LIMIT, paths: { '/bpf/programs': BPF_BODY_LIMIT } };
 export function bodyLimit(path: string): number {
-  return path === '/bpf/programs' ? BPF_BODY_LIMIT : BODY_LIMIT;
+  return Object.hasOwn(BODY_LIMITS.paths, path) ? BODY_LIMITS.paths[path]! : BODY_LIMITS.default;
 }
 
 export interface ControllerOptions<M extends ApiMachine> {
@@ -408,16 +411,32 @@ export class VmController<M extends ApiMachine = ApiMachine> {
   private resolveStarted!: (m: M) => void;
   readonly started: Promise<M>;
   private readonly routes: [RegExp, Route][];
+  /**
+   * The describe documents, by path: what GET of that path (any query, any body) answers, made
+   * of nothing but the controller's own state (the pre-boot config and the instance state), so
+   * it changes only when a request or attach() changes that state. The API thread answers these
+   * GETs itself from main's last publication of describe() (http.ts: the consistency rule);
+   * main's routes for them call the same functions.
+   */
+  private readonly describers: Record<string, () => unknown>;
 
   constructor(private readonly opts: ControllerOptions<M>) {
     this.id = opts.id;
     this.preboot = fromMachineConfig(opts.defaults ?? {});
     this.started = new Promise((r) => (this.resolveStarted = r));
+    this.describers = {
+      '/': () => this.instanceInfo(),
+      '/machine-config': () => this.preboot.machineConfig,
+      '/vm/config': () => vmConfigDocument(this.preboot),
+      '/version': () => ({ vmm_version: VMM_VERSION, app_name: APP_NAME }),
+    };
+    const d = this.describers;
     this.routes = [
-      [/^\/$/, { GET: () => ok(this.instanceInfo()) }],
+      [/^\/$/, { GET: () => ok(d['/']!()) }],
+      [/^\/version$/, { GET: () => ok(d['/version']!()) }],
       [/^\/boot-source$/, { PUT: (r) => this.putPreboot('boot-source', () => (this.preboot.bootSource = parseBootSource(r.body))) }],
       [/^\/machine-config$/, {
-        GET: () => ok(this.preboot.machineConfig),
+        GET: () => ok(d['/machine-config']!()),
         PUT: (r) => this.putPreboot('machine-config', () => (this.preboot.machineConfig = parseMachineConfig(r.body))),
       }],
       [/^\/vsock$/, { PUT: (r) => this.putPreboot('vsock', () => (this.preboot.vsock = parseVsock(r.body))) }],
@@ -425,7 +444,7 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       [/^\/entropy$/, { PUT: (r) => this.putPreboot('entropy', () => (this.preboot.entropy = parseEntropy(r.body))) }],
       [/^\/fs\/([A-Za-z0-9_.-]{1,64})$/, { PUT: (r, p) => this.putPreboot('fs', () => putFs(this.preboot.fs, parseFs(p[0]!, r.body))) }],
       [/^\/actions$/, { PUT: (r) => this.action(r.body) }],
-      [/^\/vm\/config$/, { GET: () => ok(vmConfigDocument(this.preboot)) }],
+      [/^\/vm\/config$/, { GET: () => ok(d['/vm/config']!()) }],
       [/^\/scheduler$/, { GET: () => ok(this.schedulerInfo()), PUT: (r) => this.putScheduler(r.body) }],
       [/^\/bpf\/programs$/, { GET: () => ok({ programs: this.programs(), builtins: HINT_PROGRAMS.map((p) => ({ name: p.name, description: p.description, hint_types: p.kinds.map((k) => ({ type: k.type, name: k.name })) })) }), PUT: (r) => this.loadProgram(r.body) }],
       [/^\/bpf\/programs\/([^/]+)$/, { DELETE: (_r, p) => this.unloadProgram(p[0]!) }],
@@ -438,6 +457,11 @@ export class VmController<M extends ApiMachine = ApiMachine> {
       [/^\/metrics$/, { GET: (r) => this.metrics(r) }],
       [/^\/diagnosis$/, { GET: () => this.diagnosis() }],
     ];
+  }
+
+  /** Every describe document now, by path (see `describers`). */
+  describe(): Record<string, unknown> {
+    return Object.fromEntries(Object.entries(this.describers).map(([path, f]) => [path, f()]));
   }
 
   get instanceState(): InstanceState {

@@ -3,7 +3,8 @@
 // worker.ts (which starts a vCPU on import) so tests run the very code the worker runs.
 
 import { GATE, REFUSE, type BusClaim, type SharedRegister } from '../../devices/bus';
-import { ierStore, iirRead } from '../../devices/serial';
+import { ierStore, iirRead, threAfterPush } from '../../devices/serial';
+import { eventfdSignal } from '../../kvm/libc';
 import { ringPush } from '../../devices/tx-ring';
 
 /** The 4 bytes of a guest access as the signed 32-bit value an Int32 cell holds. */
@@ -37,6 +38,13 @@ export function serveShared(claim: BusClaim, addr: number, data: Uint8Array, isW
     }
     if (s.kind === 'push') {
       if (!s.ring || !ringPush(s.cell, s.ring, data[0]!)) continue;
+      if (s.thre && threAfterPush(s.thre.uart)) {
+        try {
+          eventfdSignal(s.thre.irqFd);
+        } catch {
+          // A closed irqfd (the VM is ending): nothing to interrupt.
+        }
+      }
       return true;
     }
     if (s.kind === 'uart-ier') {

@@ -7,14 +7,15 @@ import { Worker } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../kvm/kvm';
 import { KvmRun, MP_STATE_NAMES, REG_NAMES, exitReasonName } from '../../kvm/layout';
-import { futexWake, tgkill } from '../../kvm/libc';
+import { close, futexWake, tgkill } from '../../kvm/libc';
+import { countersDelta, readKvmStats, type KvmCounters } from '../../kvm/stats';
 import type { Bus, BusClaim } from '../../devices/bus';
 import type { GuestMemory } from '../../devices/memory';
 import {
   MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, closeDoorbell, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
 import { newRecentExits, recentExits } from './recent';
-import { decodeLapic, kernelAddresses, parseTaskStat, type CrashState, type VcpuDiagnosis } from '../diagnosis';
+import { decodeLapic, gifOf, kernelAddresses, parseKernelStack, parseTaskStat, summarizeEvents, type CrashState, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
 import { holdSignal } from '../../lib/process-hooks';
 import { workerScript } from '../../lib/worker-script';
@@ -141,6 +142,18 @@ interface Thread extends Spawned {
   vcpu: Vcpu;
   run: Uint8Array;
   tid: number;
+  /** Its KVM counters (KVM_GET_STATS_FD, opened before it first runs: the ioctl waits for KVM_RUN), for diagnoses; undefined on kernels without. */
+  statsFd?: number;
+}
+
+/** A vCPU's KVM counters now, or undefined (no stats fd, or the read failed). */
+function kvmCounters(t: Thread): KvmCounters | undefined {
+  if (t.statsFd === undefined) return undefined;
+  try {
+    return readKvmStats(t.statsFd);
+  } catch {
+    return undefined;
+  }
 }
 
 export class VcpuThreads {
@@ -177,6 +190,11 @@ export class VcpuThreads {
       const vcpu = vcpus[i]!;
       if (vcpu.id !== s.id) throw new Error(`vCPU ${vcpu.id} given to worker ${s.id}`);
       const t: Thread = Object.assign(s, { vcpu, run: vcpu.mapRun(mmapSize).bytes, tid: tids[i]! });
+      try {
+        t.statsFd = vcpu.openStatsFd();
+      } catch {
+        // Linux < 5.14: diagnoses go without KVM's counters.
+      }
       this.threads.push(t);
       t.onExit = this.onExit;
       t.handedOver = true;
@@ -220,7 +238,7 @@ export class VcpuThreads {
    * With `memory`, the kernel addresses on each vCPU's stack too.
    */
   async inspect(sampleMs = 1000, parkMs = 2000, memory?: GuestMemory): Promise<VcpuDiagnosis[]> {
-    const before = this.threads.map((t) => ({ exits: totalExits(t.stats), ticks: taskStat(t.tid)?.ticks }));
+    const before = this.threads.map((t) => ({ exits: totalExits(t.stats), ticks: taskStat(t.tid)?.ticks, kvm: kvmCounters(t) }));
     await new Promise((r) => setTimeout(r, sampleMs));
     const out: VcpuDiagnosis[] = [];
     for (const [i, t] of this.threads.entries()) {
@@ -237,6 +255,11 @@ export class VcpuThreads {
         const ticks = before[i]!.ticks;
         d.thread = { state: stat.state, wchan: readProc(`/proc/self/task/${t.tid}/wchan`) ?? '', cpuMsInSample: ticks === undefined ? 0 : (stat.ticks - ticks) * 10 };
       }
+      const kvm0 = before[i]!.kvm;
+      const kvm1 = kvm0 && kvmCounters(t);
+      if (kvm0 && kvm1) d.kvmInSample = countersDelta(kvm0, kvm1);
+      const stack = t.tid ? readProc(`/proc/self/task/${t.tid}/stack`) : undefined;
+      if (stack) d.hostStack = parseKernelStack(stack);
       await this.inspectParked(t, i, d, parkMs, memory);
       out.push(d);
     }
@@ -296,6 +319,17 @@ export class VcpuThreads {
       const mp = t.vcpu.getMpState();
       d.mpState = MP_STATE_NAMES[mp] ?? `state ${mp}`;
       d.lapic = decodeLapic(t.vcpu.getLapic());
+      d.events = summarizeEvents(t.vcpu.getVcpuEvents());
+      d.gif = gifOf(t.vcpu.getNestedStateHeader());
+      const sr = t.vcpu.getSregs();
+      d.control = { cr0: `0x${sr.cr0.toString(16)}`, cr2: `0x${sr.cr2.toString(16)}`, cr3: `0x${sr.cr3.toString(16)}`, cr4: `0x${sr.cr4.toString(16)}`, efer: `0x${sr.efer.toString(16)}` };
+      if (memory) {
+        const gpa = t.vcpu.translate(regs.rip);
+        const toPageEnd = PAGE - (regs.rip % PAGE);
+        const n = Number(toPageEnd < CODE_BYTES ? toPageEnd : CODE_BYTES);
+        const bytes = gpa !== undefined && gpa <= BigInt(Number.MAX_SAFE_INTEGER) ? memory.slice(Number(gpa), n) : undefined;
+        if (bytes) d.code = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(' ');
+      }
     } catch (e) {
       d.error = `reading its state failed: ${(e as Error).message}`;
     } finally {
@@ -380,6 +414,10 @@ export class VcpuThreads {
       await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
     }
     if (!done) for (const t of this.threads) await t.worker.terminate();
+    for (const t of this.threads) {
+      if (t.statsFd !== undefined) close(t.statsFd);
+      t.statsFd = undefined;
+    }
     this.server.stop();
     // Workers that never got a vCPU (nothing to kick), and the kick signal's hold.
     await this.workers.close();
@@ -388,6 +426,8 @@ export class VcpuThreads {
 
 const STACK_BYTES = 4096;
 const PAGE = 4096n;
+/** Instruction bytes read at rip (not across its page's end). */
+const CODE_BYTES = 16n;
 
 /**
  * Up to STACK_BYTES from `rsp` up, page by page through the vCPU's page tables (a kernel stack

@@ -16,6 +16,24 @@ export interface VsockCounters {
   bytesToGuest: number;
   txPackets: number;
   rxPackets: number;
+  // Where a host -> guest stream loses time (docs/benchmarks.md, vsock). Data (RW) packets by
+  // how full they left their RX buffer: full, short because the guest's credit ran out (a
+  // window's tail), short because our buffered host data ran out.
+  rxDataFull: number;
+  rxDataShortCredit: number;
+  rxDataShortData: number;
+  /** Times a connection with host data waiting had no guest credit and then got some back. */
+  creditStalls: number;
+  /** Their total time, µs: credit used up with data waiting -> the guest packet that gave credit back. */
+  creditStallUs: number;
+  /** Our part of each reopening, µs: that guest packet -> the first data packet of the new window. */
+  creditHopUs: number;
+  /** RX turns that wrote at least one packet, and their total time (fill and interrupt), µs. */
+  rxBatches: number;
+  rxBatchUs: number;
+  /** RX turns that stopped with packets waiting and no RX buffer posted, and the time until one came, µs. */
+  rxNoBuffer: number;
+  rxNoBufferUs: number;
   /** Every TX packet not delivered to a connection, all reasons. */
   packetsDropped: number;
   dropped: Record<DropReason | 'unroutable' | 'invalid-for-state' | 'rx-too-small' | 'rst-queue-full', number>;
@@ -34,6 +52,16 @@ export function newCounters(): VsockCounters {
     bytesToGuest: 0,
     txPackets: 0,
     rxPackets: 0,
+    rxDataFull: 0,
+    rxDataShortCredit: 0,
+    rxDataShortData: 0,
+    creditStalls: 0,
+    creditStallUs: 0,
+    creditHopUs: 0,
+    rxBatches: 0,
+    rxBatchUs: 0,
+    rxNoBuffer: 0,
+    rxNoBufferUs: 0,
     packetsDropped: 0,
     dropped: {
       'short-header': 0,

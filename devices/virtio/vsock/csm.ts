@@ -156,6 +156,13 @@ export class Connection {
   // creditRequestDelayMs: a guest that waits to be asked still gets asked.
   private creditAskDue = false;
   private paused = false;
+  /**
+   * For the counters (creditStalls): when the guest's credit ran out with host data waiting,
+   * and when the guest's packet that gave credit back was handled (clock reads only at these
+   * transitions, a few per window, not per packet).
+   */
+  private stalledAt: number | undefined;
+  private reopenedAt: number | undefined;
 
   /** The header of our next packet, reused (header()): no allocation per packet. */
   private readonly hdr: VsockHeader;
@@ -258,6 +265,7 @@ export class Connection {
     this.rxBuffered += data.length;
     this.rxBudget.used += data.length;
     this.updateFlow();
+    this.noteStall();
     this.armCreditAsk();
   }
 
@@ -296,6 +304,13 @@ export class Connection {
     }
     this.peerBufAlloc = hdr.bufAlloc;
     this.peerFwdCnt = hdr.fwdCnt;
+    if (this.stalledAt !== undefined && this.peerCredit > 0) {
+      const now = this.clock();
+      this.counters.creditStalls++;
+      this.counters.creditStallUs += Math.round((now - this.stalledAt) * 1000);
+      this.stalledAt = undefined;
+      this.reopenedAt = now;
+    }
 
     if (hdr.op === OP_RST) {
       const clean = this.st === 'closing' || this.guestShutdown === (SHUTDOWN_RCV | SHUTDOWN_SEND);
@@ -525,7 +540,12 @@ export class Connection {
         this.expiry = this.clock() + this.limits.connectTimeoutMs;
         break;
       case OP_RW:
-        this.copyRx(w, Math.min(this.peerCredit, w.room));
+        if (this.reopenedAt !== undefined) {
+          this.counters.creditHopUs += Math.round((this.clock() - this.reopenedAt) * 1000);
+          this.reopenedAt = undefined;
+        }
+        this.copyRx(w);
+        this.noteStall();
         break;
       case OP_CREDIT_REQUEST:
         this.creditRequested = true;
@@ -567,7 +587,18 @@ export class Connection {
     return h;
   }
 
-  private copyRx(w: RxPacketWriter, max: number): void {
+  /** Out of the guest's credit with host data waiting: the stall's clock starts (counters only). */
+  private noteStall(): void {
+    if (this.stalledAt === undefined && this.rxBuffered > 0 && this.peerCredit === 0 && this.st === 'established') {
+      this.stalledAt = this.clock();
+    }
+  }
+
+  /** One RW packet: as much as the guest's credit, the RX buffer and our buffered data allow. */
+  private copyRx(w: RxPacketWriter): void {
+    const room = w.room;
+    const credit = this.peerCredit;
+    const max = Math.min(credit, room);
     let left = max;
     while (left > 0 && this.rxChunks.length > 0) {
       const chunk = this.rxChunks[0]!;
@@ -581,6 +612,9 @@ export class Connection {
       }
     }
     const sent = max - left;
+    if (sent === room) this.counters.rxDataFull++;
+    else if (sent === credit) this.counters.rxDataShortCredit++;
+    else this.counters.rxDataShortData++;
     this.rxBuffered -= sent;
     this.rxBudget.used -= sent;
     this.rxCnt = u32(this.rxCnt + sent);
@@ -588,6 +622,7 @@ export class Connection {
   }
 
   private dropRx(): void {
+    this.stalledAt = this.reopenedAt = undefined;
     this.rxBudget.used -= this.rxBuffered;
     this.rxChunks = [];
     this.rxOffset = 0;

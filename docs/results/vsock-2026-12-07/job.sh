@@ -9,8 +9,9 @@ out=$1 tag=$2 initrd=$3
 shift 3
 cd "$(dirname "$0")/../../.." || exit 1
 date -u
-# Every tsvmm run appends its device counters once a second (cheap: one JSON line).
-TSVMM_BENCH_RUN_ARGS="--metrics-path $out/$tag-runs-metrics.jsonl --metrics-interval 1" \
+# Every tsvmm run appends its device counters once a second (cheap: one JSON line), and its log
+# lines (a crash report among them) to TAG-tsvmm.log.
+TSVMM_BENCH_RUN_ARGS="--metrics-path $out/$tag-runs-metrics.jsonl --metrics-interval 1 --log-path $out/$tag-tsvmm.log" \
 	node tools/bench/vsock.mjs --initrd "$initrd" --out "$out/$tag.json" "$@" 2>&1 | tail -n 30
 if [ "${TSVMM_VSOCK_PROFILE:-}" = 1 ]; then
 	# After "$@": an option's last value wins, and the profile is one tsvmm run whatever --runs the job has.

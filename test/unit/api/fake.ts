@@ -158,7 +158,7 @@ export async function rig(opts: { attach?: Partial<MachineConfig>; headersTimeou
     ctl.attach(new FakeMachine({ kernel, cmdline: 'console=ttyS0', vcpus: 2, memory: 64 << 20, acpi: true, pin: 'none', ...opts.attach }));
   }
   const server = await ApiServer.listen({
-    path: sock, handle: (r) => ctl.handle(r), agent: () => ctl.agentStream(),
+    path: sock, handle: (r) => ctl.handle(r), agent: () => ctl.agentStream(), describe: () => ctl.describe(),
     headersTimeoutMs: opts.headersTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections,
   });
   return { dir, sock, kernel, server, ctl, starts, close: () => server.close() };

@@ -19,6 +19,7 @@ import {
 } from '../../../vmm/vcpu/mailbox';
 import { MailboxServer } from '../../../vmm/vcpu/serve';
 import { serveShared } from '../../../vmm/vcpu/shared';
+import { close, eventfd, eventfdDrain, eventfdSignal, eventfdWait } from '../../../kvm/libc';
 
 const COM1 = 0x3f8;
 const THR = 0;
@@ -47,6 +48,11 @@ interface GuestData {
   doorbell: Doorbell;
   /** Index 0: THRE/RDA interrupts raised by the device (main increments it, the guest waits on it). */
   irq: Int32Array;
+  /**
+   * The line as an eventfd (a KVM irqfd's): then the guest waits on it instead, and the vCPU
+   * thread raises THRE itself for the bytes it pushes (SharedRegister.thre).
+   */
+  irqFd?: number;
   ms: number;
   seed: number;
 }
@@ -57,12 +63,21 @@ interface GuestResult {
   forwarded: number;
   served: number;
   interrupts: number;
+  /** With an eventfd line: every write to it the guest saw (main's and the vCPU thread's). */
+  lineRaises?: number;
   /** Set when the driver had bytes to send and no interrupt came for LOST_MS. */
   stalled?: string;
 }
 
 function guestSide(): void {
-  const { claim, mailbox: mb, doorbell, irq, ms, seed } = workerData as GuestData;
+  const { claim, mailbox: mb, doorbell, irq, irqFd, ms, seed } = workerData as GuestData;
+  // The interrupt line: a count main bumps, or an eventfd either thread writes.
+  let fdCount = 0;
+  const raised = (): number => (irqFd === undefined ? Atomics.load(irq, 0) : (fdCount += Number(eventfdDrain(irqFd))));
+  const waitRaised = (seen: number, ms: number): void => {
+    if (irqFd === undefined) Atomics.wait(irq, 0, seen, ms);
+    else fdCount += Number(eventfdWait(irqFd, ms));
+  };
   const ring = claim.shared.find((r) => r.kind === 'push')!.cell;
   const drained = (): boolean => Atomics.load(ring, RING_HEAD) === Atomics.load(ring, RING_TAIL);
   const mbData = mailboxData(mb);
@@ -150,14 +165,15 @@ function guestSide(): void {
     startTx();
     if (rand(4) === 0) consoleWrite(1 + rand(80));
     while (head < circ.length) {
-      const now = Atomics.load(irq, 0);
+      const now = raised();
       if (now !== seen) {
         seen = now;
         quiet = 0;
         isr();
         continue;
       }
-      if (Atomics.wait(irq, 0, seen, LOST_MS) !== 'timed-out' || Atomics.load(irq, 0) !== seen) continue;
+      waitRaised(seen, LOST_MS);
+      if (raised() !== seen) continue;
       quiet = drained() ? quiet + 1 : 0;
       if (quiet >= 2) {
         stalled = `no interrupt for ${2 * LOST_MS} ms with the ring drained and ${circ.length - head} bytes to send (IER ${ier.toString(16)}, IIR ${inb(IIR).toString(16)})`;
@@ -165,18 +181,29 @@ function guestSide(): void {
       }
     }
   }
-  parentPort!.postMessage({ sent: Uint8Array.from(sent), forwarded, served, interrupts, stalled } satisfies GuestResult);
+  raised();
+  parentPort!.postMessage({ sent: Uint8Array.from(sent), forwarded, served, interrupts, lineRaises: irqFd === undefined ? undefined : fdCount, stalled } satisfies GuestResult);
 }
 
 if (!isMainThread) {
   guestSide();
 } else {
-  test('a guest thread transmitting through THRE interrupts while main drains: no interrupt lost, every byte out in order', async () => {
+  /**
+   * One run of the guest against the device. `withFd`: the line is an eventfd, as a KVM irqfd
+   * (vmm/irq.ts IrqfdLine): the vCPU thread raises THRE for what it pushes, main only for what
+   * the device does itself (THRE enabled, a THR write that reached it).
+   */
+  const transmit = async (withFd: boolean): Promise<void> => {
     const irq = new Int32Array(new SharedArrayBuffer(4));
+    const fd = withFd ? eventfd() : undefined;
+    let mainRaised = 0;
     const out: Uint8Array[] = [];
     const s = new Serial16550(
       {
+        fd,
         trigger() {
+          mainRaised++;
+          if (fd !== undefined) return eventfdSignal(fd);
           Atomics.add(irq, 0, 1);
           Atomics.notify(irq, 0);
         },
@@ -193,7 +220,7 @@ if (!isMainThread) {
     const serving = server.run();
     const draining = s.start();
     const w = new Worker(fileURLToPath(import.meta.url), {
-      workerData: { claim: pio.claims()[0]!, mailbox, doorbell, irq, ms: 2500, seed: 0x5e71a1 } satisfies GuestData,
+      workerData: { claim: pio.claims()[0]!, mailbox, doorbell, irq, irqFd: fd, ms: 2500, seed: 0x5e71a1 } satisfies GuestData,
     });
     try {
       const r = await new Promise<GuestResult>((resolve, reject) => {
@@ -206,8 +233,14 @@ if (!isMainThread) {
       assert.ok(r.sent.length > 10_000, `a real stream went through (${r.sent.length} bytes)`);
       assert.is(got.length, r.sent.length, 'no byte lost or added');
       assert.ok(got.equals(r.sent), 'bytes out in the order the guest wrote them');
-      assert.ok(r.interrupts > r.sent.length / (4 * TX_LOADSZ), `THRE interrupts paced the transmitter (${r.interrupts})`);
+      // Drained bytes raise THRE one batch at a time; pushed ones (irqfd) each set it again at
+      // once, as QEMU's UART does, so the driver's interrupt loop goes on without a new one.
+      if (!withFd) assert.ok(r.interrupts > r.sent.length / (4 * TX_LOADSZ), `THRE interrupts paced the transmitter (${r.interrupts})`);
       assert.ok(r.served > r.forwarded, `most accesses served in the vCPU thread (${r.served} served, ${r.forwarded} forwarded)`);
+      if (withFd) {
+        const byVcpu = r.lineRaises! - mainRaised;
+        assert.ok(byVcpu > 4 * mainRaised, `the vCPU thread raised THRE for its pushes, main only for the device's own (vCPU ${byVcpu}, main ${mainRaised}; ${r.interrupts} interrupts taken)`);
+      }
     } finally {
       s.stop();
       server.stop();
@@ -215,8 +248,13 @@ if (!isMainThread) {
       await draining;
       await w.terminate();
       closeDoorbell(doorbell);
+      if (fd !== undefined) close(fd);
     }
-  });
+  };
+
+  test('a guest thread transmitting through THRE interrupts while main drains: no interrupt lost, every byte out in order', () => transmit(false));
+
+  test('the same with an irqfd line: the vCPU thread raises THRE for the bytes it pushes, none lost, every byte out in order', () => transmit(true));
 
   test.run();
 }

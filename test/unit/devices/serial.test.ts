@@ -4,12 +4,13 @@ import * as assert from 'uvu/assert';
 import { RX_FIFO_SIZE, Serial16550 } from '../../../devices/serial';
 import { Bus } from '../../../devices/bus';
 import { serveShared } from '../../../vmm/vcpu/shared';
+import { close, eventfd, eventfdDrain } from '../../../kvm/libc';
 
 const THR = 0, RBR = 0, DLL = 0, IER = 1, DLM = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 
-function uart() {
+function uart(fd?: number) {
   const out: number[] = [];
-  const irq = { count: 0, trigger() { this.count++; } };
+  const irq = { count: 0, fd, trigger() { this.count++; } };
   const s = new Serial16550(irq, (b) => out.push(...b));
   const rd = (reg: number) => {
     const d = new Uint8Array(1);
@@ -178,8 +179,8 @@ test('a break does not fit in a full FIFO', () => {
 });
 
 /** The UART as a vCPU thread reaches it: shared registers first, the rest through the device (a forwarded access). */
-function vcpuUart() {
-  const u = uart();
+function vcpuUart(fd?: number) {
+  const u = uart(fd);
   const bus = new Bus();
   bus.insert(0x3f8, 8, 'com1', u.s);
   const claim = bus.claims()[0]!;
@@ -341,6 +342,54 @@ test('THR writes from a vCPU thread go to the ring: output in order when main dr
   v.s.flush();
   assert.is(v.irq.count, quiet);
   assert.equal(String.fromCharCode(...v.out), 'abcdef');
+});
+
+test('with an irqfd line the vCPU thread raises THRE for what it pushes: one edge per acknowledged THRE, none while THRE is off, none from main\'s drain; RDA keeps its priority', () => {
+  const fd = eventfd();
+  try {
+    const v = vcpuUart(fd);
+    /** Edges the vCPU thread wrote into the line since the last call (main's go to irq.count). */
+    const edges = () => Number(eventfdDrain(fd));
+    v.wr(FCR, 0x01);
+    v.wr(IER, 0x02);
+    assert.is(v.irq.count, 1, 'enabling THRE: the device\'s interrupt, from main');
+    assert.is(v.rd(IIR), 0xc2);
+    assert.is(v.rd(IIR), 0xc1, 'acknowledged');
+    const before = v.forwarded();
+    for (const c of 'abc') v.wr(THR, c.charCodeAt(0));
+    assert.is(v.forwarded(), before, 'no THR write reached the device');
+    assert.is(edges(), 1, 'one edge for the three pushes: THRE became pending once');
+    assert.is(v.rd(IIR), 0xc2, 'THRE pending before main drained anything');
+    assert.equal(v.out, []);
+    v.s.flush();
+    assert.equal(String.fromCharCode(...v.out), 'abc');
+    assert.is(v.irq.count, 1, 'main\'s drain raised nothing');
+    assert.is(v.rd(IIR), 0xc1, 'the read above acknowledged it');
+    v.wr(THR, 0x64);
+    assert.is(edges(), 1, 'the next push after the acknowledgement: a new edge');
+    // The console's pattern: IER cleared, bytes written, IER restored.
+    assert.ok(serveShared(v.claim, 0x3f8 + IER, Uint8Array.of(0), true), 'IER cleared in the vCPU thread');
+    for (const c of 'ef') v.wr(THR, c.charCodeAt(0));
+    assert.is(edges(), 0, 'no edge while THRE is off');
+    assert.is(v.rd(IIR), 0xc1);
+    v.wr(IER, 0x03);
+    assert.is(v.irq.count, 2, 'restoring THRE: the device raises it (THR is empty)');
+    assert.is(edges(), 0);
+    // Input waiting: IIR shows RDA over THRE; the push still marks THRE pending.
+    assert.is(v.rd(IIR), 0xc2);
+    v.s.enqueueInput(Uint8Array.of(0x7a));
+    v.wr(THR, 0x67);
+    assert.is(edges(), 1);
+    assert.is(v.rd(IIR), 0xc4, 'RDA has priority');
+    assert.is(v.rd(RBR), 0x7a);
+    assert.is(v.rd(IIR), 0xc2, 'then the pending THRE');
+    assert.is(v.devRd(IIR), 0xc1, 'the device agrees it was acknowledged');
+    v.s.flush();
+    assert.equal(String.fromCharCode(...v.out), 'abcdefg', 'every byte out, in order');
+    v.check('end');
+  } finally {
+    close(fd);
+  }
 });
 
 test('THR in DLAB or loopback is not the ring\'s: the divisor latch, and the byte comes back through RBR', () => {

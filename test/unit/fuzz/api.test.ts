@@ -102,7 +102,7 @@ test('control API raw bytes', async () => {
     inflight.add(p);
     p.finally(() => inflight.delete(p));
     if (inflight.size >= 48) await Promise.race(inflight);
-  }, () => `${inflight.size} in flight, server connections ${(r.server as unknown as { sockets: Set<unknown> }).sockets.size}, statuses ${JSON.stringify(Object.fromEntries(statuses))}, problems ${problems.length}${problems.length ? ` (last: ${problems[problems.length - 1]!.slice(0, 300)})` : ''}`);
+  }, () => `${inflight.size} in flight, server connections ${r.server.connections}, statuses ${JSON.stringify(Object.fromEntries(statuses))}, problems ${problems.length}${problems.length ? ` (last: ${problems[problems.length - 1]!.slice(0, 300)})` : ''}`);
   await Promise.all(inflight);
   process.off('unhandledRejection', onFatal);
   process.off('uncaughtException', onFatal);

@@ -85,6 +85,19 @@ test('pop returns readable and writable views in order; addUsed fills the used r
   void lay;
 });
 
+test('inspect: the driver\'s avail idx and used_event beside what the device took and published; nothing for a queue not ready', () => {
+  const { q, d } = setup(8, { eventIdx: true });
+  assert.equal(q.inspect(), { size: 8, avail: 0, seen: 0, used: 0, usedEvent: 0 });
+  d.pushAvail(d.addChain([{ addr: DATA, len: 4 }]));
+  d.pushAvail(d.addChain([{ addr: DATA + 0x10, len: 4 }]));
+  d.setUsedEvent(5);
+  const c = q.pop()!;
+  q.addUsed(c.head, 0);
+  assert.equal(q.inspect(), { size: 8, avail: 2, seen: 1, used: 1, usedEvent: 5 });
+  q.ready = false;
+  assert.is(q.inspect(), undefined);
+});
+
 test('a chain\'s buffers: reads and writes at offsets, partial copies, capacity', () => {
   const { fake, q, d } = setup();
   fake.backing.set([1, 2, 3], DATA);

@@ -306,6 +306,36 @@ test('host -> guest data: bounded by guest credit, CREDIT_REQUEST once when out 
   assert.is(s.counters.bytesToGuest, 10000);
 });
 
+test('counters: data packets full / short at a window\'s tail / short of host data; a credit stall and our part of the hop timed', () => {
+  const s = established(); // guest advertised buf_alloc 8192, fwd_cnt 0
+  s.conn.hostData(new Uint8Array(10000).fill(7));
+  assert.is(rx(s.conn, HDR_SIZE + 4096)!.hdr.len, 4096); // fills its buffer
+  assert.is(rx(s.conn, HDR_SIZE + 6000)!.hdr.len, 4096); // the rest of the guest's credit
+  assert.is(s.conn.peerCredit, 0);
+  const c = s.counters;
+  assert.equal([c.rxDataFull, c.rxDataShortCredit, c.rxDataShortData, c.creditStalls], [1, 1, 0, 0]);
+  s.advance(7);
+  // A packet that moves nothing ends no stall.
+  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 0 }), pkt());
+  assert.is(c.creditStalls, 0);
+  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 8192 }), pkt());
+  assert.equal([c.creditStalls, c.creditStallUs, c.creditHopUs], [1, 7000, 0]);
+  s.advance(2);
+  assert.is(rx(s.conn, HDR_SIZE + 4096)!.hdr.len, 10000 - 8192); // all we have
+  assert.equal([c.rxDataFull, c.rxDataShortCredit, c.rxDataShortData, c.creditHopUs], [1, 1, 1, 2000]);
+  // The guest still has credit: no stall while the host is silent, nor once it sends again.
+  s.advance(5);
+  s.conn.hostData(new Uint8Array(100));
+  assert.is(rx(s.conn)!.hdr.len, 100);
+  assert.equal([c.creditStalls, c.creditStallUs, c.creditHopUs, c.rxDataShortData], [1, 7000, 2000, 2]);
+  // Host data that arrives while the credit is used up starts a stall there.
+  s.conn.hostData(new Uint8Array(8192));
+  while (rx(s.conn, HDR_SIZE + 8192)) { /* use up the credit */ }
+  s.advance(3);
+  s.conn.handleTx(gh({ op: OP_CREDIT_UPDATE, bufAlloc: 8192, fwdCnt: 16384 }), pkt());
+  assert.equal([c.creditStalls, c.creditStallUs], [2, 10000]);
+});
+
 test('host -> guest data: the guest\'s own CREDIT_UPDATE within the delay means no CREDIT_REQUEST at all', () => {
   const s = established();
   s.conn.hostData(new Uint8Array(20000).fill(1));

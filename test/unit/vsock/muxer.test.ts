@@ -11,7 +11,7 @@ import { BATCH, VirtioVsock } from '../../../devices/virtio/vsock/device';
 import { LOCAL_PORT_MIN, type MuxerOptions } from '../../../devices/virtio/vsock/muxer';
 import { VsockConnectError, VsockSetupError } from '../../../devices/virtio/vsock/errors';
 import { DEFAULT_CONN_LIMITS } from '../../../devices/virtio/vsock/csm';
-import { MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_RST, SHUTDOWN_RCV, SHUTDOWN_SEND } from '../../../devices/virtio/vsock/packet';
+import { MAX_PKT_PAYLOAD, OP_CREDIT_REQUEST, OP_RST, OP_RW, SHUTDOWN_RCV, SHUTDOWN_SEND } from '../../../devices/virtio/vsock/packet';
 import { readAll, SimGuest, sleep, until, type GuestConn, type SimOptions } from './sim';
 
 const CID = 7;
@@ -438,6 +438,69 @@ test('guest -> host from a guest with a small buf_alloc (current Linux caps its 
   await until(() => hostBytes === data.length, `all data (${hostBytes})`, 30_000);
   assert.is(hostHash.digest('hex'), createHash('sha256').update(data).digest('hex'));
   srv.close();
+  await dev.close();
+});
+
+test('counters: RX turns, data packets by fill, turns that found packets waiting and no RX buffer', async () => {
+  // One RX buffer: every packet needs its own turn, and the turn after it finds the ring empty.
+  const uds = join(dir, `v${n++}.sock`);
+  const dev = await VirtioVsock.create({ guestCid: CID, udsPath: uds });
+  const g = new SimGuest(dev, { cid: CID });
+  g.start(1);
+  let gc: GuestConn | undefined;
+  g.listen(9, (c) => { gc = c; });
+  const { s } = await hostConnect(uds, 9);
+  const data = randomBytes(64 * 1024);
+  s.write(data);
+  await g.waitFor(gc!, () => gc!.receivedBytes === data.length, 'data');
+  const c = dev.counters;
+  const rws = g.rxLog.filter((h) => h.op === OP_RW).length;
+  assert.ok(rws >= 16, `${rws} data packets`);
+  assert.is(c.rxDataFull + c.rxDataShortCredit + c.rxDataShortData, rws);
+  assert.ok(c.rxDataFull >= rws - 2, `${c.rxDataFull} of ${rws} full`);
+  assert.ok(c.rxBatches >= rws + 1, `${c.rxBatches} turns`); // + the REQUEST's
+  assert.ok(c.rxBatchUs > 0);
+  assert.ok(c.rxNoBuffer >= rws - 1 && c.rxNoBuffer <= c.rxBatches, `${c.rxNoBuffer} turns without a buffer`);
+  assert.ok(c.rxNoBufferUs > 0);
+  s.destroy();
+  await dev.close();
+  // With the ring full of buffers, no turn goes without.
+  const w = await world();
+  let wc: GuestConn | undefined;
+  w.g.listen(9, (x) => { wc = x; });
+  const h = await hostConnect(w.uds, 9);
+  h.s.write(data);
+  await w.g.waitFor(wc!, () => wc!.receivedBytes === data.length, 'data');
+  assert.equal([w.dev.counters.rxNoBuffer, w.dev.counters.rxNoBufferUs], [0, 0]);
+  assert.ok(w.dev.counters.rxBatches > 0);
+  h.s.destroy();
+  await w.dev.close();
+});
+
+for (const eventIdx of [false, true]) test(`the guest packet that reopens its window: the RX fill in the same turn, the TX completion signalled after it${eventIdx ? ' (EVENT_IDX)' : ''}`, async () => {
+  const WINDOW = 128 * 1024;
+  const { uds, dev, g } = await world({ stallReader: true, bufAlloc: WINDOW, eventIdx });
+  let gc: GuestConn | undefined;
+  g.listen(12, (c) => { gc = c; });
+  const { s } = await hostConnect(uds, 12);
+  s.write(randomBytes(4 * WINDOW));
+  await g.waitFor(gc!, () => gc!.receivedBytes === WINDOW, 'a full window');
+  await sleep(20); // every interrupt of that window taken
+  // Each signalUsed the device makes from here, with the RX used index at the time.
+  const log: [number, number][] = [];
+  const signal = g.ctx.signalUsed;
+  (g.ctx as { signalUsed: (i: number) => void }).signalUsed = (i) => {
+    log.push([i, g.queues[0]!.usedIndex]);
+    signal(i);
+  };
+  const before = g.queues[0]!.usedIndex;
+  g.consume(gc!, WINDOW); // the reader catches up: the guest's CREDIT_UPDATE goes out (TX kick)
+  const packets = g.queues[0]!.usedIndex - before;
+  assert.ok(packets >= 16, `${packets} RX packets in the turn`); // the whole new window (~128 KiB)
+  // One RX signal for the fill, then the TX chain's: after the whole fill, not before it.
+  assert.equal(log, [[0, before + packets], [1, before + packets]]);
+  (g.ctx as { signalUsed: (i: number) => void }).signalUsed = signal;
+  s.destroy();
   await dev.close();
 });
 

@@ -16,11 +16,27 @@ import { join } from 'node:path';
 import { ROOT } from './helpers';
 import type { Metric, ReportRecord } from '../../tools/bench/report-render.mjs';
 
+/** What report.json says of each benchmark, each failed one's log tail first: the report's own
+ *  stdout is long enough that a CI log's excerpt would cut the one line that matters. */
+function failedBenches(dir: string): string {
+  let record: ReportRecord;
+  try { record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8')) as ReportRecord; } catch { return 'no report.json'; }
+  const lines: string[] = [];
+  for (const [b, r] of Object.entries(record.benches)) {
+    if (r.status === 'ok') continue;
+    let log = '';
+    try { log = readFileSync(join(dir, `${b}.log`), 'utf8').trimEnd().split('\n').slice(-40).join('\n'); } catch { /* none */ }
+    lines.push(`${b}: ${r.status} (${r.error})\n${log}`);
+  }
+  lines.push(`benchmarks: ${Object.entries(record.benches).map(([b, r]) => `${b} ${r.status}`).join(', ')}`);
+  return lines.join('\n');
+}
+
 test('report --short: boot, vsock, exits and hints against their peers, one report', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-report-'));
   try {
     const r = spawnSync(process.execPath, [join(ROOT, 'tools/bench/report.mjs'), '--short', '--skip', 'prio,blk,virtiofs,serial', '--out', dir], { cwd: ROOT, encoding: 'utf8', timeout: 840_000 });
-    assert.is(r.status, 0, `${r.stdout}\n${r.stderr.slice(-6000)}`);
+    assert.is(r.status, 0, `${failedBenches(dir)}\n${r.stderr.slice(-6000)}`);
     const record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8')) as ReportRecord & { metrics: Metric[] };
     for (const b of ['boot', 'vsock', 'exits', 'hints']) assert.is(record.benches[b]?.status, 'ok', b);
     for (const b of ['prio', 'blk', 'virtiofs', 'serial']) assert.is(record.benches[b], undefined, `--skip ${b}`);

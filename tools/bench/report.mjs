@@ -17,14 +17,14 @@ const USAGE = `usage: node tools/bench/report.mjs [options]   (tools/bench/repor
   --skip LIST      benchmarks to leave out (e.g. --skip prio: two more guest boots per run)
   --runs N         boot, exec, vsock and exit-rate runs per VMM (default 5)
   --warmup N       untimed boot runs per VMM (default 1)
-  --mib N          vsock stream size each way (default 64)
+  --mib N          vsock stream size each way (default 64)   --echo-mib N  vsock echo size (default 8)
   --blk-small-mib N, --blk-large-mib N   virtio-blk: MiB moved in 4 KiB and in 1 MiB blocks (default 16, 128)
   --fs-files N, --fs-mib N               virtio-fs: files walked, MiB read (default 10000, 128)
   --serial-bytes N bytes the guest writes to ttyS0 (default 1048576)
   --samples N      hint latency samples (default 20)   --flood N  taskset calls in the flood (default 2000)
   --rt-samples N   guest real-time wake-ups per prio run (default 2000), one every --rt-interval US (default 1000);
                    prio boots 2 × --runs guests (--prio none and hinted alternating)
-  --short          the pipeline check: 1 run, no warm-up, 8 MiB, 3 samples, a flood of 100, 200 wake-ups,
+  --short          the pipeline check: 1 run, no warm-up, 2 MiB of vsock each way and echoed, 3 samples, a flood of 100, 200 wake-ups,
                    small disks, shares and serial writes
   --timeout SEC    give up on one benchmark after SEC seconds (default 7200)
   --initrd PATH    the default guest image (default: built or checked by tools/guest/build-initramfs.sh)
@@ -34,7 +34,7 @@ Exit status: 0 every benchmark ran and the charts were drawn, 1 otherwise, 2 usa
 `;
 
 const o = parseArgs(process.argv.slice(2), {
-  out: '', only: '', skip: '', runs: 5, warmup: 1, mib: 64, samples: 20, flood: 2000, rtSamples: 2000, rtInterval: 1000, short: false, timeout: 7200, initrd: '', render: '', force: false,
+  out: '', only: '', skip: '', runs: 5, warmup: 1, mib: 64, echoMib: 8, samples: 20, flood: 2000, rtSamples: 2000, rtInterval: 1000, short: false, timeout: 7200, initrd: '', render: '', force: false,
   blkSmallMib: 16, blkLargeMib: 128, fsFiles: 10000, fsMib: 128, serialBytes: 1048576,
 }, USAGE);
 const log = (m) => process.stderr.write(`report: ${m}\n`);
@@ -47,7 +47,7 @@ function command(bench, json) {
   switch (bench) {
     case 'boot': return [node, join(ROOT, 'tools/bench/boot.mjs'), '--runs', String(o.runs), '--warmup', String(o.warmup), ...guest, ...force, '--out', json];
     case 'exec': return [node, join(ROOT, 'tools/bench/exec.mjs'), '--runs', String(o.runs), '--warmup', String(o.warmup), ...guest, ...force, '--out', json];
-    case 'vsock': return [node, join(ROOT, 'tools/bench/vsock.mjs'), '--runs', String(o.runs), '--mib', String(o.mib), ...guest, ...force, '--out', json];
+    case 'vsock': return [node, join(ROOT, 'tools/bench/vsock.mjs'), '--runs', String(o.runs), '--mib', String(o.mib), '--echo-mib', String(o.echoMib), ...guest, ...force, '--out', json];
     case 'blk': return [node, join(ROOT, 'tools/bench/blk.mjs'), '--runs', String(o.runs), '--small-mib', String(o.blkSmallMib), '--large-mib', String(o.blkLargeMib), ...guest, ...force, '--out', json];
     case 'virtiofs': return [node, join(ROOT, 'tools/bench/virtiofs.mjs'), '--runs', String(o.runs), '--files', String(o.fsFiles), '--big-mib', String(o.fsMib), ...guest, ...force, '--out', json];
     case 'serial': return [node, join(ROOT, 'tools/bench/serial.mjs'), '--runs', String(o.runs), '--bytes', String(o.serialBytes), ...guest, ...force, '--out', json];
@@ -94,7 +94,7 @@ async function main() {
     const record = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8'));
     return (await render(record, dir)) ? 0 : 1;
   }
-  if (o.short) Object.assign(o, { runs: 1, warmup: 0, mib: 8, samples: 3, flood: 100, rtSamples: 200, blkSmallMib: 1, blkLargeMib: 8, fsFiles: 100, fsMib: 4, serialBytes: 4096 });
+  if (o.short) Object.assign(o, { runs: 1, warmup: 0, mib: 2, echoMib: 2, samples: 3, flood: 100, rtSamples: 200, blkSmallMib: 1, blkLargeMib: 8, fsFiles: 100, fsMib: 4, serialBytes: 4096 });
   const skip = o.skip ? o.skip.split(',') : [];
   for (const b of skip) if (!BENCHES.includes(b)) throw new BenchError(`--skip: '${b}' is not one of ${BENCHES.join(',')}`);
   const benches = (o.only ? o.only.split(',') : BENCHES).filter((b) => !skip.includes(b));
@@ -109,7 +109,7 @@ async function main() {
   const record = {
     started: new Date().toISOString(),
     config: {
-      benches, runs: o.runs, warmup: o.warmup, mib: o.mib, samples: o.samples, flood: o.flood, rtSamples: o.rtSamples, rtInterval: o.rtInterval,
+      benches, runs: o.runs, warmup: o.warmup, mib: o.mib, echoMib: o.echoMib, samples: o.samples, flood: o.flood, rtSamples: o.rtSamples, rtInterval: o.rtInterval,
       blkSmallMib: o.blkSmallMib, blkLargeMib: o.blkLargeMib, fsFiles: o.fsFiles, fsMib: o.fsMib, serialBytes: o.serialBytes, short: o.short,
     },
     machine,

@@ -6,7 +6,7 @@
 #       docs/results/vsock-2026-12-07-s12/ab.sh OUT TAG INITRD BASE_TREE NEW_TREE ROUNDS [vsock.mjs args]
 # (each tree built first: node tools/build.mjs; INITRD from tools/guest/build-initramfs.sh).
 # Every tsvmm run appends its device counters once a second to OUT/TAG-VARIANT-metrics.jsonl
-# (phases.mjs of vsock-2026-12-07 splits them by phase) and its log to OUT/TAG-VARIANT.log.
+# (docs/results/vsock-2026-12-07/phases.mjs splits them by phase) and its log to OUT/TAG-VARIANT.log.
 out=$1 tag=$2 initrd=$3 base=$4 new=$5 rounds=$6
 shift 6
 helper=$(cd "$(dirname "$0")/../../.." && pwd)/guest/build/vsock-bench

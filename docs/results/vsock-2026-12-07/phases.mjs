@@ -6,6 +6,9 @@
 //
 //   node docs/results/vsock-2026-12-07/phases.mjs FILE.jsonl [--json]
 //
+// Session 12 added the TX turns (txBatches / txBatchUs) and the RX fill's time per packet; the
+// counters an older VMM's JSON lacks read as 0, so session 11's files (d1-*) still split.
+//
 // A phase's edges fall on whole seconds, so its deltas include up to a second of its neighbours'.
 import { readFileSync } from 'node:fs';
 
@@ -16,7 +19,7 @@ if (!file) {
 }
 const KEYS = [
   'rxPackets', 'txPackets', 'rxDataFull', 'rxDataShortCredit', 'rxDataShortData', 'creditStalls', 'creditStallUs',
-  'creditHopUs', 'rxBatches', 'rxBatchUs', 'rxNoBuffer', 'rxNoBufferUs', 'bytesToGuest', 'bytesFromGuest',
+  'creditHopUs', 'rxBatches', 'rxBatchUs', 'rxNoBuffer', 'rxNoBufferUs', 'txBatches', 'txBatchUs', 'bytesToGuest', 'bytesFromGuest',
 ];
 const lines = readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
 const sample = (m) => {
@@ -67,6 +70,9 @@ for (const [i, r] of runs.entries()) {
       perHopMs: d.creditStalls ? +(d.creditHopUs / d.creditStalls / 1000).toFixed(2) : 0,
       perBatchMs: d.rxBatches ? +(d.rxBatchUs / d.rxBatches / 1000).toFixed(2) : 0,
       pktsPerBatch: d.rxBatches ? +(d.rxPackets / d.rxBatches).toFixed(1) : 0,
+      fillUsPerPkt: d.rxPackets ? +(d.rxBatchUs / d.rxPackets).toFixed(1) : 0,
+      perTxBatchMs: d.txBatches ? +(d.txBatchUs / d.txBatches / 1000).toFixed(2) : 0,
+      txShare: secs ? +(d.txBatchUs / 1e6 / secs).toFixed(2) : 0,
       stallShare: secs ? +(d.creditStallUs / 1e6 / secs).toFixed(2) : 0,
       batchShare: secs ? +(d.rxBatchUs / 1e6 / secs).toFixed(2) : 0,
       noBufferShare: secs ? +(d.rxNoBufferUs / 1e6 / secs).toFixed(2) : 0,
@@ -82,7 +88,8 @@ else {
       if (!d) continue;
       console.log(`run ${r.run} ${p}: ${d.secs}s ${d.mib} MiB; rx ${d.rxPackets} (full ${d.rxDataFull}, short credit ${d.rxDataShortCredit}, short data ${d.rxDataShortData}), tx ${d.txPackets}; ` +
         `stalls ${d.creditStalls} (${d.perStallMs} ms each, ${d.stallShare} of the time; our hop ${d.perHopMs} ms); ` +
-        `batches ${d.rxBatches} (${d.pktsPerBatch} pkts, ${d.perBatchMs} ms each, ${d.batchShare} of the time); ` +
+        `batches ${d.rxBatches} (${d.pktsPerBatch} pkts, ${d.perBatchMs} ms each, ${d.fillUsPerPkt} us a packet, ${d.batchShare} of the time); ` +
+        `tx turns ${d.txBatches} (${d.perTxBatchMs} ms each, ${d.txShare} of the time); ` +
         `no RX buffer ${d.rxNoBuffer} (${d.noBufferShare} of the time); irqs ${d.interrupts} (+${d.coalesced} merged), kicks ${d.notifications}`);
     }
   }

@@ -14,6 +14,7 @@ import type { LoadedProgram } from '../../../vmm/paravirt';
 import { VcpuScheduler } from '../../../vmm/scheduler/scheduler';
 import type { HostCpu } from '../../../vmm/scheduler/topology';
 import type { Duplex } from 'node:stream';
+import * as net from 'node:net';
 import { newCounters } from '../../../devices/virtio/vsock/counters';
 import type { TransportCounters } from '../../../devices/virtio/mmio';
 import { ApiServer } from '../../../vmm/api/http';
@@ -162,4 +163,17 @@ export async function rig(opts: { attach?: Partial<MachineConfig>; headersTimeou
     headersTimeoutMs: opts.headersTimeoutMs, requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections,
   });
   return { dir, sock, kernel, server, ctl, starts, close: () => server.close() };
+}
+
+/** Raw bytes to the API socket, and everything it answered until it closed; `halfClose` ends our side after them. */
+export function rawExchange(sock: string, bytes: string, { halfClose = false } = {}): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const c = net.connect(sock);
+    let out = '';
+    c.on('data', (d) => (out += d));
+    c.on('close', () => resolve(out));
+    c.on('error', reject);
+    if (halfClose) c.end(bytes);
+    else c.write(bytes);
+  });
 }

@@ -17,7 +17,7 @@ import { ConfigError } from '../../../vmm/config';
 import { parseVsockSpec, VsockSpecError } from '../../../devices/virtio/vsock/spec';
 import { VirtioVsock } from '../../../devices/virtio/vsock/device';
 import { VsockSetupError } from '../../../devices/virtio/vsock/errors';
-import { fakeKernel, rig, tmp } from './fake';
+import { fakeKernel, rawExchange, rig, tmp } from './fake';
 
 const json = (t: string) => JSON.parse(t) as { fault_message: string };
 const THESIS = '\\documentclass{article} % four years of work\n';
@@ -147,14 +147,7 @@ test('a request line that is not a path (GET http://[) is answered 400; the serv
     const onRejection = (e: unknown) => { throw e; };
     process.on('unhandledRejection', onRejection);
     for (const target of ['http://[', 'http://x/', '*', '//evil/', 'ftp://a:b@[::1']) {
-      const reply = await new Promise<string>((resolve, reject) => {
-        const c = net.connect(r.sock);
-        let out = '';
-        c.on('data', (d) => (out += d));
-        c.on('close', () => resolve(out));
-        c.on('error', reject);
-        c.write(`GET ${target} HTTP/1.1\r\nHost: x\r\n\r\n`);
-      });
+      const reply = await rawExchange(r.sock, `GET ${target} HTTP/1.1\r\nHost: x\r\n\r\n`);
       assert.match(reply, /^HTTP\/1.1 400 /, `${target}: ${reply}`);
       assert.match(reply, /is not a path/);
     }

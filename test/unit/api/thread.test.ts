@@ -16,7 +16,7 @@ import { startAgent } from '../agent/harness';
 import { join } from 'node:path';
 import { Control } from '../../../vmm/api/control';
 import { VMM_VERSION } from '../../../vmm/api/resources';
-import { fakeKernel, FakeMachine, rig, tmp } from './fake';
+import { fakeKernel, FakeMachine, rawExchange, rig, tmp } from './fake';
 
 /** Blocks this thread's event loop (sleeping, not spinning) for `ms`. */
 function blockMain(ms: number): { from: number; to: number } {
@@ -167,14 +167,7 @@ test('a client that shuts down its side after the request still gets the answer 
   const r = await rig();
   try {
     for (const req of ['GET / HTTP/1.1\r\nHost: x\r\n\r\n', 'GET /vm/config HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n']) {
-      const reply = await new Promise<string>((resolve, reject) => {
-        const c = net.connect(r.sock);
-        let out = '';
-        c.on('data', (d) => (out += d));
-        c.on('close', () => resolve(out));
-        c.on('error', reject);
-        c.end(req);
-      });
+      const reply = await rawExchange(r.sock, req, { halfClose: true });
       const statuses = [...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
       assert.equal(statuses, req.split('GET ').length === 2 ? [200] : [200, 200], reply);
     }

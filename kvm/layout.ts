@@ -146,7 +146,6 @@ export const KVM_X86_SHADOW_INT_STI = 0x02;
  */
 export const KvmNestedState = struct('kvm_nested_state', 128, { flags: u16(0), format: u16(2), size: u32(4) });
 export const KVM_STATE_NESTED_FORMAT_SVM = 1;
-export const KVM_STATE_NESTED_GUEST_MODE = 0x1;
 export const KVM_STATE_NESTED_GIF_SET = 0x100;
 
 /** KVM's binary statistics (KVM_GET_STATS_FD, Documentation/virt/kvm/api.rst 4.133): the file's header and each descriptor's fixed part (its name follows it). */

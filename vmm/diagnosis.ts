@@ -195,7 +195,8 @@ export function parseTaskStat(line: string): { state: string; ticks: number } | 
   return { state: f[0], ticks: utime + stime };
 }
 
-const hex = (n: number | bigint) => `0x${n.toString(16)}`;
+/** A number as the diagnosis prints it: 0x and lower-case hex. */
+export const hex = (n: number | bigint) => `0x${n.toString(16)}`;
 
 /** Where x86-64 Linux maps its image and modules (Documentation/arch/x86/x86_64/mm.rst). */
 const KERNEL_TEXT_START = 0xffffffff80000000n;

@@ -35,14 +35,11 @@ import { Socket } from 'node:net';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { OwnSocket } from '../../devices/socket-path';
 import { ApiError, BODY_LIMITS, type ApiRequest, type ApiResponse } from './resources';
-import { AGENT_UPGRADE, jsonAnswer, rawFaultText, STAT_CELLS, STAT_CONNECTIONS, STAT_SNAPSHOT, STREAM_CREDIT, type ApiThreadInit, type BodyLimits, type MainMessage, type Snapshot, type ThreadMessage, type WireAnswer, type WireRequest } from './wire';
-import { STATUS_CODES } from 'node:http';
+import { AGENT_UPGRADE, faultAnswer, jsonAnswer, rawFaultText, STAT_CELLS, STAT_CONNECTIONS, STAT_SNAPSHOT, STREAM_CREDIT, type ApiThreadInit, type BodyLimits, type MainMessage, type Snapshot, type ThreadMessage, type WireAnswer, type WireRequest } from './wire';
 import { TsvmmError } from '../../lib/errors';
 import { atExit } from '../../lib/process-hooks';
 import { workerScript } from '../../lib/worker-script';
 import type { StreamSink } from '../hints/stream';
-
-export { AGENT_UPGRADE };
 
 export class ApiSocketError extends TsvmmError {}
 
@@ -71,10 +68,6 @@ export interface ApiServerOptions {
    * still removes it.
    */
   onDeath?: (why: string) => void;
-}
-
-function faultAnswer(status: number, message: string, extra: Record<string, string> = {}): WireAnswer {
-  return jsonAnswer({ fault_message: message }, status, extra);
 }
 
 /** The describe documents as the thread sends them; none (every GET to main) if they cannot be made. */
@@ -306,7 +299,7 @@ export class ApiServer {
       agent = await this.opts.agent!();
     } catch (e) {
       const status = e instanceof ApiError ? e.status : 502;
-      socket.end(rawFaultText(status, STATUS_CODES[status] ?? 'Error', (e as Error).message));
+      socket.end(rawFaultText(status, (e as Error).message));
       return;
     }
     if (socket.destroyed) return void agent.destroy();

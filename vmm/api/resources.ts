@@ -376,9 +376,6 @@ export const BODY_LIMIT = 64 * 1024;
 export const BPF_BODY_LIMIT = 4 * 1024 * 1024;
 /** The same as the API thread takes them (vmm/api/wire.ts). */
 export const BODY_LIMITS: BodyLimits = { default: BODY_LIMIT, paths: { '/bpf/programs': BPF_BODY_LIMIT } };
-export function bodyLimit(path: string): number {
-  return Object.hasOwn(BODY_LIMITS.paths, path) ? BODY_LIMITS.paths[path]! : BODY_LIMITS.default;
-}
 
 export interface ControllerOptions<M extends ApiMachine> {
   id: string;

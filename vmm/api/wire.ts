@@ -6,6 +6,7 @@
 // main). Types, constants and the one JSON answer's form: the thread's bundle must not pull in
 // the handlers.
 
+import { STATUS_CODES } from 'node:http';
 import type { MessagePort } from 'node:worker_threads';
 
 /** The Upgrade protocol name of POST /agent. */
@@ -15,6 +16,11 @@ export const AGENT_UPGRADE = 'tsvmm-agent';
 export interface BodyLimits {
   default: number;
   paths: Record<string, number>;
+}
+
+/** The body size limit of a request to `path`. */
+export function bodyLimitOf(limits: BodyLimits, path: string): number {
+  return Object.hasOwn(limits.paths, path) ? limits.paths[path]! : limits.default;
 }
 
 /** workerData of the API thread. */
@@ -55,6 +61,11 @@ export interface WireAnswer {
 /** An answer carrying a JSON document (200 unless told): the one serializer of main's and the thread's JSON answers, faults included. */
 export function jsonAnswer(json: unknown, status = 200, headers: Record<string, string> = {}): WireAnswer {
   return { status, headers: { 'Content-Type': 'application/json', ...headers }, body: JSON.stringify(json) + '\n' };
+}
+
+/** A Firecracker-style error answer: `{"fault_message": message}`. */
+export function faultAnswer(status: number, message: string, extra: Record<string, string> = {}): WireAnswer {
+  return jsonAnswer({ fault_message: message }, status, extra);
 }
 
 /** Main's describe answers at one moment: GET of each path (exact, any query) → its answer. */
@@ -105,7 +116,7 @@ export type MainMessage =
 export const STREAM_CREDIT = 64 * 1024;
 
 /** An HTTP/1.1 error answer written raw to a socket the HTTP layer has handed over. */
-export function rawFaultText(status: number, reason: string, message: string): string {
-  const body = JSON.stringify({ fault_message: message }) + '\n';
-  return `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+export function rawFaultText(status: number, message: string): string {
+  const body = faultAnswer(status, message).body!;
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }

@@ -12,12 +12,12 @@
 // latest snapshot main published, never an older one than main's last publication before the
 // request was read (http.ts: the consistency rule): they cost main nothing.
 
-import { createServer, STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { listenOwned, type OwnSocket } from '../../devices/socket-path';
 import { dupCloexec, peerCredentials, setThreadName } from '../../kvm/libc';
-import { AGENT_UPGRADE, rawFaultText, STAT_CONNECTIONS, STAT_SNAPSHOT, STREAM_CREDIT, type ApiThreadInit, type MainMessage, type Snapshot, type ThreadMessage, type WireAnswer } from './wire';
+import { AGENT_UPGRADE, bodyLimitOf, faultAnswer, rawFaultText, STAT_CONNECTIONS, STAT_SNAPSHOT, STREAM_CREDIT, type ApiThreadInit, type MainMessage, type Snapshot, type ThreadMessage, type WireAnswer } from './wire';
 
 const init = workerData as ApiThreadInit;
 const port = parentPort!;
@@ -69,7 +69,8 @@ function send(res: ServerResponse, status: number, body?: string, headers: Recor
 }
 
 function fault(res: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void {
-  send(res, status, JSON.stringify({ fault_message: message }) + '\n', { 'Content-Type': 'application/json', ...extra });
+  const a = faultAnswer(status, message, extra);
+  send(res, a.status, a.body, a.headers);
 }
 
 /** Answers, then closes the connection: its unread bytes would be parsed as the next request. */
@@ -114,8 +115,7 @@ async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = requestUrl(req.url);
   const method = req.method ?? 'GET';
   if (!url) return faultAndClose(req, res, 400, `request target ${JSON.stringify(String(req.url).slice(0, 64))} is not a path`);
-  const limits = init.bodyLimits;
-  const limit = Object.hasOwn(limits.paths, url.pathname) ? limits.paths[url.pathname]! : limits.default;
+  const limit = bodyLimitOf(init.bodyLimits, url.pathname);
   const tooLarge = () => faultAndClose(req, res, 413, `request body larger than ${limit} bytes`);
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > limit) return tooLarge();
@@ -251,10 +251,6 @@ server.maxConnections = init.maxConnections;
 server.maxHeadersCount = 64;
 server.on('error', (e) => log(`api: server error: ${e.message}`));
 
-function rawFault(socket: Socket, status: number, message: string): void {
-  socket.end(rawFaultText(status, STATUS_CODES[status] ?? 'Error', message));
-}
-
 /**
  * POST /agent, Upgrade: tsvmm-agent → the connection goes to main (which answers 101 and pipes
  * it to a new agent connection, or refuses with a fault). Refused here for another path or
@@ -263,13 +259,13 @@ function rawFault(socket: Socket, status: number, message: string): void {
 function upgradeAgent(req: IncomingMessage, socket: Socket, head: Buffer): void {
   const url = requestUrl(req.url);
   if (!url || url.pathname !== '/agent' || req.method !== 'POST' || String(req.headers.upgrade ?? '').toLowerCase() !== AGENT_UPGRADE || !init.agent) {
-    return rawFault(socket, 400, `only POST /agent may upgrade, to '${AGENT_UPGRADE}'`);
+    return void socket.end(rawFaultText(400, `only POST /agent may upgrade, to '${AGENT_UPGRADE}'`));
   }
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
   const uid = fd === undefined || fd < 0 ? undefined : peerCredentials(fd).uid;
   if (uid === undefined || uid !== init.uid) {
     log(`api: refused the agent route to uid ${uid ?? 'unknown'} (only uid ${init.uid}, the VM's owner, may run commands in it)`);
-    return rawFault(socket, 403, "the agent route is for the VM's owner only");
+    return void socket.end(rawFaultText(403, "the agent route is for the VM's owner only"));
   }
   // The handler runs synchronously from the parser's read: no byte past `head` has been read
   // from the descriptor, so main's duplicate starts exactly where this socket stops.

@@ -15,7 +15,7 @@ import {
   MB, STAT_FORWARDED, STAT_LAST_EXIT, STAT_LAST_REASON, STAT_SHARED, STAT_STATE, VCPU_STATE, VCPU_STATE_NAMES, VcpuExitReason, WorkerInit, WorkerMessage, WorkerRun, closeDoorbell, newDoorbell, newExitStats, newMailbox,
 } from './mailbox';
 import { newRecentExits, recentExits } from './recent';
-import { decodeLapic, gifOf, kernelAddresses, parseKernelStack, parseTaskStat, summarizeEvents, type CrashState, type VcpuDiagnosis } from '../diagnosis';
+import { decodeLapic, gifOf, hex, kernelAddresses, parseKernelStack, parseTaskStat, summarizeEvents, type CrashState, type VcpuDiagnosis } from '../diagnosis';
 import { MailboxServer, type DeviceFault } from './serve';
 import { holdSignal } from '../../lib/process-hooks';
 import { workerScript } from '../../lib/worker-script';
@@ -311,10 +311,10 @@ export class VcpuThreads {
         return;
       }
       const regs = t.vcpu.getRegs();
-      d.rip = `0x${regs.rip.toString(16)}`;
-      d.rflags = `0x${regs.rflags.toString(16)}`;
+      d.rip = hex(regs.rip);
+      d.rflags = hex(regs.rflags);
       d.interruptsEnabled = (regs.rflags & 0x200n) !== 0n;
-      d.registers = Object.fromEntries(REG_NAMES.map((n) => [n, `0x${regs[n].toString(16)}`]));
+      d.registers = Object.fromEntries(REG_NAMES.map((n) => [n, hex(regs[n])]));
       if (memory) d.stack = kernelAddresses(readStack(t.vcpu, regs.rsp, memory));
       const mp = t.vcpu.getMpState();
       d.mpState = MP_STATE_NAMES[mp] ?? `state ${mp}`;
@@ -322,7 +322,7 @@ export class VcpuThreads {
       d.events = summarizeEvents(t.vcpu.getVcpuEvents());
       d.gif = gifOf(t.vcpu.getNestedStateHeader());
       const sr = t.vcpu.getSregs();
-      d.control = { cr0: `0x${sr.cr0.toString(16)}`, cr2: `0x${sr.cr2.toString(16)}`, cr3: `0x${sr.cr3.toString(16)}`, cr4: `0x${sr.cr4.toString(16)}`, efer: `0x${sr.efer.toString(16)}` };
+      d.control = { cr0: hex(sr.cr0), cr2: hex(sr.cr2), cr3: hex(sr.cr3), cr4: hex(sr.cr4), efer: hex(sr.efer) };
       if (memory) {
         const gpa = t.vcpu.translate(regs.rip);
         const toPageEnd = PAGE - (regs.rip % PAGE);
